@@ -1,0 +1,101 @@
+"""The agent's unix socket API: one JSON request, one JSON answer per connection.
+
+Serves the CNI plugin and membranectl. Handlers are plain callables registered by op name;
+a CniError keeps its code, anything else becomes an internal error with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from membrane.cni_types import INTERNAL_ERROR, CniError
+
+log = logging.getLogger("membrane.api")
+
+Handler = Callable[[dict[str, Any]], Any]
+MAX_REQUEST = 16 * 1024 * 1024
+
+
+class RequestError(Exception):
+    """A rejected request (bad input): code and a message naming what is wrong."""
+
+    def __init__(self, msg: str, code: int = 400, details: Any = None) -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    handlers: dict[str, Handler]
+
+
+class _Connection(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        line = self.rfile.readline(MAX_REQUEST)
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise RequestError("request must be a JSON object")
+            op = request.get("op")
+            handler = self.server.handlers.get(str(op))
+            if handler is None:
+                raise RequestError(f"unknown op {op!r}", details=sorted(self.server.handlers))
+            reply: dict[str, Any] = {"ok": True, "result": handler(request)}
+        except CniError as exc:
+            reply = {"ok": False, "error": {"code": exc.code, "msg": exc.msg, "details": exc.details}}
+        except RequestError as exc:
+            reply = {"ok": False, "error": {"code": exc.code, "msg": exc.msg, "details": exc.details}}
+        except ValueError as exc:
+            reply = {"ok": False, "error": {"code": 400, "msg": f"bad request: {exc}"}}
+        except Exception as exc:  # noqa: BLE001 - the caller gets an answer, the log the trace
+            log.exception("api request failed")
+            reply = {"ok": False, "error": {"code": INTERNAL_ERROR, "msg": f"internal error: {exc}"}}
+        try:
+            self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
+        except OSError:
+            pass  # the client went away
+
+
+class ApiServer:
+    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            self._remove_stale(path)
+        self._server = _Server(str(path), _Connection)
+        self._server.handlers = handlers
+        os.chmod(path, 0o600)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api-socket", daemon=True)
+
+    @staticmethod
+    def _remove_stale(path: Path) -> None:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # left by a killed agent
+            return
+        finally:
+            probe.close()
+        raise SystemExit(f"membrane-agent: another agent is serving {path}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

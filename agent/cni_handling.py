@@ -1,0 +1,122 @@
+"""Serving CNI requests: turns the plugin's ADD/DEL/CHECK/STATUS/GC into endpoint work.
+
+The plugin is a thin client; every decision about a pod's network is made here, and every
+failure leaves as a CniError carrying a code from the specification.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from membrane.cni_types import (INTERFACE_MISMATCH, INTERNAL_ERROR, INVALID_ENVIRONMENT, IPAM_EXHAUSTED,
+                                PLUGIN_NOT_AVAILABLE, UNKNOWN_CONTAINER, Attachment, CniError, NetConf,
+                                build_result)
+from membrane.ipam import IpamExhausted
+
+from .endpoints import Endpoint, EndpointManager
+from .netlinking import GATEWAY, Netlink
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_IFNAME_BAD = re.compile(r"[/\s:]")
+
+
+def _validate_names(container_id: str, ifname: str) -> None:
+    if not _CONTAINER_ID.match(container_id):
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_CONTAINERID {container_id!r} is not a valid container id",
+                       "letters, digits, '_', '.' and '-' only")
+    if not 0 < len(ifname) <= 15 or _IFNAME_BAD.search(ifname) or ifname in (".", ".."):
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} is not a valid interface name")
+
+
+def attachment_of(ep: Endpoint) -> Attachment:
+    return Attachment(host_ifname=ep.host_ifname, host_mac=ep.host_mac, pod_ifname=ep.ifname, pod_mac=ep.pod_mac,
+                      sandbox=ep.netns, address=f"{ep.ip}/32", gateway=str(GATEWAY))
+
+
+class CniHandler:
+    def __init__(self, endpoints: EndpointManager, netlink: Netlink, is_ready: Callable[[], bool],
+                 identity_for: Callable[[str, str], int], pod_attached: Callable[[Endpoint], None]) -> None:
+        self.endpoints = endpoints
+        self.netlink = netlink
+        self.is_ready = is_ready
+        self.identity_for = identity_for
+        self.pod_attached = pod_attached
+
+    def handle(self, req: dict[str, Any]) -> Any:
+        conf = NetConf.parse(req.get("config") or {})
+        command = req.get("command")
+        container_id, ifname = str(req.get("containerID", "")), str(req.get("ifName", ""))
+        if command in ("ADD", "DEL", "CHECK"):
+            _validate_names(container_id, ifname)
+        try:
+            if command == "ADD":
+                return self.add(conf, container_id, ifname, str(req.get("netns", "")), req.get("args") or {})
+            if command == "DEL":
+                self.endpoints.delete(container_id, ifname)
+                return None
+            if command == "CHECK":
+                self.check(conf, container_id, ifname, str(req.get("netns", "")))
+                return None
+            if command == "STATUS":
+                if not self.is_ready():
+                    raise CniError(PLUGIN_NOT_AVAILABLE, "membrane agent is starting and not ready yet")
+                return None
+            if command == "GC":
+                return self.gc(conf)
+        except CniError:
+            raise
+        except IpamExhausted as exc:
+            raise CniError(IPAM_EXHAUSTED, "no pod address left on this node", str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - reported as CNI JSON, logged by the server
+            raise CniError(INTERNAL_ERROR, f"{command} failed: {exc}", repr(exc)) from exc
+        raise CniError(INVALID_ENVIRONMENT, f"unknown CNI command {command!r}")
+
+    def add(self, conf: NetConf, container_id: str, ifname: str, netns: str, args: dict[str, str]) -> dict[str, Any]:
+        if not os.path.exists(netns):
+            raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
+        namespace = args.get("K8S_POD_NAMESPACE", "")
+        pod = args.get("K8S_POD_NAME", "")
+        ep = self.endpoints.add(container_id, ifname, netns, namespace, pod, self.identity_for(namespace, pod))
+        self.pod_attached(ep)
+        return build_result(attachment_of(ep), conf.cni_version, conf.prev_result)
+
+    def check(self, conf: NetConf, container_id: str, ifname: str, netns: str) -> None:
+        ep = self.endpoints.get(container_id, ifname)
+        if ep is None:
+            raise CniError(UNKNOWN_CONTAINER, f"container {container_id} ({ifname}) is not known to membrane")
+        problems: list[str] = []
+        idx = self.netlink.ifindex(ep.host_ifname)
+        if idx is None:
+            problems.append(f"host interface {ep.host_ifname} is missing")
+        else:
+            hooks = self.netlink.attached_programs(idx)
+            if hooks.get("ingress") != ["from_container"] or hooks.get("egress") != ["to_container"]:
+                problems.append(f"datapath programs on {ep.host_ifname} are {hooks}")
+        pod_side = self.netlink.pod_addresses(netns, ifname)
+        if pod_side is None:
+            problems.append(f"interface {ifname} is missing in {netns}")
+        else:
+            mac, addrs = pod_side
+            if mac != ep.pod_mac:
+                problems.append(f"{ifname} has MAC {mac}, expected {ep.pod_mac}")
+            if f"{ep.ip}/32" not in addrs:
+                problems.append(f"{ifname} lacks address {ep.ip}/32 (has {addrs})")
+        if ep.ip not in self.endpoints.datapath.read_endpoints():
+            problems.append(f"endpoint map has no entry for {ep.ip}")
+        prev_ips = [ip.get("address") for ip in (conf.prev_result or {}).get("ips", [])]
+        if conf.prev_result is not None and f"{ep.ip}/32" not in prev_ips:
+            problems.append(f"prevResult does not hold {ep.ip}/32")
+        if problems:
+            raise CniError(INTERFACE_MISMATCH, "pod network is not as membrane set it up", "; ".join(problems))
+
+    def gc(self, conf: NetConf) -> dict[str, Any]:
+        valid = conf.raw.get("cni.dev/valid-attachments") or []
+        keep = {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)}
+        removed = [ep.key for ep in self.endpoints.list() if (ep.container_id, ep.ifname) not in keep]
+        for ep in self.endpoints.list():
+            if (ep.container_id, ep.ifname) not in keep:
+                self.endpoints.delete(ep.container_id, ep.ifname)
+        return {"removed": removed}

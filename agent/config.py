@@ -1,0 +1,105 @@
+"""Agent configuration: one pydantic model fed by a file, the environment and flags.
+
+Precedence, lowest first: defaults < config file (YAML or JSON) < MEMBRANE_* environment
+variables < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node_name: str = Field(default_factory=lambda: os.uname().nodename)
+    mode: Literal["standalone"] = "standalone"
+    pod_cidr: IPv4Network = IPv4Network("10.200.0.0/24")
+    cluster_cidr: IPv4Network | None = None  # pod traffic to it is not masqueraded
+    state_dir: Path = Path("/var/lib/membrane")
+    bpffs_root: Path = Path("/sys/fs/bpf/membrane")
+    api_socket: Path = Path("/run/membrane/agent.sock")
+    http_addr: str = "127.0.0.1:9962"  # /healthz, /readyz, /metrics
+    masquerade: bool = True
+    mtu: int = Field(default=1500, ge=576, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    conntrack_gc_seconds: float = Field(default=30.0, gt=0)
+    resync_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not value or len(value) > 253:
+            raise ValueError("node name must be 1..253 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _cidrs(self) -> AgentConfig:
+        if self.cluster_cidr is None:
+            self.cluster_cidr = self.pod_cidr
+        elif not self.pod_cidr.subnet_of(self.cluster_cidr):
+            raise ValueError(f"pod_cidr {self.pod_cidr} is not inside cluster_cidr {self.cluster_cidr}")
+        return self
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        host, _, port = self.http_addr.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+_FLAGS = {
+    "node_name": "--node-name", "pod_cidr": "--pod-cidr", "cluster_cidr": "--cluster-cidr",
+    "state_dir": "--state-dir", "bpffs_root": "--bpffs-root", "api_socket": "--api-socket",
+    "http_addr": "--http-addr", "mtu": "--mtu", "log_level": "--log-level",
+    "log_format": "--log-format", "conntrack_gc_seconds": "--conntrack-gc-seconds",
+    "resync_seconds": "--resync-seconds",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="membrane-agent", description="membrane node agent")
+    parser.add_argument("--config", help="YAML or JSON config file (keys as in AgentConfig)")
+    for key, flag in _FLAGS.items():
+        parser.add_argument(flag, dest=key, default=None)
+    parser.add_argument("--no-masquerade", dest="masquerade", action="store_false", default=None)
+    return parser
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml  # only needed for YAML config files
+
+        data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: config must be a mapping")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> AgentConfig:
+    """Build the config from file, environment and flags; raises SystemExit on bad input."""
+    env = os.environ if environ is None else environ
+    args = _parser().parse_args(argv)
+    merged: dict[str, Any] = {}
+    config_file = args.config or env.get("MEMBRANE_CONFIG")
+    try:
+        if config_file:
+            merged.update(_read_file(config_file))
+        for key in AgentConfig.model_fields:
+            value = env.get("MEMBRANE_" + key.upper())
+            if value is not None:
+                merged[key] = value
+        merged.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+        return AgentConfig.model_validate(merged)
+    except (OSError, ValueError, ValidationError) as exc:
+        raise SystemExit(f"membrane-agent: invalid configuration: {exc}") from exc

@@ -1,0 +1,241 @@
+"""Endpoint manager: one endpoint per pod interface, from CNI ADD to DEL.
+
+Holds the endpoint records (persisted, one file each), the node's IPAM pool (persisted), and
+keeps the datapath's endpoint map equal to what the records say. Kernel and netlink work goes
+through the adapters it is given, so tests can hand it fakes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from membrane.delta import Delta, diff
+from membrane.ipam import IpamExhausted, IpamPool
+
+from .config import AgentConfig
+from .netlinking import PodLink
+from .persisting import read_json, remove, write_json
+
+log = logging.getLogger("membrane.endpoints")
+
+HOST_IFNAME_PREFIX = "mb"
+UNKNOWN_IDENTITY = 0  # until the identity issue lands: no identity assigned yet
+
+
+class Endpoint(BaseModel):
+    container_id: str
+    ifname: str
+    netns: str
+    host_ifname: str
+    host_ifindex: int
+    host_mac: str
+    pod_mac: str
+    ip: IPv4Address
+    endpoint_id: int
+    namespace: str = ""
+    pod: str = ""
+    identity: int = UNKNOWN_IDENTITY
+    state: str = "ready"  # ready | link-missing
+    created: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return endpoint_key(self.container_id, self.ifname)
+
+
+class EndpointFacts(BaseModel, frozen=True):
+    """One endpoint map value, as the datapath needs it."""
+
+    ifindex: int
+    endpoint_id: int
+    identity: int
+    pod_mac: str
+    host_mac: str
+
+
+class NetlinkPort(Protocol):
+    def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
+                        mtu: int) -> PodLink: ...
+    def delete_link(self, name: str) -> bool: ...
+    def ifindex(self, name: str) -> int | None: ...
+    def attach(self, ifindex: int, from_container: tuple[int, str], to_container: tuple[int, str]) -> None: ...
+    def host_links(self, prefix: str) -> dict[str, int]: ...
+
+
+class EndpointMapPort(Protocol):
+    def read_endpoints(self) -> dict[IPv4Address, EndpointFacts]: ...
+    def write_endpoints(self, delta: Delta[IPv4Address, EndpointFacts]) -> None: ...
+    def programs(self) -> tuple[tuple[int, str], tuple[int, str]]: ...
+
+
+def endpoint_key(container_id: str, ifname: str) -> str:
+    return f"{container_id}/{ifname}"
+
+
+def host_ifname_for(container_id: str, ifname: str) -> str:
+    digest = hashlib.sha256(endpoint_key(container_id, ifname).encode()).hexdigest()
+    return HOST_IFNAME_PREFIX + digest[:12]
+
+
+class EndpointManager:
+    def __init__(self, config: AgentConfig, netlink: NetlinkPort, datapath: EndpointMapPort,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.netlink = netlink
+        self.datapath = datapath
+        self.on_change = on_change or (lambda: None)
+        self.lock = threading.RLock()
+        self.dir = config.state_dir / "endpoints"
+        self.ipam_path = config.state_dir / "ipam.json"
+        self.endpoints: dict[str, Endpoint] = {}
+        self.ipam = IpamPool(config.pod_cidr)
+
+    # --- persistence -----------------------------------------------------------------
+    def _record_path(self, key: str) -> Path:
+        return self.dir / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+
+    def _save(self, ep: Endpoint) -> None:
+        write_json(self._record_path(ep.key), ep.model_dump(mode="json"))
+
+    def _save_ipam(self) -> None:
+        write_json(self.ipam_path, self.ipam.to_dict())
+
+    def restore(self) -> dict[str, int]:
+        """Reload records and IPAM, reconcile them with the links that exist, re-attach."""
+        with self.lock:
+            saved = read_json(self.ipam_path)
+            if saved:
+                self.ipam = IpamPool.from_dict(saved, self.config.pod_cidr)
+            for path in sorted(self.dir.glob("*.json")) if self.dir.exists() else []:
+                ep = Endpoint.model_validate(read_json(path))
+                self.endpoints[ep.key] = ep
+            owners = {ep.key: ep.ip for ep in self.endpoints.values()}
+            for ep in self.endpoints.values():  # a record always owns its address
+                if self.ipam.allocations.get(ep.ip) != ep.key:
+                    self.ipam.allocations[ep.ip] = ep.key
+            # Allocated by an ADD that died before its record was written: give them back.
+            stale = [addr for addr, who in self.ipam.allocations.items() if owners.get(who) != addr
+                     or addr not in self.config.pod_cidr]
+            for addr in stale:
+                del self.ipam.allocations[addr]
+            self._save_ipam()
+            known = {ep.host_ifname for ep in self.endpoints.values()}
+            orphans = [n for n in self.netlink.host_links(HOST_IFNAME_PREFIX) if n not in known and len(n) == 14]
+            for name in orphans:
+                self.netlink.delete_link(name)
+            reattached = 0
+            for ep in self.endpoints.values():
+                idx = self.netlink.ifindex(ep.host_ifname)
+                if idx is None:
+                    ep.state = "link-missing"
+                    continue
+                ep.host_ifindex, ep.state = idx, "ready"
+                self.netlink.attach(idx, *self.datapath.programs())
+                reattached += 1
+            delta = self.sync_map()
+            return {"endpoints": len(self.endpoints), "reattached": reattached, "orphan_links": len(orphans),
+                    "released_addresses": len(stale), "map_writes": len(delta.upserts) + len(delta.deletes)}
+
+    # --- desired state ---------------------------------------------------------------
+    def desired_map(self) -> dict[IPv4Address, EndpointFacts]:
+        return {ep.ip: EndpointFacts(ifindex=ep.host_ifindex, endpoint_id=ep.endpoint_id, identity=ep.identity,
+                                     pod_mac=ep.pod_mac, host_mac=ep.host_mac)
+                for ep in self.endpoints.values() if ep.state == "ready"}
+
+    def sync_map(self) -> Delta[IPv4Address, EndpointFacts]:
+        """Write only the difference between records and the pinned endpoint map."""
+        with self.lock:
+            delta = diff(self.desired_map(), self.datapath.read_endpoints())
+            if delta:
+                self.datapath.write_endpoints(delta)
+            return delta
+
+    def _next_endpoint_id(self) -> int:
+        used = {ep.endpoint_id for ep in self.endpoints.values()}
+        return next(i for i in range(1, 65536) if i not in used)
+
+    # --- CNI operations --------------------------------------------------------------
+    def get(self, container_id: str, ifname: str) -> Endpoint | None:
+        return self.endpoints.get(endpoint_key(container_id, ifname))
+
+    def add(self, container_id: str, ifname: str, netns: str, namespace: str = "", pod: str = "",
+            identity: int = UNKNOWN_IDENTITY) -> Endpoint:
+        with self.lock:
+            key = endpoint_key(container_id, ifname)
+            existing = self.endpoints.get(key)
+            if existing is not None and existing.state == "ready":
+                return existing
+            if existing is not None:  # a broken leftover: start over
+                self.delete(container_id, ifname)
+            try:
+                ip = self.ipam.allocate(key)
+            except IpamExhausted:
+                raise
+            self._save_ipam()
+            host_ifname = host_ifname_for(container_id, ifname)
+            try:
+                link = self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu)
+                self.netlink.attach(link.host_ifindex, *self.datapath.programs())
+                ep = Endpoint(container_id=container_id, ifname=ifname, netns=netns, host_ifname=host_ifname,
+                              host_ifindex=link.host_ifindex, host_mac=link.host_mac, pod_mac=link.pod_mac, ip=ip,
+                              endpoint_id=self._next_endpoint_id(), namespace=namespace, pod=pod,
+                              identity=identity, created=time.time())
+                self.endpoints[key] = ep
+                self._save(ep)
+                self.sync_map()
+            except BaseException:
+                self.endpoints.pop(key, None)
+                self.netlink.delete_link(host_ifname)
+                self.ipam.release(key)
+                self._save_ipam()
+                raise
+            log.info("endpoint added", extra={"fields": {"endpoint": key, "ip": str(ip), "pod": f"{namespace}/{pod}",
+                                                        "host_ifname": host_ifname}})
+        self.on_change()
+        return ep
+
+    def delete(self, container_id: str, ifname: str) -> bool:
+        """Idempotent: unknown containers and vanished links are fine."""
+        with self.lock:
+            key = endpoint_key(container_id, ifname)
+            ep = self.endpoints.pop(key, None)
+            self.netlink.delete_link(ep.host_ifname if ep else host_ifname_for(container_id, ifname))
+            released = self.ipam.release(key)
+            if released is not None:
+                self._save_ipam()
+            remove(self._record_path(key))
+            self.sync_map()
+        if ep is not None:
+            log.info("endpoint deleted", extra={"fields": {"endpoint": key}})
+            self.on_change()
+        return ep is not None
+
+    def update_identity(self, key: str, identity: int) -> None:
+        with self.lock:
+            ep = self.endpoints.get(key)
+            if ep is None or ep.identity == identity:
+                return
+            ep.identity = identity
+            self._save(ep)
+            self.sync_map()
+
+    def list(self) -> list[Endpoint]:
+        with self.lock:
+            return sorted(self.endpoints.values(), key=lambda e: (e.namespace, e.pod, e.key))
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            states: dict[str, int] = {}
+            for ep in self.endpoints.values():
+                states[ep.state] = states.get(ep.state, 0) + 1
+            return {"count": len(self.endpoints), "states": states, "ipam": {
+                "cidr": str(self.ipam.cidr), "allocated": len(self.ipam.allocations)}}

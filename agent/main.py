@@ -1,0 +1,194 @@
+"""membrane-agent: the node daemon. Wires config, datapath, endpoints, store and servers.
+
+Start-up order matters for "no traffic lost on restart": the datapath is compiled and its
+pinned maps reopened first, then persisted endpoints are restored and the programs
+re-attached in place (tc replace), and only then is the map brought to the desired content
+by writing differences. Nothing is flushed on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from membrane.cni_types import CniError
+
+from .api_serving import ApiServer, RequestError
+from .cni_handling import CniHandler
+from .config import AgentConfig, load_config
+from .datapath_port import DatapathPort
+from .endpoints import Endpoint, EndpointManager
+from .http_serving import HttpServer
+from .logging_setup import setup_logging
+from .masquerading import ensure_masquerade
+from .metrics import AgentMetrics, DatapathCollector
+from .netlinking import Netlink, write_sysctl
+from .object_store import ObjectStore
+
+log = logging.getLogger("membrane.agent")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.started = time.monotonic()
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.metrics = AgentMetrics()
+        self.datapath = DatapathPort(config.bpffs_root)
+        self.netlink = Netlink()
+        self.endpoints = EndpointManager(config, self.netlink, self.datapath)
+        self.store = ObjectStore(config.state_dir / "objects.json")
+        self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set, self._identity_for, self._pod_attached)
+        self.api: ApiServer | None = None
+        self.http: HttpServer | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        write_sysctl("net.ipv4.ip_forward", "1")  # the node routes pod traffic to the outside
+        self.datapath.load()
+        self.metrics.compile.set(self.datapath.compile_seconds)
+        self.metrics.load.set(self.datapath.load_seconds)
+        self.metrics.add_datapath(DatapathCollector(self.datapath.counters, self._endpoint_states,
+                                                    self.datapath.map_usage))
+        restored = self.endpoints.restore()
+        log.info("endpoints restored", extra={"fields": restored})
+        if cfg.masquerade:
+            assert cfg.cluster_cidr is not None
+            ensure_masquerade(cfg.pod_cidr, cfg.cluster_cidr)
+        host, port = cfg.http_host_port
+        self.http = HttpServer(host, port, self.metrics.registry, lambda: not self.stopping.is_set(),
+                               self.ready.is_set)
+        self.http.start()
+        self.api = ApiServer(cfg.api_socket, self._handlers())
+        self.api.start()
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        self.metrics.bootstrap.set(time.monotonic() - self.started)
+        self.ready.set()
+        log.info("agent ready", extra={"fields": {
+            "pod_cidr": str(cfg.pod_cidr), "api_socket": str(cfg.api_socket), "http": f"{host}:{self.http.port}",
+            "bootstrap_seconds": round(time.monotonic() - self.started, 3),
+            "compile_seconds": round(self.datapath.compile_seconds, 3)}})
+
+    def stop(self) -> None:
+        """Graceful: stop serving; programs stay attached and maps stay pinned."""
+        self.stopping.set()
+        self.ready.clear()
+        if self.api:
+            self.api.stop()
+        if self.http:
+            self.http.stop()
+        self.datapath.close()
+        self.netlink.close()
+        log.info("agent stopped")
+
+    def _housekeeping(self) -> None:
+        next_gc = next_resync = time.monotonic()
+        while not self.stopping.wait(1.0):
+            now = time.monotonic()
+            try:
+                if now >= next_gc:
+                    self.metrics.ct_gc_removed.inc(self.datapath.conntrack_gc())
+                    next_gc = now + self.config.conntrack_gc_seconds
+                if now >= next_resync:  # repairs drift: someone edited the map behind our back
+                    delta = self.endpoints.sync_map()
+                    if delta:
+                        log.warning("endpoint map drift repaired", extra={"fields": {
+                            "upserts": len(delta.upserts), "deletes": len(delta.deletes)}})
+                    next_resync = now + self.config.resync_seconds
+            except Exception:  # noqa: BLE001 - housekeeping must outlive one bad round
+                log.exception("housekeeping failed")
+
+    # --- glue ----------------------------------------------------------------------
+    def _endpoint_states(self) -> dict[str, int]:
+        return dict(self.endpoints.summary()["states"])
+
+    def _identity_for(self, namespace: str, pod: str) -> int:
+        return 0  # identities arrive with the policy work; 0 = none assigned yet
+
+    def _pod_attached(self, ep: Endpoint) -> None:
+        return None
+
+    def _cni(self, req: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        outcome = "success"
+        try:
+            return self.cni.handle(req)
+        except CniError as exc:
+            outcome = "error"
+            log.warning("cni request failed", extra={"fields": {"command": req.get("command"), "code": exc.code,
+                                                                "msg": exc.msg, "details": exc.details}})
+            raise
+        finally:
+            self.metrics.cni_duration.labels(str(req.get("command")), outcome).observe(time.perf_counter() - started)
+
+    def _handlers(self) -> dict[str, Any]:
+        return {
+            "cni": self._cni,
+            "status": lambda req: self.status(),
+            "endpoint.list": lambda req: [self._endpoint_row(ep) for ep in self.endpoints.list()],
+            "apply": lambda req: self.store.apply(self._documents(req)),
+            "delete": lambda req: self.store.delete(self._documents(req)),
+            "get": lambda req: [o.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                for o in self.store.list(str(req.get("kind")))],
+            "bpf.endpoints": lambda req: self.datapath.dump_endpoints(),
+            "bpf.ct": lambda req: self.datapath.dump_conntrack(),
+            "bpf.metrics": lambda req: [{"reason": r, "direction": d, "packets": p, "bytes": b}
+                                        for r, d, p, b in self.datapath.counters()],
+        }
+
+    @staticmethod
+    def _documents(req: dict[str, Any]) -> list[Any]:
+        docs = req.get("objects")
+        if not isinstance(docs, list):
+            raise RequestError("objects must be a list of Kubernetes objects")
+        return docs
+
+    def _endpoint_row(self, ep: Endpoint) -> dict[str, Any]:
+        pod = f"{ep.namespace}/{ep.pod}" if ep.pod else "-"
+        return {"pod": pod, "container_id": ep.container_id, "ip": str(ep.ip), "ifname": ep.ifname,
+                "host_ifname": ep.host_ifname, "endpoint_id": ep.endpoint_id, "identity": ep.identity,
+                "state": ep.state}
+
+    def status(self) -> dict[str, Any]:
+        return {"node": self.config.node_name, "mode": self.config.mode, "ready": self.ready.is_set(),
+                "uptime_seconds": round(time.monotonic() - self.started, 1),
+                "pod_cidr": str(self.config.pod_cidr), "endpoints": self.endpoints.summary(),
+                "datapath": {"compile_seconds": round(self.datapath.compile_seconds, 3),
+                             "load_seconds": round(self.datapath.load_seconds, 3),
+                             "pin_root": str(self.config.bpffs_root)},
+                "store": {kind: len(self.store.list(kind)) for kind in ("Namespace", "Pod", "NetworkPolicy")}}
+
+
+def _obj_labels(obj: BaseModel | None) -> dict[str, str]:
+    meta = getattr(obj, "metadata", None)
+    return dict(getattr(meta, "labels", None) or {})
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = load_config(argv)
+    setup_logging(config.log_level, config.log_format, config.node_name)
+    agent = Agent(config)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        agent.start()
+    except SystemExit:
+        raise
+    except Exception as exc:
+        log.exception("agent failed to start")
+        raise SystemExit(f"membrane-agent: failed to start: {exc}") from exc
+    done.wait()
+    agent.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Prometheus metrics of the agent, in Prometheus naming conventions (membrane_ prefix,
+base units, _total counters). Datapath counters are read from the per-CPU BPF metrics map
+at scrape time, so the hot path pays nothing extra for being exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+Sample = tuple[str, str, int, int]  # reason, direction, packets, bytes
+
+
+class DatapathCollector(Collector):
+    def __init__(self, read_counters: Callable[[], Iterable[Sample]],
+                 read_endpoint_states: Callable[[], dict[str, int]],
+                 read_map_usage: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        self.read_counters = read_counters
+        self.read_endpoint_states = read_endpoint_states
+        self.read_map_usage = read_map_usage
+
+    def collect(self) -> Iterable[Any]:
+        packets = CounterMetricFamily("membrane_datapath_packets", "Packets seen by the datapath, by verdict, "
+                                      "reason and direction", labels=["verdict", "reason", "direction"])
+        octets = CounterMetricFamily("membrane_datapath_bytes", "Bytes seen by the datapath, by verdict, reason "
+                                     "and direction", labels=["verdict", "reason", "direction"])
+        for reason, direction, pkts, nbytes in self.read_counters():
+            verdict = "forwarded" if reason.startswith("forward") else "dropped"
+            packets.add_metric([verdict, reason, direction], pkts)
+            octets.add_metric([verdict, reason, direction], nbytes)
+        yield packets
+        yield octets
+        states = GaugeMetricFamily("membrane_endpoints", "Endpoints on this node by state", labels=["state"])
+        for state, count in sorted(self.read_endpoint_states().items()):
+            states.add_metric([state], count)
+        yield states
+        entries = GaugeMetricFamily("membrane_bpf_map_entries", "Entries in a BPF map", labels=["map"])
+        pressure = GaugeMetricFamily("membrane_bpf_map_pressure", "Fill ratio of a BPF map (entries / capacity)",
+                                     labels=["map"])
+        for name, (used, capacity) in sorted(self.read_map_usage().items()):
+            entries.add_metric([name], used)
+            pressure.add_metric([name], used / capacity if capacity else 0.0)
+        yield entries
+        yield pressure
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.cni_duration = Histogram("membrane_cni_request_duration_seconds", "Time to serve a CNI request",
+                                      ["command", "outcome"], registry=self.registry,
+                                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.bootstrap = Gauge("membrane_agent_bootstrap_seconds", "Agent start to ready", registry=self.registry)
+        self.compile = Gauge("membrane_datapath_compile_seconds", "Datapath compile time at this start",
+                             registry=self.registry)
+        self.load = Gauge("membrane_datapath_load_seconds", "Datapath program load time at this start",
+                          registry=self.registry)
+        self.ct_gc_removed = Counter("membrane_conntrack_gc_deleted_entries", "Expired conntrack entries removed",
+                                     registry=self.registry)
+        self.map_errors = Counter("membrane_bpf_map_operation_errors", "Failed BPF map operations", ["map", "op"],
+                                  registry=self.registry)
+        self.store_objects = Gauge("membrane_store_objects", "Objects in the local store by kind", ["kind"],
+                                   registry=self.registry)
+
+    def add_datapath(self, collector: DatapathCollector) -> None:
+        self.registry.register(collector)

@@ -1,0 +1,195 @@
+"""Netlink adapter: the only module that imports pyroute2.
+
+Creates and removes pod veth pairs, sets addresses, routes and permanent neighbours on both
+sides, and attaches the datapath programs to a host-side veth with tc (clsact + bpf filter in
+direct-action mode). Every call acts on the agent's own network namespace (the node) or on a
+pod namespace given by path; nothing else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import TypeVar
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2.netlink.exceptions import NetlinkError
+
+GATEWAY = IPv4Address("169.254.1.1")  # the pod's next hop: answered by the host veth's MAC
+INGRESS_PARENT = "ffff:fff2"  # clsact ingress: packets the pod sends
+EGRESS_PARENT = "ffff:fff3"  # clsact egress: packets the host stack sends to the pod
+FILTER_PRIO = 1
+FILTER_HANDLE = 1
+_ENOENT = 2
+_CLONE_NEWNET = 0x40000000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PodLink:
+    host_ifname: str
+    host_ifindex: int
+    host_mac: str
+    pod_ifname: str
+    pod_mac: str
+
+
+def in_netns(path: str, fn: Callable[[], T]) -> T:
+    """Run fn in a thread that has joined the network namespace at path (for /proc/sys)."""
+    box: dict[str, object] = {}
+
+    def runner() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns {path}")
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=runner, name="netns-worker")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
+
+
+def write_sysctl(name: str, value: str) -> None:
+    with open("/proc/sys/" + name.replace(".", "/"), "w") as handle:
+        handle.write(value)
+
+
+class Netlink:
+    """Operations on the node namespace (the agent's own) and on pod namespaces."""
+
+    def __init__(self) -> None:
+        self._ipr = IPRoute()
+        self._lock = threading.Lock()  # one pyroute2 socket, many CNI requests
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def ifindex(self, name: str) -> int | None:
+        with self._lock:
+            found = self._ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def link_mac(self, ifindex: int) -> str:
+        with self._lock:
+            return str(self._ipr.get_links(ifindex)[0].get("address"))
+
+    def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
+                        mtu: int) -> PodLink:
+        """veth pair with the peer born inside the pod namespace, both sides configured."""
+        tmp_name = "tmp" + host_ifname[2:]
+        fd = os.open(netns, os.O_RDONLY)
+        try:
+            with self._lock:
+                self._ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu,
+                               peer={"ifname": tmp_name, "net_ns_fd": fd, "mtu": mtu})
+        finally:
+            os.close(fd)
+        host_ifindex = self.ifindex(host_ifname)
+        assert host_ifindex is not None
+        host_mac = self.link_mac(host_ifindex)
+        # The host side never talks IPv6 and must not answer for anything by itself.
+        write_sysctl(f"net.ipv6.conf.{host_ifname}.disable_ipv6", "1")
+        pod_mac = self._configure_pod_side(netns, tmp_name, pod_ifname, address, host_mac)
+        with self._lock:
+            self._ipr.link("set", index=host_ifindex, state="up")
+            self._ipr.route("replace", dst=f"{address}/32", oif=host_ifindex, scope=253)
+            self._ipr.neigh("replace", dst=str(address), lladdr=pod_mac, ifindex=host_ifindex, state=0x80)
+        return PodLink(host_ifname, host_ifindex, host_mac, pod_ifname, pod_mac)
+
+    def _configure_pod_side(self, netns: str, tmp_name: str, pod_ifname: str, address: IPv4Address,
+                            host_mac: str) -> str:
+        pod = NetNS(netns)
+        try:
+            idx = pod.link_lookup(ifname=tmp_name)[0]
+            pod.link("set", index=idx, ifname=pod_ifname)
+            in_netns(netns, lambda: write_sysctl(f"net.ipv6.conf.{pod_ifname}.disable_ipv6", "1"))
+            lo = pod.link_lookup(ifname="lo")
+            if lo:
+                pod.link("set", index=lo[0], state="up")
+            pod.addr("add", index=idx, address=str(address), prefixlen=32)
+            pod.link("set", index=idx, state="up")
+            pod.route("replace", dst=f"{GATEWAY}/32", oif=idx, scope=253)
+            pod.route("replace", dst="0.0.0.0/0", gateway=str(GATEWAY), oif=idx)
+            pod.neigh("replace", dst=str(GATEWAY), lladdr=host_mac, ifindex=idx, state=0x80)
+            return str(pod.get_links(idx)[0].get("address"))
+        finally:
+            pod.close()
+
+    def delete_link(self, name: str) -> bool:
+        """Remove a host veth (its peer goes with it). False when it was already gone."""
+        idx = self.ifindex(name)
+        if idx is None:
+            return False
+        try:
+            with self._lock:
+                self._ipr.link("del", index=idx)
+        except NetlinkError as exc:
+            if exc.code != _ENOENT:
+                raise
+            return False
+        return True
+
+    def attach(self, ifindex: int, from_container: tuple[int, str], to_container: tuple[int, str]) -> None:
+        """Attach (or atomically replace) both programs; never a second filter."""
+        with self._lock:
+            try:
+                self._ipr.tc("add", "clsact", ifindex)
+            except NetlinkError as exc:
+                if exc.code != 17:  # EEXIST: already there after an agent restart
+                    raise
+            for parent, (fd, name) in ((INGRESS_PARENT, from_container), (EGRESS_PARENT, to_container)):
+                self._ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name, parent=parent,
+                             classid=1, direct_action=True, prio=FILTER_PRIO)
+
+    def attached_programs(self, ifindex: int) -> dict[str, list[str]]:
+        """Names of bpf filters per hook ("ingress"/"egress"), to check and to count."""
+        found: dict[str, list[str]] = {}
+        with self._lock:
+            for hook, parent in (("ingress", 0xFFFFFFF2), ("egress", 0xFFFFFFF3)):
+                try:
+                    filters = self._ipr.get_filters(ifindex, parent=parent)
+                except NetlinkError:
+                    filters = []
+                names = []
+                for flt in filters:
+                    opts = flt.get_attr("TCA_OPTIONS")
+                    if opts is not None:
+                        names.append(str(opts.get_attr("TCA_BPF_NAME")))
+                found[hook] = names
+        return found
+
+    def pod_addresses(self, netns: str, ifname: str) -> tuple[str, list[str]] | None:
+        """(MAC, addresses) of the pod interface, or None when it is missing."""
+        try:
+            pod = NetNS(netns)
+        except (OSError, NetlinkError):
+            return None
+        try:
+            found = pod.link_lookup(ifname=ifname)
+            if not found:
+                return None
+            link = pod.get_links(found[0])[0]
+            addrs = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in pod.get_addr(index=found[0], family=2)]
+            return str(link.get("address")), addrs
+        finally:
+            pod.close()
+
+    def host_links(self, prefix: str) -> dict[str, int]:
+        """Host veths the agent created (by name prefix) -> ifindex."""
+        with self._lock:
+            return {str(l.get("ifname")): int(l["index"]) for l in self._ipr.get_links()
+                    if str(l.get("ifname", "")).startswith(prefix)}

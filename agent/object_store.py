@@ -1,0 +1,124 @@
+"""Standalone mode's local store of Kubernetes-format objects, persisted across restarts.
+
+`membranectl apply -f` and `delete -f` land here. A batch is validated whole before
+anything is stored: one bad object rejects the batch with the field and the reason, and
+nothing already stored or enforced changes. Listeners hear about every change; the operator
+stream feeds the same listeners in Kubernetes mode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from membrane.k8s_models import parse_object
+
+from .api_serving import RequestError
+from .persisting import read_json, write_json
+
+ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
+Listener = Callable[[str, ObjectKey, BaseModel | None], None]
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    reasons = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        reasons.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return reasons
+
+
+class ObjectStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.objects: dict[ObjectKey, BaseModel] = {}
+        self.raw: dict[ObjectKey, dict[str, Any]] = {}
+        self.listeners: list[Listener] = []
+        for data in read_json(path, default=[]) or []:
+            obj = parse_object(data)
+            self.objects[self.key_of(data)] = obj
+            self.raw[self.key_of(data)] = data
+
+    @staticmethod
+    def key_of(data: dict[str, Any]) -> ObjectKey:
+        meta = data.get("metadata") or {}
+        kind = str(data.get("kind", ""))
+        namespace = "" if kind == "Namespace" else str(meta.get("namespace") or "default")
+        return kind, namespace, str(meta.get("name", ""))
+
+    def _validate(self, documents: list[Any]) -> list[tuple[ObjectKey, BaseModel, dict[str, Any]]]:
+        parsed, problems = [], []
+        for index, data in enumerate(documents):
+            if not isinstance(data, dict):
+                problems.append(f"document {index}: not an object")
+                continue
+            label = f"{data.get('kind', '?')} {(data.get('metadata') or {}).get('name', '?')}"
+            try:
+                obj = parse_object(data)
+            except ValidationError as exc:
+                problems.extend(f"{label}: {reason}" for reason in _describe(exc))
+                continue
+            except (ValueError, TypeError, KeyError) as exc:
+                problems.append(f"{label}: {exc}")
+                continue
+            key = self.key_of(data)
+            if key[1] and "namespace" not in (data.get("metadata") or {}):
+                data = {**data, "metadata": {**data["metadata"], "namespace": key[1]}}
+            parsed.append((key, obj, data))
+        if problems:
+            raise RequestError("rejected: " + "; ".join(problems), code=422, details=problems)
+        return parsed
+
+    def apply(self, documents: list[Any]) -> list[dict[str, str]]:
+        with self.lock:
+            parsed = self._validate(documents)
+            outcome, changed = [], []
+            for key, obj, data in parsed:
+                before = self.raw.get(key)
+                action = "created" if before is None else ("unchanged" if before == data else "configured")
+                outcome.append({"kind": key[0], "namespace": key[1], "name": key[2], "action": action})
+                if action != "unchanged":
+                    self.objects[key], self.raw[key] = obj, data
+                    changed.append((key, obj))
+            if changed:
+                self._persist()
+        for key, obj in changed:
+            self._notify(key, obj)
+        return outcome
+
+    def delete(self, documents: list[Any]) -> list[dict[str, str]]:
+        with self.lock:
+            keys = [self.key_of(d) for d in documents if isinstance(d, dict)]
+            outcome, gone = [], []
+            for key in keys:
+                found = self.objects.pop(key, None)
+                self.raw.pop(key, None)
+                outcome.append({"kind": key[0], "namespace": key[1], "name": key[2],
+                                "action": "deleted" if found is not None else "not found"})
+                if found is not None:
+                    gone.append(key)
+            if gone:
+                self._persist()
+        for key in gone:
+            self._notify(key, None)
+        return outcome
+
+    def get(self, kind: str, namespace: str, name: str) -> BaseModel | None:
+        with self.lock:
+            return self.objects.get((kind, namespace, name))
+
+    def list(self, kind: str) -> list[BaseModel]:
+        with self.lock:
+            return [obj for key, obj in sorted(self.objects.items(), key=lambda kv: kv[0]) if key[0] == kind]
+
+    def _persist(self) -> None:
+        write_json(self.path, [self.raw[key] for key in sorted(self.raw)])
+
+    def _notify(self, key: ObjectKey, obj: BaseModel | None) -> None:
+        for listener in list(self.listeners):
+            listener(key[0], key, obj)

@@ -1,0 +1,106 @@
+"""membranectl: inspect and feed a membrane agent (tables for people, -o json for machines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .client import AgentError, request
+from .tables import render_table
+
+
+def _load_documents(path: str) -> list[Any]:
+    import yaml
+
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    docs: list[Any] = []
+    for doc in yaml.safe_load_all(text):
+        if doc is None:
+            continue
+        if isinstance(doc, dict) and doc.get("kind") == "List":
+            docs.extend(doc.get("items") or [])
+        else:
+            docs.append(doc)
+    return docs
+
+
+def _documents(files: list[str]) -> list[Any]:
+    docs: list[Any] = []
+    for name in files:
+        target = Path(name)
+        paths = sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml", ".json")) \
+            if name != "-" and target.is_dir() else [name]
+        for path in paths:
+            docs.extend(_load_documents(str(path)))
+    return docs
+
+
+_COLUMNS = {
+    "endpoint list": [("POD", "pod"), ("IP", "ip"), ("INTERFACE", "host_ifname"), ("ID", "endpoint_id"),
+                      ("IDENTITY", "identity"), ("STATE", "state")],
+    "bpf endpoints": [("IP", "ip"), ("IFINDEX", "ifindex"), ("ID", "endpoint_id"), ("IDENTITY", "identity"),
+                      ("POD MAC", "pod_mac"), ("HOST MAC", "host_mac")],
+    "bpf ct": [("PROTO", "proto"), ("SOURCE", "src"), ("DESTINATION", "dst"), ("FLAGS", "flags"),
+               ("TX PKTS", "tx_packets"), ("RX PKTS", "rx_packets"), ("AGE S", "age_s"), ("IDLE S", "idle_s")],
+    "bpf metrics": [("REASON", "reason"), ("DIRECTION", "direction"), ("PACKETS", "packets"), ("BYTES", "bytes")],
+    "apply": [("KIND", "kind"), ("NAMESPACE", "namespace"), ("NAME", "name"), ("RESULT", "action")],
+}
+_COLUMNS["delete"] = _COLUMNS["apply"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="membranectl", description="Talk to a membrane agent.")
+    parser.add_argument("--socket", help="agent API socket (default $MEMBRANE_AGENT_SOCKET or "
+                        "/run/membrane/agent.sock)")
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="agent status")
+    ep = sub.add_parser("endpoint", help="endpoints on this node")
+    ep.add_argument("action", choices=["list"])
+    for verb in ("apply", "delete"):
+        p = sub.add_parser(verb, help=f"{verb} Kubernetes-format objects (standalone mode)")
+        p.add_argument("-f", "--filename", action="append", required=True, help="YAML/JSON file, folder or -")
+    bpf = sub.add_parser("bpf", help="dump datapath maps")
+    bpf.add_argument("map", choices=["endpoints", "ct", "metrics"])
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "status":
+            result: Any = request("status", args.socket)
+            key = "status"
+        elif args.command == "endpoint":
+            result, key = request("endpoint.list", args.socket), "endpoint list"
+        elif args.command in ("apply", "delete"):
+            docs = _documents(args.filename)
+            result, key = request(args.command, args.socket, objects=docs), args.command
+        else:
+            op = {"endpoints": "bpf.endpoints", "ct": "bpf.ct", "metrics": "bpf.metrics"}[args.map]
+            result, key = request(op, args.socket), f"bpf {args.map}"
+    except AgentError as exc:
+        print(f"error: {exc.msg}", file=sys.stderr)
+        if isinstance(exc.details, list):
+            for line in exc.details:
+                print(f"  {line}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        json.dump(result, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif key == "status":
+        for name, value in result.items():
+            print(f"{name + ':':<16}{json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    else:
+        sys.stdout.write(render_table(result, _COLUMNS[key]))
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())

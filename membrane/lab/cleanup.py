@@ -1,0 +1,31 @@
+"""Remove what a crashed lab run left behind: namespaces, pins and work dirs with lab prefixes."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from . import netns
+from .node import BPFFS_LAB, LAB_DIR
+
+PREFIXES = ("mbt-", "mbdemo-", "mbbench-")
+
+
+def leftovers() -> dict[str, list[str]]:
+    return {"netns": [n for p in PREFIXES for n in netns.listed(p)],
+            "pins": sorted(str(p) for p in BPFFS_LAB.iterdir()) if BPFFS_LAB.exists() else [],
+            "workdirs": sorted(str(p) for p in LAB_DIR.iterdir()) if LAB_DIR.exists() else []}
+
+
+def clean() -> dict[str, list[str]]:
+    found = leftovers()
+    for name in found["netns"]:
+        netns.delete(name)
+    for path in found["pins"] + found["workdirs"]:
+        shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
+if __name__ == "__main__":
+    removed = clean()
+    print({k: len(v) for k, v in removed.items()}, file=sys.stderr)

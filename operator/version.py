@@ -1,0 +1,1 @@
+"""Operator placeholder: cluster control plane (Kubernetes mode, see issue 5)."""

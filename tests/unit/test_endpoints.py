@@ -1,0 +1,129 @@
+"""Endpoint manager against a fake netlink and a fake endpoint map (no root, no kernel)."""
+
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from membrane.agent.config import AgentConfig
+from membrane.agent.endpoints import EndpointFacts, EndpointManager, host_ifname_for
+from membrane.agent.netlinking import PodLink
+from membrane.delta import Delta
+
+
+class FakeNetlink:
+    def __init__(self) -> None:
+        self.links: dict[str, int] = {}
+        self.attached: dict[int, int] = {}
+        self.fail_create = False
+        self._next = 10
+
+    def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
+                        mtu: int) -> PodLink:
+        self._next += 1
+        self.links[host_ifname] = self._next
+        if self.fail_create:
+            raise OSError("netns vanished")
+        return PodLink(host_ifname, self._next, "02:00:00:00:00:01", pod_ifname, "02:00:00:00:00:02")
+
+    def delete_link(self, name: str) -> bool:
+        return self.links.pop(name, None) is not None
+
+    def ifindex(self, name: str) -> int | None:
+        return self.links.get(name)
+
+    def attach(self, ifindex: int, from_container: tuple[int, str], to_container: tuple[int, str]) -> None:
+        self.attached[ifindex] = self.attached.get(ifindex, 0) + 1
+
+    def host_links(self, prefix: str) -> dict[str, int]:
+        return {n: i for n, i in self.links.items() if n.startswith(prefix)}
+
+
+class FakeMap:
+    def __init__(self) -> None:
+        self.entries: dict[IPv4Address, EndpointFacts] = {}
+        self.writes = 0
+
+    def read_endpoints(self) -> dict[IPv4Address, EndpointFacts]:
+        return dict(self.entries)
+
+    def write_endpoints(self, delta: Delta[IPv4Address, EndpointFacts]) -> None:
+        self.entries.update(delta.upserts)
+        for key in delta.deletes:
+            del self.entries[key]
+        self.writes += len(delta.upserts) + len(delta.deletes)
+
+    def programs(self) -> tuple[tuple[int, str], tuple[int, str]]:
+        return (3, "from_container"), (4, "to_container")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> AgentConfig:
+    return AgentConfig(node_name="n1", pod_cidr="10.9.0.0/28", state_dir=tmp_path)
+
+
+def test_add_is_idempotent_and_fills_the_map(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    mgr = EndpointManager(config, nl, dp)
+    ep = mgr.add("c1", "eth0", "/var/run/netns/p1", "default", "a")
+    again = mgr.add("c1", "eth0", "/var/run/netns/p1", "default", "a")
+    assert again.ip == ep.ip and dp.entries[ep.ip].ifindex == ep.host_ifindex
+    assert len(nl.links) == 1
+
+
+def test_delete_is_idempotent(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    mgr = EndpointManager(config, nl, dp)
+    ep = mgr.add("c1", "eth0", "/ns")
+    assert mgr.delete("c1", "eth0") is True
+    assert mgr.delete("c1", "eth0") is False
+    assert mgr.delete("never-seen", "eth0") is False
+    assert not dp.entries and not nl.links and not mgr.ipam.allocations
+    assert ep.ip not in dp.entries
+
+
+def test_failed_add_leaks_nothing(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    mgr = EndpointManager(config, nl, dp)
+    nl.fail_create = True
+    with pytest.raises(OSError):
+        mgr.add("c1", "eth0", "/ns")
+    assert not nl.links and not mgr.ipam.allocations and not dp.entries and not mgr.endpoints
+
+
+def test_restart_restores_without_duplicates_or_rewrites(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    first = EndpointManager(config, nl, dp)
+    eps = [first.add(f"c{i}", "eth0", f"/ns{i}") for i in range(3)]
+    writes = dp.writes
+    nl.attached.clear()
+    second = EndpointManager(config, nl, dp)  # same state dir, same kernel objects
+    report = second.restore()
+    assert report["reattached"] == 3 and all(n == 1 for n in nl.attached.values())
+    assert dp.writes == writes, "restore must not rewrite an already correct map"
+    new = second.add("c9", "eth0", "/ns9")
+    assert new.ip not in {e.ip for e in eps}
+
+
+def test_restore_releases_half_done_adds_and_orphan_links(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    first = EndpointManager(config, nl, dp)
+    first.add("c1", "eth0", "/ns1")
+    # An ADD that died after IPAM was saved and the veth made, before its record was written:
+    first.ipam.allocate("c2/eth0")
+    first._save_ipam()
+    nl.links[host_ifname_for("c2", "eth0")] = 99
+    second = EndpointManager(config, nl, dp)
+    report = second.restore()
+    assert report["released_addresses"] == 1 and report["orphan_links"] == 1
+    assert list(second.ipam.allocations.values()) == ["c1/eth0"]
+
+
+def test_restore_repairs_drifted_map(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    EndpointManager(config, nl, dp).add("c1", "eth0", "/ns1")
+    dp.entries.clear()
+    dp.entries[IPv4Address("10.9.0.14")] = EndpointFacts(ifindex=1, endpoint_id=1, identity=0,
+                                                         pod_mac="x", host_mac="y")
+    EndpointManager(config, nl, dp).restore()
+    assert list(dp.entries) == [IPv4Address("10.9.0.2")]
