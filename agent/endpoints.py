@@ -22,6 +22,7 @@ from membrane.delta import Delta, diff
 from membrane.ipam import IpamExhausted, IpamPool
 
 from .config import AgentConfig
+from .datapath.endpoints import EndpointEntry
 from .netlinking import PodLink
 from .persisting import read_json, remove, write_json
 
@@ -52,16 +53,6 @@ class Endpoint(BaseModel):
         return endpoint_key(self.container_id, self.ifname)
 
 
-class EndpointFacts(BaseModel, frozen=True):
-    """One endpoint map value, as the datapath needs it."""
-
-    ifindex: int
-    endpoint_id: int
-    identity: int
-    pod_mac: str
-    host_mac: str
-
-
 class NetlinkPort(Protocol):
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
                         mtu: int) -> PodLink: ...
@@ -72,8 +63,8 @@ class NetlinkPort(Protocol):
 
 
 class EndpointMapPort(Protocol):
-    def read_endpoints(self) -> dict[IPv4Address, EndpointFacts]: ...
-    def write_endpoints(self, delta: Delta[IPv4Address, EndpointFacts]) -> None: ...
+    def read_endpoints(self) -> dict[IPv4Address, EndpointEntry]: ...
+    def write_endpoints(self, delta: Delta[IPv4Address, EndpointEntry]) -> None: ...
     def programs(self) -> tuple[tuple[int, str], tuple[int, str]]: ...
 
 
@@ -146,12 +137,12 @@ class EndpointManager:
                     "released_addresses": len(stale), "map_writes": len(delta.upserts) + len(delta.deletes)}
 
     # --- desired state ---------------------------------------------------------------
-    def desired_map(self) -> dict[IPv4Address, EndpointFacts]:
-        return {ep.ip: EndpointFacts(ifindex=ep.host_ifindex, endpoint_id=ep.endpoint_id, identity=ep.identity,
+    def desired_map(self) -> dict[IPv4Address, EndpointEntry]:
+        return {ep.ip: EndpointEntry(ifindex=ep.host_ifindex, endpoint_id=ep.endpoint_id, identity=ep.identity,
                                      pod_mac=ep.pod_mac, host_mac=ep.host_mac)
                 for ep in self.endpoints.values() if ep.state == "ready"}
 
-    def sync_map(self) -> Delta[IPv4Address, EndpointFacts]:
+    def sync_map(self) -> Delta[IPv4Address, EndpointEntry]:
         """Write only the difference between records and the pinned endpoint map."""
         with self.lock:
             delta = diff(self.desired_map(), self.datapath.read_endpoints())
@@ -184,16 +175,18 @@ class EndpointManager:
             host_ifname = host_ifname_for(container_id, ifname)
             try:
                 link = self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu)
-                self.netlink.attach(link.host_ifindex, *self.datapath.programs())
                 ep = Endpoint(container_id=container_id, ifname=ifname, netns=netns, host_ifname=host_ifname,
                               host_ifindex=link.host_ifindex, host_mac=link.host_mac, pod_mac=link.pod_mac, ip=ip,
                               endpoint_id=self._next_endpoint_id(), namespace=namespace, pod=pod,
                               identity=identity, created=time.time())
                 self.endpoints[key] = ep
-                self._save(ep)
+                # Map entry first, programs second: the pod's first packet already finds itself.
                 self.sync_map()
+                self.netlink.attach(link.host_ifindex, *self.datapath.programs())
+                self._save(ep)
             except BaseException:
                 self.endpoints.pop(key, None)
+                self.sync_map()
                 self.netlink.delete_link(host_ifname)
                 self.ipam.release(key)
                 self._save_ipam()

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from membrane.cni_types import CniError
 
 from .api_serving import ApiServer, RequestError
+from .bpffs import ensure_bpffs
 from .cni_handling import CniHandler
 from .config import AgentConfig, load_config
 from .datapath_port import DatapathPort
@@ -53,6 +54,7 @@ class Agent:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         write_sysctl("net.ipv4.ip_forward", "1")  # the node routes pod traffic to the outside
+        ensure_bpffs(cfg.bpffs_root)
         self.datapath.load()
         self.metrics.compile.set(self.datapath.compile_seconds)
         self.metrics.load.set(self.datapath.load_seconds)

@@ -8,7 +8,7 @@ stamp=$venv/.membrane-installed
 
 apt_pkgs=(clang llvm python3-bpfcc bpfcc-tools libbpf-dev iproute2 iptables nftables
           python3-venv python3-dev linux-headers-amd64 containernetworking-plugins
-          iperf3 sockperf tcpdump ethtool procps psmisc curl)
+          iperf3 sockperf tcpdump ethtool procps psmisc curl iputils-ping util-linux)
 
 need_apt=0
 for p in "${apt_pkgs[@]}"; do

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from membrane.agent.config import AgentConfig
-from membrane.agent.endpoints import EndpointFacts, EndpointManager, host_ifname_for
+from membrane.agent.datapath.endpoints import EndpointEntry
+from membrane.agent.endpoints import EndpointManager, host_ifname_for
 from membrane.agent.netlinking import PodLink
 from membrane.delta import Delta
 
@@ -41,13 +42,13 @@ class FakeNetlink:
 
 class FakeMap:
     def __init__(self) -> None:
-        self.entries: dict[IPv4Address, EndpointFacts] = {}
+        self.entries: dict[IPv4Address, EndpointEntry] = {}
         self.writes = 0
 
-    def read_endpoints(self) -> dict[IPv4Address, EndpointFacts]:
+    def read_endpoints(self) -> dict[IPv4Address, EndpointEntry]:
         return dict(self.entries)
 
-    def write_endpoints(self, delta: Delta[IPv4Address, EndpointFacts]) -> None:
+    def write_endpoints(self, delta: Delta[IPv4Address, EndpointEntry]) -> None:
         self.entries.update(delta.upserts)
         for key in delta.deletes:
             del self.entries[key]
@@ -123,7 +124,7 @@ def test_restore_repairs_drifted_map(config: AgentConfig) -> None:
     nl, dp = FakeNetlink(), FakeMap()
     EndpointManager(config, nl, dp).add("c1", "eth0", "/ns1")
     dp.entries.clear()
-    dp.entries[IPv4Address("10.9.0.14")] = EndpointFacts(ifindex=1, endpoint_id=1, identity=0,
-                                                         pod_mac="x", host_mac="y")
+    dp.entries[IPv4Address("10.9.0.14")] = EndpointEntry(ifindex=1, endpoint_id=1, identity=0,
+                                                         pod_mac="02:00:00:00:00:09", host_mac="02:00:00:00:00:08")
     EndpointManager(config, nl, dp).restore()
     assert list(dp.entries) == [IPv4Address("10.9.0.2")]

@@ -1,0 +1,196 @@
+"""Struct layouts shared with the C datapath (mirrors of ``bpf/types.h``).
+
+Each ctypes class mirrors one C struct field for field. ``check_struct``
+compares a mirror with the class bcc generated from the compiled C source,
+and ``check_map_info`` compares a map's kernel attributes with its spec, so
+a drifted header or a stale pinned map fails loudly at load time instead of
+being silently misread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+
+class LayoutMismatch(RuntimeError):
+    """The Python mirrors disagree with the compiled program or a pinned map."""
+
+
+class Direction(enum.IntEnum):
+    """From the pod's point of view (``enum mb_direction``)."""
+
+    INGRESS = 0  # towards a pod
+    EGRESS = 1  # from a pod
+
+
+class Reason(enum.IntEnum):
+    """Verdict reasons counted in the metrics map (``enum mb_reason``)."""
+
+    FORWARDED = 0
+    DROP_SPOOFED_IP = 1
+    DROP_SPOOFED_MAC = 2
+    DROP_UNSUPPORTED_L3 = 3
+    DROP_INVALID_PACKET = 4
+    DROP_CT_CREATE_FAILED = 5
+    DROP_NO_ENDPOINT = 6
+    DROP_POLICY_INGRESS = 7  # reserved
+    DROP_POLICY_EGRESS = 8  # reserved
+    DROP_NO_ROUTE = 9  # reserved
+
+
+class EndpointFlag(enum.IntFlag):
+    """``mb_endpoint_info.flags``."""
+
+    HOST = 0x1  # reserved: the node itself
+
+
+class CtFlag(enum.IntFlag):
+    """``mb_ct_entry.flags``."""
+
+    SEEN_REPLY = 0x1
+    TX_CLOSING = 0x2
+    RX_CLOSING = 0x4
+
+
+MacBytes = ctypes.c_uint8 * 6
+
+
+class EndpointKey(ctypes.Structure):
+    _fields_ = [("ip4", ctypes.c_uint32)]  # network byte order in memory
+
+
+class EndpointInfo(ctypes.Structure):
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("sec_identity", ctypes.c_uint32),
+        ("endpoint_id", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+        ("pod_mac", MacBytes),
+        ("host_mac", MacBytes),
+    ]
+
+
+class CtTuple4(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("nexthdr", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class CtEntry(ctypes.Structure):
+    _fields_ = [
+        ("created_ns", ctypes.c_uint64),
+        ("last_seen_ns", ctypes.c_uint64),
+        ("tx_packets", ctypes.c_uint64),
+        ("tx_bytes", ctypes.c_uint64),
+        ("rx_packets", ctypes.c_uint64),
+        ("rx_bytes", ctypes.c_uint64),
+        ("lifetime_s", ctypes.c_uint32),
+        ("flags", ctypes.c_uint16),
+        ("tx_tcp_flags", ctypes.c_uint8),
+        ("rx_tcp_flags", ctypes.c_uint8),
+        ("src_identity", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class MetricsKey(ctypes.Structure):
+    _fields_ = [
+        ("reason", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class MetricsValue(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+# Kernel map type numbers (enum bpf_map_type in uapi/linux/bpf.h).
+BPF_MAP_TYPE_HASH: Final = 1
+BPF_MAP_TYPE_PERCPU_HASH: Final = 5
+BPF_MAP_TYPE_LRU_HASH: Final = 9
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What a map must look like, in C (maps.h) and in the kernel."""
+
+    role: str
+    name: str  # carries the layout version
+    map_type: int
+    key: type[ctypes.Structure]
+    value: type[ctypes.Structure]
+    max_entries: int
+
+
+ENDPOINTS: Final = MapSpec("endpoints", "mb_endpoints_v1", BPF_MAP_TYPE_HASH, EndpointKey, EndpointInfo, 4096)
+CONNTRACK: Final = MapSpec("conntrack", "mb_ct4_v1", BPF_MAP_TYPE_LRU_HASH, CtTuple4, CtEntry, 65536)
+METRICS: Final = MapSpec("metrics", "mb_metrics_v1", BPF_MAP_TYPE_PERCPU_HASH, MetricsKey, MetricsValue, 1024)
+MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS)
+
+
+def _describe(cls: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
+    """(name, offset, size) of every field, in declaration order."""
+    return [
+        (name, getattr(cls, name).offset, getattr(cls, name).size)
+        for name, *_ in cls._fields_  # type: ignore[misc]
+    ]
+
+
+def check_struct(mirror: type[ctypes.Structure], compiled: type[ctypes.Structure], what: str) -> None:
+    """Raise LayoutMismatch unless both classes have the same fields, offsets and sizes."""
+    ours, theirs = _describe(mirror), _describe(compiled)
+    problems: list[str] = []
+    if ctypes.sizeof(mirror) != ctypes.sizeof(compiled):
+        problems.append(f"size {ctypes.sizeof(mirror)} (python) != {ctypes.sizeof(compiled)} (C)")
+    if ours != theirs:
+        by_name = {name: (offset, size) for name, offset, size in theirs}
+        for name, offset, size in ours:
+            if name not in by_name:
+                problems.append(f"field {name!r} missing in C")
+            elif by_name[name] != (offset, size):
+                c_offset, c_size = by_name[name]
+                problems.append(
+                    f"field {name!r} at offset {offset} size {size} (python) "
+                    f"vs offset {c_offset} size {c_size} (C)"
+                )
+        extra = sorted(set(by_name) - {name for name, _, _ in ours})
+        if extra:
+            problems.append(f"fields only in C: {extra}")
+        if not problems:
+            problems.append("field order differs")
+    if problems:
+        raise LayoutMismatch(
+            f"{what}: {mirror.__name__} does not match bpf/types.h: " + "; ".join(problems)
+        )
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """The kernel's view of a map (subset of struct bpf_map_info)."""
+
+    map_type: int
+    map_id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+def check_map_info(spec: MapSpec, info: MapInfo, where: str) -> None:
+    """Raise LayoutMismatch if the kernel map (possibly an old pin) is not what spec says."""
+    expected = (spec.map_type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value), spec.max_entries)
+    actual = (info.map_type, info.key_size, info.value_size, info.max_entries)
+    if expected != actual:
+        raise LayoutMismatch(
+            f"map {spec.name} at {where} is (type, key_size, value_size, max_entries)={actual}, "
+            f"expected {expected}. A pinned map from an incompatible build: bump the layout "
+            f"version in its name (maps.h, layout.py) or remove the stale pin."
+        )

@@ -1,0 +1,246 @@
+"""Compile and load the datapath with bcc, and access its pinned maps.
+
+``Datapath`` is the agent's handle on ``bpf/bpf_lxc.c``: compiled once per
+agent start, its maps pinned under ``pin_root`` so that a restarted agent
+(or a new build with the same layout versions) picks up the very same maps
+while the programs already attached keep forwarding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from bcc import BPF  # the one place bcc is imported
+
+from membrane.agent.datapath.conntrack import ConntrackEntry, conntrack_cflags, is_expired
+from membrane.agent.datapath.encoding import field_to_ip, struct_copy
+from membrane.agent.datapath.endpoints import EndpointEntry, endpoint_key
+from membrane.agent.datapath.flattening import flatten_source
+from membrane.agent.datapath.layout import (
+    CONNTRACK,
+    ENDPOINTS,
+    MAP_SPECS,
+    METRICS,
+    CtEntry,
+    CtTuple4,
+    EndpointInfo,
+    MapInfo,
+    MapSpec,
+    MetricsKey,
+    MetricsValue,
+    check_map_info,
+    check_struct,
+)
+from membrane.agent.datapath.metrics import MetricSample, summed_samples
+from membrane.agent.datapath.syscalls import map_info
+
+DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
+ENTRY_FILE: Final = "bpf_lxc.c"
+PROGRAMS: Final = ("from_container", "to_container")
+
+# The pin root ends up inside a C string literal: keep it boring.
+_SAFE_PATH: Final = re.compile(r"^/[A-Za-z0-9._/-]+$")
+
+
+class DatapathError(RuntimeError):
+    """Datapath cannot compile, or is misused (not loaded, unknown program, bad pin root)."""
+
+
+class Datapath:
+    """The compiled bpf_lxc programs and typed access to their pinned maps."""
+
+    def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR) -> None:
+        self.pin_root = Path(pin_root)
+        self.bpf_dir = Path(bpf_dir)
+        if not _SAFE_PATH.match(str(self.pin_root)):
+            raise DatapathError(f"pin root must be an absolute plain path, got {pin_root!s}")
+        self.compile_seconds: float | None = None  # clang + map creation/reuse
+        self.load_seconds: float | None = None  # verifier, both programs
+        self._bpf: BPF | None = None
+        self._program_fds: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def load(self) -> None:
+        """Compile bpf_lxc.c, create or reopen the pinned maps, load the programs."""
+        if self._bpf is not None:
+            raise DatapathError("datapath already loaded")
+        self.pin_root.mkdir(parents=True, exist_ok=True)
+        text = flatten_source(self.bpf_dir / ENTRY_FILE)
+        started = time.perf_counter()
+        try:
+            bpf = BPF(text=text.encode(), cflags=self._cflags())
+        except Exception as exc:  # bcc raises bare Exception; clang's diagnostics went to stderr
+            raise DatapathError(f"compiling {self.bpf_dir / ENTRY_FILE} failed: {exc}") from exc
+        self.compile_seconds = time.perf_counter() - started
+        try:
+            # Before any program is loaded: a stale pin with another layout
+            # would otherwise be silently reused by bcc.
+            self._check_layouts(bpf)
+            started = time.perf_counter()
+            fds = {name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in PROGRAMS}
+            self.load_seconds = time.perf_counter() - started
+        except BaseException:
+            bpf.cleanup()
+            raise
+        self._bpf, self._program_fds = bpf, fds
+
+    def close(self) -> None:
+        """Close program and map fds. Pins (and attached programs) stay."""
+        if self._bpf is not None:
+            self._bpf.cleanup()
+        self._bpf, self._program_fds = None, {}
+
+    def unpin(self) -> None:
+        """Remove this datapath's pinned maps and the pin root if it is then empty."""
+        for spec in MAP_SPECS:
+            (self.pin_root / spec.name).unlink(missing_ok=True)
+        try:
+            self.pin_root.rmdir()
+        except OSError:
+            pass  # already gone, or something else lives there: not ours to remove
+
+    def __enter__(self) -> Datapath:
+        if self._bpf is None:
+            self.load()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- programs ------------------------------------------------------------
+
+    def program_fd(self, name: str) -> int:
+        """fd of a loaded tc program ("from_container" or "to_container")."""
+        self._loaded()
+        try:
+            return self._program_fds[name]
+        except KeyError:
+            raise DatapathError(f"no program {name!r}; have {sorted(self._program_fds)}") from None
+
+    # -- endpoints -----------------------------------------------------------
+
+    def endpoints(self) -> dict[IPv4Address, EndpointEntry]:
+        table = self._table(ENDPOINTS)
+        return {
+            field_to_ip(key.ip4): EndpointEntry.from_struct(struct_copy(EndpointInfo, value))
+            for key, value in table.items()
+        }
+
+    def upsert_endpoint(self, ip: IPv4Address, entry: EndpointEntry) -> None:
+        table = self._table(ENDPOINTS)
+        table[struct_copy(table.Key, endpoint_key(ip))] = struct_copy(table.Leaf, entry.to_struct())
+
+    def delete_endpoint(self, ip: IPv4Address) -> bool:
+        """Remove the entry; False if there was none."""
+        table = self._table(ENDPOINTS)
+        try:
+            del table[struct_copy(table.Key, endpoint_key(ip))]
+        except KeyError:
+            return False
+        return True
+
+    # -- conntrack -----------------------------------------------------------
+
+    def conntrack(self, now_ns: int | None = None) -> list[ConntrackEntry]:
+        """All flows; ages are relative to now_ns (CLOCK_MONOTONIC, like bpf_ktime_get_ns)."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        return [
+            ConntrackEntry.from_structs(struct_copy(CtTuple4, key), struct_copy(CtEntry, value), now)
+            for key, value in self._table(CONNTRACK).items()
+        ]
+
+    def conntrack_gc(self, now_ns: int | None = None) -> int:
+        """Delete flows idle for longer than their lifetime; return how many."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        table = self._table(CONNTRACK)
+        expired = [key for key, value in table.items() if is_expired(struct_copy(CtEntry, value), now)]
+        removed = 0
+        for key in expired:
+            try:
+                # Re-read right before deleting: a packet may have refreshed
+                # the flow since the walk (narrows, cannot close, the race).
+                if not is_expired(struct_copy(CtEntry, table[key]), now):
+                    continue
+                del table[key]
+                removed += 1
+            except KeyError:  # evicted by the LRU meanwhile: fine
+                pass
+        return removed
+
+    # -- metrics -------------------------------------------------------------
+
+    def metrics(self) -> list[MetricSample]:
+        """Counters per (reason, direction), summed over CPUs."""
+        table = self._table(METRICS)
+        per_cpu = []
+        for key in table.keys():
+            try:
+                values = table[key]  # one Leaf per possible CPU
+            except KeyError:
+                continue
+            per_cpu.append(
+                (struct_copy(MetricsKey, key), [struct_copy(MetricsValue, value) for value in values])
+            )
+        return summed_samples(per_cpu)
+
+    # -- introspection -------------------------------------------------------
+
+    def compiled_layouts(self) -> dict[str, tuple[type[ctypes.Structure], type[ctypes.Structure]]]:
+        """(key, value) ctypes classes bcc derived from the C source, by map name."""
+        bpf = self._loaded()
+        layouts = {}
+        for spec in MAP_SPECS:
+            table = bpf.get_table(spec.name.encode())
+            # Per-CPU tables: bcc's Leaf is an array over CPUs, sLeaf the struct.
+            layouts[spec.name] = (table.Key, getattr(table, "sLeaf", table.Leaf))
+        return layouts
+
+    def check_layouts(self) -> None:
+        """Raise LayoutMismatch unless mirrors, compiled program and kernel maps agree."""
+        self._check_layouts(self._loaded())
+
+    def maps_info(self) -> dict[str, MapInfo]:
+        """Kernel view of each map, by map name (the map id shows pin reuse)."""
+        bpf = self._loaded()
+        return {spec.name: _kernel_map_info(bpf, spec) for spec in MAP_SPECS}
+
+    # -- internals -----------------------------------------------------------
+
+    def _cflags(self) -> list[str]:
+        return [
+            f'-DMB_PIN_ROOT="{self.pin_root}"',
+            f"-DMB_ENDPOINTS_MAX={ENDPOINTS.max_entries}",
+            f"-DMB_CT_MAX={CONNTRACK.max_entries}",
+            f"-DMB_METRICS_MAX={METRICS.max_entries}",
+            *conntrack_cflags(),
+        ]
+
+    def _check_layouts(self, bpf: BPF) -> None:
+        for spec in MAP_SPECS:
+            table = bpf.get_table(spec.name.encode())
+            check_struct(spec.key, table.Key, f"{spec.name} key")
+            # Per-CPU tables: bcc's Leaf is an array over CPUs, sLeaf the struct.
+            check_struct(spec.value, getattr(table, "sLeaf", table.Leaf), f"{spec.name} value")
+            check_map_info(spec, _kernel_map_info(bpf, spec), str(self.pin_root / spec.name))
+
+    def _loaded(self) -> BPF:
+        if self._bpf is None:
+            raise DatapathError("datapath not loaded: call load() first")
+        return self._bpf
+
+    def _table(self, spec: MapSpec) -> Any:
+        return self._loaded().get_table(spec.name.encode())
+
+
+def _kernel_map_info(bpf: BPF, spec: MapSpec) -> MapInfo:
+    raw = map_info(bpf.get_table(spec.name.encode()).map_fd)
+    return MapInfo(raw.type, raw.id, raw.key_size, raw.value_size, raw.max_entries)

@@ -1,0 +1,89 @@
+{{/* Base name of every object: "membrane" unless nameOverride. */}}
+{{- define "membrane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "membrane.agentName" -}}{{ include "membrane.name" . }}-agent{{- end -}}
+{{- define "membrane.operatorName" -}}{{ include "membrane.name" . }}-operator{{- end -}}
+{{- define "membrane.configName" -}}{{ include "membrane.name" . }}-config{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "membrane.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/part-of: membrane
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels; argument: dict "ctx" $ "component" "agent" */}}
+{{- define "membrane.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "membrane.name" .ctx }}-{{ .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Image reference; argument: dict "image" <override> "root" .Values.image "ctx" $.
+     Empty override fields fall back to root, an empty tag to the chart's appVersion. */}}
+{{- define "membrane.image" -}}
+{{- $o := .image | default dict -}}
+{{- $repo := $o.repository | default .root.repository -}}
+{{- $digest := $o.digest | default .root.digest -}}
+{{- $tag := $o.tag | default .root.tag | default .ctx.Chart.AppVersion -}}
+{{- if $digest -}}
+{{- printf "%s@%s" $repo $digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (toString $tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The agent's config file as the agent reads it (AgentConfig keys). */}}
+{{- define "membrane.agentConfig" -}}
+{{- $a := .Values.agent -}}
+{{- $cfg := dict
+  "mode" $a.mode
+  "cluster_cidr" .Values.clusterCIDR
+  "state_dir" $a.stateDir
+  "bpffs_root" $a.bpffsRoot
+  "api_socket" $a.apiSocket
+  "masquerade" $a.masquerade
+  "mtu" (int $a.mtu)
+  "log_level" $a.logLevel
+  "log_format" $a.logFormat
+  "conntrack_gc_seconds" $a.conntrackGCSeconds
+  "resync_seconds" $a.resyncSeconds
+-}}
+{{- if eq .Values.ipam.mode "static" -}}
+{{- $_ := set $cfg "pod_cidr" .Values.ipam.podCIDR -}}
+{{- end -}}
+{{- toYaml (merge (deepCopy $a.extraConfig) $cfg) -}}
+{{- end -}}
+
+{{/* The CNI network configuration list (JSON). */}}
+{{- define "membrane.conflist" -}}
+{{- $plugin := dict "type" "membrane-cni" "agentSocket" .Values.agent.apiSocket -}}
+{{- $plugins := prepend (.Values.cni.chainedPlugins | default list) $plugin -}}
+{{- $conf := dict "cniVersion" .Values.cni.cniVersion "name" .Values.cni.networkName "plugins" $plugins -}}
+{{- toPrettyJson $conf -}}
+{{- end -}}
+
+{{/* Path of the config file the agent reads. */}}
+{{- define "membrane.agentConfigPath" -}}
+{{- if eq .Values.ipam.mode "kubernetes" -}}/etc/membrane/node/config.yaml{{- else -}}/etc/membrane/config/config.yaml{{- end -}}
+{{- end -}}
+
+{{/* Environment shared by the agent and its node-config init container. */}}
+{{- define "membrane.agentEnv" -}}
+- name: MEMBRANE_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- if .Values.k8sServiceHost }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ .Values.k8sServiceHost | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ .Values.k8sServicePort | default "443" | quote }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,1 @@
+"""Generated code of the membrane.state API (see membrane/api/__init__.py)."""

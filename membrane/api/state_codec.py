@@ -1,0 +1,104 @@
+"""Conversion between the pure state objects and the generated protobuf messages.
+
+Imports the generated `state_pb2` (protobuf only, no grpc) so the operator's serving code and
+the agent's client share one translation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from membrane.api.state.v1 import state_pb2 as pb
+from membrane.api.state_objects import (
+    Change,
+    EndpointState,
+    IdentityState,
+    Kind,
+    NamedPortState,
+    NamespaceState,
+    NodeState,
+    PolicyState,
+    StateKey,
+    StateObject,
+)
+
+# Snapshots are split so one message stays far below gRPC's 4 MiB default limit.
+SNAPSHOT_CHUNK = 500
+
+
+def _key_object(key: StateKey) -> StateObject:
+    """An object with only its key fields set (what a DELETE carries)."""
+    kind, text = key
+    if kind is Kind.ENDPOINT:
+        namespace, _, name = text.partition("/")
+        return EndpointState(namespace, name)
+    if kind is Kind.POLICY:
+        namespace, _, name = text.partition("/")
+        return PolicyState(namespace, name)
+    if kind is Kind.IDENTITY:
+        return IdentityState(int(text))
+    if kind is Kind.NODE:
+        return NodeState(text)
+    return NamespaceState(text)
+
+
+def change_to_pb(change: Change) -> pb.Change:
+    obj = change.obj if change.obj is not None else _key_object(change.key)
+    message = pb.Change(op=pb.Change.UPSERT if change.obj is not None else pb.Change.DELETE)
+    if isinstance(obj, EndpointState):
+        message.endpoint.CopyFrom(pb.Endpoint(
+            namespace=obj.namespace, name=obj.name, ips=obj.ips, identity=obj.identity,
+            node_name=obj.node_name, labels=dict(obj.labels), uid=obj.uid,
+            named_ports=[pb.NamedPort(name=p.name, protocol=p.protocol, port=p.port)
+                         for p in obj.named_ports]))
+    elif isinstance(obj, IdentityState):
+        message.identity.CopyFrom(pb.Identity(id=obj.id, labels=obj.labels))
+    elif isinstance(obj, PolicyState):
+        message.policy.CopyFrom(pb.Policy(namespace=obj.namespace, name=obj.name,
+                                          object_json=obj.object_json))
+    elif isinstance(obj, NodeState):
+        message.node.CopyFrom(pb.Node(name=obj.name, addresses=obj.addresses,
+                                      pod_cidr=obj.pod_cidr))
+    else:
+        message.namespace.CopyFrom(pb.Namespace(name=obj.name, labels=dict(obj.labels)))
+    return message
+
+
+def change_from_pb(message: pb.Change) -> Change:
+    which = message.WhichOneof("object")
+    obj: StateObject
+    if which == "endpoint":
+        e = message.endpoint
+        obj = EndpointState(
+            e.namespace, e.name, tuple(e.ips), e.identity, e.node_name,
+            tuple(sorted(e.labels.items())),
+            tuple(NamedPortState(p.name, p.protocol, p.port) for p in e.named_ports), e.uid)
+    elif which == "identity":
+        obj = IdentityState(message.identity.id, tuple(message.identity.labels))
+    elif which == "policy":
+        p = message.policy
+        obj = PolicyState(p.namespace, p.name, p.object_json)
+    elif which == "node":
+        n = message.node
+        obj = NodeState(n.name, tuple(n.addresses), n.pod_cidr)
+    elif which == "namespace":
+        obj = NamespaceState(message.namespace.name, tuple(sorted(message.namespace.labels.items())))
+    else:
+        raise ValueError(f"change without an object: {message!r}")
+    key = (obj.kind, obj.key)
+    return Change(key, obj if message.op == pb.Change.UPSERT else None)
+
+
+def snapshot_messages(version: int, stream_id: str,
+                      objects: Iterable[StateObject]) -> Iterator[pb.StateUpdate]:
+    """A snapshot as one or more messages (all but the last with `more` set)."""
+    changes = [change_to_pb(Change((o.kind, o.key), o)) for o in objects]
+    chunks = [changes[i:i + SNAPSHOT_CHUNK] for i in range(0, len(changes), SNAPSHOT_CHUNK)] or [[]]
+    for index, chunk in enumerate(chunks):
+        yield pb.StateUpdate(version=version, stream_id=stream_id, type=pb.StateUpdate.SNAPSHOT,
+                             more=index < len(chunks) - 1, changes=chunk)
+
+
+def delta_message(version: int, stream_id: str, changes: Iterable[Change]) -> pb.StateUpdate:
+    return pb.StateUpdate(version=version, stream_id=stream_id, type=pb.StateUpdate.DELTA,
+                          changes=[change_to_pb(c) for c in changes])

@@ -1,0 +1,150 @@
+"""What the state stream carries, in pure form (no protobuf, no grpc).
+
+Every object has a `key` unique within its kind; a `StateKey` (kind, key) is unique across the
+whole state. Objects are frozen and comparable, so the operator can diff desired against last
+sent state with `==` and agents can use them as dictionary values directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Union
+
+
+class Kind(StrEnum):
+    # Order matters for snapshots and deltas: an agent applying changes in this order never
+    # sees an endpoint whose identity or node it does not know yet.
+    NAMESPACE = "namespace"
+    NODE = "node"
+    IDENTITY = "identity"
+    ENDPOINT = "endpoint"
+    POLICY = "policy"
+
+
+KIND_ORDER = {kind: index for index, kind in enumerate(Kind)}
+
+
+def _frozen_map(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
+
+
+@dataclass(frozen=True)
+class NamespaceState:
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    kind = Kind.NAMESPACE
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    @classmethod
+    def of(cls, name: str, labels: Mapping[str, str]) -> NamespaceState:
+        return cls(name, _frozen_map(labels))
+
+
+@dataclass(frozen=True)
+class NodeState:
+    name: str
+    addresses: tuple[str, ...] = ()
+    pod_cidr: str = ""
+
+    kind = Kind.NODE
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class IdentityState:
+    id: int
+    labels: tuple[str, ...] = ()  # source-prefixed strings, sorted (LabelSet.to_strings())
+
+    kind = Kind.IDENTITY
+
+    @property
+    def key(self) -> str:
+        return str(self.id)
+
+
+@dataclass(frozen=True)
+class NamedPortState:
+    name: str
+    protocol: str
+    port: int
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    namespace: str
+    name: str
+    ips: tuple[str, ...] = ()
+    identity: int = 0
+    node_name: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    named_ports: tuple[NamedPortState, ...] = ()
+    uid: str = ""
+
+    kind = Kind.ENDPOINT
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    namespace: str
+    name: str
+    object_json: str = ""  # canonical JSON (sorted keys) so equal policies compare equal
+
+    kind = Kind.POLICY
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+StateObject = Union[NamespaceState, NodeState, IdentityState, EndpointState, PolicyState]
+StateKey = tuple[Kind, str]
+
+
+def state_key(obj: StateObject) -> StateKey:
+    return (obj.kind, obj.key)
+
+
+def sort_key(key: StateKey) -> tuple[int, str]:
+    return (KIND_ORDER[key[0]], key[1])
+
+
+@dataclass(frozen=True)
+class Change:
+    """An upsert carries the whole object; a delete carries the object's key only."""
+
+    key: StateKey
+    obj: StateObject | None  # None: delete
+
+
+@dataclass
+class StateUpdate:
+    """One decoded, complete update (snapshot chunks already joined by the client)."""
+
+    version: int
+    stream_id: str
+    snapshot: bool
+    changes: list[Change] = field(default_factory=list)
+
+
+def apply_update(state: dict[StateKey, StateObject], update: StateUpdate) -> None:
+    """Apply an update to a key -> object mapping in place (what a simple agent does)."""
+    if update.snapshot:
+        state.clear()
+    for change in update.changes:
+        if change.obj is None:
+            state.pop(change.key, None)
+        else:
+            state[change.key] = change.obj

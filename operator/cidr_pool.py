@@ -1,0 +1,101 @@
+"""PodCIDR arithmetic: one range per node carved from the cluster pool (pure).
+
+The assignments themselves live in the Kubernetes API (the node's `spec.podCIDR`, else our
+annotation on the Node), so this module keeps no state: `plan` looks at every node's recorded
+range and says which nodes still need one and which range each gets. A node that already has a
+range keeps it forever (restarts and failovers re-read it, they never recompute it); a deleted
+node's range is free again simply because no node records it any more.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+
+class PoolExhausted(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeCidrFacts:
+    """What the API says about one node's range."""
+
+    name: str
+    spec_pod_cidr: str | None = None  # set by kube-controller-manager or the admin: wins
+    annotation: str | None = None  # ours, written by an earlier leader
+    created: str = ""  # creationTimestamp: older nodes keep a contested range
+
+
+@dataclass(frozen=True)
+class CidrPlan:
+    effective: dict[str, IPv4Network]  # every node's range after the plan
+    to_write: dict[str, IPv4Network]  # nodes whose annotation must be (re)written
+    conflicts: list[str]  # human-readable notes about ranges that could not be kept
+
+
+def _parse(text: str | None) -> IPv4Network | None:
+    if not text:
+        return None
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError:
+        return None
+    return network if isinstance(network, IPv4Network) else None
+
+
+class CidrPool:
+    """The cluster pool split into equal node ranges, handed out lowest first."""
+
+    def __init__(self, cluster_cidr: str, node_prefix: int = 24) -> None:
+        self.cidr = IPv4Network(cluster_cidr, strict=True)
+        if not self.cidr.prefixlen <= node_prefix <= 30:
+            raise ValueError(f"node prefix /{node_prefix} does not fit in {self.cidr}")
+        self.node_prefix = node_prefix
+
+    @property
+    def size(self) -> int:
+        return 1 << (self.node_prefix - self.cidr.prefixlen)
+
+    def first_free(self, in_use: Iterable[IPv4Network]) -> IPv4Network:
+        used = list(in_use)
+        for candidate in self.cidr.subnets(new_prefix=self.node_prefix):
+            if not any(candidate.overlaps(u) for u in used):
+                return candidate
+        raise PoolExhausted(f"no free /{self.node_prefix} left in {self.cidr}")
+
+    def plan(self, nodes: Sequence[NodeCidrFacts]) -> CidrPlan:
+        """Keep every recorded range that does not collide with an older node's; give the rest
+        (new nodes, unparsable annotations, collisions) the lowest free range."""
+        ordered = sorted(nodes, key=lambda n: (n.created, n.name))
+        effective: dict[str, IPv4Network] = {}
+        needing: list[NodeCidrFacts] = []
+        conflicts: list[str] = []
+        # spec.podCIDR first: it is authoritative whatever we recorded.
+        for node in ordered:
+            spec = _parse(node.spec_pod_cidr)
+            if spec is not None:
+                effective[node.name] = spec
+        for node in ordered:
+            if node.name in effective:
+                continue
+            recorded = _parse(node.annotation)
+            if recorded is None:
+                if node.annotation:
+                    conflicts.append(f"{node.name}: unparsable range {node.annotation!r}")
+                needing.append(node)
+                continue
+            clash = next((n for n, c in effective.items() if c.overlaps(recorded)), None)
+            if clash is not None:
+                conflicts.append(f"{node.name}: {recorded} overlaps {clash}'s range")
+                needing.append(node)
+                continue
+            effective[node.name] = recorded
+        to_write: dict[str, IPv4Network] = {}
+        for node in needing:
+            cidr = self.first_free(effective.values())
+            effective[node.name] = cidr
+            to_write[node.name] = cidr
+        return CidrPlan(effective, to_write, conflicts)

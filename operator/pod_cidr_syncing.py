@@ -1,0 +1,73 @@
+"""PodCIDR assignment, the adapter half: read ranges from Nodes, record new ones on them.
+
+The leader plans with `CidrPool.plan` over the cached Nodes and writes each new assignment as
+the `membrane.io/pod-cidr` annotation with the Node's resourceVersion in the patch, so a write
+based on a stale view fails (409) instead of overwriting, and the next pass replans. Agents
+(and the state stream) read the node's range as `spec.podCIDR`, else the annotation.
+"""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Network
+from typing import Any
+
+from kubernetes.client.rest import ApiException
+
+from membrane.operator.cidr_pool import CidrPool, NodeCidrFacts, PoolExhausted
+from membrane.operator.metrics import OperatorMetrics
+from membrane.operator.rest import Rest
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+POD_CIDR_ANNOTATION = "membrane.io/pod-cidr"
+
+
+def node_facts(node: JSON) -> NodeCidrFacts:
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    return NodeCidrFacts(name=meta.get("name", ""), spec_pod_cidr=spec.get("podCIDR"),
+                         annotation=(meta.get("annotations") or {}).get(POD_CIDR_ANNOTATION),
+                         created=meta.get("creationTimestamp") or "")
+
+
+def node_pod_cidr(node: JSON) -> str:
+    """The range a node uses: `spec.podCIDR` wins, else ours, else none yet ("")."""
+    facts = node_facts(node)
+    return facts.spec_pod_cidr or facts.annotation or ""
+
+
+class PodCidrSyncer:
+    def __init__(self, rest: Rest, pool: CidrPool, metrics: OperatorMetrics) -> None:
+        self.rest = rest
+        self.pool = pool
+        self.metrics = metrics
+
+    def sync(self, nodes: list[JSON]) -> dict[str, IPv4Network]:
+        """Give every node without a range one (leader only); returns the effective ranges."""
+        by_name = {n["metadata"]["name"]: n for n in nodes}
+        try:
+            plan = self.pool.plan([node_facts(n) for n in nodes])
+        except PoolExhausted as exc:
+            log.error("PodCIDR pool: %s", exc)
+            self.metrics.api_write_errors.labels("pod_cidr_exhausted").inc()
+            return {}
+        for note in plan.conflicts:
+            log.warning("PodCIDR: %s; assigning a new range", note)
+        for name, cidr in plan.to_write.items():
+            meta = by_name[name]["metadata"]
+            body = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                                 "annotations": {POD_CIDR_ANNOTATION: str(cidr)}}}
+            try:
+                self.rest.merge_patch(f"/api/v1/nodes/{name}", body)
+            except ApiException as exc:
+                # 409: the node changed since we planned; 404: it is gone. Replan next pass.
+                log.info("PodCIDR for %s not written (%s), will retry", name, exc.status)
+                self.metrics.api_write_errors.labels("pod_cidr").inc()
+                plan.effective.pop(name, None)
+                continue
+            self.metrics.pod_cidr_writes.inc()
+            log.info("PodCIDR %s assigned to node %s", cidr, name)
+        self.metrics.pod_cidrs.set(len(plan.effective))
+        return plan.effective

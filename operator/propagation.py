@@ -1,0 +1,69 @@
+"""Propagation delay bookkeeping: API change seen -> acked by every subscribed agent (pure).
+
+A version is complete once every node subscribed when it was committed (or later) acked it
+or a newer one. Nodes that disconnect stop counting, so one dead agent does not hold every
+measurement back forever; with no subscriber at all a version measures nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+
+
+class PropagationTracker:
+    def __init__(self, observe: Callable[[float], None], max_pending: int = 4096) -> None:
+        self._observe = observe
+        self._max_pending = max_pending
+        self._lock = threading.Lock()
+        self._streams: Counter[str] = Counter()  # node -> open subscriptions
+        self._acked: dict[str, int] = {}
+        self._pending: dict[int, float] = {}  # version -> seen_at, in version order
+
+    @property
+    def nodes(self) -> list[str]:
+        with self._lock:
+            return sorted(self._streams)
+
+    def subscribed(self, node: str) -> None:
+        with self._lock:
+            self._streams[node] += 1
+
+    def unsubscribed(self, node: str, now: float) -> None:
+        with self._lock:
+            self._streams[node] -= 1
+            if self._streams[node] <= 0:
+                del self._streams[node]
+                self._acked.pop(node, None)
+            self._complete(now)
+
+    def committed(self, version: int, seen_at: float) -> None:
+        with self._lock:
+            if not self._streams:
+                return
+            self._pending[version] = seen_at
+            while len(self._pending) > self._max_pending:
+                self._pending.pop(next(iter(self._pending)))
+
+    def acked(self, node: str, version: int, now: float) -> int:
+        """Record an ack; returns how many versions it completed."""
+        with self._lock:
+            if node not in self._streams:
+                return 0
+            self._acked[node] = max(version, self._acked.get(node, 0))
+            return self._complete(now)
+
+    def acked_version(self, node: str) -> int:
+        with self._lock:
+            return self._acked.get(node, 0)
+
+    def _complete(self, now: float) -> int:
+        if not self._streams:
+            self._pending.clear()
+            return 0
+        floor = min(self._acked.get(node, 0) for node in self._streams)
+        done = [v for v in self._pending if v <= floor]
+        for version in done:
+            self._observe(max(0.0, now - self._pending.pop(version)))
+        return len(done)

@@ -1,0 +1,204 @@
+"""Foundation benchmark: membrane vs the reference bridge CNI vs a bare veth, same node.
+
+Run from the repo root as root: `python -m tests.bench.run` (or `make bench`). Writes
+`bench-results/foundation.json` and `bench-results/foundation.md`. Everything it creates is a
+`mbbench-*` network namespace (plus the lab agent's work dirs), removed at the end even on
+error, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from membrane.lab import netns
+
+from . import cni_timing, measuring, report
+from .cni_timing import CniTimer, Timings
+from .setups import PREFIX, BridgeReference, DirectVeth, Membrane, Setup, rss_kib
+from .stats import median, percentile
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "unknown")
+    version = lambda cmd: subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0].strip()  # noqa: E731
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "kernel": platform.release(), "cores": os.cpu_count(), "cpu": cpu,
+            "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+            "python": platform.python_version(), "sockperf": version(["sockperf", "--version"]),
+            "iperf3": version(["iperf3", "--version"]),
+            "bridge_nf_call_iptables": _read("/proc/sys/net/bridge/bridge-nf-call-iptables")}
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def timing_summary(t: Timings) -> dict[str, Any]:
+    ms = [s * 1000 for s in t.seconds]
+    return {"n": len(ms), "failures": len(t.errors), "p50_ms": median(ms), "p99_ms": percentile(ms, 99),
+            "max_ms": max(ms) if ms else None, "first_error": t.errors[0] if t.errors else None,
+            "samples_ms": [round(x, 2) for x in ms]}
+
+
+def build(setups: list[Setup]) -> dict[str, str | None]:
+    """Create each setup and check the client reaches the server over TCP; returns name -> error (None = ok)."""
+    status: dict[str, str | None] = {}
+    for s in setups:
+        log(f"creating {s.name}")
+        try:
+            s.create()
+            measuring.latency(s.server, s.client, seconds=1)  # reachability check and warm-up
+            status[s.name] = None
+        except Exception as exc:  # noqa: BLE001 - the other setups still run
+            status[s.name] = f"{type(exc).__name__}: {exc}"[:2000]
+            log(f"{s.name} unavailable: {status[s.name]}")
+    return status
+
+
+def traffic(setups: list[Setup], reps: int, seconds: int) -> dict[str, dict[str, Any]]:
+    """Latency then throughput, each repetition interleaving the setups (A,B,C,A,B,C...)."""
+    out: dict[str, dict[str, Any]] = {s.name: {"latency": [], "throughput": [], "errors": []} for s in setups}
+    for rep in range(reps):
+        for kind in ("latency", "throughput"):
+            for s in setups:
+                log(f"rep {rep + 1}/{reps} {kind} {s.name}")
+                try:
+                    fn = measuring.latency if kind == "latency" else measuring.throughput
+                    out[s.name][kind].append(vars(fn(s.server, s.client, seconds)))
+                except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                    out[s.name]["errors"].append(f"{kind}: {exc}"[:500])
+    for data in out.values():
+        data["latency_p50_us"] = median([x["p50_us"] for x in data["latency"]])
+        data["latency_avg_us"] = median([x["avg_us"] for x in data["latency"]])
+        data["latency_p99_us"] = median([x["p99_us"] for x in data["latency"]])
+        data["throughput_gbps"] = median([x["gbps"] for x in data["throughput"]])
+        data["retransmits"] = median([x["retransmits"] for x in data["throughput"]])
+    return out
+
+
+def cni(bridge: BridgeReference, membrane: Membrane | None, seq: int, conc: int) -> dict[str, Any]:
+    """Plugin start-up, ADD sequential/concurrent, DEL, and agent RSS with pods."""
+    out: dict[str, Any] = {}
+    commands = {"bridge": [f"{bridge.plugin_dir}/bridge"]}
+    if membrane is not None:
+        commands = {"membrane-cni": list(membrane.plugin.argv), **commands}
+    log("plugin start-up (VERSION)")
+    starts = cni_timing.startup(commands, 20)
+    out["startup_ms"] = {k: median([x * 1000 for x in v]) for k, v in starts.items()}
+    overhead = [cni_timing.time_command(["ip", "netns", "exec", bridge.node, "/bin/true"]) for _ in range(20)]
+    out["ip_netns_exec_overhead_ms"] = median([x * 1000 for x in overhead])
+
+    targets = [p for p in ([membrane.plugin] if membrane else []) + [bridge.plugin]]
+    timer = CniTimer()
+    try:
+        log(f"{seq} sequential ADDs per plugin (interleaved)")
+        seq_t = timer.sequential(targets, seq)
+        out["add_sequential"] = {k: timing_summary(v) for k, v in seq_t.items()}
+        if membrane is not None:
+            time.sleep(1)
+            out["agent_rss_kib"] = {"idle": membrane.idle_rss_kib, "loaded": rss_kib(membrane.agent_pid),
+                                    "loaded_pods": len(seq_t["membrane-cni"].seconds) + 2}
+        log("sequential DELs")
+        out["del_sequential"] = {k: timing_summary(v) for k, v in timer.cleanup().items()}
+        out["add_concurrent"] = {}
+        for plugin in targets:
+            log(f"{conc} concurrent ADDs {plugin.name}")
+            start = time.perf_counter()
+            t = timer.concurrent(plugin, conc)
+            out["add_concurrent"][plugin.name] = {**timing_summary(t), "wall_s": time.perf_counter() - start}
+            timer.cleanup(plugin.name)
+    finally:
+        timer.cleanup()
+    return out
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, judged on medians."""
+    t = results["traffic"]
+    get = lambda name, key: (t.get(name) or {}).get(key)  # noqa: E731
+    rows = [("membrane latency / direct veth", get("membrane", "latency_p50_us"), get("direct veth", "latency_p50_us"), "<=", 1.25),
+            ("membrane latency / bridge", get("membrane", "latency_p50_us"), get("bridge reference", "latency_p50_us"), "<=", 0.6),
+            ("membrane throughput / bridge", get("membrane", "throughput_gbps"), get("bridge reference", "throughput_gbps"), ">=", 1.0)]
+    out = []
+    for name, a, b, op, limit in rows:
+        value = a / b if a is not None and b else None
+        met = None if value is None else (value <= limit if op == "<=" else value >= limit)
+        out.append({"name": name, "value": value, "target": f"{op} {limit}", "met": met})
+    return out
+
+
+def leftovers() -> list[str]:
+    return netns.listed(f"{PREFIX}-")
+
+
+def _sigterm(_signum: int, _frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=5, help="duration of each sockperf/iperf3 run")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of the traffic tests")
+    ap.add_argument("--seq-pods", type=int, default=50)
+    ap.add_argument("--conc-pods", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the benchmark needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if leftovers():
+        print(f"refusing to start: {PREFIX}-* namespaces exist ({leftovers()}); another run? "
+              "`make clean-lab` removes leftovers of a crashed run", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _sigterm)
+    started = time.monotonic()
+    results: dict[str, Any] = {"machine": machine_facts(), "config": vars(args) | {"out": str(args.out)}}
+    veth, bridge, mb = DirectVeth(), BridgeReference(), Membrane()
+    setups: list[Setup] = [mb, bridge, veth]
+    try:
+        status = build(setups)
+        results["setups"] = {s.name: {"description": s.description, "error": status[s.name]} for s in setups}
+        ready = [s for s in setups if status[s.name] is None]
+        results["traffic"] = traffic(ready, args.reps, args.seconds)
+        if status[bridge.name] is None:
+            results["cni"] = cni(bridge, mb if status[mb.name] is None else None, args.seq_pods, args.conc_pods)
+    finally:
+        for s in reversed(setups):
+            try:
+                s.destroy()
+            except Exception as exc:  # noqa: BLE001
+                log(f"destroy {s.name}: {exc}")
+        left = leftovers()
+        if left:
+            log(f"WARNING: left behind: {left}")
+    results["targets"] = targets(results)
+    results["leftovers"] = left
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "foundation.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = report.markdown(results)
+    (args.out / "foundation.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
