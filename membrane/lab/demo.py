@@ -9,7 +9,6 @@ Everything is removed on exit, on error and on Ctrl-C.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +34,17 @@ spec:
     image: example/{pod}
     ports: [{{name: http, containerPort: 8080, protocol: TCP}}]
 """ for pod in PODS)
+
+
+BLOB_SERVER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 8080)); s.listen()
+print("ready", flush=True)
+body = b"m" * (1 << 20)
+while True:
+    c, _ = s.accept(); c.recv(4096)
+    c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body); c.close()
+"""
 
 
 def say(text: str) -> None:
@@ -84,23 +94,17 @@ def run_demo() -> None:
             print(next(line for line in out.splitlines() if "packets transmitted" in line))
 
         say(f"TCP: {a.name} fetches 1 MiB over HTTP from {c.name}")
-        served = Path(tempfile.mkdtemp(prefix="mbdemo-"))
-        (served / "blob.bin").write_bytes(b"m" * (1 << 20))
-        server = subprocess.Popen(["ip", "netns", "exec", c.netns, sys.executable, "-m", "http.server", "8080",
-                                   "--bind", c.ip, "--directory", str(served)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A minimal HTTP server: http.server would resolve names (DNS) we never want to send.
+        server = subprocess.Popen(["ip", "netns", "exec", c.netns, sys.executable, "-c", BLOB_SERVER, c.ip],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
-            for _ in range(50):
-                if a.exec(["curl", "-s", "-o", "/dev/null", f"http://{c.ip}:8080/"], check=False).returncode == 0:
-                    break
-                time.sleep(0.1)
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
             out = a.exec(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} bytes in %{time_total}s",
                           f"http://{c.ip}:8080/blob.bin"]).stdout
             print(out)
         finally:
-            server.terminate()
+            server.kill()
             server.wait(5)
-            shutil.rmtree(served, ignore_errors=True)
 
         say("datapath counters (per-CPU BPF map, read by the agent)")
         print(ctl(node, "bpf", "metrics"), end="")
