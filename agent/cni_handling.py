@@ -37,13 +37,10 @@ def attachment_of(ep: Endpoint) -> Attachment:
 
 
 class CniHandler:
-    def __init__(self, endpoints: EndpointManager, netlink: Netlink, is_ready: Callable[[], bool],
-                 identity_for: Callable[[str, str], int], pod_attached: Callable[[Endpoint], None]) -> None:
+    def __init__(self, endpoints: EndpointManager, netlink: Netlink, is_ready: Callable[[], bool]) -> None:
         self.endpoints = endpoints
         self.netlink = netlink
         self.is_ready = is_ready
-        self.identity_for = identity_for
-        self.pod_attached = pod_attached
 
     def handle(self, req: dict[str, Any]) -> Any:
         conf = NetConf.parse(req.get("config") or {})
@@ -79,8 +76,8 @@ class CniHandler:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
         namespace = args.get("K8S_POD_NAMESPACE", "")
         pod = args.get("K8S_POD_NAME", "")
-        ep = self.endpoints.add(container_id, ifname, netns, namespace, pod, self.identity_for(namespace, pod))
-        self.pod_attached(ep)
+        # The endpoint manager's listeners (identity, policy, ipcache) run before this returns.
+        ep = self.endpoints.add(container_id, ifname, netns, namespace, pod)
         return build_result(attachment_of(ep), conf.cni_version, conf.prev_result)
 
     def check(self, conf: NetConf, container_id: str, ifname: str, netns: str) -> None:

@@ -28,6 +28,7 @@ class AgentConfig(BaseModel):
     api_socket: Path = Path("/run/membrane/agent.sock")
     http_addr: str = "127.0.0.1:9962"  # /healthz, /readyz, /metrics
     masquerade: bool = True
+    allow_host_traffic: bool = True  # the node (kubelet probes) may reach pods isolated by policy
     mtu: int = Field(default=1500, ge=576, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
@@ -70,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     for key, flag in _FLAGS.items():
         parser.add_argument(flag, dest=key, default=None)
     parser.add_argument("--no-masquerade", dest="masquerade", action="store_false", default=None)
+    parser.add_argument("--no-allow-host-traffic", dest="allow_host_traffic", action="store_false", default=None,
+                        help="the node's own traffic to pods obeys NetworkPolicy like any other peer")
     return parser
 
 

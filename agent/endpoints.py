@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from membrane.delta import Delta, diff
 from membrane.ipam import IpamExhausted, IpamPool
+from membrane.k8s_models import ObjectRef
 
 from .config import AgentConfig
 from .datapath.endpoints import EndpointEntry
@@ -52,6 +53,11 @@ class Endpoint(BaseModel):
     def key(self) -> str:
         return endpoint_key(self.container_id, self.ifname)
 
+    @property
+    def pod_ref(self) -> ObjectRef:
+        """The pod this endpoint belongs to; sandboxes without pod metadata stand alone."""
+        return ObjectRef(self.namespace or "default", self.pod or self.container_id)
+
 
 class NetlinkPort(Protocol):
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
@@ -79,11 +85,11 @@ def host_ifname_for(container_id: str, ifname: str) -> str:
 
 class EndpointManager:
     def __init__(self, config: AgentConfig, netlink: NetlinkPort, datapath: EndpointMapPort,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[Endpoint, bool], None] | None = None) -> None:
         self.config = config
         self.netlink = netlink
         self.datapath = datapath
-        self.on_change = on_change or (lambda: None)
+        self.on_change = on_change or (lambda ep, present: None)
         self.lock = threading.RLock()
         self.dir = config.state_dir / "endpoints"
         self.ipam_path = config.state_dir / "ipam.json"
@@ -193,7 +199,7 @@ class EndpointManager:
                 raise
             log.info("endpoint added", extra={"fields": {"endpoint": key, "ip": str(ip), "pod": f"{namespace}/{pod}",
                                                         "host_ifname": host_ifname}})
-        self.on_change()
+        self.on_change(ep, True)
         return ep
 
     def delete(self, container_id: str, ifname: str) -> bool:
@@ -209,7 +215,7 @@ class EndpointManager:
             self.sync_map()
         if ep is not None:
             log.info("endpoint deleted", extra={"fields": {"endpoint": key}})
-            self.on_change()
+            self.on_change(ep, False)
         return ep is not None
 
     def update_identity(self, key: str, identity: int) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from membrane.cni_types import CniError
+from membrane.k8s_models import ObjectRef
 
 from .api_serving import ApiServer, RequestError
 from .bpffs import ensure_bpffs
@@ -29,7 +30,10 @@ from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
 from .metrics import AgentMetrics, DatapathCollector
 from .netlinking import Netlink, write_sysctl
-from .object_store import ObjectStore
+from . import policy_api
+from .identity_book import IdentityBook
+from .object_store import ObjectKey, ObjectStore
+from .policy_syncing import LocalEndpoint, PolicyManager
 
 log = logging.getLogger("membrane.agent")
 
@@ -43,9 +47,16 @@ class Agent:
         self.metrics = AgentMetrics()
         self.datapath = DatapathPort(config.bpffs_root)
         self.netlink = Netlink()
-        self.endpoints = EndpointManager(config, self.netlink, self.datapath)
+        self.endpoints = EndpointManager(config, self.netlink, self.datapath, self._endpoint_changed)
         self.store = ObjectStore(config.state_dir / "objects.json")
-        self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set, self._identity_for, self._pod_attached)
+        self.store.listeners.append(self._object_changed)
+        self.identities = IdentityBook(config.state_dir / "identities.json")
+        self.host_addresses: list[str] = []
+        self.policy = PolicyManager(self.identities, self.datapath, self.endpoints.update_identity,
+                                    lambda: self.host_addresses, config.allow_host_traffic)
+        self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set)
+        self.metrics.watch_state(lambda: len(self.identities.allocator), lambda: len(self.store.list("NetworkPolicy")),
+                                 lambda: {k: len(self.store.list(k)) for k in ("Namespace", "Pod", "NetworkPolicy")})
         self.api: ApiServer | None = None
         self.http: HttpServer | None = None
 
@@ -62,6 +73,16 @@ class Agent:
                                                     self.datapath.map_usage))
         restored = self.endpoints.restore()
         log.info("endpoints restored", extra={"fields": restored})
+        # Policy state is rebuilt from the store and the restored endpoints, then compared
+        # with the pinned maps: only differences are written, nothing is flushed.
+        self.host_addresses = self.netlink.host_addresses()
+        for kind in ("Namespace", "Pod", "NetworkPolicy"):
+            for obj in self.store.list(kind):
+                meta = obj.metadata  # type: ignore[attr-defined]
+                self._object_changed(kind, (kind, meta.namespace or "", meta.name), obj)
+        for ep in self.endpoints.list():
+            self._endpoint_changed(ep, True, apply=False)
+        log.info("policy restored", extra={"fields": self.policy.resync()})
         if cfg.masquerade:
             assert cfg.cluster_cidr is not None
             ensure_masquerade(cfg.pod_cidr, cfg.cluster_cidr)
@@ -99,11 +120,16 @@ class Agent:
                 if now >= next_gc:
                     self.metrics.ct_gc_removed.inc(self.datapath.conntrack_gc())
                     next_gc = now + self.config.conntrack_gc_seconds
-                if now >= next_resync:  # repairs drift: someone edited the map behind our back
+                if now >= next_resync:  # repairs drift: someone edited the maps behind our back
                     delta = self.endpoints.sync_map()
                     if delta:
                         log.warning("endpoint map drift repaired", extra={"fields": {
                             "upserts": len(delta.upserts), "deletes": len(delta.deletes)}})
+                    self.host_addresses = self.netlink.host_addresses()
+                    report = self.policy.resync()
+                    if any(report.values()):
+                        log.warning("policy maps resynced", extra={"fields": report})
+                    self.identities.gc()
                     next_resync = now + self.config.resync_seconds
             except Exception:  # noqa: BLE001 - housekeeping must outlive one bad round
                 log.exception("housekeeping failed")
@@ -112,11 +138,39 @@ class Agent:
     def _endpoint_states(self) -> dict[str, int]:
         return dict(self.endpoints.summary()["states"])
 
-    def _identity_for(self, namespace: str, pod: str) -> int:
-        return 0  # identities arrive with the policy work; 0 = none assigned yet
+    def _endpoint_changed(self, ep: Endpoint, present: bool, apply: bool = True) -> None:
+        local = LocalEndpoint(ep.key, ep.endpoint_id, ep.ip) if present else None
+        self.policy.on_endpoint(ep.pod_ref, local)
+        if apply:
+            self._apply_policy("endpoint")
 
-    def _pod_attached(self, ep: Endpoint) -> None:
-        return None
+    def _object_changed(self, kind: str, key: ObjectKey, obj: BaseModel | None) -> None:
+        """Store listener: records only; the request handler applies once per batch."""
+        ref = ObjectRef(key[1], key[2])
+        if kind == "Namespace":
+            self.policy.on_namespace(key[2], obj)  # type: ignore[arg-type]
+        elif kind == "Pod":
+            self.policy.on_pod(ref, obj)  # type: ignore[arg-type]
+        elif kind == "NetworkPolicy":
+            self.policy.on_policy(ref, obj)  # type: ignore[arg-type]
+
+    def _apply_policy(self, cause: str) -> dict[str, int]:
+        started = time.perf_counter()
+        report = self.policy.apply()
+        self.metrics.policy_delay.labels(cause).observe(time.perf_counter() - started)
+        if any(report.values()):
+            log.info("policy applied", extra={"fields": {"cause": cause, **report}})
+        return report
+
+    def _store_op(self, req: dict[str, Any], verb: str) -> Any:
+        started = time.perf_counter()
+        outcome = self.store.apply(self._documents(req)) if verb == "apply" else \
+            self.store.delete(self._documents(req))
+        self._apply_policy("store")
+        self.metrics.refresh_store()
+        log.info(f"objects {verb}", extra={"fields": {"count": len(outcome),
+                                                         "seconds": round(time.perf_counter() - started, 4)}})
+        return outcome
 
     def _cni(self, req: dict[str, Any]) -> Any:
         started = time.perf_counter()
@@ -136,8 +190,14 @@ class Agent:
             "cni": self._cni,
             "status": lambda req: self.status(),
             "endpoint.list": lambda req: [self._endpoint_row(ep) for ep in self.endpoints.list()],
-            "apply": lambda req: self.store.apply(self._documents(req)),
-            "delete": lambda req: self.store.delete(self._documents(req)),
+            "apply": lambda req: self._store_op(req, "apply"),
+            "delete": lambda req: self._store_op(req, "delete"),
+            "policy.list": lambda req: policy_api.policy_list(self.policy, self.store),
+            "policy.get": lambda req: policy_api.policy_get(self.policy, self.store, str(req.get("name"))),
+            "policy.trace": lambda req: policy_api.policy_trace(self.policy, str(req.get("src")), str(req.get("dst")),
+                                                                str(req.get("port", "80/TCP"))),
+            "identity.list": lambda req: policy_api.identity_list(self.policy),
+            "identity.get": lambda req: policy_api.identity_get(self.policy, int(req.get("identity", -1))),
             "get": lambda req: [o.model_dump(mode="json", by_alias=True, exclude_none=True)
                                 for o in self.store.list(str(req.get("kind")))],
             "bpf.endpoints": lambda req: self.datapath.dump_endpoints(),
@@ -167,11 +227,6 @@ class Agent:
                              "load_seconds": round(self.datapath.load_seconds, 3),
                              "pin_root": str(self.config.bpffs_root)},
                 "store": {kind: len(self.store.list(kind)) for kind in ("Namespace", "Pod", "NetworkPolicy")}}
-
-
-def _obj_labels(obj: BaseModel | None) -> dict[str, str]:
-    meta = getattr(obj, "metadata", None)
-    return dict(getattr(meta, "labels", None) or {})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,5 +66,22 @@ class AgentMetrics:
         self.store_objects = Gauge("membrane_store_objects", "Objects in the local store by kind", ["kind"],
                                    registry=self.registry)
 
+        self.policy_delay = Histogram("membrane_policy_implementation_delay_seconds",
+                                      "Time from a change (store, endpoint) to its policy being in the maps",
+                                      ["cause"], registry=self.registry,
+                                      buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+
+    def watch_state(self, identities: Callable[[], int], policies: Callable[[], int],
+                    objects: Callable[[], dict[str, int]]) -> None:
+        Gauge("membrane_identities", "Security identities allocated (reserved ones aside)",
+              registry=self.registry).set_function(lambda: float(identities()))
+        Gauge("membrane_policies", "NetworkPolicies known to this agent",
+              registry=self.registry).set_function(lambda: float(policies()))
+        self._objects = objects
+
+    def refresh_store(self) -> None:
+        for kind, count in self._objects().items():
+            self.store_objects.labels(kind).set(count)
+
     def add_datapath(self, collector: DatapathCollector) -> None:
         self.registry.register(collector)

@@ -188,6 +188,12 @@ class Netlink:
         finally:
             pod.close()
 
+    def host_addresses(self) -> list[str]:
+        """The node's own IPv4 addresses (its identity is HOST), loopback aside."""
+        with self._lock:
+            found = [str(a.get("IFA_ADDRESS")) for a in self._ipr.get_addr(family=2)]
+        return sorted(a for a in found if not a.startswith("127."))
+
     def host_links(self, prefix: str) -> dict[str, int]:
         """Host veths the agent created (by name prefix) -> ifindex."""
         with self._lock:

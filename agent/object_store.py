@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from membrane.k8s_models import parse_object
+from membrane.k8s_models import ObjectValidationError, parse_object
 
 from .api_serving import RequestError
 from .persisting import read_json, write_json
@@ -58,17 +58,21 @@ class ObjectStore:
                 problems.append(f"document {index}: not an object")
                 continue
             label = f"{data.get('kind', '?')} {(data.get('metadata') or {}).get('name', '?')}"
+            key = self.key_of(data)
+            meta = data.get("metadata")
+            if key[1] and isinstance(meta, dict) and not meta.get("namespace"):
+                data = {**data, "metadata": {**meta, "namespace": key[1]}}
             try:
                 obj = parse_object(data)
             except ValidationError as exc:
                 problems.extend(f"{label}: {reason}" for reason in _describe(exc))
                 continue
+            except ObjectValidationError as exc:
+                problems.extend(f"{label}: {err}" for err in exc.errors)
+                continue
             except (ValueError, TypeError, KeyError) as exc:
                 problems.append(f"{label}: {exc}")
                 continue
-            key = self.key_of(data)
-            if key[1] and "namespace" not in (data.get("metadata") or {}):
-                data = {**data, "metadata": {**data["metadata"], "namespace": key[1]}}
             parsed.append((key, obj, data))
         if problems:
             raise RequestError("rejected: " + "; ".join(problems), code=422, details=problems)

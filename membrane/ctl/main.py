@@ -49,6 +49,11 @@ _COLUMNS = {
     "apply": [("KIND", "kind"), ("NAMESPACE", "namespace"), ("NAME", "name"), ("RESULT", "action")],
 }
 _COLUMNS["delete"] = _COLUMNS["apply"]
+_COLUMNS["policy list"] = [("POLICY", "policy"), ("TYPES", "types"), ("INGRESS RULES", "ingress_rules"),
+                           ("EGRESS RULES", "egress_rules"), ("SELECTS (IN)", "selected_ingress"),
+                           ("SELECTS (EG)", "selected_egress")]
+_COLUMNS["identity list"] = [("IDENTITY", "identity"), ("LABELS", "labels"), ("USED BY", "owners")]
+_COLUMNS["identity get"] = _COLUMNS["identity list"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("apply", "delete"):
         p = sub.add_parser(verb, help=f"{verb} Kubernetes-format objects (standalone mode)")
         p.add_argument("-f", "--filename", action="append", required=True, help="YAML/JSON file, folder or -")
+    pol = sub.add_parser("policy", help="NetworkPolicies as this node enforces them")
+    pol_sub = pol.add_subparsers(dest="action", required=True)
+    pol_sub.add_parser("list")
+    pol_sub.add_parser("get").add_argument("name", help="NAMESPACE/NAME")
+    tr = pol_sub.add_parser("trace", help="would a new connection be allowed, and by which rules")
+    tr.add_argument("--from", dest="src", required=True, help="NAMESPACE/POD or an IP")
+    tr.add_argument("--to", dest="dst", required=True, help="NAMESPACE/POD, an IP or a CIDR")
+    tr.add_argument("--port", default="80/TCP", help="PORT/PROTOCOL, port by number or name (default 80/TCP)")
+    ident = sub.add_parser("identity", help="security identities")
+    ident_sub = ident.add_subparsers(dest="action", required=True)
+    ident_sub.add_parser("list")
+    ident_sub.add_parser("get").add_argument("identity", type=int)
     bpf = sub.add_parser("bpf", help="dump datapath maps")
     bpf.add_argument("map", choices=["endpoints", "ct", "metrics"])
     return parser
@@ -79,6 +96,17 @@ def run(argv: list[str] | None = None) -> int:
         elif args.command in ("apply", "delete"):
             docs = _documents(args.filename)
             result, key = request(args.command, args.socket, objects=docs), args.command
+        elif args.command == "policy":
+            key = f"policy {args.action}"
+            extra = {"name": args.name} if args.action == "get" else \
+                {"src": args.src, "dst": args.dst, "port": args.port} if args.action == "trace" else {}
+            result = request(f"policy.{args.action}", args.socket, **extra)
+        elif args.command == "identity":
+            key = f"identity {args.action}"
+            extra = {"identity": args.identity} if args.action == "get" else {}
+            result = request(f"identity.{args.action}", args.socket, **extra)
+            if args.action == "get":
+                result = [result]
         else:
             op = {"endpoints": "bpf.endpoints", "ct": "bpf.ct", "metrics": "bpf.metrics"}[args.map]
             result, key = request(op, args.socket), f"bpf {args.map}"
@@ -93,6 +121,12 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     if args.output == "json":
         json.dump(result, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    elif key == "policy trace":
+        print("\n".join(result["lines"]))
+        return 0 if result["verdict"] == "allow" else 2
+    elif key == "policy get":
+        json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif key == "status":
         for name, value in result.items():

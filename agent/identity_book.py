@@ -1,0 +1,73 @@
+"""The node's identity allocations (standalone mode): pods -> security identities, persisted.
+
+Same labels give the same number, across restarts too: the allocator's state is written to
+the state dir after every change, before the identity is used in a BPF map.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from membrane.identities import (CLUSTER_IDENTITY_MIN, IdentityAllocator, LabelSet, ReservedIdentity,
+                                 identity_labels, reserved_labels)
+from membrane.k8s_models import ObjectRef
+
+from .persisting import read_json, write_json
+
+GRACE_SECONDS = 60.0  # an unused identity keeps its number this long (a pod being recreated)
+
+
+class IdentityBook:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        saved = read_json(path)
+        self.allocator = IdentityAllocator.from_dict(saved) if saved else \
+            IdentityAllocator(CLUSTER_IDENTITY_MIN, grace=GRACE_SECONDS)
+        self.held: dict[ObjectRef, LabelSet] = {}
+        for identity, labels in self.allocator.items().items():
+            for owner in self.allocator.owners_of(identity):
+                self.held[ObjectRef.parse(owner)] = labels
+
+    def assign(self, ref: ObjectRef, pod_labels: dict[str, str], ns_labels: dict[str, str]) -> int:
+        """The identity of a pod with these labels; moves the pod off its old one."""
+        labels = identity_labels(pod_labels, ref.namespace, ns_labels)
+        old = self.held.get(ref)
+        if old == labels:
+            number = self.allocator.lookup(labels)
+            assert number is not None
+            return number
+        number = self.allocator.acquire(labels, str(ref))
+        if old is not None:
+            self.allocator.release(old, str(ref), time.time())
+        self.held[ref] = labels
+        self._save()
+        return number
+
+    def release(self, ref: ObjectRef) -> None:
+        old = self.held.pop(ref, None)
+        if old is not None:
+            self.allocator.release(old, str(ref), time.time())
+            self._save()
+
+    def gc(self) -> list[int]:
+        freed = self.allocator.gc(time.time())
+        if freed:
+            self._save()
+        return freed
+
+    def identity_of(self, ref: ObjectRef) -> int | None:
+        labels = self.held.get(ref)
+        return self.allocator.lookup(labels) if labels is not None else None
+
+    def listing(self) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = [
+            {"identity": int(r), "labels": reserved_labels(r).to_strings(), "owners": [], "reserved": True}
+            for r in ReservedIdentity]
+        for number, labels in sorted(self.allocator.items().items()):
+            rows.append({"identity": number, "labels": labels.to_strings(),
+                         "owners": sorted(self.allocator.owners_of(number)), "reserved": False})
+        return rows
+
+    def _save(self) -> None:
+        write_json(self.path, self.allocator.to_dict())

@@ -1,0 +1,74 @@
+"""membranectl's policy and identity questions, answered from the policy manager's state.
+
+`policy trace` runs the same engine output the datapath is fed from, so its answer is what
+the kernel decides for a new connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from membrane.k8s_models import NetworkPolicy, ObjectRef
+from membrane.policy import Direction, trace
+
+from .api_serving import RequestError
+from .object_store import ObjectStore
+from .policy_syncing import PolicyManager
+
+
+def _selected(manager: PolicyManager, ref: ObjectRef) -> dict[str, list[str]]:
+    """Which pods the policy isolates, per direction."""
+    found: dict[str, list[str]] = {"ingress": [], "egress": []}
+    for pod, policy in manager.resolver.desired().endpoints.items():
+        for direction, refs in policy.selected_by.items():
+            if ref in refs:
+                found[Direction(direction).label].append(str(pod))
+    return found
+
+
+def policy_list(manager: PolicyManager, store: ObjectStore) -> list[dict[str, Any]]:
+    rows = []
+    for obj in store.list("NetworkPolicy"):
+        assert isinstance(obj, NetworkPolicy)
+        selected = _selected(manager, obj.ref)
+        rows.append({"policy": str(obj.ref), "types": ",".join(str(getattr(t, "value", t)).lower() for t in obj.spec.effective_policy_types()),
+                     "ingress_rules": len(obj.spec.ingress or []), "egress_rules": len(obj.spec.egress or []),
+                     "selected_ingress": len(selected["ingress"]), "selected_egress": len(selected["egress"])})
+    return rows
+
+
+def policy_get(manager: PolicyManager, store: ObjectStore, name: str) -> dict[str, Any]:
+    ref = ObjectRef.parse(name if "/" in name else f"default/{name}")
+    obj = store.get("NetworkPolicy", ref.namespace, ref.name)
+    if obj is None:
+        raise RequestError(f"no NetworkPolicy {ref}", code=404)
+    return {"policy": str(ref), "selected": _selected(manager, ref),
+            "object": store.raw[("NetworkPolicy", ref.namespace, ref.name)]}
+
+
+def _party(text: str) -> ObjectRef | str:
+    if "/" in text and not text[0].isdigit():
+        return ObjectRef.parse(text)
+    return text.split("/")[0] if text.endswith("/32") else text
+
+
+def policy_trace(manager: PolicyManager, src: str, dst: str, port: str) -> dict[str, Any]:
+    number, _, proto = port.partition("/")
+    try:
+        with manager.lock:
+            result = trace(manager.resolver.desired(), manager.resolver.inputs.pods, _party(src), _party(dst),
+                           number, (proto or "TCP").upper())
+    except (ValueError, KeyError) as exc:
+        raise RequestError(f"cannot trace: {exc}") from exc
+    return {"verdict": result.verdict.name.lower(), "lines": result.lines()}
+
+
+def identity_list(manager: PolicyManager) -> list[dict[str, Any]]:
+    return manager.identities.listing()
+
+
+def identity_get(manager: PolicyManager, number: int) -> dict[str, Any]:
+    for row in manager.identities.listing():
+        if row["identity"] == number:
+            return row
+    raise RequestError(f"no identity {number}", code=404)

@@ -1,0 +1,204 @@
+"""Policy manager: namespaces, pods, policies and local endpoints -> ipcache and policy maps.
+
+Felix-style: `on_*` calls record changes cheaply (the pure `PolicyResolver` recomputes only
+the endpoints a change affects); `apply()` turns the affected endpoints into LPM entries and
+writes only the difference to the kernel, in an order that never opens a window: new policy
+entries first, then ipcache and endpoint identities, then stale ipcache entries, then stale
+policy entries. So during an update the datapath sees the old or the new rules, or their
+union for an instant (never neither: allowed traffic is never dropped by the update itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, ip_network
+from typing import Protocol as TypingProtocol
+
+from membrane.delta import Delta, diff
+from membrane.identities import ReservedIdentity, cidr_allocator
+from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod
+from membrane.policy import (Direction, FlatKey, FlatValue, NamespaceInfo, PodInfo, PolicyDelta, PolicyResolver,
+                             Protocol, RuleTable, Verdict, flatten_endpoint)
+
+from .identity_book import IdentityBook
+
+log = logging.getLogger("membrane.policy")
+
+HOST_RULE_REF = 0  # the host-allow entry is nobody's rule: flows name it "host default"
+
+
+class PolicyMapsPort(TypingProtocol):
+    def read_policy(self) -> dict[FlatKey, FlatValue]: ...
+    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None: ...
+    def read_ipcache(self) -> dict[IPv4Network, int]: ...
+    def write_ipcache(self, delta: Delta[IPv4Network, int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    key: str  # endpoint manager key (container/ifname)
+    endpoint_id: int
+    ip: IPv4Address
+
+
+class PolicyManager:
+    def __init__(self, identities: IdentityBook, maps: PolicyMapsPort,
+                 set_endpoint_identity: Callable[[str, int], None],
+                 host_addresses: Callable[[], Iterable[str]], allow_host: bool = True) -> None:
+        self.identities = identities
+        self.maps = maps
+        self.set_endpoint_identity = set_endpoint_identity
+        self.host_addresses = host_addresses
+        self.allow_host = allow_host
+        self.lock = threading.RLock()
+        self.resolver = PolicyResolver(cidr_allocator())
+        self.rules = RuleTable()
+        self.namespaces: dict[str, dict[str, str]] = {}
+        self.pods: dict[ObjectRef, Pod] = {}
+        self.local: dict[ObjectRef, LocalEndpoint] = {}
+        self.written_policy: dict[ObjectRef, dict[FlatKey, FlatValue]] = {}
+        self.written_ipcache: dict[IPv4Network, int] = {}
+        self.dirty: set[ObjectRef] = set()
+        self.last_apply_seconds = 0.0
+
+    # --- recording changes (cheap) ------------------------------------------------------
+    def on_namespace(self, name: str, obj: Namespace | None) -> None:
+        with self.lock:
+            if obj is None:
+                self.namespaces.pop(name, None)
+            else:
+                self.namespaces[name] = dict(obj.metadata.labels)
+            self._record(self.resolver.update_namespace(NamespaceInfo.of(name, self.namespaces.get(name, {}))))
+            for ref in [r for r in set(self.pods) | set(self.local) if r.namespace == name]:
+                self._refresh_pod(ref)  # identity labels include the namespace's labels
+
+    def on_pod(self, ref: ObjectRef, obj: Pod | None) -> None:
+        with self.lock:
+            if obj is None:
+                self.pods.pop(ref, None)
+            else:
+                self.pods[ref] = obj
+            self._refresh_pod(ref)
+
+    def on_policy(self, ref: ObjectRef, obj: NetworkPolicy | None) -> None:
+        with self.lock:
+            self._record(self.resolver.update_policy(obj) if obj is not None else self.resolver.delete_policy(ref))
+
+    def on_endpoint(self, ref: ObjectRef, endpoint: LocalEndpoint | None) -> int | None:
+        """A local endpoint appeared or went; returns its identity."""
+        with self.lock:
+            if endpoint is None:
+                self.local.pop(ref, None)
+            else:
+                self.local[ref] = endpoint
+            self.dirty.add(ref)
+            return self._refresh_pod(ref)
+
+    def _record(self, delta: PolicyDelta) -> None:
+        self.dirty.update(delta.endpoints)
+
+    def _refresh_pod(self, ref: ObjectRef) -> int | None:
+        pod, local = self.pods.get(ref), self.local.get(ref)
+        if pod is None and local is None:
+            self._record(self.resolver.delete_pod(ref))
+            self.identities.release(ref)
+            return None
+        if ref.namespace not in self.namespaces and ref.namespace:
+            self._record(self.resolver.update_namespace(NamespaceInfo.of(ref.namespace, {})))
+        labels = dict(pod.metadata.labels) if pod is not None else {}
+        identity = self.identities.assign(ref, labels, self.namespaces.get(ref.namespace, {}))
+        ips = (str(local.ip),) if local is not None else pod.ips if pod is not None else ()
+        info = PodInfo(ref, labels, identity, ips, pod.named_ports() if pod is not None else (),
+                       pod.spec.host_network if pod is not None else False)
+        self._record(self.resolver.update_pod(info))
+        return identity
+
+    # --- desired state (pure given the recorded inputs) ----------------------------------
+    def desired_endpoint(self, ref: ObjectRef) -> dict[FlatKey, FlatValue]:
+        local = self.local.get(ref)
+        policy = self.resolver.endpoint(ref)
+        if local is None or policy is None:
+            return {}
+        flat = flatten_endpoint(local.endpoint_id, policy, self.rules)
+        if self.allow_host and policy.selected_by.get(Direction.INGRESS):
+            # kubelet probes come from the node: allowed unless configured otherwise.
+            host = FlatKey(local.endpoint_id, int(ReservedIdentity.HOST), int(Direction.INGRESS), int(Protocol.ANY), 0, 0)
+            flat.setdefault(host, FlatValue(int(Verdict.ALLOW), HOST_RULE_REF))
+        return flat
+
+    def desired_ipcache(self) -> dict[IPv4Network, int]:
+        cache: dict[IPv4Network, int] = {}
+        for prefix, identity in self.resolver.desired().cidr_identities.items():
+            net = ip_network(prefix)
+            if isinstance(net, IPv4Network):
+                cache[net] = identity
+        for pod in self.resolver.inputs.pods.values():
+            if pod.identity is None or pod.host_network:
+                continue
+            for ip in pod.ips:
+                net = ip_network(f"{ip}/32")
+                if isinstance(net, IPv4Network):
+                    cache[net] = pod.identity
+        for addr in self.host_addresses():
+            cache[IPv4Network(f"{addr}/32")] = int(ReservedIdentity.HOST)
+        return cache
+
+    # --- writing the difference -------------------------------------------------------------
+    def apply(self) -> dict[str, int]:
+        with self.lock:
+            started = time.perf_counter()
+            policy_delta: Delta[FlatKey, FlatValue] = Delta()
+            new_written = {}
+            for ref in sorted(self.dirty):
+                want = self.desired_endpoint(ref)
+                part = diff(want, self.written_policy.get(ref, {}))
+                policy_delta.upserts.update(part.upserts)
+                policy_delta.deletes.extend(part.deletes)
+                new_written[ref] = want
+            ipcache_delta = diff(self.desired_ipcache(), self.written_ipcache)
+            self._write(policy_delta, ipcache_delta)
+            for ref, want in new_written.items():
+                if want:
+                    self.written_policy[ref] = want
+                else:
+                    self.written_policy.pop(ref, None)
+            self.written_ipcache = {**self.written_ipcache, **ipcache_delta.upserts}
+            for key in ipcache_delta.deletes:
+                self.written_ipcache.pop(key, None)
+            self.dirty.clear()
+            self.last_apply_seconds = time.perf_counter() - started
+            return {"policy_upserts": len(policy_delta.upserts), "policy_deletes": len(policy_delta.deletes),
+                    "ipcache_upserts": len(ipcache_delta.upserts), "ipcache_deletes": len(ipcache_delta.deletes)}
+
+    def _write(self, policy: Delta[FlatKey, FlatValue], ipcache: Delta[IPv4Network, int]) -> None:
+        self.maps.write_policy(Delta(policy.upserts, []))
+        self.maps.write_ipcache(Delta(ipcache.upserts, []))
+        for ref, local in self.local.items():
+            identity = self.identities.identity_of(ref)
+            if identity is not None:
+                self.set_endpoint_identity(local.key, identity)
+        self.maps.write_ipcache(Delta({}, ipcache.deletes))
+        self.maps.write_policy(Delta({}, policy.deletes))
+
+    def resync(self) -> dict[str, int]:
+        """Compare everything with the kernel's maps and repair (start-up, periodic)."""
+        with self.lock:
+            actual = self.maps.read_policy()
+            by_endpoint: dict[int, dict[FlatKey, FlatValue]] = {}
+            for key, value in actual.items():
+                by_endpoint.setdefault(key.endpoint_id, {})[key] = value
+            ids = {local.endpoint_id: ref for ref, local in self.local.items()}
+            self.written_policy = {ids[eid]: entries for eid, entries in by_endpoint.items() if eid in ids}
+            strays = [key for eid, entries in by_endpoint.items() if eid not in ids for key in entries]
+            self.written_ipcache = self.maps.read_ipcache()
+            self.dirty.update(self.local)
+            self.dirty.update(self.written_policy)
+            report = self.apply()
+            if strays:
+                self.maps.write_policy(Delta({}, strays))
+            report["stray_policy_entries"] = len(strays)
+            return report

@@ -1,0 +1,180 @@
+"""The agent's policy manager against a fake dataplane: real forwarding decisions are
+asserted with the engine's executable model of the BPF lookup (`lookup_flat`)."""
+
+from __future__ import annotations
+
+import itertools
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from membrane.delta import Delta
+from membrane.k8s_models import ObjectRef, parse_object
+from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat
+from membrane.agent.identity_book import IdentityBook
+from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
+
+
+class FakeMaps:
+    def __init__(self) -> None:
+        self.policy: dict[FlatKey, FlatValue] = {}
+        self.ipcache: dict[IPv4Network, int] = {}
+        self.log: list[str] = []
+
+    def read_policy(self) -> dict[FlatKey, FlatValue]:
+        return dict(self.policy)
+
+    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
+        self.policy.update(delta.upserts)
+        for key in delta.deletes:
+            del self.policy[key]
+        self.log.append(f"policy+{len(delta.upserts)}-{len(delta.deletes)}")
+
+    def read_ipcache(self) -> dict[IPv4Network, int]:
+        return dict(self.ipcache)
+
+    def write_ipcache(self, delta: Delta[IPv4Network, int]) -> None:
+        self.ipcache.update(delta.upserts)
+        for key in delta.deletes:
+            del self.ipcache[key]
+        self.log.append(f"ipcache+{len(delta.upserts)}-{len(delta.deletes)}")
+
+
+def pod(ns: str, name: str, **labels: str) -> object:
+    return parse_object({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns,
+                         "labels": labels}, "spec": {"containers": [{"name": "c", "image": "i",
+                         "ports": [{"name": "http", "containerPort": 80}]}]}})
+
+
+def namespace(name: str, **labels: str) -> object:
+    return parse_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+
+
+def allow_from(ns: str, name: str, selector: dict[str, str], port: int | str = 80) -> object:
+    return parse_object({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": name, "namespace": ns},
+                         "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                                  "ingress": [{"from": [{"podSelector": {"matchLabels": selector}}],
+                                               "ports": [{"port": port}]}]}})
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.maps = FakeMaps()
+        self.identities: dict[str, int] = {}
+        self.mgr = PolicyManager(IdentityBook(tmp / "ids.json"), self.maps,
+                                 lambda key, ident: self.identities.__setitem__(key, ident), lambda: ["198.18.0.1"])
+        self.ips = {}
+
+    def endpoint(self, ns: str, name: str, n: int) -> None:
+        ref = ObjectRef(ns, name)
+        self.ips[ref] = IPv4Address(f"10.0.0.{n}")
+        self.mgr.on_endpoint(ref, LocalEndpoint(f"c{n}/eth0", n, self.ips[ref]))
+
+    def canonical(self) -> tuple[set[tuple[object, ...]], set[tuple[object, ...]]]:
+        """Map contents with allocation-order numbers (identities, rule refs) replaced by what
+        they stand for: the same state reached in another order must give the same set."""
+        book = self.mgr.identities
+
+        def ident(number: int) -> object:
+            labels = book.allocator.labels_of(number)
+            return str(labels) if labels is not None else number
+
+        eps = {ep.endpoint_id: ref for ref, ep in self.mgr.local.items()}
+        policy = {(eps[k.endpoint_id], ident(k.identity), k.direction, k.protocol, k.port, k.port_prefix,
+                   v.verdict, tuple(self.mgr.rules.describe(v.rule_ref))) for k, v in self.maps.policy.items()}
+        ipcache = {(str(net), ident(number)) for net, number in self.maps.ipcache.items()}
+        return policy, ipcache
+
+    def allowed(self, src: ObjectRef, dst: ObjectRef, port: int = 80) -> bool:
+        """Egress at the source then ingress at the destination, like from_container."""
+        src_id = self.maps.ipcache[IPv4Network(f"{self.ips[src]}/32")]
+        dst_id = self.maps.ipcache[IPv4Network(f"{self.ips[dst]}/32")]
+        src_ep = self.mgr.local[src].endpoint_id
+        dst_ep = self.mgr.local[dst].endpoint_id
+        eg = lookup_flat(self.maps.policy, src_ep, Direction.EGRESS, dst_id, Protocol.TCP, port)
+        ing = lookup_flat(self.maps.policy, dst_ep, Direction.INGRESS, src_id, Protocol.TCP, port)
+        return bool(eg and eg.verdict == 1 and ing and ing.verdict == 1)
+
+
+WEB, DB, OTHER = ObjectRef("shop", "web"), ObjectRef("shop", "db"), ObjectRef("shop", "other")
+
+STEPS = {
+    "ns": lambda c: c.mgr.on_namespace("shop", namespace("shop", team="a")),
+    "web": lambda c: c.mgr.on_pod(WEB, pod("shop", "web", app="web")),
+    "db": lambda c: c.mgr.on_pod(DB, pod("shop", "db", app="db")),
+    "other": lambda c: c.mgr.on_pod(OTHER, pod("shop", "other", app="other")),
+    "policy": lambda c: c.mgr.on_policy(ObjectRef("shop", "p"), allow_from("shop", "p", {"app": "web"})),
+    "eps": lambda c: [c.endpoint("shop", "web", 1), c.endpoint("shop", "db", 2), c.endpoint("shop", "other", 3)],
+}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(STEPS))[::37])
+def test_any_order_gives_the_same_maps_and_decisions(tmp_path: Path, order: tuple[str, ...]) -> None:
+    c = Cluster(tmp_path)
+    for step in order:
+        STEPS[step](c)
+        c.mgr.apply()
+    ref = Cluster(tmp_path / "ref")
+    for step in STEPS:
+        STEPS[step](ref)
+    ref.mgr.apply()
+    assert c.canonical() == ref.canonical()
+    assert c.allowed(WEB, DB) and not c.allowed(OTHER, DB) and not c.allowed(WEB, DB, 81)
+    assert c.allowed(DB, WEB)  # db is isolated for ingress only
+
+
+def test_relabel_moves_identity_and_reachability(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    for step in STEPS.values():
+        step(c)
+    c.mgr.apply()
+    before = c.maps.ipcache[IPv4Network("10.0.0.3/32")]
+    c.mgr.on_pod(OTHER, pod("shop", "other", app="web"))
+    report = c.mgr.apply()
+    assert c.allowed(OTHER, DB) and c.maps.ipcache[IPv4Network("10.0.0.3/32")] != before
+    assert c.identities["c3/eth0"] == c.maps.ipcache[IPv4Network("10.0.0.3/32")]
+    # "other" now has web's labels, so web's identity: only its ipcache entry changes.
+    assert report == {"policy_upserts": 0, "policy_deletes": 0, "ipcache_upserts": 1, "ipcache_deletes": 0}
+    # Nothing changed: nothing written.
+    assert c.mgr.apply() == {"policy_upserts": 0, "policy_deletes": 0, "ipcache_upserts": 0, "ipcache_deletes": 0}
+
+
+def test_write_order_never_leaves_a_gap(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    for step in STEPS.values():
+        step(c)
+    c.mgr.apply()
+    c.maps.log.clear()
+    c.mgr.on_policy(ObjectRef("shop", "p"), allow_from("shop", "p", {"app": "web"}, port=81))
+    c.mgr.apply()
+    assert c.maps.log == ["policy+2-0", "ipcache+0-0", "ipcache+0-0", "policy+0-1"] or \
+        c.maps.log[0].startswith("policy+") and c.maps.log[-1].startswith("policy+0-")
+
+
+def test_host_is_allowed_into_isolated_pods_unless_configured(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    for step in STEPS.values():
+        step(c)
+    c.mgr.apply()
+    db_ep = c.mgr.local[DB].endpoint_id
+    assert lookup_flat(c.maps.policy, db_ep, Direction.INGRESS, 1, Protocol.TCP, 8080)
+    c.mgr.allow_host = False
+    c.mgr.dirty.add(DB)
+    c.mgr.apply()
+    assert not lookup_flat(c.maps.policy, db_ep, Direction.INGRESS, 1, Protocol.TCP, 8080)
+    assert c.maps.ipcache[IPv4Network("198.18.0.1/32")] == 1
+
+
+def test_resync_repairs_drift_and_removes_strays(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    for step in STEPS.values():
+        step(c)
+    c.mgr.apply()
+    good = dict(c.maps.policy)
+    victim = next(iter(c.maps.policy))
+    del c.maps.policy[victim]
+    c.maps.policy[FlatKey(99, 5, 0, 6, 80, 16)] = FlatValue(1, 0)
+    report = c.mgr.resync()
+    assert c.maps.policy == good and report["stray_policy_entries"] == 1
