@@ -84,7 +84,8 @@ class IdentitySyncer:
             "version": 1, "first": CLUSTER_IDENTITY_MIN, "last": CLUSTER_IDENTITY_MAX,
             "grace": self.grace, "next": top + 1,
             # Holes below the highest number are reused only after fresh numbers run out.
-            "free": [i for i in range(CLUSTER_IDENTITY_MIN, top + 1) if i not in used],
+            "free": [i for i in range(CLUSTER_IDENTITY_MIN, min(top, CLUSTER_IDENTITY_MIN + 65536) + 1)
+                     if i not in used],
             "identities": [{"id": i, "labels": labels.to_strings(), "owners": [],
                             "releasedAt": now} for i, labels in sorted(known)],
         }

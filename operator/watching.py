@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -203,21 +202,3 @@ class ResourceWatcher:
         if rv:
             self.resource_version = rv
 
-
-def start_watchers(api: ApiClient, resources: tuple[Resource, ...], cache: ObjectCache,
-                   metrics: OperatorMetrics, backoff: Callable[[], Backoff] = Backoff,
-                   read_timeout: float = 90.0) -> list[ResourceWatcher]:
-    watchers = [ResourceWatcher(api, r, cache, metrics, backoff, read_timeout=read_timeout)
-                for r in resources]
-    for watcher in watchers:
-        watcher.start()
-    return watchers
-
-
-def wait_synced(cache: ObjectCache, resources: tuple[Resource, ...], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cache.synced(*resources):
-            return True
-        time.sleep(0.02)
-    return cache.synced(*resources)

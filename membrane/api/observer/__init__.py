@@ -1,0 +1,1 @@
+"""Generated code of the membrane.observer API (flows of one agent)."""

@@ -1,0 +1,127 @@
+"""`StateClient`: the agent's end of the operator's state stream (gRPC).
+
+Subscribes with the last version it applied (and the stream id that version belongs to), so a
+reconnect to the same operator gets only the missing deltas and anything else gets a snapshot.
+Each complete update goes to `apply`; once `apply` returns, the version is acked (that is what
+the operator's propagation histogram measures) and becomes the resume point. Connection
+failures reconnect with exponential backoff and jitter; the backoff resets after an update.
+
+An agent that persists its applied state can persist `last_version` and `stream_id` with it
+and pass them back in after a restart to resume without a snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from membrane.api.backoff import Backoff
+from membrane.api.state.v1 import state_pb2 as pb
+from membrane.api.state.v1 import state_pb2_grpc as pb_grpc
+from membrane.api.state_codec import change_from_pb
+from membrane.api.state_objects import StateUpdate
+
+log = logging.getLogger(__name__)
+
+
+class StateClient:
+    def __init__(self, target: str, node_name: str, apply: Callable[[StateUpdate], None],
+                 last_version: int = 0, stream_id: str = "",
+                 backoff: Backoff | None = None, ack: bool = True) -> None:
+        self.target = target
+        self.node_name = node_name
+        self.apply = apply
+        self.last_version = last_version
+        self.stream_id = stream_id
+        self.backoff = backoff or Backoff(initial=0.1, maximum=10.0)
+        self.auto_ack = ack
+        self.connects = 0  # subscriptions started (for tests and metrics)
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._call: grpc.Future | None = None
+        self._channel: grpc.Channel | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"state-client:{self.node_name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        """Subscribe until stopped, reconnecting with backoff."""
+        while not self._stop.is_set():
+            try:
+                self.subscribe_once()
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    break
+                log.info("state stream from %s ended: %s", self.target,
+                         exc.code() if hasattr(exc, "code") else exc)
+            except Exception:  # noqa: BLE001 - a failing apply must not kill the client
+                log.exception("state stream: applying an update failed; resubscribing")
+            finally:
+                self.connected.clear()
+            if not self._stop.is_set():
+                self._stop.wait(self.backoff.next())
+
+    # --- one subscription ---------------------------------------------------------------------
+    def _ensure_channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.target)
+        return self._channel
+
+    def subscribe_once(self) -> None:
+        stub = pb_grpc.StateServiceStub(self._ensure_channel())
+        request = pb.SubscribeRequest(node_name=self.node_name,
+                                      last_applied_version=self.last_version,
+                                      stream_id=self.stream_id)
+        call = stub.Subscribe(request)
+        self._call = call
+        self.connects += 1
+        self.connected.set()
+        pending: StateUpdate | None = None  # a snapshot arriving in several chunks
+        try:
+            for message in call:
+                changes = [change_from_pb(c) for c in message.changes]
+                snapshot = message.type == pb.StateUpdate.SNAPSHOT
+                if pending is not None and (not snapshot or message.version != pending.version):
+                    raise ValueError("snapshot interrupted by another update")
+                if snapshot and pending is None:
+                    pending = StateUpdate(message.version, message.stream_id, True, [])
+                if pending is not None:
+                    pending.changes.extend(changes)
+                    if message.more:
+                        continue
+                    update, pending = pending, None
+                else:
+                    update = StateUpdate(message.version, message.stream_id, False, changes)
+                self.apply(update)
+                self.last_version, self.stream_id = update.version, update.stream_id
+                self.backoff.reset()
+                if self.auto_ack:
+                    try:
+                        self.ack(update.version)
+                    except grpc.RpcError as exc:  # the next ack covers this version too
+                        log.info("state ack %d failed: %s", update.version, exc)
+        finally:
+            self._call = None
+            if self._stop.is_set() and self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+    def ack(self, version: int) -> None:
+        stub = pb_grpc.StateServiceStub(self._ensure_channel())
+        stub.Ack(pb.AckRequest(node_name=self.node_name, version=version,
+                               stream_id=self.stream_id), timeout=5)

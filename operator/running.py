@@ -1,0 +1,229 @@
+"""`Operator`: wires the watchers, the controller loop, leader election and the servers.
+
+One controller thread does all the thinking, in passes: drain the cache's change queue, then
+(leader only) assign PodCIDRs, allocate and collect identities, report invalid policies, then
+(every replica) rebuild the state and commit it to the state log, which wakes the gRPC streams.
+A pass also runs every `resync_seconds` without changes, for GC timers and failed writes.
+Nothing is written and no state is served before every watched resource has been listed once:
+a partial view would look like deletions.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from membrane.api.backoff import Backoff
+from membrane.api.state_objects import Kind
+from membrane.operator import resources as res
+from membrane.operator.cache import CacheEvent, ObjectCache
+from membrane.operator.cidr_pool import CidrPool
+from membrane.operator.config import OperatorConfig, host_port
+from membrane.operator.crds import CRDS
+from membrane.operator.electing import ElectionConfig, LeaderElector
+from membrane.operator.http_serving import HttpServer
+from membrane.operator.identity_syncing import IdentitySyncer
+from membrane.operator.metrics import OperatorMetrics
+from membrane.operator.pod_cidr_syncing import PodCidrSyncer
+from membrane.operator.policy_checking import PolicyChecker
+from membrane.operator.propagation import PropagationTracker
+from membrane.operator.rest import Rest
+from membrane.operator.state_building import build_state
+from membrane.operator.state_log import StateLog
+from membrane.operator.state_serving import StateServicer, serve
+from membrane.operator.state_serving import stop as stop_serving
+from membrane.operator.watching import ResourceWatcher
+
+log = logging.getLogger(__name__)
+
+LIVENESS_WINDOW = 60.0  # a controller pass must finish at least this often to be healthy
+
+
+def make_api_client(config: OperatorConfig) -> k8s_client.ApiClient:
+    if config.api_server:
+        configuration = k8s_client.Configuration()
+        configuration.host = config.api_server
+        configuration.verify_ssl = False
+        configuration.api_key = {}
+    elif config.kubeconfig:
+        configuration = k8s_client.Configuration()
+        k8s_config.load_kube_config(config.kubeconfig, client_configuration=configuration)
+    else:
+        configuration = k8s_client.Configuration()
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    # Seven long-lived watches plus writes share the pool.
+    configuration.connection_pool_maxsize = 32
+    return k8s_client.ApiClient(configuration)
+
+
+class Operator:
+    def __init__(self, config: OperatorConfig, api: k8s_client.ApiClient | None = None,
+                 backoff: type[Backoff] | None = None) -> None:
+        self.config = config
+        self.api = api or make_api_client(config)
+        self.metrics = OperatorMetrics()
+        self.cache = ObjectCache()
+        self.rest = Rest(self.api)
+        self.cidrs = PodCidrSyncer(self.rest, CidrPool(config.cluster_cidr,
+                                                       config.node_cidr_prefix), self.metrics)
+        self.identities = IdentitySyncer(self.rest, self.metrics, config.identity_gc_seconds)
+        self.policies = PolicyChecker(self.rest, self.metrics, config.identity)
+        self.state = StateLog(config.state_log_size)
+        self.tracker = PropagationTracker(self.metrics.propagation.observe)
+        self.servicer = StateServicer(self.state, self.tracker, self.metrics,
+                                      ready=lambda: self.state_built)
+        self.elector: LeaderElector | None = None
+        if config.leader_election:
+            self.elector = LeaderElector(self.api, ElectionConfig(
+                config.lease_name, config.lease_namespace, config.identity,
+                config.lease_duration_seconds, config.renew_deadline_seconds,
+                config.retry_period_seconds), self.metrics,
+                on_started=self._leadership_changed, on_stopped=self._leadership_changed)
+        self.watchers = [ResourceWatcher(self.api, r, self.cache, self.metrics,
+                                         backoff or Backoff,
+                                         read_timeout=config.watch_read_timeout_seconds)
+                         for r in res.WATCHED]
+        self.state_built = False
+        self.grpc_port = 0
+        self.http_port = 0
+        self._was_leader = False
+        self._last_pass = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._grpc = None
+        self._http: HttpServer | None = None
+
+    # --- status -------------------------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return self.elector.is_leader if self.elector is not None else True
+
+    def live(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() \
+            and time.monotonic() - self._last_pass < LIVENESS_WINDOW
+
+    def ready(self) -> bool:
+        return self.live() and self.state_built
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> Operator:
+        if self.config.install_crds:
+            self._install_crds()
+        for watcher in self.watchers:
+            watcher.start()
+        self._thread = threading.Thread(target=self._run, name="operator-controller",
+                                        daemon=True)
+        self._thread.start()
+        if self.elector is not None:
+            self.elector.start()
+        self._grpc, self.grpc_port = serve(self.servicer, self.config.grpc_addr)
+        host, port = host_port(self.config.http_addr)
+        self._http = HttpServer(host, port, self.metrics.registry, self.live, self.ready)
+        self.http_port = self._http.port
+        self._http.start()
+        log.info("operator %s started (grpc %s, http %s)", self.config.identity,
+                 self.grpc_port, self.http_port)
+        return self
+
+    def stop(self, release: bool = True) -> None:
+        """Stop everything; `release=False` leaves the lease held, as a crash would."""
+        if self._grpc is not None:
+            stop_serving(self._grpc, self.servicer)
+        if self.elector is not None:
+            self.elector.stop(release=release)
+        self._stop.set()
+        self.kick()
+        if self._thread is not None:
+            self._thread.join(10)
+        for watcher in self.watchers:
+            watcher.stop()
+        if self._http is not None:
+            self._http.stop()
+        self.api.close()
+
+    def __enter__(self) -> Operator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def kick(self) -> None:
+        """Run a controller pass soon (leadership changed, a test wants one)."""
+        self.cache.events.put(None)  # type: ignore[arg-type]
+
+    def _leadership_changed(self) -> None:
+        self.kick()
+
+    def _install_crds(self) -> None:
+        for crd in CRDS:
+            path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+            try:
+                self.rest.create(path, crd)
+                log.info("installed CRD %s", crd["metadata"]["name"])
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+
+    # --- the controller -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            seen_at = self._drain()
+            if self._stop.is_set():
+                break
+            started = time.monotonic()
+            try:
+                self._pass(seen_at)
+            except Exception:  # noqa: BLE001 - one failed pass must not end the operator
+                log.exception("controller pass failed")
+            self._last_pass = time.monotonic()
+            self.metrics.controller_passes.observe(self._last_pass - started)
+
+    def _drain(self) -> float | None:
+        """Wait for changes (or the resync period); returns when the oldest was seen."""
+        seen: list[float] = []
+        try:
+            first: CacheEvent | None = self.cache.events.get(timeout=self.config.resync_seconds)
+        except queue.Empty:
+            return None
+        events = [first]
+        while True:
+            try:
+                events.append(self.cache.events.get_nowait())
+            except queue.Empty:
+                break
+        seen = [e.seen_at for e in events if e is not None]
+        return min(seen) if seen else None
+
+    def _pass(self, seen_at: float | None) -> None:
+        if not self.cache.synced(*res.WATCHED):
+            return
+        nodes = self.cache.list(res.NODES)
+        namespaces = {n["metadata"]["name"]: n for n in self.cache.list(res.NAMESPACES)}
+        pods = self.cache.list(res.PODS)
+        policies = self.cache.list(res.NETWORK_POLICIES)
+        identity_objects = self.cache.list(res.IDENTITIES)
+        leader = self.is_leader
+        if leader != self._was_leader:
+            # A new term starts from what the API says, not from our last term's memory.
+            self.identities.reset()
+            self._was_leader = leader
+        if leader:
+            self.cidrs.sync(nodes)
+            self.identities.sync(pods, namespaces, identity_objects)
+            self.policies.report(policies)
+        valid = self.policies.valid_policies(policies)
+        desired = build_state(namespaces.values(), nodes, pods, valid, identity_objects)
+        delta = self.state.commit(desired, seen_at if seen_at is not None else time.monotonic())
+        if delta is not None:
+            self.tracker.committed(delta.version, delta.seen_at)
+            self.metrics.state_version.set(delta.version)
+            for kind in Kind:
+                self.metrics.state_objects.labels(kind.value).set(
+                    sum(1 for key in desired if key[0] is kind))
+        self.state_built = True

@@ -1,0 +1,155 @@
+"""MembraneIdentity allocation and GC, and policy validation reports, against the stand-in."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from kubernetes import client
+
+from membrane.api.state_objects import Kind
+from membrane.operator.config import OperatorConfig
+from membrane.operator.running import Operator
+from membrane.testing.kubeapi import KubeApiServer
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def make_operator(api: KubeApiServer, name: str = "op", gc: float = 0.5) -> Operator:
+    return Operator(OperatorConfig(
+        api_server=api.url, identity=name, http_addr="127.0.0.1:0", grpc_addr="127.0.0.1:0",
+        install_crds=True, leader_election=False, identity_gc_seconds=gc,
+        resync_seconds=0.1)).start()
+
+
+@pytest.fixture
+def api() -> Iterator[KubeApiServer]:
+    with KubeApiServer(port=0) as server:
+        yield server
+
+
+@pytest.fixture
+def apis(api: KubeApiServer) -> Iterator[client.ApiClient]:
+    api_client = api.api_client()
+    yield api_client
+    api_client.close()
+
+
+def pod(name: str, labels: dict[str, str]) -> dict:
+    return {"metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}}
+
+
+def identities(apis: client.ApiClient) -> dict[int, dict[str, str]]:
+    items = client.CustomObjectsApi(apis).list_cluster_custom_object(
+        "membrane.io", "v1alpha1", "membraneidentities")["items"]
+    return {int(i["metadata"]["name"]): i["securityLabels"] for i in items}
+
+
+def test_identities_allocated_shared_stable_and_collected(api: KubeApiServer,
+                                                          apis: client.ApiClient) -> None:
+    core = client.CoreV1Api(apis)
+    core.create_namespace({"metadata": {"name": "team-b", "labels": {"team": "b"}}})
+    operator = make_operator(api)
+    try:
+        core.create_namespaced_pod("default", pod("web-1", {"app": "web", "pod-template-hash": "1"}))
+        core.create_namespaced_pod("default", pod("web-2", {"app": "web", "pod-template-hash": "2"}))
+        core.create_namespaced_pod("team-b", pod("web-3", {"app": "web"}))
+        core.create_namespaced_pod("default", {**pod("host", {"app": "h"}),
+                                               "spec": {"hostNetwork": True, "containers": []}})
+        assert wait_for(lambda: len(identities(apis)) == 2)
+        found = identities(apis)
+        assert all(number >= 256 for number in found)
+        by_ns = {labels["meta:namespace"]: labels for labels in found.values()}
+        assert by_ns["default"]["k8s:app"] == "web"
+        assert "k8s:pod-template-hash" not in by_ns["default"]  # per-rollout labels ignored
+        assert by_ns["team-b"]["ns:team"] == "b"
+    finally:
+        operator.stop()
+
+    operator = make_operator(api, "op-2")  # a new leader keeps every number
+    try:
+        assert wait_for(operator.ready)
+        core.create_namespaced_pod("default", pod("web-4", {"app": "web"}))
+        core.create_namespaced_pod("default", pod("db-1", {"app": "db"}))
+        assert wait_for(lambda: len(identities(apis)) == 3)
+        after = identities(apis)
+        assert {k: after[k] for k in found} == found
+        db = next(n for n, labels in after.items() if labels.get("k8s:app") == "db")
+        assert db not in found
+
+        core.delete_namespaced_pod("db-1", "default")
+        time.sleep(0.2)
+        assert db in identities(apis)  # still in its grace period
+        assert wait_for(lambda: db not in identities(apis), timeout=5)
+        assert operator.metrics.registry.get_sample_value(
+            "membrane_operator_identity_gc_total") == 1
+        assert set(identities(apis)) == set(found)  # identities in use are kept
+    finally:
+        operator.stop()
+
+
+def invalid_policy() -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "broken", "namespace": "default"},
+            "spec": {"podSelector": {}, "ingress": [
+                {"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]}}
+
+
+def valid_policy() -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "fine", "namespace": "default"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}}
+
+
+def test_invalid_policy_gets_event_and_condition(api: KubeApiServer,
+                                                 apis: client.ApiClient) -> None:
+    networking = client.NetworkingV1Api(apis)
+    core = client.CoreV1Api(apis)
+    operator = make_operator(api)
+    try:
+        networking.create_namespaced_network_policy("default", invalid_policy())
+        networking.create_namespaced_network_policy("default", valid_policy())
+
+        def events() -> list:
+            return [e for e in core.list_namespaced_event("default").items
+                    if e.involved_object.name == "broken"]
+
+        assert wait_for(lambda: len(events()) == 1)
+        event = events()[0]
+        assert event.type == "Warning" and event.reason == "InvalidNetworkPolicy"
+        assert "spec.ingress[0].from[0].ipBlock.except[0]" in event.message
+
+        def condition() -> dict | None:
+            obj = client.CustomObjectsApi(apis).get_namespaced_custom_object(
+                "networking.k8s.io", "v1", "default", "networkpolicies", "broken")
+            return next(iter((obj.get("status") or {}).get("conditions") or []), None)
+
+        assert wait_for(lambda: condition() is not None)
+        cond = condition()
+        assert cond is not None
+        assert cond["type"] == "Accepted" and cond["status"] == "False"
+        assert cond["reason"] == "InvalidNetworkPolicy"
+        assert "ipBlock.except[0]" in cond["message"]
+
+        keys = operator.state.objects()
+        assert (Kind.POLICY, "default/fine") in keys  # the rest keeps working
+        assert (Kind.POLICY, "default/broken") not in keys
+        time.sleep(0.5)
+        assert len(events()) == 1  # reported once, not on every pass
+
+        fixed = invalid_policy()
+        fixed["spec"]["ingress"][0]["from"][0]["ipBlock"]["except"] = ["10.1.0.0/16"]
+        networking.patch_namespaced_network_policy("broken", "default", fixed)
+        assert wait_for(lambda: (condition() or {}).get("status") == "True")
+        assert wait_for(lambda: (Kind.POLICY, "default/broken") in operator.state.objects())
+    finally:
+        operator.stop()

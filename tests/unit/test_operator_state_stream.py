@@ -1,0 +1,221 @@
+"""The gRPC state stream: snapshot then ordered deltas, resume with only the missing deltas,
+acks feeding the propagation histogram, and the client's reconnects."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from membrane.api.backoff import Backoff
+from membrane.api.state_client import StateClient
+from membrane.api.state_objects import (
+    EndpointState,
+    IdentityState,
+    Kind,
+    NodeState,
+    StateObject,
+    StateUpdate,
+    apply_update,
+)
+from membrane.operator.metrics import OperatorMetrics
+from membrane.operator.propagation import PropagationTracker
+from membrane.operator.state_log import StateLog
+from membrane.operator.state_serving import StateServicer, serve, stop
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+class Server:
+    """A StateService over a StateLog the test commits to by hand."""
+
+    def __init__(self, max_deltas: int = 100, port: int = 0) -> None:
+        self.log = StateLog(max_deltas)
+        self.metrics = OperatorMetrics()
+        self.tracker = PropagationTracker(self.metrics.propagation.observe)
+        self.servicer = StateServicer(self.log, self.tracker, self.metrics, ready=lambda: True)
+        self.server, self.port = serve(self.servicer, f"127.0.0.1:{port}")
+        self.objects: dict[tuple[Kind, str], StateObject] = {}
+
+    def put(self, *objs: StateObject, seen_at: float | None = None) -> int:
+        for obj in objs:
+            self.objects[(obj.kind, obj.key)] = obj
+        return self.commit(seen_at)
+
+    def drop(self, *objs: StateObject) -> int:
+        for obj in objs:
+            self.objects.pop((obj.kind, obj.key))
+        return self.commit(None)
+
+    def commit(self, seen_at: float | None) -> int:
+        delta = self.log.commit(dict(self.objects), seen_at or time.monotonic())
+        assert delta is not None
+        self.tracker.committed(delta.version, delta.seen_at)
+        return delta.version
+
+    def propagations(self) -> float:
+        return self.metrics.registry.get_sample_value(
+            "membrane_operator_state_propagation_seconds_count") or 0.0
+
+    def stop(self) -> None:
+        stop(self.server, self.servicer, grace=0.2)
+
+
+class Agent:
+    """What an agent does with the stream: apply, remember, (the client acks)."""
+
+    def __init__(self, port: int, name: str = "n1", **kwargs: object) -> None:
+        self.updates: list[StateUpdate] = []
+        self.state: dict = {}
+        self.lock = threading.Lock()
+        self.client = StateClient(f"127.0.0.1:{port}", name, self.apply,
+                                  backoff=Backoff(initial=0.05, maximum=0.2), **kwargs)  # type: ignore[arg-type]
+        self.client.start()
+
+    def apply(self, update: StateUpdate) -> None:
+        with self.lock:
+            self.updates.append(update)
+            apply_update(self.state, update)
+
+    @property
+    def version(self) -> int:
+        return self.client.last_version
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    instance = Server()
+    yield instance
+    instance.stop()
+
+
+NODE = NodeState("n1", ("192.0.2.1",), "10.200.0.0/24")
+WEB = IdentityState(256, ("k8s:app=web",))
+
+
+def endpoint(name: str, ip: str) -> EndpointState:
+    return EndpointState("default", name, (ip,), 256, "n1")
+
+
+def test_snapshot_then_deltas_in_order(server: Server) -> None:
+    server.put(NODE, WEB)
+    v2 = server.put(endpoint("a", "10.200.0.2"))
+    agent = Agent(server.port)
+    try:
+        assert wait_for(lambda: agent.version == v2)
+        first = agent.updates[0]
+        assert first.snapshot and first.version == v2
+        assert [c.key[0] for c in first.changes] == [Kind.NODE, Kind.IDENTITY, Kind.ENDPOINT]
+        versions = [server.put(endpoint(f"p{i}", f"10.200.0.{10 + i}")) for i in range(20)]
+        versions.append(server.drop(endpoint("a", "")))
+        assert wait_for(lambda: agent.version == versions[-1])
+        deltas = agent.updates[1:]
+        assert [u.version for u in deltas] == versions  # every delta, in order, once
+        assert not any(u.snapshot for u in deltas)
+        assert agent.state == server.objects
+    finally:
+        agent.client.stop()
+
+
+def test_resume_gets_only_missing_deltas(server: Server) -> None:
+    server.put(NODE, WEB)
+    agent = Agent(server.port)
+    assert wait_for(lambda: agent.version == server.log.version)
+    agent.client.stop()
+    resume_from, stream = agent.version, agent.client.stream_id
+    missed = [server.put(endpoint("a", "10.200.0.2")), server.put(endpoint("b", "10.200.0.3"))]
+
+    again = Agent(server.port, last_version=resume_from, stream_id=stream)
+    try:
+        assert wait_for(lambda: again.version == missed[-1])
+        assert [(u.version, u.snapshot) for u in again.updates] == [(v, False) for v in missed]
+        assert server.metrics.registry.get_sample_value(
+            "membrane_operator_state_snapshots_sent_total") == 1  # only the first agent's
+    finally:
+        again.client.stop()
+
+    # Another history (an operator restart) or a version out of the log: a snapshot.
+    stranger = Agent(server.port, name="n2", last_version=1, stream_id="other")
+    try:
+        assert wait_for(lambda: stranger.version == server.log.version)
+        assert stranger.updates[0].snapshot
+    finally:
+        stranger.client.stop()
+
+
+def test_too_old_version_gets_a_snapshot() -> None:
+    server = Server(max_deltas=2)
+    try:
+        first = server.put(NODE)
+        for i in range(4):
+            server.put(endpoint(f"p{i}", f"10.200.0.{i + 2}"))
+        agent = Agent(server.port, last_version=first, stream_id=server.log.stream_id)
+        try:
+            assert wait_for(lambda: agent.version == server.log.version)
+            assert agent.updates[0].snapshot and agent.state == server.objects
+        finally:
+            agent.client.stop()
+    finally:
+        server.stop()
+
+
+def test_acks_feed_the_propagation_histogram(server: Server) -> None:
+    server.put(NODE)
+    fast = Agent(server.port, "n1")
+    slow_gate = threading.Event()
+    slow_gate.set()
+
+    class Slow(Agent):
+        def apply(self, update: StateUpdate) -> None:
+            slow_gate.wait(5)
+            super().apply(update)
+
+    slow = Slow(server.port, "n2")
+    try:
+        assert wait_for(lambda: fast.version == slow.version == server.log.version)
+        assert wait_for(lambda: server.tracker.nodes == ["n1", "n2"])
+        baseline = server.propagations()
+        slow_gate.clear()
+        version = server.put(endpoint("a", "10.200.0.2"), seen_at=time.monotonic() - 0.25)
+        assert wait_for(lambda: fast.version == version)
+        time.sleep(0.1)
+        assert server.propagations() == baseline  # n2 has not acked yet
+        slow_gate.set()
+        assert wait_for(lambda: server.propagations() == baseline + 1)
+        total = server.metrics.registry.get_sample_value(
+            "membrane_operator_state_propagation_seconds_sum")
+        assert total is not None and total >= 0.25  # measured from when the API change was seen
+    finally:
+        slow_gate.set()
+        fast.client.stop()
+        slow.client.stop()
+
+
+def test_client_reconnects_with_backoff_after_server_restart() -> None:
+    server = Server()
+    port = server.port
+    server.put(NODE)
+    agent = Agent(port)
+    try:
+        assert wait_for(lambda: agent.version == 1)
+        server.stop()
+        time.sleep(0.3)  # several failed attempts while nobody listens
+        restarted = Server(port=port)  # a new operator process: a new history
+        try:
+            restarted.put(NODE, WEB)
+            assert wait_for(lambda: agent.client.stream_id == restarted.log.stream_id, timeout=10)
+            assert agent.updates[-1].snapshot and agent.state == restarted.objects
+            assert agent.client.connects >= 2
+        finally:
+            restarted.stop()
+    finally:
+        agent.client.stop()
