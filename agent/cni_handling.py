@@ -37,10 +37,14 @@ def attachment_of(ep: Endpoint) -> Attachment:
 
 
 class CniHandler:
-    def __init__(self, endpoints: EndpointManager, netlink: Netlink, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, endpoints: EndpointManager, netlink: Netlink, is_ready: Callable[[], bool],
+                 before_add: Callable[[str, str], int | None] | None = None) -> None:
         self.endpoints = endpoints
         self.netlink = netlink
         self.is_ready = is_ready
+        # Kubernetes mode: raises CniError(11) until IPAM can serve, then gives the pod's
+        # starting identity (waits briefly for it to be streamed).
+        self.before_add = before_add
 
     def handle(self, req: dict[str, Any]) -> Any:
         conf = NetConf.parse(req.get("config") or {})
@@ -76,8 +80,10 @@ class CniHandler:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
         namespace = args.get("K8S_POD_NAMESPACE", "")
         pod = args.get("K8S_POD_NAME", "")
+        identity = self.before_add(namespace, pod) if self.before_add is not None else None
         # The endpoint manager's listeners (identity, policy, ipcache) run before this returns.
-        ep = self.endpoints.add(container_id, ifname, netns, namespace, pod)
+        ep = self.endpoints.add(container_id, ifname, netns, namespace, pod) if identity is None else \
+            self.endpoints.add(container_id, ifname, netns, namespace, pod, identity=identity)
         return build_result(attachment_of(ep), conf.cni_version, conf.prev_result)
 
     def check(self, conf: NetConf, container_id: str, ifname: str, netns: str) -> None:

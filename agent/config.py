@@ -20,7 +20,11 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     node_name: str = Field(default_factory=lambda: os.uname().nodename)
-    mode: Literal["standalone"] = "standalone"
+    # standalone: local store + embedded identity allocation; kubernetes: the operator's state
+    # stream (PodCIDR, namespaces, pods, identities, policies) at `operator_address`.
+    mode: Literal["standalone", "kubernetes"] = "standalone"
+    operator_address: str | None = None  # unix:///path or host:port (kubernetes mode)
+    identity_wait_seconds: float = Field(default=2.0, ge=0)  # CNI ADD waits this long for a pod's identity
     pod_cidr: IPv4Network = IPv4Network("10.200.0.0/24")
     cluster_cidr: IPv4Network | None = None  # pod traffic to it is not masqueraded
     state_dir: Path = Path("/var/lib/membrane")
@@ -44,6 +48,10 @@ class AgentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cidrs(self) -> AgentConfig:
+        if self.mode == "kubernetes":
+            if not self.operator_address:
+                raise ValueError("kubernetes mode needs operator_address (--operator-address)")
+            return self  # the PodCIDR comes from the operator; cluster_cidr stays as given
         if self.cluster_cidr is None:
             self.cluster_cidr = self.pod_cidr
         elif not self.pod_cidr.subnet_of(self.cluster_cidr):
@@ -61,7 +69,8 @@ _FLAGS = {
     "state_dir": "--state-dir", "bpffs_root": "--bpffs-root", "api_socket": "--api-socket",
     "http_addr": "--http-addr", "mtu": "--mtu", "log_level": "--log-level",
     "log_format": "--log-format", "conntrack_gc_seconds": "--conntrack-gc-seconds",
-    "resync_seconds": "--resync-seconds",
+    "resync_seconds": "--resync-seconds", "mode": "--mode", "operator_address": "--operator-address",
+    "identity_wait_seconds": "--identity-wait-seconds",
 }
 
 

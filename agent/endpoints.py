@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -141,6 +141,21 @@ class EndpointManager:
             delta = self.sync_map()
             return {"endpoints": len(self.endpoints), "reattached": reattached, "orphan_links": len(orphans),
                     "released_addresses": len(stale), "map_writes": len(delta.upserts) + len(delta.deletes)}
+
+    def set_pod_cidr(self, cidr: IPv4Network) -> None:
+        """Kubernetes mode: the node's PodCIDR as the operator assigned it (IPAM waits for it).
+
+        Addresses held by endpoints stay theirs even outside a changed CIDR (the pods keep
+        running); new pods get addresses from the new one."""
+        with self.lock:
+            self.config.pod_cidr = cidr
+            if self.ipam.cidr == cidr:
+                return
+            pool = IpamPool(cidr)
+            pool.allocations = {ep.ip: ep.key for ep in self.endpoints.values()}
+            self.ipam = pool
+            self._save_ipam()
+            log.info("pod CIDR set", extra={"fields": {"pod_cidr": str(cidr), "held": len(pool.allocations)}})
 
     # --- desired state ---------------------------------------------------------------
     def desired_map(self) -> dict[IPv4Address, EndpointEntry]:

@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from ipaddress import IPv4Network
 from typing import Any
 
 from pydantic import BaseModel
@@ -32,6 +33,9 @@ from .metrics import AgentMetrics, DatapathCollector
 from .netlinking import Netlink, write_sysctl
 from . import policy_api
 from .identity_book import IdentityBook
+from .identity_sources import IdentitySource, StreamIdentities, identity_count
+from .cluster_syncing import ClusterSyncer, saved_pod_cidr
+from membrane.api.state_objects import Kind
 from .object_store import ObjectKey, ObjectStore
 from .policy_syncing import LocalEndpoint, PolicyManager
 
@@ -47,16 +51,28 @@ class Agent:
         self.metrics = AgentMetrics()
         self.datapath = DatapathPort(config.bpffs_root)
         self.netlink = Netlink()
+        self.kubernetes = config.mode == "kubernetes"
+        if self.kubernetes:  # IPAM restores its pool with the PodCIDR the operator last gave
+            config.pod_cidr = saved_pod_cidr(config.state_dir, config.node_name) or config.pod_cidr
         self.endpoints = EndpointManager(config, self.netlink, self.datapath, self._endpoint_changed)
         self.store = ObjectStore(config.state_dir / "objects.json")
         self.store.listeners.append(self._object_changed)
-        self.identities = IdentityBook(config.state_dir / "identities.json")
-        self.host_addresses: list[str] = []
+        # Identities: allocated here (standalone) or streamed by the operator (Kubernetes mode).
+        self.identities: IdentitySource = StreamIdentities() if self.kubernetes else \
+            IdentityBook(config.state_dir / "identities.json")
         self.policy = PolicyManager(self.identities, self.datapath, self.endpoints.update_identity,
-                                    lambda: self.host_addresses, config.allow_host_traffic)
-        self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set)
-        self.metrics.watch_state(lambda: len(self.identities.allocator), lambda: len(self.store.list("NetworkPolicy")),
-                                 lambda: {k: len(self.store.list(k)) for k in ("Namespace", "Pod", "NetworkPolicy")})
+                                    self.netlink.host_addresses,  # read at every apply: never stale
+                                    config.allow_host_traffic)
+        self.cluster: ClusterSyncer | None = None
+        if self.kubernetes:
+            assert isinstance(self.identities, StreamIdentities)
+            self.cluster = ClusterSyncer(config.node_name, self.policy, self.identities, config.state_dir,
+                                         lambda: self._apply_policy("stream"), self._pod_cidr_learned,
+                                         self.ready.set, config.identity_wait_seconds)
+        self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set,
+                              self.cluster.before_add if self.cluster is not None else None)
+        self.metrics.watch_state(lambda: identity_count(self.identities), lambda: self._object_counts()["NetworkPolicy"],
+                                 self._object_counts)
         self.api: ApiServer | None = None
         self.http: HttpServer | None = None
 
@@ -75,15 +91,16 @@ class Agent:
         log.info("endpoints restored", extra={"fields": restored})
         # Policy state is rebuilt from the store and the restored endpoints, then compared
         # with the pinned maps: only differences are written, nothing is flushed.
-        self.host_addresses = self.netlink.host_addresses()
-        for kind in ("Namespace", "Pod", "NetworkPolicy"):
+        if self.cluster is not None:  # the state applied before the restart, as it was
+            self.cluster.restore()
+        for kind in ("Namespace", "Pod", "NetworkPolicy") if self.cluster is None else ():
             for obj in self.store.list(kind):
                 meta = obj.metadata  # type: ignore[attr-defined]
                 self._object_changed(kind, (kind, meta.namespace or "", meta.name), obj)
         for ep in self.endpoints.list():
             self._endpoint_changed(ep, True, apply=False)
         log.info("policy restored", extra={"fields": self.policy.resync()})
-        if cfg.masquerade:
+        if cfg.masquerade and self.cluster is None:  # Kubernetes mode: once the PodCIDR is known
             assert cfg.cluster_cidr is not None
             ensure_masquerade(cfg.pod_cidr, cfg.cluster_cidr)
         host, port = cfg.http_host_port
@@ -94,7 +111,14 @@ class Agent:
         self.api.start()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         self.metrics.bootstrap.set(time.monotonic() - self.started)
-        self.ready.set()
+        if self.cluster is not None:
+            # Ready once a complete state is applied: the first snapshot, or the restored one.
+            assert cfg.operator_address is not None
+            self.cluster.start(cfg.operator_address)
+            if self.cluster.synced.is_set():
+                self.ready.set()
+        else:
+            self.ready.set()
         log.info("agent ready", extra={"fields": {
             "pod_cidr": str(cfg.pod_cidr), "api_socket": str(cfg.api_socket), "http": f"{host}:{self.http.port}",
             "bootstrap_seconds": round(time.monotonic() - self.started, 3),
@@ -104,6 +128,8 @@ class Agent:
         """Graceful: stop serving; programs stay attached and maps stay pinned."""
         self.stopping.set()
         self.ready.clear()
+        if self.cluster is not None:
+            self.cluster.stop()  # nothing is flushed: the maps keep the last applied state
         if self.api:
             self.api.stop()
         if self.http:
@@ -125,7 +151,6 @@ class Agent:
                     if delta:
                         log.warning("endpoint map drift repaired", extra={"fields": {
                             "upserts": len(delta.upserts), "deletes": len(delta.deletes)}})
-                    self.host_addresses = self.netlink.host_addresses()
                     report = self.policy.resync()
                     if any(report.values()):
                         log.warning("policy maps resynced", extra={"fields": report})
@@ -141,6 +166,8 @@ class Agent:
     def _endpoint_changed(self, ep: Endpoint, present: bool, apply: bool = True) -> None:
         local = LocalEndpoint(ep.key, ep.endpoint_id, ep.ip) if present else None
         self.policy.on_endpoint(ep.pod_ref, local)
+        if not present and self.cluster is not None:
+            self.cluster.endpoint_removed(ep.pod_ref)
         if apply:
             self._apply_policy("endpoint")
 
@@ -162,7 +189,22 @@ class Agent:
             log.info("policy applied", extra={"fields": {"cause": cause, **report}})
         return report
 
+    def _pod_cidr_learned(self, cidr: IPv4Network) -> None:
+        """Kubernetes mode: the operator assigned (or restored) this node's PodCIDR."""
+        self.endpoints.set_pod_cidr(cidr)
+        if self.config.masquerade:
+            ensure_masquerade(cidr, self.config.cluster_cidr or cidr)
+        log.info("pod CIDR from the operator", extra={"fields": {"pod_cidr": str(cidr)}})
+
+    def _object_counts(self) -> dict[str, int]:
+        if self.cluster is not None:
+            return {"Namespace": self.cluster.count(Kind.NAMESPACE), "Pod": self.cluster.count(Kind.ENDPOINT),
+                    "NetworkPolicy": self.cluster.count(Kind.POLICY)}
+        return {k: len(self.store.list(k)) for k in ("Namespace", "Pod", "NetworkPolicy")}
+
     def _store_op(self, req: dict[str, Any], verb: str) -> Any:
+        if self.cluster is not None:
+            raise RequestError("this agent runs in kubernetes mode: apply objects to the Kubernetes API", code=409)
         started = time.perf_counter()
         outcome = self.store.apply(self._documents(req)) if verb == "apply" else \
             self.store.delete(self._documents(req))
@@ -226,7 +268,8 @@ class Agent:
                 "datapath": {"compile_seconds": round(self.datapath.compile_seconds, 3),
                              "load_seconds": round(self.datapath.load_seconds, 3),
                              "pin_root": str(self.config.bpffs_root)},
-                "store": {kind: len(self.store.list(kind)) for kind in ("Namespace", "Pod", "NetworkPolicy")}}
+                "store": self._object_counts(),
+                **({"cluster": self.cluster.status()} if self.cluster is not None else {})}
 
 
 def main(argv: list[str] | None = None) -> None:

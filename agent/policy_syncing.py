@@ -24,7 +24,7 @@ from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod
 from membrane.policy import (Direction, FlatKey, FlatValue, NamespaceInfo, PodInfo, PolicyDelta, PolicyResolver,
                              Protocol, RuleTable, Verdict, flatten_endpoint)
 
-from .identity_book import IdentityBook
+from .identity_sources import IdentitySource
 
 log = logging.getLogger("membrane.policy")
 
@@ -46,7 +46,7 @@ class LocalEndpoint:
 
 
 class PolicyManager:
-    def __init__(self, identities: IdentityBook, maps: PolicyMapsPort,
+    def __init__(self, identities: IdentitySource, maps: PolicyMapsPort,
                  set_endpoint_identity: Callable[[str, int], None],
                  host_addresses: Callable[[], Iterable[str]], allow_host: bool = True) -> None:
         self.identities = identities

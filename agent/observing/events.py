@@ -1,62 +1,26 @@
 """Decoding of `struct mb_flow_event` records from the `mb_events_v1` ring buffer.
 
-`FlowEventStruct` mirrors the C struct field for field (bpf/types.h): the datapath loader can
-`check_struct` it against the compiled program like the map layouts, and tests build synthetic
-events from it. Decoding itself uses one precompiled `struct.Struct` instead of ctypes: it is
-several times faster per record, and the ring buffer callback is the hot path of the observer.
+The ctypes mirror is `layout.FlowEvent` (checked against the compiled program at load). Decoding
+uses one precompiled `struct.Struct` instead of `FlowEvent.from_buffer_copy`: it is several
+times faster per record, and the ring buffer callback is the hot path of the observer. A test
+keeps the two in step.
 """
 
 from __future__ import annotations
 
 import ctypes
-import enum
 import socket
 import struct
 from typing import NamedTuple
 
-from membrane.agent.datapath.layout import Direction, Reason
+from membrane.agent.datapath.layout import Direction, EventType, EventVerdict, FlowEvent, Reason  # noqa: F401 - EventType re-exported
 
 
-class EventType(enum.IntEnum):
-    """`enum mb_event_type`."""
-
-    DROP = 1
-    POLICY_VERDICT = 2
-    TRACE_NEW = 3
-    TRACE_END = 4
-    TRANSLATION = 5
-
-
-VERDICT_FORWARDED = 0
-VERDICT_DROPPED = 1
-
-
-class FlowEventStruct(ctypes.Structure):
-    """Mirror of `struct mb_flow_event` (addresses and ports in network byte order)."""
-
-    _fields_ = [
-        ("ts_ns", ctypes.c_uint64),
-        ("saddr", ctypes.c_uint32),
-        ("daddr", ctypes.c_uint32),
-        ("sport", ctypes.c_uint16),
-        ("dport", ctypes.c_uint16),
-        ("nexthdr", ctypes.c_uint8),
-        ("type", ctypes.c_uint8),
-        ("reason", ctypes.c_uint8),
-        ("direction", ctypes.c_uint8),
-        ("verdict", ctypes.c_uint8),
-        ("tcp_flags", ctypes.c_uint8),
-        ("is_reply", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
-        ("src_identity", ctypes.c_uint32),
-        ("dst_identity", ctypes.c_uint32),
-        ("ifindex", ctypes.c_uint32),
-        ("endpoint_id", ctypes.c_uint16),
-        ("pad2", ctypes.c_uint16),
-        ("rule_ref", ctypes.c_uint32),
-        ("len", ctypes.c_uint32),
-        ("count", ctypes.c_uint32),
-    ]
+# The struct mirror lives with the other layouts (checked against the compiled program at load);
+# tests and benchmarks build synthetic records from it.
+FlowEventStruct = FlowEvent
+VERDICT_FORWARDED = EventVerdict.FORWARDED
+VERDICT_DROPPED = EventVerdict.DROPPED
 
 
 # Little-endian host fields; addresses as raw bytes, ports as raw big-endian halves.
@@ -116,7 +80,7 @@ def encode_event(**fields: int | str) -> bytes:
         elif name in ("sport", "dport"):
             value = int.from_bytes(int(value).to_bytes(2, "big"), "little")
         setattr(ev, name, int(value))
-    return bytes(ev)
+    return bytes(ev)  # type: ignore[call-overload]
 
 
 def reason_name(reason: int) -> str:

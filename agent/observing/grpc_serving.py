@@ -48,13 +48,17 @@ class ObserverServicer(pb_grpc.ObserverServicer):
         query = FlowQuery(number=request.number, follow=request.follow, since=since, until=until,
                           allow=allow, deny=deny)
         node = self.observer.node
-        for item in self.observer.stream(query, is_active=context.is_active):
+        for item in self.observer.stream_batches(query, is_active=context.is_active):
             if isinstance(item, Lost):
                 yield pb.GetFlowsResponse(time=timestamp(datetime.now(timezone.utc)), node_name=node,
                                           lost_events=pb.LostEvents(count=item.count))
+            elif request.batch:
+                msgs = [flow_to_pb(f) for f in item]
+                yield pb.GetFlowsResponse(time=msgs[-1].time, node_name=node, flows=pb.FlowBatch(flows=msgs))
             else:
-                msg = flow_to_pb(item)
-                yield pb.GetFlowsResponse(time=msg.time, node_name=node, flow=msg)
+                for flow in item:
+                    msg = flow_to_pb(flow)
+                    yield pb.GetFlowsResponse(time=msg.time, node_name=node, flow=msg)
 
     def ServerStatus(self, request: pb.ServerStatusRequest, context: grpc.ServicerContext) -> pb.ServerStatusResponse:  # noqa: N802
         st = self.observer.status()

@@ -179,7 +179,17 @@ class FlowObserver:
 
     def stream(self, query: FlowQuery, is_active: Callable[[], bool] = lambda: True,
                wait_s: float = 0.25) -> Iterator[Flow | Lost]:
-        """Flows answering `query`: held ones first, then (follow) new ones as they come.
+        """Flows answering `query`, one by one (see `stream_batches`)."""
+        for batch in self.stream_batches(query, is_active, wait_s):
+            if isinstance(batch, Lost):
+                yield batch
+            else:
+                yield from batch
+
+    def stream_batches(self, query: FlowQuery, is_active: Callable[[], bool] = lambda: True,
+                       wait_s: float = 0.25, batch_size: int = 256) -> Iterator[list[Flow] | Lost]:
+        """Flows answering `query` in batches: held ones first, then (follow) new ones as they
+        come, each batch no larger than `batch_size` (and never waiting to fill one).
 
         Stops when `is_active()` turns false (client gone), `until` passes, or `stop()`."""
         match = compile_filters(query.allow, query.deny)
@@ -199,7 +209,8 @@ class FlowObserver:
             history = [f for f in held if wanted(f)]
             if query.number:
                 history = history[-query.number:]
-        yield from history
+        for i in range(0, len(history), batch_size):
+            yield history[i:i + batch_size]
         if not query.follow:
             return
         with self._streams_lock:
@@ -210,14 +221,15 @@ class FlowObserver:
                     return
                 if not self.ring.wait(seq, wait_s):
                     continue
-                missed, seq, flows = self.ring.read_after(seq)
+                missed, seq, flows = self.ring.read_after(seq, batch_size)
                 if missed:
                     yield Lost(missed)
-                for flow in flows:
-                    if until is not None and flow.time > until:
-                        return
-                    if wanted(flow):
-                        yield flow
+                past_until = until is not None and bool(flows) and flows[-1].time > until
+                batch = [f for f in flows if wanted(f)]
+                if batch:
+                    yield batch
+                if past_until:
+                    return
         finally:
             with self._streams_lock:
                 self.streams -= 1

@@ -48,7 +48,8 @@ def endpoint_to_pb(ep: Endpoint, out: pb.Endpoint) -> None:
 
 
 def endpoint_from_pb(msg: pb.Endpoint) -> Endpoint:
-    return Endpoint(identity=msg.identity, identity_name=msg.identity_name, namespace=msg.namespace,
+    # model_construct: protobuf already typed every field; validation would double the cost
+    return Endpoint.model_construct(identity=msg.identity, identity_name=msg.identity_name, namespace=msg.namespace,
                     pod=msg.pod_name, labels=dict(msg.labels))
 
 
@@ -68,7 +69,7 @@ def flow_to_pb(flow: Flow) -> pb.Flow:
 
 
 def flow_from_pb(msg: pb.Flow) -> Flow:
-    return Flow(
+    return Flow.model_construct(
         time=from_timestamp(msg.time), node=msg.node_name, type=_TYPE_FROM_PB.get(msg.type, FlowType.TRACE),
         trace_event=msg.trace_event, verdict=_VERDICT_FROM_PB.get(msg.verdict, Verdict.FORWARDED),
         drop_reason=msg.drop_reason, direction=_DIR_FROM_PB.get(msg.direction, Direction.INGRESS),
@@ -110,9 +111,9 @@ def filter_from_pb(msg: pb.FlowFilter) -> FlowFilter:
 
 def request_to_pb(number: int = 0, follow: bool = False, since: datetime | None = None,
                   until: datetime | None = None, allow: Sequence[FlowFilter] = (),
-                  deny: Sequence[FlowFilter] = ()) -> pb.GetFlowsRequest:
+                  deny: Sequence[FlowFilter] = (), batch: bool = False) -> pb.GetFlowsRequest:
     msg = pb.GetFlowsRequest(number=number, follow=follow, whitelist=[filter_to_pb(f) for f in allow],
-                             blacklist=[filter_to_pb(f) for f in deny])
+                             blacklist=[filter_to_pb(f) for f in deny], batch=batch)
     if since is not None:
         msg.since.CopyFrom(timestamp(since))
     if until is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import AgentError, request
+from .observe import add_observe_parser, run_observe
 from .tables import render_table
 
 
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     ident_sub = ident.add_subparsers(dest="action", required=True)
     ident_sub.add_parser("list")
     ident_sub.add_parser("get").add_argument("identity", type=int)
+    add_observe_parser(sub)
     bpf = sub.add_parser("bpf", help="dump datapath maps")
     bpf.add_argument("map", choices=["endpoints", "ct", "metrics"])
     return parser
@@ -87,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "observe":
+        return run_observe(args)
     try:
         if args.command == "status":
             result: Any = request("status", args.socket)

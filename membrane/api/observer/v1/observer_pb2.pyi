@@ -158,20 +158,28 @@ class FlowFilter(_message.Message):
     def __init__(self, namespace: _Optional[_Iterable[str]] = ..., source_namespace: _Optional[_Iterable[str]] = ..., destination_namespace: _Optional[_Iterable[str]] = ..., pod: _Optional[_Iterable[str]] = ..., source_pod: _Optional[_Iterable[str]] = ..., destination_pod: _Optional[_Iterable[str]] = ..., label: _Optional[_Iterable[str]] = ..., source_label: _Optional[_Iterable[str]] = ..., destination_label: _Optional[_Iterable[str]] = ..., identity: _Optional[_Iterable[int]] = ..., source_identity: _Optional[_Iterable[int]] = ..., destination_identity: _Optional[_Iterable[int]] = ..., ip: _Optional[_Iterable[str]] = ..., source_ip: _Optional[_Iterable[str]] = ..., destination_ip: _Optional[_Iterable[str]] = ..., port: _Optional[_Iterable[int]] = ..., source_port: _Optional[_Iterable[int]] = ..., destination_port: _Optional[_Iterable[int]] = ..., protocol: _Optional[_Iterable[str]] = ..., verdict: _Optional[_Iterable[_Union[Verdict, str]]] = ..., drop_reason: _Optional[_Iterable[str]] = ..., direction: _Optional[_Iterable[_Union[TrafficDirection, str]]] = ..., node_name: _Optional[_Iterable[str]] = ..., type: _Optional[_Iterable[_Union[FlowType, str]]] = ...) -> None: ...
 
 class GetFlowsRequest(_message.Message):
-    __slots__ = ("number", "follow", "since", "until", "whitelist", "blacklist")
+    __slots__ = ("number", "follow", "since", "until", "whitelist", "blacklist", "batch")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     WHITELIST_FIELD_NUMBER: _ClassVar[int]
     BLACKLIST_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     number: int
     follow: bool
     since: _timestamp_pb2.Timestamp
     until: _timestamp_pb2.Timestamp
     whitelist: _containers.RepeatedCompositeFieldContainer[FlowFilter]
     blacklist: _containers.RepeatedCompositeFieldContainer[FlowFilter]
-    def __init__(self, number: _Optional[int] = ..., follow: bool = ..., since: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., whitelist: _Optional[_Iterable[_Union[FlowFilter, _Mapping]]] = ..., blacklist: _Optional[_Iterable[_Union[FlowFilter, _Mapping]]] = ...) -> None: ...
+    batch: bool
+    def __init__(self, number: _Optional[int] = ..., follow: bool = ..., since: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., whitelist: _Optional[_Iterable[_Union[FlowFilter, _Mapping]]] = ..., blacklist: _Optional[_Iterable[_Union[FlowFilter, _Mapping]]] = ..., batch: bool = ...) -> None: ...
+
+class FlowBatch(_message.Message):
+    __slots__ = ("flows",)
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[Flow]
+    def __init__(self, flows: _Optional[_Iterable[_Union[Flow, _Mapping]]] = ...) -> None: ...
 
 class LostEvents(_message.Message):
     __slots__ = ("count",)
@@ -180,16 +188,18 @@ class LostEvents(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class GetFlowsResponse(_message.Message):
-    __slots__ = ("time", "node_name", "flow", "lost_events")
+    __slots__ = ("time", "node_name", "flow", "lost_events", "flows")
     TIME_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     FLOW_FIELD_NUMBER: _ClassVar[int]
     LOST_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     node_name: str
     flow: Flow
     lost_events: LostEvents
-    def __init__(self, time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., node_name: _Optional[str] = ..., flow: _Optional[_Union[Flow, _Mapping]] = ..., lost_events: _Optional[_Union[LostEvents, _Mapping]] = ...) -> None: ...
+    flows: FlowBatch
+    def __init__(self, time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., node_name: _Optional[str] = ..., flow: _Optional[_Union[Flow, _Mapping]] = ..., lost_events: _Optional[_Union[LostEvents, _Mapping]] = ..., flows: _Optional[_Union[FlowBatch, _Mapping]] = ...) -> None: ...
 
 class ServerStatusRequest(_message.Message):
     __slots__ = ()
