@@ -6,13 +6,15 @@ metrics exporter and membranectl use, so none of them needs to know about ctypes
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from membrane.delta import Delta
+from membrane.policy import FlatKey, FlatValue
 
 from .datapath import Datapath, EndpointEntry
+from .datapath.ipcache import IpcacheEntry
 from .datapath.layout import CONNTRACK, ENDPOINTS
 
 PROGRAMS = ("from_container", "to_container")
@@ -45,6 +47,18 @@ class DatapathPort:
             self.dp.upsert_endpoint(ip, entry)
         for ip in delta.deletes:
             self.dp.delete_endpoint(ip)
+
+    def read_policy(self) -> dict[FlatKey, FlatValue]:
+        return self.dp.policy()
+
+    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
+        self.dp.apply_policy(delta)
+
+    def read_ipcache(self) -> dict[IPv4Network, int]:
+        return {prefix: entry.identity for prefix, entry in self.dp.ipcache().items()}
+
+    def write_ipcache(self, delta: Delta[IPv4Network, int]) -> None:
+        self.dp.apply_ipcache(Delta({p: IpcacheEntry(i) for p, i in delta.upserts.items()}, list(delta.deletes)))
 
     def counters(self) -> list[tuple[str, str, int, int]]:
         return [(s.reason.lower(), s.direction.lower(), s.packets, s.bytes) for s in self.dp.metrics()]

@@ -64,6 +64,7 @@ class PolicyManager:
         self.written_ipcache: dict[IPv4Network, int] = {}
         self.dirty: set[ObjectRef] = set()
         self.last_apply_seconds = 0.0
+        self.generation = 0  # bumped by every apply: readers (flow enrichment) drop their caches
 
     # --- recording changes (cheap) ------------------------------------------------------
     def on_namespace(self, name: str, obj: Namespace | None) -> None:
@@ -170,6 +171,7 @@ class PolicyManager:
             for key in ipcache_delta.deletes:
                 self.written_ipcache.pop(key, None)
             self.dirty.clear()
+            self.generation += 1
             self.last_apply_seconds = time.perf_counter() - started
             return {"policy_upserts": len(policy_delta.upserts), "policy_deletes": len(policy_delta.deletes),
                     "ipcache_upserts": len(ipcache_delta.upserts), "ipcache_deletes": len(ipcache_delta.deletes)}

@@ -3,6 +3,11 @@
  * bpf_lxc.c: programs for the host-side veth of every pod ("lxc" as in
  * Cilium). Compiled once per agent start; everything per endpoint lives in
  * maps, so the same two programs are attached to every pod's veth.
+ *
+ * Policy is judged on the first packet of a connection only (conntrack
+ * miss); conntrack carries the rest, replies included. Every local pod is
+ * judged: no policy entry means drop, so the agent writes an allow-all
+ * entry for each direction in which no policy isolates the pod.
  */
 #include "lib/common.h"
 #include "types.h"
@@ -12,63 +17,169 @@
 #include "lib/eth.h"
 #include "lib/ipv4.h"
 #include "lib/conntrack.h"
+#include "lib/ipcache.h"
+#include "lib/policy.h"
+#include "lib/events.h"
+#include "lib/drop.h"
 
 /* ARP from a pod: allowed only with the pod's own sender IP and MAC. */
 static __always_inline int mb_from_container_arp(struct __sk_buff *skb, struct ethhdr *eth)
 {
 	struct mb_arp_eth_ipv4 *arp = mb_arp_payload(skb);
+	__u32 ifindex = skb->ingress_ifindex;
 	struct mb_endpoint_info *src;
 	__be32 sender_ip;
 
 	if (!arp)
-		return mb_drop(skb, MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
 	__builtin_memcpy(&sender_ip, arp->sip, sizeof(sender_ip));
 	src = mb_lookup_endpoint(sender_ip);
-	if (!src || src->ifindex != skb->ingress_ifindex)
-		return mb_drop(skb, MB_DROP_SPOOFED_IP, MB_DIR_EGRESS);
+	if (!src || src->ifindex != ifindex)
+		return mb_drop(MB_DROP_SPOOFED_IP, MB_DIR_EGRESS);
 	if (!mb_mac_equal(arp->sha, src->pod_mac) || !mb_mac_equal(eth->h_source, src->pod_mac))
-		return mb_drop(skb, MB_DROP_SPOOFED_MAC, MB_DIR_EGRESS);
+		return mb_drop(MB_DROP_SPOOFED_MAC, MB_DIR_EGRESS);
 	mb_metrics_add(MB_FORWARDED, MB_DIR_EGRESS, skb->len);
 	return TC_ACT_OK;
+}
+
+/* Record which endpoint's policy decided, in the event being built (if any). */
+static __always_inline void mb_event_policy(struct mb_flow_event *ev, __u16 endpoint_id,
+					    __u32 rule_ref, __u8 direction)
+{
+	if (!ev)
+		return;
+	ev->endpoint_id = endpoint_id;
+	ev->rule_ref = rule_ref;
+	ev->direction = direction;
+}
+
+/*
+ * A packet without a conntrack entry: the first of a connection, or an
+ * untracked one (judged alone). Egress policy of the sending endpoint, then
+ * ingress policy of the receiving one (either may be absent: the host or
+ * the outside), then a conntrack entry remembering that the flow is allowed.
+ * hook_ep/hook_dir: the endpoint and direction of the veth we run on.
+ * Returns 0 to forward, or a drop code (mb_drop_flow).
+ */
+static __always_inline int mb_lxc_new_flow(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
+					   int l4, __u8 tcp_flags,
+					   const struct mb_endpoint_info *egress_ep,
+					   const struct mb_endpoint_info *ingress_ep,
+					   __u32 src_identity, __u32 dst_identity,
+					   const struct mb_endpoint_info *hook_ep, __u8 hook_dir,
+					   __u32 ifindex)
+{
+	struct mb_flow_event *ev;
+	__u16 policy_flags = 0;
+	__u32 rule_ref;
+
+	ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex, hook_dir);
+	if (ev) {
+		ev->src_identity = src_identity;
+		ev->dst_identity = dst_identity;
+	}
+
+	if (egress_ep) {
+		int verdict = mb_policy_judge(egress_ep->endpoint_id, MB_DIR_EGRESS, dst_identity,
+					      tuple, &rule_ref);
+
+		mb_event_policy(ev, egress_ep->endpoint_id, rule_ref, MB_DIR_EGRESS);
+		if (verdict != MB_POLICY_ALLOW)
+			return mb_drop_flow(ev, MB_DROP_POLICY_EGRESS, MB_DIR_EGRESS);
+		mb_event_emit(ev, MB_EVENT_POLICY_VERDICT);
+		policy_flags |= MB_CT_F_POLICY_EGRESS;
+	}
+	if (ingress_ep) {
+		int verdict = mb_policy_judge(ingress_ep->endpoint_id, MB_DIR_INGRESS, src_identity,
+					      tuple, &rule_ref);
+
+		mb_event_policy(ev, ingress_ep->endpoint_id, rule_ref, MB_DIR_INGRESS);
+		if (verdict != MB_POLICY_ALLOW)
+			return mb_drop_flow(ev, MB_DROP_POLICY_INGRESS, MB_DIR_INGRESS);
+		mb_event_emit(ev, MB_EVENT_POLICY_VERDICT);
+		policy_flags |= MB_CT_F_POLICY_INGRESS;
+	}
+
+	mb_event_policy(ev, hook_ep->endpoint_id, 0, hook_dir);
+	if (l4 != MB_L4_TRACKED)
+		return 0;
+	if (mb_ct_create(tuple, tcp_flags, skb->len, src_identity, dst_identity, policy_flags) < 0)
+		return mb_drop_flow(ev, MB_DROP_CT_CREATE_FAILED, hook_dir);
+	mb_event_emit(ev, MB_EVENT_TRACE_NEW);
+	return 0;
+}
+
+/* The packet that completed the close of a connection: TRACE_END. */
+static __always_inline void mb_lxc_trace_end(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
+					     __u8 tcp_flags, int ct, const struct mb_ct_entry *entry,
+					     const struct mb_endpoint_info *hook_ep, __u8 hook_dir,
+					     __u32 ifindex)
+{
+	struct mb_flow_event *ev;
+
+	if (!entry)
+		return;
+	ev = mb_event_start(MB_EVENT_TRACE_END, tuple, tcp_flags, skb->len, ifindex, hook_dir);
+	if (!ev)
+		return;
+	ev->is_reply = ct == MB_CT_REPLY;
+	/* Identities of this packet's source and destination, not the flow's. */
+	ev->src_identity = ev->is_reply ? entry->dst_identity : entry->src_identity;
+	ev->dst_identity = ev->is_reply ? entry->src_identity : entry->dst_identity;
+	ev->endpoint_id = hook_ep->endpoint_id;
+	mb_event_emit(ev, MB_EVENT_TRACE_END);
 }
 
 static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct ethhdr *eth)
 {
 	struct mb_ct_tuple4 tuple = {};
-	struct mb_endpoint_info *src, *dst;
+	struct mb_endpoint_info *src, *dst, *local_dst;
+	struct mb_ct_entry *entry = 0;
 	struct iphdr *ip4 = mb_ipv4_header(skb);
-	__u32 bytes = skb->len;
-	__u8 tcp_flags;
-	int l4;
+	__u32 bytes = skb->len, ifindex = skb->ingress_ifindex;
+	__u8 tcp_flags, closed = 0;
+	int l4, ct = MB_CT_NEW;
 
 	if (!ip4)
-		return mb_drop(skb, MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
 
 	/* Anti-spoofing: the source must be the endpoint behind this very veth. */
 	src = mb_lookup_endpoint(ip4->saddr);
-	if (!src || src->ifindex != skb->ingress_ifindex)
-		return mb_drop(skb, MB_DROP_SPOOFED_IP, MB_DIR_EGRESS);
+	if (!src || src->ifindex != ifindex)
+		return mb_drop(MB_DROP_SPOOFED_IP, MB_DIR_EGRESS);
 	if (!mb_mac_equal(eth->h_source, src->pod_mac))
-		return mb_drop(skb, MB_DROP_SPOOFED_MAC, MB_DIR_EGRESS);
+		return mb_drop(MB_DROP_SPOOFED_MAC, MB_DIR_EGRESS);
 
 	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
 	if (l4 == MB_L4_INVALID)
-		return mb_drop(skb, MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
-	if (l4 == MB_L4_TRACKED &&
-	    mb_ct_track(&tuple, tcp_flags, bytes, src->sec_identity) < 0)
-		return mb_drop(skb, MB_DROP_CT_CREATE_FAILED, MB_DIR_EGRESS);
-
-	/* (Issue 3: egress policy of src, then ingress policy of dst, go here.) */
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
+	if (l4 == MB_L4_TRACKED)
+		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
+	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
+		ct = MB_CT_RELATED;
 
 	dst = mb_lookup_endpoint(ip4->daddr);
-	/* TTL 1 goes to the stack, which answers with ICMP time exceeded. */
-	if (dst && mb_endpoint_is_local_pod(dst) && ip4->ttl > 1) {
-		__u32 dst_ifindex = dst->ifindex;
+	local_dst = dst && mb_endpoint_is_local_pod(dst) ? dst : 0;
+	if (ct == MB_CT_NEW) {
+		/* Egress of src towards the destination's identity, then ingress
+		 * of a local destination from src's identity. */
+		int drop = mb_lxc_new_flow(skb, &tuple, l4, tcp_flags, src, local_dst, src->sec_identity,
+					   mb_ipcache_identity(tuple.daddr), src, MB_DIR_EGRESS, ifindex);
 
-		mb_mac_copy(eth->h_dest, dst->pod_mac);
-		mb_mac_copy(eth->h_source, dst->host_mac);
+		if (drop)
+			return drop;
+	} else if (closed) {
+		mb_lxc_trace_end(skb, &tuple, tcp_flags, ct, entry, src, MB_DIR_EGRESS, ifindex);
+	}
+
+	/* TTL 1 goes to the stack, which answers with ICMP time exceeded. */
+	if (local_dst && ip4->ttl > 1) {
+		__u32 dst_ifindex = local_dst->ifindex;
+
+		mb_mac_copy(eth->h_dest, local_dst->pod_mac);
+		mb_mac_copy(eth->h_source, local_dst->host_mac);
 		if (mb_ipv4_dec_ttl(skb, ip4) < 0)
-			return mb_drop(skb, MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
+			return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
 		mb_metrics_add(MB_FORWARDED, MB_DIR_EGRESS, bytes);
 		mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);
 		/* Straight into the destination pod's netns: no bridge, no
@@ -80,21 +191,79 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 	return TC_ACT_OK;
 }
 
+static __always_inline int mb_from_container(struct __sk_buff *skb)
+{
+	struct ethhdr *eth = mb_eth_header(skb);
+
+	if (!eth)
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
+	if (eth->h_proto == mb_htons(ETH_P_IP))
+		return mb_from_container_ipv4(skb, eth);
+	if (eth->h_proto == mb_htons(ETH_P_ARP))
+		return mb_from_container_arp(skb, eth);
+	return mb_drop(MB_DROP_UNSUPPORTED_L3, MB_DIR_EGRESS);
+}
+
 /*
  * Hook: tc ingress (clsact) on the pod's host-side veth.
  * Sees every packet the pod sends.
  */
 int from_container(struct __sk_buff *skb)
 {
+	return mb_finish(skb, mb_from_container(skb), skb->ingress_ifindex);
+}
+
+static __always_inline int mb_to_container(struct __sk_buff *skb)
+{
 	struct ethhdr *eth = mb_eth_header(skb);
+	struct mb_ct_tuple4 tuple = {};
+	struct mb_endpoint_info *dst;
+	struct mb_ct_entry *entry = 0;
+	struct iphdr *ip4;
+	__u32 bytes = skb->len, ifindex = skb->ifindex;
+	__u8 tcp_flags, closed = 0;
+	int l4, ct = MB_CT_NEW;
 
 	if (!eth)
-		return mb_drop(skb, MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
-	if (eth->h_proto == mb_htons(ETH_P_IP))
-		return mb_from_container_ipv4(skb, eth);
-	if (eth->h_proto == mb_htons(ETH_P_ARP))
-		return mb_from_container_arp(skb, eth);
-	return mb_drop(skb, MB_DROP_UNSUPPORTED_L3, MB_DIR_EGRESS);
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
+	if (eth->h_proto == mb_htons(ETH_P_ARP)) {
+		mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);
+		return TC_ACT_OK;
+	}
+	if (eth->h_proto != mb_htons(ETH_P_IP))
+		return mb_drop(MB_DROP_UNSUPPORTED_L3, MB_DIR_INGRESS);
+
+	ip4 = mb_ipv4_header(skb);
+	if (!ip4)
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
+	/* The node routes only podIP/32 here; anything else is not for this pod. */
+	dst = mb_lookup_endpoint(ip4->daddr);
+	if (!dst || dst->ifindex != ifindex)
+		return mb_drop(MB_DROP_NO_ENDPOINT, MB_DIR_INGRESS);
+
+	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
+	if (l4 == MB_L4_INVALID)
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
+	if (l4 == MB_L4_TRACKED)
+		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
+	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
+		ct = MB_CT_RELATED;
+
+	if (ct == MB_CT_NEW) {
+		/* Host or outside towards the pod: the sender's identity comes
+		 * from the ipcache (the node's own addresses are HOST there). */
+		int drop = mb_lxc_new_flow(skb, &tuple, l4, tcp_flags, 0, dst,
+					   mb_ipcache_identity(tuple.saddr), dst->sec_identity,
+					   dst, MB_DIR_INGRESS, ifindex);
+
+		if (drop)
+			return drop;
+	} else if (closed) {
+		mb_lxc_trace_end(skb, &tuple, tcp_flags, ct, entry, dst, MB_DIR_INGRESS, ifindex);
+	}
+
+	mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);
+	return TC_ACT_OK;
 }
 
 /*
@@ -104,38 +273,5 @@ int from_container(struct __sk_buff *skb)
  */
 int to_container(struct __sk_buff *skb)
 {
-	struct ethhdr *eth = mb_eth_header(skb);
-	struct mb_ct_tuple4 tuple = {};
-	struct mb_endpoint_info *dst;
-	struct iphdr *ip4;
-	__u32 bytes = skb->len;
-	__u8 tcp_flags;
-	int l4;
-
-	if (!eth)
-		return mb_drop(skb, MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
-	if (eth->h_proto == mb_htons(ETH_P_ARP)) {
-		mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);
-		return TC_ACT_OK;
-	}
-	if (eth->h_proto != mb_htons(ETH_P_IP))
-		return mb_drop(skb, MB_DROP_UNSUPPORTED_L3, MB_DIR_INGRESS);
-
-	ip4 = mb_ipv4_header(skb);
-	if (!ip4)
-		return mb_drop(skb, MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
-	/* The node routes only podIP/32 here; anything else is not for this pod. */
-	dst = mb_lookup_endpoint(ip4->daddr);
-	if (!dst || dst->ifindex != skb->ifindex)
-		return mb_drop(skb, MB_DROP_NO_ENDPOINT, MB_DIR_INGRESS);
-
-	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
-	if (l4 == MB_L4_INVALID)
-		return mb_drop(skb, MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
-	/* (Issue 3: the initiator's identity comes from the ipcache.) */
-	if (l4 == MB_L4_TRACKED && mb_ct_track(&tuple, tcp_flags, bytes, 0) < 0)
-		return mb_drop(skb, MB_DROP_CT_CREATE_FAILED, MB_DIR_INGRESS);
-
-	mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);
-	return TC_ACT_OK;
+	return mb_finish(skb, mb_to_container(skb), skb->ifindex);
 }

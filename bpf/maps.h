@@ -29,6 +29,18 @@
 #ifndef MB_METRICS_MAX
 #define MB_METRICS_MAX 1024
 #endif
+#ifndef MB_IPCACHE_MAX
+#define MB_IPCACHE_MAX 65536
+#endif
+#ifndef MB_POLICY_MAX
+#define MB_POLICY_MAX 65536
+#endif
+#ifndef MB_EVENTS_RINGBUF_BYTES
+#define MB_EVENTS_RINGBUF_BYTES (256 * 1024) /* power of two, page multiple: ~3600 events of backlog */
+#endif
+#ifndef MB_EVENTS_AGG_MAX
+#define MB_EVENTS_AGG_MAX 8192
+#endif
 
 #define MB_PIN(name) MB_PIN_ROOT "/" #name
 
@@ -45,10 +57,53 @@ BPF_TABLE_PINNED("percpu_hash", struct mb_metrics_key, struct mb_metrics_value,
 		 mb_metrics_v1, MB_METRICS_MAX, MB_PIN(mb_metrics_v1));
 
 /*
- * Reserved for the next issue (see types.h for the planned layouts):
- *   mb_ipcache_v1  "lpm_trie"  prefix -> identity, tunnel endpoint (BPF_F_NO_PREALLOC)
- *   mb_policy_v1   "hash"      (endpoint, identity, direction, proto, port) -> verdict
- *   mb_events_v1   ringbuf of flow events
+ * IPv4 prefix -> security identity. LPM trie: the kernel requires
+ * BPF_F_NO_PREALLOC for it (it allocates nodes on update).
  */
+BPF_TABLE_PINNED("lpm_trie", struct mb_ipcache_key, struct mb_ipcache_value,
+		 mb_ipcache_v1, MB_IPCACHE_MAX, MB_PIN(mb_ipcache_v1), BPF_F_NO_PREALLOC);
+
+/* (endpoint, peer identity, direction, protocol, port prefix) -> verdict. */
+BPF_TABLE_PINNED("lpm_trie", struct mb_policy_key, struct mb_policy_value,
+		 mb_policy_v1, MB_POLICY_MAX, MB_PIN(mb_policy_v1), BPF_F_NO_PREALLOC);
+
+/*
+ * Flow events. Spelled out instead of BPF_RINGBUF_OUTPUT because that macro
+ * cannot pin; pinned, a restarted agent reads the ring the still-attached
+ * programs write to. Layout as bcc's macro (its frontend relies on it).
+ */
+struct mb_events_v1_table_t {
+	int key;
+	__u32 leaf;
+	int (*ringbuf_output)(void *, __u64, __u64);
+	void *(*ringbuf_reserve)(__u64);
+	void (*ringbuf_discard)(void *, __u64);
+	void (*ringbuf_submit)(void *, __u64);
+	__u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" MB_PIN(mb_events_v1))))
+struct mb_events_v1_table_t mb_events_v1 = { .max_entries = MB_EVENTS_RINGBUF_BYTES };
+
+/* Emitted / rate-limited / ring-full counts, per CPU. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct mb_event_stats,
+		 mb_event_stats_v1, 1, MB_PIN(mb_event_stats_v1));
+
+/* Event switch and rate (one entry, written by the agent). */
+BPF_TABLE_PINNED("array", __u32, struct mb_event_config,
+		 mb_event_config_v1, 1, MB_PIN(mb_event_config_v1));
+
+/* Token bucket per CPU: no atomics, no cross-CPU cache line bouncing. */
+BPF_TABLE("percpu_array", __u32, struct mb_event_bucket, mb_event_bucket, 1);
+
+/* Last drop event per (flow, reason): floods of one flow become one event a second. */
+BPF_TABLE("lru_hash", struct mb_event_agg_key, struct mb_event_agg_value,
+	  mb_event_agg, MB_EVENTS_AGG_MAX);
+
+/*
+ * The event being built, per CPU (kept off the stack, see lib/events.h).
+ * Also how bcc learns struct mb_flow_event, which the loader checks against
+ * its Python mirror (ring buffer records have no type bcc would know).
+ */
+BPF_TABLE("percpu_array", __u32, struct mb_flow_event, mb_event_scratch, 1);
 
 #endif /* MB_MAPS_H */

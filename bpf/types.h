@@ -27,7 +27,7 @@ enum mb_reason {
 	MB_DROP_INVALID_PACKET = 4,  /* truncated or malformed headers */
 	MB_DROP_CT_CREATE_FAILED = 5,/* conntrack entry could not be created (map full) */
 	MB_DROP_NO_ENDPOINT = 6,     /* to_container: destination is not this veth's endpoint */
-	/* Reserved for the policy issue, numbers are stable. */
+	/* Numbers are stable (Python and dashboards know them). */
 	MB_DROP_POLICY_INGRESS = 7,
 	MB_DROP_POLICY_EGRESS = 8,
 	MB_DROP_NO_ROUTE = 9,
@@ -72,6 +72,8 @@ struct mb_ct_tuple4 {
 #define MB_CT_F_SEEN_REPLY 0x1 /* a packet went the reply way */
 #define MB_CT_F_TX_CLOSING 0x2 /* FIN or RST seen from the initiator */
 #define MB_CT_F_RX_CLOSING 0x4 /* FIN or RST seen from the responder */
+#define MB_CT_F_POLICY_EGRESS 0x8   /* egress policy of the initiator allowed the flow */
+#define MB_CT_F_POLICY_INGRESS 0x10 /* ingress policy of the responder allowed the flow */
 
 /* "tx" is the original direction (initiator -> responder), "rx" the reply. */
 struct mb_ct_entry {
@@ -85,8 +87,8 @@ struct mb_ct_entry {
 	__u16 flags;        /* MB_CT_F_* */
 	__u8 tx_tcp_flags;  /* union of TCP flags seen each way, for debugging */
 	__u8 rx_tcp_flags;
-	__u32 src_identity; /* reserved for policy: identity of the initiator */
-	__u32 reserved;
+	__u32 src_identity; /* identity of the initiator (0 = unknown) */
+	__u32 dst_identity; /* identity of the responder (0 = unknown, e.g. entry of an older build) */
 };
 
 /* ---- metrics: per-CPU counters per (reason, direction) ------------------- */
@@ -102,15 +104,135 @@ struct mb_metrics_value {
 	__u64 bytes;
 };
 
+/* ---- ipcache: LPM trie, IPv4 prefix -> security identity ---------------- */
+
+/* A miss means MB_IDENTITY_WORLD. */
+struct mb_ipcache_key {
+	__u32 prefixlen; /* LPM trie: significant bits of ip4 */
+	__be32 ip4;
+};
+
+struct mb_ipcache_value {
+	__u32 sec_identity;
+	__be32 tunnel_endpoint; /* node hosting the address (0 = this node / not tunnelled) */
+	__u8 flags;             /* reserved */
+	__u8 pad[3];
+};
+
+/* Reserved identities the datapath itself needs (membrane/identities.py). */
+#define MB_IDENTITY_ANY 0   /* policy key wildcard: any peer */
+#define MB_IDENTITY_HOST 1
+#define MB_IDENTITY_WORLD 2
+
+/* ---- policy: LPM trie, (endpoint, peer, direction, protocol, port) ------- */
+
 /*
- * Reserved for the next issue (not declared yet so their layout can still be
- * chosen freely):
- *   - ipcache (LPM trie): { __u32 prefixlen; __be32 ip4; } ->
- *       { __u32 sec_identity; __be32 tunnel_endpoint; __u8 flags; pad }
- *   - policy (hash): { __u16 endpoint_id; __u8 direction; __u8 nexthdr;
- *       __u32 identity; __be16 dport; pad } -> { __u8 deny; pad; counters }
- *   - flow events (ringbuf): struct mb_flow_event { tuple, reason, direction,
- *       identities, ifindex, timestamp }.
+ * Layout and semantics are the contract of membrane/policy/flattening.py:
+ * endpoint_id, identity, direction always match fully (72 bits); protocol
+ * (8 bits) unless the entry is protocol ANY (prefixlen 72); then the leading
+ * bits of the big-endian port (port ranges are stored as aligned blocks).
  */
+struct mb_policy_key {
+	__u32 prefixlen;
+	__u32 endpoint_id;
+	__u32 identity;  /* peer identity, MB_IDENTITY_ANY = any peer */
+	__u8 direction;  /* enum mb_direction */
+	__u8 protocol;   /* IP protocol number, 0 = any (no port) */
+	__be16 dport;
+};
+
+/* mb_policy_value.verdict (membrane.policy.entries.Verdict) */
+enum mb_policy_verdict {
+	MB_POLICY_NONE = 0,  /* no entry: drop */
+	MB_POLICY_ALLOW = 1,
+	MB_POLICY_DENY = 2,
+};
+
+struct mb_policy_value {
+	__u8 verdict;    /* enum mb_policy_verdict */
+	__u8 pad[3];
+	__u32 rule_ref;  /* index into the agent's RuleTable, carried in flow events */
+};
+
+/* ---- flow events: ring buffer records (agent decodes them into Flows) ---- */
+
+enum mb_event_type {
+	MB_EVENT_DROP = 1,           /* a packet was dropped; reason says why */
+	MB_EVENT_POLICY_VERDICT = 2, /* first packet of a connection judged by policy */
+	MB_EVENT_TRACE_NEW = 3,      /* a new connection was forwarded */
+	MB_EVENT_TRACE_END = 4,      /* a connection closed (FIN/RST seen both ways or RST) */
+	MB_EVENT_TRANSLATION = 5,    /* service address translated (services issue) */
+};
+
+/* mb_flow_event.verdict */
+#define MB_VERDICT_FORWARDED 0
+#define MB_VERDICT_DROPPED 1
+
+struct mb_flow_event {
+	__u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;       /* ICMP echo: identifier */
+	__be16 dport;
+	__u8 nexthdr;
+	__u8 type;          /* enum mb_event_type */
+	__u8 reason;        /* enum mb_reason */
+	__u8 direction;     /* enum mb_direction, from the pod's point of view */
+	__u8 verdict;       /* MB_VERDICT_* */
+	__u8 tcp_flags;     /* flags of this packet (FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10) */
+	__u8 is_reply;      /* 1 when the packet goes the reply way of its connection */
+	__u8 pad;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 ifindex;      /* host-side veth the packet was seen on */
+	__u16 endpoint_id;  /* local endpoint concerned (0 = none) */
+	__u16 pad2;
+	__u32 rule_ref;     /* policy rule that decided (0 = default / none) */
+	__u32 len;          /* packet length in bytes */
+	__u32 count;        /* packets this event stands for (>1 when aggregated) */
+};
+
+/* mb_event_config.flags */
+#define MB_EVENTS_F_DISABLED 0x1 /* emit nothing (benchmarks compare on vs off) */
+
+/*
+ * Runtime knobs of event emission (array, one entry). All zero means "on,
+ * compile-time defaults", so a fresh map behaves sensibly before the agent
+ * writes it.
+ */
+struct mb_event_config {
+	__u32 flags;          /* MB_EVENTS_F_* */
+	__u32 rate_per_sec;   /* token bucket refill per CPU (0 = MB_EVENTS_RATE) */
+	__u32 burst;          /* token bucket size per CPU (0 = MB_EVENTS_BURST) */
+	__u32 aggregate_ms;   /* at most one drop event per flow+reason this often (0 = MB_EVENTS_AGGREGATE_MS) */
+};
+
+/* Per-CPU accounting of events: lost ones are counted, never silent. */
+struct mb_event_stats {
+	__u64 emitted;        /* written to the ring buffer */
+	__u64 rate_limited;   /* refused by the token bucket */
+	__u64 ringbuf_full;   /* refused by the ring buffer (reader too slow) */
+	__u64 aggregated;     /* drops folded into a later event's count */
+};
+
+/* Kernel-internal (not read by Python): drop aggregation and rate limiting. */
+struct mb_event_agg_key {
+	struct mb_ct_tuple4 tuple; /* as the packet travels */
+	__u8 reason;
+	__u8 direction;
+	__u8 pad[2];
+};
+
+struct mb_event_agg_value {
+	__u64 last_emit_ns;
+	__u32 suppressed; /* packets since the last event of this flow+reason */
+	__u32 pad;
+};
+
+/* Tokens are counted in billionths so that a refill is elapsed_ns * rate. */
+struct mb_event_bucket {
+	__u64 last_ns;     /* last refill */
+	__u64 nano_tokens; /* one event costs 1e9 */
+};
 
 #endif /* MB_TYPES_H */

@@ -1,7 +1,8 @@
 """The datapath adapter: the only package that imports ``bcc``.
 
 It compiles ``bpf/bpf_lxc.c`` once per agent start, loads its tc programs,
-and gives typed access to the pinned maps. Attaching programs to interfaces
+and gives typed access to the pinned maps (endpoints, conntrack, metrics,
+ipcache, policy, flow event config/stats) and to the flow event ring buffer. Attaching programs to interfaces
 is the agent's job (pyroute2, in ``netlinking``), not this package's.
 
 Pure parts (struct layouts, records, conntrack timeouts) import without bcc;
@@ -20,7 +21,9 @@ from membrane.agent.datapath.conntrack import (
     ConntrackEntry,
 )
 from membrane.agent.datapath.endpoints import EndpointEntry
-from membrane.agent.datapath.layout import Direction, LayoutMismatch, Reason
+from membrane.agent.datapath.events import EventConfig, EventStats
+from membrane.agent.datapath.ipcache import IpcacheEntry
+from membrane.agent.datapath.layout import Direction, EventType, FlowEvent, LayoutMismatch, Reason
 from membrane.agent.datapath.metrics import MetricSample
 
 if TYPE_CHECKING:
@@ -36,6 +39,11 @@ __all__ = [
     "DatapathError",
     "Direction",
     "EndpointEntry",
+    "EventConfig",
+    "EventStats",
+    "EventType",
+    "FlowEvent",
+    "IpcacheEntry",
     "LayoutMismatch",
     "MetricSample",
     "Reason",

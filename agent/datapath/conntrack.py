@@ -47,7 +47,7 @@ class ConntrackEntry:
     dst: IPv4Address
     sport: int  # ICMP echo: the identifier (request side)
     dport: int  # ICMP echo: 0
-    flags: tuple[str, ...]  # CtFlag names, e.g. ("SEEN_REPLY", "TX_CLOSING")
+    flags: tuple[str, ...]  # CtFlag names, e.g. ("SEEN_REPLY", "TX_CLOSING", "POLICY_EGRESS")
     tx_packets: int
     tx_bytes: int
     rx_packets: int
@@ -58,6 +58,7 @@ class ConntrackEntry:
     age_s: float  # now - created
     idle_s: float  # now - last seen
     src_identity: int
+    dst_identity: int = 0  # 0: unknown (entry written by an older build)
 
     @classmethod
     def from_structs(cls, key: CtTuple4, value: CtEntry, now_ns: int) -> ConntrackEntry:
@@ -79,6 +80,7 @@ class ConntrackEntry:
             age_s=max(0, now_ns - value.created_ns) / 1e9,
             idle_s=max(0, now_ns - value.last_seen_ns) / 1e9,
             src_identity=value.src_identity,
+            dst_identity=value.dst_identity,
         )
 
     @property
@@ -105,4 +107,5 @@ class ConntrackEntry:
             "age_s": round(self.age_s, 3),
             "idle_s": round(self.idle_s, 3),
             "src_identity": self.src_identity,
+            "dst_identity": self.dst_identity,
         }

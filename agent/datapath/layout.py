@@ -36,8 +36,8 @@ class Reason(enum.IntEnum):
     DROP_INVALID_PACKET = 4
     DROP_CT_CREATE_FAILED = 5
     DROP_NO_ENDPOINT = 6
-    DROP_POLICY_INGRESS = 7  # reserved
-    DROP_POLICY_EGRESS = 8  # reserved
+    DROP_POLICY_INGRESS = 7
+    DROP_POLICY_EGRESS = 8
     DROP_NO_ROUTE = 9  # reserved
 
 
@@ -53,6 +53,8 @@ class CtFlag(enum.IntFlag):
     SEEN_REPLY = 0x1
     TX_CLOSING = 0x2
     RX_CLOSING = 0x4
+    POLICY_EGRESS = 0x8  # the initiator's egress policy allowed the flow
+    POLICY_INGRESS = 0x10  # the responder's ingress policy allowed the flow
 
 
 MacBytes = ctypes.c_uint8 * 6
@@ -97,7 +99,7 @@ class CtEntry(ctypes.Structure):
         ("tx_tcp_flags", ctypes.c_uint8),
         ("rx_tcp_flags", ctypes.c_uint8),
         ("src_identity", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("dst_identity", ctypes.c_uint32),
     ]
 
 
@@ -113,10 +115,127 @@ class MetricsValue(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class IpcacheKey(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("ip4", ctypes.c_uint32)]  # ip4 in network order
+
+
+class IpcacheValue(ctypes.Structure):
+    _fields_ = [
+        ("sec_identity", ctypes.c_uint32),
+        ("tunnel_endpoint", ctypes.c_uint32),  # network byte order
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class PolicyKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("endpoint_id", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+        ("direction", ctypes.c_uint8),
+        ("protocol", ctypes.c_uint8),
+        ("dport", ctypes.c_uint16),  # network byte order
+    ]
+
+
+class PolicyValue(ctypes.Structure):
+    _fields_ = [("verdict", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("rule_ref", ctypes.c_uint32)]
+
+
+class PolicyVerdict(enum.IntEnum):
+    """``enum mb_policy_verdict``; same numbers as ``membrane.policy.entries.Verdict``."""
+
+    NONE = 0
+    ALLOW = 1
+    DENY = 2
+
+
+class EventType(enum.IntEnum):
+    """``enum mb_event_type``."""
+
+    DROP = 1
+    POLICY_VERDICT = 2
+    TRACE_NEW = 3
+    TRACE_END = 4
+    TRANSLATION = 5
+
+
+class EventVerdict(enum.IntEnum):
+    """``mb_flow_event.verdict``."""
+
+    FORWARDED = 0
+    DROPPED = 1
+
+
+class FlowEvent(ctypes.Structure):
+    """One ring buffer record (``struct mb_flow_event``); addresses and ports in network order."""
+
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("nexthdr", ctypes.c_uint8),
+        ("type", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("verdict", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+        ("is_reply", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("src_identity", ctypes.c_uint32),
+        ("dst_identity", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("endpoint_id", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint16),
+        ("rule_ref", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+        ("count", ctypes.c_uint32),
+    ]
+
+
+class EventConfigFlag(enum.IntFlag):
+    """``mb_event_config.flags``."""
+
+    DISABLED = 0x1
+
+
+class EventConfigValue(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint32),
+        ("rate_per_sec", ctypes.c_uint32),
+        ("burst", ctypes.c_uint32),
+        ("aggregate_ms", ctypes.c_uint32),
+    ]
+
+
+class EventStatsValue(ctypes.Structure):
+    _fields_ = [
+        ("emitted", ctypes.c_uint64),
+        ("rate_limited", ctypes.c_uint64),
+        ("ringbuf_full", ctypes.c_uint64),
+        ("aggregated", ctypes.c_uint64),
+    ]
+
+
+class ArrayIndex(ctypes.Structure):
+    """The ``__u32`` key of array maps, as a struct so it is checked like the others."""
+
+    _fields_ = [("index", ctypes.c_uint32)]
+
+
 # Kernel map type numbers (enum bpf_map_type in uapi/linux/bpf.h).
 BPF_MAP_TYPE_HASH: Final = 1
+BPF_MAP_TYPE_ARRAY: Final = 2
 BPF_MAP_TYPE_PERCPU_HASH: Final = 5
+BPF_MAP_TYPE_PERCPU_ARRAY: Final = 6
 BPF_MAP_TYPE_LRU_HASH: Final = 9
+BPF_MAP_TYPE_LPM_TRIE: Final = 11
+BPF_MAP_TYPE_RINGBUF: Final = 27
+
+BPF_F_NO_PREALLOC: Final = 0x1
 
 
 @dataclass(frozen=True)
@@ -129,12 +248,40 @@ class MapSpec:
     key: type[ctypes.Structure]
     value: type[ctypes.Structure]
     max_entries: int
+    map_flags: int = 0
 
 
 ENDPOINTS: Final = MapSpec("endpoints", "mb_endpoints_v1", BPF_MAP_TYPE_HASH, EndpointKey, EndpointInfo, 4096)
 CONNTRACK: Final = MapSpec("conntrack", "mb_ct4_v1", BPF_MAP_TYPE_LRU_HASH, CtTuple4, CtEntry, 65536)
 METRICS: Final = MapSpec("metrics", "mb_metrics_v1", BPF_MAP_TYPE_PERCPU_HASH, MetricsKey, MetricsValue, 1024)
-MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS)
+IPCACHE: Final = MapSpec(
+    "ipcache", "mb_ipcache_v1", BPF_MAP_TYPE_LPM_TRIE, IpcacheKey, IpcacheValue, 65536, BPF_F_NO_PREALLOC
+)
+POLICY: Final = MapSpec(
+    "policy", "mb_policy_v1", BPF_MAP_TYPE_LPM_TRIE, PolicyKey, PolicyValue, 65536, BPF_F_NO_PREALLOC
+)
+EVENT_STATS: Final = MapSpec(
+    "event_stats", "mb_event_stats_v1", BPF_MAP_TYPE_PERCPU_ARRAY, ArrayIndex, EventStatsValue, 1
+)
+EVENT_CONFIG: Final = MapSpec(
+    "event_config", "mb_event_config_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex, EventConfigValue, 1
+)
+MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG)
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """A ring buffer map: no key or value, max_entries is its size in bytes."""
+
+    role: str
+    name: str
+    size_bytes: int  # a power of two, multiple of the page size
+    record: type[ctypes.Structure]
+    layout_witness: str  # a map whose value bcc types as the record (the per-CPU scratch event, maps.h)
+
+
+EVENTS: Final = RingSpec("events", "mb_events_v1", 64 * 4096, FlowEvent, "mb_event_scratch")
+PINNED_NAMES: Final = (*(spec.name for spec in MAP_SPECS), EVENTS.name)
 
 
 def _describe(cls: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
@@ -147,6 +294,11 @@ def _describe(cls: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
 
 def check_struct(mirror: type[ctypes.Structure], compiled: type[ctypes.Structure], what: str) -> None:
     """Raise LayoutMismatch unless both classes have the same fields, offsets and sizes."""
+    if not issubclass(compiled, ctypes.Structure):
+        # bcc types a scalar key (array maps) as a plain ctypes integer.
+        if ctypes.sizeof(mirror) != ctypes.sizeof(compiled) or len(mirror._fields_) != 1:  # type: ignore[misc]
+            raise LayoutMismatch(f"{what}: {mirror.__name__} does not match the scalar {compiled.__name__} of bpf/types.h")
+        return
     ours, theirs = _describe(mirror), _describe(compiled)
     problems: list[str] = []
     if ctypes.sizeof(mirror) != ctypes.sizeof(compiled):
@@ -182,15 +334,21 @@ class MapInfo:
     key_size: int
     value_size: int
     max_entries: int
+    map_flags: int = 0
 
 
-def check_map_info(spec: MapSpec, info: MapInfo, where: str) -> None:
+def check_map_info(spec: MapSpec | RingSpec, info: MapInfo, where: str) -> None:
     """Raise LayoutMismatch if the kernel map (possibly an old pin) is not what spec says."""
-    expected = (spec.map_type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value), spec.max_entries)
-    actual = (info.map_type, info.key_size, info.value_size, info.max_entries)
+    if isinstance(spec, RingSpec):
+        expected = (BPF_MAP_TYPE_RINGBUF, 0, 0, spec.size_bytes, 0)
+    else:
+        expected = (
+            spec.map_type, ctypes.sizeof(spec.key), ctypes.sizeof(spec.value), spec.max_entries, spec.map_flags
+        )
+    actual = (info.map_type, info.key_size, info.value_size, info.max_entries, info.map_flags)
     if expected != actual:
         raise LayoutMismatch(
-            f"map {spec.name} at {where} is (type, key_size, value_size, max_entries)={actual}, "
+            f"map {spec.name} at {where} is (type, key_size, value_size, max_entries, flags)={actual}, "
             f"expected {expected}. A pinned map from an incompatible build: bump the layout "
             f"version in its name (maps.h, layout.py) or remove the stale pin."
         )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import ctypes
 import re
 import time
-from ipaddress import IPv4Address
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -21,24 +22,43 @@ from bcc import BPF  # the one place bcc is imported
 from membrane.agent.datapath.conntrack import ConntrackEntry, conntrack_cflags, is_expired
 from membrane.agent.datapath.encoding import field_to_ip, struct_copy
 from membrane.agent.datapath.endpoints import EndpointEntry, endpoint_key
+from membrane.agent.datapath.events import EventConfig, EventStats
 from membrane.agent.datapath.flattening import flatten_source
+from membrane.agent.datapath.ipcache import IpcacheEntry, ipcache_key, prefix_from_key
 from membrane.agent.datapath.layout import (
     CONNTRACK,
     ENDPOINTS,
+    EVENT_CONFIG,
+    EVENT_STATS,
+    EVENTS,
+    IPCACHE,
     MAP_SPECS,
     METRICS,
+    PINNED_NAMES,
+    POLICY,
+    ArrayIndex,
     CtEntry,
     CtTuple4,
     EndpointInfo,
+    EventConfigValue,
+    EventStatsValue,
+    IpcacheKey,
+    IpcacheValue,
     MapInfo,
     MapSpec,
     MetricsKey,
     MetricsValue,
+    PolicyKey,
+    PolicyValue,
+    RingSpec,
     check_map_info,
     check_struct,
 )
 from membrane.agent.datapath.metrics import MetricSample, summed_samples
+from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
 from membrane.agent.datapath.syscalls import map_info
+from membrane.delta import Delta
+from membrane.policy.flattening import FlatKey, FlatValue
 
 DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
 ENTRY_FILE: Final = "bpf_lxc.c"
@@ -55,15 +75,20 @@ class DatapathError(RuntimeError):
 class Datapath:
     """The compiled bpf_lxc programs and typed access to their pinned maps."""
 
-    def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR) -> None:
+    def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR, *, events: bool = True) -> None:
+        """events=False compiles flow events out entirely (benchmarks: cost of events)."""
         self.pin_root = Path(pin_root)
         self.bpf_dir = Path(bpf_dir)
+        self.events_compiled = events
         if not _SAFE_PATH.match(str(self.pin_root)):
             raise DatapathError(f"pin root must be an absolute plain path, got {pin_root!s}")
         self.compile_seconds: float | None = None  # clang + map creation/reuse
         self.load_seconds: float | None = None  # verifier, both programs
         self._bpf: BPF | None = None
         self._program_fds: dict[str, int] = {}
+        self._events_open = False
+        self._events_table: Any = None
+        self._event_errors: list[BaseException] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -96,15 +121,20 @@ class Datapath:
         if self._bpf is not None:
             self._bpf.cleanup()
         self._bpf, self._program_fds = None, {}
+        self._events_open, self._events_table = False, None
 
     def unpin(self) -> None:
         """Remove this datapath's pinned maps and the pin root if it is then empty."""
-        for spec in MAP_SPECS:
-            (self.pin_root / spec.name).unlink(missing_ok=True)
+        for name in PINNED_NAMES:
+            (self.pin_root / name).unlink(missing_ok=True)
         try:
             self.pin_root.rmdir()
         except OSError:
             pass  # already gone, or something else lives there: not ours to remove
+
+    @property
+    def loaded(self) -> bool:
+        return self._bpf is not None
 
     def __enter__(self) -> Datapath:
         if self._bpf is None:
@@ -192,6 +222,115 @@ class Datapath:
             )
         return summed_samples(per_cpu)
 
+    # -- ipcache -------------------------------------------------------------
+
+    def ipcache(self) -> dict[IPv4Network, IpcacheEntry]:
+        return {
+            prefix_from_key(struct_copy(IpcacheKey, key)): IpcacheEntry.from_struct(struct_copy(IpcacheValue, value))
+            for key, value in self._table(IPCACHE).items()
+        }
+
+    def upsert_ipcache(self, prefix: IPv4Network, entry: IpcacheEntry) -> None:
+        table = self._table(IPCACHE)
+        table[struct_copy(table.Key, ipcache_key(prefix))] = struct_copy(table.Leaf, entry.to_struct())
+
+    def delete_ipcache(self, prefix: IPv4Network) -> bool:
+        """Remove the entry; False if there was none."""
+        return _delete(self._table(IPCACHE), ipcache_key(prefix))
+
+    def apply_ipcache(self, delta: Delta[IPv4Network, IpcacheEntry]) -> None:
+        """Write a ``membrane.delta.diff(desired, self.ipcache())``: upserts first, then deletes."""
+        for prefix, entry in delta.upserts.items():
+            self.upsert_ipcache(prefix, entry)
+        for prefix in delta.deletes:
+            self.delete_ipcache(prefix)
+
+    # -- policy --------------------------------------------------------------
+
+    def policy(self) -> dict[FlatKey, FlatValue]:
+        """The policy map, as ``membrane.policy.flattening.flatten`` describes it."""
+        return {
+            flat_key(struct_copy(PolicyKey, key)): flat_value(struct_copy(PolicyValue, value))
+            for key, value in self._table(POLICY).items()
+        }
+
+    def upsert_policy(self, key: FlatKey, value: FlatValue) -> None:
+        table = self._table(POLICY)
+        table[struct_copy(table.Key, policy_key(key))] = struct_copy(table.Leaf, policy_value(value))
+
+    def delete_policy(self, key: FlatKey) -> bool:
+        """Remove the entry; False if there was none."""
+        return _delete(self._table(POLICY), policy_key(key))
+
+    def apply_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
+        """Write a ``flat_diff(desired, self.policy())``.
+
+        Upserts before deletes, so a narrowing change (a block split into
+        smaller ones) never opens a window where a new connection finds no
+        entry at all; new connections judged mid-way see either verdict.
+        """
+        for key, value in delta.upserts.items():
+            self.upsert_policy(key, value)
+        for key in delta.deletes:
+            self.delete_policy(key)
+
+    # -- flow events ---------------------------------------------------------
+
+    def open_events(self, callback: Callable[[bytes], None]) -> None:
+        """Call ``callback(record)`` for each event read by ``poll_events``.
+
+        ``record`` is the raw ``struct mb_flow_event`` (``layout.FlowEvent.from_buffer_copy``
+        decodes it). An exception raised by the callback is re-raised by ``poll_events``.
+        """
+        bpf = self._loaded()
+        if self._events_open:
+            raise DatapathError("events already open")
+        size = ctypes.sizeof(EVENTS.record)
+
+        def on_record(_ctx: Any, data: Any, length: int) -> int:
+            try:
+                callback(ctypes.string_at(data, min(length, size)))
+            except BaseException as exc:  # bcc would print and swallow it
+                self._event_errors.append(exc)
+                return -1  # stops this poll
+            return 0
+
+        table = bpf.get_table(EVENTS.name.encode())
+        table.open_ring_buffer(on_record)
+        # get_table() builds a new object each call, and only that object keeps the
+        # ctypes callback alive: dropping it leaves libbcc calling freed memory.
+        self._events_table = table
+        self._events_open = True
+
+    def poll_events(self, timeout_ms: int = 0) -> None:
+        """Deliver pending events to the callback; wait up to timeout_ms for the first (-1 = forever)."""
+        if not self._events_open:
+            raise DatapathError("call open_events(callback) first")
+        self._loaded().ring_buffer_poll(timeout_ms)
+        if self._event_errors:
+            error, self._event_errors = self._event_errors[0], []
+            raise error
+
+    def event_stats(self) -> EventStats:
+        """Emitted and lost events (rate limited, ring full), summed over CPUs."""
+        table = self._table(EVENT_STATS)
+        values = table[struct_copy(table.Key, ArrayIndex(0))]
+        return EventStats.summed(struct_copy(EventStatsValue, value) for value in values)
+
+    def events_lost(self) -> dict[str, int]:
+        """Cumulative events the datapath could not emit, by reason (the observer's lost counters)."""
+        stats = self.event_stats()
+        return {"rate_limited": stats.rate_limited, "ringbuf_full": stats.ringbuf_full}
+
+    def event_config(self) -> EventConfig:
+        table = self._table(EVENT_CONFIG)
+        return EventConfig.from_struct(struct_copy(EventConfigValue, table[struct_copy(table.Key, ArrayIndex(0))]))
+
+    def set_event_config(self, config: EventConfig) -> None:
+        """Switch events on/off and set the rate (takes effect on the next event)."""
+        table = self._table(EVENT_CONFIG)
+        table[struct_copy(table.Key, ArrayIndex(0))] = struct_copy(table.Leaf, config.to_struct())
+
     # -- introspection -------------------------------------------------------
 
     def compiled_layouts(self) -> dict[str, tuple[type[ctypes.Structure], type[ctypes.Structure]]]:
@@ -211,7 +350,7 @@ class Datapath:
     def maps_info(self) -> dict[str, MapInfo]:
         """Kernel view of each map, by map name (the map id shows pin reuse)."""
         bpf = self._loaded()
-        return {spec.name: _kernel_map_info(bpf, spec) for spec in MAP_SPECS}
+        return {spec.name: _kernel_map_info(bpf, spec) for spec in (*MAP_SPECS, EVENTS)}
 
     # -- internals -----------------------------------------------------------
 
@@ -221,7 +360,11 @@ class Datapath:
             f"-DMB_ENDPOINTS_MAX={ENDPOINTS.max_entries}",
             f"-DMB_CT_MAX={CONNTRACK.max_entries}",
             f"-DMB_METRICS_MAX={METRICS.max_entries}",
+            f"-DMB_IPCACHE_MAX={IPCACHE.max_entries}",
+            f"-DMB_POLICY_MAX={POLICY.max_entries}",
+            f"-DMB_EVENTS_RINGBUF_BYTES={EVENTS.size_bytes}",
             *conntrack_cflags(),
+            *([] if self.events_compiled else ["-DMB_EVENTS_OFF"]),
         ]
 
     def _check_layouts(self, bpf: BPF) -> None:
@@ -231,6 +374,9 @@ class Datapath:
             # Per-CPU tables: bcc's Leaf is an array over CPUs, sLeaf the struct.
             check_struct(spec.value, getattr(table, "sLeaf", table.Leaf), f"{spec.name} value")
             check_map_info(spec, _kernel_map_info(bpf, spec), str(self.pin_root / spec.name))
+        witness = bpf.get_table(EVENTS.layout_witness.encode())
+        check_struct(EVENTS.record, getattr(witness, "sLeaf", witness.Leaf), f"{EVENTS.name} record")
+        check_map_info(EVENTS, _kernel_map_info(bpf, EVENTS), str(self.pin_root / EVENTS.name))
 
     def _loaded(self) -> BPF:
         if self._bpf is None:
@@ -241,6 +387,14 @@ class Datapath:
         return self._loaded().get_table(spec.name.encode())
 
 
-def _kernel_map_info(bpf: BPF, spec: MapSpec) -> MapInfo:
+def _kernel_map_info(bpf: BPF, spec: MapSpec | RingSpec) -> MapInfo:
     raw = map_info(bpf.get_table(spec.name.encode()).map_fd)
-    return MapInfo(raw.type, raw.id, raw.key_size, raw.value_size, raw.max_entries)
+    return MapInfo(raw.type, raw.id, raw.key_size, raw.value_size, raw.max_entries, raw.map_flags)
+
+
+def _delete(table: Any, key: ctypes.Structure) -> bool:
+    try:
+        del table[struct_copy(table.Key, key)]
+    except KeyError:
+        return False
+    return True

@@ -67,6 +67,15 @@ static __always_inline int mb_ipv4_tuple(struct __sk_buff *skb, struct iphdr *ip
 		tuple->dport = udp->dport;
 		return MB_L4_TRACKED;
 	}
+	case MB_IPPROTO_SCTP: {
+		struct mb_sctphdr *sctp = l4;
+
+		if ((void *)(sctp + 1) > data_end)
+			return MB_L4_INVALID;
+		tuple->sport = sctp->sport;
+		tuple->dport = sctp->dport;
+		return MB_L4_TRACKED;
+	}
 	case MB_IPPROTO_ICMP: {
 		struct mb_icmp_echo *icmp = l4;
 

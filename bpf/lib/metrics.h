@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* metrics.h: per-CPU (reason, direction) counters and the drop shortcut. */
+/* metrics.h: per-CPU (reason, direction) counters. */
 #ifndef MB_LIB_METRICS_H
 #define MB_LIB_METRICS_H
 
@@ -27,13 +27,6 @@ static __always_inline void mb_metrics_add(__u8 reason, __u8 direction, __u32 by
 		value->packets += 1;
 		value->bytes += bytes;
 	}
-}
-
-/* Count a drop and return the tc verdict for it. */
-static __always_inline int mb_drop(struct __sk_buff *skb, __u8 reason, __u8 direction)
-{
-	mb_metrics_add(reason, direction, skb->len);
-	return TC_ACT_SHOT;
 }
 
 #endif /* MB_LIB_METRICS_H */

@@ -19,6 +19,7 @@ from membrane.agent.datapath import (
     ConntrackEntry,
     EndpointEntry,
 )
+from membrane.policy import EndpointPolicy, RuleTable, flatten_endpoint
 from membrane.agent.datapath.prog_test_run import (
     TC_ACT_OK,
     TC_ACT_REDIRECT,
@@ -44,6 +45,9 @@ OUTSIDE = "192.0.2.1"  # TEST-NET-1, never sent anywhere: test runs transmit not
 def endpoints(datapath):  # type: ignore[no-untyped-def]
     for ip, entry in ((POD_A, EP_A), (POD_B, EP_B), (POD_LO, EP_LO)):
         datapath.upsert_endpoint(ip, entry)
+        # No policy selects these pods: the agent's allow-all entries (no entry = drop).
+        for key, value in flatten_endpoint(entry.endpoint_id, EndpointPolicy(), RuleTable()).items():
+            datapath.upsert_policy(key, value)
     yield
 
 
@@ -74,6 +78,11 @@ def flow(dp, src: IPv4Address, sport: int, dst: IPv4Address, dport: int, proto: 
     ]
     assert len(matches) == 1, f"expected one {proto} flow, got {matches}"
     return matches[0]
+
+
+def state(entry: ConntrackEntry) -> tuple[str, ...]:
+    """The connection-state flags (without the policy ones)."""
+    return tuple(f for f in entry.flags if not f.startswith("POLICY_"))
 
 
 def test_endpoints_roundtrip(datapath) -> None:  # type: ignore[no-untyped-def]
@@ -159,7 +168,8 @@ def test_tcp_conntrack_new_reply_and_fin(datapath) -> None:  # type: ignore[no-u
     syn = from_a(IP(src=str(POD_A), dst=str(POD_B)) / TCP(sport=40001, dport=80, flags="S"))
     assert run_from(datapath, syn, EP_A.ifindex).retval == TC_ACT_REDIRECT
     entry = flow(datapath, POD_A, 40001, POD_B, 80, "TCP")
-    assert entry.flags == () and entry.tx_packets == 1 and entry.rx_packets == 0
+    assert state(entry) == () and entry.tx_packets == 1 and entry.rx_packets == 0
+    assert {"POLICY_EGRESS", "POLICY_INGRESS"} <= set(entry.flags)  # both pods' policies allowed it
     assert entry.lifetime_s == CT_SYN_TIMEOUT_S
     assert entry.src_identity == EP_A.identity
 
@@ -178,7 +188,7 @@ def test_tcp_conntrack_new_reply_and_fin(datapath) -> None:  # type: ignore[no-u
     # A new SYN on the same 5-tuple reopens the flow.
     run_from(datapath, syn, EP_A.ifindex)
     entry = flow(datapath, POD_A, 40001, POD_B, 80, "TCP")
-    assert entry.flags == () and entry.lifetime_s == CT_SYN_TIMEOUT_S
+    assert state(entry) == () and entry.lifetime_s == CT_SYN_TIMEOUT_S
 
 
 def test_tcp_rst_closes_both_ways(datapath) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 def test_endpoint_survives_a_restart(pin_root: Path) -> None:
     from membrane.agent.datapath import Datapath
-    from membrane.agent.datapath.layout import MAP_SPECS
+    from membrane.agent.datapath.layout import PINNED_NAMES
 
     ip = IPv4Address("10.201.0.5")
     entry = EndpointEntry(ifindex=7, endpoint_id=5, identity=300, pod_mac="02:00:00:00:05:01", host_mac="02:00:00:00:05:02")
@@ -27,7 +27,7 @@ def test_endpoint_survives_a_restart(pin_root: Path) -> None:
         ids_before = {name: info.map_id for name, info in first.maps_info().items()}
     finally:
         first.close()
-    assert sorted(p.name for p in pin_root.iterdir()) == sorted(spec.name for spec in MAP_SPECS)
+    assert sorted(p.name for p in pin_root.iterdir()) == sorted(PINNED_NAMES)
 
     second = Datapath(pin_root)
     second.load()

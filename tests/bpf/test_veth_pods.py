@@ -19,12 +19,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
 from membrane.agent.datapath import EndpointEntry
+from membrane.agent.datapath.ipcache import IpcacheEntry
+from membrane.delta import diff
+from membrane.policy import EndpointPolicy, FlatKey, FlatValue, Protocol, RuleTable, Verdict, flatten_endpoint
+from membrane.policy.entries import Direction
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -140,7 +144,8 @@ print(len(received), received[:28].decode())
 
 @contextmanager
 def two_pods(datapath) -> Iterator[tuple[Pod, Pod]]:  # type: ignore[no-untyped-def]
-    """Build node + two pods, attach the programs, fill endpoints; tear it all down."""
+    """Build node + two pods, attach the programs, fill endpoints and, as the agent does for
+    pods no policy isolates, allow-all policy entries; tear it all down."""
     tag = f"mbtest-{os.getpid() % 100000}-{uuid.uuid4().hex[:4]}"
     node = f"{tag}-node"
     created: list[str] = []
@@ -155,6 +160,8 @@ def two_pods(datapath) -> Iterator[tuple[Pod, Pod]]:  # type: ignore[no-untyped-
             datapath.upsert_endpoint(pod.ip, EndpointEntry(
                 ifindex=pod.host_ifindex, endpoint_id=len(pods) + 1, identity=256 + len(pods),
                 pod_mac=pod.pod_mac, host_mac=pod.host_mac))
+            for flat_key, flat_value in flatten_endpoint(len(pods) + 1, EndpointPolicy(), RuleTable()).items():
+                datapath.upsert_policy(flat_key, flat_value)
             pods.append(pod)
         yield pods[0], pods[1]
     finally:
@@ -163,6 +170,10 @@ def two_pods(datapath) -> Iterator[tuple[Pod, Pod]]:  # type: ignore[no-untyped-
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         leftover = [n for n in sh("ip", "netns", "list").split() if n.startswith(tag)]
         assert not leftover, f"namespaces left behind: {leftover}"
+        if datapath.loaded:  # (the restart test closes it: its pins go with the pin root)
+            for endpoint_id in range(1, len(pods) + 1):
+                for flat_key in flatten_endpoint(endpoint_id, EndpointPolicy(), RuleTable()):
+                    datapath.delete_policy(flat_key)
 
 
 @pytest.fixture
@@ -247,3 +258,107 @@ def test_traffic_survives_an_agent_restart(pin_root: Path) -> None:
                 second.close()
     finally:
         first.close()
+
+
+# -- NetworkPolicy on real packets ------------------------------------------------
+# Pod a connects to pod b:8080 over real TCP. A deny entry makes connects time
+# out (SYN dropped in the kernel, counted as a policy drop), an allow entry lets
+# them through, and a connection established under the allow keeps working
+# after the policy turns to deny (new ones do not).
+
+# Serves connections one after the other, echoing upper-cased lines, until killed.
+ECHO_SERVER = """
+import socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], 8080)); srv.listen(8)
+print("listening", flush=True)
+while True:
+    conn, _ = srv.accept()
+    with conn, conn.makefile("rwb", buffering=0) as f:
+        for line in f:
+            f.write(line.upper())
+"""
+
+# One connection; sends a line, then another each time the parent writes one on stdin.
+CLIENT = """
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], 8080), timeout=1.5)
+except OSError as exc:
+    print("failed", type(exc).__name__, flush=True); sys.exit(0)
+f = c.makefile("rwb", buffering=0)
+for line in sys.stdin:
+    f.write(line.encode()); print(f.readline().decode().strip(), flush=True)
+"""
+
+
+def connect_once(a: Pod, b: Pod) -> str:
+    result = in_netns(a.netns, CLIENT.replace("sys.argv[1]", repr(str(b.ip))) + "\n", timeout=10)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def write_policy(dp, entries: dict[FlatKey, FlatValue]) -> None:  # type: ignore[no-untyped-def]
+    dp.apply_policy(diff(entries, dp.policy()))
+
+
+@pytest.fixture
+def pods(datapath) -> Iterator[tuple[Pod, Pod]]:  # type: ignore[no-untyped-def]
+    with two_pods(datapath) as (a, b):
+        for pod, identity in ((a, 256), (b, 257)):
+            datapath.upsert_ipcache(IPv4Network(f"{pod.ip}/32"), IpcacheEntry(identity))
+        try:
+            yield a, b
+        finally:
+            write_policy(datapath, {})
+            for pod in (a, b):
+                datapath.delete_ipcache(IPv4Network(f"{pod.ip}/32"))
+                datapath.delete_endpoint(pod.ip)
+
+
+def test_policy_on_real_tcp(datapath, pods: tuple[Pod, Pod]) -> None:  # type: ignore[no-untyped-def]
+    a, b = pods
+    ep_a, ep_b = datapath.endpoints()[a.ip].endpoint_id, datapath.endpoints()[b.ip].endpoint_id
+    tcp, ingress, egress = int(Protocol.TCP), int(Direction.INGRESS), int(Direction.EGRESS)
+    egress_a = FlatKey(ep_a, 257, egress, tcp, 8080, 16)
+    ingress_b = FlatKey(ep_b, 256, ingress, tcp, 8080, 16)
+    allow, deny = FlatValue(int(Verdict.ALLOW), 1), FlatValue(int(Verdict.DENY), 2)
+
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", b.netns, sys.executable, "-c", textwrap.dedent(ECHO_SERVER), str(b.ip)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    client = None
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+
+        # b denies a: the SYN never reaches b.
+        write_policy(datapath, {egress_a: allow, ingress_b: deny})
+        before = counter(datapath, "DROP_POLICY_INGRESS", "INGRESS")
+        assert connect_once(a, b) == "failed TimeoutError"
+        assert counter(datapath, "DROP_POLICY_INGRESS", "INGRESS") > before
+
+        # Allowed both ways: the connection works, replies ride conntrack (no b -> a rule).
+        write_policy(datapath, {egress_a: allow, ingress_b: allow})
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", a.netns, sys.executable, "-c", textwrap.dedent(CLIENT), str(b.ip)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write("hello\n"); client.stdin.flush()
+        assert client.stdout.readline().strip() == "HELLO"
+
+        # Policy turns to deny: the established connection carries on, a new one fails.
+        write_policy(datapath, {egress_a: deny, ingress_b: deny})
+        before = counter(datapath, "DROP_POLICY_EGRESS", "EGRESS")
+        client.stdin.write("still there\n"); client.stdin.flush()
+        assert client.stdout.readline().strip() == "STILL THERE"
+        assert connect_once(a, b) == "failed TimeoutError"
+        assert counter(datapath, "DROP_POLICY_EGRESS", "EGRESS") > before
+        client.stdin.close()
+        assert client.wait(timeout=5) == 0
+    finally:
+        for proc in (client, server):  # only the processes this test started
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
