@@ -32,6 +32,9 @@ class AgentConfig(BaseModel):
     api_socket: Path = Path("/run/membrane/agent.sock")
     http_addr: str = "127.0.0.1:9962"  # /healthz, /readyz, /metrics
     masquerade: bool = True
+    flow_events: bool = True  # datapath flow events (drops, verdicts, connections) to the observer
+    flow_ring_size: int = Field(default=4096, ge=16, le=1_000_000)  # recent flows held in memory
+    observer_tcp: str | None = None  # e.g. 127.0.0.1:4245; the unix socket is always served
     allow_host_traffic: bool = True  # the node (kubelet probes) may reach pods isolated by policy
     mtu: int = Field(default=1500, ge=576, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -69,7 +72,7 @@ _FLAGS = {
     "state_dir": "--state-dir", "bpffs_root": "--bpffs-root", "api_socket": "--api-socket",
     "http_addr": "--http-addr", "mtu": "--mtu", "log_level": "--log-level",
     "log_format": "--log-format", "conntrack_gc_seconds": "--conntrack-gc-seconds",
-    "resync_seconds": "--resync-seconds", "mode": "--mode", "operator_address": "--operator-address",
+    "resync_seconds": "--resync-seconds", "flow_ring_size": "--flow-ring-size", "observer_tcp": "--observer-tcp", "mode": "--mode", "operator_address": "--operator-address",
     "identity_wait_seconds": "--identity-wait-seconds",
 }
 
@@ -79,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML or JSON config file (keys as in AgentConfig)")
     for key, flag in _FLAGS.items():
         parser.add_argument(flag, dest=key, default=None)
+    parser.add_argument("--no-flow-events", dest="flow_events", action="store_false", default=None,
+                        help="the datapath emits no flow events (counters still count)")
     parser.add_argument("--no-masquerade", dest="masquerade", action="store_false", default=None)
     parser.add_argument("--no-allow-host-traffic", dest="allow_host_traffic", action="store_false", default=None,
                         help="the node's own traffic to pods obeys NetworkPolicy like any other peer")

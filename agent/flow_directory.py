@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from membrane.identities import LabelSet
+from membrane.k8s_models import ObjectRef
+from membrane.policy import Direction
 
 from .observing.enriching import EndpointInfo
 from .policy_syncing import PolicyManager
@@ -41,6 +43,18 @@ class PolicyDirectory:
     def identity_labels(self, identity: int) -> Mapping[str, str] | Iterable[str] | None:
         labels: LabelSet | None = self.manager.identities.allocator.labels_of(identity)
         return labels.to_strings() if labels is not None else None
+
+    def isolating_policies(self, ip: str, direction: str) -> list[str]:
+        """Policies selecting the pod at `ip` for `direction` (why a default-deny drop happened)."""
+        info = self.lookup_ip(ip)
+        if info is None:
+            return []
+        with self.manager.lock:
+            policy = self.manager.resolver.endpoint(ObjectRef(info.namespace, info.pod))
+            if policy is None:
+                return []
+            wanted = Direction.INGRESS if direction == "ingress" else Direction.EGRESS
+            return sorted(str(ref) for ref in policy.selected_by.get(wanted, ()))
 
     def describe_rule(self, rule_ref: int) -> list[str]:
         if rule_ref == 0:

@@ -8,6 +8,7 @@ by writing differences. Nothing is flushed on the way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -31,7 +32,12 @@ from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
 from .metrics import AgentMetrics, DatapathCollector
 from .netlinking import Netlink, write_sysctl
+from membrane.flows import observer_socket_for
+
 from . import policy_api
+from .flow_directory import PolicyDirectory
+from .observing import FlowMetricsCollector, FlowObserver
+from .observing.grpc_serving import ObserverServer
 from .identity_book import IdentityBook
 from .identity_sources import IdentitySource, StreamIdentities, identity_count
 from .cluster_syncing import ClusterSyncer, saved_pod_cidr
@@ -69,6 +75,9 @@ class Agent:
             self.cluster = ClusterSyncer(config.node_name, self.policy, self.identities, config.state_dir,
                                          lambda: self._apply_policy("stream"), self._pod_cidr_learned,
                                          self.ready.set, config.identity_wait_seconds)
+        self.observer = FlowObserver(config.node_name, PolicyDirectory(self.policy), capacity=config.flow_ring_size)
+        self.metrics.registry.register(FlowMetricsCollector(self.observer))
+        self.observer_server: ObserverServer | None = None
         self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set,
                               self.cluster.before_add if self.cluster is not None else None)
         self.metrics.watch_state(lambda: identity_count(self.identities), lambda: self._object_counts()["NetworkPolicy"],
@@ -109,6 +118,7 @@ class Agent:
         self.http.start()
         self.api = ApiServer(cfg.api_socket, self._handlers())
         self.api.start()
+        self._start_observer()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         self.metrics.bootstrap.set(time.monotonic() - self.started)
         if self.cluster is not None:
@@ -134,9 +144,22 @@ class Agent:
             self.api.stop()
         if self.http:
             self.http.stop()
+        if self.observer_server is not None:
+            self.observer_server.stop()
+        self.observer.stop()
         self.datapath.close()
         self.netlink.close()
         log.info("agent stopped")
+
+    def _start_observer(self) -> None:
+        """Flow events: ring buffer -> enriched Flows -> gRPC Observer (unix socket, optional TCP)."""
+        dp = self.datapath.dp
+        dp.set_event_config(dataclasses.replace(dp.event_config(), enabled=self.config.flow_events))
+        dp.open_events(self.observer.on_event)
+        self.observer.start_pump(dp.poll_events, read_kernel_lost=dp.events_lost)
+        self.observer_server = ObserverServer(self.observer, observer_socket_for(self.config.api_socket),
+                                              tcp=self.config.observer_tcp)
+        self.observer_server.start()
 
     def _housekeeping(self) -> None:
         next_gc = next_resync = time.monotonic()

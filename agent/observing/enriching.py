@@ -117,6 +117,8 @@ class MonotonicClock:
             microsecond=(wall % 1_000_000_000) // 1000)
 
 
+_POLICY_DROPS = (7, 8)  # enum mb_reason: DROP_POLICY_INGRESS, DROP_POLICY_EGRESS
+
 _FLOW_TYPES = {
     EventType.DROP: (FlowType.DROP, ""),
     EventType.POLICY_VERDICT: (FlowType.POLICY_VERDICT, ""),
@@ -180,6 +182,14 @@ class Enricher:
             names = self._rules[rule_ref] = tuple(self.directory.describe_rule(rule_ref))
         return names
 
+    def isolating(self, ev: RawEvent, dropped: bool) -> tuple[str, ...]:
+        """A default-deny drop matches no rule: name the policies that isolate the pod instead."""
+        ask = getattr(self.directory, "isolating_policies", None)
+        if not dropped or ev.rule_ref or ask is None or ev.reason not in _POLICY_DROPS:
+            return ()
+        egress = ev.direction == 1
+        return tuple(ask(ev.saddr if egress else ev.daddr, "egress" if egress else "ingress"))
+
     def flow(self, ev: RawEvent) -> Flow:
         self._check_generation()
         ftype, trace_event = _FLOW_TYPES.get(ev.type, (FlowType.TRACE, f"unknown-{ev.type}"))
@@ -203,7 +213,7 @@ class Enricher:
             tcp_flags=tcp_flag_names(ev.tcp_flags) if ev.nexthdr == 6 else (),
             source=self.endpoint(ev.saddr, ev.src_identity),
             destination=self.endpoint(ev.daddr, ev.dst_identity),
-            policies=self.policies(ev.rule_ref),
+            policies=self.policies(ev.rule_ref) or self.isolating(ev, dropped),
             count=max(ev.count, 1),
             bytes=ev.len,
             ifindex=ev.ifindex,
