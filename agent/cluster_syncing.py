@@ -25,52 +25,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from membrane.api.state_objects import (KIND_ORDER, EndpointState, IdentityState, Kind, NamedPortState,
+from membrane.api.state_objects import (KIND_ORDER, EndpointState, IdentityState, Kind,
                                         NamespaceState, NodeState, PolicyState, StateKey, StateObject,
                                         StateUpdate)
 from membrane.cni_types import TRY_AGAIN_LATER, CniError
 from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod, parse_object
 
 from .identity_sources import INIT_IDENTITY, StreamIdentities
-from .persisting import read_json, write_json
+from .cluster_persisting import StateFile, object_from_json, object_to_json  # noqa: F401 - re-exported
 from .policy_syncing import PolicyManager
 
 log = logging.getLogger("membrane.cluster")
 
-STATE_FILE = "cluster-state.json"
 Change = tuple[StateKey, StateObject | None]
 
 
 class ResyncNeeded(RuntimeError):
     """A delta that does not follow what was applied: ask the operator for a snapshot."""
-
-
-# --- persisted form of stream objects --------------------------------------------------------
-def object_to_json(obj: StateObject) -> dict[str, Any]:
-    return {"kind": obj.kind.value, **asdict(obj)}
-
-
-def object_from_json(data: dict[str, Any]) -> StateObject:
-    kind = Kind(data["kind"])
-    if kind is Kind.NAMESPACE:
-        return NamespaceState(data["name"], tuple((k, v) for k, v in data.get("labels", ())))
-    if kind is Kind.NODE:
-        return NodeState(data["name"], tuple(data.get("addresses", ())), data.get("pod_cidr", ""))
-    if kind is Kind.IDENTITY:
-        return IdentityState(int(data["id"]), tuple(data.get("labels", ())))
-    if kind is Kind.ENDPOINT:
-        return EndpointState(data["namespace"], data["name"], tuple(data.get("ips", ())), int(data.get("identity", 0)),
-                             data.get("node_name", ""), tuple((k, v) for k, v in data.get("labels", ())),
-                             tuple(NamedPortState(**p) for p in data.get("named_ports", ())), data.get("uid", ""))
-    return PolicyState(data["namespace"], data["name"], data.get("object_json", ""))
 
 
 # --- stream objects -> the models the policy manager takes -----------------------------------
@@ -133,7 +112,7 @@ class ClusterSyncer:
         self.node_name = node_name
         self.policy = policy
         self.identities = identities
-        self.path = state_dir / STATE_FILE
+        self.file = StateFile(state_dir)
         self.apply_maps = apply_maps
         self.on_pod_cidr = on_pod_cidr
         self.on_synced = on_synced
@@ -144,8 +123,7 @@ class ClusterSyncer:
         self.stream_id = ""
         self.pod_cidr: IPv4Network | None = None
         self.synced = threading.Event()
-        self.lingering: dict[ObjectRef, EndpointState] = {}  # deleted from the stream, still local
-        self._last_endpoint: dict[ObjectRef, EndpointState] = {}  # last streamed state per pod
+        self.lingering: set[ObjectRef] = set()  # deleted from the stream, still wired here
         self.counts = {"snapshots": 0, "deltas": 0, "changes": 0, "skipped_objects": 0}
         self.last_update: float | None = None
         self.client: Any = None  # the StateClient once started
@@ -153,23 +131,19 @@ class ClusterSyncer:
     # --- restore and persistence ---------------------------------------------------------
     def restore(self) -> int:
         """Record the persisted state (no map writes: the agent's start-up resync does them)."""
-        saved = read_json(self.path)
-        if not saved:
+        saved = self.file.load()
+        if not saved.objects and not saved.version:
             return 0
-        objects = [object_from_json(o) for o in saved.get("objects", [])]
+        objects = list(saved.objects.values())
         with self.lock, self.policy.lock:
             for key, obj in snapshot_changes({}, objects):
                 self._record(key, obj)
-            self.version, self.stream_id = int(saved.get("version", 0)), str(saved.get("stream_id", ""))
+            self.version, self.stream_id = saved.version, saved.stream_id
         if self.version > 0:
             self.synced.set()  # the state it enforced before the restart, complete as of version
         log.info("cluster state restored", extra={"fields": {"version": self.version, "stream_id": self.stream_id,
                                                              "objects": len(self.objects)}})
         return len(objects)
-
-    def _save(self) -> None:
-        write_json(self.path, {"version": self.version, "stream_id": self.stream_id,
-                               "objects": [object_to_json(o) for o in self.objects.values()]})
 
     # --- the stream ------------------------------------------------------------------------
     def apply_update(self, update: StateUpdate) -> None:
@@ -190,13 +164,17 @@ class ClusterSyncer:
             self.counts["snapshots" if update.snapshot else "deltas"] += 1
             self.counts["changes"] += len(changes)
             self.last_update = time.time()
+            if update.snapshot:
+                self.file.write_base(update.version, update.stream_id, self.objects)
+            else:
+                self.file.append(update.version, update.stream_id, changes, self.objects)
             self.version, self.stream_id = update.version, update.stream_id
-            self._save()
         log.info("cluster update applied", extra={"fields": {
             "version": update.version, "snapshot": update.snapshot, "changes": len(changes),
             "seconds": round(time.perf_counter() - started, 4)}})
         if not self.synced.is_set():
             self.synced.set()
+            log.info("cluster state synced: agent ready", extra={"fields": {"version": update.version}})
             self.on_synced()
 
     def _ask_for_snapshot(self) -> None:
@@ -230,32 +208,32 @@ class ClusterSyncer:
 
     def _endpoint(self, ref: ObjectRef, obj: EndpointState | None) -> None:
         if obj is None:
-            last = self.lingering.get(ref)
-            if ref in self.policy.local and last is None:
-                # Terminating but still wired here: keep its identity until CNI DEL.
-                self.lingering[ref] = self._last_endpoint.get(ref, EndpointState(ref.namespace, ref.name))
+            if ref in self.policy.local and ref not in self.lingering:
+                # Terminating but still wired here: keep its last identity and labels until CNI DEL.
+                self.lingering.add(ref)
                 return
-            self._last_endpoint.pop(ref, None)
-            self.lingering.pop(ref, None)
+            self.lingering.discard(ref)
             self.identities.forget_pod(ref)
             self.policy.on_pod(ref, None)
             return
-        self.lingering.pop(ref, None)
-        self._last_endpoint[ref] = obj
+        self.lingering.discard(ref)
         self.identities.set_pod(ref, obj.identity)
         self.policy.on_pod(ref, pod_model(obj))
 
     def endpoint_removed(self, ref: ObjectRef) -> None:
         """The local endpoint is gone (CNI DEL): forget a pod the stream already deleted."""
         with self.lock, self.policy.lock:
-            if self.lingering.pop(ref, None) is not None:
-                self._last_endpoint.pop(ref, None)
+            if ref in self.lingering:
+                self.lingering.discard(ref)
                 self.identities.forget_pod(ref)
                 self.policy.on_pod(ref, None)
 
     def _node(self, name: str, obj: NodeState | None) -> None:
-        if name != self.node_name or obj is None or not obj.pod_cidr:
-            return  # other nodes: tunnel endpoints, when VXLAN lands
+        if name != self.node_name:  # another node: its IP is the tunnel endpoint of its pods
+            self.policy.on_node(name, obj.addresses if obj is not None else ())
+            return
+        if obj is None or not obj.pod_cidr:
+            return
         try:
             cidr = IPv4Network(obj.pod_cidr)
         except ValueError:
@@ -287,6 +265,9 @@ class ClusterSyncer:
     # --- the client ---------------------------------------------------------------------
     def start(self, target: str) -> None:
         """Subscribe to the operator at `target` (grpc target: host:port or unix:///path)."""
+        # The agent forks (netns helpers) while the stream is open; its children never use gRPC,
+        # so gRPC's fork handlers are off (they would only log that they skip).
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
         from membrane.api.backoff import Backoff
         from membrane.api.state_client import StateClient
 
@@ -300,29 +281,32 @@ class ClusterSyncer:
             self.client.stop()
 
     def status(self) -> dict[str, Any]:
-        kinds: dict[str, int] = {}
-        for kind, _ in list(self.objects):
-            kinds[kind.value] = kinds.get(kind.value, 0) + 1
-        client = self.client
-        return {"synced": self.synced.is_set(), "version": self.version, "stream_id": self.stream_id,
-                "connected": bool(client is not None and client.connected.is_set()),
-                "subscriptions": client.connects if client is not None else 0,
-                "pod_cidr": str(self.pod_cidr) if self.pod_cidr else None, "objects": kinds,
-                "lingering_endpoints": len(self.lingering), "last_update": self.last_update, **self.counts}
+        """For `membranectl status`: where the stream stands (`subscribed` is the client's view:
+        a subscription was started and has not failed yet)."""
+        with self.lock:
+            kinds: dict[str, int] = {}
+            for kind, _ in self.objects:
+                kinds[kind.value] = kinds.get(kind.value, 0) + 1
+            client = self.client
+            return {"synced": self.synced.is_set(), "version": self.version, "stream_id": self.stream_id,
+                    "subscribed": bool(client is not None and client.connected.is_set()),
+                    "subscriptions": client.connects if client is not None else 0,
+                    "pod_cidr": str(self.pod_cidr) if self.pod_cidr else None, "objects": kinds,
+                    "lingering_endpoints": len(self.lingering), "last_update": self.last_update, **self.counts}
 
     def count(self, kind: Kind) -> int:
-        return sum(1 for k, _ in list(self.objects) if k is kind)
+        with self.lock:
+            return sum(1 for k, _ in self.objects if k is kind)
 
 
 def saved_pod_cidr(state_dir: Path, node_name: str) -> IPv4Network | None:
     """This node's PodCIDR as last persisted (read before IPAM restores its pool)."""
-    saved = read_json(state_dir / STATE_FILE) or {}
-    for data in saved.get("objects", []):
-        if data.get("kind") == Kind.NODE.value and data.get("name") == node_name and data.get("pod_cidr"):
-            try:
-                return IPv4Network(data["pod_cidr"])
-            except ValueError:
-                return None
+    node = StateFile(state_dir).load().objects.get((Kind.NODE, node_name))
+    if isinstance(node, NodeState) and node.pod_cidr:
+        try:
+            return IPv4Network(node.pod_cidr)
+        except ValueError:
+            return None
     return None
 
 

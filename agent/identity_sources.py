@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from membrane.identities import ReservedIdentity, reserved_labels
+from membrane.identities import LabelSet, ReservedIdentity, reserved_labels
 from membrane.k8s_models import ObjectRef
 
 INIT_IDENTITY = int(ReservedIdentity.INIT)
@@ -38,8 +38,21 @@ class IdentitySource(Protocol):
 
 def identity_count(source: object) -> int:
     """Identities in use (the metric), for either source."""
-    allocator = getattr(source, "allocator", None)  # IdentityBook
-    return len(allocator) if allocator is not None else len(source)  # type: ignore[arg-type]
+    return len(source.allocator)  # type: ignore[attr-defined]
+
+
+class _StreamedLabels:
+    """The read side of `IdentityBook.allocator` (`labels_of`, `len`) over streamed identities,
+    so consumers written against the book (flow enrichment) work in both modes."""
+
+    def __init__(self, source: StreamIdentities) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def labels_of(self, identity: int) -> LabelSet | None:
+        return self.source.labels_of(identity)
 
 
 class StreamIdentities:
@@ -55,6 +68,7 @@ class StreamIdentities:
         self.pods: dict[ObjectRef, int] = {}  # streamed endpoint -> identity
         self.labels: dict[int, tuple[str, ...]] = {}  # streamed identity -> labels
         self.assigned: dict[ObjectRef, int] = {}  # what the policy manager was last told
+        self.allocator = _StreamedLabels(self)
 
     def __len__(self) -> int:
         with self.cond:
@@ -77,6 +91,12 @@ class StreamIdentities:
     def forget_identity(self, identity: int) -> None:
         with self.cond:
             self.labels.pop(identity, None)
+
+    def labels_of(self, identity: int) -> LabelSet | None:
+        """The streamed identity's labels ("k8s:app=web", ...), None if unknown."""
+        with self.cond:
+            texts = self.labels.get(identity)
+        return LabelSet.from_strings(texts) if texts is not None else None
 
     def known(self, ref: ObjectRef) -> int | None:
         with self.cond:

@@ -81,13 +81,19 @@ class LabNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         return self
 
-    def start_agent(self, timeout: float = 60) -> None:
+    def start_agent(self, timeout: float = 60, wait_ready: bool = True) -> None:
         cmd = [tool("membrane-agent"), "--node-name", self.name, "--pod-cidr", self.pod_cidr,
                "--state-dir", str(self.workdir / "state"), "--bpffs-root", str(self.pin_root),
                "--api-socket", self.socket, "--http-addr", "127.0.0.1:9962", *self.extra_args]
         log = open(self.log_path, "ab")
         self.process = netns.popen_in(self.netns, cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
+        if not wait_ready:  # e.g. Kubernetes mode before the operator is up
+            return
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

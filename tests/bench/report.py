@@ -39,6 +39,18 @@ def _traffic(results: dict[str, Any]) -> list[str]:
     errors = [f"- {name}: {e}" for name, d in t.items() for e in d.get("errors", [])]
     if errors:
         lines += ["", "Failed measurements:", *errors]
+    mb = results.get("setups", {}).get(MB, {})
+    if "node_stack_forwarded_during_traffic" in mb:
+        lines += ["", f"Path check: the membrane node's IP stack forwarded {mb['node_stack_forwarded_during_traffic']} "
+                  "packets during the membrane traffic tests (0 means every pod-to-pod packet took the eBPF "
+                  "redirect_peer path)."]
+    floor, ref_p50 = veth.get("latency_p50_us"), ref.get("latency_p50_us")
+    if floor and ref_p50:
+        needed = 0.6 * ref_p50 / floor
+        verdict = ("below 1.00x, the floor no veth-based datapath can beat, so this target cannot be met here"
+                   if needed < 1 else "above the floor, so reachable in principle")
+        lines += ["", f"Feasibility: the bridge is {ref_p50 / floor:.2f}x the direct veth here, so '<= 0.6x bridge' "
+                  f"means <= {needed:.2f}x the direct veth: {verdict}."]
     lines += ["", "Raw per-run values are in `foundation.json`. sockperf ping-pong reports half the round trip "
               "(one TCP connection, 14-byte messages); iperf3 is one TCP stream, receiver goodput."]
     return lines
@@ -96,7 +108,8 @@ def _cni(results: dict[str, Any]) -> list[str]:
                 lines.append(f"\nFirst error, {key} {name}: `{data['first_error'][:300]}`")
     rss = c.get("agent_rss_kib")
     if rss:
-        lines += ["", "## membrane-agent memory (VmRSS of the agent process)", "",
+        lines += ["", "## membrane-agent (memory is VmRSS of the agent process)", "",
+                  f"Agent start-up, exec to ready (compile, load, attach): {_f(c.get('agent_ready_s'), 1)} s.", "",
                   "| state | RSS (MiB) |", "|---|---:|",
                   f"| idle, 0 pods, 2 s after ready | {_f(rss['idle'] / 1024)} |",
                   f"| {rss['loaded_pods']} pods ({cfg['seq_pods']} timed + 2 traffic pods) | {_f(rss['loaded'] / 1024)} |"]

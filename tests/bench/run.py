@@ -106,20 +106,21 @@ def cni(bridge: BridgeReference, membrane: Membrane | None, seq: int, conc: int)
     overhead = [cni_timing.time_command(["ip", "netns", "exec", bridge.node, "/bin/true"]) for _ in range(20)]
     out["ip_netns_exec_overhead_ms"] = median([x * 1000 for x in overhead])
 
-    targets = [p for p in ([membrane.plugin] if membrane else []) + [bridge.plugin]]
+    under_test = ([membrane.plugin] if membrane else []) + [bridge.plugin]
     timer = CniTimer()
     try:
         log(f"{seq} sequential ADDs per plugin (interleaved)")
-        seq_t = timer.sequential(targets, seq)
+        seq_t = timer.sequential(under_test, seq)
         out["add_sequential"] = {k: timing_summary(v) for k, v in seq_t.items()}
         if membrane is not None:
             time.sleep(1)
+            out["agent_ready_s"] = membrane.ready_seconds
             out["agent_rss_kib"] = {"idle": membrane.idle_rss_kib, "loaded": rss_kib(membrane.agent_pid),
                                     "loaded_pods": len(seq_t["membrane-cni"].seconds) + 2}
         log("sequential DELs")
         out["del_sequential"] = {k: timing_summary(v) for k, v in timer.cleanup().items()}
         out["add_concurrent"] = {}
-        for plugin in targets:
+        for plugin in under_test:
             log(f"{conc} concurrent ADDs {plugin.name}")
             start = time.perf_counter()
             t = timer.concurrent(plugin, conc)
@@ -156,7 +157,7 @@ def _sigterm(_signum: int, _frame: object) -> NoReturn:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5, help="duration of each sockperf/iperf3 run")
-    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of the traffic tests")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the traffic tests")
     ap.add_argument("--seq-pods", type=int, default=50)
     ap.add_argument("--conc-pods", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -177,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         status = build(setups)
         results["setups"] = {s.name: {"description": s.description, "error": status[s.name]} for s in setups}
         ready = [s for s in setups if status[s.name] is None]
+        forwarded = mb.node_forwarded() if mb in ready else None
         results["traffic"] = traffic(ready, args.reps, args.seconds)
+        if forwarded is not None:
+            results["setups"][mb.name]["node_stack_forwarded_during_traffic"] = mb.node_forwarded() - forwarded
         if status[bridge.name] is None:
             results["cni"] = cni(bridge, mb if status[mb.name] is None else None, args.seq_pods, args.conc_pods)
     finally:

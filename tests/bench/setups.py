@@ -143,6 +143,7 @@ class Membrane(Setup):
         self.node = LabNode("mb", pod_cidr=pod_cidr, prefix=PREFIX)
         self.settle_seconds = settle_seconds
         self.idle_rss_kib: int | None = None
+        self.ready_seconds: float | None = None
         self.plugin = CniPlugin(name="membrane-cni", argv=(tool("membrane-cni"),), conf=self.node.net_conf(),
                                 cni_path="/opt/cni/bin", netns_prefix=f"{self.node.netns}-")
 
@@ -154,11 +155,20 @@ class Membrane(Setup):
 
     def create(self) -> None:
         self.node.create()
+        start = time.perf_counter()
         self.node.start_agent()
+        self.ready_seconds = time.perf_counter() - start  # exec to ready: compile, load, attach, restore
         time.sleep(self.settle_seconds)
         self.idle_rss_kib = rss_kib(self.agent_pid)
         client, server = self.node.add_pod("client"), self.node.add_pod("server")
         self.client, self.server = Endpoint(client.netns, client.ip), Endpoint(server.netns, server.ip)
+
+    def node_forwarded(self) -> int:
+        """Packets the node's IP stack has forwarded (Ip ForwDatagrams): pod-to-pod traffic on the
+        eBPF redirect_peer path never reaches it."""
+        lines = netns.exec_in(self.node.netns, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+        head, values = [line.split() for line in lines if line.startswith("Ip:")][:2]
+        return int(values[head.index("ForwDatagrams")])
 
     def destroy(self) -> None:
         self.node.destroy()  # CNI DELs its pods, stops the agent, removes mbbench-mb* netns and pins
