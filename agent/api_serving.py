@@ -34,6 +34,7 @@ class RequestError(Exception):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 256  # kubelet may start many pods at once: connects must not bounce
     handlers: dict[str, Handler]
 
 

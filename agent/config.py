@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +36,14 @@ class AgentConfig(BaseModel):
     flow_ring_size: int = Field(default=4096, ge=16, le=1_000_000)  # recent flows held in memory
     observer_tcp: str | None = None  # e.g. 127.0.0.1:4245; the unix socket is always served
     allow_host_traffic: bool = True  # the node (kubelet probes) may reach pods isolated by policy
-    mtu: int = Field(default=1500, ge=576, le=65535)
+    # Pod MTU. None: derived, the underlay's MTU minus the VXLAN overhead when tunnelling (so an
+    # encapsulated full-size packet still fits the underlay), else the underlay's MTU.
+    mtu: int | None = Field(default=None, ge=576, le=65535)
+    # Cross-node pod traffic: VXLAN in external (collect-metadata) mode, the source identity in the VNI.
+    tunnel: Literal["vxlan", "disabled"] = "vxlan"
+    tunnel_device: str = Field(default="membrane_vxlan", min_length=1, max_length=15)
+    tunnel_port: int = Field(default=8472, ge=1, le=65535)  # Linux's VXLAN port, as Cilium and flannel use
+    node_ip: IPv4Address | None = None  # underlay address; None: the source address of the default route
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     conntrack_gc_seconds: float = Field(default=30.0, gt=0)
@@ -74,6 +81,7 @@ _FLAGS = {
     "log_format": "--log-format", "conntrack_gc_seconds": "--conntrack-gc-seconds",
     "resync_seconds": "--resync-seconds", "flow_ring_size": "--flow-ring-size", "observer_tcp": "--observer-tcp", "mode": "--mode", "operator_address": "--operator-address",
     "identity_wait_seconds": "--identity-wait-seconds",
+    "tunnel": "--tunnel", "tunnel_device": "--tunnel-device", "tunnel_port": "--tunnel-port", "node_ip": "--node-ip",
 }
 
 

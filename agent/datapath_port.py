@@ -13,8 +13,11 @@ from typing import Any
 from membrane.delta import Delta
 from membrane.policy import FlatKey, FlatValue
 
+from .policy_syncing import IpcacheTarget
+
 from .datapath import Datapath, EndpointEntry
 from .datapath.ipcache import IpcacheEntry
+from .datapath.node_config import NodeConfig
 from .datapath.layout import CONNTRACK, ENDPOINTS
 
 PROGRAMS = ("from_container", "to_container")
@@ -38,6 +41,13 @@ class DatapathPort:
         ingress, egress = ((self.dp.program_fd(name), name) for name in PROGRAMS)
         return ingress, egress
 
+    def program(self, name: str) -> tuple[int, str]:
+        """(fd, name) of one program, e.g. "from_overlay" for the tunnel device."""
+        return self.dp.program_fd(name), name
+
+    def set_node_config(self, config: NodeConfig) -> None:
+        self.dp.set_node_config(config)
+
     def read_endpoints(self) -> dict[IPv4Address, EndpointEntry]:
         return self.dp.endpoints()
 
@@ -54,11 +64,14 @@ class DatapathPort:
     def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
         self.dp.apply_policy(delta)
 
-    def read_ipcache(self) -> dict[IPv4Network, int]:
-        return {prefix: entry.identity for prefix, entry in self.dp.ipcache().items()}
+    def read_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
+        """The identity of each prefix, or the full entry when it sits behind a tunnel endpoint."""
+        return {prefix: entry if entry.tunnel_endpoint is not None else entry.identity
+                for prefix, entry in self.dp.ipcache().items()}
 
-    def write_ipcache(self, delta: Delta[IPv4Network, int]) -> None:
-        self.dp.apply_ipcache(Delta({p: IpcacheEntry(i) for p, i in delta.upserts.items()}, list(delta.deletes)))
+    def write_ipcache(self, delta: Delta[IPv4Network, IpcacheTarget]) -> None:
+        upserts = {p: v if isinstance(v, IpcacheEntry) else IpcacheEntry(v) for p, v in delta.upserts.items()}
+        self.dp.apply_ipcache(Delta(upserts, list(delta.deletes)))
 
     def counters(self) -> list[tuple[str, str, int, int]]:
         return [(s.reason.lower(), s.direction.lower(), s.packets, s.bytes) for s in self.dp.metrics()]

@@ -195,7 +195,7 @@ class EndpointManager:
             self._save_ipam()
             host_ifname = host_ifname_for(container_id, ifname)
             try:
-                link = self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu)
+                link = self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
                 ep = Endpoint(container_id=container_id, ifname=ifname, netns=netns, host_ifname=host_ifname,
                               host_ifindex=link.host_ifindex, host_mac=link.host_mac, pod_mac=link.pod_mac, ip=ip,
                               endpoint_id=self._next_endpoint_id(), namespace=namespace, pod=pod,

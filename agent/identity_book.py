@@ -1,7 +1,9 @@
 """The node's identity allocations (standalone mode): pods -> security identities, persisted.
 
-Same labels give the same number, across restarts too: the allocator's state is written to
-the state dir after every change, before the identity is used in a BPF map.
+Same labels give the same number, across restarts too: the allocator's numbering is written
+to the state dir whenever a number is handed out or freed, before it is used in a BPF map.
+Who holds an identity is not persisted: a restarted agent re-assigns every pod it knows, and
+numbers nobody claims again age out after the grace period.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ class IdentityBook:
         self.allocator = IdentityAllocator.from_dict(saved) if saved else \
             IdentityAllocator(CLUSTER_IDENTITY_MIN, grace=GRACE_SECONDS)
         self.held: dict[ObjectRef, LabelSet] = {}
+        now = time.time()
         for identity, labels in self.allocator.items().items():
             for owner in self.allocator.owners_of(identity):
-                self.held[ObjectRef.parse(owner)] = labels
+                self.allocator.release(labels, owner, now)  # re-claimed by assign() at start-up
 
     def assign(self, ref: ObjectRef, pod_labels: dict[str, str], ns_labels: dict[str, str]) -> int:
         """The identity of a pod with these labels; moves the pod off its old one."""
@@ -37,18 +40,19 @@ class IdentityBook:
             number = self.allocator.lookup(labels)
             assert number is not None
             return number
+        fresh = self.allocator.lookup(labels) is None
         number = self.allocator.acquire(labels, str(ref))
         if old is not None:
             self.allocator.release(old, str(ref), time.time())
         self.held[ref] = labels
-        self._save()
+        if fresh:
+            self._save()
         return number
 
     def release(self, ref: ObjectRef) -> None:
         old = self.held.pop(ref, None)
         if old is not None:
             self.allocator.release(old, str(ref), time.time())
-            self._save()
 
     def gc(self) -> list[int]:
         freed = self.allocator.gc(time.time())

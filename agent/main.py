@@ -32,6 +32,7 @@ from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
 from .metrics import AgentMetrics, DatapathCollector
 from .netlinking import Netlink, write_sysctl
+from . import overlay
 from membrane.flows import observer_socket_for
 
 from . import policy_api
@@ -68,7 +69,7 @@ class Agent:
             IdentityBook(config.state_dir / "identities.json")
         self.policy = PolicyManager(self.identities, self.datapath, self.endpoints.update_identity,
                                     self.netlink.host_addresses,  # read at every apply: never stale
-                                    config.allow_host_traffic)
+                                    config.allow_host_traffic, node_name=config.node_name)
         self.cluster: ClusterSyncer | None = None
         if self.kubernetes:
             assert isinstance(self.identities, StreamIdentities)
@@ -84,6 +85,7 @@ class Agent:
                                  self._object_counts)
         self.api: ApiServer | None = None
         self.http: HttpServer | None = None
+        self.overlay: overlay.Overlay | None = None
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +96,11 @@ class Agent:
         self.datapath.load()
         self.metrics.compile.set(self.datapath.compile_seconds)
         self.metrics.load.set(self.datapath.load_seconds)
+        # Before any pod is wired: the pod MTU depends on the tunnel, and cross-node flows of
+        # restored pods keep their device (created only if missing, program replaced in place).
+        self.overlay = overlay.setup(cfg, self.netlink, self.datapath)
+        cfg.mtu = self.overlay.pod_mtu
+        log.info("overlay ready", extra={"fields": self.overlay.to_json()})
         self.metrics.add_datapath(DatapathCollector(self.datapath.counters, self._endpoint_states,
                                                     self.datapath.map_usage))
         restored = self.endpoints.restore()
@@ -292,6 +299,7 @@ class Agent:
                              "load_seconds": round(self.datapath.load_seconds, 3),
                              "pin_root": str(self.config.bpffs_root)},
                 "store": self._object_counts(),
+                **({"overlay": self.overlay.to_json()} if self.overlay is not None else {}),
                 **({"cluster": self.cluster.status()} if self.cluster is not None else {})}
 
 

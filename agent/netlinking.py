@@ -2,7 +2,7 @@
 
 Creates and removes pod veth pairs, sets addresses, routes and permanent neighbours on both
 sides, and attaches the datapath programs to a host-side veth with tc (clsact + bpf filter in
-direct-action mode). Every call acts on the agent's own network namespace (the node) or on a
+direct-action mode); creates the node's VXLAN device and attaches its program the same way. Every call acts on the agent's own network namespace (the node) or on a
 pod namespace given by path; nothing else.
 """
 
@@ -154,6 +154,64 @@ class Netlink:
             for parent, (fd, name) in ((INGRESS_PARENT, from_container), (EGRESS_PARENT, to_container)):
                 self._ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name, parent=parent,
                              classid=1, direct_action=True, prio=FILTER_PRIO)
+
+    def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None:
+        """Attach (or atomically replace) one program at tc ingress (the tunnel device)."""
+        fd, name = program
+        with self._lock:
+            try:
+                self._ipr.tc("add", "clsact", ifindex)
+            except NetlinkError as exc:
+                if exc.code != 17:  # EEXIST: already there after an agent restart
+                    raise
+            self._ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name, parent=INGRESS_PARENT,
+                         classid=1, direct_action=True, prio=FILTER_PRIO)
+
+    def ensure_vxlan(self, name: str, port: int, mtu: int) -> int:
+        """The node's VXLAN device in external (collect-metadata) mode, created if missing; its ifindex.
+
+        Idempotent: an agent restart keeps the existing device (and the program attached to it),
+        only its MTU and state are set again. A link of that name with another kind is an error.
+        """
+        with self._lock:
+            found = self._ipr.link_lookup(ifname=name)
+            if found:
+                info = self._ipr.get_links(found[0])[0].get_attr("IFLA_LINKINFO")
+                kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+                if kind != "vxlan":
+                    raise RuntimeError(f"link {name} exists and is a {kind}, not a vxlan device")
+            else:
+                # No VNI, remote or local: every packet brings its own (bpf_skb_set_tunnel_key).
+                # No learning: the datapath addresses remote nodes, never the FDB.
+                self._ipr.link("add", ifname=name, kind="vxlan", vxlan_collect_metadata=1,
+                               vxlan_port=port, vxlan_learning=0, mtu=mtu)
+                found = self._ipr.link_lookup(ifname=name)
+            ifindex = int(found[0])
+            self._ipr.link("set", index=ifindex, mtu=mtu, state="up")
+        # Nothing but the datapath's own packets cross it: no IPv6 autoconf chatter.
+        write_sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "1")
+        return ifindex
+
+    def underlay(self, node_ip: IPv4Address | None) -> tuple[IPv4Address | None, int | None]:
+        """(node IP, MTU of its link): the link holding node_ip, else the default route's link
+        and its preferred source. (None, None) when neither exists (a bare lab node)."""
+        with self._lock:
+            if node_ip is not None:
+                for addr in self._ipr.get_addr(family=2):
+                    if addr.get("IFA_ADDRESS") == str(node_ip):
+                        return node_ip, int(self._ipr.get_links(addr["index"])[0].get("IFLA_MTU"))
+                return node_ip, None
+            for route in self._ipr.get_routes(family=2, dst_len=0, table=254):
+                oif = route.get_attr("RTA_OIF")
+                if oif is None:
+                    continue
+                mtu = int(self._ipr.get_links(oif)[0].get("IFLA_MTU"))
+                src = route.get_attr("RTA_PREFSRC")
+                if src is None:
+                    addrs = self._ipr.get_addr(family=2, index=oif)
+                    src = addrs[0].get("IFA_ADDRESS") if addrs else None
+                return (IPv4Address(src) if src else None), mtu
+        return None, None
 
     def attached_programs(self, ifindex: int) -> dict[str, list[str]]:
         """Names of bpf filters per hook ("ingress"/"egress"), to check and to count."""

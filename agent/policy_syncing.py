@@ -6,6 +6,11 @@ writes only the difference to the kernel, in an order that never opens a window:
 entries first, then ipcache and endpoint identities, then stale ipcache entries, then stale
 policy entries. So during an update the datapath sees the old or the new rules, or their
 union for an instant (never neither: allowed traffic is never dropped by the update itself).
+
+Pods of other nodes become ipcache entries that name their node's IP as tunnel endpoint (the
+datapath sends them through the VXLAN overlay); the node's IP comes from the pod's
+`status.hostIP`, else from the node's addresses (`on_node`, Kubernetes mode). Other nodes'
+IPs are REMOTE_NODE.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod
 from membrane.policy import (Direction, FlatKey, FlatValue, NamespaceInfo, PodInfo, PolicyDelta, PolicyResolver,
                              Protocol, RuleTable, Verdict, flatten_endpoint)
 
+from .datapath.ipcache import IpcacheEntry
 from .identity_sources import IdentitySource
 
 log = logging.getLogger("membrane.policy")
@@ -31,11 +37,16 @@ log = logging.getLogger("membrane.policy")
 HOST_RULE_REF = 0  # the host-allow entry is nobody's rule: flows name it "host default"
 
 
+# An ipcache value: the identity of a prefix of this node (or of the outside), or the full
+# entry of a prefix behind another node (identity + tunnel endpoint).
+IpcacheTarget = int | IpcacheEntry
+
+
 class PolicyMapsPort(TypingProtocol):
     def read_policy(self) -> dict[FlatKey, FlatValue]: ...
     def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None: ...
-    def read_ipcache(self) -> dict[IPv4Network, int]: ...
-    def write_ipcache(self, delta: Delta[IPv4Network, int]) -> None: ...
+    def read_ipcache(self) -> dict[IPv4Network, IpcacheTarget]: ...
+    def write_ipcache(self, delta: Delta[IPv4Network, IpcacheTarget]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -48,12 +59,15 @@ class LocalEndpoint:
 class PolicyManager:
     def __init__(self, identities: IdentitySource, maps: PolicyMapsPort,
                  set_endpoint_identity: Callable[[str, int], None],
-                 host_addresses: Callable[[], Iterable[str]], allow_host: bool = True) -> None:
+                 host_addresses: Callable[[], Iterable[str]], allow_host: bool = True,
+                 node_name: str | None = None) -> None:
         self.identities = identities
         self.maps = maps
         self.set_endpoint_identity = set_endpoint_identity
         self.host_addresses = host_addresses
         self.allow_host = allow_host
+        self.node_name = node_name  # this node: its pods are never behind a tunnel
+        self.node_ips: dict[str, IPv4Address] = {}  # other nodes' underlay addresses (on_node)
         self.lock = threading.RLock()
         self.resolver = PolicyResolver(cidr_allocator())
         self.rules = RuleTable()
@@ -61,7 +75,7 @@ class PolicyManager:
         self.pods: dict[ObjectRef, Pod] = {}
         self.local: dict[ObjectRef, LocalEndpoint] = {}
         self.written_policy: dict[ObjectRef, dict[FlatKey, FlatValue]] = {}
-        self.written_ipcache: dict[IPv4Network, int] = {}
+        self.written_ipcache: dict[IPv4Network, IpcacheTarget] = {}
         self.dirty: set[ObjectRef] = set()
         self.last_apply_seconds = 0.0
         self.generation = 0  # bumped by every apply: readers (flow enrichment) drop their caches
@@ -84,6 +98,15 @@ class PolicyManager:
             else:
                 self.pods[ref] = obj
             self._refresh_pod(ref)
+
+    def on_node(self, name: str, addresses: Iterable[str]) -> None:
+        """A node's addresses (first IPv4 one = its tunnel endpoint); none: the node is gone."""
+        with self.lock:
+            ip = next((a for a in (_ipv4(x) for x in addresses) if a is not None), None)
+            if ip is None:
+                self.node_ips.pop(name, None)
+            else:
+                self.node_ips[name] = ip
 
     def on_policy(self, ref: ObjectRef, obj: NetworkPolicy | None) -> None:
         with self.lock:
@@ -131,8 +154,23 @@ class PolicyManager:
             flat.setdefault(host, FlatValue(int(Verdict.ALLOW), HOST_RULE_REF))
         return flat
 
-    def desired_ipcache(self) -> dict[IPv4Network, int]:
-        cache: dict[IPv4Network, int] = {}
+    def tunnel_endpoint(self, ref: ObjectRef) -> IPv4Address | None:
+        """The IP of the node a pod runs on, when that is another node (None: here or unknown)."""
+        pod = self.pods.get(ref)
+        if ref in self.local or pod is None:
+            return None
+        node = pod.spec.node_name
+        if node is not None and node == self.node_name:
+            return None
+        ip = _ipv4(pod.status.host_ip) if pod.status.host_ip else None
+        if ip is None and node is not None:
+            ip = self.node_ips.get(node)
+        return ip
+
+    def desired_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
+        cache: dict[IPv4Network, IpcacheTarget] = {}
+        own = set(self.host_addresses())
+        remote_nodes = {ip for name, ip in self.node_ips.items() if name != self.node_name}
         for prefix, identity in self.resolver.desired().cidr_identities.items():
             net = ip_network(prefix)
             if isinstance(net, IPv4Network):
@@ -140,11 +178,18 @@ class PolicyManager:
         for pod in self.resolver.inputs.pods.values():
             if pod.identity is None or pod.host_network:
                 continue
+            tunnel = self.tunnel_endpoint(pod.ref)
+            if tunnel is not None and str(tunnel) in own:
+                tunnel = None  # "another node" at one of our own addresses: a stale pod object
+            if tunnel is not None:
+                remote_nodes.add(tunnel)
             for ip in pod.ips:
                 net = ip_network(f"{ip}/32")
                 if isinstance(net, IPv4Network):
-                    cache[net] = pod.identity
-        for addr in self.host_addresses():
+                    cache[net] = IpcacheEntry(pod.identity, tunnel) if tunnel is not None else pod.identity
+        for node_ip in remote_nodes:
+            cache[IPv4Network(f"{node_ip}/32")] = int(ReservedIdentity.REMOTE_NODE)
+        for addr in own:
             cache[IPv4Network(f"{addr}/32")] = int(ReservedIdentity.HOST)
         return cache
 
@@ -176,7 +221,7 @@ class PolicyManager:
             return {"policy_upserts": len(policy_delta.upserts), "policy_deletes": len(policy_delta.deletes),
                     "ipcache_upserts": len(ipcache_delta.upserts), "ipcache_deletes": len(ipcache_delta.deletes)}
 
-    def _write(self, policy: Delta[FlatKey, FlatValue], ipcache: Delta[IPv4Network, int]) -> None:
+    def _write(self, policy: Delta[FlatKey, FlatValue], ipcache: Delta[IPv4Network, IpcacheTarget]) -> None:
         self.maps.write_policy(Delta(policy.upserts, []))
         self.maps.write_ipcache(Delta(ipcache.upserts, []))
         for ref, local in self.local.items():
@@ -204,3 +249,10 @@ class PolicyManager:
                 self.maps.write_policy(Delta({}, strays))
             report["stray_policy_entries"] = len(strays)
             return report
+
+
+def _ipv4(text: str) -> IPv4Address | None:
+    try:
+        return IPv4Address(text)
+    except ValueError:  # IPv6 or garbage: not a tunnel endpoint of ours
+        return None

@@ -8,6 +8,10 @@
  * miss); conntrack carries the rest, replies included. Every local pod is
  * judged: no policy entry means drop, so the agent writes an allow-all
  * entry for each direction in which no policy isolates the pod.
+ *
+ * A destination on another node (its ipcache entry names a tunnel
+ * endpoint) leaves through the VXLAN device with the source's identity as
+ * VNI (lib/overlay.h); bpf_overlay.c receives it there.
  */
 #include "lib/common.h"
 #include "types.h"
@@ -21,6 +25,8 @@
 #include "lib/policy.h"
 #include "lib/events.h"
 #include "lib/drop.h"
+#include "lib/flow.h"
+#include "lib/overlay.h"
 
 /* ARP from a pod: allowed only with the pod's own sender IP and MAC. */
 static __always_inline int mb_from_container_arp(struct __sk_buff *skb, struct ethhdr *eth)
@@ -42,101 +48,14 @@ static __always_inline int mb_from_container_arp(struct __sk_buff *skb, struct e
 	return TC_ACT_OK;
 }
 
-/* Record which endpoint's policy decided, in the event being built (if any). */
-static __always_inline void mb_event_policy(struct mb_flow_event *ev, __u16 endpoint_id,
-					    __u32 rule_ref, __u8 direction)
-{
-	if (!ev)
-		return;
-	ev->endpoint_id = endpoint_id;
-	ev->rule_ref = rule_ref;
-	ev->direction = direction;
-}
-
-/*
- * A packet without a conntrack entry: the first of a connection, or an
- * untracked one (judged alone). Egress policy of the sending endpoint, then
- * ingress policy of the receiving one (either may be absent: the host or
- * the outside), then a conntrack entry remembering that the flow is allowed.
- * hook_ep/hook_dir: the endpoint and direction of the veth we run on.
- * Returns 0 to forward, or a drop code (mb_drop_flow).
- */
-static __always_inline int mb_lxc_new_flow(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
-					   int l4, __u8 tcp_flags,
-					   const struct mb_endpoint_info *egress_ep,
-					   const struct mb_endpoint_info *ingress_ep,
-					   __u32 src_identity, __u32 dst_identity,
-					   const struct mb_endpoint_info *hook_ep, __u8 hook_dir,
-					   __u32 ifindex)
-{
-	struct mb_flow_event *ev;
-	__u16 policy_flags = 0;
-	__u32 rule_ref;
-
-	ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex, hook_dir);
-	if (ev) {
-		ev->src_identity = src_identity;
-		ev->dst_identity = dst_identity;
-	}
-
-	if (egress_ep) {
-		int verdict = mb_policy_judge(egress_ep->endpoint_id, MB_DIR_EGRESS, dst_identity,
-					      tuple, &rule_ref);
-
-		mb_event_policy(ev, egress_ep->endpoint_id, rule_ref, MB_DIR_EGRESS);
-		if (verdict != MB_POLICY_ALLOW)
-			return mb_drop_flow(ev, MB_DROP_POLICY_EGRESS, MB_DIR_EGRESS);
-		mb_event_emit(ev, MB_EVENT_POLICY_VERDICT);
-		policy_flags |= MB_CT_F_POLICY_EGRESS;
-	}
-	if (ingress_ep) {
-		int verdict = mb_policy_judge(ingress_ep->endpoint_id, MB_DIR_INGRESS, src_identity,
-					      tuple, &rule_ref);
-
-		mb_event_policy(ev, ingress_ep->endpoint_id, rule_ref, MB_DIR_INGRESS);
-		if (verdict != MB_POLICY_ALLOW)
-			return mb_drop_flow(ev, MB_DROP_POLICY_INGRESS, MB_DIR_INGRESS);
-		mb_event_emit(ev, MB_EVENT_POLICY_VERDICT);
-		policy_flags |= MB_CT_F_POLICY_INGRESS;
-	}
-
-	mb_event_policy(ev, hook_ep->endpoint_id, 0, hook_dir);
-	if (l4 != MB_L4_TRACKED)
-		return 0;
-	if (mb_ct_create(tuple, tcp_flags, skb->len, src_identity, dst_identity, policy_flags) < 0)
-		return mb_drop_flow(ev, MB_DROP_CT_CREATE_FAILED, hook_dir);
-	mb_event_emit(ev, MB_EVENT_TRACE_NEW);
-	return 0;
-}
-
-/* The packet that completed the close of a connection: TRACE_END. */
-static __always_inline void mb_lxc_trace_end(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
-					     __u8 tcp_flags, int ct, const struct mb_ct_entry *entry,
-					     const struct mb_endpoint_info *hook_ep, __u8 hook_dir,
-					     __u32 ifindex)
-{
-	struct mb_flow_event *ev;
-
-	if (!entry)
-		return;
-	ev = mb_event_start(MB_EVENT_TRACE_END, tuple, tcp_flags, skb->len, ifindex, hook_dir);
-	if (!ev)
-		return;
-	ev->is_reply = ct == MB_CT_REPLY;
-	/* Identities of this packet's source and destination, not the flow's. */
-	ev->src_identity = ev->is_reply ? entry->dst_identity : entry->src_identity;
-	ev->dst_identity = ev->is_reply ? entry->src_identity : entry->dst_identity;
-	ev->endpoint_id = hook_ep->endpoint_id;
-	mb_event_emit(ev, MB_EVENT_TRACE_END);
-}
-
 static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct ethhdr *eth)
 {
 	struct mb_ct_tuple4 tuple = {};
 	struct mb_endpoint_info *src, *dst, *local_dst;
 	struct mb_ct_entry *entry = 0;
 	struct iphdr *ip4 = mb_ipv4_header(skb);
-	__u32 bytes = skb->len, ifindex = skb->ingress_ifindex;
+	__u32 bytes = skb->len, ifindex = skb->ingress_ifindex, dst_identity = MB_IDENTITY_WORLD;
+	__be32 tunnel = 0;
 	__u8 tcp_flags, closed = 0;
 	int l4, ct = MB_CT_NEW;
 
@@ -160,16 +79,28 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 
 	dst = mb_lookup_endpoint(ip4->daddr);
 	local_dst = dst && mb_endpoint_is_local_pod(dst) ? dst : 0;
+	if (!local_dst) {
+		/* A pod of another node: the ipcache says which node (tunnel endpoint). */
+		struct mb_ipcache_value *remote = mb_ipcache_lookup(ip4->daddr);
+
+		if (remote) {
+			dst_identity = remote->sec_identity;
+			tunnel = remote->tunnel_endpoint;
+		}
+	} else if (ct == MB_CT_NEW) {
+		dst_identity = mb_ipcache_identity(ip4->daddr);
+	}
 	if (ct == MB_CT_NEW) {
 		/* Egress of src towards the destination's identity, then ingress
-		 * of a local destination from src's identity. */
-		int drop = mb_lxc_new_flow(skb, &tuple, l4, tcp_flags, src, local_dst, src->sec_identity,
-					   mb_ipcache_identity(tuple.daddr), src, MB_DIR_EGRESS, ifindex);
+		 * of a local destination from src's identity (a remote
+		 * destination's node judges its ingress on arrival). */
+		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, src, local_dst, src->sec_identity,
+				       dst_identity, src, MB_DIR_EGRESS, ifindex);
 
 		if (drop)
 			return drop;
 	} else if (closed) {
-		mb_lxc_trace_end(skb, &tuple, tcp_flags, ct, entry, src, MB_DIR_EGRESS, ifindex);
+		mb_flow_trace_end(skb, &tuple, tcp_flags, ct, entry, src, MB_DIR_EGRESS, ifindex);
 	}
 
 	/* TTL 1 goes to the stack, which answers with ICMP time exceeded. */
@@ -185,6 +116,15 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 		/* Straight into the destination pod's netns: no bridge, no
 		 * second pass through the node's stack or qdiscs. */
 		return bpf_redirect_peer(dst_ifindex, 0);
+	}
+
+	/* Across the overlay: this node routes, so the TTL drops here once. */
+	if (tunnel && ip4->ttl > 1) {
+		__u32 identity = src->sec_identity;
+
+		if (mb_ipv4_dec_ttl(skb, ip4) < 0)
+			return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
+		return mb_overlay_send(skb, tunnel, identity, bytes);
 	}
 
 	mb_metrics_add(MB_FORWARDED, MB_DIR_EGRESS, bytes);
@@ -252,14 +192,14 @@ static __always_inline int mb_to_container(struct __sk_buff *skb)
 	if (ct == MB_CT_NEW) {
 		/* Host or outside towards the pod: the sender's identity comes
 		 * from the ipcache (the node's own addresses are HOST there). */
-		int drop = mb_lxc_new_flow(skb, &tuple, l4, tcp_flags, 0, dst,
+		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, 0, dst,
 					   mb_ipcache_identity(tuple.saddr), dst->sec_identity,
 					   dst, MB_DIR_INGRESS, ifindex);
 
 		if (drop)
 			return drop;
 	} else if (closed) {
-		mb_lxc_trace_end(skb, &tuple, tcp_flags, ct, entry, dst, MB_DIR_INGRESS, ifindex);
+		mb_flow_trace_end(skb, &tuple, tcp_flags, ct, entry, dst, MB_DIR_INGRESS, ifindex);
 	}
 
 	mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);

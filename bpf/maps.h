@@ -63,6 +63,10 @@ BPF_TABLE_PINNED("percpu_hash", struct mb_metrics_key, struct mb_metrics_value,
 BPF_TABLE_PINNED("lpm_trie", struct mb_ipcache_key, struct mb_ipcache_value,
 		 mb_ipcache_v1, MB_IPCACHE_MAX, MB_PIN(mb_ipcache_v1), BPF_F_NO_PREALLOC);
 
+/* This node's facts (tunnel device), one entry written by the agent. */
+BPF_TABLE_PINNED("array", __u32, struct mb_node_config,
+		 mb_node_config_v1, 1, MB_PIN(mb_node_config_v1));
+
 /* (endpoint, peer identity, direction, protocol, port prefix) -> verdict. */
 BPF_TABLE_PINNED("lpm_trie", struct mb_policy_key, struct mb_policy_value,
 		 mb_policy_v1, MB_POLICY_MAX, MB_PIN(mb_policy_v1), BPF_F_NO_PREALLOC);

@@ -30,7 +30,8 @@ enum mb_reason {
 	/* Numbers are stable (Python and dashboards know them). */
 	MB_DROP_POLICY_INGRESS = 7,
 	MB_DROP_POLICY_EGRESS = 8,
-	MB_DROP_NO_ROUTE = 9,
+	MB_DROP_NO_ROUTE = 9,        /* tunnelled destination but no tunnel device configured */
+	MB_DROP_TUNNEL_KEY = 10,     /* tunnel metadata could not be set (sender) or is missing, VNI 0 (receiver) */
 	MB_REASON_MAX,
 };
 
@@ -123,6 +124,23 @@ struct mb_ipcache_value {
 #define MB_IDENTITY_ANY 0   /* policy key wildcard: any peer */
 #define MB_IDENTITY_HOST 1
 #define MB_IDENTITY_WORLD 2
+
+/* ---- node config: array, one entry, written by the agent ---------------- */
+
+/*
+ * What the datapath needs to know about its node. All zero (a fresh map)
+ * means "no tunnel": tunnelled destinations are then dropped (NO_ROUTE)
+ * rather than leaked unencapsulated to the underlay.
+ */
+struct mb_node_config {
+	__u32 tunnel_ifindex; /* VXLAN device in external (collect-md) mode, 0 = none */
+	__be32 node_ip;       /* this node's underlay address (informational) */
+	__u32 flags;          /* reserved */
+	__u32 pad;
+};
+
+/* VNIs are 24 bits: the source security identity travels in them. */
+#define MB_VNI_MASK 0xffffff
 
 /* ---- policy: LPM trie, (endpoint, peer, direction, protocol, port) ------- */
 

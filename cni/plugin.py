@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Any, TextIO
 
 from membrane.cni_types import (INCOMPATIBLE_VERSION, INTERNAL_ERROR, INVALID_ENVIRONMENT, IO_FAILURE,
@@ -19,6 +20,7 @@ from membrane.cni_types import (INCOMPATIBLE_VERSION, INTERNAL_ERROR, INVALID_EN
 
 DEFAULT_SOCKET = "/run/membrane/agent.sock"
 TIMEOUT_SECONDS = 60.0
+CONNECT_ATTEMPTS = 5
 
 _REQUIRED_ENV = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
@@ -34,10 +36,22 @@ def call_agent(path: str, request: dict[str, Any], timeout: float = TIMEOUT_SECO
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(path)
-        except OSError as exc:
-            raise CniError(TRY_AGAIN_LATER, "membrane agent is not reachable", f"{path}: {exc.strerror or exc}") from exc
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                sock.connect(path)
+                break
+            except (BlockingIOError, ConnectionRefusedError) as exc:
+                # A full accept queue (EAGAIN) or an agent restarting: brief, worth a retry.
+                if attempt == CONNECT_ATTEMPTS - 1:
+                    raise CniError(TRY_AGAIN_LATER, "membrane agent is not reachable",
+                                   f"{path}: {exc.strerror or exc}") from exc
+                time.sleep(0.05 * (attempt + 1))
+                sock.close()
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+            except OSError as exc:
+                raise CniError(TRY_AGAIN_LATER, "membrane agent is not reachable",
+                               f"{path}: {exc.strerror or exc}") from exc
         sock.sendall(json.dumps(request).encode() + b"\n")
         chunks = []
         while True:

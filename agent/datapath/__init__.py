@@ -25,6 +25,7 @@ from membrane.agent.datapath.events import EventConfig, EventStats
 from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.datapath.layout import Direction, EventType, FlowEvent, LayoutMismatch, Reason
 from membrane.agent.datapath.metrics import MetricSample
+from membrane.agent.datapath.node_config import NodeConfig
 
 if TYPE_CHECKING:
     from membrane.agent.datapath.loading import Datapath, DatapathError
@@ -46,6 +47,7 @@ __all__ = [
     "IpcacheEntry",
     "LayoutMismatch",
     "MetricSample",
+    "NodeConfig",
     "Reason",
 ]
 

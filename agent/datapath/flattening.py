@@ -23,8 +23,19 @@ class IncludeError(RuntimeError):
 
 
 def flatten_source(entry: Path) -> str:
+    return flatten_sources([entry])
+
+
+def flatten_sources(entries: list[Path]) -> str:
+    """Several entry files (one per hook) as one compilation unit, shared headers once.
+
+    One unit means one compile per agent start and one set of unpinned maps
+    (event scratch, rate bucket) for every program.
+    """
     lines: list[str] = []
-    _inline(entry.resolve(), lines, seen=set())
+    seen: set[Path] = set()
+    for entry in entries:
+        _inline(entry.resolve(), lines, seen)
     return "\n".join(lines) + "\n"
 
 

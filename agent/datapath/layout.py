@@ -38,7 +38,8 @@ class Reason(enum.IntEnum):
     DROP_NO_ENDPOINT = 6
     DROP_POLICY_INGRESS = 7
     DROP_POLICY_EGRESS = 8
-    DROP_NO_ROUTE = 9  # reserved
+    DROP_NO_ROUTE = 9  # tunnelled destination but no tunnel device configured
+    DROP_TUNNEL_KEY = 10  # tunnel metadata could not be set (sender) / missing or VNI 0 (receiver)
 
 
 class EndpointFlag(enum.IntFlag):
@@ -125,6 +126,15 @@ class IpcacheValue(ctypes.Structure):
         ("tunnel_endpoint", ctypes.c_uint32),  # network byte order
         ("flags", ctypes.c_uint8),
         ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+class NodeConfigValue(ctypes.Structure):
+    _fields_ = [
+        ("tunnel_ifindex", ctypes.c_uint32),
+        ("node_ip", ctypes.c_uint32),  # network byte order
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -266,7 +276,10 @@ EVENT_STATS: Final = MapSpec(
 EVENT_CONFIG: Final = MapSpec(
     "event_config", "mb_event_config_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex, EventConfigValue, 1
 )
-MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG)
+NODE_CONFIG: Final = MapSpec(
+    "node_config", "mb_node_config_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex, NodeConfigValue, 1
+)
+MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG, NODE_CONFIG)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Compile and load the datapath with bcc, and access its pinned maps.
 
-``Datapath`` is the agent's handle on ``bpf/bpf_lxc.c``: compiled once per
+``Datapath`` is the agent's handle on ``bpf/bpf_lxc.c`` (pod veths) and
+``bpf/bpf_overlay.c`` (the VXLAN device), one compilation unit: compiled once per
 agent start, its maps pinned under ``pin_root`` so that a restarted agent
 (or a new build with the same layout versions) picks up the very same maps
 while the programs already attached keep forwarding.
@@ -23,8 +24,9 @@ from membrane.agent.datapath.conntrack import ConntrackEntry, conntrack_cflags, 
 from membrane.agent.datapath.encoding import field_to_ip, struct_copy
 from membrane.agent.datapath.endpoints import EndpointEntry, endpoint_key
 from membrane.agent.datapath.events import EventConfig, EventStats
-from membrane.agent.datapath.flattening import flatten_source
+from membrane.agent.datapath.flattening import flatten_sources
 from membrane.agent.datapath.ipcache import IpcacheEntry, ipcache_key, prefix_from_key
+from membrane.agent.datapath.node_config import NodeConfig
 from membrane.agent.datapath.layout import (
     CONNTRACK,
     ENDPOINTS,
@@ -34,6 +36,7 @@ from membrane.agent.datapath.layout import (
     IPCACHE,
     MAP_SPECS,
     METRICS,
+    NODE_CONFIG,
     PINNED_NAMES,
     POLICY,
     ArrayIndex,
@@ -48,6 +51,7 @@ from membrane.agent.datapath.layout import (
     MapSpec,
     MetricsKey,
     MetricsValue,
+    NodeConfigValue,
     PolicyKey,
     PolicyValue,
     RingSpec,
@@ -61,8 +65,9 @@ from membrane.delta import Delta
 from membrane.policy.flattening import FlatKey, FlatValue
 
 DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
-ENTRY_FILE: Final = "bpf_lxc.c"
-PROGRAMS: Final = ("from_container", "to_container")
+ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c")  # one per hook family, one compilation unit
+ENTRY_FILE: Final = ENTRY_FILES[0]
+PROGRAMS: Final = ("from_container", "to_container", "from_overlay")
 
 # The pin root ends up inside a C string literal: keep it boring.
 _SAFE_PATH: Final = re.compile(r"^/[A-Za-z0-9._/-]+$")
@@ -75,11 +80,17 @@ class DatapathError(RuntimeError):
 class Datapath:
     """The compiled bpf_lxc programs and typed access to their pinned maps."""
 
-    def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR, *, events: bool = True) -> None:
-        """events=False compiles flow events out entirely (benchmarks: cost of events)."""
+    def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR, *, events: bool = True,
+                 test_hooks: bool = False) -> None:
+        """events=False compiles flow events out entirely (benchmarks: cost of events).
+
+        test_hooks=True (tests only): ``from_overlay`` takes the VNI from skb->mark when the packet
+        has no tunnel metadata, which BPF_PROG_TEST_RUN cannot attach.
+        """
         self.pin_root = Path(pin_root)
         self.bpf_dir = Path(bpf_dir)
         self.events_compiled = events
+        self.test_hooks = test_hooks
         if not _SAFE_PATH.match(str(self.pin_root)):
             raise DatapathError(f"pin root must be an absolute plain path, got {pin_root!s}")
         self.compile_seconds: float | None = None  # clang + map creation/reuse
@@ -93,16 +104,16 @@ class Datapath:
     # -- lifecycle ---------------------------------------------------------
 
     def load(self) -> None:
-        """Compile bpf_lxc.c, create or reopen the pinned maps, load the programs."""
+        """Compile the entry files, create or reopen the pinned maps, load the programs."""
         if self._bpf is not None:
             raise DatapathError("datapath already loaded")
         self.pin_root.mkdir(parents=True, exist_ok=True)
-        text = flatten_source(self.bpf_dir / ENTRY_FILE)
+        text = flatten_sources([self.bpf_dir / name for name in ENTRY_FILES])
         started = time.perf_counter()
         try:
             bpf = BPF(text=text.encode(), cflags=self._cflags())
         except Exception as exc:  # bcc raises bare Exception; clang's diagnostics went to stderr
-            raise DatapathError(f"compiling {self.bpf_dir / ENTRY_FILE} failed: {exc}") from exc
+            raise DatapathError(f"compiling {', '.join(ENTRY_FILES)} in {self.bpf_dir} failed: {exc}") from exc
         self.compile_seconds = time.perf_counter() - started
         try:
             # Before any program is loaded: a stale pin with another layout
@@ -149,7 +160,7 @@ class Datapath:
     # -- programs ------------------------------------------------------------
 
     def program_fd(self, name: str) -> int:
-        """fd of a loaded tc program ("from_container" or "to_container")."""
+        """fd of a loaded tc program ("from_container", "to_container", "from_overlay")."""
         self._loaded()
         try:
             return self._program_fds[name]
@@ -274,6 +285,17 @@ class Datapath:
         for key in delta.deletes:
             self.delete_policy(key)
 
+    # -- node config ---------------------------------------------------------
+
+    def node_config(self) -> NodeConfig:
+        table = self._table(NODE_CONFIG)
+        return NodeConfig.from_struct(struct_copy(NodeConfigValue, table[struct_copy(table.Key, ArrayIndex(0))]))
+
+    def set_node_config(self, config: NodeConfig) -> None:
+        """Tell the datapath its tunnel device (takes effect on the next packet)."""
+        table = self._table(NODE_CONFIG)
+        table[struct_copy(table.Key, ArrayIndex(0))] = struct_copy(table.Leaf, config.to_struct())
+
     # -- flow events ---------------------------------------------------------
 
     def open_events(self, callback: Callable[[bytes], None]) -> None:
@@ -365,6 +387,7 @@ class Datapath:
             f"-DMB_EVENTS_RINGBUF_BYTES={EVENTS.size_bytes}",
             *conntrack_cflags(),
             *([] if self.events_compiled else ["-DMB_EVENTS_OFF"]),
+            *(["-DMB_TEST_TUNNEL_FROM_MARK"] if self.test_hooks else []),
         ]
 
     def _check_layouts(self, bpf: BPF) -> None:

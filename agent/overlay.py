@@ -1,0 +1,77 @@
+"""The node's side of the VXLAN overlay: device, program, datapath config, pod MTU.
+
+Cross-node pod traffic leaves through one VXLAN device per node in external
+(collect-metadata) mode: ``from_container`` stamps each packet with the remote
+node (from the ipcache) and the source pod's identity as VNI, and redirects it
+to the device; ``from_overlay`` at the device's tc ingress receives the other
+nodes' packets. This module only wires that up at agent start; which remote
+prefixes live behind which node is the policy manager's ipcache business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from .config import AgentConfig
+from .datapath.node_config import NodeConfig
+
+# Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14): what encapsulation adds.
+VXLAN_OVERHEAD = 50
+DEFAULT_UNDERLAY_MTU = 1500  # a node without a default route (bare lab node): assume Ethernet
+PROGRAM = "from_overlay"
+
+
+class OverlayNetlink(Protocol):
+    def underlay(self, node_ip: IPv4Address | None) -> tuple[IPv4Address | None, int | None]: ...
+    def ensure_vxlan(self, name: str, port: int, mtu: int) -> int: ...
+    def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None: ...
+
+
+class OverlayDatapath(Protocol):
+    def program(self, name: str) -> tuple[int, str]: ...
+    def set_node_config(self, config: NodeConfig) -> None: ...
+
+
+def pod_mtu(configured: int | None, underlay_mtu: int, tunnel: bool) -> int:
+    """The pod MTU: as configured, else what lets a full pod packet cross the underlay whole."""
+    if configured is not None:
+        return configured
+    return underlay_mtu - VXLAN_OVERHEAD if tunnel else underlay_mtu
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What `setup` found and made (for status and logs)."""
+
+    mode: str  # "vxlan" or "disabled"
+    device: str | None
+    ifindex: int
+    node_ip: IPv4Address | None
+    underlay_mtu: int
+    pod_mtu: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "device": self.device, "ifindex": self.ifindex,
+                "node_ip": str(self.node_ip) if self.node_ip else None, "underlay_mtu": self.underlay_mtu,
+                "pod_mtu": self.pod_mtu}
+
+
+def setup(config: AgentConfig, netlink: OverlayNetlink, datapath: OverlayDatapath) -> Overlay:
+    """Create the VXLAN device if missing, attach `from_overlay`, tell the datapath its ifindex.
+
+    Idempotent (agent restarts): the device is kept, the program replaced atomically, and the
+    config entry rewritten with the same ifindex, so cross-node flows never stop.
+    """
+    node_ip, found_mtu = netlink.underlay(config.node_ip)
+    underlay_mtu = found_mtu or DEFAULT_UNDERLAY_MTU
+    tunnel = config.tunnel == "vxlan"
+    mtu = pod_mtu(config.mtu, underlay_mtu, tunnel)
+    if not tunnel:
+        datapath.set_node_config(NodeConfig(0, node_ip))
+        return Overlay("disabled", None, 0, node_ip, underlay_mtu, mtu)
+    ifindex = netlink.ensure_vxlan(config.tunnel_device, config.tunnel_port, underlay_mtu - VXLAN_OVERHEAD)
+    netlink.attach_ingress(ifindex, datapath.program(PROGRAM))
+    datapath.set_node_config(NodeConfig(ifindex, node_ip))
+    return Overlay("vxlan", config.tunnel_device, ifindex, node_ip, underlay_mtu, mtu)

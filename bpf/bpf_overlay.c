@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * bpf_overlay.c: the program for the node's VXLAN device (external,
+ * collect-metadata mode), receiving pod traffic from other nodes.
+ *
+ * The sending node already judged the source's egress policy; this node
+ * judges the destination's ingress policy with the identity carried in the
+ * VNI. The VNI is trusted, not this node's ipcache: the sender knows its own
+ * pod's identity first-hand, while our ipcache may lag behind a pod that
+ * just started over there. Each node keeps its own conntrack entry of the
+ * flow (replies leave through bpf_lxc.c's from_container, which finds it).
+ */
+#include "lib/common.h"
+#include "types.h"
+#include "maps.h"
+#include "lib/metrics.h"
+#include "lib/endpoints.h"
+#include "lib/eth.h"
+#include "lib/ipv4.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+#include "lib/events.h"
+#include "lib/drop.h"
+#include "lib/flow.h"
+#include "lib/overlay.h"
+
+static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct ethhdr *eth,
+						__u32 src_identity)
+{
+	struct mb_ct_tuple4 tuple = {};
+	struct mb_endpoint_info *dst;
+	struct mb_ct_entry *entry = 0;
+	struct iphdr *ip4 = mb_ipv4_header(skb);
+	__u32 bytes = skb->len, dst_ifindex;
+	__u8 tcp_flags, closed = 0;
+	int l4, ct = MB_CT_NEW;
+
+	if (!ip4)
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
+	/* Only pods of this node are reachable through the tunnel. */
+	dst = mb_lookup_endpoint(ip4->daddr);
+	if (!dst || !mb_endpoint_is_local_pod(dst))
+		return mb_drop(MB_DROP_NO_ENDPOINT, MB_DIR_INGRESS);
+	dst_ifindex = dst->ifindex;
+
+	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
+	if (l4 == MB_L4_INVALID)
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
+	if (l4 == MB_L4_TRACKED)
+		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
+	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
+		ct = MB_CT_RELATED;
+
+	if (ct == MB_CT_NEW) {
+		/* Ingress of the destination from the VNI's identity; the
+		 * sender's egress was judged on its own node. */
+		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, 0, dst, src_identity,
+				       dst->sec_identity, dst, MB_DIR_INGRESS, dst_ifindex);
+
+		if (drop)
+			return drop;
+	} else if (closed) {
+		mb_flow_trace_end(skb, &tuple, tcp_flags, ct, entry, dst, MB_DIR_INGRESS, dst_ifindex);
+	}
+
+	/* The sending node decremented the TTL already (one routing hop). */
+	mb_mac_copy(eth->h_dest, dst->pod_mac);
+	mb_mac_copy(eth->h_source, dst->host_mac);
+	mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);
+	return bpf_redirect_peer(dst_ifindex, 0);
+}
+
+static __always_inline int mb_from_overlay(struct __sk_buff *skb)
+{
+	struct ethhdr *eth = mb_eth_header(skb);
+	__u32 src_identity;
+
+	if (!eth)
+		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
+	/* Nothing but pod IPv4 is ever sent into the tunnel (no ARP: the
+	 * sender's program addresses the remote node itself). */
+	if (eth->h_proto != mb_htons(ETH_P_IP))
+		return mb_drop(MB_DROP_UNSUPPORTED_L3, MB_DIR_INGRESS);
+	src_identity = mb_overlay_identity(skb);
+	if (!src_identity)
+		return mb_drop(MB_DROP_TUNNEL_KEY, MB_DIR_INGRESS);
+	return mb_from_overlay_ipv4(skb, eth, src_identity);
+}
+
+/*
+ * Hook: tc ingress (clsact) on the node's VXLAN device.
+ * Sees every decapsulated packet other nodes send to this node's pods.
+ */
+int from_overlay(struct __sk_buff *skb)
+{
+	return mb_finish(skb, mb_from_overlay(skb), skb->ingress_ifindex);
+}

@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * flow.h: the verdict on a connection's first packet and the close event,
+ * shared by every hook that delivers to or sends from a pod (bpf_lxc.c for
+ * the pod veths, bpf_overlay.c for packets arriving through the tunnel).
+ *
+ * Policy is judged on the first packet of a connection only (conntrack
+ * miss); conntrack carries the rest, replies included.
+ */
+#ifndef MB_LIB_FLOW_H
+#define MB_LIB_FLOW_H
+
+#include "common.h"
+#include "../types.h"
+#include "../maps.h"
+#include "conntrack.h"
+#include "policy.h"
+#include "events.h"
+#include "drop.h"
+
+/* Record which endpoint's policy decided, in the event being built (if any). */
+static __always_inline void mb_event_policy(struct mb_flow_event *ev, __u16 endpoint_id,
+					    __u32 rule_ref, __u8 direction)
+{
+	if (!ev)
+		return;
+	ev->endpoint_id = endpoint_id;
+	ev->rule_ref = rule_ref;
+	ev->direction = direction;
+}
+
+/*
+ * A packet without a conntrack entry: the first of a connection, or an
+ * untracked one (judged alone). Egress policy of the sending endpoint, then
+ * ingress policy of the receiving one (either may be absent: the host or
+ * the outside), then a conntrack entry remembering that the flow is allowed.
+ * hook_ep/hook_dir: the endpoint and direction of the veth we run on.
+ * Returns 0 to forward, or a drop code (mb_drop_flow).
+ */
+static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
+					   int l4, __u8 tcp_flags,
+					   const struct mb_endpoint_info *egress_ep,
+					   const struct mb_endpoint_info *ingress_ep,
+					   __u32 src_identity, __u32 dst_identity,
+					   const struct mb_endpoint_info *hook_ep, __u8 hook_dir,
+					   __u32 ifindex)
+{
+	struct mb_flow_event *ev;
+	__u16 policy_flags = 0;
+	__u32 rule_ref;
+
+	ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex, hook_dir);
+	if (ev) {
+		ev->src_identity = src_identity;
+		ev->dst_identity = dst_identity;
+	}
+
+	if (egress_ep) {
+		int verdict = mb_policy_judge(egress_ep->endpoint_id, MB_DIR_EGRESS, dst_identity,
+					      tuple, &rule_ref);
+
+		mb_event_policy(ev, egress_ep->endpoint_id, rule_ref, MB_DIR_EGRESS);
+		if (verdict != MB_POLICY_ALLOW)
+			return mb_drop_flow(ev, MB_DROP_POLICY_EGRESS, MB_DIR_EGRESS);
+		mb_event_emit(ev, MB_EVENT_POLICY_VERDICT);
+		policy_flags |= MB_CT_F_POLICY_EGRESS;
+	}
+	if (ingress_ep) {
+		int verdict = mb_policy_judge(ingress_ep->endpoint_id, MB_DIR_INGRESS, src_identity,
+					      tuple, &rule_ref);
+
+		mb_event_policy(ev, ingress_ep->endpoint_id, rule_ref, MB_DIR_INGRESS);
+		if (verdict != MB_POLICY_ALLOW)
+			return mb_drop_flow(ev, MB_DROP_POLICY_INGRESS, MB_DIR_INGRESS);
+		mb_event_emit(ev, MB_EVENT_POLICY_VERDICT);
+		policy_flags |= MB_CT_F_POLICY_INGRESS;
+	}
+
+	mb_event_policy(ev, hook_ep->endpoint_id, 0, hook_dir);
+	if (l4 != MB_L4_TRACKED)
+		return 0;
+	if (mb_ct_create(tuple, tcp_flags, skb->len, src_identity, dst_identity, policy_flags) < 0)
+		return mb_drop_flow(ev, MB_DROP_CT_CREATE_FAILED, hook_dir);
+	mb_event_emit(ev, MB_EVENT_TRACE_NEW);
+	return 0;
+}
+
+/* The packet that completed the close of a connection: TRACE_END. */
+static __always_inline void mb_flow_trace_end(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
+					     __u8 tcp_flags, int ct, const struct mb_ct_entry *entry,
+					     const struct mb_endpoint_info *hook_ep, __u8 hook_dir,
+					     __u32 ifindex)
+{
+	struct mb_flow_event *ev;
+
+	if (!entry)
+		return;
+	ev = mb_event_start(MB_EVENT_TRACE_END, tuple, tcp_flags, skb->len, ifindex, hook_dir);
+	if (!ev)
+		return;
+	ev->is_reply = ct == MB_CT_REPLY;
+	/* Identities of this packet's source and destination, not the flow's. */
+	ev->src_identity = ev->is_reply ? entry->dst_identity : entry->src_identity;
+	ev->dst_identity = ev->is_reply ? entry->src_identity : entry->dst_identity;
+	ev->endpoint_id = hook_ep->endpoint_id;
+	mb_event_emit(ev, MB_EVENT_TRACE_END);
+}
+
+#endif /* MB_LIB_FLOW_H */

@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * overlay.h: pod traffic between nodes over the VXLAN device.
+ *
+ * The node's VXLAN device runs in external (collect-metadata) mode: it has
+ * no fixed remote or VNI, each packet carries its own in the skb's tunnel
+ * metadata. The sender sets it (remote node from the ipcache, VNI = the
+ * source pod's security identity); the receiver reads the VNI back and
+ * judges ingress policy with it, so identities never need resolving from
+ * addresses on the receiving side (Cilium's design). Identities therefore
+ * fit in 24 bits (membrane/identities.py keeps cluster identities there).
+ */
+#ifndef MB_LIB_OVERLAY_H
+#define MB_LIB_OVERLAY_H
+
+#include "common.h"
+#include "../types.h"
+#include "../maps.h"
+#include "metrics.h"
+#include "drop.h"
+
+#define MB_TUNNEL_TTL 64
+
+static __always_inline struct mb_node_config *mb_node_config(void)
+{
+	__u32 zero = 0;
+
+	return mb_node_config_v1.lookup(&zero);
+}
+
+/*
+ * Hand the packet to the tunnel device for the node at `remote` (network
+ * order, from the ipcache), stamping `identity` as its VNI. bpf_redirect
+ * to the device's egress: its xmit encapsulates with our metadata, the
+ * node's routing then carries the UDP packet over the underlay.
+ * `bytes`: the inner packet length, for the counters.
+ */
+static __always_inline int mb_overlay_send(struct __sk_buff *skb, __be32 remote, __u32 identity,
+					   __u32 bytes)
+{
+	struct mb_node_config *cfg = mb_node_config();
+	struct bpf_tunnel_key key = {};
+	__u32 tunnel_ifindex;
+
+	/* No tunnel configured: drop rather than leak pod traffic unencapsulated. */
+	if (!cfg || !cfg->tunnel_ifindex)
+		return mb_drop(MB_DROP_NO_ROUTE, MB_DIR_EGRESS);
+	tunnel_ifindex = cfg->tunnel_ifindex;
+	key.tunnel_id = identity & MB_VNI_MASK;
+	/* The helper takes the address in host byte order. */
+	key.remote_ipv4 = __builtin_bswap32(remote);
+	key.tunnel_ttl = MB_TUNNEL_TTL;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return mb_drop(MB_DROP_TUNNEL_KEY, MB_DIR_EGRESS);
+	mb_metrics_add(MB_FORWARDED, MB_DIR_EGRESS, bytes);
+	return bpf_redirect(tunnel_ifindex, 0);
+}
+
+/*
+ * The source identity of a packet that came out of the tunnel: its VNI.
+ * Returns 0 when there is none (no metadata, or VNI 0, which no sender of
+ * ours uses): the caller drops.
+ */
+static __always_inline __u32 mb_overlay_identity(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0)
+		return key.tunnel_id & MB_VNI_MASK;
+#ifdef MB_TEST_TUNNEL_FROM_MARK
+	/* Test builds only: BPF_PROG_TEST_RUN cannot attach tunnel metadata
+	 * to its skb, so tests pass the VNI in skb->mark instead. */
+	return skb->mark & MB_VNI_MASK;
+#else
+	return 0;
+#endif
+}
+
+#endif /* MB_LIB_OVERLAY_H */
