@@ -107,7 +107,10 @@ class EndpointManager:
         write_json(self.ipam_path, self.ipam.to_dict())
 
     def restore(self) -> dict[str, int]:
-        """Reload records and IPAM, reconcile them with the links that exist, re-attach."""
+        """Reload records and IPAM, reconcile them with the links that exist.
+
+        Programs are not touched here: `reattach()` runs once policy state is back in the
+        maps, so a new program never meets a policy map it would read as "deny all"."""
         with self.lock:
             saved = read_json(self.ipam_path)
             if saved:
@@ -129,18 +132,23 @@ class EndpointManager:
             orphans = [n for n in self.netlink.host_links(HOST_IFNAME_PREFIX) if n not in known and len(n) == 14]
             for name in orphans:
                 self.netlink.delete_link(name)
-            reattached = 0
             for ep in self.endpoints.values():
                 idx = self.netlink.ifindex(ep.host_ifname)
                 if idx is None:
                     ep.state = "link-missing"
                     continue
                 ep.host_ifindex, ep.state = idx, "ready"
-                self.netlink.attach(idx, *self.datapath.programs())
-                reattached += 1
             delta = self.sync_map()
-            return {"endpoints": len(self.endpoints), "reattached": reattached, "orphan_links": len(orphans),
-                    "released_addresses": len(stale), "map_writes": len(delta.upserts) + len(delta.deletes)}
+            return {"endpoints": len(self.endpoints), "orphan_links": len(orphans), "released_addresses": len(stale),
+                    "map_writes": len(delta.upserts) + len(delta.deletes)}
+
+    def reattach(self) -> int:
+        """Attach this start's programs to every restored endpoint (tc replace: never twice)."""
+        with self.lock:
+            ready = [ep for ep in self.endpoints.values() if ep.state == "ready"]
+            for ep in ready:
+                self.netlink.attach(ep.host_ifindex, *self.datapath.programs())
+            return len(ready)
 
     def set_pod_cidr(self, cidr: IPv4Network) -> None:
         """Kubernetes mode: the node's PodCIDR as the operator assigned it (IPAM waits for it).

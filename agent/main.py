@@ -116,6 +116,7 @@ class Agent:
         for ep in self.endpoints.list():
             self._endpoint_changed(ep, True, apply=False)
         log.info("policy restored", extra={"fields": self.policy.resync()})
+        log.info("programs attached", extra={"fields": {"endpoints": self.endpoints.reattach()}})
         if cfg.masquerade and self.cluster is None:  # Kubernetes mode: once the PodCIDR is known
             assert cfg.cluster_cidr is not None
             ensure_masquerade(cfg.pod_cidr, cfg.cluster_cidr)

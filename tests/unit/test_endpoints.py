@@ -100,7 +100,8 @@ def test_restart_restores_without_duplicates_or_rewrites(config: AgentConfig) ->
     nl.attached.clear()
     second = EndpointManager(config, nl, dp)  # same state dir, same kernel objects
     report = second.restore()
-    assert report["reattached"] == 3 and all(n == 1 for n in nl.attached.values())
+    assert not nl.attached, "restore attaches nothing: programs come after policy state"
+    assert second.reattach() == 3 and all(n == 1 for n in nl.attached.values())
     assert dp.writes == writes, "restore must not rewrite an already correct map"
     new = second.add("c9", "eth0", "/ns9")
     assert new.ip not in {e.ip for e in eps}

@@ -80,6 +80,11 @@ app.kubernetes.io/component: {{ .component }}
   valueFrom:
     fieldRef:
       fieldPath: spec.nodeName
+# The VXLAN endpoint of this node: the address kubelet reports for it.
+- name: MEMBRANE_NODE_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.hostIP
 {{- if .Values.k8sServiceHost }}
 - name: KUBERNETES_SERVICE_HOST
   value: {{ .Values.k8sServiceHost | quote }}
