@@ -6,6 +6,9 @@ metrics exporter and membranectl use, so none of them needs to know about ctypes
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,9 @@ from .policy_syncing import IpcacheTarget
 from .datapath import Datapath, EndpointEntry
 from .datapath.ipcache import IpcacheEntry
 from .datapath.node_config import NodeConfig
-from .datapath.layout import CONNTRACK, ENDPOINTS
 
 PROGRAMS = ("from_container", "to_container")
+MAP_USAGE_MAX_AGE_S = 5.0  # map entry counts are cached this long (a scrape walks every key)
 
 
 class DatapathPort:
@@ -28,6 +31,17 @@ class DatapathPort:
         self.dp = Datapath(pin_root)
         self.compile_seconds = 0.0
         self.load_seconds = 0.0
+        # Called with (map role, operation) when a map write fails (membrane_bpf_map_operation_errors_total).
+        self.on_map_error: Callable[[str, str], None] = lambda _map, _op: None
+        self._usage: tuple[float, dict[str, tuple[int, int]]] | None = None
+
+    @contextmanager
+    def _counted(self, role: str, op: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception:
+            self.on_map_error(role, op)
+            raise
 
     def load(self) -> None:
         self.dp.load()
@@ -54,15 +68,18 @@ class DatapathPort:
     def write_endpoints(self, delta: Delta[IPv4Address, EndpointEntry]) -> None:
         # Upserts first: a moved address is never briefly absent.
         for ip, entry in delta.upserts.items():
-            self.dp.upsert_endpoint(ip, entry)
+            with self._counted("endpoints", "update"):
+                self.dp.upsert_endpoint(ip, entry)
         for ip in delta.deletes:
-            self.dp.delete_endpoint(ip)
+            with self._counted("endpoints", "delete"):
+                self.dp.delete_endpoint(ip)
 
     def read_policy(self) -> dict[FlatKey, FlatValue]:
         return self.dp.policy()
 
     def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
-        self.dp.apply_policy(delta)
+        with self._counted("policy", "update"):
+            self.dp.apply_policy(delta)
 
     def read_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
         """The identity of each prefix, or the full entry when it sits behind a tunnel endpoint."""
@@ -71,17 +88,33 @@ class DatapathPort:
 
     def write_ipcache(self, delta: Delta[IPv4Network, IpcacheTarget]) -> None:
         upserts = {p: v if isinstance(v, IpcacheEntry) else IpcacheEntry(v) for p, v in delta.upserts.items()}
-        self.dp.apply_ipcache(Delta(upserts, list(delta.deletes)))
+        with self._counted("ipcache", "update"):
+            self.dp.apply_ipcache(Delta(upserts, list(delta.deletes)))
+
+    def read_cidrs(self) -> dict[IPv4Network, int]:
+        """ipBlock prefix -> CIDR identity (the datapath's CIDR map)."""
+        return self.dp.cidrs()
+
+    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
+        with self._counted("cidr", "update"):
+            self.dp.apply_cidrs(delta)
 
     def counters(self) -> list[tuple[str, str, int, int]]:
         return [(s.reason.lower(), s.direction.lower(), s.packets, s.bytes) for s in self.dp.metrics()]
 
     def conntrack_gc(self) -> int:
-        return self.dp.conntrack_gc()
+        with self._counted("conntrack", "gc"):
+            return self.dp.conntrack_gc()
 
     def map_usage(self) -> dict[str, tuple[int, int]]:
-        return {ENDPOINTS.role: (len(self.dp.endpoints()), ENDPOINTS.max_entries),
-                CONNTRACK.role: (len(self.dp.conntrack()), CONNTRACK.max_entries)}
+        """(entries, capacity) by map: endpoints, conntrack, ipcache, policy, metrics.
+
+        Counted by walking keys only (no value reads), and cached for a few seconds, so
+        frequent scrapes of a node with a full conntrack map stay cheap."""
+        now = time.monotonic()
+        if self._usage is None or now - self._usage[0] > MAP_USAGE_MAX_AGE_S:
+            self._usage = (now, self.dp.map_entry_counts())
+        return self._usage[1]
 
     def dump_endpoints(self) -> list[dict[str, Any]]:
         return [{"ip": str(ip), **entry.to_json()} for ip, entry in sorted(self.dp.endpoints().items())]

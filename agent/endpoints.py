@@ -3,6 +3,18 @@
 Holds the endpoint records (persisted, one file each), the node's IPAM pool (persisted), and
 keeps the datapath's endpoint map equal to what the records say. Kernel and netlink work goes
 through the adapters it is given, so tests can hand it fakes.
+
+Durability: the endpoint record is the truth about who holds an address. ADD writes it (one
+fsync'd write) before kubelet gets its answer, DEL removes it durably; `restore()` rebuilds the
+IPAM allocations from the records and deletes host links no record claims. So a crash at any
+point neither hands out an address in use nor leaks one: an ADD that dies before its record
+leaves an orphan link (deleted at restore) and an address nobody was told about. `ipam.json`
+only keeps the allocation cursor across restarts; it is written off the hot path
+(`flush_ipam()`, housekeeping).
+
+Concurrency: ADD/DEL of one endpoint are serialised (striped locks); `lock` guards the
+in-memory state (records, IPAM, what was written to the endpoint map) and is held only for
+bookkeeping, never across netlink, fsync or policy work, so concurrent ADDs overlap.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from .persisting import read_json, remove, write_json
 log = logging.getLogger("membrane.endpoints")
 
 HOST_IFNAME_PREFIX = "mb"
+_KEY_STRIPES = 64
 UNKNOWN_IDENTITY = 0  # until the identity issue lands: no identity assigned yet
 
 
@@ -85,12 +98,19 @@ def host_ifname_for(container_id: str, ifname: str) -> str:
 
 class EndpointManager:
     def __init__(self, config: AgentConfig, netlink: NetlinkPort, datapath: EndpointMapPort,
-                 on_change: Callable[[Endpoint, bool], None] | None = None) -> None:
+                 on_change: Callable[[Endpoint, bool], int | None] | None = None) -> None:
         self.config = config
         self.netlink = netlink
         self.datapath = datapath
-        self.on_change = on_change or (lambda ep, present: None)
+        # Called before an ADD publishes its map entry (returns the pod's identity, or None to
+        # keep the one given) and after a DEL.
+        self.on_change: Callable[[Endpoint, bool], int | None] = on_change or (lambda ep, present: None)
         self.lock = threading.RLock()
+        self._key_locks = [threading.RLock() for _ in range(_KEY_STRIPES)]
+        self._pending: dict[str, int] = {}  # ADDs in flight: key -> endpoint id
+        self._late_identity: dict[str, int] = {}  # identity changes that met an ADD in flight
+        self.written: dict[IPv4Address, EndpointEntry] = {}  # our endpoint map entries as written
+        self._ipam_dirty = False
         self.dir = config.state_dir / "endpoints"
         self.ipam_path = config.state_dir / "ipam.json"
         self.endpoints: dict[str, Endpoint] = {}
@@ -104,7 +124,22 @@ class EndpointManager:
         write_json(self._record_path(ep.key), ep.model_dump(mode="json"))
 
     def _save_ipam(self) -> None:
-        write_json(self.ipam_path, self.ipam.to_dict())
+        with self.lock:
+            data = self.ipam.to_dict()
+            self._ipam_dirty = False
+        write_json(self.ipam_path, data)
+
+    def flush_ipam(self) -> bool:
+        """Persist the IPAM cursor when it moved (housekeeping, stop): allocations themselves
+        are rebuilt from the records, so this is never needed before answering kubelet."""
+        with self.lock:
+            if not self._ipam_dirty:
+                return False
+        self._save_ipam()
+        return True
+
+    def _key_lock(self, key: str) -> threading.RLock:
+        return self._key_locks[hash(key) % _KEY_STRIPES]
 
     def restore(self) -> dict[str, int]:
         """Reload records and IPAM, reconcile them with the links that exist.
@@ -174,13 +209,33 @@ class EndpointManager:
     def sync_map(self) -> Delta[IPv4Address, EndpointEntry]:
         """Write only the difference between records and the pinned endpoint map."""
         with self.lock:
-            delta = diff(self.desired_map(), self.datapath.read_endpoints())
+            desired = self.desired_map()
+            delta = diff(desired, self.datapath.read_endpoints())
             if delta:
                 self.datapath.write_endpoints(delta)
+            self.written = desired
             return delta
 
+    @staticmethod
+    def _entry(ep: Endpoint) -> EndpointEntry:
+        return EndpointEntry(ifindex=ep.host_ifindex, endpoint_id=ep.endpoint_id, identity=ep.identity,
+                             pod_mac=ep.pod_mac, host_mac=ep.host_mac)
+
+    def _write_entries(self, upserts: dict[IPv4Address, EndpointEntry], deletes: list[IPv4Address]) -> None:
+        """Hot path: write these entries (only those that differ from what was written); the
+        full comparison with the kernel stays in `sync_map()` (restore, periodic resync)."""
+        with self.lock:
+            delta: Delta[IPv4Address, EndpointEntry] = Delta(
+                {ip: e for ip, e in upserts.items() if self.written.get(ip) != e},
+                [ip for ip in deletes if ip in self.written])
+            if delta:
+                self.datapath.write_endpoints(delta)
+                self.written.update(delta.upserts)
+                for ip in delta.deletes:
+                    del self.written[ip]
+
     def _next_endpoint_id(self) -> int:
-        used = {ep.endpoint_id for ep in self.endpoints.values()}
+        used = {ep.endpoint_id for ep in self.endpoints.values()} | set(self._pending.values())
         return next(i for i in range(1, 65536) if i not in used)
 
     # --- CNI operations --------------------------------------------------------------
@@ -189,53 +244,66 @@ class EndpointManager:
 
     def add(self, container_id: str, ifname: str, netns: str, namespace: str = "", pod: str = "",
             identity: int = UNKNOWN_IDENTITY) -> Endpoint:
-        with self.lock:
-            key = endpoint_key(container_id, ifname)
+        key = endpoint_key(container_id, ifname)
+        with self._key_lock(key):
             existing = self.endpoints.get(key)
             if existing is not None and existing.state == "ready":
                 return existing
             if existing is not None:  # a broken leftover: start over
                 self.delete(container_id, ifname)
-            try:
+            with self.lock:
                 ip = self.ipam.allocate(key)
-            except IpamExhausted:
-                raise
-            self._save_ipam()
+                self._ipam_dirty = True
+                endpoint_id = self._next_endpoint_id()
+                self._pending[key] = endpoint_id
             host_ifname = host_ifname_for(container_id, ifname)
+            ep: Endpoint | None = None
             try:
                 link = self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
                 ep = Endpoint(container_id=container_id, ifname=ifname, netns=netns, host_ifname=host_ifname,
                               host_ifindex=link.host_ifindex, host_mac=link.host_mac, pod_mac=link.pod_mac, ip=ip,
-                              endpoint_id=self._next_endpoint_id(), namespace=namespace, pod=pod,
-                              identity=identity, created=time.time())
-                self.endpoints[key] = ep
-                # Map entry first, programs second: the pod's first packet already finds itself.
-                self.sync_map()
+                              endpoint_id=endpoint_id, namespace=namespace, pod=pod, identity=identity,
+                              created=time.time())
+                # Identity and policy entries first, then the map entry (written once, with its
+                # identity), then the programs: the pod's first packet finds all of it.
+                found = self.on_change(ep, True)
+                with self.lock:
+                    if found is not None:
+                        ep.identity = found
+                    ep.identity = self._late_identity.pop(key, ep.identity)
+                    self._pending.pop(key, None)
+                    self.endpoints[key] = ep
+                    self._write_entries({ip: self._entry(ep)}, [])
                 self.netlink.attach(link.host_ifindex, *self.datapath.programs())
-                self._save(ep)
+                self._save(ep)  # the one durable write: from here on the address is this pod's
             except BaseException:
-                self.endpoints.pop(key, None)
-                self.sync_map()
+                with self.lock:
+                    self.endpoints.pop(key, None)
+                    self._pending.pop(key, None)
+                    self._late_identity.pop(key, None)
+                    self._write_entries({}, [ip])
+                    self.ipam.release(key)
                 self.netlink.delete_link(host_ifname)
-                self.ipam.release(key)
-                self._save_ipam()
+                if ep is not None:
+                    self.on_change(ep, False)
                 raise
-            log.info("endpoint added", extra={"fields": {"endpoint": key, "ip": str(ip), "pod": f"{namespace}/{pod}",
-                                                        "host_ifname": host_ifname}})
-        self.on_change(ep, True)
+        log.info("endpoint added", extra={"fields": {"endpoint": key, "ip": str(ip), "pod": f"{namespace}/{pod}",
+                                                    "host_ifname": host_ifname}})
         return ep
 
     def delete(self, container_id: str, ifname: str) -> bool:
         """Idempotent: unknown containers and vanished links are fine."""
-        with self.lock:
-            key = endpoint_key(container_id, ifname)
-            ep = self.endpoints.pop(key, None)
+        key = endpoint_key(container_id, ifname)
+        with self._key_lock(key):
+            ep = self.endpoints.get(key)
             self.netlink.delete_link(ep.host_ifname if ep else host_ifname_for(container_id, ifname))
-            released = self.ipam.release(key)
-            if released is not None:
-                self._save_ipam()
-            remove(self._record_path(key))
-            self.sync_map()
+            with self.lock:
+                self.endpoints.pop(key, None)
+                if self.ipam.release(key) is not None:
+                    self._ipam_dirty = True
+                if ep is not None:
+                    self._write_entries({}, [ep.ip])
+            remove(self._record_path(key), durable=True)  # before kubelet hears "done"
         if ep is not None:
             log.info("endpoint deleted", extra={"fields": {"endpoint": key}})
             self.on_change(ep, False)
@@ -244,11 +312,17 @@ class EndpointManager:
     def update_identity(self, key: str, identity: int) -> None:
         with self.lock:
             ep = self.endpoints.get(key)
-            if ep is None or ep.identity == identity:
+            if ep is None:
+                if key in self._pending:  # the ADD in flight picks it up when it publishes
+                    self._late_identity[key] = identity
+                return
+            if ep.identity == identity:
                 return
             ep.identity = identity
-            self._save(ep)
-            self.sync_map()
+            if ep.state == "ready":
+                self._write_entries({ep.ip: self._entry(ep)}, [])
+            record = ep.model_dump(mode="json")
+        write_json(self._record_path(key), record)
 
     def list(self) -> list[Endpoint]:
         with self.lock:

@@ -1,7 +1,8 @@
 """The node's identity allocations (standalone mode): pods -> security identities, persisted.
 
 Same labels give the same number, across restarts too: the allocator's numbering is written
-to the state dir whenever a number is handed out or freed, before it is used in a BPF map.
+to the state dir when numbers were handed out (once per batch, `flush`) or freed, before they are
+used in a BPF map.
 Who holds an identity is not persisted: a restarted agent re-assigns every pod it knows, and
 numbers nobody claims again age out after the grace period.
 """
@@ -27,6 +28,7 @@ class IdentityBook:
         self.allocator = IdentityAllocator.from_dict(saved) if saved else \
             IdentityAllocator(CLUSTER_IDENTITY_MIN, grace=GRACE_SECONDS)
         self.held: dict[ObjectRef, LabelSet] = {}
+        self.unsaved = False  # numbers handed out since the last save (`flush`)
         now = time.time()
         for identity, labels in self.allocator.items().items():
             for owner in self.allocator.owners_of(identity):
@@ -46,8 +48,14 @@ class IdentityBook:
             self.allocator.release(old, str(ref), time.time())
         self.held[ref] = labels
         if fresh:
-            self._save()
+            self.unsaved = True  # saved by `flush()`, once per batch, before any map uses it
         return number
+
+    def flush(self) -> None:
+        """Persist the numbering if new numbers were handed out (the policy manager calls
+        this before writing maps: one write per batch instead of one per new identity)."""
+        if self.unsaved:
+            self._save()
 
     def release(self, ref: ObjectRef) -> None:
         old = self.held.pop(ref, None)
@@ -75,3 +83,4 @@ class IdentityBook:
 
     def _save(self) -> None:
         write_json(self.path, self.allocator.to_dict())
+        self.unsaved = False

@@ -57,6 +57,7 @@ class Agent:
         self.stopping = threading.Event()
         self.metrics = AgentMetrics()
         self.datapath = DatapathPort(config.bpffs_root)
+        self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
         self.netlink = Netlink()
         self.kubernetes = config.mode == "kubernetes"
         if self.kubernetes:  # IPAM restores its pool with the PodCIDR the operator last gave
@@ -155,6 +156,7 @@ class Agent:
         if self.observer_server is not None:
             self.observer_server.stop()
         self.observer.stop()
+        self.endpoints.flush_ipam()
         self.datapath.close()
         self.netlink.close()
         log.info("agent stopped")
@@ -187,6 +189,7 @@ class Agent:
                         log.warning("policy maps resynced", extra={"fields": report})
                     self.identities.gc()
                     next_resync = now + self.config.resync_seconds
+                self.endpoints.flush_ipam()  # the IPAM cursor; allocations live in the records
             except Exception:  # noqa: BLE001 - housekeeping must outlive one bad round
                 log.exception("housekeeping failed")
 
@@ -194,13 +197,18 @@ class Agent:
     def _endpoint_states(self) -> dict[str, int]:
         return dict(self.endpoints.summary()["states"])
 
-    def _endpoint_changed(self, ep: Endpoint, present: bool, apply: bool = True) -> None:
+    def _endpoint_changed(self, ep: Endpoint, present: bool, apply: bool = True) -> int | None:
+        """Endpoint manager hook: an ADD calls it before it writes the pod's map entry and uses
+        the identity returned; the policy entries are in the maps when this returns."""
         local = LocalEndpoint(ep.key, ep.endpoint_id, ep.ip) if present else None
-        self.policy.on_endpoint(ep.pod_ref, local)
+        with self.policy.lock:
+            self.policy.on_endpoint(ep.pod_ref, local)
+            recorded_at = self.policy.generation
         if not present and self.cluster is not None:
             self.cluster.endpoint_removed(ep.pod_ref)
         if apply:
-            self._apply_policy("endpoint")
+            self._apply_policy("endpoint", recorded_at)
+        return self.identities.identity_of(ep.pod_ref) if present else None
 
     def _object_changed(self, kind: str, key: ObjectKey, obj: BaseModel | None) -> None:
         """Store listener: records only; the request handler applies once per batch."""
@@ -212,9 +220,15 @@ class Agent:
         elif kind == "NetworkPolicy":
             self.policy.on_policy(ref, obj)  # type: ignore[arg-type]
 
-    def _apply_policy(self, cause: str) -> dict[str, int]:
+    def _apply_policy(self, cause: str, recorded_at: int | None = None) -> dict[str, int]:
+        """Apply recorded changes. With `recorded_at` (the policy generation read when the
+        change was recorded), concurrent CNI requests coalesce: an apply that completed since
+        then already wrote this change, so the caller does not run another one."""
         started = time.perf_counter()
-        report = self.policy.apply()
+        with self.policy.lock:
+            if recorded_at is not None and self.policy.generation != recorded_at:
+                return {}
+            report = self.policy.apply()
         self.metrics.policy_delay.labels(cause).observe(time.perf_counter() - started)
         if any(report.values()):
             log.info("policy applied", extra={"fields": {"cause": cause, **report}})
@@ -231,7 +245,7 @@ class Agent:
         if self.cluster is not None:
             return {"Namespace": self.cluster.count(Kind.NAMESPACE), "Pod": self.cluster.count(Kind.ENDPOINT),
                     "NetworkPolicy": self.cluster.count(Kind.POLICY)}
-        return {k: len(self.store.list(k)) for k in ("Namespace", "Pod", "NetworkPolicy")}
+        return {k: self.store.count(k) for k in ("Namespace", "Pod", "NetworkPolicy")}
 
     def _store_op(self, req: dict[str, Any], verb: str) -> Any:
         if self.cluster is not None:

@@ -13,6 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 Sample = tuple[str, str, int, int]  # reason, direction, packets, bytes
+# (map, op) pairs of membrane_bpf_map_operation_errors_total (agent/datapath_port.py counts them)
+MAP_OPERATIONS = (("endpoints", "update"), ("endpoints", "delete"), ("policy", "update"), ("ipcache", "update"),
+                  ("conntrack", "gc"))
 
 
 class DatapathCollector(Collector):
@@ -61,8 +64,10 @@ class AgentMetrics:
                           registry=self.registry)
         self.ct_gc_removed = Counter("membrane_conntrack_gc_deleted_entries", "Expired conntrack entries removed",
                                      registry=self.registry)
-        self.map_errors = Counter("membrane_bpf_map_operation_errors", "Failed BPF map operations", ["map", "op"],
-                                  registry=self.registry)
+        self.map_errors = Counter("membrane_bpf_map_operation_errors", "Failed BPF map operations, by map and "
+                                  "operation", ["map", "op"], registry=self.registry)
+        for map_name, op in MAP_OPERATIONS:  # exported at 0 from the start: rate() and alerts see them
+            self.map_errors.labels(map_name, op)
         self.store_objects = Gauge("membrane_store_objects", "Objects in the local store by kind", ["kind"],
                                    registry=self.registry)
 

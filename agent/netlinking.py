@@ -19,12 +19,16 @@ from typing import TypeVar
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .rtnl import RtnlSocket, SocketPool
+
 GATEWAY = IPv4Address("169.254.1.1")  # the pod's next hop: answered by the host veth's MAC
 INGRESS_PARENT = "ffff:fff2"  # clsact ingress: packets the pod sends
 EGRESS_PARENT = "ffff:fff3"  # clsact egress: packets the host stack sends to the pod
 FILTER_PRIO = 1
 FILTER_HANDLE = 1
 _ENOENT = 2
+_ENODEV = 19
+_INGRESS, _EGRESS = 0xFFFFFFF2, 0xFFFFFFF3  # INGRESS_PARENT, EGRESS_PARENT as numbers
 _CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
@@ -74,13 +78,16 @@ class Netlink:
     def __init__(self) -> None:
         self._ipr = IPRoute()
         self._lock = threading.Lock()  # one pyroute2 socket, many CNI requests
+        # The CNI hot path (create, delete, look up, attach) uses plain rtnetlink sockets:
+        # one per concurrent request, no lock shared between pods.
+        self._rtnl = SocketPool()
 
     def close(self) -> None:
         self._ipr.close()
+        self._rtnl.close()
 
     def ifindex(self, name: str) -> int | None:
-        with self._lock:
-            found = self._ipr.link_lookup(ifname=name)
+        found = self._rtnl.link(name)  # by name: one round trip, never a dump of every link
         return found[0] if found else None
 
     def link_mac(self, ifindex: int) -> str:
@@ -89,71 +96,58 @@ class Netlink:
 
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
                         mtu: int) -> PodLink:
-        """veth pair with the peer born inside the pod namespace, both sides configured."""
-        tmp_name = "tmp" + host_ifname[2:]
+        """veth pair with the peer born inside the pod namespace under its final name, both
+        sides configured: three batches of netlink messages on the node side, two in the pod."""
         fd = os.open(netns, os.O_RDONLY)
         try:
-            with self._lock:
-                self._ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu,
-                               peer={"ifname": tmp_name, "net_ns_fd": fd, "mtu": mtu})
+            _, host = self._rtnl.batch([RtnlSocket.add_veth(host_ifname, pod_ifname, fd, mtu),
+                                        RtnlSocket.get_link(host_ifname)])
         finally:
             os.close(fd)
-        host_ifindex = self.ifindex(host_ifname)
-        assert host_ifindex is not None
-        host_mac = self.link_mac(host_ifindex)
+        assert host is not None
+        host_ifindex, host_mac = RtnlSocket.parse_link(host)
         # The host side never talks IPv6 and must not answer for anything by itself.
         write_sysctl(f"net.ipv6.conf.{host_ifname}.disable_ipv6", "1")
-        pod_mac = self._configure_pod_side(netns, tmp_name, pod_ifname, address, host_mac)
-        with self._lock:
-            self._ipr.link("set", index=host_ifindex, state="up")
-            self._ipr.route("replace", dst=f"{address}/32", oif=host_ifindex, scope=253)
-            self._ipr.neigh("replace", dst=str(address), lladdr=pod_mac, ifindex=host_ifindex, state=0x80)
+        pod_mac = in_netns(netns, lambda: self._configure_pod_side(pod_ifname, address, host_mac))
+        self._rtnl.batch([RtnlSocket.set_up(host_ifindex),
+                          RtnlSocket.replace_route(address, 32, host_ifindex),
+                          RtnlSocket.replace_neighbour(host_ifindex, address, pod_mac)])
         return PodLink(host_ifname, host_ifindex, host_mac, pod_ifname, pod_mac)
 
-    def _configure_pod_side(self, netns: str, tmp_name: str, pod_ifname: str, address: IPv4Address,
-                            host_mac: str) -> str:
-        pod = NetNS(netns)
+    @staticmethod
+    def _configure_pod_side(pod_ifname: str, address: IPv4Address, host_mac: str) -> str:
+        """Runs in a thread inside the pod namespace (sysctl and socket are the pod's)."""
+        write_sysctl(f"net.ipv6.conf.{pod_ifname}.disable_ipv6", "1")
+        sock = RtnlSocket()
         try:
-            idx = pod.link_lookup(ifname=tmp_name)[0]
-            pod.link("set", index=idx, ifname=pod_ifname)
-            in_netns(netns, lambda: write_sysctl(f"net.ipv6.conf.{pod_ifname}.disable_ipv6", "1"))
-            lo = pod.link_lookup(ifname="lo")
-            if lo:
-                pod.link("set", index=lo[0], state="up")
-            pod.addr("add", index=idx, address=str(address), prefixlen=32)
-            pod.link("set", index=idx, state="up")
-            pod.route("replace", dst=f"{GATEWAY}/32", oif=idx, scope=253)
-            pod.route("replace", dst="0.0.0.0/0", gateway=str(GATEWAY), oif=idx)
-            pod.neigh("replace", dst=str(GATEWAY), lladdr=host_mac, ifindex=idx, state=0x80)
-            return str(pod.get_links(idx)[0].get("address"))
+            (reply,) = sock.batch([RtnlSocket.get_link(pod_ifname)])
+            assert reply is not None
+            idx, pod_mac = RtnlSocket.parse_link(reply)
+            sock.batch([RtnlSocket.set_up(name="lo"),
+                        RtnlSocket.add_address(idx, address, 32),
+                        RtnlSocket.set_up(idx),
+                        RtnlSocket.replace_route(GATEWAY, 32, idx),
+                        RtnlSocket.replace_route(IPv4Address("0.0.0.0"), 0, idx, gateway=GATEWAY),
+                        RtnlSocket.replace_neighbour(idx, GATEWAY, host_mac)])
+            return pod_mac
         finally:
-            pod.close()
+            sock.close()
 
     def delete_link(self, name: str) -> bool:
         """Remove a host veth (its peer goes with it). False when it was already gone."""
-        idx = self.ifindex(name)
-        if idx is None:
-            return False
         try:
-            with self._lock:
-                self._ipr.link("del", index=idx)
-        except NetlinkError as exc:
-            if exc.code != _ENOENT:
+            self._rtnl.batch([RtnlSocket.del_link(name)])  # by name: one round trip
+        except OSError as exc:
+            if exc.errno not in (_ENOENT, _ENODEV):
                 raise
             return False
         return True
 
     def attach(self, ifindex: int, from_container: tuple[int, str], to_container: tuple[int, str]) -> None:
         """Attach (or atomically replace) both programs; never a second filter."""
-        with self._lock:
-            try:
-                self._ipr.tc("add", "clsact", ifindex)
-            except NetlinkError as exc:
-                if exc.code != 17:  # EEXIST: already there after an agent restart
-                    raise
-            for parent, (fd, name) in ((INGRESS_PARENT, from_container), (EGRESS_PARENT, to_container)):
-                self._ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name, parent=parent,
-                             classid=1, direct_action=True, prio=FILTER_PRIO)
+        self._rtnl.batch([RtnlSocket.add_clsact(ifindex)] + [  # EEXIST after an agent restart: fine
+            RtnlSocket.replace_bpf_filter(ifindex, parent, FILTER_HANDLE, FILTER_PRIO, fd, name)
+            for parent, (fd, name) in ((_INGRESS, from_container), (_EGRESS, to_container))])
 
     def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None:
         """Attach (or atomically replace) one program at tc ingress (the tunnel device)."""

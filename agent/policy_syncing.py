@@ -3,14 +3,18 @@
 Felix-style: `on_*` calls record changes cheaply (the pure `PolicyResolver` recomputes only
 the endpoints a change affects); `apply()` turns the affected endpoints into LPM entries and
 writes only the difference to the kernel, in an order that never opens a window: new policy
-entries first, then ipcache and endpoint identities, then stale ipcache entries, then stale
-policy entries. So during an update the datapath sees the old or the new rules, or their
+entries first, then ipcache, CIDR map and endpoint identities, then stale ipcache and CIDR
+entries, then stale policy entries. So during an update the datapath sees the old or the new rules, or their
 union for an instant (never neither: allowed traffic is never dropped by the update itself).
 
 Pods of other nodes become ipcache entries that name their node's IP as tunnel endpoint (the
 datapath sends them through the VXLAN overlay); the node's IP comes from the pod's
 `status.hostIP`, else from the node's addresses (`on_node`, Kubernetes mode). Other nodes'
 IPs are REMOTE_NODE.
+
+ipBlock prefixes are in the ipcache (the identity of addresses that are no pod or node) and in
+the CIDR map (`desired_cidrs`): the CIDR identity of every address, pods included, which the
+datapath judges alongside the peer's identity so that ipBlocks select pod addresses too.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class PolicyMapsPort(TypingProtocol):
     def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None: ...
     def read_ipcache(self) -> dict[IPv4Network, IpcacheTarget]: ...
     def write_ipcache(self, delta: Delta[IPv4Network, IpcacheTarget]) -> None: ...
+    def read_cidrs(self) -> dict[IPv4Network, int]: ...
+    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,16 +75,31 @@ class PolicyManager:
         self.node_name = node_name  # this node: its pods are never behind a tunnel
         self.node_ips: dict[str, IPv4Address] = {}  # other nodes' underlay addresses (on_node)
         self.lock = threading.RLock()
-        self.resolver = PolicyResolver(cidr_allocator())
+        # Deferred: updates only mark endpoints dirty, `apply()` computes once per batch. Interest:
+        # only local endpoints get policy entries computed; every pod stays a peer.
+        self.resolver = PolicyResolver(cidr_allocator(), deferred=True, interest=())
         self.rules = RuleTable()
         self.namespaces: dict[str, dict[str, str]] = {}
         self.pods: dict[ObjectRef, Pod] = {}
         self.local: dict[ObjectRef, LocalEndpoint] = {}
         self.written_policy: dict[ObjectRef, dict[FlatKey, FlatValue]] = {}
         self.written_ipcache: dict[IPv4Network, IpcacheTarget] = {}
+        self.written_cidrs: dict[IPv4Network, int] = {}
         self.dirty: set[ObjectRef] = set()
         self.last_apply_seconds = 0.0
         self.generation = 0  # bumped by every apply: readers (flow enrichment) drop their caches
+        # Incremental ipcache: each pod's entries, who claims each /32, and what changed since
+        # the last apply (pods to re-derive, prefixes to re-decide); see `_ipcache_delta`.
+        self._ip_pods: dict[ObjectRef, tuple[dict[IPv4Network, IpcacheTarget], IPv4Address | None]] = {}
+        self._ip_owners: dict[IPv4Network, dict[ObjectRef, IpcacheTarget]] = {}
+        self._tunnels: dict[IPv4Address, int] = {}  # tunnel endpoint -> pods behind it
+        self._pod_node: dict[ObjectRef, str] = {}
+        self._pods_by_node: dict[str, set[ObjectRef]] = {}
+        self._own: set[str] = set()
+        self._remote: set[IPv4Address] = set()
+        self._ipcache: dict[IPv4Network, IpcacheTarget] = {}  # desired, kept incrementally
+        self._ip_dirty_pods: set[ObjectRef] = set()
+        self._ip_dirty_nets: set[IPv4Network] = set()
 
     # --- recording changes (cheap) ------------------------------------------------------
     def on_namespace(self, name: str, obj: Namespace | None) -> None:
@@ -97,6 +118,13 @@ class PolicyManager:
                 self.pods.pop(ref, None)
             else:
                 self.pods[ref] = obj
+            node = obj.spec.node_name if obj is not None else None
+            old_node = self._pod_node.pop(ref, None)
+            if old_node is not None:
+                self._pods_by_node[old_node].discard(ref)
+            if node is not None:
+                self._pod_node[ref] = node
+                self._pods_by_node.setdefault(node, set()).add(ref)
             self._refresh_pod(ref)
 
     def on_node(self, name: str, addresses: Iterable[str]) -> None:
@@ -107,6 +135,7 @@ class PolicyManager:
                 self.node_ips.pop(name, None)
             else:
                 self.node_ips[name] = ip
+            self._ip_dirty_pods.update(self._pods_by_node.get(name, ()))  # their tunnel endpoint
 
     def on_policy(self, ref: ObjectRef, obj: NetworkPolicy | None) -> None:
         with self.lock:
@@ -120,12 +149,26 @@ class PolicyManager:
             else:
                 self.local[ref] = endpoint
             self.dirty.add(ref)
-            return self._refresh_pod(ref)
+            identity = self._refresh_pod(ref)
+            self._record(self.resolver.set_interest(ref, endpoint is not None))
+            self._save_identities()  # the caller may use the number at once
+            return identity
 
     def _record(self, delta: PolicyDelta) -> None:
         self.dirty.update(delta.endpoints)
+        for prefix in (*delta.cidr_upserts, *delta.cidr_removals):
+            net = ip_network(prefix)
+            if isinstance(net, IPv4Network):
+                self._ip_dirty_nets.add(net)
+
+    def _save_identities(self) -> None:
+        """Persist new identity numbers (batched) before anything uses them in a map."""
+        save = getattr(self.identities, "flush", None)
+        if save is not None:
+            save()
 
     def _refresh_pod(self, ref: ObjectRef) -> int | None:
+        self._ip_dirty_pods.add(ref)
         pod, local = self.pods.get(ref), self.local.get(ref)
         if pod is None and local is None:
             self._record(self.resolver.delete_pod(ref))
@@ -171,7 +214,7 @@ class PolicyManager:
         cache: dict[IPv4Network, IpcacheTarget] = {}
         own = set(self.host_addresses())
         remote_nodes = {ip for name, ip in self.node_ips.items() if name != self.node_name}
-        for prefix, identity in self.resolver.desired().cidr_identities.items():
+        for prefix, identity in self.resolver.cidrs.identities().items():
             net = ip_network(prefix)
             if isinstance(net, IPv4Network):
                 cache[net] = identity
@@ -193,10 +236,127 @@ class PolicyManager:
             cache[IPv4Network(f"{addr}/32")] = int(ReservedIdentity.HOST)
         return cache
 
+    # --- CIDR identities of ipBlock prefixes (the datapath's CIDR map) ----------------------
+    def desired_cidrs(self) -> dict[IPv4Network, int]:
+        """ipBlock prefix -> CIDR identity, IPv4 (the datapath is IPv4 only)."""
+        cidrs: dict[IPv4Network, int] = {}
+        for prefix, identity in self.resolver.cidrs.identities().items():
+            net = ip_network(prefix)
+            if isinstance(net, IPv4Network):
+                cidrs[net] = identity
+        return cidrs
+
+    def _write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
+        """Write part of a CIDR map delta and remember what the map now holds."""
+        if not delta.upserts and not delta.deletes:
+            return
+        self.maps.write_cidrs(delta)
+        self.written_cidrs.update(delta.upserts)
+        for prefix in delta.deletes:
+            self.written_cidrs.pop(prefix, None)
+
+    # --- the ipcache, incrementally -----------------------------------------------------------
+    def _pod_ipcache(self, ref: ObjectRef, own: set[str]) -> tuple[dict[IPv4Network, IpcacheTarget], IPv4Address | None]:
+        """One pod's ipcache entries and tunnel endpoint (as `desired_ipcache` derives them)."""
+        pod = self.resolver.inputs.pods.get(ref)
+        if pod is None or pod.identity is None or pod.host_network:
+            return {}, None
+        tunnel = self.tunnel_endpoint(ref)
+        if tunnel is not None and str(tunnel) in own:
+            tunnel = None  # "another node" at one of our own addresses: a stale pod object
+        entries: dict[IPv4Network, IpcacheTarget] = {}
+        for ip in pod.ips:
+            net = ip_network(f"{ip}/32")
+            if isinstance(net, IPv4Network):
+                entries[net] = IpcacheEntry(pod.identity, tunnel) if tunnel is not None else pod.identity
+        return entries, tunnel
+
+    def _ipcache_delta(self) -> Delta[IPv4Network, IpcacheTarget]:
+        """What the ipcache map needs, from what changed since the last apply only.
+
+        Same result as `diff(desired_ipcache(), written_ipcache)` (host addresses beat other
+        nodes' addresses beat pods beat ipBlock prefixes), without walking every pod: pods
+        touched by an update are re-derived, then only their prefixes (and changed node, host
+        and CIDR prefixes) are decided again.
+        """
+        own = set(self.host_addresses())
+        if own != self._own:  # rare: every pod's "is that tunnel us?" may change
+            self._ip_dirty_nets.update(IPv4Network(f"{a}/32") for a in own ^ self._own)
+            self._ip_dirty_pods.update(self._ip_pods)
+            self._ip_dirty_pods.update(self.resolver.inputs.pods)
+            self._own = own
+        dirty = self._ip_dirty_nets
+        for ref in self._ip_dirty_pods:
+            old_entries, old_tunnel = self._ip_pods.pop(ref, ({}, None))
+            entries, tunnel = self._pod_ipcache(ref, own)
+            for net in old_entries:
+                owners = self._ip_owners[net]
+                del owners[ref]
+                if not owners:
+                    del self._ip_owners[net]
+                dirty.add(net)
+            for net, target in entries.items():
+                self._ip_owners.setdefault(net, {})[ref] = target
+                dirty.add(net)
+            if old_tunnel is not None:
+                self._tunnels[old_tunnel] -= 1
+                if not self._tunnels[old_tunnel]:
+                    del self._tunnels[old_tunnel]
+            if tunnel is not None:
+                self._tunnels[tunnel] = self._tunnels.get(tunnel, 0) + 1
+            if entries or tunnel is not None:
+                self._ip_pods[ref] = (entries, tunnel)
+        self._ip_dirty_pods = set()
+        remote = {ip for name, ip in self.node_ips.items() if name != self.node_name} | set(self._tunnels)
+        if remote != self._remote:
+            dirty.update(IPv4Network(f"{ip}/32") for ip in remote ^ self._remote)
+            self._remote = remote
+        own_nets = {IPv4Network(f"{a}/32") for a in own}
+        remote_nets = {IPv4Network(f"{ip}/32") for ip in remote} if dirty else set()
+        delta: Delta[IPv4Network, IpcacheTarget] = Delta()
+        for net in dirty:
+            want: IpcacheTarget | None
+            if net in own_nets:
+                want = int(ReservedIdentity.HOST)
+            elif net in remote_nets:
+                want = int(ReservedIdentity.REMOTE_NODE)
+            elif net in self._ip_owners:
+                owners = self._ip_owners[net]
+                local = [t for r, t in owners.items() if r in self.local]  # a stale duplicate never wins
+                want = local[-1] if local else next(reversed(owners.values()))
+            else:
+                want = self.resolver.cidrs.identity_of(net)
+            if want is None:
+                self._ipcache.pop(net, None)
+                if net in self.written_ipcache:
+                    delta.deletes.append(net)
+            else:
+                self._ipcache[net] = want
+                if self.written_ipcache.get(net) != want:
+                    delta.upserts[net] = want
+        self._ip_dirty_nets = set()
+        return delta
+
+    def _reset_ipcache(self) -> None:
+        """Forget the incremental state: the next apply re-derives every prefix (resync)."""
+        self._ip_pods.clear()
+        self._ip_owners.clear()
+        self._tunnels.clear()
+        self._own = set()
+        self._remote = set()
+        self._ip_dirty_pods = set(self.resolver.inputs.pods)
+        self._ip_dirty_nets = set(self.written_ipcache) | set(self._ipcache)
+        self._ip_dirty_nets.update(net for prefix in self.resolver.cidrs.identities()
+                                   if isinstance(net := ip_network(prefix), IPv4Network))
+        self._ipcache = {}
+
     # --- writing the difference -------------------------------------------------------------
     def apply(self) -> dict[str, int]:
         with self.lock:
             started = time.perf_counter()
+            self.resolver.flush()
+            self.dirty.update(self.resolver.take_changed())
+            self._save_identities()
             policy_delta: Delta[FlatKey, FlatValue] = Delta()
             new_written = {}
             for ref in sorted(self.dirty):
@@ -205,14 +365,14 @@ class PolicyManager:
                 policy_delta.upserts.update(part.upserts)
                 policy_delta.deletes.extend(part.deletes)
                 new_written[ref] = want
-            ipcache_delta = diff(self.desired_ipcache(), self.written_ipcache)
+            ipcache_delta = self._ipcache_delta()
             self._write(policy_delta, ipcache_delta)
             for ref, want in new_written.items():
                 if want:
                     self.written_policy[ref] = want
                 else:
                     self.written_policy.pop(ref, None)
-            self.written_ipcache = {**self.written_ipcache, **ipcache_delta.upserts}
+            self.written_ipcache.update(ipcache_delta.upserts)
             for key in ipcache_delta.deletes:
                 self.written_ipcache.pop(key, None)
             self.dirty.clear()
@@ -222,13 +382,16 @@ class PolicyManager:
                     "ipcache_upserts": len(ipcache_delta.upserts), "ipcache_deletes": len(ipcache_delta.deletes)}
 
     def _write(self, policy: Delta[FlatKey, FlatValue], ipcache: Delta[IPv4Network, IpcacheTarget]) -> None:
+        cidrs = diff(self.desired_cidrs(), self.written_cidrs)
         self.maps.write_policy(Delta(policy.upserts, []))
         self.maps.write_ipcache(Delta(ipcache.upserts, []))
+        self._write_cidrs(Delta(cidrs.upserts, []))
         for ref, local in self.local.items():
             identity = self.identities.identity_of(ref)
             if identity is not None:
                 self.set_endpoint_identity(local.key, identity)
         self.maps.write_ipcache(Delta({}, ipcache.deletes))
+        self._write_cidrs(Delta({}, cidrs.deletes))
         self.maps.write_policy(Delta({}, policy.deletes))
 
     def resync(self) -> dict[str, int]:
@@ -242,6 +405,8 @@ class PolicyManager:
             self.written_policy = {ids[eid]: entries for eid, entries in by_endpoint.items() if eid in ids}
             strays = [key for eid, entries in by_endpoint.items() if eid not in ids for key in entries]
             self.written_ipcache = self.maps.read_ipcache()
+            self._reset_ipcache()
+            self.written_cidrs = self.maps.read_cidrs()
             self.dirty.update(self.local)
             self.dirty.update(self.written_policy)
             report = self.apply()

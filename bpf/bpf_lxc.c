@@ -55,6 +55,7 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 	struct mb_ct_entry *entry = 0;
 	struct iphdr *ip4 = mb_ipv4_header(skb);
 	__u32 bytes = skb->len, ifindex = skb->ingress_ifindex, dst_identity = MB_IDENTITY_WORLD;
+	__u32 dst_cidr = MB_IDENTITY_WORLD;
 	__be32 tunnel = 0;
 	__u8 tcp_flags, closed = 0;
 	int l4, ct = MB_CT_NEW;
@@ -87,15 +88,23 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 			dst_identity = remote->sec_identity;
 			tunnel = remote->tunnel_endpoint;
 		}
+		if (ct == MB_CT_NEW)
+			dst_cidr = mb_cidr_identity_of(ip4->daddr, remote);
 	} else if (ct == MB_CT_NEW) {
-		dst_identity = mb_ipcache_identity(ip4->daddr);
+		struct mb_ipcache_value *cached = mb_ipcache_lookup(ip4->daddr);
+
+		if (cached)
+			dst_identity = cached->sec_identity;
+		dst_cidr = mb_cidr_identity_of(ip4->daddr, cached);
 	}
 	if (ct == MB_CT_NEW) {
 		/* Egress of src towards the destination's identity, then ingress
 		 * of a local destination from src's identity (a remote
-		 * destination's node judges its ingress on arrival). */
+		 * destination's node judges its ingress on arrival), each with
+		 * the peer address's CIDR identity too (ipBlocks select pods). */
+		__u32 src_cidr = local_dst ? mb_cidr_identity(ip4->saddr) : 0;
 		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, src, local_dst, src->sec_identity,
-				       dst_identity, src, MB_DIR_EGRESS, ifindex);
+				       src_cidr, dst_identity, dst_cidr, src, MB_DIR_EGRESS, ifindex);
 
 		if (drop)
 			return drop;
@@ -191,10 +200,13 @@ static __always_inline int mb_to_container(struct __sk_buff *skb)
 
 	if (ct == MB_CT_NEW) {
 		/* Host or outside towards the pod: the sender's identity comes
-		 * from the ipcache (the node's own addresses are HOST there). */
-		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, 0, dst,
-					   mb_ipcache_identity(tuple.saddr), dst->sec_identity,
-					   dst, MB_DIR_INGRESS, ifindex);
+		 * from the ipcache (the node's own addresses are HOST there),
+		 * its CIDR identity from its address. */
+		struct mb_ipcache_value *cached = mb_ipcache_lookup(tuple.saddr);
+		__u32 src_identity = cached ? cached->sec_identity : MB_IDENTITY_WORLD;
+		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, 0, dst, src_identity,
+				       mb_cidr_identity_of(tuple.saddr, cached), dst->sec_identity, 0,
+				       dst, MB_DIR_INGRESS, ifindex);
 
 		if (drop)
 			return drop;

@@ -5,9 +5,10 @@
  *
  * The sending node already judged the source's egress policy; this node
  * judges the destination's ingress policy with the identity carried in the
- * VNI. The VNI is trusted, not this node's ipcache: the sender knows its own
- * pod's identity first-hand, while our ipcache may lag behind a pod that
- * just started over there. Each node keeps its own conntrack entry of the
+ * VNI, and the CIDR identity of the inner source address (for ipBlocks, from
+ * this node's CIDR map). The VNI is trusted, not this node's ipcache: the
+ * sender knows its own pod's identity first-hand, while our ipcache may lag
+ * behind a pod that just started over there. Each node keeps its own conntrack entry of the
  * flow (replies leave through bpf_lxc.c's from_container, which finds it).
  */
 #include "lib/common.h"
@@ -18,6 +19,7 @@
 #include "lib/eth.h"
 #include "lib/ipv4.h"
 #include "lib/conntrack.h"
+#include "lib/ipcache.h"
 #include "lib/policy.h"
 #include "lib/events.h"
 #include "lib/drop.h"
@@ -52,10 +54,12 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 		ct = MB_CT_RELATED;
 
 	if (ct == MB_CT_NEW) {
-		/* Ingress of the destination from the VNI's identity; the
-		 * sender's egress was judged on its own node. */
+		/* Ingress of the destination from the VNI's identity, and the
+		 * CIDR identity of the inner source address (this node's own
+		 * ipBlock prefixes); the sender's egress was judged on its node. */
 		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, 0, dst, src_identity,
-				       dst->sec_identity, dst, MB_DIR_INGRESS, dst_ifindex);
+				       mb_cidr_identity(tuple.saddr), dst->sec_identity, 0,
+				       dst, MB_DIR_INGRESS, dst_ifindex);
 
 		if (drop)
 			return drop;

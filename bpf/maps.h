@@ -35,6 +35,9 @@
 #ifndef MB_POLICY_MAX
 #define MB_POLICY_MAX 65536
 #endif
+#ifndef MB_CIDR_MAX
+#define MB_CIDR_MAX 16384
+#endif
 #ifndef MB_EVENTS_RINGBUF_BYTES
 #define MB_EVENTS_RINGBUF_BYTES (256 * 1024) /* power of two, page multiple: ~3600 events of backlog */
 #endif
@@ -58,10 +61,19 @@ BPF_TABLE_PINNED("percpu_hash", struct mb_metrics_key, struct mb_metrics_value,
 
 /*
  * IPv4 prefix -> security identity. LPM trie: the kernel requires
- * BPF_F_NO_PREALLOC for it (it allocates nodes on update).
+ * BPF_F_NO_PREALLOC for it (it allocates nodes on update). Holds pods,
+ * nodes and every ipBlock prefix of mb_cidr_v1 too (lib/ipcache.h relies
+ * on that: for no-pod addresses the ipcache answer is the CIDR identity).
  */
 BPF_TABLE_PINNED("lpm_trie", struct mb_ipcache_key, struct mb_ipcache_value,
 		 mb_ipcache_v1, MB_IPCACHE_MAX, MB_PIN(mb_ipcache_v1), BPF_F_NO_PREALLOC);
+
+/*
+ * IPv4 ipBlock prefix -> CIDR identity (see struct mb_cidr_key): the CIDR
+ * identity of a peer address, judged alongside its identity on new flows.
+ */
+BPF_TABLE_PINNED("lpm_trie", struct mb_cidr_key, struct mb_cidr_value,
+		 mb_cidr_v1, MB_CIDR_MAX, MB_PIN(mb_cidr_v1), BPF_F_NO_PREALLOC);
 
 /* This node's facts (tunnel device), one entry written by the agent. */
 BPF_TABLE_PINNED("array", __u32, struct mb_node_config,

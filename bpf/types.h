@@ -124,6 +124,27 @@ struct mb_ipcache_value {
 #define MB_IDENTITY_ANY 0   /* policy key wildcard: any peer */
 #define MB_IDENTITY_HOST 1
 #define MB_IDENTITY_WORLD 2
+/* Node-local identities (CIDR identities of ipBlock prefixes) have bit 24 set. */
+#define MB_IDENTITY_LOCAL_FLAG (1U << 24)
+
+/* ---- cidr: LPM trie, IPv4 prefix -> CIDR identity (ipBlock prefixes) ----- */
+
+/*
+ * Only the prefixes of ipBlocks (every cidr and every except), each with its
+ * CIDR identity (membrane/policy/cidrs.py). An address's CIDR identity is its
+ * longest prefix here, else WORLD; pod addresses have one too, which is how an
+ * ipBlock selects pods (the ipcache's /32 gives their pod identity). The
+ * ipcache holds these prefixes as well, so for an address that is no pod or
+ * node, its ipcache identity already is its CIDR identity.
+ */
+struct mb_cidr_key {
+	__u32 prefixlen; /* LPM trie: significant bits of ip4 */
+	__be32 ip4;
+};
+
+struct mb_cidr_value {
+	__u32 sec_identity; /* a node-local CIDR identity (MB_IDENTITY_LOCAL_FLAG set) */
+};
 
 /* ---- node config: array, one entry, written by the agent ---------------- */
 

@@ -3,16 +3,16 @@
 It validates the environment and configuration, forwards ADD/DEL/CHECK/STATUS/GC to the
 node agent over its unix socket and prints the agent's answer. Every failure is CNI error
 JSON on stdout with a non-zero exit; never a traceback.
+
+Kubelet execs it for every pod: it imports only what the command needs (VERSION: nothing
+beyond `os`/`sys`; ADD/DEL: `json` and `socket`), see also the `-I -S` launcher that
+scripts/install.sh writes as `.venv/bin/membrane-cni`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
-import time
-from typing import Any, TextIO
 
 from membrane.cni_types import (INCOMPATIBLE_VERSION, INTERNAL_ERROR, INVALID_ENVIRONMENT, IO_FAILURE,
                                 LATEST_VERSION, PLUGIN_NOT_AVAILABLE, SUPPORTED_VERSIONS, TRY_AGAIN_LATER,
@@ -21,6 +21,10 @@ from membrane.cni_types import (INCOMPATIBLE_VERSION, INTERNAL_ERROR, INVALID_EN
 DEFAULT_SOCKET = "/run/membrane/agent.sock"
 TIMEOUT_SECONDS = 60.0
 CONNECT_ATTEMPTS = 5
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 _REQUIRED_ENV = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
@@ -33,6 +37,10 @@ _REQUIRED_ENV = {
 
 def call_agent(path: str, request: dict[str, Any], timeout: float = TIMEOUT_SECONDS) -> Any:
     """One request, one response over the agent's unix socket."""
+    import json
+    import socket
+    import time
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -78,8 +86,9 @@ def call_agent(path: str, request: dict[str, Any], timeout: float = TIMEOUT_SECO
 
 def run(env: dict[str, str], stdin: bytes, out: TextIO) -> int:
     command = env.get("CNI_COMMAND", "")
-    if command == "VERSION":
-        json.dump({"cniVersion": LATEST_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}, out)
+    if command == "VERSION":  # JSON by hand: the one command that need not import json
+        out.write('{"cniVersion": "%s", "supportedVersions": [%s]}'
+                  % (LATEST_VERSION, ", ".join('"%s"' % v for v in SUPPORTED_VERSIONS)))
         return 0
     if command not in _REQUIRED_ENV:
         raise CniError(INVALID_ENVIRONMENT, f"CNI_COMMAND {command!r} is not one of "
@@ -106,24 +115,37 @@ def run(env: dict[str, str], stdin: bytes, out: TextIO) -> int:
             raise CniError(PLUGIN_NOT_AVAILABLE, "membrane agent is not available", exc.details) from exc
         raise
     if command == "ADD" and result is not None:
+        import json
+
         json.dump(result, out)
     return 0
 
 
+def _conf_version(stdin: bytes) -> str:
+    """The configuration's cniVersion for an error body (parsed only when there is an error)."""
+    import json
+
+    try:
+        return str(json.loads(stdin).get("cniVersion") or LATEST_VERSION)
+    except Exception:  # noqa: BLE001 - NetConf.parse reported what is wrong with it
+        return LATEST_VERSION
+
+
 def main() -> None:
-    version = LATEST_VERSION
+    stdin = b""
     try:
         stdin = sys.stdin.buffer.read() if sys.stdin is not None else b""
-        try:
-            version = json.loads(stdin).get("cniVersion") or version
-        except Exception:  # noqa: BLE001 - reported by NetConf.parse below
-            pass
         code = run(dict(os.environ), stdin, sys.stdout)
     except CniError as exc:
-        json.dump(exc.to_json(str(version)), sys.stdout)
+        import json
+
+        json.dump(exc.to_json(_conf_version(stdin)), sys.stdout)
         code = 1
     except Exception as exc:  # noqa: BLE001 - the spec wants JSON, never a traceback
-        json.dump(CniError(INTERNAL_ERROR, "membrane-cni internal error", repr(exc)).to_json(str(version)), sys.stdout)
+        import json
+
+        json.dump(CniError(INTERNAL_ERROR, "membrane-cni internal error", repr(exc)).to_json(_conf_version(stdin)),
+                  sys.stdout)
         code = 1
     sys.stdout.write("\n")
     sys.stdout.flush()

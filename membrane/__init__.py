@@ -6,13 +6,15 @@ the repository's top-level folders `agent/`, `cni/` and `operator/`, installed a
 `membrane.agent`, `membrane.cni` and `membrane.operator`.
 """
 
-from pathlib import Path as _Path
+import os as _os
 
 # `operator/` has no __init__.py on purpose: a package named `operator` on sys.path would
 # shadow the standard library. It is a namespace portion of this package instead; an
 # installed wheel has it under membrane/operator, a source checkout needs the tree root.
-_tree = _Path(__file__).resolve().parent.parent
-if not (_Path(__file__).parent / "operator").is_dir() and (_tree / "operator").is_dir():
-    __path__.append(str(_tree))  # noqa: F821 - __path__ is defined for packages
+# (os.path, not pathlib: the CNI plugin imports this package and must start fast.)
+_tree = _os.path.dirname(_os.path.dirname(_os.path.realpath(__file__)))
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "operator")) and \
+        _os.path.isdir(_os.path.join(_tree, "operator")):
+    __path__.append(_tree)  # noqa: F821 - __path__ is defined for packages
 
 __version__ = "0.1.0"

@@ -3,13 +3,16 @@
 Shared by the stdlib-only plugin (which must start fast) and the agent (which builds
 results). Follows the CNI specification 1.1.0 and converts results down to the version
 the network configuration asks for (0.3.x/0.4.0 carry `version` on each IP).
+
+Kubelet execs the plugin for every pod, so this module imports nothing at start-up (json
+only when a configuration is parsed): no dataclasses, no typing, plain classes with slots.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = "1.1.0"
@@ -54,23 +57,40 @@ def version_tuple(version: str) -> tuple[int, ...]:
         raise CniError(INCOMPATIBLE_VERSION, f"malformed cniVersion {version!r}") from exc
 
 
-@dataclass(frozen=True)
 class NetConf:
     """The fields of a network configuration membrane reads."""
 
-    cni_version: str
-    name: str
-    type: str
-    agent_socket: str | None = None
-    mtu: int | None = None
-    prev_result: dict[str, Any] | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("cni_version", "name", "type", "agent_socket", "mtu", "prev_result", "raw")
+
+    def __init__(self, cni_version: str, name: str, type: str, agent_socket: str | None = None,  # noqa: A002
+                 mtu: int | None = None, prev_result: dict[str, Any] | None = None,
+                 raw: dict[str, Any] | None = None) -> None:
+        self.cni_version = cni_version
+        self.name = name
+        self.type = type
+        self.agent_socket = agent_socket
+        self.mtu = mtu
+        self.prev_result = prev_result
+        self.raw: dict[str, Any] = {} if raw is None else raw
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment] - holds dicts
+
+    def __repr__(self) -> str:
+        return f"NetConf(cni_version={self.cni_version!r}, name={self.name!r}, type={self.type!r})"
 
     @classmethod
     def parse(cls, data: bytes | str | dict[str, Any]) -> NetConf:
         if isinstance(data, dict):
             conf = data
         else:
+            import json  # only here: VERSION never pays for it
+
             try:
                 conf = json.loads(data)
             except (ValueError, UnicodeDecodeError) as exc:
@@ -113,17 +133,28 @@ def parse_cni_args(text: str) -> dict[str, str]:
     return args
 
 
-@dataclass(frozen=True)
 class Attachment:
     """What membrane set up for one pod interface, as reported in a result."""
 
-    host_ifname: str
-    host_mac: str
-    pod_ifname: str
-    pod_mac: str
-    sandbox: str
-    address: str  # "10.0.0.5/32"
-    gateway: str
+    __slots__ = ("host_ifname", "host_mac", "pod_ifname", "pod_mac", "sandbox", "address", "gateway")
+
+    def __init__(self, host_ifname: str, host_mac: str, pod_ifname: str, pod_mac: str, sandbox: str,
+                 address: str, gateway: str) -> None:
+        self.host_ifname = host_ifname
+        self.host_mac = host_mac
+        self.pod_ifname = pod_ifname
+        self.pod_mac = pod_mac
+        self.sandbox = sandbox
+        self.address = address  # "10.0.0.5/32"
+        self.gateway = gateway
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "Attachment(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
 
 def build_result(att: Attachment, cni_version: str, prev_result: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -4,7 +4,15 @@ Nodes are pods (grouped in one column per namespace) and, in an "outside" column
 not a pod (world, host, remote nodes, bare addresses). Edges go from the side that opened the
 connection to the side that answered (reply flows are turned around), one edge per pair and
 verdict: grey with an arrow for forwarded traffic, red and dashed for drops, labelled with the
-flow count and the ports (or the drop reasons).
+ports (or the drop reasons) and what a reader would count by hand:
+
+- forwarded: connections, not events. One connection yields several flows (the egress and
+  ingress policy verdicts, trace:new, trace:end, replies); only the connection start
+  (trace:new) is counted, or, when the flows read hold none, the distinct connections.
+- dropped: packets. A denied packet yields a policy-verdict flow and a drop flow; only drop
+  flows are counted (with their aggregation count), else the policy verdicts.
+- a connection denied on the way in also has an "egress allowed" verdict at its source: it is
+  drawn as dropped only, never as a forwarded edge as well (unless it was established).
 
 Layout: a longest-path layering (clients left, servers right, cycles broken deterministically)
 ranks the nodes; namespaces are ordered by the rank of their first member, nodes inside a
@@ -19,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
-from membrane.flows import Endpoint, Flow, Verdict
+from membrane.flows import Endpoint, Flow, FlowType, Verdict
 
 OUTSIDE = ""  # group of everything that is not a pod
 OUTSIDE_TITLE = "outside the cluster"
@@ -29,6 +37,7 @@ NODE_H, NODE_GAP, HEADER_H = 34, 22, 30
 COL_GAP, GROUP_GAP, MARGIN = 250, 26, 30
 LOOP_ROOM = 260
 MAX_LABEL = 30  # characters of a node label before it is shortened
+LABEL_H = 31  # edge label: "a -> b" line above the counts line
 
 
 @dataclass(frozen=True, order=True)
@@ -43,9 +52,10 @@ class MapEdge:
     source: str
     target: str
     dropped: bool
-    count: int = 0
+    count: int = 0  # forwarded: connections; dropped: packets
     ports: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    flows: int = 0  # flows read for this edge (several per connection)
 
 
 @dataclass
@@ -62,23 +72,44 @@ def _node(ep: Endpoint, ip: str) -> MapNode:
     return MapNode(OUTSIDE, ip, ip)
 
 
+def _is_start(flow: Flow) -> bool:
+    return flow.type is FlowType.TRACE and flow.trace_event in ("", "new") and not flow.is_reply
+
+
 def build_service_map(flows: Iterable[Flow]) -> ServiceMap:
     nodes: dict[str, MapNode] = {}
-    edges: dict[tuple[str, str, bool], MapEdge] = {}
+    # Pass 1: flows by connection (initiator -> responder, ports, protocol).
+    conns: dict[tuple[str, str, int, int, str], list[Flow]] = defaultdict(list)
     for flow in flows:
         src, dst = _node(flow.source, flow.source_ip), _node(flow.destination, flow.destination_ip)
-        port = flow.destination_port
+        sport, dport = flow.source_port, flow.destination_port
         if flow.is_reply:  # attribute replies to the connection, initiator -> responder
-            src, dst, port = dst, src, flow.source_port
+            src, dst, sport, dport = dst, src, dport, sport
         nodes.setdefault(src.id, src)
         nodes.setdefault(dst.id, dst)
-        dropped = flow.verdict is Verdict.DROPPED
-        edge = edges.setdefault((src.id, dst.id, dropped), MapEdge(src.id, dst.id, dropped))
-        edge.count += max(flow.count, 1)
-        edge.ports[f"{flow.protocol}/{port}" if port and flow.protocol in ("TCP", "UDP", "SCTP")
-                   else flow.protocol] += 1
-        if dropped:
-            edge.reasons[flow.drop_reason or "unknown"] += max(flow.count, 1)
+        conns[(src.id, dst.id, sport, dport, flow.protocol)].append(flow)
+    # Pass 2: one edge per pair and verdict.
+    edges: dict[tuple[str, str, bool], MapEdge] = {}
+    for (src_id, dst_id, _sport, dport, proto), group in conns.items():
+        denied = any(f.verdict is Verdict.DROPPED for f in group)
+        established = any(_is_start(f) and f.verdict is Verdict.FORWARDED for f in group)
+        port = f"{proto}/{dport}" if dport and proto in ("TCP", "UDP", "SCTP") else proto
+        for dropped in (False, True):
+            part = [f for f in group if (f.verdict is Verdict.DROPPED) == dropped]
+            if not part or (not dropped and denied and not established):
+                continue  # the "egress allowed" verdict of a connection denied further on
+            edge = edges.setdefault((src_id, dst_id, dropped), MapEdge(src_id, dst_id, dropped))
+            edge.flows += len(part)
+            edge.ports[port] += len(part)
+            if dropped:
+                counted = [f for f in part if f.type is FlowType.DROP] or \
+                    [f for f in part if f.type is FlowType.POLICY_VERDICT] or part
+                for f in counted:
+                    edge.count += max(f.count, 1)
+                    edge.reasons[f.drop_reason or "unknown"] += max(f.count, 1)
+            else:
+                n = sum(max(f.count, 1) for f in part if _is_start(f))
+                edge.count += n if n else 1  # no start among the flows read: count the connection
     return ServiceMap(nodes, [edges[k] for k in sorted(edges)])
 
 
@@ -138,7 +169,7 @@ def _edge_label(edge: MapEdge) -> str:
     what = edge.reasons if edge.dropped else edge.ports
     items = [k.removeprefix("DROP_") for k, _ in sorted(what.items(), key=lambda kv: (-kv[1], kv[0]))]
     shown = ", ".join(items[:2]) + (f" +{len(items) - 2}" if len(items) > 2 else "")
-    noun = "dropped" if edge.dropped else ("flow" if edge.count == 1 else "flows")
+    noun = "dropped" if edge.dropped else ("connection" if edge.count == 1 else "connections")
     return f"{edge.count} {noun} \u00b7 {shown}"
 
 
@@ -157,7 +188,8 @@ def render_svg(flows: Iterable[Flow] | ServiceMap, title: str = "membrane servic
            '<rect width="100%" height="100%" fill="#ffffff"/>',
            f'<text x="{MARGIN}" y="{MARGIN + 8}" font-size="16" font-weight="bold" fill="#1f2d3d">{escape(title)}</text>',
            f'<text x="{MARGIN}" y="{MARGIN + 26}" font-size="11" fill="#5a6a7a">{len(smap.nodes)} endpoints, '
-           f'{forwarded} forwarded, {dropped} dropped</text>']
+           f'{forwarded} connections forwarded, {dropped} packets dropped '
+           f'({sum(e.flows for e in smap.edges)} flows read)</text>']
     for group, gb in group_boxes.items():
         outside = group == OUTSIDE
         svg.append(f'<g class="namespace" data-namespace={quoteattr(group)}><rect x="{gb.x:.1f}" y="{gb.y:.1f}" '
@@ -179,10 +211,10 @@ def render_svg(flows: Iterable[Flow] | ServiceMap, title: str = "membrane servic
     ly = height - 22
     svg.append(f'<g class="legend" font-size="11" fill="#33414f">'
                f'<line x1="{MARGIN}" y1="{ly}" x2="{MARGIN + 36}" y2="{ly}" stroke="#6b7b8c" stroke-width="2" '
-               f'marker-end="url(#arrow-ok)"/><text x="{MARGIN + 44}" y="{ly + 4}">forwarded (flows, ports)</text>'
-               f'<line x1="{MARGIN + 200}" y1="{ly}" x2="{MARGIN + 236}" y2="{ly}" stroke="#d62728" '
+               f'marker-end="url(#arrow-ok)"/><text x="{MARGIN + 44}" y="{ly + 4}">forwarded (connections, ports)</text>'
+               f'<line x1="{MARGIN + 250}" y1="{ly}" x2="{MARGIN + 286}" y2="{ly}" stroke="#d62728" '
                f'stroke-width="2" stroke-dasharray="7 4" marker-end="url(#arrow-drop)"/>'
-               f'<text x="{MARGIN + 244}" y="{ly + 4}">dropped (packets, reason)</text></g>')
+               f'<text x="{MARGIN + 294}" y="{ly + 4}">dropped (packets, reason)</text></g>')
     svg.append("</svg>")
     return "\n".join(svg) + "\n"
 
@@ -286,22 +318,41 @@ def _draw_edges(smap: ServiceMap, boxes: dict[str, _Box], column_of: dict[str, i
             anchor_x = t.x - COL_GAP / 2 - 15
         else:
             anchor_x = t.x + t.w + COL_GAP / 2 + 15
-        ax, ay = min(_sample(curve), key=lambda p: abs(p[0] - anchor_x))
-        tw = len(text) * 6.3 + 12
-        lb = _Box(ax - tw / 2 if abs(s.x - t.x) >= 1 else ax, ay - 9, tw, 18)
-        for step in range(1, 40):  # nudge alternately down and up until it overlaps nothing
-            if not any(_overlap(lb, p) for p in placed):
-                break
-            dy = (step + 1) // 2 * 20 * (1 if step % 2 else -1)
-            lb = _Box(lb.x, ay - 9 + dy, lb.w, lb.h)
+        # Which edge a label belongs to is not always plain where several edges meet, so
+        # the label names both ends above its counts.
+        peers = f"{_short(smap.nodes[edge.source].label, 18)} \u2192 {_short(smap.nodes[edge.target].label, 18)}"
+        tw = max(len(text) * 6.3, len(peers) * 5.6) + 12
+        loop = abs(s.x - t.x) < 1
+
+        def box_at(px: float, py: float) -> _Box:
+            return _Box(px if loop else px - tw / 2, py - 15, tw, LABEL_H)
+
+        # On the edge itself, as near the preferred spot as it can be without covering another
+        # label or a box: a label moved off its curve reads as belonging to a neighbour.
+        points = sorted(_sample(curve, 96)[8:-8], key=lambda p: abs(p[0] - anchor_x) + abs(p[1] - anchor_y(curve, anchor_x)) * 0.2)
+        ax, ay = points[0] if points else min(_sample(curve), key=lambda p: abs(p[0] - anchor_x))
+        lb = next((box_at(px, py) for px, py in points if not any(_overlap(box_at(px, py), p) for p in placed)), None)
+        if lb is None:
+            lb = box_at(ax, ay)
+            for step in range(1, 40):  # nudge alternately down and up until it overlaps nothing
+                if not any(_overlap(lb, p) for p in placed):
+                    break
+                dy = (step + 1) // 2 * 34 * (1 if step % 2 else -1)
+                lb = _Box(lb.x, ay - 15 + dy, lb.w, lb.h)
         placed.append(lb)
         colour = "#d62728" if edge.dropped else "#33414f"
         labels_svg.append(
             f'<g class="edge-label {cls}"><rect x="{lb.x:.1f}" y="{lb.y:.1f}" width="{lb.w:.1f}" height="{lb.h}" '
             f'rx="3" fill="#ffffff" fill-opacity="0.95" stroke="{colour}" stroke-width="0.7"/>'
-            f'<text x="{lb.x + lb.w / 2:.1f}" y="{lb.y + 13:.1f}" text-anchor="middle" font-size="11" '
-            f'fill="{colour}">{escape(text)}</text></g>')
+            f'<text x="{lb.x + lb.w / 2:.1f}" y="{lb.y + 26:.1f}" text-anchor="middle" font-size="11" '
+            f'fill="{colour}">{escape(text)}<tspan class="peers" x="{lb.x + lb.w / 2:.1f}" y="{lb.y + 12:.1f}" '
+            f'font-size="9.5" fill="#5a6a7a">{escape(peers)}</tspan></text></g>')
     return edges_svg, labels_svg, placed[len(boxes):]
+
+
+def anchor_y(curve: Curve, x: float) -> float:
+    """y of the curve point nearest to x (the preferred label spot's height)."""
+    return min(_sample(curve, 32), key=lambda p: abs(p[0] - x))[1]
 
 
 def _overlap(a: _Box, b: _Box) -> bool:

@@ -9,6 +9,8 @@ node's range is free again simply because no node records it any more.
 
 from __future__ import annotations
 
+import bisect
+
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -60,9 +62,19 @@ class CidrPool:
         return 1 << (self.node_prefix - self.cidr.prefixlen)
 
     def first_free(self, in_use: Iterable[IPv4Network]) -> IPv4Network:
-        used = list(in_use)
-        for candidate in self.cidr.subnets(new_prefix=self.node_prefix):
-            if not any(candidate.overlaps(u) for u in used):
+        taken = _Taken()
+        for used in in_use:
+            taken.add(used)
+        return self._first_free(taken, 0)
+
+    def _first_free(self, taken: _Taken, start: int) -> IPv4Network:
+        """The lowest free node range at index `start` or above (ranges only get taken while a
+        plan runs, so the next search may start where the last one ended)."""
+        size = 1 << (32 - self.node_prefix)
+        base = int(self.cidr.network_address)
+        for index in range(start, self.size):
+            candidate = IPv4Network((base + index * size, self.node_prefix))
+            if not taken.overlaps(candidate):
                 return candidate
         raise PoolExhausted(f"no free /{self.node_prefix} left in {self.cidr}")
 
@@ -71,6 +83,7 @@ class CidrPool:
         (new nodes, unparsable annotations, collisions) the lowest free range."""
         ordered = sorted(nodes, key=lambda n: (n.created, n.name))
         effective: dict[str, IPv4Network] = {}
+        taken = _Taken()
         needing: list[NodeCidrFacts] = []
         conflicts: list[str] = []
         # spec.podCIDR first: it is authoritative whatever we recorded.
@@ -78,6 +91,7 @@ class CidrPool:
             spec = _parse(node.spec_pod_cidr)
             if spec is not None:
                 effective[node.name] = spec
+                taken.add(spec, node.name)
         for node in ordered:
             if node.name in effective:
                 continue
@@ -87,15 +101,50 @@ class CidrPool:
                     conflicts.append(f"{node.name}: unparsable range {node.annotation!r}")
                 needing.append(node)
                 continue
-            clash = next((n for n, c in effective.items() if c.overlaps(recorded)), None)
+            clash = taken.overlaps(recorded)
             if clash is not None:
                 conflicts.append(f"{node.name}: {recorded} overlaps {clash}'s range")
                 needing.append(node)
                 continue
             effective[node.name] = recorded
+            taken.add(recorded, node.name)
         to_write: dict[str, IPv4Network] = {}
+        cursor = 0
+        size = 1 << (32 - self.node_prefix)
         for node in needing:
-            cidr = self.first_free(effective.values())
+            cidr = self._first_free(taken, cursor)
+            cursor = (int(cidr.network_address) - int(self.cidr.network_address)) // size + 1
             effective[node.name] = cidr
+            taken.add(cidr, node.name)
             to_write[node.name] = cidr
         return CidrPlan(effective, to_write, conflicts)
+
+
+class _Taken:
+    """Ranges in use, for overlap checks in O(log n): two CIDR blocks overlap only when one
+    contains the other, so look for a containing block by prefix (at most 33 lookups) and for
+    a contained one by its start address (bisect)."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[tuple[int, int], str] = {}  # (network, prefix) -> owner
+        self._starts: list[tuple[int, int]] = []  # sorted (network, prefix)
+
+    def add(self, net: IPv4Network, owner: str = "") -> None:
+        key = (int(net.network_address), net.prefixlen)
+        if key not in self._blocks:
+            bisect.insort(self._starts, key)
+        self._blocks.setdefault(key, owner or str(net))
+
+    def overlaps(self, net: IPv4Network) -> str | None:
+        """The owner of a taken range overlapping `net`, or None."""
+        start, prefix = int(net.network_address), net.prefixlen
+        for length in range(prefix, -1, -1):  # `net` itself or a block containing it
+            mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+            owner = self._blocks.get((start & mask, length))
+            if owner is not None:
+                return owner
+        end = start + (1 << (32 - prefix))
+        index = bisect.bisect_left(self._starts, (start, 0))
+        if index < len(self._starts) and self._starts[index][0] < end:  # a block inside `net`
+            return self._blocks[self._starts[index]]
+        return None

@@ -76,9 +76,8 @@ class IdentitySyncer:
         self._owned.clear()
         self._created.clear()
 
-    def _load(self, objects: list[JSON], now: float) -> IdentityAllocator:
-        known = [p for p in (parse_identity(o) for o in objects) if p is not None]
-        used = {identity for identity, _ in known}
+    def _load(self, known: dict[int, LabelSet], now: float) -> IdentityAllocator:
+        used = set(known)
         top = max(used, default=CLUSTER_IDENTITY_MIN - 1)
         data = {
             "version": 1, "first": CLUSTER_IDENTITY_MIN, "last": CLUSTER_IDENTITY_MAX,
@@ -87,27 +86,39 @@ class IdentitySyncer:
             "free": [i for i in range(CLUSTER_IDENTITY_MIN, min(top, CLUSTER_IDENTITY_MIN + 65536) + 1)
                      if i not in used],
             "identities": [{"id": i, "labels": labels.to_strings(), "owners": [],
-                            "releasedAt": now} for i, labels in sorted(known)],
+                            "releasedAt": now} for i, labels in sorted(known.items())],
         }
         log.info("identities: loaded %d from the API", len(known))
         return IdentityAllocator.from_dict(data)
 
     def sync(self, pods: list[JSON], namespaces: dict[str, JSON], objects: list[JSON],
              now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if self.allocator is None:
-            self.allocator = self._load(objects, now)
-        allocator = self.allocator
         wanted: dict[str, LabelSet] = {}
         for pod in pods:
             if needs_identity(pod):
                 labels = pod_identity_labels(pod, namespaces)
                 if labels is not None:
                     wanted[pod_key(pod)] = labels
+        existing = {p[0]: p[1] for p in (parse_identity(o) for o in objects) if p is not None}
+        self.sync_wanted(wanted, existing, now)
+
+    def sync_wanted(self, wanted: dict[str, LabelSet], existing: dict[int, LabelSet],
+                    now: float | None = None) -> None:
+        """`sync` with the work done elsewhere: `wanted` is pod key -> identity labels of every
+        pod that needs one, `existing` the parsed MembraneIdentity objects (number -> labels)."""
+        now = time.monotonic() if now is None else now
+        if self.allocator is None:
+            self.allocator = self._load(existing, now)
+        allocator = self.allocator
         for owner, labels in list(self._owned.items()):
-            if wanted.get(owner) != labels:
-                allocator.release(labels, owner, now)
-                del self._owned[owner]
+            now_wanted = wanted.get(owner)
+            if now_wanted is labels:
+                continue
+            if now_wanted == labels:
+                self._owned[owner] = now_wanted  # the same labels: `is` is enough next pass
+                continue
+            allocator.release(labels, owner, now)
+            del self._owned[owner]
         for owner, labels in wanted.items():
             if owner not in self._owned:
                 try:
@@ -116,9 +127,8 @@ class IdentitySyncer:
                     log.error("identities: %s", exc)
                     continue
                 self._owned[owner] = labels
-        existing = {p[0]: p[1] for p in (parse_identity(o) for o in objects) if p is not None}
         for identity, labels in allocator.items().items():
-            if not allocator.owners_of(identity):
+            if identity in existing or not allocator.owners_of(identity):
                 continue
             if identity in existing or now - self._created.get(identity, -CREATE_SETTLE) < CREATE_SETTLE:
                 continue

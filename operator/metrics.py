@@ -58,6 +58,12 @@ class OperatorMetrics:
                                       "Snapshots sent to subscribers", registry=r)
         self.deltas_sent = Counter(PREFIX + "state_deltas_sent_total",
                                    "Deltas sent to subscribers", registry=r)
+        self.bytes_sent = Counter(PREFIX + "state_bytes_sent_total",
+                                  "Serialized StateUpdate bytes sent to subscribers", ["type"],
+                                  registry=r)
+        self.commit_changes = Histogram(PREFIX + "state_delta_changes",
+                                        "Changes per committed delta",
+                                        buckets=(1, 2, 5, 10, 100, 1000, 10000), registry=r)
         self.propagation = Histogram(
             PREFIX + "state_propagation_seconds",
             "From a change seen on the API to its ack by every subscribed agent",

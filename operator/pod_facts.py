@@ -6,6 +6,7 @@ strict model would refuse (a real API server already accepted it), and needs few
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from membrane.identities import LabelSet, identity_labels
@@ -34,12 +35,24 @@ def needs_identity(pod: JSON) -> bool:
         and not meta(pod).get("deletionTimestamp")
 
 
+def _address(value: Any) -> str | None:
+    """`value` as a canonical IP address string, or None when it is not one."""
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        return None
+
+
 def pod_ips(pod: JSON) -> tuple[str, ...]:
+    """The pod's addresses; anything that is not an IP address is left out (a malformed
+    status must never reach an agent's ipcache)."""
     status = pod.get("status") or {}
-    ips = [entry.get("ip") for entry in status.get("podIPs") or [] if entry.get("ip")]
-    if not ips and status.get("podIP"):
+    entries = status.get("podIPs") if isinstance(status, dict) else None
+    ips = [entry.get("ip") for entry in entries or [] if isinstance(entry, dict) and entry.get("ip")]
+    if not ips and isinstance(status, dict) and status.get("podIP"):
         ips = [status["podIP"]]
-    return tuple(ips)
+    valid = [a for a in (_address(ip) for ip in ips) if a is not None]
+    return tuple(dict.fromkeys(valid))
 
 
 def pod_identity_labels(pod: JSON, namespaces: dict[str, JSON]) -> LabelSet | None:

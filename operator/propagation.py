@@ -19,6 +19,9 @@ class PropagationTracker:
         self._lock = threading.Lock()
         self._streams: Counter[str] = Counter()  # node -> open subscriptions
         self._acked: dict[str, int] = {}
+        # acked version -> how many subscribed nodes are there: the floor (the oldest version
+        # every node has) is the smallest key, found without scanning every node on each ack.
+        self._levels: Counter[int] = Counter()
         self._pending: dict[int, float] = {}  # version -> seen_at, in version order
 
     @property
@@ -29,13 +32,18 @@ class PropagationTracker:
     def subscribed(self, node: str) -> None:
         with self._lock:
             self._streams[node] += 1
+            if self._streams[node] == 1:
+                self._acked[node] = 0
+                self._levels[0] += 1
 
     def unsubscribed(self, node: str, now: float) -> None:
         with self._lock:
+            if node not in self._streams:
+                return
             self._streams[node] -= 1
             if self._streams[node] <= 0:
                 del self._streams[node]
-                self._acked.pop(node, None)
+                self._drop_level(self._acked.pop(node, 0))
             self._complete(now)
 
     def committed(self, version: int, seen_at: float) -> None:
@@ -51,7 +59,11 @@ class PropagationTracker:
         with self._lock:
             if node not in self._streams:
                 return 0
-            self._acked[node] = max(version, self._acked.get(node, 0))
+            old = self._acked.get(node, 0)
+            if version > old:
+                self._acked[node] = version
+                self._drop_level(old)
+                self._levels[version] += 1
             return self._complete(now)
 
     def acked_version(self, node: str) -> int:
@@ -62,8 +74,19 @@ class PropagationTracker:
         if not self._streams:
             self._pending.clear()
             return 0
-        floor = min(self._acked.get(node, 0) for node in self._streams)
-        done = [v for v in self._pending if v <= floor]
-        for version in done:
+        if not self._pending:
+            return 0
+        floor = min(self._levels)
+        done = 0
+        while self._pending:
+            version = next(iter(self._pending))  # versions arrive in order
+            if version > floor:
+                break
             self._observe(max(0.0, now - self._pending.pop(version)))
-        return len(done)
+            done += 1
+        return done
+
+    def _drop_level(self, version: int) -> None:
+        self._levels[version] -= 1
+        if self._levels[version] <= 0:
+            del self._levels[version]

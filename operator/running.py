@@ -1,11 +1,14 @@
 """`Operator`: wires the watchers, the controller loop, leader election and the servers.
 
-One controller thread does all the thinking, in passes: drain the cache's change queue, then
-(leader only) assign PodCIDRs, allocate and collect identities, report invalid policies, then
-(every replica) rebuild the state and commit it to the state log, which wakes the gRPC streams.
-A pass also runs every `resync_seconds` without changes, for GC timers and failed writes.
-Nothing is written and no state is served before every watched resource has been listed once:
-a partial view would look like deletions.
+One controller thread does all the thinking, in passes: drain the cache's change queue, feed
+the changed objects to the `StateBuilder` (a change costs what it touches, not the cluster),
+then (leader only) assign PodCIDRs, allocate and collect identities, report invalid policies,
+then (every replica) commit the touched state keys to the state log, which encodes the delta
+once and wakes the gRPC streams. A pass also runs every `resync_seconds` without changes, for
+GC timers and failed writes. Every `full_rebuild_seconds` the state is rebuilt from scratch
+and diffed against the log: a non-empty diff means the incremental path missed something (it
+is logged, and the rebuild repairs it). Nothing is written and no state is served before every
+watched resource has been listed once: a partial view would look like deletions.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from membrane.operator.pod_cidr_syncing import PodCidrSyncer
 from membrane.operator.policy_checking import PolicyChecker
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.rest import Rest
-from membrane.operator.state_building import build_state
+from membrane.operator.state_building import StateBuilder
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import StateServicer, serve
 from membrane.operator.state_serving import stop as stop_serving
@@ -43,6 +46,9 @@ from membrane.operator.watching import ResourceWatcher
 log = logging.getLogger(__name__)
 
 LIVENESS_WINDOW = 60.0  # a controller pass must finish at least this often to be healthy
+FULL_REBUILD_SECONDS = 300.0  # rebuild the state from scratch this often (drift check)
+# What the state stream is made of; other resources' changes do not touch it.
+_BUILDER_INPUTS = (res.NAMESPACES, res.NODES, res.IDENTITIES, res.PODS, res.NETWORK_POLICIES)
 
 
 def make_api_client(config: OperatorConfig) -> k8s_client.ApiClient:
@@ -90,6 +96,13 @@ class Operator:
                                          read_timeout=config.watch_read_timeout_seconds)
                          for r in res.WATCHED]
         self.state_built = False
+        self.full_rebuild_seconds = FULL_REBUILD_SECONDS
+        self.rebuild_diffs = 0  # full rebuilds that found the incremental state wrong
+        self._builder: StateBuilder | None = None
+        self._last_full = 0.0
+        self._dirty: set[tuple[res.Resource, str]] = set()
+        self._nodes_changed = True
+        self._last_cidr_sync = 0.0
         self.grpc_port = 0
         self.http_port = 0
         self._was_leader = False
@@ -173,7 +186,10 @@ class Operator:
     # --- the controller -----------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            seen_at = self._drain()
+            seen_at, dirty = self._drain()
+            self._dirty |= dirty
+            if any(resource == res.NODES for resource, _key in dirty):
+                self._nodes_changed = True
             if self._stop.is_set():
                 break
             started = time.monotonic()
@@ -184,46 +200,89 @@ class Operator:
             self._last_pass = time.monotonic()
             self.metrics.controller_passes.observe(self._last_pass - started)
 
-    def _drain(self) -> float | None:
-        """Wait for changes (or the resync period); returns when the oldest was seen."""
-        seen: list[float] = []
+    def _drain(self) -> tuple[float | None, set[tuple[res.Resource, str]]]:
+        """Wait for changes (or the resync period); returns when the oldest was seen and which
+        objects changed."""
         try:
             first: CacheEvent | None = self.cache.events.get(timeout=self.config.resync_seconds)
         except queue.Empty:
-            return None
+            return None, set()
         events = [first]
         while True:
             try:
                 events.append(self.cache.events.get_nowait())
             except queue.Empty:
                 break
-        seen = [e.seen_at for e in events if e is not None]
-        return min(seen) if seen else None
+        real = [e for e in events if e is not None]
+        seen = min((e.seen_at for e in real), default=None)
+        return seen, {(e.resource, e.key) for e in real}
+
+    def _update_builder(self, policies: list[dict]) -> dict | None:
+        """Feed the changed objects to the builder; None: a full rebuild is due instead."""
+        builder = self._builder
+        if builder is None or time.monotonic() - self._last_full >= self.full_rebuild_seconds:
+            return None
+        dirty, self._dirty = self._dirty, set()
+        setters = {res.NAMESPACES: builder.set_namespace, res.NODES: builder.set_node,
+                   res.IDENTITIES: builder.set_identity, res.PODS: builder.set_pod,
+                   res.NETWORK_POLICIES: builder.set_policy}
+        for resource in _BUILDER_INPUTS:  # namespaces and identities before the pods they label
+            for changed, key in dirty:
+                if changed == resource:
+                    setters[resource](key, self.cache.get(resource, key))
+        return builder.take_changes()
+
+    def _rebuild(self, policies: list[dict]) -> StateBuilder:
+        builder = StateBuilder(lambda p: self.policies.verdict(p).valid)
+        builder.load(self.cache.list(res.NAMESPACES), self.cache.list(res.NODES),
+                     self.cache.list(res.PODS), policies, self.cache.list(res.IDENTITIES))
+        builder.take_changes()
+        self._dirty.clear()
+        self._last_full = time.monotonic()
+        return builder
 
     def _pass(self, seen_at: float | None) -> None:
         if not self.cache.synced(*res.WATCHED):
             return
-        nodes = self.cache.list(res.NODES)
-        namespaces = {n["metadata"]["name"]: n for n in self.cache.list(res.NAMESPACES)}
-        pods = self.cache.list(res.PODS)
         policies = self.cache.list(res.NETWORK_POLICIES)
-        identity_objects = self.cache.list(res.IDENTITIES)
+        self.policies.valid_policies(policies)  # the metric; forgets verdicts of old versions
+        changes = self._update_builder(policies)
+        full = changes is None
+        if full:
+            self._builder = self._rebuild(policies)
+        builder = self._builder
+        assert builder is not None
         leader = self.is_leader
         if leader != self._was_leader:
             # A new term starts from what the API says, not from our last term's memory.
             self.identities.reset()
             self._was_leader = leader
+            self._nodes_changed = True
         if leader:
-            self.cidrs.sync(nodes)
-            self.identities.sync(pods, namespaces, identity_objects)
+            if self._nodes_changed or full or time.monotonic() - self._last_cidr_sync > 30.0:
+                # Only Node changes (or a retry of failed writes) can change the plan.
+                self._nodes_changed = False
+                self._last_cidr_sync = time.monotonic()
+                nodes = self.cache.list(res.NODES)
+                if len(self.cidrs.sync(nodes)) < len(nodes):
+                    self._nodes_changed = True  # a write failed: try again next pass
+            self.identities.sync_wanted(builder.pod_labels, builder.identities())
             self.policies.report(policies)
-        valid = self.policies.valid_policies(policies)
-        desired = build_state(namespaces.values(), nodes, pods, valid, identity_objects)
-        delta = self.state.commit(desired, seen_at if seen_at is not None else time.monotonic())
+        when = seen_at if seen_at is not None else time.monotonic()
+        if full:
+            delta = self.state.commit(builder.state, when)
+            if delta is not None and self.state_built:
+                self.rebuild_diffs += 1
+                log.warning("full rebuild changed %d state objects the incremental path had "
+                            "missed: %s", len(delta.changes),
+                            [f"{c.key[0]}:{c.key[1]}" for c in delta.changes[:10]])
+        else:
+            assert changes is not None
+            delta = self.state.apply(changes, when)
         if delta is not None:
             self.tracker.committed(delta.version, delta.seen_at)
             self.metrics.state_version.set(delta.version)
+            self.metrics.commit_changes.observe(len(delta.changes))
             for kind in Kind:
-                self.metrics.state_objects.labels(kind.value).set(
-                    sum(1 for key in desired if key[0] is kind))
+                self.metrics.state_objects.labels(kind.value).set(builder.counts[kind])
         self.state_built = True

@@ -9,12 +9,14 @@ known cluster-wide, never with a number that could still change.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from membrane.api.state_objects import (
     EndpointState,
     IdentityState,
+    Kind,
     NamedPortState,
     NamespaceState,
     NodeState,
@@ -26,7 +28,7 @@ from membrane.identities import LabelSet, filter_pod_labels
 from membrane.labels import namespace_labels
 from membrane.operator.identity_syncing import parse_identity
 from membrane.operator.pod_cidr_syncing import node_pod_cidr
-from membrane.operator.pod_facts import labels_of, meta, needs_identity, pod_identity_labels, pod_ips
+from membrane.operator.pod_facts import _address, labels_of, meta, needs_identity, pod_identity_labels, pod_ips
 
 JSON = dict[str, Any]
 _ADDRESS_ORDER = {"InternalIP": 0, "ExternalIP": 1}
@@ -36,7 +38,8 @@ def node_state(node: JSON) -> NodeState:
     addresses = sorted(((node.get("status") or {}).get("addresses") or []),
                        key=lambda a: _ADDRESS_ORDER.get(a.get("type", ""), 9))
     ips = tuple(a["address"] for a in addresses
-                if a.get("type") in _ADDRESS_ORDER and a.get("address"))
+                if a.get("type") in _ADDRESS_ORDER and a.get("address")
+                and _address(a["address"]) == a["address"])  # malformed addresses left out
     return NodeState(meta(node).get("name", ""), ips, node_pod_cidr(node))
 
 
@@ -68,36 +71,166 @@ def policy_state(policy: JSON) -> PolicyState:
 def build_state(namespaces: Iterable[JSON], nodes: Iterable[JSON], pods: Iterable[JSON],
                 valid_policies: Iterable[JSON],
                 identity_objects: Iterable[JSON]) -> dict[StateKey, StateObject]:
-    state: dict[StateKey, StateObject] = {}
+    """The whole desired state from scratch (what `StateBuilder` keeps up to date)."""
+    builder = StateBuilder()
+    builder.load(namespaces, nodes, pods, valid_policies, identity_objects)
+    return dict(builder.state)
 
-    def put(obj: StateObject) -> None:
-        state[(obj.kind, obj.key)] = obj
 
-    by_name = {meta(ns).get("name", ""): ns for ns in namespaces}
-    for name, ns in by_name.items():
-        put(NamespaceState.of(name, namespace_labels(name, labels_of(ns))))
-    for node in nodes:
-        put(node_state(node))
-    numbers: dict[LabelSet, int] = {}
-    for obj in identity_objects:
-        parsed = parse_identity(obj)
-        if parsed is not None:
-            identity, labels = parsed
-            numbers[labels] = identity
-            put(IdentityState(identity, tuple(labels.to_strings())))
-    for pod in pods:
+def _key(obj: JSON) -> str:
+    m = meta(obj)
+    namespace = m.get("namespace")
+    return f"{namespace}/{m.get('name', '')}" if namespace else str(m.get("name", ""))
+
+
+class StateBuilder:
+    """The desired state, updated object by object: a change costs what it touches.
+
+    A pod change recomputes that pod's endpoint; a namespace change, the pods of that
+    namespace (their identity labels include the namespace's); an identity change, the pods
+    holding those labels; a node or policy change, that object. Indexes (pods by namespace, by
+    identity labels) make those lookups direct. `update` returns the keys it touched with
+    their new objects (None: gone), which is what `StateLog.apply` takes; unchanged entries
+    are dropped there. `load` from scratch gives the same result as any sequence of updates
+    (the operator checks that periodically).
+
+    Two MembraneIdentity objects with the same labels (a split-brain leader wrote a second
+    one) resolve to the lowest number, on every replica alike.
+    """
+
+    def __init__(self, policy_valid: Callable[[JSON], bool] = lambda _p: True) -> None:
+        self.policy_valid = policy_valid
+        self.state: dict[StateKey, StateObject] = {}
+        self.counts: Counter[Kind] = Counter()
+        self._namespaces: dict[str, JSON] = {}
+        self._pods: dict[str, JSON] = {}
+        self._pods_by_ns: dict[str, set[str]] = {}
+        self.pod_labels: dict[str, LabelSet] = {}  # pods that need an identity -> its labels
+        self._pods_by_labels: dict[LabelSet, set[str]] = {}
+        self._identities: dict[str, tuple[int, LabelSet]] = {}  # object name -> parsed
+        self._numbers: dict[LabelSet, set[int]] = {}
+        self._touched: set[StateKey] = set()
+
+    # --- reading ------------------------------------------------------------------------------
+    def identities(self) -> dict[int, LabelSet]:
+        """Parsed MembraneIdentity objects: number -> labels."""
+        return dict(self._identities.values())
+
+    # --- feeding ------------------------------------------------------------------------------
+    def load(self, namespaces: Iterable[JSON], nodes: Iterable[JSON], pods: Iterable[JSON],
+             policies: Iterable[JSON], identity_objects: Iterable[JSON]) -> None:
+        for obj in namespaces:
+            self.set_namespace(_key(obj), obj)
+        for obj in nodes:
+            self.set_node(_key(obj), obj)
+        for obj in identity_objects:
+            self.set_identity(_key(obj), obj)
+        for obj in pods:
+            self.set_pod(_key(obj), obj)
+        for obj in policies:
+            self.set_policy(_key(obj), obj)
+
+    def take_changes(self) -> dict[StateKey, StateObject | None]:
+        """The keys touched since the last call, with their current object (None: deleted)."""
+        touched, self._touched = self._touched, set()
+        return {key: self.state.get(key) for key in touched}
+
+    def set_namespace(self, name: str, obj: JSON | None) -> None:
+        if obj is None:
+            self._namespaces.pop(name, None)
+            self._delete((Kind.NAMESPACE, name))
+        else:
+            self._namespaces[name] = obj
+            self._put(NamespaceState.of(name, namespace_labels(name, labels_of(obj))))
+        for pod in list(self._pods_by_ns.get(name, ())):
+            self._pod_changed(pod)
+
+    def set_node(self, name: str, obj: JSON | None) -> None:
+        if obj is None:
+            self._delete((Kind.NODE, name))
+        else:
+            self._put(node_state(obj))
+
+    def set_identity(self, name: str, obj: JSON | None) -> None:
+        old = self._identities.pop(name, None)
+        new = parse_identity(obj) if obj is not None else None
+        if old is not None:
+            number, labels = old
+            numbers = self._numbers.get(labels, set())
+            numbers.discard(number)
+            if not numbers:
+                self._numbers.pop(labels, None)
+            self._delete((Kind.IDENTITY, str(number)))
+        if new is not None:
+            number, labels = new
+            self._identities[name] = new
+            self._numbers.setdefault(labels, set()).add(number)
+            self._put(IdentityState(number, tuple(labels.to_strings())))
+        for labels in {x[1] for x in (old, new) if x is not None}:
+            for pod in list(self._pods_by_labels.get(labels, ())):
+                self._pod_changed(pod)
+
+    def set_pod(self, key: str, obj: JSON | None) -> None:
+        old = self._pods.get(key)
+        if old is not None:
+            old_ns = meta(old).get("namespace", "")
+            self._pods_by_ns.get(old_ns, set()).discard(key)
+        if obj is None:
+            self._pods.pop(key, None)
+        else:
+            self._pods[key] = obj
+            self._pods_by_ns.setdefault(meta(obj).get("namespace", ""), set()).add(key)
+        self._pod_changed(key)
+
+    def set_policy(self, key: str, obj: JSON | None) -> None:
+        if obj is not None and self.policy_valid(obj):
+            self._put(policy_state(obj))
+        else:
+            self._delete((Kind.POLICY, key))
+
+    # --- internals ----------------------------------------------------------------------------
+    def _put(self, obj: StateObject) -> None:
+        key = (obj.kind, obj.key)
+        if key not in self.state:
+            self.counts[obj.kind] += 1
+        self.state[key] = obj
+        self._touched.add(key)
+
+    def _delete(self, key: StateKey) -> None:
+        if self.state.pop(key, None) is not None:
+            self.counts[key[0]] -= 1
+        self._touched.add(key)
+
+    def _pod_changed(self, key: str) -> None:
+        old_labels = self.pod_labels.pop(key, None)
+        if old_labels is not None:
+            holders = self._pods_by_labels.get(old_labels)
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del self._pods_by_labels[old_labels]
+        pod = self._pods.get(key)
+        endpoint = None
+        if pod is not None and needs_identity(pod):
+            labels = pod_identity_labels(pod, self._namespaces)
+            if labels is not None and labels == old_labels:
+                labels = old_labels  # keep one object per label set: cheap `is` checks
+            if labels is not None:
+                self.pod_labels[key] = labels
+                self._pods_by_labels.setdefault(labels, set()).add(key)
+                endpoint = self._endpoint(pod, labels)
+        if endpoint is not None:
+            self._put(endpoint)
+        else:
+            self._delete((Kind.ENDPOINT, key))
+
+    def _endpoint(self, pod: JSON, labels: LabelSet) -> EndpointState | None:
         ips = pod_ips(pod)
         node_name = (pod.get("spec") or {}).get("nodeName", "")
-        if not ips or not node_name or not needs_identity(pod):
-            continue
-        labels = pod_identity_labels(pod, by_name)
-        identity = numbers.get(labels) if labels is not None else None
-        if identity is None:
-            continue  # shown once the leader has allocated (and written) its identity
+        numbers = self._numbers.get(labels)
+        if not ips or not node_name or not numbers:
+            return None  # shown once it has an address, a node and an allocated identity
         m = meta(pod)
-        put(EndpointState(m.get("namespace", ""), m.get("name", ""), ips, identity, node_name,
-                          tuple(sorted(filter_pod_labels(labels_of(pod)).items())),
-                          named_ports(pod), m.get("uid", "")))
-    for policy in valid_policies:
-        put(policy_state(policy))
-    return state
+        return EndpointState(m.get("namespace", ""), m.get("name", ""), ips, min(numbers),
+                             node_name, tuple(sorted(filter_pod_labels(labels_of(pod)).items())),
+                             named_ports(pod), m.get("uid", ""))

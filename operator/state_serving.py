@@ -1,33 +1,66 @@
-"""The gRPC StateService: Subscribe (snapshot or missing deltas, then deltas) and Ack.
+"""The gRPC StateService: Subscribe (snapshot or missing deltas, then deltas; acks come back on
+the same stream) and the unary Ack of older agents.
 
-Every replica serves the stream from its own `StateLog`; agents may connect to any. A handler
-thread per subscriber waits on the log's condition variable, so a commit reaches every open
-stream at once; a subscriber that falls out of the bounded delta log gets a fresh snapshot.
+Every replica serves the stream from its own `StateLog`; agents may connect to any. The server
+is `grpc.aio` on one event loop thread shared by every server of the process: a subscriber is
+a suspended coroutine, not a thread, so a thousand agents cost a thousand small tasks. Updates
+are sent as the bytes the log encoded at commit (the stream's response serializer is the
+identity), so one change is serialized once however many subscribers receive it. A commit
+wakes every waiting stream through one future resolved on the loop; a subscriber that falls
+out of the bounded delta log gets a snapshot, itself built once per version.
+
+Acks: Subscribe is bidirectional. The first request subscribes, every later one carries
+`acked_version`; a small task per stream reads them. That is one small message per ack on an
+open stream instead of a unary RPC (a new HTTP/2 stream, a handler coroutine, headers and
+trailers) per subscriber per change, which was most of the operator's cost of a change at a
+thousand subscribers. The initial metadata `membrane-stream-acks: 1` tells a client it may ack
+on the stream; an older client sends one request, half-closes and keeps using `Ack`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
+from grpc import aio
 
 from membrane.api.state.v1 import state_pb2 as pb
-from membrane.api.state.v1 import state_pb2_grpc as pb_grpc
-from membrane.api.state_codec import delta_message, snapshot_messages
+from membrane.api.state_codec import encode_change, snapshot_chunks, update_bytes
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
-from membrane.operator.state_log import StateLog
+from membrane.operator.state_log import Codec, StateLog
 
 log = logging.getLogger(__name__)
 
-# How often a waiting handler wakes to notice a cancelled call or a stopping server.
-POLL = 0.5
+SERVICE = "membrane.state.v1.StateService"
+CODEC = Codec(encode_change, update_bytes, snapshot_chunks)
+READY_POLL = 0.05  # how often a subscriber that came before the first state checks again
+STREAM_ACKS = (("membrane-stream-acks", "1"),)  # initial metadata: acks on the stream welcome
 
 
-class StateServicer(pb_grpc.StateServiceServicer):
+class _LoopThread:
+    """One asyncio loop in a daemon thread for every aio server of this process."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="state-grpc-aio",
+                                 daemon=True).start()
+                cls._loop = loop
+            return cls._loop
+
+
+class StateServicer:
     def __init__(self, state: StateLog, tracker: PropagationTracker, metrics: OperatorMetrics,
                  ready: Callable[[], bool]) -> None:
         self.state = state
@@ -35,64 +68,142 @@ class StateServicer(pb_grpc.StateServiceServicer):
         self.metrics = metrics
         self.ready = ready  # the first full state is built (before that a snapshot would lie)
         self.stopping = False
+        self.loop = _LoopThread.get()
+        self._tick: asyncio.Future[None] | None = None  # resolved (and replaced) per commit
+        state.use_codec(CODEC)
+        state.listeners.append(self._committed)
+        self._sent_snapshot = metrics.bytes_sent.labels("snapshot")
+        self._sent_delta = metrics.bytes_sent.labels("delta")
 
-    def Subscribe(self, request: pb.SubscribeRequest,  # noqa: N802 - gRPC naming
-                  context: grpc.ServicerContext) -> Iterator[pb.StateUpdate]:
+    # --- waking streams -----------------------------------------------------------------------
+    def _committed(self) -> None:  # any thread
+        self.loop.call_soon_threadsafe(self.wake)
+
+    def wake(self) -> None:  # on the loop
+        tick, self._tick = self._tick, None
+        if tick is not None and not tick.done():
+            tick.set_result(None)
+
+    def _next_tick(self) -> asyncio.Future[None]:
+        if self._tick is None:
+            self._tick = self.loop.create_future()
+        return self._tick
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "Subscribe": grpc.stream_stream_rpc_method_handler(
+                self.subscribe, request_deserializer=pb.SubscribeRequest.FromString,
+                response_serializer=None),  # already bytes
+            "Ack": grpc.unary_unary_rpc_method_handler(
+                self.ack, request_deserializer=pb.AckRequest.FromString,
+                response_serializer=pb.AckResponse.SerializeToString),
+        })
+
+    # --- RPCs ---------------------------------------------------------------------------------
+    async def subscribe(self, requests: AsyncIterator[pb.SubscribeRequest],
+                        context: aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        incoming = requests.__aiter__()
+        try:
+            request = await incoming.__anext__()
+        except StopAsyncIteration:
+            return
         node = request.node_name
         if not node:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_name is required")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_name is required")
+        await context.send_initial_metadata(STREAM_ACKS)
         while not self.ready():
-            if self.stopping or not context.is_active():
+            if self.stopping:
                 return
-            time.sleep(0.05)
+            await asyncio.sleep(READY_POLL)
         self.tracker.subscribed(node)
         self.metrics.subscribers.inc()
-        log.info("node %s subscribed (last version %d, stream %s)", node,
-                 request.last_applied_version, request.stream_id or "-")
+        log.debug("node %s subscribed (last version %d, stream %s)", node,
+                  request.last_applied_version, request.stream_id or "-")
+        reader = asyncio.ensure_future(self._read_acks(node, incoming))
         try:
             sent = -1
             if request.stream_id == self.state.stream_id:
                 sent = request.last_applied_version
-            while not self.stopping and context.is_active():
-                deltas = self.state.deltas_after(sent) if sent >= 0 else None
-                if deltas is None:
-                    version, objects = self.state.snapshot()
+            while not self.stopping:
+                tick = self._next_tick()
+                wires = self.state.wire_after(sent) if sent >= 0 else None
+                if wires is None:
+                    version, chunks = self.state.snapshot_wire()
                     self.metrics.snapshots_sent.inc()
-                    yield from snapshot_messages(version, self.state.stream_id, objects)
+                    for chunk in chunks:
+                        self._sent_snapshot.inc(len(chunk))
+                        yield chunk
                     sent = version
                     continue
-                for delta in deltas:
+                for version, wire in wires:
                     self.metrics.deltas_sent.inc()
-                    yield delta_message(delta.version, self.state.stream_id, delta.changes)
-                    sent = delta.version
-                self.state.wait_newer(sent, POLL)
+                    self._sent_delta.inc(len(wire))
+                    yield wire
+                    sent = version
+                if not wires:
+                    await tick
         finally:
+            reader.cancel()
             self.metrics.subscribers.dec()
             self.tracker.unsubscribed(node, time.monotonic())
-            log.info("node %s unsubscribed", node)
+            log.debug("node %s unsubscribed", node)
 
-    def Ack(self, request: pb.AckRequest,  # noqa: N802 - gRPC naming
-            context: grpc.ServicerContext) -> pb.AckResponse:
+    async def _read_acks(self, node: str, incoming: AsyncIterator[pb.SubscribeRequest]) -> None:
+        """Acks on the stream (every request after the first) until the client half-closes."""
+        try:
+            async for request in incoming:
+                if request.acked_version:
+                    self.tracker.acked(node, request.acked_version, time.monotonic())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the call ended; the stream's own loop notices
+            log.debug("node %s: reading acks stopped: %s", node, exc)
+
+    async def ack(self, request: pb.AckRequest,
+                  context: aio.ServicerContext[Any, Any]) -> pb.AckResponse:
         if request.stream_id and request.stream_id != self.state.stream_id:
             return pb.AckResponse()  # an ack for another operator's history measures nothing
         self.tracker.acked(request.node_name, request.version, time.monotonic())
         return pb.AckResponse()
 
 
-def serve(servicer: StateServicer, address: str, max_workers: int = 64) -> tuple[grpc.Server, int]:
+class AsyncServer:
+    """A started `grpc.aio` server on the shared loop, driven from synchronous code."""
+
+    def __init__(self, servicer: StateServicer, address: str) -> None:
+        self.servicer = servicer
+        self.loop = servicer.loop
+        self.server: aio.Server | None = None
+        self.port = asyncio.run_coroutine_threadsafe(self._start(address), self.loop).result(30)
+
+    async def _start(self, address: str) -> int:
+        server = aio.server(options=[("grpc.max_concurrent_streams", 1 << 20)])
+        server.add_generic_rpc_handlers((self.servicer.handler(),))
+        port = server.add_insecure_port(address)
+        if port == 0 and not address.startswith("unix:"):
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        self.server = server
+        return port
+
+    async def _stop(self, grace: float) -> None:
+        self.servicer.wake()  # streams waiting for a commit see `stopping` and end
+        if self.server is not None:
+            await self.server.stop(grace)
+
+    def stop(self, grace: float = 1.0) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(grace), self.loop).result(grace + 10)
+
+
+def serve(servicer: StateServicer, address: str,
+          max_workers: int | None = None) -> tuple[AsyncServer, int]:
     """Start a server on `address` (`host:port`, port 0 picks one, or `unix:/path`); returns
-    the server and the bound port (0 for unix sockets). One worker per open stream: size
-    `max_workers` above the node count."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
-                                                    thread_name_prefix="state-grpc"))
-    pb_grpc.add_StateServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0 and not address.startswith("unix:"):
-        raise OSError(f"cannot listen on {address}")
-    server.start()
-    return server, port
+    the server and the bound port (0 for unix sockets). `max_workers` is accepted for
+    compatibility: streams are coroutines, there is no worker pool to size."""
+    server = AsyncServer(servicer, address)
+    return server, server.port
 
 
-def stop(server: grpc.Server, servicer: StateServicer, grace: float = 1.0) -> None:
+def stop(server: AsyncServer, servicer: StateServicer, grace: float = 1.0) -> None:
     servicer.stopping = True
-    server.stop(grace).wait(grace + 1)
+    server.stop(grace)

@@ -2,7 +2,7 @@
 
 It compiles ``bpf/bpf_lxc.c`` once per agent start, loads its tc programs,
 and gives typed access to the pinned maps (endpoints, conntrack, metrics,
-ipcache, policy, flow event config/stats) and to the flow event ring buffer. Attaching programs to interfaces
+ipcache, CIDR identities, policy, flow event config/stats) and to the flow event ring buffer. Attaching programs to interfaces
 is the agent's job (pyroute2, in ``netlinking``), not this package's.
 
 Pure parts (struct layouts, records, conntrack timeouts) import without bcc;

@@ -3,6 +3,10 @@
 Addresses matching no prefix are WORLD in the datapath, so the map only
 lists what the agent knows: pod /32s, the node's own addresses (HOST),
 CIDR identities of ipBlock peers.
+
+The CIDR map (``mb_cidr_v1``) holds only the ipBlock prefixes, prefix -> CIDR
+identity: the CIDR identity of any address (pods included, else WORLD),
+judged alongside the address's ipcache identity on new connections.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from membrane.agent.datapath.encoding import field_to_ip, ip_to_field
-from membrane.agent.datapath.layout import IpcacheKey, IpcacheValue
+from membrane.agent.datapath.layout import CidrKey, CidrValue, IpcacheKey, IpcacheValue
 
 _U32_MAX = 0xFFFF_FFFF
 
@@ -45,3 +49,17 @@ def ipcache_key(prefix: IPv4Network) -> IpcacheKey:
 
 def prefix_from_key(key: IpcacheKey) -> IPv4Network:
     return IPv4Network((field_to_ip(key.ip4), key.prefixlen), strict=False)
+
+
+def cidr_key(prefix: IPv4Network) -> CidrKey:
+    return CidrKey(prefixlen=prefix.prefixlen, ip4=ip_to_field(prefix.network_address))
+
+
+def prefix_from_cidr_key(key: CidrKey) -> IPv4Network:
+    return IPv4Network((field_to_ip(key.ip4), key.prefixlen), strict=False)
+
+
+def cidr_value(identity: int) -> CidrValue:
+    if not 0 < identity <= _U32_MAX:
+        raise ValueError(f"CIDR identity {identity} must be a non-zero u32 (0 is the policy wildcard)")
+    return CidrValue(sec_identity=identity)

@@ -129,6 +129,14 @@ class IpcacheValue(ctypes.Structure):
     ]
 
 
+class CidrKey(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("ip4", ctypes.c_uint32)]  # ip4 in network order
+
+
+class CidrValue(ctypes.Structure):
+    _fields_ = [("sec_identity", ctypes.c_uint32)]
+
+
 class NodeConfigValue(ctypes.Structure):
     _fields_ = [
         ("tunnel_ifindex", ctypes.c_uint32),
@@ -270,6 +278,8 @@ IPCACHE: Final = MapSpec(
 POLICY: Final = MapSpec(
     "policy", "mb_policy_v1", BPF_MAP_TYPE_LPM_TRIE, PolicyKey, PolicyValue, 65536, BPF_F_NO_PREALLOC
 )
+# ipBlock prefix -> CIDR identity (the CIDR identity of a peer address, pods included).
+CIDR: Final = MapSpec("cidr", "mb_cidr_v1", BPF_MAP_TYPE_LPM_TRIE, CidrKey, CidrValue, 16384, BPF_F_NO_PREALLOC)
 EVENT_STATS: Final = MapSpec(
     "event_stats", "mb_event_stats_v1", BPF_MAP_TYPE_PERCPU_ARRAY, ArrayIndex, EventStatsValue, 1
 )
@@ -279,7 +289,7 @@ EVENT_CONFIG: Final = MapSpec(
 NODE_CONFIG: Final = MapSpec(
     "node_config", "mb_node_config_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex, NodeConfigValue, 1
 )
-MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG, NODE_CONFIG)
+MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG, NODE_CONFIG, CIDR)
 
 
 @dataclass(frozen=True)

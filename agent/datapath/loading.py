@@ -25,9 +25,11 @@ from membrane.agent.datapath.encoding import field_to_ip, struct_copy
 from membrane.agent.datapath.endpoints import EndpointEntry, endpoint_key
 from membrane.agent.datapath.events import EventConfig, EventStats
 from membrane.agent.datapath.flattening import flatten_sources
-from membrane.agent.datapath.ipcache import IpcacheEntry, ipcache_key, prefix_from_key
+from membrane.agent.datapath.ipcache import (IpcacheEntry, cidr_key, cidr_value, ipcache_key, prefix_from_cidr_key,
+                                             prefix_from_key)
 from membrane.agent.datapath.node_config import NodeConfig
 from membrane.agent.datapath.layout import (
+    CIDR,
     CONNTRACK,
     ENDPOINTS,
     EVENT_CONFIG,
@@ -40,6 +42,8 @@ from membrane.agent.datapath.layout import (
     PINNED_NAMES,
     POLICY,
     ArrayIndex,
+    CidrKey,
+    CidrValue,
     CtEntry,
     CtTuple4,
     EndpointInfo,
@@ -60,7 +64,7 @@ from membrane.agent.datapath.layout import (
 )
 from membrane.agent.datapath.metrics import MetricSample, summed_samples
 from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
-from membrane.agent.datapath.syscalls import map_info
+from membrane.agent.datapath.syscalls import map_count_entries, map_info
 from membrane.delta import Delta
 from membrane.policy.flattening import FlatKey, FlatValue
 
@@ -256,6 +260,30 @@ class Datapath:
         for prefix in delta.deletes:
             self.delete_ipcache(prefix)
 
+    # -- CIDR identities (ipBlock prefixes) ------------------------------------
+
+    def cidrs(self) -> dict[IPv4Network, int]:
+        """ipBlock prefix -> CIDR identity (the map the datapath finds an address's CIDR identity in)."""
+        return {
+            prefix_from_cidr_key(struct_copy(CidrKey, key)): struct_copy(CidrValue, value).sec_identity
+            for key, value in self._table(CIDR).items()
+        }
+
+    def upsert_cidr(self, prefix: IPv4Network, identity: int) -> None:
+        table = self._table(CIDR)
+        table[struct_copy(table.Key, cidr_key(prefix))] = struct_copy(table.Leaf, cidr_value(identity))
+
+    def delete_cidr(self, prefix: IPv4Network) -> bool:
+        """Remove the entry; False if there was none."""
+        return _delete(self._table(CIDR), cidr_key(prefix))
+
+    def apply_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
+        """Write a ``membrane.delta.diff(desired, self.cidrs())``: upserts first, then deletes."""
+        for prefix, identity in delta.upserts.items():
+            self.upsert_cidr(prefix, identity)
+        for prefix in delta.deletes:
+            self.delete_cidr(prefix)
+
     # -- policy --------------------------------------------------------------
 
     def policy(self) -> dict[FlatKey, FlatValue]:
@@ -374,6 +402,17 @@ class Datapath:
         bpf = self._loaded()
         return {spec.name: _kernel_map_info(bpf, spec) for spec in (*MAP_SPECS, EVENTS)}
 
+    def map_entry_counts(self) -> dict[str, tuple[int, int]]:
+        """(entries, capacity) of each keyed map, by role, counted in the kernel's batches or by
+        walking keys (never through bcc's per-entry items(): cheap enough for a metrics scrape,
+        even with a full conntrack map)."""
+        bpf = self._loaded()
+        counts = {}
+        for spec in (ENDPOINTS, CONNTRACK, IPCACHE, POLICY, METRICS):
+            fd = bpf.get_table(spec.name.encode()).map_fd
+            counts[spec.role] = (map_count_entries(fd, spec.max_entries), spec.max_entries)
+        return counts
+
     # -- internals -----------------------------------------------------------
 
     def _cflags(self) -> list[str]:
@@ -384,6 +423,7 @@ class Datapath:
             f"-DMB_METRICS_MAX={METRICS.max_entries}",
             f"-DMB_IPCACHE_MAX={IPCACHE.max_entries}",
             f"-DMB_POLICY_MAX={POLICY.max_entries}",
+            f"-DMB_CIDR_MAX={CIDR.max_entries}",
             f"-DMB_EVENTS_RINGBUF_BYTES={EVENTS.size_bytes}",
             *conntrack_cflags(),
             *([] if self.events_compiled else ["-DMB_EVENTS_OFF"]),

@@ -34,6 +34,8 @@ static __always_inline void mb_event_policy(struct mb_flow_event *ev, __u16 endp
  * untracked one (judged alone). Egress policy of the sending endpoint, then
  * ingress policy of the receiving one (either may be absent: the host or
  * the outside), then a conntrack entry remembering that the flow is allowed.
+ * src_cidr/dst_cidr: CIDR identities of the addresses (lib/ipcache.h), each
+ * judged with the peer's identity (0: none; only read by the side judging).
  * hook_ep/hook_dir: the endpoint and direction of the veth we run on.
  * Returns 0 to forward, or a drop code (mb_drop_flow).
  */
@@ -41,7 +43,8 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_ct
 					   int l4, __u8 tcp_flags,
 					   const struct mb_endpoint_info *egress_ep,
 					   const struct mb_endpoint_info *ingress_ep,
-					   __u32 src_identity, __u32 dst_identity,
+					   __u32 src_identity, __u32 src_cidr,
+					   __u32 dst_identity, __u32 dst_cidr,
 					   const struct mb_endpoint_info *hook_ep, __u8 hook_dir,
 					   __u32 ifindex)
 {
@@ -57,7 +60,7 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_ct
 
 	if (egress_ep) {
 		int verdict = mb_policy_judge(egress_ep->endpoint_id, MB_DIR_EGRESS, dst_identity,
-					      tuple, &rule_ref);
+					      dst_cidr, tuple, &rule_ref);
 
 		mb_event_policy(ev, egress_ep->endpoint_id, rule_ref, MB_DIR_EGRESS);
 		if (verdict != MB_POLICY_ALLOW)
@@ -67,7 +70,7 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_ct
 	}
 	if (ingress_ep) {
 		int verdict = mb_policy_judge(ingress_ep->endpoint_id, MB_DIR_INGRESS, src_identity,
-					      tuple, &rule_ref);
+					      src_cidr, tuple, &rule_ref);
 
 		mb_event_policy(ev, ingress_ep->endpoint_id, rule_ref, MB_DIR_INGRESS);
 		if (verdict != MB_POLICY_ALLOW)

@@ -3,10 +3,12 @@
  * policy.h: the verdict of an endpoint's policy for a new connection.
  *
  * membrane/policy/flattening.py (lookup_flat) is the executable model of
- * this file: two longest-prefix lookups, for the peer's identity and for
- * "any peer"; a DENY from either wins, else an ALLOW from either allows,
- * else the connection is dropped (no entry = drop: endpoints no policy
- * isolates get an explicit allow-all entry from the agent).
+ * this file: longest-prefix lookups for the peer's identity, for the peer
+ * address's CIDR identity (when it differs: ipBlocks select pods by their
+ * address, not their identity) and for "any peer"; a DENY from any of them
+ * wins, else an ALLOW from any of them allows, else the connection is
+ * dropped (no entry = drop: endpoints no policy isolates get an explicit
+ * allow-all entry from the agent).
  */
 #ifndef MB_LIB_POLICY_H
 #define MB_LIB_POLICY_H
@@ -31,9 +33,14 @@ static __always_inline __be16 mb_policy_port(const struct mb_ct_tuple4 *tuple)
 	}
 }
 
-/* Returns enum mb_policy_verdict; *rule_ref tells which rules decided (0 if none). */
+/*
+ * Returns enum mb_policy_verdict; *rule_ref tells which rules decided (0 if
+ * none). cidr_identity: the CIDR identity of the peer's address (0: none).
+ * Precedence among equal verdicts: peer, then CIDR, then any peer.
+ */
 static __always_inline int mb_policy_judge(__u32 endpoint_id, __u8 direction, __u32 identity,
-					   const struct mb_ct_tuple4 *tuple, __u32 *rule_ref)
+					   __u32 cidr_identity, const struct mb_ct_tuple4 *tuple,
+					   __u32 *rule_ref)
 {
 	struct mb_policy_key key = {
 		.prefixlen = MB_POLICY_PREFIX_FULL,
@@ -43,9 +50,13 @@ static __always_inline int mb_policy_judge(__u32 endpoint_id, __u8 direction, __
 		.protocol = tuple->nexthdr,
 		.dport = mb_policy_port(tuple),
 	};
-	struct mb_policy_value *peer, *any = 0;
+	struct mb_policy_value *peer, *cidr = 0, *any = 0;
 
 	peer = mb_policy_v1.lookup(&key);
+	if (cidr_identity != MB_IDENTITY_ANY && cidr_identity != identity) {
+		key.identity = cidr_identity;
+		cidr = mb_policy_v1.lookup(&key);
+	}
 	if (identity != MB_IDENTITY_ANY) {
 		key.identity = MB_IDENTITY_ANY;
 		any = mb_policy_v1.lookup(&key);
@@ -54,12 +65,20 @@ static __always_inline int mb_policy_judge(__u32 endpoint_id, __u8 direction, __
 		*rule_ref = peer->rule_ref;
 		return MB_POLICY_DENY;
 	}
+	if (cidr && cidr->verdict == MB_POLICY_DENY) {
+		*rule_ref = cidr->rule_ref;
+		return MB_POLICY_DENY;
+	}
 	if (any && any->verdict == MB_POLICY_DENY) {
 		*rule_ref = any->rule_ref;
 		return MB_POLICY_DENY;
 	}
 	if (peer && peer->verdict == MB_POLICY_ALLOW) {
 		*rule_ref = peer->rule_ref;
+		return MB_POLICY_ALLOW;
+	}
+	if (cidr && cidr->verdict == MB_POLICY_ALLOW) {
+		*rule_ref = cidr->rule_ref;
 		return MB_POLICY_ALLOW;
 	}
 	if (any && any->verdict == MB_POLICY_ALLOW) {

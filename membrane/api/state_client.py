@@ -6,6 +6,11 @@ Each complete update goes to `apply`; once `apply` returns, the version is acked
 the operator's propagation histogram measures) and becomes the resume point. Connection
 failures reconnect with exponential backoff and jitter; the backoff resets after an update.
 
+Acks go on the Subscribe stream itself when the operator says it takes them (initial metadata
+`membrane-stream-acks`), coalesced: the request sender takes the newest applied version
+waiting, so a burst of updates costs one ack. Against an older operator (no such metadata) the
+client acks with the unary `Ack` RPC as before.
+
 An agent that persists its applied state can persist `last_version` and `stream_id` with it
 and pass them back in after a restart to resume without a snapshot.
 """
@@ -13,8 +18,9 @@ and pass them back in after a restart to resume without a snapshot.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -25,6 +31,8 @@ from membrane.api.state_codec import change_from_pb
 from membrane.api.state_objects import StateUpdate
 
 log = logging.getLogger(__name__)
+
+STREAM_ACKS_KEY = "membrane-stream-acks"  # initial metadata of an operator that takes stream acks
 
 
 class StateClient:
@@ -87,11 +95,13 @@ class StateClient:
         request = pb.SubscribeRequest(node_name=self.node_name,
                                       last_applied_version=self.last_version,
                                       stream_id=self.stream_id)
-        call = stub.Subscribe(request)
+        acks: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        call = stub.Subscribe(_requests(request, acks))
         self._call = call
         self.connects += 1
         self.connected.set()
         pending: StateUpdate | None = None  # a snapshot arriving in several chunks
+        stream_acks: bool | None = None  # known once the initial metadata is in
         try:
             for message in call:
                 changes = [change_from_pb(c) for c in message.changes]
@@ -111,17 +121,45 @@ class StateClient:
                 self.last_version, self.stream_id = update.version, update.stream_id
                 self.backoff.reset()
                 if self.auto_ack:
+                    if stream_acks is None:
+                        stream_acks = any(key == STREAM_ACKS_KEY
+                                          for key, _ in call.initial_metadata() or ())
+                    if stream_acks:
+                        acks.put(update.version)
+                        continue
                     try:
                         self.ack(update.version)
                     except grpc.RpcError as exc:  # the next ack covers this version too
                         log.info("state ack %d failed: %s", update.version, exc)
         finally:
+            acks.put(None)  # ends the request stream
             self._call = None
             if self._stop.is_set() and self._channel is not None:
                 self._channel.close()
                 self._channel = None
 
     def ack(self, version: int) -> None:
+        """The unary ack (older operators; the stream carries acks otherwise)."""
         stub = pb_grpc.StateServiceStub(self._ensure_channel())
         stub.Ack(pb.AckRequest(node_name=self.node_name, version=version,
                                stream_id=self.stream_id), timeout=5)
+
+
+def _requests(first: pb.SubscribeRequest, acks: queue.SimpleQueue[int | None]
+              ) -> Iterator[pb.SubscribeRequest]:
+    """The Subscribe request stream: the subscription, then acks, each for the newest version
+    applied by the time it is sent (older ones queued behind it are covered by it)."""
+    yield first
+    while True:
+        version = acks.get()
+        if version is None:
+            return
+        try:
+            while True:
+                newer = acks.get_nowait()
+                if newer is None:
+                    return  # the stream is over: nobody reads this ack
+                version = max(version, newer)
+        except queue.Empty:
+            pass
+        yield pb.SubscribeRequest(acked_version=version)

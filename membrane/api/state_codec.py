@@ -102,3 +102,45 @@ def snapshot_messages(version: int, stream_id: str,
 def delta_message(version: int, stream_id: str, changes: Iterable[Change]) -> pb.StateUpdate:
     return pb.StateUpdate(version=version, stream_id=stream_id, type=pb.StateUpdate.DELTA,
                           changes=[change_to_pb(c) for c in changes])
+
+
+# --- encode once, send to many ----------------------------------------------------------------
+# A StateUpdate on the wire is its header fields followed by one length-delimited field 5 per
+# change; protobuf lets repeated message fields be concatenated. So each change is serialized
+# once, when committed, and every update (a delta, a snapshot chunk) sent to any number of
+# subscribers is made by joining bytes, never by re-encoding objects.
+_CHANGES_TAG = b"\x2a"  # field 5 (changes), wire type 2 (length-delimited)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_change(change: Change) -> bytes:
+    """One change as the bytes of a repeated `changes` entry of a StateUpdate (tag included)."""
+    body = change_to_pb(change).SerializeToString()
+    return _CHANGES_TAG + _varint(len(body)) + body
+
+
+def update_bytes(version: int, stream_id: str, snapshot: bool, encoded_changes: Iterable[bytes],
+                 more: bool = False) -> bytes:
+    """A serialized StateUpdate from changes already encoded by `encode_change`."""
+    header = pb.StateUpdate(version=version, stream_id=stream_id, more=more,
+                            type=pb.StateUpdate.SNAPSHOT if snapshot else pb.StateUpdate.DELTA)
+    return header.SerializeToString() + b"".join(encoded_changes)
+
+
+def snapshot_chunks(version: int, stream_id: str, encoded_changes: list[bytes],
+                    chunk: int = SNAPSHOT_CHUNK) -> list[bytes]:
+    """A snapshot as serialized messages (all but the last with `more` set)."""
+    parts = [encoded_changes[i:i + chunk] for i in range(0, len(encoded_changes), chunk)] or [[]]
+    return [update_bytes(version, stream_id, True, part, more=index < len(parts) - 1)
+            for index, part in enumerate(parts)]

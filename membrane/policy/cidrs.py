@@ -14,9 +14,15 @@ identity set is computed against the whole table.
 cidr selects WORLD. IPv4 and IPv6 share WORLD (a reserved number for each is not in the
 design), so `0.0.0.0/0` also admits IPv6 addresses outside every IPv6 prefix.
 
-Pod addresses are /32 (/128) ipcache entries with the pod's identity: longer than any policy
-prefix, so ipBlock selects addresses outside the cluster's pods (as in Cilium); pods are
-selected by podSelector/namespaceSelector.
+Pod addresses are /32 (/128) ipcache entries with the pod's identity, longer than any policy
+prefix, so a pod's address resolves to the pod's identity there. Yet NetworkPolicy wants an
+ipBlock to select pod addresses too (upstream e2e: egress to a pod's /32, `except` of a pod's
+/32), so the same prefixes also go to a second LPM map holding only them (the datapath's CIDR
+map, `mb_cidr_v1`): every address has a CIDR identity, its longest prefix there, else WORLD.
+On a new connection the datapath judges the peer's identity, its address's CIDR identity and
+"any peer" (`flattening.lookup_flat`), so the argument above holds for pod addresses as well,
+while podSelector/namespaceSelector keep working on identities. For an address that is no pod
+or node, the ipcache's answer already is its CIDR identity.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class CidrTable:
         self.allocator = allocator if allocator is not None else cidr_allocator()
         self._by_policy: dict[ObjectRef, frozenset[str]] = {}
         self._ids: dict[IPNetwork, int] = {}
+        # (IP version, prefix length) -> prefixes of that length: `select` looks a block's own
+        # length up directly and scans only longer lengths.
+        self._by_len: dict[tuple[int, int], dict[IPNetwork, int]] = {}
 
     def identities(self) -> dict[str, int]:
         return {str(prefix): identity for prefix, identity in sorted(
@@ -59,6 +68,7 @@ class CidrTable:
             identity = self.allocator.acquire(cidr_labels(prefix), owner)
             if network not in self._ids:
                 self._ids[network] = identity
+                self._by_len.setdefault((network.version, network.prefixlen), {})[network] = identity
                 added[prefix] = identity
         for prefix in sorted(old - wanted):
             labels = cidr_labels(prefix)
@@ -67,7 +77,12 @@ class CidrTable:
                 # The local table frees at once: nothing outside this node holds the number,
                 # and the allocator still prefers never-used numbers for the next prefix.
                 self.allocator.gc()
-                del self._ids[parse_prefix(prefix)]
+                network = parse_prefix(prefix)
+                del self._ids[network]
+                bucket = self._by_len[(network.version, network.prefixlen)]
+                del bucket[network]
+                if not bucket:
+                    del self._by_len[(network.version, network.prefixlen)]
                 removed[prefix] = identity
         if wanted:
             self._by_policy[policy] = wanted
@@ -75,9 +90,23 @@ class CidrTable:
             self._by_policy.pop(policy, None)
         return added, removed
 
+    def identity_of(self, prefix: IPNetwork) -> int | None:
+        """The identity of one table prefix (None: not in the table)."""
+        return self._ids.get(prefix)
+
     def select(self, block: IpBlock) -> frozenset[int]:
         """Identities an ipBlock allows: table prefixes inside cidr and outside every except."""
-        selected = {identity for prefix, identity in self._ids.items() if block.selects_prefix(prefix)}
+        cidr = block.cidr
+        selected: set[int] = set()
+        for (version, length), bucket in self._by_len.items():
+            if version != cidr.version or length < cidr.prefixlen:
+                continue
+            if length == cidr.prefixlen:
+                identity = bucket.get(cidr)
+                if identity is not None and block.selects_prefix(cidr):
+                    selected.add(identity)
+                continue
+            selected.update(identity for prefix, identity in bucket.items() if block.selects_prefix(prefix))
         if block.cidr.prefixlen == 0:
             selected.add(int(ReservedIdentity.WORLD))
         return frozenset(selected)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 from membrane.identities import IDENTITY_ANY
 from membrane.k8s_models import ObjectRef
@@ -38,8 +40,8 @@ from membrane.policy.entries import (
     RuleRef,
     Verdict,
 )
-from membrane.policy.inputs import PodInfo, PolicyInputs
-from membrane.policy.rules import CompiledPolicy, CompiledRule
+from membrane.policy.inputs import PodInfo, PolicyInputs, peer_key
+from membrane.policy.rules import CompiledPeer, CompiledPolicy, CompiledRule
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,10 @@ class PeerSet:
     cidr_identities: frozenset[int] = frozenset()
 
     def identities(self) -> frozenset[int]:
+        return self._identities
+
+    @cached_property
+    def _identities(self) -> frozenset[int]:
         if self.everyone:
             return frozenset({IDENTITY_ANY})
         return frozenset(p.identity for p in self.pods if p.identity is not None) | (
@@ -63,35 +69,59 @@ def _peer_candidates(inputs: PolicyInputs) -> Iterable[PodInfo]:
 
 
 def select_peers(
-    inputs: PolicyInputs, cidrs: CidrTable, policy: CompiledPolicy, rule: CompiledRule
+    inputs: PolicyInputs,
+    cidrs: CidrTable,
+    policy: CompiledPolicy,
+    rule: CompiledRule,
+    cache: dict[Any, Any] | None = None,
 ) -> PeerSet:
+    """`cache` (optional, one computation's lifetime) shares peers among rules that use the
+    same selectors."""
     if rule.peers is None:
         return PeerSet(everyone=True)
     pods: dict[ObjectRef, PodInfo] = {}
     cidr_ids: set[int] = set()
-    ns_labels: dict[str, dict[str, str]] = {}
     for peer in rule.peers:
         if peer.ip_block is not None:
             cidr_ids |= cidrs.select(peer.ip_block)
             continue
-        # podSelector alone stays in the policy's namespace: no need to scan the cluster.
-        candidates: Iterable[PodInfo] = (
-            inputs.pods_in(policy.ref.namespace).values()
-            if peer.namespace_selector is None
-            else _peer_candidates(inputs)
-        )
-        for pod in candidates:
-            if pod.host_network or pod.identity is None or pod.ref in pods:
-                continue
-            labels = ns_labels.get(pod.namespace)
-            if labels is None:
-                labels = ns_labels[pod.namespace] = inputs.namespace_labels(pod.namespace)
-            if peer.selects_pod(policy.ref.namespace, pod.namespace, pod.peer_labels, labels):
-                pods[pod.ref] = pod
+        if cache is not None:
+            slot = ("peer", peer_key(policy.ref.namespace, peer))
+            found = cache.get(slot)
+            if found is None:
+                found = cache[slot] = _select_pods(inputs, policy, peer)
+            for pod in found:
+                pods.setdefault(pod.ref, pod)
+        else:
+            for pod in _select_pods(inputs, policy, peer):
+                pods.setdefault(pod.ref, pod)
     return PeerSet(False, tuple(sorted(pods.values(), key=lambda p: p.ref)), frozenset(cidr_ids))
 
 
-PeerCache = dict[tuple[ObjectRef, Direction, int], PeerSet]
+def _select_pods(inputs: PolicyInputs, policy: CompiledPolicy, peer: CompiledPeer) -> list[PodInfo]:
+    """Pods one (non-ipBlock) peer selects."""
+    found: list[PodInfo] = []
+    # podSelector alone stays in the policy's namespace; a namespaceSelector picks
+    # namespaces first; the label index narrows each namespace's pods.
+    if peer.namespace_selector is None:
+        namespaces: Iterable[str] = (policy.ref.namespace,)
+    else:
+        selector = peer.namespace_selector
+        namespaces = [
+            ns for ns in inputs.pod_namespaces() if selector.matches(inputs.namespace_labels(ns))
+        ]
+    pod_selector = peer.pod_selector
+    for namespace in namespaces:
+        for pod in inputs.candidates(namespace, pod_selector):
+            if pod.host_network or pod.identity is None:
+                continue
+            if pod_selector is None or pod_selector.matches(pod.peer_labels):
+                found.append(pod)
+    return found
+
+
+# Rule slot (policy, direction, index) -> its peers; ("peer", PeerKey) -> one peer's pods.
+PeerCache = dict[Any, Any]
 
 
 def _add(
@@ -153,7 +183,7 @@ def compute_endpoint(
             slot = (policy.ref, rule.direction, rule.index)
             peers = cache.get(slot)
             if peers is None:
-                peers = cache[slot] = select_peers(inputs, cidrs, policy, rule)
+                peers = cache[slot] = select_peers(inputs, cidrs, policy, rule, cache)
             ref = RuleRef(policy.ref, rule.direction, rule.index)
             _rule_entries(inputs, pod, peers, rule, ref, entries)
     return EndpointPolicy(

@@ -119,7 +119,7 @@ class EndpointPolicy:
 
 @dataclass(frozen=True)
 class DesiredPolicy:
-    """Engine output: every endpoint's policy, plus the CIDR identities for the ipcache.
+    """Engine output: every endpoint's policy, plus the CIDR identities (ipcache and CIDR map).
 
     `cidr_identities` maps normalised prefixes to node-local identities. Addresses matching
     no ipcache prefix are WORLD, so /0 prefixes are not listed (they select WORLD).

@@ -15,8 +15,10 @@ identity and direction always (72 bits), then protocol (8 bits) unless the rule 
 (protocol ANY = 0, prefixlen 72), then the leading `port_prefix` bits of the big-endian port.
 No end port is needed in the value.
 
-Datapath contract (`lookup_flat` is its executable model): look up (identity) and
-(identity 0 = any peer); a DENY from either wins, else an ALLOW from either allows, else drop.
+Datapath contract (`lookup_flat` is its executable model): look up (identity), (CIDR
+identity of the peer's address, when it differs: an ipBlock selects pod addresses too, see
+`cidrs`) and (identity 0 = any peer); a DENY from any of them wins, else an ALLOW from any of
+them allows, else drop.
 Endpoints not isolated in a direction get one allow-all entry (identity 0, protocol ANY) with
 `rule_ref` 0 (NOT_ISOLATED), so "no entry" always means drop. Within one identity, LPM picks
 the most specific block, so each block carries the rules of every block covering it, and a
@@ -250,16 +252,22 @@ def lookup_flat(
     identity: int,
     protocol: Protocol,
     port: int,
+    cidr_identity: int | None = None,
 ) -> FlatValue | None:
-    """What the datapath decides for a new connection; None means drop (no entry)."""
+    """What the datapath decides for a new connection; None means drop (no entry).
+
+    `identity`: the peer's (ipcache, or the VNI); `cidr_identity`: the CIDR identity of the
+    peer's address (longest ipBlock prefix, else WORLD; None: not looked up). Among equal
+    verdicts the peer's entry is reported first, then the CIDR one, then "any peer".
+    """
+    identities = [identity]
+    if cidr_identity not in (None, IDENTITY_ANY, identity):
+        identities.append(cidr_identity)
+    if identity != IDENTITY_ANY:
+        identities.append(IDENTITY_ANY)
     found = [
         value
-        for value in (
-            _lpm(flat, endpoint_id, direction, identity, protocol, port),
-            _lpm(flat, endpoint_id, direction, IDENTITY_ANY, protocol, port)
-            if identity != IDENTITY_ANY
-            else None,
-        )
+        for value in (_lpm(flat, endpoint_id, direction, ident, protocol, port) for ident in identities)
         if value is not None
     ]
     denies = [v for v in found if v.verdict == Verdict.DENY]

@@ -5,7 +5,9 @@ decide?" from the same `DesiredPolicy` the maps are built from, with the datapat
 egress is judged at the source endpoint, ingress at the destination endpoint; a direction no
 policy selects is open; in an isolated direction an entry for the peer's identity or for any
 peer must cover the port, and DENY entries win over ALLOW. Addresses that are no pod resolve
-through the CIDR identities by longest prefix, else WORLD.
+through the CIDR identities by longest prefix, else WORLD. Every address (pods included) also
+has a CIDR identity, its longest ipBlock prefix else WORLD, which entries may match as well:
+an ipBlock selects pod addresses too (the datapath's CIDR map).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Party:
     description: str
     pod: PodInfo | None
     identity: int | None
+    cidr_identity: int | None = None  # of its address (None: no address known)
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,36 @@ class TraceResult:
 
     def lines(self) -> list[str]:
         out = [
-            f"{self.src.description} (identity {self.src.identity}) -> "
-            f"{self.dst.description} (identity {self.dst.identity}) "
+            f"{self.src.description} ({_identities(self.src)}) -> "
+            f"{self.dst.description} ({_identities(self.dst)}) "
             f"{self.protocol.name}/{self.port}: {self.verdict.name}"
         ]
         for step in (self.egress, self.ingress):
             out.append(f"  {step.direction.label}: {step.verdict.name}: {step.reason}")
             out.extend(f"    {rule}" for rule in step.rules)
         return out
+
+
+def _identities(party: Party) -> str:
+    if party.cidr_identity is None or party.cidr_identity == party.identity:
+        return f"identity {party.identity}"
+    return f"identity {party.identity}, CIDR identity {party.cidr_identity}"
+
+
+def _cidr_identity(cidrs: Mapping[str, int], address: str | None) -> int | None:
+    """The CIDR identity of an address: its longest ipBlock prefix, else WORLD."""
+    if address is None:
+        return None
+    identity = lpm_lookup(cidrs, address)
+    return int(ReservedIdentity.WORLD) if identity is None else identity
+
+
+def _address(pod: PodInfo) -> str | None:
+    """The address the datapath sees for a pod: its first IPv4 one, else its first."""
+    for ip in pod.ips:
+        if ipaddress.ip_address(ip).version == 4:
+            return ip
+    return pod.ips[0] if pod.ips else None
 
 
 def _party(
@@ -71,17 +96,18 @@ def _party(
         except ValueError:
             who = ObjectRef.parse(who)
         else:
+            cidr = _cidr_identity(cidrs, address)
             for pod in pods.values():
                 if address in pod.ips and not pod.host_network:
-                    return Party(f"{pod.ref} ({address})", pod, pod.identity)
-            identity = lpm_lookup(cidrs, address)
-            return Party(address, None, int(ReservedIdentity.WORLD) if identity is None else identity)
+                    return Party(f"{pod.ref} ({address})", pod, pod.identity, cidr)
+            return Party(address, None, cidr, cidr)
     pod = pods.get(who)
     if pod is None:
         raise ValueError(f"unknown pod {who}")
+    cidr = _cidr_identity(cidrs, _address(pod))
     if pod.host_network:
-        return Party(f"{who} (host network)", None, int(ReservedIdentity.HOST))
-    return Party(str(who), pod, pod.identity)
+        return Party(f"{who} (host network)", None, int(ReservedIdentity.HOST), cidr)
+    return Party(str(who), pod, pod.identity, cidr)
 
 
 def _judge(
@@ -105,7 +131,7 @@ def _judge(
             direction, at.pod.ref, Verdict.ALLOW,
             reason=f"no policy selects {at.pod.ref} for {direction.label}",
         )
-    identities = {IDENTITY_ANY} | ({peer.identity} if peer.identity is not None else set())
+    identities = {IDENTITY_ANY} | {i for i in (peer.identity, peer.cidr_identity) if i is not None}
     matching = [
         value
         for key, value in endpoint.entries.items()

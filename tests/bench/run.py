@@ -154,22 +154,8 @@ def _sigterm(_signum: int, _frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=int, default=5, help="duration of each sockperf/iperf3 run")
-    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the traffic tests")
-    ap.add_argument("--seq-pods", type=int, default=50)
-    ap.add_argument("--conc-pods", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=Path("bench-results"))
-    args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("the benchmark needs root (network namespaces)", file=sys.stderr)
-        return 2
-    if leftovers():
-        print(f"refusing to start: {PREFIX}-* namespaces exist ({leftovers()}); another run? "
-              "`make clean-lab` removes leftovers of a crashed run", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _sigterm)
+def foundation(args: argparse.Namespace) -> None:
+    """membrane vs bridge vs veth: bench-results/foundation.*"""
     started = time.monotonic()
     results: dict[str, Any] = {"machine": machine_facts(), "config": vars(args) | {"out": str(args.out)}}
     veth, bridge, mb = DirectVeth(), BridgeReference(), Membrane()
@@ -201,6 +187,44 @@ def main(argv: list[str] | None = None) -> int:
     text = report.markdown(results)
     (args.out / "foundation.md").write_text(text)
     print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=5, help="duration of each sockperf/iperf3 run")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of the traffic tests")
+    ap.add_argument("--seq-pods", type=int, default=50)
+    ap.add_argument("--conc-pods", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("bench-results"))
+    ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator"),
+                    help="run one part of the benchmark (default: all)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the benchmark needs root (network namespaces)", file=sys.stderr)
+        return 2
+    if leftovers():
+        print(f"refusing to start: {PREFIX}-* namespaces exist ({leftovers()}); another run? "
+              "`make clean-lab` removes leftovers of a crashed run", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _sigterm)
+    if args.only in ("all", "foundation"):
+        foundation(args)
+    if args.only in ("all", "policy"):
+        from . import policy_bench  # rules vs latency/connection rate, engine scale, apply-to-enforced
+
+        log("policy benchmark (0/100/10,000 rules vs iptables, 1,000 policies x 10,000 pods, apply-to-enforced)")
+        print(policy_bench.write(policy_bench.run(), args.out))
+    if args.only in ("all", "observability"):
+        from . import observability_bench  # events on vs off, flows/s: bench-results/observability.*
+
+        log("observability benchmark (flow events on vs off, flows per second)")
+        print(observability_bench.write(observability_bench.run(args.reps, args.seconds), args.out))
+    if getattr(args, "only", None) in (None, "all", "operator"):  # an --only switch, when there is one
+        from . import operator_scale  # 10,000 pods, 1,000 subscribers: bench-results/operator.*
+
+        log("operator scale benchmark (10,000 pods, 1,000 state-stream subscribers)")
+        print(operator_scale.write(operator_scale.run(operator_scale.parser().parse_args(
+            ["--out", str(args.out)])), args.out))
     return 0
 
 

@@ -22,7 +22,7 @@ from membrane.agent.datapath import EndpointEntry, NodeConfig
 from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.datapath.prog_test_run import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, prog_test_run
 from membrane.delta import diff
-from membrane.identities import ReservedIdentity
+from membrane.identities import LOCAL_IDENTITY_FLAG, ReservedIdentity
 from membrane.policy import FlatKey, FlatValue, Protocol, Verdict
 
 from .conftest import fresh_pin_root, remove_pins
@@ -163,6 +163,28 @@ def test_deny_by_identity_wins(dp) -> None:  # type: ignore[no-untyped-def]
     write(dp, {key(INGRESS, 0): FlatValue(ALLOW, 1), key(INGRESS, ID_R): FlatValue(DENY, 2)})
     assert arrive(dp, syn(REMOTE, POD_A, next(_ports)), vni=ID_R).retval == TC_ACT_SHOT
     assert arrive(dp, syn(REMOTE, POD_A, next(_ports)), vni=ID_OTHER).retval == TC_ACT_REDIRECT
+
+
+def test_ip_block_selects_a_remote_pod_by_its_inner_source_address(dp) -> None:  # type: ignore[no-untyped-def]
+    """The identity comes from the VNI, the CIDR identity from the inner source address and this
+    node's CIDR map: an ipBlock of the remote pods' block admits REMOTE, its except cuts it."""
+    block, pod32 = IPv4Network("10.211.2.0/24"), IPv4Network(f"{REMOTE}/32")
+    id_block, id_pod32 = LOCAL_IDENTITY_FLAG | 1, LOCAL_IDENTITY_FLAG | 2
+    dp.upsert_cidr(block, id_block)
+    try:
+        write(dp, {key(INGRESS, id_block, TCP_, 80): FlatValue(ALLOW, 5)})
+        port = next(_ports)
+        assert arrive(dp, syn(REMOTE, POD_A, port), vni=ID_R).retval == TC_ACT_REDIRECT
+        (flow,) = [f for f in dp.conntrack() if f.sport == port]
+        assert flow.src_identity == ID_R  # flows keep the VNI's identity
+        assert arrive(dp, syn("10.211.3.1", POD_A, next(_ports)), vni=ID_R).retval == TC_ACT_SHOT
+
+        dp.upsert_cidr(pod32, id_pod32)  # cidr 10.211.2.0/24 except REMOTE/32: the engine allows id_block only
+        assert arrive(dp, syn(REMOTE, POD_A, next(_ports)), vni=ID_R).retval == TC_ACT_SHOT
+        assert arrive(dp, syn("10.211.2.99", POD_A, next(_ports)), vni=ID_OTHER).retval == TC_ACT_REDIRECT
+    finally:
+        dp.delete_cidr(block)
+        dp.delete_cidr(pod32)
 
 
 def test_replies_of_local_flows_pass_without_ingress_policy(dp) -> None:  # type: ignore[no-untyped-def]

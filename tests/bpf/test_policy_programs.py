@@ -58,6 +58,9 @@ OUTSIDE = "203.0.113.1"  # TEST-NET-3: WORLD, never sent anywhere
 
 ID_A, ID_B, ID_LO = 3000, 3001, 3002
 ID_CIDR = LOCAL_IDENTITY_FLAG | 1
+# ipBlock prefixes over the pods: the whole pod range, and pod B's own /32 (an `except`, say).
+PODS_CIDR, B_CIDR = IPv4Network("10.210.0.0/16"), IPv4Network(f"{POD_B}/32")
+ID_PODS, ID_B32 = LOCAL_IDENTITY_FLAG | 2, LOCAL_IDENTITY_FLAG | 3
 HOST, WORLD = int(ReservedIdentity.HOST), int(ReservedIdentity.WORLD)
 EP_A = EndpointEntry(ifindex=201, endpoint_id=30, identity=ID_A, pod_mac="02:aa:00:00:01:0a",
                      host_mac="02:ee:00:00:01:0a")
@@ -79,7 +82,12 @@ def world(datapath):  # type: ignore[no-untyped-def]
         datapath.upsert_endpoint(ip, entry)
         datapath.upsert_ipcache(IPv4Network(f"{ip}/32"), IpcacheEntry(entry.identity))
     datapath.upsert_ipcache(IPv4Network(f"{NODE_IP}/32"), IpcacheEntry(HOST))
-    datapath.upsert_ipcache(CIDR, IpcacheEntry(ID_CIDR))
+    # As the agent writes them: every ipBlock prefix in the CIDR map, and in the ipcache unless
+    # a pod's /32 holds the same key there.
+    for prefix, identity in ((CIDR, ID_CIDR), (PODS_CIDR, ID_PODS), (B_CIDR, ID_B32)):
+        datapath.upsert_cidr(prefix, identity)
+        if prefix != B_CIDR:
+            datapath.upsert_ipcache(prefix, IpcacheEntry(identity))
     yield
 
 
@@ -162,6 +170,15 @@ def test_policy_and_ipcache_maps_roundtrip(datapath) -> None:  # type: ignore[no
                                 datapath.ipcache()))
     assert datapath.ipcache()[extra] == IpcacheEntry(9, IPv4Address("10.0.0.2"))
     assert datapath.delete_ipcache(extra) is True and extra not in datapath.ipcache()
+
+    cidrs = datapath.cidrs()
+    assert cidrs[CIDR] == ID_CIDR and cidrs[B_CIDR] == ID_B32
+    datapath.apply_cidrs(diff({**cidrs, extra: ID_CIDR + 9}, cidrs))
+    assert datapath.cidrs()[extra] == ID_CIDR + 9
+    datapath.apply_cidrs(diff(cidrs, datapath.cidrs()))
+    assert datapath.cidrs() == cidrs and datapath.delete_cidr(extra) is False
+    with pytest.raises(ValueError, match="non-zero"):
+        datapath.upsert_cidr(extra, 0)
 
 
 # -- verdicts ------------------------------------------------------------------------
@@ -315,40 +332,131 @@ def test_to_container_ingress_uses_the_ipcache_identity(datapath) -> None:  # ty
     assert run_to_lo(datapath, IP(src=OUTSIDE, dst=str(POD_LO)) / TCP(sport=sport(), dport=8080, flags="S")) == TC_ACT_SHOT
 
 
+# -- ipBlocks select pod addresses (CIDR identities from the CIDR map) ------------
+
+
+def test_ip_block_selects_a_pod_address_on_egress(datapath) -> None:  # type: ignore[no-untyped-def]
+    """A's egress allows B's /32 ipBlock only: B is reached by address, though B's ipcache
+    identity is its pod identity; LO (another pod, same wide block) is not."""
+    write(datapath, {key(EP_A, EGRESS, ID_B32, TCP_, 80): FlatValue(ALLOW, 1),
+                     key(EP_B, INGRESS, 0): FlatValue(ALLOW, 0), key(EP_LO, INGRESS, 0): FlatValue(ALLOW, 0)})
+    port = sport()
+    assert run_a(datapath, syn_a(POD_B, 80, port)) == TC_ACT_REDIRECT
+    (entry,) = flows(datapath, port)
+    assert (entry.src_identity, entry.dst_identity) == (ID_A, ID_B)  # flows keep the pod identities
+    assert run_a(datapath, syn_a(POD_LO, 80)) == TC_ACT_SHOT
+    assert run_a(datapath, syn_a(POD_B, 81)) == TC_ACT_SHOT
+
+
+def test_ip_block_except_excludes_a_pod_address(datapath) -> None:  # type: ignore[no-untyped-def]
+    """cidr 10.210.0.0/16 except B's /32: the engine allows ID_PODS only, so B (whose address
+    resolves to ID_B32 in the CIDR map) is cut while LO (ID_PODS) is reached."""
+    write(datapath, {key(EP_A, EGRESS, ID_PODS): FlatValue(ALLOW, 1),
+                     key(EP_B, INGRESS, 0): FlatValue(ALLOW, 0), key(EP_LO, INGRESS, 0): FlatValue(ALLOW, 0)})
+    assert run_a(datapath, syn_a(POD_B, 80)) == TC_ACT_SHOT
+    assert run_a(datapath, syn_a(POD_LO, 80)) == TC_ACT_REDIRECT
+    assert run_a(datapath, syn_a("10.210.9.9", 80)) == TC_ACT_OK  # no pod, in the block
+    assert run_a(datapath, syn_a(OUTSIDE, 80)) == TC_ACT_SHOT
+
+
+def test_ip_block_selects_a_pod_address_on_ingress(datapath) -> None:  # type: ignore[no-untyped-def]
+    """B's ingress admits the pods' block by ipBlock; A (10.210.0.10) is in it, by address."""
+    write(datapath, {key(EP_A, EGRESS, 0): FlatValue(ALLOW, 0),
+                     key(EP_B, INGRESS, ID_PODS, TCP_, 80): FlatValue(ALLOW, 1)})
+    port = sport()
+    assert run_a(datapath, syn_a(POD_B, 80, port)) == TC_ACT_REDIRECT
+    assert "POLICY_INGRESS" in flows(datapath, port)[0].flags
+    assert run_a(datapath, syn_a(POD_B, 81)) == TC_ACT_SHOT
+
+
+def test_cidr_identity_deny_beats_a_pod_identity_allow(datapath) -> None:  # type: ignore[no-untyped-def]
+    write(datapath, {key(EP_A, EGRESS, ID_B): FlatValue(ALLOW, 1),
+                     key(EP_A, EGRESS, ID_B32, TCP_, 22): FlatValue(DENY, 2),
+                     key(EP_B, INGRESS, 0): FlatValue(ALLOW, 0)})
+    assert run_a(datapath, syn_a(POD_B, 80)) == TC_ACT_REDIRECT
+    assert run_a(datapath, syn_a(POD_B, 22)) == TC_ACT_SHOT
+
+
+def test_world_entry_selects_pods_outside_every_prefix(datapath) -> None:  # type: ignore[no-untyped-def]
+    """0.0.0.0/0 selects WORLD: the CIDR identity of any address under no prefix, pods included."""
+    datapath.delete_cidr(PODS_CIDR)  # take the pods' block away for this test
+    datapath.delete_ipcache(PODS_CIDR)
+    try:
+        write(datapath, {key(EP_A, EGRESS, WORLD): FlatValue(ALLOW, 1),
+                         key(EP_LO, INGRESS, 0): FlatValue(ALLOW, 0), key(EP_B, INGRESS, 0): FlatValue(ALLOW, 0)})
+        assert run_a(datapath, syn_a(POD_LO, 80)) == TC_ACT_REDIRECT
+        assert run_a(datapath, syn_a(POD_B, 80)) == TC_ACT_SHOT  # B's /32 prefix: not WORLD
+    finally:
+        datapath.upsert_cidr(PODS_CIDR, ID_PODS)
+        datapath.upsert_ipcache(PODS_CIDR, IpcacheEntry(ID_PODS))
+
+
+def test_to_container_judges_the_source_address_cidr_identity(datapath) -> None:  # type: ignore[no-untyped-def]
+    """From the host stack: the node (HOST in the ipcache) is in the pods' block, so an ipBlock
+    of that block admits it, as any address in it; an address outside it is not."""
+    write(datapath, {key(EP_LO, INGRESS, ID_PODS, TCP_, 8080): FlatValue(ALLOW, 1)})
+    port = sport()
+    assert run_to_lo(datapath, IP(src=str(NODE_IP), dst=str(POD_LO)) / TCP(sport=port, dport=8080, flags="S")) == TC_ACT_OK
+    (entry,) = flows(datapath, port)
+    assert entry.src_identity == HOST
+    assert run_to_lo(datapath, IP(src="10.210.7.7", dst=str(POD_LO)) / TCP(sport=sport(), dport=8080, flags="S")) == TC_ACT_OK
+    assert run_to_lo(datapath, IP(src=OUTSIDE, dst=str(POD_LO)) / TCP(sport=sport(), dport=8080, flags="S")) == TC_ACT_SHOT
+
+
 # -- the datapath against the engine's executable model ----------------------------
 
 
 def test_random_entries_match_lookup_flat(datapath) -> None:  # type: ignore[no-untyped-def]
-    """Policy built by the engine (flatten_endpoint), judged by the kernel and by lookup_flat."""
+    """Policy built by the engine (flatten_endpoint), judged by the kernel and by lookup_flat:
+    egress of A (from_container) towards, and ingress of LO (to_container) from, peers whose
+    identity and CIDR identity differ (pods, the node) or agree (addresses that are no pod)."""
     rng = random.Random(7)
-    peers = {WORLD: OUTSIDE, ID_CIDR: IN_CIDR, HOST: str(NODE_IP)}
+    # address -> (identity, CIDR identity, from_container verdict when allowed)
+    peers = {OUTSIDE: (WORLD, WORLD, TC_ACT_OK), IN_CIDR: (ID_CIDR, ID_CIDR, TC_ACT_OK),
+             str(NODE_IP): (HOST, ID_PODS, TC_ACT_OK), "10.210.7.7": (ID_PODS, ID_PODS, TC_ACT_OK),
+             str(POD_B): (ID_B, ID_B32, TC_ACT_REDIRECT)}
+    identities = [0, WORLD, ID_CIDR, HOST, ID_B, ID_PODS, ID_B32]
     rules = RuleTable()
-    for _ in range(3):
-        entries: dict[PolicyKey, PolicyValue] = {}
-        for index in range(12):
-            protocol = rng.choice([Protocol.TCP, Protocol.UDP, Protocol.ANY])
-            start = rng.choice([53, 80, 443, 1000, 8000])
-            end = start + rng.choice([0, 0, 7, 1000])
-            pkey = (PolicyKey(EGRESS, rng.choice([0, *peers]), protocol) if protocol is Protocol.ANY
-                    else PolicyKey(EGRESS, rng.choice([0, *peers]), protocol, start, end))
-            verdict = Verdict.DENY if rng.random() < 0.25 else Verdict.ALLOW
-            rule = RuleRef(ObjectRef("default", f"p{index}"), EGRESS, index)
-            value = PolicyValue(verdict, frozenset({rule}))
-            entries[pkey] = entries[pkey].merged(value) if pkey in entries else value
-        endpoint = EndpointPolicy(entries=entries, selected_by={EGRESS: frozenset({ObjectRef("default", "p0")})})
-        flat = flatten_endpoint(EP_A.endpoint_id, endpoint, rules)
+    for _ in range(4):
+        flat: dict[FlatKey, FlatValue] = {key(EP_B, INGRESS, 0): FlatValue(ALLOW, 0)}  # B admits all
+        for endpoint, direction in ((EP_A, EGRESS), (EP_LO, INGRESS)):
+            entries: dict[PolicyKey, PolicyValue] = {}
+            for index in range(12):
+                protocol = rng.choice([Protocol.TCP, Protocol.UDP, Protocol.ANY])
+                start = rng.choice([53, 80, 443, 1000, 8000])
+                end = start + rng.choice([0, 0, 7, 1000])
+                pkey = (PolicyKey(direction, rng.choice(identities), protocol) if protocol is Protocol.ANY
+                        else PolicyKey(direction, rng.choice(identities), protocol, start, end))
+                verdict = Verdict.DENY if rng.random() < 0.25 else Verdict.ALLOW
+                rule = RuleRef(ObjectRef("default", f"p{index}"), direction, index)
+                value = PolicyValue(verdict, frozenset({rule}))
+                entries[pkey] = entries[pkey].merged(value) if pkey in entries else value
+            selected = {direction: frozenset({ObjectRef("default", "p0")})}
+            flat.update(flatten_endpoint(endpoint.endpoint_id, EndpointPolicy(entries, selected), rules))
         write(datapath, flat)
-        for _ in range(60):
-            identity = rng.choice(list(peers))
+        for _ in range(80):
+            address = rng.choice(list(peers))
+            identity, cidr_identity, forwarded = peers[address]
             protocol = rng.choice([TCP_, UDP_, ICMP_])
             dport = rng.choice([53, 54, 80, 443, 444, 1000, 1007, 1008, 2000, 8000, 9001, 9002])
             layer = (TCP(sport=sport(), dport=dport, flags="S") if protocol == TCP_
                      else UDP(sport=sport(), dport=dport) if protocol == UDP_ else ICMP(type=8, id=sport()))
+            port = 0 if protocol == ICMP_ else dport
             expected = lookup_flat(flat, EP_A.endpoint_id, EGRESS, identity, protocol,  # type: ignore[arg-type]
-                                   0 if protocol == ICMP_ else dport)
+                                   port, cidr_identity)
             allowed = expected is not None and expected.verdict == ALLOW
-            got = run_a(datapath, IP(src=str(POD_A), dst=peers[identity]) / layer)
-            assert got == (TC_ACT_OK if allowed else TC_ACT_SHOT), (identity, protocol, dport, expected)
+            got = run_a(datapath, IP(src=str(POD_A), dst=address) / layer)
+            assert got == (forwarded if allowed else TC_ACT_SHOT), ("egress", address, protocol, dport, expected)
+
+            if address == str(POD_B):
+                continue  # B's packets come through from_container, not the host stack
+            expected = lookup_flat(flat, EP_LO.endpoint_id, INGRESS, identity, protocol,  # type: ignore[arg-type]
+                                   port, cidr_identity)
+            allowed = expected is not None and expected.verdict == ALLOW
+            layer = (TCP(sport=sport(), dport=dport, flags="S") if protocol == TCP_
+                     else UDP(sport=sport(), dport=dport) if protocol == UDP_ else ICMP(type=8, id=sport()))
+            got = run_to_lo(datapath, IP(src=address, dst=str(POD_LO)) / layer)
+            assert got == (TC_ACT_OK if allowed else TC_ACT_SHOT), ("ingress", address, protocol, dport, expected)
 
 
 def test_icmp_errors_about_a_known_flow_pass(datapath) -> None:  # type: ignore[no-untyped-def]

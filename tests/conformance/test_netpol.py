@@ -492,12 +492,9 @@ def test_policy_delete_restores_reachability(netpol: Netpol) -> None:
 # --- ipBlock ---------------------------------------------------------------------------------
 
 
-# Upstream expects an ipBlock to select pod addresses too. membrane (like Cilium) does not: a
-# pod's address resolves to the pod's identity (its /32 wins the ipcache LPM), so ipBlock only
-# selects addresses outside the cluster's pods. The cases stay, marked, so the difference shows
-# in every run (and a strict xfail notices if that ever changes).
-POD_IPBLOCK = pytest.mark.xfail(strict=True, reason="ipBlock does not select pod addresses "
-                                "(pod /32 identity wins the LPM); upstream expects it to")
+# An ipBlock selects pod addresses too, as upstream expects: the datapath judges the CIDR
+# identity of the peer's address (its longest ipBlock prefix, from the CIDR map) alongside the
+# pod's identity, so a pod's /32, or a wide block with the pod's /32 excepted, decide by address.
 
 
 def host_cidr(cluster: Any, pod_key: str) -> str:
@@ -508,28 +505,22 @@ def wide_cidr(cluster: Any, pod_key: str) -> str:
     return str(ipaddress.ip_network(f"{cluster.ip(pod_key)}/8", strict=False))
 
 
-@POD_IPBLOCK
 def test_egress_to_cidr(netpol: Netpol, cluster: Any) -> None:
     """should allow egress access to server in CIDR block (a pod's /32)"""
-    netpol.deadline = min(netpol.deadline, 3.0)  # expected to fail: do not poll long
     netpol.create(egress("x-a-to-y-b-cidr", "x", pods(pod="a"),
                          [{"to": [{"ipBlock": {"cidr": host_cidr(cluster, "y/b")}}]}]))
     netpol.check(netpol.reach().expect_from("x/a", False).expect("x/a", "y/b", True), "TCP", 80)
 
 
-@POD_IPBLOCK
 def test_egress_to_cidr_with_except(netpol: Netpol, cluster: Any) -> None:
     """should enforce except clause while egress access to server in CIDR block"""
-    netpol.deadline = min(netpol.deadline, 3.0)  # expected to fail: do not poll long
     block = {"cidr": wide_cidr(cluster, "y/b"), "except": [host_cidr(cluster, "y/b")]}
     netpol.create(egress("x-a-cidr-except", "x", pods(pod="a"), [{"to": [{"ipBlock": block}]}]))
     netpol.check(netpol.reach().expect("x/a", "y/b", False), "TCP", 80)
 
 
-@POD_IPBLOCK
 def test_egress_cidr_and_except_overlap(netpol: Netpol, cluster: Any) -> None:
     """should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed"""
-    netpol.deadline = min(netpol.deadline, 3.0)  # expected to fail: do not poll long
     block = {"cidr": wide_cidr(cluster, "y/b"), "except": [host_cidr(cluster, "y/b")]}
     netpol.create(egress("x-a-cidr-except", "x", pods(pod="a"), [{"to": [{"ipBlock": block}]}]))
     netpol.check(netpol.reach().expect("x/a", "y/b", False), "TCP", 80)
@@ -538,10 +529,8 @@ def test_egress_cidr_and_except_overlap(netpol: Netpol, cluster: Any) -> None:
     netpol.check(netpol.reach(True), "TCP", 80)
 
 
-@POD_IPBLOCK
 def test_ingress_from_cidr(netpol: Netpol, cluster: Any) -> None:
     """ingress from a pod's /32 ipBlock"""
-    netpol.deadline = min(netpol.deadline, 3.0)  # expected to fail: do not poll long
     netpol.create(ingress("x-a-from-y-b-cidr", "x", pods(pod="a"),
                           [{"from": [{"ipBlock": {"cidr": host_cidr(cluster, "y/b")}}]}]))
     netpol.check(netpol.reach().expect_to("x/a", False).expect("y/b", "x/a", True), "TCP", 80)

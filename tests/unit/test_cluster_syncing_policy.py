@@ -32,6 +32,7 @@ class FakeMaps:
     def __init__(self) -> None:
         self.policy: dict[FlatKey, FlatValue] = {}
         self.ipcache: dict[IPv4Network, int] = {}
+        self.cidrs: dict[IPv4Network, int] = {}
         self.writes = 0
         self.check: Callable[[], None] = lambda: None
 
@@ -52,6 +53,16 @@ class FakeMaps:
         self.ipcache.update(delta.upserts)
         for key in delta.deletes:
             del self.ipcache[key]
+        self.writes += len(delta.upserts) + len(delta.deletes)
+        self.check()
+
+    def read_cidrs(self) -> dict[IPv4Network, int]:
+        return dict(self.cidrs)
+
+    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
+        self.cidrs.update(delta.upserts)
+        for key in delta.deletes:
+            del self.cidrs[key]
         self.writes += len(delta.upserts) + len(delta.deletes)
         self.check()
 

@@ -44,6 +44,7 @@ class FakeMaps:
     def __init__(self) -> None:
         self.policy: dict[FlatKey, FlatValue] = {}
         self.ipcache: dict[IPv4Network, int] = {}
+        self.cidrs: dict[IPv4Network, int] = {}
         self.writes = 0
 
     def read_policy(self) -> dict[FlatKey, FlatValue]:
@@ -62,6 +63,15 @@ class FakeMaps:
         self.ipcache.update(delta.upserts)
         for key in delta.deletes:
             del self.ipcache[key]
+        self.writes += len(delta.upserts) + len(delta.deletes)
+
+    def read_cidrs(self) -> dict[IPv4Network, int]:
+        return dict(self.cidrs)
+
+    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
+        self.cidrs.update(delta.upserts)
+        for key in delta.deletes:
+            del self.cidrs[key]
         self.writes += len(delta.upserts) + len(delta.deletes)
 
 

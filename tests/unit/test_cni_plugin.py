@@ -53,3 +53,24 @@ def test_binary_prints_error_json_and_exits_nonzero_without_traceback() -> None:
     body = json.loads(done.stdout)
     assert body["code"] == c.TRY_AGAIN_LATER and body["cniVersion"] == "1.0.0"
     assert b"Traceback" not in done.stderr
+
+
+def test_plugin_imports_nothing_heavy_at_start() -> None:
+    """kubelet execs the plugin for every pod: no dataclasses, typing, pathlib, json or socket
+    before a command needs them (the installed launcher runs it with `-I -S`)."""
+    import membrane
+
+    root = os.path.dirname(os.path.dirname(os.path.realpath(membrane.__file__)))
+    code = (f"import sys; sys.path.append({root!r}); import membrane.cni.plugin; "
+            "print(','.join(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, check=True, env={})
+    loaded = set(done.stdout.decode().strip().split(","))
+    assert "membrane.cni.plugin" in loaded
+    assert not loaded & {"dataclasses", "typing", "pathlib", "json", "socket", "inspect", "re"}
+
+
+def test_binary_answers_version_with_an_empty_environment() -> None:
+    exe = Path(sys.executable).parent / "membrane-cni"
+    done = subprocess.run([str(exe)], input=b"", capture_output=True, env={"CNI_COMMAND": "VERSION"})
+    assert done.returncode == 0, done.stderr
+    assert "1.1.0" in json.loads(done.stdout)["supportedVersions"]

@@ -120,3 +120,16 @@ def test_dashboard_shape(dashboard: dict) -> None:
             assert 'instance=~"$instance"' in target["expr"]
     assert len(ids) == len(set(ids))
     assert dashboard["uid"] == "membrane-agent"
+
+
+def test_drop_reasons_come_from_the_data(dashboard: dict) -> None:
+    """No panel lists drop reasons: a reason a newer datapath adds (drop_tunnel_key, drop_no_route)
+    must show up without editing the dashboard. Prefix patterns (drop_policy_.*) are fine."""
+    for title, expr in queries(dashboard):
+        for m in re.finditer(r'reason\s*(=~|!~|=|!=)\s*"([^"]*)"', expr):
+            op, value = m.groups()
+            assert "|" not in value, f"panel {title!r} hard-codes a reason list: {value!r}"
+            assert op in ("=~", "!~") and (value.startswith("$") or value.endswith(".*")), \
+                f"panel {title!r} pins one reason: {m.group(0)!r}"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "label_values(membrane_datapath_packets_total, reason)" in json.dumps(variables["drop_reason"]["query"])

@@ -129,3 +129,62 @@ def test_restore_repairs_drifted_map(config: AgentConfig) -> None:
                                                          pod_mac="02:00:00:00:00:09", host_mac="02:00:00:00:00:08")
     EndpointManager(config, nl, dp).restore()
     assert list(dp.entries) == [IPv4Address("10.9.0.2")]
+
+
+def test_records_are_the_truth_without_an_ipam_file(config: AgentConfig) -> None:
+    """ADD persists only its record (one durable write); a crash before IPAM was ever flushed
+    still restores every address in use, and nothing else."""
+    nl, dp = FakeNetlink(), FakeMap()
+    first = EndpointManager(config, nl, dp)
+    kept = [first.add(f"c{i}", "eth0", f"/ns{i}") for i in range(3)]
+    first.delete("c1", "eth0")
+    assert not (config.state_dir / "ipam.json").exists()
+    second = EndpointManager(config, nl, dp)
+    second.restore()
+    assert {str(a): o for a, o in second.ipam.allocations.items()} == {
+        str(kept[0].ip): "c0/eth0", str(kept[2].ip): "c2/eth0"}
+    assert second.add("c9", "eth0", "/ns9").ip not in {kept[0].ip, kept[2].ip}
+
+
+def test_crash_before_the_record_leaks_nothing(config: AgentConfig) -> None:
+    """An ADD killed after its veth was made and its address taken, before the record."""
+    nl, dp = FakeNetlink(), FakeMap()
+    first = EndpointManager(config, nl, dp)
+    first.add("c1", "eth0", "/ns1")
+
+    def crash(ep: object, present: bool) -> None:
+        raise KeyboardInterrupt  # stands in for kill -9 between netlink and the record
+
+    first.on_change = crash
+    with pytest.raises(KeyboardInterrupt):
+        first.add("c2", "eth0", "/ns2")
+    nl.links[host_ifname_for("c2", "eth0")] = 98  # as if the rollback never ran
+    second = EndpointManager(config, nl, dp)
+    report = second.restore()
+    assert report["orphan_links"] == 1
+    assert list(second.ipam.allocations.values()) == ["c1/eth0"]
+
+
+def test_identity_is_in_the_first_map_write(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    mgr = EndpointManager(config, nl, dp, on_change=lambda ep, present: 4242 if present else None)
+    ep = mgr.add("c1", "eth0", "/ns1")
+    assert ep.identity == 4242 and dp.entries[ep.ip].identity == 4242 and dp.writes == 1
+    mgr.update_identity(ep.key, 4242)
+    assert dp.writes == 1
+    mgr.update_identity(ep.key, 7)
+    assert dp.entries[ep.ip].identity == 7 and dp.writes == 2
+
+
+def test_concurrent_adds_and_deletes(config: AgentConfig) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    nl, dp = FakeNetlink(), FakeMap()
+    mgr = EndpointManager(config, nl, dp)
+    with ThreadPoolExecutor(8) as pool:
+        eps = list(pool.map(lambda i: mgr.add(f"c{i}", "eth0", f"/ns{i}"), range(10)))
+    assert len({e.ip for e in eps}) == 10 and len({e.endpoint_id for e in eps}) == 10
+    assert set(dp.entries) == {e.ip for e in eps}
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(lambda i: mgr.delete(f"c{i}", "eth0"), range(10)))
+    assert not dp.entries and not mgr.ipam.allocations and not mgr.endpoints

@@ -35,6 +35,12 @@ class Maps:
         for key in delta.deletes:
             del self.ipcache[key]
 
+    def read_cidrs(self) -> dict[IPv4Network, int]:
+        return {}
+
+    def write_cidrs(self, delta: Delta) -> None:  # type: ignore[type-arg]
+        pass
+
 
 def pod(name: str, ip: str, node: str | None = None, host_ip: str | None = None) -> Pod:
     obj = parse_object({"apiVersion": "v1", "kind": "Pod",

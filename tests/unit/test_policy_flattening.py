@@ -136,6 +136,32 @@ def test_deny_takes_precedence_over_more_specific_allow_and_wildcard() -> None:
     assert v is not None and v.verdict == Verdict.DENY  # wildcard deny beats nothing/allow
 
 
+def test_cidr_identity_is_judged_alongside_the_peer_identity() -> None:
+    """The CIDR identity of the peer's address counts like a third identity: its ALLOW allows,
+    its DENY beats an ALLOW of the peer's identity, and "any peer" still applies."""
+    cidr, other_cidr = (1 << 24) | 1, (1 << 24) | 2
+    deny = PolicyValue(Verdict.DENY, frozenset({R2}))
+    allow = PolicyValue(Verdict.ALLOW, frozenset({R1}))
+    ep = EndpointPolicy(
+        {
+            PolicyKey(Direction.EGRESS, cidr, Protocol.TCP, 80, 80): allow,
+            PolicyKey(Direction.EGRESS, 300, Protocol.TCP, 443, 443): allow,
+            PolicyKey(Direction.EGRESS, other_cidr, Protocol.TCP, 443, 443): deny,
+        },
+        {Direction.EGRESS: frozenset({R1.policy})},
+    )
+    flat = flatten_endpoint(1, ep, RuleTable())
+    assert lookup_flat(flat, 1, Direction.EGRESS, 300, Protocol.TCP, 80) is None  # no CIDR identity given
+    hit = lookup_flat(flat, 1, Direction.EGRESS, 300, Protocol.TCP, 80, cidr)
+    assert hit is not None and hit.verdict == Verdict.ALLOW
+    assert lookup_flat(flat, 1, Direction.EGRESS, 300, Protocol.TCP, 80, other_cidr) is None
+    assert lookup_flat(flat, 1, Direction.EGRESS, cidr, Protocol.TCP, 80, cidr).verdict == Verdict.ALLOW  # type: ignore[union-attr]
+    hit = lookup_flat(flat, 1, Direction.EGRESS, 300, Protocol.TCP, 443, other_cidr)
+    assert hit is not None and hit.verdict == Verdict.DENY  # the address is excepted: deny wins
+    hit = lookup_flat(flat, 1, Direction.EGRESS, 300, Protocol.TCP, 443, cidr)
+    assert hit is not None and hit.verdict == Verdict.ALLOW
+
+
 def test_same_key_allow_and_deny_merge_to_deny() -> None:
     a = PolicyValue(Verdict.ALLOW, frozenset({R1}))
     d = PolicyValue(Verdict.DENY, frozenset({R2}))
@@ -179,7 +205,12 @@ def _random_policy(rng: random.Random, i: int) -> NetworkPolicy:
         if kind == 1:
             return {"namespaceSelector": {"matchLabels": {"team": rng.choice("xy")}}}
         if kind == 2:
-            return {"ipBlock": {"cidr": "198.51.100.0/24", "except": ["198.51.100.128/25"]}}
+            return {"ipBlock": rng.choice([  # outside the pods, around them, a pod's /32, everything
+                {"cidr": "198.51.100.0/24", "except": ["198.51.100.128/25"]},
+                {"cidr": "10.0.0.0/29", "except": [f"10.0.0.{rng.randint(1, 6)}/32"]},
+                {"cidr": f"10.0.0.{rng.randint(1, 6)}/32"},
+                {"cidr": "0.0.0.0/0", "except": [f"10.0.0.{rng.randint(1, 6)}/31"]},
+            ])}
         return {"namespaceSelector": {}, "podSelector": {"matchExpressions": [
             {"key": "app", "operator": "NotIn", "values": [rng.choice("abc")]}]}}
 
@@ -235,8 +266,10 @@ def test_flat_lookup_agrees_with_trace_on_random_worlds() -> None:
             for dst in others:
                 for proto, port in (("TCP", 80), ("TCP", 8080), ("TCP", 1050), ("UDP", 1080), ("UDP", 9), ("SCTP", 80)):
                     t = trace(desired, by_ref, src.ref, dst, port, proto)
-                    out = lookup_flat(flat, ids[src.ref], Direction.EGRESS, t.dst.identity or 0, Protocol[proto], port)
+                    out = lookup_flat(flat, ids[src.ref], Direction.EGRESS, t.dst.identity or 0, Protocol[proto], port,
+                                      t.dst.cidr_identity)
                     assert (out is not None and out.verdict == Verdict.ALLOW) == (t.egress.verdict is Verdict.ALLOW)
                     if t.dst.pod is not None:
-                        into = lookup_flat(flat, ids[t.dst.pod.ref], Direction.INGRESS, src.identity or 0, Protocol[proto], port)
+                        into = lookup_flat(flat, ids[t.dst.pod.ref], Direction.INGRESS, src.identity or 0, Protocol[proto],
+                                           port, t.src.cidr_identity)
                         assert (into is not None and into.verdict == Verdict.ALLOW) == (t.ingress.verdict is Verdict.ALLOW)

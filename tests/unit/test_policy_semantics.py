@@ -241,16 +241,47 @@ def test_ip_block_with_except() -> None:
     assert not w.allowed("172.16.0.1", "prod/web", 80)
     assert w.allowed("prod/web", "8.8.8.8", 53, "UDP")  # WORLD
     assert not w.allowed("prod/web", "10.99.0.1", 80)
-    # ipBlock selects addresses outside the cluster's pods (pods have their own identity).
+    # Pod addresses are judged like any other: 10.0.0.2 is in no ingress block, in the egress except.
     assert not w.allowed("prod/client", "prod/web", 80)
+    assert not w.allowed("prod/web", "prod/client", 80)
 
 
-def test_ip_block_does_not_select_pods_by_address() -> None:
+def test_ip_block_selects_pod_addresses() -> None:
+    """Upstream semantics: an ipBlock matches pod IPs too (by address, whatever the pod's labels)."""
     w = base()
+    w.pod("prod/other", "10.0.1.5", app="other")
     w.policy("prod/p", {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [
         {"ipBlock": {"cidr": "10.0.0.0/24"}}]}]})
     assert w.allowed("10.0.0.77", "prod/web", 80)  # non-pod address in the block
-    assert not w.allowed("prod/client", "prod/web", 80)  # pod 10.0.0.2: selected by labels only
+    assert w.allowed("prod/client", "prod/web", 80)  # pod 10.0.0.2: in the block
+    assert not w.allowed("prod/other", "prod/web", 80)  # pod 10.0.1.5: outside it
+    t = trace(w.desired(), w.pods, "prod/client", "prod/web", 80)
+    assert t.src.identity == w.pods[ObjectRef("prod", "client")].identity  # still the pod's identity
+    assert t.src.cidr_identity == w.desired().cidr_identities["10.0.0.0/24"]
+    assert "CIDR identity" in t.lines()[0]
+
+
+def test_ip_block_except_excludes_a_pod_address() -> None:
+    w = base()
+    w.policy("prod/p", {"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.1/32"]}}]}]})
+    assert not w.allowed("prod/client", "prod/web", 80)  # web is 10.0.0.1: excepted
+    assert w.allowed("prod/client", "10.0.0.9", 80)
+    # Another rule selecting the same pod by its own /32 wins (rules add up).
+    w.policy("prod/q", {"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}]})
+    assert w.allowed("prod/client", "prod/web", 80)
+
+
+def test_ip_block_everything_selects_pods_without_a_prefix() -> None:
+    """0.0.0.0/0 selects WORLD, which is the CIDR identity of addresses under no prefix, pods included."""
+    w = base()
+    w.policy("prod/p", {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.2/32"]}}]}]})
+    w.pod("prod/third", "10.0.0.3", app="third")
+    assert w.allowed("prod/third", "prod/web", 80)
+    assert not w.allowed("prod/client", "prod/web", 80)
+    assert w.allowed("203.0.113.1", "prod/web", 80)
 
 
 def test_named_port_ingress_resolves_on_destination_pod() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from membrane.delta import Delta
 from membrane.k8s_models import ObjectRef, parse_object
-from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat
+from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat, lpm_lookup
 from membrane.agent.identity_book import IdentityBook
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
 
@@ -20,6 +20,7 @@ class FakeMaps:
     def __init__(self) -> None:
         self.policy: dict[FlatKey, FlatValue] = {}
         self.ipcache: dict[IPv4Network, int] = {}
+        self.cidrs: dict[IPv4Network, int] = {}
         self.log: list[str] = []
 
     def read_policy(self) -> dict[FlatKey, FlatValue]:
@@ -39,6 +40,15 @@ class FakeMaps:
         for key in delta.deletes:
             del self.ipcache[key]
         self.log.append(f"ipcache+{len(delta.upserts)}-{len(delta.deletes)}")
+
+    def read_cidrs(self) -> dict[IPv4Network, int]:
+        return dict(self.cidrs)
+
+    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
+        self.cidrs.update(delta.upserts)
+        for key in delta.deletes:
+            del self.cidrs[key]
+        self.log.append(f"cidr+{len(delta.upserts)}-{len(delta.deletes)}")
 
 
 def pod(ns: str, name: str, **labels: str) -> object:
@@ -87,14 +97,21 @@ class Cluster:
         ipcache = {(str(net), ident(number)) for net, number in self.maps.ipcache.items()}
         return policy, ipcache
 
+    def cidr_identity(self, ip: IPv4Address) -> int:
+        """The CIDR map's longest prefix covering ip, else WORLD (as the datapath)."""
+        found = lpm_lookup({str(net): ident for net, ident in self.maps.cidrs.items()}, str(ip))
+        return 2 if found is None else found
+
     def allowed(self, src: ObjectRef, dst: ObjectRef, port: int = 80) -> bool:
         """Egress at the source then ingress at the destination, like from_container."""
         src_id = self.maps.ipcache[IPv4Network(f"{self.ips[src]}/32")]
         dst_id = self.maps.ipcache[IPv4Network(f"{self.ips[dst]}/32")]
         src_ep = self.mgr.local[src].endpoint_id
         dst_ep = self.mgr.local[dst].endpoint_id
-        eg = lookup_flat(self.maps.policy, src_ep, Direction.EGRESS, dst_id, Protocol.TCP, port)
-        ing = lookup_flat(self.maps.policy, dst_ep, Direction.INGRESS, src_id, Protocol.TCP, port)
+        eg = lookup_flat(self.maps.policy, src_ep, Direction.EGRESS, dst_id, Protocol.TCP, port,
+                         self.cidr_identity(self.ips[dst]))
+        ing = lookup_flat(self.maps.policy, dst_ep, Direction.INGRESS, src_id, Protocol.TCP, port,
+                          self.cidr_identity(self.ips[src]))
         return bool(eg and eg.verdict == 1 and ing and ing.verdict == 1)
 
 
@@ -178,3 +195,57 @@ def test_resync_repairs_drift_and_removes_strays(tmp_path: Path) -> None:
     c.maps.policy[FlatKey(99, 5, 0, 6, 80, 16)] = FlatValue(1, 0)
     report = c.mgr.resync()
     assert c.maps.policy == good and report["stray_policy_entries"] == 1
+
+
+def from_block(cidr: str, *excepts: str) -> object:
+    return parse_object({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": "cidr", "namespace": "shop"},
+                         "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                                  "ingress": [{"from": [{"ipBlock": {"cidr": cidr, "except": list(excepts)}}]}]}})
+
+
+def test_ip_block_selects_pod_addresses_through_the_cidr_map_without_a_gap(tmp_path: Path) -> None:
+    """web 10.0.0.1, db 10.0.0.2, other 10.0.0.3: db admits an ipBlock only; pods are matched by
+    address (CIDR map), and moving the block to new prefixes never drops web, write by write."""
+    c = Cluster(tmp_path)
+    for name, step in STEPS.items():
+        if name != "policy":
+            step(c)
+    ref = ObjectRef("shop", "cidr")
+    c.mgr.on_policy(ref, from_block("10.0.0.0/24", "10.0.0.3/32"))
+    c.mgr.apply()
+    cidrs = {IPv4Network(p): i for p, i in c.mgr.resolver.desired().cidr_identities.items()}
+    assert c.maps.cidrs == cidrs
+    # The ipcache lists them too, except where a pod's /32 is the same key (the pod wins there).
+    assert c.maps.ipcache[IPv4Network("10.0.0.0/24")] == cidrs[IPv4Network("10.0.0.0/24")]
+    assert c.maps.ipcache[IPv4Network("10.0.0.3/32")] == c.identities["c3/eth0"]
+    assert c.allowed(WEB, DB) and not c.allowed(OTHER, DB)
+
+    seen: list[bool] = []
+    for name in ("write_policy", "write_ipcache", "write_cidrs"):
+        original = getattr(c.maps, name)
+
+        def checked(delta: Delta, original=original) -> None:  # type: ignore[type-arg]
+            original(delta)
+            seen.append(c.allowed(WEB, DB))
+        setattr(c.maps, name, checked)
+    c.maps.log.clear()
+    c.mgr.on_policy(ref, from_block("10.0.0.0/30", "10.0.0.3/32"))  # new prefix identities
+    c.mgr.apply()
+    assert seen and all(seen), seen
+    # New entries, then prefixes (ipcache, CIDR map), then stale prefixes, then stale entries.
+    assert c.maps.log == ["policy+1-0", "ipcache+1-0", "cidr+1-0", "ipcache+0-1", "cidr+0-1", "policy+0-1"]
+    assert not c.allowed(OTHER, DB)
+    c.mgr.on_policy(ref, from_block("10.0.0.0/30"))
+    c.mgr.apply()
+    assert c.allowed(OTHER, DB) and c.allowed(WEB, DB)
+    c.mgr.on_policy(ref, None)
+    c.mgr.apply()
+    assert c.maps.cidrs == {} and c.allowed(OTHER, DB)
+
+    # A restart: the manager reads the CIDR map back and repairs it.
+    c.mgr.on_policy(ref, from_block("10.0.0.0/24", "10.0.0.3/32"))
+    c.mgr.apply()
+    c.maps.cidrs.clear()
+    c.mgr.resync()
+    assert c.maps.cidrs == {IPv4Network(p): i for p, i in c.mgr.resolver.desired().cidr_identities.items()}

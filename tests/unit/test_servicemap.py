@@ -52,7 +52,8 @@ def test_edges_counts_replies_and_drops() -> None:
     root = parse(render_svg(FLOWS))
     edges = {(g.get("data-source"), g.get("data-target"), g.get("class")): g for g in root.iter(f"{SVG}g")
              if (g.get("class") or "").startswith("edge ")}
-    assert edges[("shop/api", "data/postgres-0", "edge forwarded")].get("data-count") == "5"  # reply folded in
+    # the reply is folded into its connection's edge, and counts no connection of its own
+    assert edges[("shop/api", "data/postgres-0", "edge forwarded")].get("data-count") == "3"
     assert ("data/postgres-0", "shop/api", "edge forwarded") not in edges
     drop = edges[("shop/frontend", "data/postgres-0", "edge dropped")]
     assert drop.get("data-count") == "4" and drop.get("data-reasons") == "DROP_POLICY_INGRESS"
@@ -79,3 +80,34 @@ def test_empty_and_escaping() -> None:
     root = parse(render_svg([f(odd, WORLD, 80)]))
     assert any(g.get("data-id") == "a&b/<pod>" for g in root.iter(f"{SVG}g"))
     assert build_service_map([]).nodes == {}
+
+
+def test_counts_connections_and_packets_not_events() -> None:
+    """What a real agent emits: per connection the egress and ingress verdicts, trace:new and
+    trace:end; per denied packet a policy verdict and a drop. The map counts connections and
+    packets, and a connection denied at ingress is no forwarded edge too."""
+    def ev(src: Endpoint, dst: Endpoint, sport: int, ftype: FlowType, verdict: Verdict, trace: str = "",
+           direction: Direction = Direction.EGRESS, count: int = 1, reason: str = "") -> Flow:
+        return Flow(time=T0, type=ftype, verdict=verdict, trace_event=trace, direction=direction,
+                    drop_reason=reason, source_ip="10.0.0.1", destination_ip="10.0.0.2", protocol="TCP",
+                    source_port=sport, destination_port=8080, source=src, destination=dst, count=count)
+
+    flows = []
+    for sport in (40001, 40002):  # two allowed connections FE -> API
+        flows += [ev(FE, API, sport, FlowType.POLICY_VERDICT, Verdict.FORWARDED),
+                  ev(FE, API, sport, FlowType.POLICY_VERDICT, Verdict.FORWARDED, direction=Direction.INGRESS),
+                  ev(FE, API, sport, FlowType.TRACE, Verdict.FORWARDED, "new"),
+                  ev(FE, API, sport, FlowType.TRACE, Verdict.FORWARDED, "end")]
+    reason = "DROP_POLICY_INGRESS"
+    flows += [ev(FE, DB, 40003, FlowType.POLICY_VERDICT, Verdict.FORWARDED),  # egress allowed at FE ...
+              ev(FE, DB, 40003, FlowType.POLICY_VERDICT, Verdict.DROPPED, direction=Direction.INGRESS, count=3,
+                 reason=reason),  # ... denied at DB: 3 SYNs
+              ev(FE, DB, 40003, FlowType.DROP, Verdict.DROPPED, direction=Direction.INGRESS, count=3, reason=reason)]
+    smap = build_service_map(flows)
+    edges = {(e.source, e.target, e.dropped): e for e in smap.edges}
+    assert set(edges) == {("shop/frontend", "shop/api", False), ("shop/frontend", "data/postgres-0", True)}
+    assert edges[("shop/frontend", "shop/api", False)].count == 2
+    assert edges[("shop/frontend", "shop/api", False)].flows == 8
+    assert edges[("shop/frontend", "data/postgres-0", True)].count == 3
+    svg = render_svg(smap)
+    assert "2 connections \u00b7 TCP/8080" in svg and "3 dropped \u00b7 POLICY_INGRESS" in svg

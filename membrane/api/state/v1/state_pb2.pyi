@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("node_name", "last_applied_version", "stream_id")
+    __slots__ = ("node_name", "last_applied_version", "stream_id", "acked_version")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     last_applied_version: int
     stream_id: str
-    def __init__(self, node_name: _Optional[str] = ..., last_applied_version: _Optional[int] = ..., stream_id: _Optional[str] = ...) -> None: ...
+    acked_version: int
+    def __init__(self, node_name: _Optional[str] = ..., last_applied_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., acked_version: _Optional[int] = ...) -> None: ...
 
 class StateUpdate(_message.Message):
     __slots__ = ("version", "stream_id", "type", "more", "changes")

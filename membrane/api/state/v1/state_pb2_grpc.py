@@ -34,7 +34,7 @@ class StateServiceStub(object):
         Args:
             channel: A grpc.Channel.
         """
-        self.Subscribe = channel.unary_stream(
+        self.Subscribe = channel.stream_stream(
                 '/membrane.state.v1.StateService/Subscribe',
                 request_serializer=membrane_dot_api_dot_state_dot_v1_dot_state__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=membrane_dot_api_dot_state_dot_v1_dot_state__pb2.StateUpdate.FromString,
@@ -49,15 +49,20 @@ class StateServiceStub(object):
 class StateServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
-    def Subscribe(self, request, context):
-        """Snapshot-or-missing-deltas, then ordered deltas until the call is cancelled.
+    def Subscribe(self, request_iterator, context):
+        """Snapshot-or-missing-deltas, then ordered deltas until the call is cancelled. The first
+        request subscribes; every later request on the stream is an ack (`acked_version` only).
+        A server that takes stream acks says so in its initial metadata (`membrane-stream-acks: 1`);
+        a client that sends one request and half-closes (the old unary-request form) is served the
+        same stream and acks with `Ack`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Ack(self, request, context):
-        """The agent applied everything up to and including `version`.
+        """The agent applied everything up to and including `version` (for clients that do not ack
+        on the stream).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -66,7 +71,7 @@ class StateServiceServicer(object):
 
 def add_StateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Subscribe': grpc.unary_stream_rpc_method_handler(
+            'Subscribe': grpc.stream_stream_rpc_method_handler(
                     servicer.Subscribe,
                     request_deserializer=membrane_dot_api_dot_state_dot_v1_dot_state__pb2.SubscribeRequest.FromString,
                     response_serializer=membrane_dot_api_dot_state_dot_v1_dot_state__pb2.StateUpdate.SerializeToString,
@@ -88,7 +93,7 @@ class StateService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Subscribe(request,
+    def Subscribe(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -98,8 +103,8 @@ class StateService(object):
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/membrane.state.v1.StateService/Subscribe',
             membrane_dot_api_dot_state_dot_v1_dot_state__pb2.SubscribeRequest.SerializeToString,
