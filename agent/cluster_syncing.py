@@ -153,7 +153,7 @@ class ClusterSyncer:
             if update.snapshot:
                 changes = snapshot_changes(self.objects, [c.obj for c in update.changes if c.obj is not None])
             else:
-                if update.stream_id != self.stream_id or update.version != self.version + 1:
+                if update.stream_id != self.stream_id or update.base_version != self.version:
                     self._ask_for_snapshot()
                     raise ResyncNeeded(f"delta {update.stream_id}/{update.version} does not follow "
                                        f"{self.stream_id or '-'}/{self.version}")
@@ -164,7 +164,8 @@ class ClusterSyncer:
             self.counts["snapshots" if update.snapshot else "deltas"] += 1
             self.counts["changes"] += len(changes)
             self.last_update = time.time()
-            if update.snapshot:
+            if update.snapshot or update.base_version != update.version - 1:
+                # the journal holds single versions; a batch (this agent lagged) compacts
                 self.file.write_base(update.version, update.stream_id, self.objects)
             else:
                 self.file.append(update.version, update.stream_id, changes, self.objects)

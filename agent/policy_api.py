@@ -19,11 +19,17 @@ from .policy_syncing import PolicyManager
 def _selected(manager: PolicyManager, ref: ObjectRef) -> dict[str, list[str]]:
     """Which pods the policy isolates, per direction."""
     found: dict[str, list[str]] = {"ingress": [], "egress": []}
-    for pod, policy in manager.resolver.desired().endpoints.items():
-        for direction, refs in policy.selected_by.items():
-            if ref in refs:
-                found[Direction(direction).label].append(str(pod))
+    with manager.lock:  # every pod of the cluster, not only this node's endpoints
+        for direction, pods in manager.resolver.selecting(ref).items():
+            found[Direction(direction).label] = [str(pod) for pod in pods]
     return found
+
+
+def _pods_of(manager: PolicyManager, party: ObjectRef | str) -> list[ObjectRef]:
+    """The pods a trace party names (a ref, or the pods holding an address)."""
+    if isinstance(party, ObjectRef):
+        return [party]
+    return [pod.ref for pod in manager.resolver.inputs.pods.values() if party in pod.ips]
 
 
 def policy_list(manager: PolicyManager, store: ObjectStore) -> list[dict[str, Any]]:
@@ -56,8 +62,11 @@ def policy_trace(manager: PolicyManager, src: str, dst: str, port: str) -> dict[
     number, _, proto = port.partition("/")
     try:
         with manager.lock:
-            result = trace(manager.resolver.desired(), manager.resolver.inputs.pods, _party(src), _party(dst),
-                           number, (proto or "TCP").upper())
+            # The agent computes entries for its own endpoints only: trace computes the two
+            # parties' endpoint policies on demand.
+            parties = [*_pods_of(manager, _party(src)), *_pods_of(manager, _party(dst))]
+            result = trace(manager.resolver.desired_for(parties), manager.resolver.inputs.pods, _party(src),
+                           _party(dst), number, (proto or "TCP").upper())
     except (ValueError, KeyError) as exc:
         raise RequestError(f"cannot trace: {exc}") from exc
     return {"verdict": result.verdict.name.lower(), "lines": result.lines()}

@@ -85,6 +85,9 @@ class PolicyManager:
         self.written_policy: dict[ObjectRef, dict[FlatKey, FlatValue]] = {}
         self.written_ipcache: dict[IPv4Network, IpcacheTarget] = {}
         self.written_cidrs: dict[IPv4Network, int] = {}
+        # CIDR map changes since the last apply (prefix -> identity, None: removed); None means
+        # compare everything (start, resync). See `_cidr_delta`.
+        self._cidr_changes: dict[IPv4Network, int | None] | None = None
         self.dirty: set[ObjectRef] = set()
         self.last_apply_seconds = 0.0
         self.generation = 0  # bumped by every apply: readers (flow enrichment) drop their caches
@@ -156,6 +159,7 @@ class PolicyManager:
 
     def _record(self, delta: PolicyDelta) -> None:
         self.dirty.update(delta.endpoints)
+        self._note_cidrs(delta)
         for prefix in (*delta.cidr_upserts, *delta.cidr_removals):
             net = ip_network(prefix)
             if isinstance(net, IPv4Network):
@@ -245,6 +249,30 @@ class PolicyManager:
             if isinstance(net, IPv4Network):
                 cidrs[net] = identity
         return cidrs
+
+    def _note_cidrs(self, delta: PolicyDelta) -> None:
+        """Remember the resolver's CIDR table changes for the next apply (IPv4 only)."""
+        if self._cidr_changes is None or not (delta.cidr_upserts or delta.cidr_removals):
+            return
+        for prefix in delta.cidr_removals:
+            net = ip_network(prefix)
+            if isinstance(net, IPv4Network):
+                self._cidr_changes[net] = None
+        for prefix, identity in delta.cidr_upserts.items():
+            net = ip_network(prefix)
+            if isinstance(net, IPv4Network):
+                self._cidr_changes[net] = identity
+
+    def _cidr_delta(self) -> Delta[IPv4Network, int]:
+        """What the CIDR map needs: `diff(desired_cidrs(), written_cidrs)`, from the changes
+        recorded since the last apply only (the whole table after a start or resync)."""
+        changes, self._cidr_changes = self._cidr_changes, {}
+        if changes is None:
+            return diff(self.desired_cidrs(), self.written_cidrs)
+        upserts = {net: ident for net, ident in changes.items()
+                   if ident is not None and self.written_cidrs.get(net) != ident}
+        deletes = [net for net, ident in changes.items() if ident is None and net in self.written_cidrs]
+        return Delta(upserts, deletes)
 
     def _write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
         """Write part of a CIDR map delta and remember what the map now holds."""
@@ -382,7 +410,7 @@ class PolicyManager:
                     "ipcache_upserts": len(ipcache_delta.upserts), "ipcache_deletes": len(ipcache_delta.deletes)}
 
     def _write(self, policy: Delta[FlatKey, FlatValue], ipcache: Delta[IPv4Network, IpcacheTarget]) -> None:
-        cidrs = diff(self.desired_cidrs(), self.written_cidrs)
+        cidrs = self._cidr_delta()
         self.maps.write_policy(Delta(policy.upserts, []))
         self.maps.write_ipcache(Delta(ipcache.upserts, []))
         self._write_cidrs(Delta(cidrs.upserts, []))
@@ -407,6 +435,7 @@ class PolicyManager:
             self.written_ipcache = self.maps.read_ipcache()
             self._reset_ipcache()
             self.written_cidrs = self.maps.read_cidrs()
+            self._cidr_changes = None
             self.dirty.update(self.local)
             self.dirty.update(self.written_policy)
             report = self.apply()

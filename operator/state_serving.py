@@ -15,6 +15,11 @@ open stream instead of a unary RPC (a new HTTP/2 stream, a handler coroutine, he
 trailers) per subscriber per change, which was most of the operator's cost of a change at a
 thousand subscribers. The initial metadata `membrane-stream-acks: 1` tells a client it may ack
 on the stream; an older client sends one request, half-closes and keeps using `Ack`.
+
+A subscriber that fell behind (several versions waiting when its stream gets to run) and said
+it `accepts_batches` gets them as one DELTA message with `base_version`: the committed
+messages concatenated (protobuf merges concatenated messages: `changes` append in order, the
+last `version` wins) plus the `base_version` field, so batching costs no re-encoding either.
 """
 
 from __future__ import annotations
@@ -41,6 +46,38 @@ SERVICE = "membrane.state.v1.StateService"
 CODEC = Codec(encode_change, update_bytes, snapshot_chunks)
 READY_POLL = 0.05  # how often a subscriber that came before the first state checks again
 STREAM_ACKS = (("membrane-stream-acks", "1"),)  # initial metadata: acks on the stream welcome
+# A batch stays small: gRPC copies every message into each subscriber's own send buffer, so a
+# thousand lagging subscribers hold up to a thousand batches in flight at once.
+BATCH_BYTES = 64 << 10
+BATCH_CACHE = 32  # recent batches kept: subscribers that lag alike share the bytes
+
+
+def batch_groups(wires: list[tuple[int, bytes]],
+                 limit: int = BATCH_BYTES) -> list[list[tuple[int, bytes]]]:
+    """Consecutive encoded deltas grouped into runs of at most about `limit` bytes (a delta
+    larger than that is a run of its own)."""
+    groups: list[list[tuple[int, bytes]]] = []
+    size = 0
+    for version, wire in wires:
+        if not groups or size + len(wire) > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append((version, wire))
+        size += len(wire)
+    return groups
+
+
+def batch_wire(group: list[tuple[int, bytes]]) -> bytes:
+    """One DELTA message for a run of consecutive deltas: their messages concatenated, then
+    `base_version` (the version before the first)."""
+    base = pb.StateUpdate(base_version=group[0][0] - 1).SerializeToString()
+    return b"".join(wire for _, wire in group) + base
+
+
+def batched(wires: list[tuple[int, bytes]], limit: int = BATCH_BYTES) -> list[tuple[int, bytes]]:
+    """(last version, message) per run; a run of one delta stays as it was committed."""
+    return [group[0] if len(group) == 1 else (group[-1][0], batch_wire(group))
+            for group in batch_groups(wires, limit)]
 
 
 class _LoopThread:
@@ -74,6 +111,7 @@ class StateServicer:
         state.listeners.append(self._committed)
         self._sent_snapshot = metrics.bytes_sent.labels("snapshot")
         self._sent_delta = metrics.bytes_sent.labels("delta")
+        self._batches: dict[tuple[int, int], bytes] = {}  # (first, last version) -> message; loop only
 
     # --- waking streams -----------------------------------------------------------------------
     def _committed(self) -> None:  # any thread
@@ -135,6 +173,8 @@ class StateServicer:
                         yield chunk
                     sent = version
                     continue
+                if len(wires) > 1 and request.accepts_batches:
+                    wires = self._batched(wires)
                 for version, wire in wires:
                     self.metrics.deltas_sent.inc()
                     self._sent_delta.inc(len(wire))
@@ -147,6 +187,21 @@ class StateServicer:
             self.metrics.subscribers.dec()
             self.tracker.unsubscribed(node, time.monotonic())
             log.debug("node %s unsubscribed", node)
+
+    def _batched(self, wires: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        out = []
+        for group in batch_groups(wires):
+            if len(group) == 1:
+                out.append(group[0])
+                continue
+            key = (group[0][0], group[-1][0])
+            wire = self._batches.get(key)
+            if wire is None:
+                wire = self._batches[key] = batch_wire(group)
+                if len(self._batches) > BATCH_CACHE:
+                    del self._batches[next(iter(self._batches))]
+            out.append((key[1], wire))
+        return out
 
     async def _read_acks(self, node: str, incoming: AsyncIterator[pb.SubscribeRequest]) -> None:
         """Acks on the stream (every request after the first) until the client half-closes."""

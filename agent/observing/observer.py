@@ -139,9 +139,15 @@ class FlowObserver:
     # --- pump ----------------------------------------------------------------------------------
     def start_pump(self, poll_events: Callable[[int], Any], *, timeout_ms: int = 100,
                    read_kernel_lost: Callable[[], Mapping[str, int]] | None = None,
-                   lost_every_s: float = 1.0) -> None:
+                   lost_every_s: float = 1.0, coalesce_s: float = 0.02) -> None:
         """Poll the ring buffer in a thread until `stop()`; `poll_events(timeout_ms)` calls
-        `on_event` for each record, which this thread then moves to the ring in one batch."""
+        `on_event` for each record, which this thread then moves to the ring in one batch.
+
+        After a poll that delivered something, the thread waits `coalesce_s` before the next:
+        the kernel wakes a consumer that has caught up on every new record, so without the
+        pause a connection storm costs one Python wake-up per event (measured: 15-18% of a
+        core and a quarter of the node's new-connection rate on 2 cores). 20 ms keeps flows
+        prompt and, at the datapath's rate limit, far below the ring buffer's 4096 records."""
         self._batching = True
         self._stop.clear()
 
@@ -150,10 +156,13 @@ class FlowObserver:
             while not self._stop.is_set():
                 try:
                     poll_events(timeout_ms)
+                    delivered = bool(self._pending)
                     self.flush()
                     if read_kernel_lost is not None and time.monotonic() >= next_lost:
                         self.update_kernel_lost(read_kernel_lost())
                         next_lost = time.monotonic() + lost_every_s
+                    if delivered and coalesce_s > 0:
+                        self._stop.wait(coalesce_s)
                 except Exception:  # noqa: BLE001 - one bad poll must not end observability
                     log.exception("flow event poll failed")
                     self._stop.wait(1.0)

@@ -11,6 +11,9 @@ Acks go on the Subscribe stream itself when the operator says it takes them (ini
 waiting, so a burst of updates costs one ack. Against an older operator (no such metadata) the
 client acks with the unary `Ack` RPC as before.
 
+A client that lagged may get several versions in one delta (`StateUpdate.base_version` below
+`version - 1`); `apply` must take such an update as one step from `base_version` to `version`.
+
 An agent that persists its applied state can persist `last_version` and `stream_id` with it
 and pass them back in after a restart to resume without a snapshot.
 """
@@ -94,7 +97,7 @@ class StateClient:
         stub = pb_grpc.StateServiceStub(self._ensure_channel())
         request = pb.SubscribeRequest(node_name=self.node_name,
                                       last_applied_version=self.last_version,
-                                      stream_id=self.stream_id)
+                                      stream_id=self.stream_id, accepts_batches=True)
         acks: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         call = stub.Subscribe(_requests(request, acks))
         self._call = call
@@ -116,7 +119,8 @@ class StateClient:
                         continue
                     update, pending = pending, None
                 else:
-                    update = StateUpdate(message.version, message.stream_id, False, changes)
+                    update = StateUpdate(message.version, message.stream_id, False, changes,
+                                         message.base_version or message.version - 1)
                 self.apply(update)
                 self.last_version, self.stream_id = update.version, update.stream_id
                 self.backoff.reset()
@@ -133,6 +137,7 @@ class StateClient:
                         log.info("state ack %d failed: %s", update.version, exc)
         finally:
             acks.put(None)  # ends the request stream
+            call.cancel()  # no-op when it already ended; else (apply failed) the server lets go
             self._call = None
             if self._stop.is_set() and self._channel is not None:
                 self._channel.close()

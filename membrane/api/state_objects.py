@@ -137,6 +137,13 @@ class StateUpdate:
     stream_id: str
     snapshot: bool
     changes: list[Change] = field(default_factory=list)
+    # A delta goes from `base_version` to `version`: version-1, or older for a batch of several
+    # versions a lagging subscriber got in one message.
+    base_version: int = -1
+
+    def __post_init__(self) -> None:
+        if self.base_version < 0:
+            self.base_version = 0 if self.snapshot else self.version - 1
 
 
 def apply_update(state: dict[StateKey, StateObject], update: StateUpdate) -> None:

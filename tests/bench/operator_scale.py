@@ -163,6 +163,8 @@ class SubscriberPool:
                                                            "last_ack": 0.0, "bytes": 0,
                                                            "first_recv": float("inf"),
                                                            "keys": event["keys"]})
+            if not merged["keys"]:  # a process whose subscribers all got it inside a batch
+                merged["keys"] = event["keys"]
             merged["n"] += event["n"]
             merged["parts"] += 1
             merged["bytes"] += event["bytes"]
@@ -273,6 +275,27 @@ def wait_metric(op: OperatorProcess, name: str, value: float, timeout: float) ->
         time.sleep(0.5)
 
 
+PROPAGATION = "membrane_operator_state_propagation_seconds"
+
+
+def wait_all_acked(op: OperatorProcess, since: dict[str, float], timeout: float) -> float:
+    """Until every version committed after the `since` scrape is acked by every subscriber:
+    the operator observes one propagation per version committed while anyone is subscribed.
+    (The subscriber processes' own reports only say a version is complete when all four saw
+    it as one message; a lagging subscriber may get several versions batched.) Returns the
+    slowest propagation's upper bound in seconds (histogram bucket)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = op.metrics()
+        versions = m.get("membrane_operator_state_version", 0) - since.get("membrane_operator_state_version", 0)
+        count = m.get(PROPAGATION + "_count", 0) - since.get(PROPAGATION + "_count", 0)
+        if count >= versions:
+            return bucket_quantile(histogram(since, PROPAGATION), histogram(m, PROPAGATION), 1.0) or 0.0
+        if time.monotonic() > deadline or op.proc.poll() is not None:
+            raise RuntimeError(f"{versions - count} versions not acked by every subscriber: {op.log_tail()}")
+        time.sleep(0.2)
+
+
 def histogram(metrics: dict[str, float], base: str) -> dict[float, float]:
     out = {}
     for name, value in metrics.items():
@@ -301,6 +324,7 @@ def single_changes(pool: SubscriberPool, op: OperatorProcess, core: client.CoreV
     metrics_before = op.metrics()
     cpu_before = op.cpu_s()
     last = pool.drain(quiet=1.0)
+    sub_cpu_before = sum(s["cpu_s"] for s in pool.stats())
     for i in range(n):
         if kind == "pod label (existing identity)":
             index = (i * 7919) % total_pods
@@ -337,6 +361,7 @@ def single_changes(pool: SubscriberPool, op: OperatorProcess, core: client.CoreV
                         "changes": got["keys"][-1]})
         last = pool.drain(quiet=0.3)
     metrics_after = op.metrics()
+    sub_cpu = sum(s["cpu_s"] for s in pool.stats()) - sub_cpu_before
     base = "membrane_operator_state_propagation_seconds"
     h0, h1 = histogram(metrics_before, base), histogram(metrics_after, base)
     count = metrics_after.get(base + "_count", 0) - metrics_before.get(base + "_count", 0)
@@ -345,6 +370,7 @@ def single_changes(pool: SubscriberPool, op: OperatorProcess, core: client.CoreV
     return {"n": n, "p50_ms": median(ms), "p99_ms": percentile(ms, 99), "max_ms": max(ms),
             "bytes_per_change": median([s["bytes"] for s in samples]),
             "operator_cpu_s_per_change": (op.cpu_s() - cpu_before) / n,
+            "subscribers_cpu_s_per_change": sub_cpu / n,
             "operator_histogram": {"count": count, "mean_ms": total / count * 1000 if count else None,
                                    "p50_le_s": bucket_quantile(h0, h1, 0.5),
                                    "p99_le_s": bucket_quantile(h0, h1, 0.99)},
@@ -363,7 +389,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           for k, v in vars(args).items()},
                                "machine": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                            "kernel": platform.release(), "cores": os.cpu_count(),
-                                           "python": platform.python_version()}}
+                                           "python": platform.python_version(),
+                                           "loadavg_start": os.getloadavg()}}
     memory: dict[str, Any] = {}
     results["memory"] = memory
     half = args.pods // 2
@@ -397,11 +424,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The second half of the pods while 1,000 agents follow the stream.
         t0 = time.monotonic()
         cpu0 = op.cpu_s()
+        since = op.metrics()
         objects.add_pods(args.pods - half, args.nodes)
         wait_metric(op, 'membrane_operator_state_objects{kind="endpoint"}', args.pods, 600)
-        last = pool.drain(quiet=3.0)
-        results["bulk_add"] = {"pods": args.pods - half, "wall_s_to_all_acked": time.monotonic() - t0,
-                               "operator_cpu_s": op.cpu_s() - cpu0, "last_version": last}
+        slowest = wait_all_acked(op, since, 600)
+        wall = time.monotonic() - t0
+        after = op.metrics()
+        last = pool.drain(quiet=1.0)
+        results["bulk_add"] = {"pods": args.pods - half, "wall_s_to_all_acked": wall,
+                               "operator_cpu_s": op.cpu_s() - cpu0, "last_version": last,
+                               "versions": after.get("membrane_operator_state_version", 0)
+                               - since.get("membrane_operator_state_version", 0),
+                               "delta_messages": after.get("membrane_operator_state_deltas_sent_total", 0)
+                               - since.get("membrane_operator_state_deltas_sent_total", 0),
+                               "slowest_propagation_le_s": slowest}
         time.sleep(2)
         memory["rss_kib_full_pods"] = op.rss_kib()
         memory["per_pod_kib"] = (memory["rss_kib_full_pods"] - memory["rss_kib_half_pods"]) / (args.pods - half)
@@ -449,6 +485,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         api_client.close()
         api.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    results["machine"]["loadavg_end"] = os.getloadavg()
     results["targets"] = targets(results)
     return results
 
@@ -464,10 +501,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(r: dict[str, Any]) -> str:
     cfg, mem = r["config"], r["memory"]
     f = lambda v, d=0: "n/a" if v is None else f"{v:,.{d}f}"  # noqa: E731
+    load = lambda k: "/".join(f"{x:.1f}" for x in r["machine"].get(k) or ()) or "n/a"  # noqa: E731
     lines = [f"# Operator scale: {cfg['pods']:,} pods, {cfg['nodes']} nodes, {cfg['subscribers']:,} subscribers",
              "", f"{r['machine']['date']}, kernel {r['machine']['kernel']}, {r['machine']['cores']} cores "
              f"(shared by the operator, the API stand-in and {cfg['procs']} subscriber processes), "
-             f"Python {r['machine']['python']}. `python -m tests.bench.operator_scale`.", "",
+             f"Python {r['machine']['python']}. `python -m tests.bench.operator_scale`. "
+             f"Load average (1/5/15 min) at start {load('loadavg_start')}, at end {load('loadavg_end')} "
+             "(other work shares the machine).", "",
              "## Targets", "", "| target | result | met? |", "|---|---:|---|"]
     for t in r["targets"]:
         lines.append(f"| {t['name']} {t['target']} | {f(t['value_ms'])} ms | {'yes' if t['met'] else 'NO'} |")
@@ -476,13 +516,14 @@ def markdown(r: dict[str, Any]) -> str:
               "last of all subscribers' acks, by our clock. The operator's histogram starts later (when "
               "its watch delivers the change); its quantiles are bucket upper bounds.", "",
               "| change | n | p50 (ms) | p99 (ms) | max (ms) | operator histogram mean (ms) | histogram p99 <= (s) "
-              "| bytes sent per change (all subscribers) | operator CPU per change (s) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| bytes sent per change (all subscribers) | operator CPU per change (s) "
+              "| subscriber processes' CPU per change (s) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for kind, d in r.get("changes", {}).items():
         h = d["operator_histogram"]
         lines.append(f"| {kind} | {d['n']} | {f(d['p50_ms'])} | {f(d['p99_ms'])} | {f(d['max_ms'])} "
                      f"| {f(h['mean_ms'])} | {h['p99_le_s']} | {f(d['bytes_per_change'])} "
-                     f"| {f(d['operator_cpu_s_per_change'], 3)} |")
+                     f"| {f(d['operator_cpu_s_per_change'], 3)} | {f(d.get('subscribers_cpu_s_per_change'), 3)} |")
     sub = r.get("subscribers_connect", {})
     bulk = r.get("bulk_add", {})
     lines += ["", "A pod moved to a label set nobody had before needs an identity first: the operator "
@@ -500,6 +541,7 @@ def markdown(r: dict[str, Any]) -> str:
               f"| {cfg['subscribers']:,} subscribers connect and apply the snapshot | {f(sub.get('wall_s'), 1)} s, operator CPU {f(sub.get('operator_cpu_s'), 1)} s |",
               f"| snapshot size per subscriber | {f(sub.get('snapshot_bytes_each'))} bytes |",
               f"| bulk: +{bulk.get('pods', 0):,} pods written, all acked by every subscriber | {f(bulk.get('wall_s_to_all_acked'), 1)} s, operator CPU {f(bulk.get('operator_cpu_s'), 1)} s |",
+              f"| bulk: versions committed, delta messages sent (all subscribers; lagging ones get batches) | {f(bulk.get('versions'))}, {f(bulk.get('delta_messages'))} |",
               f"| idle CPU at full size (resync passes) | {f((r.get('idle_cpu_fraction') or 0) * 100, 1)} % of a core |",
               f"| full rebuilds that found the incremental state wrong | {r.get('rebuild_warnings')} |",
               "", "Memory growth per node = per Node object + per subscriber (every node runs one agent). "

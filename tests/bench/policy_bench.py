@@ -157,29 +157,31 @@ def conn_rate(server: Endpoint, client: Endpoint, seconds: float) -> dict[str, A
 
 
 def rules_sweep(mb: PolicyMembrane, ref: IptablesBridge, reps: int, seconds: int) -> dict[str, Any]:
+    """Each repetition walks every rule count on both setups (A,B per count), so slow drifts of
+    the shared machine's load spread over all counts instead of biasing one."""
     setups = {"membrane": mb, "iptables (bridge)": ref}
-    out: dict[str, Any] = {name: {} for name in setups}
-    for n in RULE_COUNTS:
-        for name, s in setups.items():
-            log(f"{name}: {n} rules")
-            cell = out[name][str(n)] = {"apply_s": s.set_rules(n), "latency": [], "rate": [], "errors": []}
-            if isinstance(s, IptablesBridge):
-                cell["forward_rules"] = s.forward_rules()
-            measuring.latency(s.server, s.client, seconds=1, port=LAT_PORT)  # warm-up, reachability
-        for rep in range(reps):
+    out: dict[str, Any] = {name: {str(n): {"apply_s": [], "latency": [], "rate": [], "errors": []}
+                                  for n in RULE_COUNTS} for name in setups}
+    for rep in range(reps):
+        for n in RULE_COUNTS:
             for name, s in setups.items():
                 cell = out[name][str(n)]
                 try:
+                    cell["apply_s"].append(s.set_rules(n))
+                    if isinstance(s, IptablesBridge):
+                        cell["forward_rules"] = s.forward_rules()
+                    measuring.latency(s.server, s.client, seconds=1, port=LAT_PORT)  # warm-up, reachability
                     cell["latency"].append(vars(measuring.latency(s.server, s.client, seconds, LAT_PORT)))
                     cell["rate"].append(conn_rate(s.server, s.client, seconds))
                 except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
                     cell["errors"].append(f"{type(exc).__name__}: {exc}"[:400])
-            log(f"{n} rules rep {rep + 1}/{reps} done")
-        for name in setups:
-            cell = out[name][str(n)]
+            log(f"rep {rep + 1}/{reps}: {n} rules done")
+    for cells in out.values():
+        for cell in cells.values():
             cell["latency_p50_us"] = median([x["p50_us"] for x in cell["latency"]])
             cell["latency_avg_us"] = median([x["avg_us"] for x in cell["latency"]])
             cell["conn_per_s"] = median([x["per_second"] for x in cell["rate"]])
+            cell["apply_s"] = max(cell["apply_s"]) if cell["apply_s"] else None
     mb.set_rules(0)
     ref.set_rules(0)
     return out
@@ -250,7 +252,7 @@ def apply_to_enforced(mb: PolicyMembrane, changes: int, gap: float = 0.6) -> dic
 PARTS = ("engine", "rules", "enforce")
 
 
-def run(reps: int = 3, seconds: int = 3, changes: int = 10, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+def run(reps: int = 5, seconds: int = 3, changes: int = 10, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     results: dict[str, Any] = {"config": {"reps": reps, "seconds": seconds, "changes": changes,
                                           "rule_counts": list(RULE_COUNTS), "parts": list(parts)}}
     if "engine" in parts:
@@ -321,7 +323,7 @@ def markdown(results: dict[str, Any]) -> str:
     if rules:
         lines += ["", f"## Per-packet and per-connection cost vs number of rules "
                   f"(medians of {cfg['reps']} interleaved runs of {cfg['seconds']} s)", "",
-                  "| setup | rules | latency p50 (us) | latency avg (us) | p50 vs 0 rules | new connections/s | vs 0 rules | rules applied in (s) |",
+                  "| setup | rules | latency p50 (us) | latency avg (us) | p50 vs 0 rules | new connections/s | vs 0 rules | rules applied in (s, max) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, cells in rules.items():
             base = cells.get("0", {})
@@ -384,7 +386,7 @@ def write(results: dict[str, Any], out: Path) -> str:
 if __name__ == "__main__":
     import argparse
     ap = argparse.ArgumentParser(description="policy benchmark (root)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--changes", type=int, default=10)
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS))

@@ -91,7 +91,7 @@ class Subscribers:
     async def _stream(self, name: str, subscribe: aio.StreamStreamMultiCallable,
                       ack: aio.UnaryUnaryMultiCallable) -> None:
         call = subscribe()
-        await call.write(pb.SubscribeRequest(node_name=name))
+        await call.write(pb.SubscribeRequest(node_name=name, accepts_batches=STREAM_ACKS))
         if not STREAM_ACKS:
             await call.done_writing()  # the old unary-request form
         on_stream = STREAM_ACKS and any(
@@ -126,21 +126,25 @@ class Subscribers:
 
     def _delta_acked(self, message: pb.StateUpdate, received: float, done: float,
                      size: int) -> None:
-        version = message.version
-        entry = self.versions.get(version)
-        if entry is None:
-            expected = sum(1 for v in self.synced_at.values() if v < version)
-            entry = self.versions[version] = Version(expected)
-            entry.keys = [change_key(c) for c in message.changes][:50]
-            entry.keys.append(f"#changes={len(message.changes)}")
-        entry.acked += 1
-        entry.bytes += size
-        entry.last_ack = max(entry.last_ack, done)
-        entry.first_recv = min(entry.first_recv, received)
-        if entry.acked == entry.expected:
-            self.emit(event="version", v=version, n=entry.acked, last_ack=entry.last_ack,
-                      first_recv=entry.first_recv, bytes=entry.bytes, keys=entry.keys)
-            del self.versions[version]
+        # A batch (this subscriber lagged) acks every version it spans; its bytes and keys
+        # count for its last version (the one a change searched for is at or before it).
+        base = message.base_version or message.version - 1
+        for version in range(base + 1, message.version + 1):
+            entry = self.versions.get(version)
+            if entry is None:
+                expected = sum(1 for v in self.synced_at.values() if v < version)
+                entry = self.versions[version] = Version(expected)
+            if not entry.keys and version == message.version:
+                entry.keys = [change_key(c) for c in message.changes][:50]
+                entry.keys.append(f"#changes={len(message.changes)}")
+            entry.acked += 1
+            entry.bytes += size if version == message.version else 0
+            entry.last_ack = max(entry.last_ack, done)
+            entry.first_recv = min(entry.first_recv, received)
+            if entry.acked == entry.expected:
+                self.emit(event="version", v=version, n=entry.acked, last_ack=entry.last_ack,
+                          first_recv=entry.first_recv, bytes=entry.bytes, keys=entry.keys)
+                del self.versions[version]
 
     async def commands(self) -> None:
         loop = asyncio.get_running_loop()

@@ -159,6 +159,25 @@ def test_delta_that_does_not_follow_asks_for_a_snapshot(tmp_path: Path) -> None:
     assert a.syncer.version == 1 and a.allowed_into_db(300)  # nothing applied, nothing lost
 
 
+def test_batched_delta_applies_as_one_step_and_persists(tmp_path: Path) -> None:
+    """A lagging agent may get versions 2..4 in one delta (base_version 1): applied and
+    persisted as version 4 (the journal holds single versions, so a batch compacts)."""
+    a = Agent(tmp_path).start()
+    a.syncer.apply_update(update(1, BASE, snapshot=True))
+    batch = update(4, [IdentityState(302, ("k8s:app=x",))], deletes=[POLICY])
+    batch.base_version = 1
+    a.syncer.apply_update(batch)
+    assert a.syncer.version == 4 and a.allowed_into_db(302)
+    stale = update(6, [])
+    stale.base_version = 2  # does not start where this agent is
+    with pytest.raises(ResyncNeeded):
+        a.syncer.apply_update(stale)
+    a.syncer.apply_update(update(5, [IdentityState(303, ("k8s:app=y",))]))  # single versions again
+
+    b = Agent(tmp_path, a.maps).start()
+    assert (b.syncer.version, b.syncer.objects) == (5, a.syncer.objects)
+
+
 def test_bad_policy_object_is_skipped_not_fatal(tmp_path: Path) -> None:
     a = Agent(tmp_path).start()
     bad = PolicyState("shop", "broken", "{not json")

@@ -6,10 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 
+import grpc
 import pytest
 
 from membrane.api.backoff import Backoff
+from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state_client import StateClient
 from membrane.api.state_objects import (
     EndpointState,
@@ -23,7 +26,10 @@ from membrane.api.state_objects import (
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
-from membrane.operator.state_serving import StateServicer, serve, stop
+from membrane.operator.state_serving import CODEC, SERVICE, StateServicer, batched, serve, stop
+
+SUBSCRIBE = f"/{SERVICE}/Subscribe"
+ACK = f"/{SERVICE}/Ack"
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -119,7 +125,10 @@ def test_snapshot_then_deltas_in_order(server: Server) -> None:
         versions.append(server.drop(endpoint("a", "")))
         assert wait_for(lambda: agent.version == versions[-1])
         deltas = agent.updates[1:]
-        assert [u.version for u in deltas] == versions  # every delta, in order, once
+        # every version, in order, once: one delta each, or several in a batch when it lagged
+        chain = [v2] + [u.version for u in deltas]
+        assert [u.base_version for u in deltas] == chain[:-1]
+        assert chain[-1] == versions[-1] and set(chain[1:]) <= set(versions)
         assert not any(u.snapshot for u in deltas)
         assert agent.state == server.objects
     finally:
@@ -137,7 +146,9 @@ def test_resume_gets_only_missing_deltas(server: Server) -> None:
     again = Agent(server.port, last_version=resume_from, stream_id=stream)
     try:
         assert wait_for(lambda: again.version == missed[-1])
-        assert [(u.version, u.snapshot) for u in again.updates] == [(v, False) for v in missed]
+        # both missed versions were waiting: one batched delta from where it left off
+        assert [(u.base_version, u.version, u.snapshot) for u in again.updates] == [
+            (resume_from, missed[-1], False)]
         assert server.metrics.registry.get_sample_value(
             "membrane_operator_state_snapshots_sent_total") == 1  # only the first agent's
     finally:
@@ -198,6 +209,91 @@ def test_acks_feed_the_propagation_histogram(server: Server) -> None:
         slow_gate.set()
         fast.client.stop()
         slow.client.stop()
+
+
+def test_acks_ride_on_the_stream_coalesced(server: Server) -> None:
+    server.put(NODE)
+    agent = Agent(server.port)
+    unary: list[int] = []
+    agent.client.ack = unary.append  # type: ignore[method-assign]
+    try:
+        assert wait_for(lambda: server.tracker.acked_version("n1") == server.log.version)
+        versions = [server.put(endpoint(f"p{i}", f"10.200.0.{10 + i}")) for i in range(10)]
+        assert wait_for(lambda: server.tracker.acked_version("n1") == versions[-1])
+        assert unary == []  # every ack went on the Subscribe stream
+    finally:
+        agent.client.stop()
+
+
+def test_batched_delta_is_the_concatenation_with_a_base() -> None:
+    log = StateLog(10)
+    log.use_codec(CODEC)
+    for i in range(3):
+        log.apply({(Kind.ENDPOINT, f"default/p{i}"): endpoint(f"p{i}", f"10.200.0.{i + 2}")}, 0.0)
+    wires = log.wire_after(0)
+    assert wires is not None
+    [(version, wire)] = batched(wires)
+    message = pb.StateUpdate.FromString(wire)
+    assert (version, message.version, message.base_version) == (3, 3, 0)
+    assert message.type == pb.StateUpdate.DELTA and message.stream_id == log.stream_id
+    assert [c.endpoint.name for c in message.changes] == ["p0", "p1", "p2"]
+    assert batched(wires, limit=1) == wires  # over the size limit: one message each
+    assert batched(wires[:1]) == wires[:1]
+
+
+def test_old_client_form_unary_request_and_unary_ack(server: Server) -> None:
+    """An agent of the previous release: one request then half-close, acks with `Ack`, no
+    batches: it gets a snapshot, then one message per version, and its acks count."""
+    server.put(NODE)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        subscribe = channel.unary_stream(SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString,
+                                         response_deserializer=pb.StateUpdate.FromString)
+        ack = channel.unary_unary(ACK, request_serializer=pb.AckRequest.SerializeToString,
+                                  response_deserializer=pb.AckResponse.FromString)
+        call = subscribe(pb.SubscribeRequest(node_name="old"))
+        messages = iter(call)
+        first = next(messages)
+        assert first.type == pb.StateUpdate.SNAPSHOT
+        assert wait_for(lambda: server.tracker.nodes == ["old"])
+        versions = [server.put(endpoint(f"p{i}", f"10.200.0.{10 + i}")) for i in range(3)]
+        got = [next(messages) for _ in versions]
+        assert [(m.version, m.base_version) for m in got] == [(v, 0) for v in versions]
+        ack(pb.AckRequest(node_name="old", version=versions[-1], stream_id=first.stream_id), timeout=5)
+        assert server.tracker.acked_version("old") == versions[-1]
+        call.cancel()
+
+
+def test_new_client_falls_back_to_unary_acks_on_an_old_server(server: Server) -> None:
+    """The previous release's operator: Subscribe takes one request, says nothing about stream
+    acks: the client acks with the unary RPC."""
+    server.put(NODE)
+    acks: list[int] = []
+
+    def subscribe(request: pb.SubscribeRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        _, chunks = server.log.snapshot_wire()
+        yield from chunks
+        while context.is_active():
+            time.sleep(0.02)
+
+    def unary_ack(request: pb.AckRequest, context: grpc.ServicerContext) -> pb.AckResponse:
+        acks.append(request.version)
+        return pb.AckResponse()
+
+    old = grpc.server(futures.ThreadPoolExecutor(4))
+    old.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            subscribe, request_deserializer=pb.SubscribeRequest.FromString, response_serializer=None),
+        "Ack": grpc.unary_unary_rpc_method_handler(
+            unary_ack, request_deserializer=pb.AckRequest.FromString,
+            response_serializer=pb.AckResponse.SerializeToString)}),))
+    port = old.add_insecure_port("127.0.0.1:0")
+    old.start()
+    agent = Agent(port)
+    try:
+        assert wait_for(lambda: acks == [server.log.version])
+    finally:
+        agent.client.stop()
+        old.stop(0)
 
 
 def test_client_reconnects_with_backoff_after_server_restart() -> None:

@@ -4,12 +4,12 @@ asserted with the engine's executable model of the BPF lookup (`lookup_flat`).""
 from __future__ import annotations
 
 import itertools
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 
 import pytest
 
-from membrane.delta import Delta
+from membrane.delta import Delta, diff
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat, lpm_lookup
 from membrane.agent.identity_book import IdentityBook
@@ -197,9 +197,9 @@ def test_resync_repairs_drift_and_removes_strays(tmp_path: Path) -> None:
     assert c.maps.policy == good and report["stray_policy_entries"] == 1
 
 
-def from_block(cidr: str, *excepts: str) -> object:
+def from_block(cidr: str, *excepts: str, name: str = "cidr") -> object:
     return parse_object({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                         "metadata": {"name": "cidr", "namespace": "shop"},
+                         "metadata": {"name": name, "namespace": "shop"},
                          "spec": {"podSelector": {"matchLabels": {"app": "db"}},
                                   "ingress": [{"from": [{"ipBlock": {"cidr": cidr, "except": list(excepts)}}]}]}})
 
@@ -249,3 +249,34 @@ def test_ip_block_selects_pod_addresses_through_the_cidr_map_without_a_gap(tmp_p
     c.maps.cidrs.clear()
     c.mgr.resync()
     assert c.maps.cidrs == {IPv4Network(p): i for p, i in c.mgr.resolver.desired().cidr_identities.items()}
+
+
+def test_cidr_map_follows_policy_changes_incrementally(tmp_path: Path) -> None:
+    """Random ipBlock policy updates, applied in random batches: the CIDR map written from the
+    recorded changes always equals the whole desired table, and only changed prefixes are written."""
+    import random
+
+    rng = random.Random(5)
+    c = Cluster(tmp_path)
+    for step in STEPS.values():
+        step(c)
+    c.mgr.apply()
+    blocks = ["10.0.0.0/24", "10.0.0.0/30", "10.0.0.3/32", "192.0.2.0/24", "0.0.0.0/0", "fd00::/64"]
+    for _ in range(60):
+        for _ in range(rng.randint(1, 3)):
+            name = f"b{rng.randrange(4)}"
+            if rng.random() < 0.25:
+                c.mgr.on_policy(ObjectRef("shop", name), None)
+                continue
+            cidr = rng.choice(blocks)
+            excepts = [e for e in blocks if e != cidr and rng.random() < 0.3
+                       and ip_network(e).version == ip_network(cidr).version and ip_network(e).subnet_of(ip_network(cidr))]
+            c.mgr.on_policy(ObjectRef("shop", name), from_block(cidr, *excepts, name=name))
+        before = dict(c.maps.cidrs)
+        c.maps.log.clear()
+        c.mgr.apply()
+        want = c.mgr.desired_cidrs()
+        assert c.maps.cidrs == want
+        written = sum(int(entry.split("+")[1].split("-")[0]) + int(entry.split("-")[1])
+                      for entry in c.maps.log if entry.startswith("cidr+"))
+        assert written == len(diff(want, before).upserts) + len(diff(want, before).deletes)

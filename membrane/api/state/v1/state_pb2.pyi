@@ -7,19 +7,21 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("node_name", "last_applied_version", "stream_id", "acked_version")
+    __slots__ = ("node_name", "last_applied_version", "stream_id", "acked_version", "accepts_batches")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     LAST_APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_BATCHES_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     last_applied_version: int
     stream_id: str
     acked_version: int
-    def __init__(self, node_name: _Optional[str] = ..., last_applied_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., acked_version: _Optional[int] = ...) -> None: ...
+    accepts_batches: bool
+    def __init__(self, node_name: _Optional[str] = ..., last_applied_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., acked_version: _Optional[int] = ..., accepts_batches: bool = ...) -> None: ...
 
 class StateUpdate(_message.Message):
-    __slots__ = ("version", "stream_id", "type", "more", "changes")
+    __slots__ = ("version", "stream_id", "type", "more", "changes", "base_version")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[StateUpdate.Type]
@@ -33,12 +35,14 @@ class StateUpdate(_message.Message):
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     stream_id: str
     type: StateUpdate.Type
     more: bool
     changes: _containers.RepeatedCompositeFieldContainer[Change]
-    def __init__(self, version: _Optional[int] = ..., stream_id: _Optional[str] = ..., type: _Optional[_Union[StateUpdate.Type, str]] = ..., more: bool = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+    base_version: int
+    def __init__(self, version: _Optional[int] = ..., stream_id: _Optional[str] = ..., type: _Optional[_Union[StateUpdate.Type, str]] = ..., more: bool = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("op", "endpoint", "identity", "policy", "node", "namespace")
