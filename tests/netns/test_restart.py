@@ -3,32 +3,10 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 from membrane.lab import netns
-
-STREAM_SERVER = r"""
-import socket, sys, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 7000)); s.listen()
-print("ready", flush=True)
-c, _ = s.accept(); total = 0; last = time.monotonic(); gaps = 0.0
-while True:
-    d = c.recv(65536)
-    if not d: break
-    now = time.monotonic(); gaps = max(gaps, now - last); last = now; total += len(d)
-print(total, round(gaps, 3), flush=True)
-"""
-
-STREAM_CLIENT = r"""
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], 7000), timeout=5); end = time.monotonic() + float(sys.argv[2])
-chunk = b"x" * 1024
-while time.monotonic() < end:
-    s.sendall(chunk); time.sleep(0.002)
-s.close()
-"""
+from membrane.lab.traffic import Stream
 
 
 def filters(node, ifname: str) -> int:  # type: ignore[no-untyped-def]
@@ -41,24 +19,16 @@ def filters(node, ifname: str) -> int:  # type: ignore[no-untyped-def]
 def test_kill_9_under_traffic(node) -> None:  # type: ignore[no-untyped-def]
     a, b = node.add_pod("a"), node.add_pod("b")
     before_ips = {e["ip"] for e in node.api("endpoint.list")}
-    server = subprocess.Popen(["ip", "netns", "exec", b.netns, sys.executable, "-c", STREAM_SERVER, b.ip],
-                              stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-    client = subprocess.Popen(["ip", "netns", "exec", a.netns, sys.executable, "-c", STREAM_CLIENT, b.ip, "6"])
+    stream = Stream(b.netns, b.ip, a.netns, seconds=6)
     try:
         time.sleep(1.5)
         node.stop_agent(signal.SIGKILL)
         time.sleep(1.0)  # traffic with no agent at all
         node.start_agent()
-        assert client.wait(20) == 0
-        total, max_gap = server.stdout.readline().split()
-        assert server.wait(10) == 0
+        result = stream.result()
     finally:
-        for proc in (client, server):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert int(total) > 1_000_000 and float(max_gap) < 0.5, (total, max_gap)
+        stream.close()
+    assert result.bytes > 1_000_000 and result.max_gap < 0.5, result
     eps = node.api("endpoint.list")
     assert {e["ip"] for e in eps} == before_ips and all(e["state"] == "ready" for e in eps)
     for ep in eps:
