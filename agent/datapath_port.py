@@ -43,7 +43,10 @@ class DatapathPort:
             self.on_map_error(role, op)
             raise
 
-    def load(self) -> None:
+    def load(self, pin_root: Path | None = None) -> None:
+        """Compile and load; `pin_root` overrides where maps are pinned (see bpffs.py)."""
+        if pin_root is not None and pin_root != self.dp.pin_root:
+            self.dp = Datapath(pin_root)
         self.dp.load()
         self.compile_seconds = self.dp.compile_seconds or 0.0
         self.load_seconds = self.dp.load_seconds or 0.0

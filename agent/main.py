@@ -93,8 +93,7 @@ class Agent:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         write_sysctl("net.ipv4.ip_forward", "1")  # the node routes pod traffic to the outside
-        ensure_bpffs(cfg.bpffs_root)
-        self.datapath.load()
+        self.datapath.load(ensure_bpffs(cfg.bpffs_root))
         self.metrics.compile.set(self.datapath.compile_seconds)
         self.metrics.load.set(self.datapath.load_seconds)
         # Before any pod is wired: the pod MTU depends on the tunnel, and cross-node flows of
@@ -312,7 +311,7 @@ class Agent:
                 "pod_cidr": str(self.config.pod_cidr), "endpoints": self.endpoints.summary(),
                 "datapath": {"compile_seconds": round(self.datapath.compile_seconds, 3),
                              "load_seconds": round(self.datapath.load_seconds, 3),
-                             "pin_root": str(self.config.bpffs_root)},
+                             "pin_root": str(self.datapath.dp.pin_root)},
                 "store": self._object_counts(),
                 **({"overlay": self.overlay.to_json()} if self.overlay is not None else {}),
                 **({"cluster": self.cluster.status()} if self.cluster is not None else {})}

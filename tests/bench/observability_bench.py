@@ -390,6 +390,14 @@ def markdown(r: dict[str, Any]) -> str:
                      f"| {_f(d['connections_per_second'], 0)} | {_f(d['flows_per_connection'])} "
                      f"| {_f(None if d['events_rate_limited_share'] is None else d['events_rate_limited_share'] * 100, 0, '%')} "
                      f"| {_f((d.get('agent_cpu_percent') or {}).get('connections'), 0, '% of a core')} |")
+    a, b = t.get(OFF_SWITCH, {}), t.get(OFF_FLAG, {})
+    spread = [(label, ratio(a.get(key), b.get(key))) for label, key in
+              (("latency", "latency_p50_us"), ("throughput", "throughput_gbps"),
+               ("new connections/s", "connections_per_second"))]
+    if all(v is not None for _, v in spread):
+        lines += ["", "Noise floor of this run: the two events-off variants (same datapath state, different "
+                  "nodes) differ by " + ", ".join(f"{abs(v - 1) * 100:.1f}% in {label}" for label, v in spread)
+                  + "; a difference of that size between on and off is not a measured cost."]
     errs = {n: d["errors"] for n, d in t.items() if d["errors"]}
     if errs:
         lines += ["", f"Errors: `{json.dumps(errs)[:1500]}`"]

@@ -29,6 +29,9 @@ def test_kill_9_under_traffic(node) -> None:  # type: ignore[no-untyped-def]
     finally:
         stream.close()
     assert result.bytes > 1_000_000 and result.max_gap < 0.5, result
+    # The restarted agent reopened the pinned maps: the stream's conntrack entry predates it.
+    stream_ct = [e for e in node.api("bpf.ct") if e["proto"] == "tcp" and e["dst"] == f"{b.ip}:7000"]
+    assert stream_ct and stream_ct[0]["age_s"] > 5.0, stream_ct
     eps = node.api("endpoint.list")
     assert {e["ip"] for e in eps} == before_ips and all(e["state"] == "ready" for e in eps)
     for ep in eps:
