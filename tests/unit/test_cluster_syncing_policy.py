@@ -20,51 +20,14 @@ from membrane.api.state_objects import (Change, EndpointState, IdentityState, Na
 from membrane.delta import Delta
 from membrane.k8s_models import ObjectRef
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat
+from membrane.testing.fake_maps import FakePolicyMaps
 
 NODE = "n1"
 STREAM = "stream-a"
 WEB_ID, DB_ID, OTHER_ID = 300, 301, 302
 
 
-class FakeMaps:
-    """Policy map and ipcache; `check` runs after every single write (no-gap assertions)."""
-
-    def __init__(self) -> None:
-        self.policy: dict[FlatKey, FlatValue] = {}
-        self.ipcache: dict[IPv4Network, int] = {}
-        self.cidrs: dict[IPv4Network, int] = {}
-        self.writes = 0
-        self.check: Callable[[], None] = lambda: None
-
-    def read_policy(self) -> dict[FlatKey, FlatValue]:
-        return dict(self.policy)
-
-    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
-        self.policy.update(delta.upserts)
-        for key in delta.deletes:
-            del self.policy[key]
-        self.writes += len(delta.upserts) + len(delta.deletes)
-        self.check()
-
-    def read_ipcache(self) -> dict[IPv4Network, int]:
-        return dict(self.ipcache)
-
-    def write_ipcache(self, delta: Delta[IPv4Network, int]) -> None:
-        self.ipcache.update(delta.upserts)
-        for key in delta.deletes:
-            del self.ipcache[key]
-        self.writes += len(delta.upserts) + len(delta.deletes)
-        self.check()
-
-    def read_cidrs(self) -> dict[IPv4Network, int]:
-        return dict(self.cidrs)
-
-    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
-        self.cidrs.update(delta.upserts)
-        for key in delta.deletes:
-            del self.cidrs[key]
-        self.writes += len(delta.upserts) + len(delta.deletes)
-        self.check()
+FakeMaps = FakePolicyMaps
 
 
 def ns(name: str, **labels: str) -> NamespaceState:

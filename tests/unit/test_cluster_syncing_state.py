@@ -27,6 +27,7 @@ from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import StateServicer, serve, stop
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat
+from membrane.testing.fake_maps import FakePolicyMaps
 
 NODE = "n1"
 
@@ -40,39 +41,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
-class FakeMaps:
-    def __init__(self) -> None:
-        self.policy: dict[FlatKey, FlatValue] = {}
-        self.ipcache: dict[IPv4Network, int] = {}
-        self.cidrs: dict[IPv4Network, int] = {}
-        self.writes = 0
-
-    def read_policy(self) -> dict[FlatKey, FlatValue]:
-        return dict(self.policy)
-
-    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
-        self.policy.update(delta.upserts)
-        for key in delta.deletes:
-            del self.policy[key]
-        self.writes += len(delta.upserts) + len(delta.deletes)
-
-    def read_ipcache(self) -> dict[IPv4Network, int]:
-        return dict(self.ipcache)
-
-    def write_ipcache(self, delta: Delta[IPv4Network, int]) -> None:
-        self.ipcache.update(delta.upserts)
-        for key in delta.deletes:
-            del self.ipcache[key]
-        self.writes += len(delta.upserts) + len(delta.deletes)
-
-    def read_cidrs(self) -> dict[IPv4Network, int]:
-        return dict(self.cidrs)
-
-    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
-        self.cidrs.update(delta.upserts)
-        for key in delta.deletes:
-            del self.cidrs[key]
-        self.writes += len(delta.upserts) + len(delta.deletes)
+FakeMaps = FakePolicyMaps
 
 
 class Agent:

@@ -14,41 +14,10 @@ from membrane.k8s_models import ObjectRef, parse_object
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat, lpm_lookup
 from membrane.agent.identity_book import IdentityBook
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
+from membrane.testing.fake_maps import FakePolicyMaps
 
 
-class FakeMaps:
-    def __init__(self) -> None:
-        self.policy: dict[FlatKey, FlatValue] = {}
-        self.ipcache: dict[IPv4Network, int] = {}
-        self.cidrs: dict[IPv4Network, int] = {}
-        self.log: list[str] = []
-
-    def read_policy(self) -> dict[FlatKey, FlatValue]:
-        return dict(self.policy)
-
-    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
-        self.policy.update(delta.upserts)
-        for key in delta.deletes:
-            del self.policy[key]
-        self.log.append(f"policy+{len(delta.upserts)}-{len(delta.deletes)}")
-
-    def read_ipcache(self) -> dict[IPv4Network, int]:
-        return dict(self.ipcache)
-
-    def write_ipcache(self, delta: Delta[IPv4Network, int]) -> None:
-        self.ipcache.update(delta.upserts)
-        for key in delta.deletes:
-            del self.ipcache[key]
-        self.log.append(f"ipcache+{len(delta.upserts)}-{len(delta.deletes)}")
-
-    def read_cidrs(self) -> dict[IPv4Network, int]:
-        return dict(self.cidrs)
-
-    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
-        self.cidrs.update(delta.upserts)
-        for key in delta.deletes:
-            del self.cidrs[key]
-        self.log.append(f"cidr+{len(delta.upserts)}-{len(delta.deletes)}")
+FakeMaps = FakePolicyMaps
 
 
 def pod(ns: str, name: str, **labels: str) -> object:
