@@ -1,4 +1,5 @@
-"""A long TCP stream between two lab pods that measures its own largest gap, so a test can
+"""Traffic between lab pods: a small TCP server answering "ok" on ports 80 and 81 with a
+one-shot connect probe, and a long TCP stream that measures its own largest gap, so a test can
 restart agents or operators mid-stream and check that no packet had to wait."""
 
 from __future__ import annotations
@@ -8,6 +9,26 @@ import sys
 from dataclasses import dataclass
 
 from . import netns
+
+OK_SERVER = r"""
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], port)); s.listen(512)
+    while True:
+        c, _ = s.accept(); c.sendall(b"ok"); c.close()
+for port in (80, 81):
+    threading.Thread(target=serve, args=(port,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+CONNECT = r"""
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])); print(s.recv(8).decode())
+except OSError as e:
+    print("fail", e)
+"""
 
 STREAM_SERVER = r"""
 import socket, sys, time

@@ -20,30 +20,14 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from membrane.lab import netns
+from membrane.lab.traffic import CONNECT, OK_SERVER
 from membrane.lab.cluster import KubeLab
 from membrane.lab.node import LabNode
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 
-SERVER = r"""
-import socket, sys, threading
-def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], port)); s.listen(64)
-    while True:
-        c, _ = s.accept(); c.sendall(b"ok"); c.close()
-for port in (80, 81):
-    threading.Thread(target=serve, args=(port,), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
+SERVER = OK_SERVER
 
-CONNECT = r"""
-import socket, sys
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])); print(s.recv(8).decode())
-except OSError as e:
-    print("fail", e)
-"""
 
 READYZ = r"""
 import urllib.request, urllib.error
