@@ -18,32 +18,30 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from membrane.api.state_objects import Kind
 from membrane.cni_types import CniError
+from membrane.flows import observer_socket_for
+from membrane.http_serving import HttpServer
 from membrane.k8s_models import ObjectRef
 
+from . import overlay, policy_api
 from .api_serving import ApiServer, RequestError
 from .bpffs import ensure_bpffs
+from .cluster_syncing import ClusterSyncer, saved_pod_cidr
 from .cni_handling import CniHandler
 from .config import AgentConfig, load_config
 from .datapath_port import DatapathPort
 from .endpoints import Endpoint, EndpointManager
-from .http_serving import HttpServer
+from .flow_directory import PolicyDirectory
+from .identity_book import IdentityBook
+from .identity_sources import IdentitySource, StreamIdentities, identity_count
 from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
 from .metrics import AgentMetrics, DatapathCollector
 from .netlinking import Netlink, write_sysctl
-from . import overlay
-from membrane.flows import observer_socket_for
-
-from . import policy_api
-from .flow_directory import PolicyDirectory
+from .object_store import ObjectKey, ObjectStore
 from .observing import FlowMetricsCollector, FlowObserver
 from .observing.grpc_serving import ObserverServer
-from .identity_book import IdentityBook
-from .identity_sources import IdentitySource, StreamIdentities, identity_count
-from .cluster_syncing import ClusterSyncer, saved_pod_cidr
-from membrane.api.state_objects import Kind
-from .object_store import ObjectKey, ObjectStore
 from .policy_syncing import LocalEndpoint, PolicyManager
 
 log = logging.getLogger("membrane.agent")

@@ -30,7 +30,7 @@ from membrane.operator.cidr_pool import CidrPool
 from membrane.operator.config import OperatorConfig, host_port
 from membrane.operator.crds import CRDS
 from membrane.operator.electing import ElectionConfig, LeaderElector
-from membrane.operator.http_serving import HttpServer
+from membrane.http_serving import HttpServer
 from membrane.operator.identity_syncing import IdentitySyncer
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.pod_cidr_syncing import PodCidrSyncer
@@ -137,7 +137,7 @@ class Operator:
             self.elector.start()
         self._grpc, self.grpc_port = serve(self.servicer, self.config.grpc_addr)
         host, port = host_port(self.config.http_addr)
-        self._http = HttpServer(host, port, self.metrics.registry, self.live, self.ready)
+        self._http = HttpServer(host, port, self.metrics.registry, self.live, self.ready, name="operator-http")
         self.http_port = self._http.port
         self._http.start()
         log.info("operator %s started (grpc %s, http %s)", self.config.identity,

@@ -1,4 +1,8 @@
-"""HTTP endpoints for kubelet probes and Prometheus: /healthz, /readyz, /metrics."""
+"""HTTP endpoints for kubelet probes and Prometheus: /healthz, /readyz, /metrics.
+
+Shared by the agent and the operator (each with its own registry); the only place the
+Prometheus exposition is served from.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 class HttpServer:
     def __init__(self, host: str, port: int, registry: CollectorRegistry, is_live: Callable[[], bool],
-                 is_ready: Callable[[], bool]) -> None:
+                 is_ready: Callable[[], bool], name: str = "http") -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,7 +38,9 @@ class HttpServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        # A short poll interval: stop() waits for serve_forever to notice, at most this long.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=name, daemon=True)
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "text/plain") -> None:
