@@ -162,7 +162,18 @@ def pod_cidrs(core: client.CoreV1Api) -> dict[str, str]:
 
 
 def lease_holder(api_client: client.ApiClient) -> str:
-    lease = client.CoordinationV1Api(api_client).read_namespaced_lease("membrane-operator", "kube-system")
+    """The lease's holder; "" while no candidate has created the lease yet.
+
+    An operator is ready once its state is built, which may come before its election thread's
+    first round creates the Lease: a 404 then is a valid state, not an error (reading it as an
+    error made the failover test fail on a loaded machine)."""
+    try:
+        lease = client.CoordinationV1Api(api_client).read_namespaced_lease(
+            "membrane-operator", "kube-system")
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
     return lease.spec.holder_identity or ""
 
 
