@@ -43,6 +43,7 @@ from .object_store import ObjectKey, ObjectStore
 from .observing import FlowMetricsCollector, FlowObserver
 from .observing.grpc_serving import ObserverServer
 from .policy_syncing import LocalEndpoint, PolicyManager
+from .start_refusal import StartRefused
 
 log = logging.getLogger("membrane.agent")
 
@@ -326,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
         agent.start()
     except SystemExit:
         raise
+    except StartRefused as exc:  # the operator's move: one line, the cause and the fix
+        raise SystemExit(f"membrane-agent: {exc}") from None
     except Exception as exc:
         log.exception("agent failed to start")
         raise SystemExit(f"membrane-agent: failed to start: {exc}") from exc
