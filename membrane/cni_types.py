@@ -1,11 +1,9 @@
 """CNI protocol data: error codes, network configuration and results (pure, stdlib only).
 
-Shared by the stdlib-only plugin (which must start fast) and the agent (which builds
-results). Follows the CNI specification 1.1.0 and converts results down to the version
-the network configuration asks for (0.3.x/0.4.0 carry `version` on each IP).
-
-Kubelet execs the plugin for every pod, so this module imports nothing at start-up (json
-only when a configuration is parsed): no dataclasses, no typing, plain classes with slots.
+Used by the agent (which checks configurations and builds results) and the tests; the Go
+plugin (cni/membrane-cni) uses the same codes and the same configuration checks. Follows the
+CNI specification 1.1.0 and converts results down to the version the network configuration
+asks for (0.3.x/0.4.0 carry `version` on each IP).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ venv=${MEMBRANE_VENV:-$here/.venv}
 stamp=$venv/.membrane-installed
 
 apt_pkgs=(clang llvm python3-bpfcc bpfcc-tools libbpf-dev iproute2 iptables nftables
-          python3-venv python3-dev linux-headers-amd64 containernetworking-plugins
+          python3-venv python3-dev linux-headers-amd64 containernetworking-plugins golang-go
           iperf3 sockperf tcpdump ethtool procps psmisc curl iputils-ping util-linux)
 
 need_apt=0
@@ -55,21 +55,9 @@ fi
 "$venv/bin/python" -c "import bcc, pyroute2, kubernetes, grpc, prometheus_client, pydantic" \
   || { echo "install: the venv cannot import the required libraries" >&2; exit 1; }
 
-# membrane-cni is exec'd by kubelet for every pod. pip's console script starts the interpreter
-# with site (every .pth of the venv and of the system: ~40 ms per call); this launcher replaces
-# it (on every run: a later `pip install` only brings the slower one back) and runs isolated,
-# without site (-I -S), with only the directory holding the `membrane` package on sys.path.
-root=$("$venv/bin/python" -c 'import membrane, os; print(repr(os.path.dirname(os.path.dirname(os.path.realpath(membrane.__file__)))))')
-cat > "$venv/bin/.membrane-cni.tmp" <<LAUNCHER
-#!$venv/bin/python3 -IS
-# membrane-cni launcher written by scripts/install.sh: stdlib only, no site, no environment.
-import sys
-sys.path.append($root)
-from membrane.cni.plugin import main
-main()
-LAUNCHER
-chmod 0755 "$venv/bin/.membrane-cni.tmp"
-mv -f "$venv/bin/.membrane-cni.tmp" "$venv/bin/membrane-cni"
+# membrane-cni, the plugin kubelet execs for every pod, is a static Go binary (no interpreter
+# on the node): built next to the venv's scripts, rebuilt only when its sources change.
+bash "$here/cni/build.sh" "$venv/bin/membrane-cni"
 CNI_COMMAND=VERSION "$venv/bin/membrane-cni" </dev/null | grep -q supportedVersions \
-  || { echo "install: membrane-cni launcher does not answer VERSION" >&2; exit 1; }
+  || { echo "install: membrane-cni does not answer VERSION" >&2; exit 1; }
 echo "install: ready ($venv)"

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-pods", type=int, default=50)
     ap.add_argument("--conc-pods", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
-    ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator"),
+    ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "cni_startup"),
                     help="run one part of the benchmark (default: all)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -219,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
 
         log("observability benchmark (flow events on vs off, flows per second)")
         print(observability_bench.write(observability_bench.run(args.reps, args.seconds), args.out))
+    if args.only in ("all", "cni_startup"):
+        from . import cni_startup  # Go plugin vs the Python plugin it replaced: bench-results/cni_startup.*
+
+        log("CNI plugin start-up (Go binary vs the former Python plugin)")
+        print(cni_startup.write(cni_startup.run(40), args.out))
     if getattr(args, "only", None) in (None, "all", "operator"):  # an --only switch, when there is one
         from . import operator_scale  # 10,000 pods, 1,000 subscribers: bench-results/operator.*
 

@@ -1,0 +1,3 @@
+module membrane/cni/membrane-cni
+
+go 1.19
