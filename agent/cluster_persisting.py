@@ -20,7 +20,7 @@ from typing import Any
 from membrane.api.state_objects import (EndpointState, IdentityState, Kind, NamedPortState, NamespaceState, NodeState,
                                         PolicyState, StateKey, StateObject)
 
-from .persisting import read_json, write_json
+from .persisting import open_private, private_dir, read_json, write_json
 
 log = logging.getLogger("membrane.cluster")
 
@@ -103,7 +103,7 @@ class StateFile:
     def write_base(self, version: int, stream_id: str, objects: dict[StateKey, StateObject]) -> None:
         write_json(self.base, {"version": version, "stream_id": stream_id,
                                "objects": [object_to_json(o) for o in objects.values()]})
-        with open(self.journal, "w") as handle:  # the base holds everything now
+        with open_private(self.journal) as handle:  # the base holds everything now
             os.fsync(handle.fileno())
         self.lines = 0
 
@@ -116,8 +116,8 @@ class StateFile:
         line = json.dumps({"version": version, "stream_id": stream_id,
                            "changes": [[key[0].value, key[1], object_to_json(obj) if obj is not None else None]
                                        for key, obj in changes]}, sort_keys=True, separators=(",", ":"))
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.journal, "a") as handle:
+        private_dir(self.journal.parent)
+        with open_private(self.journal, "a") as handle:
             handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())

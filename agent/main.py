@@ -42,6 +42,7 @@ from .netlinking import Netlink, write_sysctl
 from .object_store import ObjectKey, ObjectStore
 from .observing import FlowMetricsCollector, FlowObserver
 from .observing.grpc_serving import ObserverServer
+from .persisting import make_private
 from .policy_syncing import LocalEndpoint, PolicyManager
 from .start_refusal import StartRefused
 
@@ -90,7 +91,12 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Pod IPs, MACs, netns paths and identities: root-only, also when an older version or
+        # an admin left the modes open.
+        repaired = make_private(cfg.state_dir)
+        if repaired:
+            log.warning("state directory modes repaired", extra={"fields": {
+                "state_dir": str(cfg.state_dir), "changed": repaired}})
         write_sysctl("net.ipv4.ip_forward", "1")  # the node routes pod traffic to the outside
         self.datapath.load(ensure_bpffs(cfg.bpffs_root))
         self.metrics.compile.set(self.datapath.compile_seconds)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from membrane.k8s_models import ObjectValidationError, parse_object
 
 from .api_serving import RequestError
-from .persisting import read_json, remove, write_json
+from .persisting import open_private, read_json, remove, write_json
 
 ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
 Listener = Callable[[str, ObjectKey, BaseModel | None], None]
@@ -176,7 +176,7 @@ class ObjectStore:
             return
         lines = "".join(json.dumps({"key": list(key), "data": self.raw.get(key)}, separators=(",", ":")) + "\n"
                         for key in keys)
-        with open(self.journal_path, "a") as handle:
+        with open_private(self.journal_path, "a") as handle:
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())
