@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from membrane.agent.config import load_config
+from membrane.testing import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "membrane"
-GET_HELM = ROOT / "scripts" / "get-helm.sh"
 CNI_BUILDER = ROOT / "cni" / "build.sh"
 NAMESPACE = "kube-system"
 AGENT_PORT = 9962
@@ -33,13 +33,10 @@ AGENT_PORT = 9962
 
 @pytest.fixture(scope="session")
 def helm() -> str:
-    if os.environ.get("MEMBRANE_HELM"):
-        return os.environ["MEMBRANE_HELM"]
-    proc = subprocess.run(["bash", str(GET_HELM), "--path"], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.skip(f"scripts/get-helm.sh could not provide helm (exit {proc.returncode}): "
-                    f"{proc.stderr.strip()[-500:]}")
-    return proc.stdout.strip().splitlines()[-1]
+    try:
+        return chart.helm_binary()
+    except chart.HelmUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def _set_args(sets: dict[str, Any]) -> list[str]:
@@ -90,11 +87,13 @@ def host_paths(spec: dict[str, Any]) -> dict[str, str]:
 
 
 def configmap(docs: list[dict[str, Any]]) -> dict[str, str]:
-    return one(docs, "ConfigMap", "membrane-config")["data"]
+    (found,) = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-config")]
+    return found["data"]  # type: ignore[no-any-return]
 
 
 def agent_ds(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return one(docs, "DaemonSet", "membrane-agent")
+    (found,) = find(docs, "DaemonSet")
+    return found
 
 
 def flag(args: list[str], name: str) -> str:
@@ -113,11 +112,17 @@ def operator_docs(helm: str) -> list[dict[str, Any]]:
     return render(helm, operator__enabled=True, prometheus__serviceMonitor__enabled=True)
 
 
+@pytest.fixture(scope="module")
+def standalone_docs(helm: str) -> list[dict[str, Any]]:
+    return render(helm, operator__enabled=False)
+
+
 # --- lint ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sets", [{}, {"operator.enabled": True, "prometheus.serviceMonitor.enabled": True},
-                                  {"ipam.mode": "static", "agent.privileged": False}],
-                         ids=["default", "operator", "static-unprivileged"])
+@pytest.mark.parametrize("sets", [{}, {"prometheus.serviceMonitor.enabled": True},
+                                  {"operator.enabled": False},
+                                  {"operator.enabled": False, "ipam.mode": "static", "agent.privileged": False}],
+                         ids=["default", "servicemonitor", "standalone", "static-unprivileged"])
 def test_helm_lint_strict(helm: str, sets: dict[str, Any]) -> None:
     proc = subprocess.run([helm, "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *_set_args(sets)],
                           capture_output=True, text=True, timeout=120)
@@ -126,7 +131,8 @@ def test_helm_lint_strict(helm: str, sets: dict[str, Any]) -> None:
 
 
 def test_invalid_values_are_refused(helm: str) -> None:
-    for sets in ({"ipam.mode": "magic"}, {"agent.bpffsRoot": "/tmp/maps"}):
+    for sets in ({"ipam.mode": "magic"}, {"agent.bpffsRoot": "/tmp/maps"},
+                 {"ipam.mode": "static"}):  # static needs the operator off: it assigns PodCIDRs
         proc = subprocess.run([helm, "template", "m", str(CHART), *_set_args(sets)],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0, f"{sets} rendered without error"
@@ -251,36 +257,72 @@ def test_chained_plugins_follow_membrane(helm: str) -> None:
     assert [p["type"] for p in plugins] == ["membrane-cni", "portmap"]
 
 
+OPERATOR_CLUSTER_IP = "10.96.0.50"
+
+
 def _agent_config(docs: list[dict[str, Any]], tmp_path: Path, pod_cidr: str | None = None) -> Any:
-    """Load the rendered config exactly as the agent container would."""
+    """Load the rendered config exactly as the agent container would: the ConfigMap's file, the
+    environment kubelet builds (service links of the namespace, downward API, `$(VAR)`
+    expansion) and the container's command line."""
     text = configmap(docs)["config.yaml"]
-    if pod_cidr is not None:  # what node-config adds in ipam mode kubernetes
+    if pod_cidr is not None:  # what node-config adds in ipam mode kubernetes without the operator
         text += f"pod_cidr: {pod_cidr}\n"
     config_file = tmp_path / "config.yaml"
     config_file.write_text(text)
     agent = container(pod_spec(agent_ds(docs)), "agent")
     assert agent["command"] == ["membrane-agent"]
-    args = [a for a in agent["args"] if not a.startswith("--config=")] + [f"--config={config_file}"]
-    env_names = {e["name"] for e in agent["env"]}
-    assert "MEMBRANE_NODE_NAME" in env_names
-    node_env = next(e for e in agent["env"] if e["name"] == "MEMBRANE_NODE_NAME")
-    assert node_env["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    return load_config(args, environ={"MEMBRANE_NODE_NAME": "node-a"})
+    links: dict[str, str] = {}
+    for service in find(docs, "Service"):
+        links.update(chart.service_env(service, OPERATOR_CLUSTER_IP if "operator" in service["metadata"]["name"]
+                                       else "None"))
+    env = chart.container_env(agent, {"spec.nodeName": "node-a", "status.hostIP": "192.0.2.7"}, links)
+    args = [a for a in chart.command_line(agent, env)[1:] if not a.startswith("--config=")]
+    membrane_env = {k: v for k, v in env.items() if k.startswith("MEMBRANE_")}
+    return load_config(args + [f"--config={config_file}"], environ=membrane_env)
 
 
 def test_rendered_config_is_accepted_by_the_agent(default_docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    """The default install: Kubernetes mode against the operator Service, reached by ClusterIP."""
     agent = container(pod_spec(agent_ds(default_docs)), "agent")
-    assert flag(agent["args"], "--config") == "/etc/membrane/node/config.yaml"
-    cfg = _agent_config(default_docs, tmp_path, pod_cidr="10.200.7.0/24")
-    assert cfg.node_name == "node-a"
-    assert str(cfg.pod_cidr) == "10.200.7.0/24" and str(cfg.cluster_cidr) == "10.200.0.0/16"
+    assert flag(agent["args"], "--config") == "/etc/membrane/config/config.yaml"
+    assert "node-config" not in {c["name"] for c in pod_spec(agent_ds(default_docs))["initContainers"]}
+    cfg = _agent_config(default_docs, tmp_path)
+    assert cfg.mode == "kubernetes"
+    assert cfg.operator_address == f"{OPERATOR_CLUSTER_IP}:4250"
+    operator_service = one(default_docs, "Service", "membrane-operator")
+    assert {"name": "grpc", "port": 4250, "targetPort": "grpc", "protocol": "TCP"} in operator_service["spec"]["ports"]
+    assert pod_spec(agent_ds(default_docs))["enableServiceLinks"] is True
+    assert cfg.node_name == "node-a" and str(cfg.node_ip) == "192.0.2.7"
+    assert str(cfg.cluster_cidr) == "10.200.0.0/16"
     assert cfg.http_addr == f"0.0.0.0:{AGENT_PORT}"
     assert str(cfg.api_socket) == "/run/membrane/agent.sock"
     assert str(cfg.state_dir) == "/var/lib/membrane" and str(cfg.bpffs_root).startswith("/sys/fs/bpf/")
+    assert cfg.mtu is None and cfg.tunnel == "vxlan", "the pod MTU is derived from the underlay by default"
+
+
+def test_explicit_operator_address(helm: str, tmp_path: Path) -> None:
+    docs = render(helm, agent__operatorAddress="operator.example:4250")
+    env = {e["name"] for e in container(pod_spec(agent_ds(docs)), "agent")["env"]}
+    assert "MEMBRANE_OPERATOR_ADDRESS" not in env
+    assert _agent_config(docs, tmp_path).operator_address == "operator.example:4250"
+
+
+def test_operator_service_env_follows_name_override(helm: str, tmp_path: Path) -> None:
+    docs = render(helm, nameOverride="mb")
+    one(docs, "Service", "mb-operator")
+    assert _agent_config(docs, tmp_path).operator_address == f"{OPERATOR_CLUSTER_IP}:4250"
+
+
+def test_standalone_config(standalone_docs: list[dict[str, Any]], tmp_path: Path) -> None:
+    agent = container(pod_spec(agent_ds(standalone_docs)), "agent")
+    assert flag(agent["args"], "--config") == "/etc/membrane/node/config.yaml"
+    cfg = _agent_config(standalone_docs, tmp_path, pod_cidr="10.200.7.0/24")
+    assert cfg.mode == "standalone" and cfg.operator_address is None
+    assert str(cfg.pod_cidr) == "10.200.7.0/24" and str(cfg.cluster_cidr) == "10.200.0.0/16"
 
 
 def test_static_ipam_config(helm: str, tmp_path: Path) -> None:
-    docs = render(helm, ipam__mode="static", ipam__podCIDR="10.9.0.0/24", clusterCIDR="10.9.0.0/16",
+    docs = render(helm, operator__enabled=False, ipam__mode="static", ipam__podCIDR="10.9.0.0/24", clusterCIDR="10.9.0.0/16",
                   agent__masquerade=False, agent__mtu=1450)
     spec = pod_spec(agent_ds(docs))
     assert "node-config" not in {c["name"] for c in spec["initContainers"]}
@@ -311,7 +353,7 @@ def test_install_cni_script(default_docs: list[dict[str, Any]], tmp_path: Path) 
     assert sorted(p.name for p in net_d.iterdir()) == ["05-membrane.conflist", "10-other.conflist.membrane_bak"]
 
 
-def test_node_config_script_takes_the_pod_cidr_from_the_node(default_docs: list[dict[str, Any]],
+def test_node_config_script_takes_the_pod_cidr_from_the_node(standalone_docs: list[dict[str, Any]],
                                                              tmp_path: Path) -> None:
     node = {"kind": "Node", "metadata": {"name": "node-a"},
             "spec": {"podCIDRs": ["fd00:10::/64", "10.200.3.0/24"], "podCIDR": "fd00:10::/64"}}
@@ -332,7 +374,7 @@ def test_node_config_script_takes_the_pod_cidr_from_the_node(default_docs: list[
     server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        data = configmap(default_docs)
+        data = configmap(standalone_docs)
         (tmp_path / "node-config.py").write_text(data["node-config.py"])
         (tmp_path / "config.yaml").write_text(data["config.yaml"])
         dest = tmp_path / "node" / "config.yaml"
@@ -347,7 +389,7 @@ def test_node_config_script_takes_the_pod_cidr_from_the_node(default_docs: list[
     merged = yaml.safe_load(dest.read_text())
     assert merged["pod_cidr"] == "10.200.3.0/24"  # the IPv4 one of a dual-stack node
     # the init container the script runs in is wired to the same paths
-    init = container(pod_spec(agent_ds(default_docs)), "node-config", init=True)
+    init = container(pod_spec(agent_ds(standalone_docs)), "node-config", init=True)
     assert init["command"][1:] == ["/etc/membrane/config/node-config.py", "/etc/membrane/config/config.yaml",
                                    "/etc/membrane/node/config.yaml"]
     cfg = load_config([f"--config={dest}"], environ={"MEMBRANE_NODE_NAME": "node-a"})
@@ -374,9 +416,11 @@ def test_agent_rbac(default_docs: list[dict[str, Any]]) -> None:
     assert one(default_docs, "ServiceAccount", "membrane-agent")["metadata"]["namespace"] == NAMESPACE
 
 
-def test_operator_is_off_by_default(default_docs: list[dict[str, Any]]) -> None:
-    assert not find(default_docs, "Deployment")
-    assert not [d for d in default_docs if "operator" in d["metadata"]["name"]]
+def test_operator_is_on_by_default(default_docs: list[dict[str, Any]],
+                                   standalone_docs: list[dict[str, Any]]) -> None:
+    one(default_docs, "Deployment", "membrane-operator")
+    assert not find(standalone_docs, "Deployment")
+    assert not [d for d in standalone_docs if "operator" in d["metadata"]["name"]]
 
 
 def test_operator_deployment_and_rbac(operator_docs: list[dict[str, Any]]) -> None:
@@ -427,10 +471,10 @@ def _all_containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_every_image_comes_from_values(helm: str) -> None:
-    docs = render(helm, operator__enabled=True, image__repository="registry.example/team/membrane",
+    docs = render(helm, image__repository="registry.example/team/membrane",
                   image__tag="9.9.9", image__pullPolicy="Always")
     containers = _all_containers(docs)
-    assert len(containers) >= 5
+    assert {c["name"] for c in containers} >= {"mount-bpf-fs", "install-cni", "agent", "operator"}
     for c in containers:
         assert c["image"] == "registry.example/team/membrane:9.9.9", c["name"]
         assert c["imagePullPolicy"] == "Always", c["name"]

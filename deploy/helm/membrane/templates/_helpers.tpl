@@ -39,22 +39,40 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The agent's mode: "kubernetes" with the operator, "standalone" without. */}}
+{{- define "membrane.agentMode" -}}
+{{- ternary "kubernetes" "standalone" .Values.operator.enabled -}}
+{{- end -}}
+
+{{/* Prefix of the service environment variables kubelet sets for the operator Service
+     (MEMBRANE_OPERATOR_SERVICE_HOST, ..._SERVICE_PORT_GRPC). */}}
+{{- define "membrane.operatorServiceEnv" -}}
+{{- include "membrane.operatorName" . | upper | replace "-" "_" | replace "." "_" -}}
+{{- end -}}
+
 {{/* The agent's config file as the agent reads it (AgentConfig keys). */}}
 {{- define "membrane.agentConfig" -}}
 {{- $a := .Values.agent -}}
 {{- $cfg := dict
-  "mode" $a.mode
+  "mode" (include "membrane.agentMode" .)
   "cluster_cidr" .Values.clusterCIDR
   "state_dir" $a.stateDir
   "bpffs_root" $a.bpffsRoot
   "api_socket" $a.apiSocket
   "masquerade" $a.masquerade
-  "mtu" (int $a.mtu)
+  "tunnel" $a.tunnel
+  "tunnel_port" (int $a.tunnelPort)
   "log_level" $a.logLevel
   "log_format" $a.logFormat
   "conntrack_gc_seconds" $a.conntrackGCSeconds
   "resync_seconds" $a.resyncSeconds
 -}}
+{{- if not (kindIs "invalid" $a.mtu) -}}
+{{- $_ := set $cfg "mtu" (int $a.mtu) -}}
+{{- end -}}
+{{- if and .Values.operator.enabled $a.operatorAddress -}}
+{{- $_ := set $cfg "operator_address" $a.operatorAddress -}}
+{{- end -}}
 {{- if eq .Values.ipam.mode "static" -}}
 {{- $_ := set $cfg "pod_cidr" .Values.ipam.podCIDR -}}
 {{- end -}}
@@ -69,9 +87,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- toPrettyJson $conf -}}
 {{- end -}}
 
+{{/* Whether the init container node-config writes the config (PodCIDR from the Node
+     object): only without the operator, which streams the PodCIDR itself. */}}
+{{- define "membrane.nodeConfig" -}}
+{{- if and (eq .Values.ipam.mode "kubernetes") (not .Values.operator.enabled) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Path of the config file the agent reads. */}}
 {{- define "membrane.agentConfigPath" -}}
-{{- if eq .Values.ipam.mode "kubernetes" -}}/etc/membrane/node/config.yaml{{- else -}}/etc/membrane/config/config.yaml{{- end -}}
+{{- if include "membrane.nodeConfig" . -}}/etc/membrane/node/config.yaml{{- else -}}/etc/membrane/config/config.yaml{{- end -}}
 {{- end -}}
 
 {{/* Environment shared by the agent and its node-config init container. */}}
