@@ -7,8 +7,11 @@ policy and an `Accepted=False` condition in its status naming the field and the 
 `Accepted=True` again once fixed). Invalid policies are skipped; every other policy keeps
 being enforced, so one bad object never stops the rest.
 
-The condition goes to the `status` subresource where the API serves one (NetworkPolicyStatus
-existed in Kubernetes 1.24-1.27) and falls back to the object itself; Events work everywhere.
+Events (core/v1, served by every Kubernetes version) are the report that works everywhere.
+The condition is written only where the API has a place for it: NetworkPolicyStatus and the
+`networkpolicies/status` subresource existed in Kubernetes 1.24-1.27 only. Discovery tells
+which (asked once per operator); from 1.28 on no condition is written at all, since a real
+API server drops (or, under strict field validation, refuses) a `status` on the object.
 """
 
 from __future__ import annotations
@@ -71,11 +74,20 @@ def _our_condition(obj: JSON) -> JSON | None:
     return None
 
 
+NETWORKING_V1 = "/apis/networking.k8s.io/v1"
+
+
+def serves_policy_status(discovery: JSON) -> bool:
+    """Whether an APIResourceList of networking.k8s.io/v1 lists `networkpolicies/status`."""
+    return any(r.get("name") == "networkpolicies/status" for r in discovery.get("resources") or [])
+
+
 class PolicyChecker:
     def __init__(self, rest: Rest, metrics: OperatorMetrics, instance: str) -> None:
         self.rest = rest
         self.metrics = metrics
         self.instance = instance
+        self._status_served: bool | None = None  # None: discovery not answered yet
         self._verdicts: dict[tuple[str, str], PolicyVerdict] = {}  # (uid, rv) -> verdict
         self._reported: set[tuple[str, str]] = set()  # (uid, message) already reported
         # uid -> (status, message) last written: the watch may still show the old object.
@@ -108,7 +120,7 @@ class PolicyChecker:
             condition = _our_condition(obj)
             meta = obj.get("metadata") or {}
             if verdict.valid:
-                if condition is not None and condition.get("status") != "True":
+                if condition is not None and condition.get("status") != "True" and self.status_served():
                     self._set_condition(obj, "True", REASON_VALID, "the policy is enforced")
                 continue
             mark = (meta.get("uid", ""), verdict.message)
@@ -119,8 +131,18 @@ class PolicyChecker:
                             meta.get("name"), verdict.message)
                 self._event(obj, verdict.message)
             self._reported.add(mark)
-            if not already:
+            if not already and self.status_served():
                 self._set_condition(obj, "False", REASON_INVALID, verdict.message)
+
+    def status_served(self) -> bool:
+        """Whether this API server has `networkpolicies/status` (asked until it answers)."""
+        if self._status_served is None:
+            try:
+                self._status_served = serves_policy_status(self.rest.get(NETWORKING_V1))
+            except ApiException as exc:
+                log.info("discovery of %s failed (%s), will retry", NETWORKING_V1, exc.status)
+                return False
+        return self._status_served
 
     def _set_condition(self, obj: JSON, status: str, reason: str, message: str) -> None:
         meta = obj["metadata"]
@@ -133,12 +155,7 @@ class PolicyChecker:
                 f"/networkpolicies/{meta['name']}")
         body = {"status": {"conditions": [condition]}}
         try:
-            try:
-                self.rest.merge_patch(path + "/status", body)
-            except ApiException as exc:
-                if exc.status not in (404, 405):
-                    raise
-                self.rest.merge_patch(path, body)
+            self.rest.merge_patch(path + "/status", body)
             self._written[meta.get("uid", "")] = (status, message)
         except ApiException as exc:
             log.info("condition on %s not written (%s)", meta["name"], exc.status)

@@ -3,6 +3,9 @@
 The generated `patch_*` methods pick `application/json-patch+json` for a dict body; we want
 merge patches, and one helper for built-in and custom resources alike, so writes go through
 `call_api` with explicit content types. Errors stay `kubernetes.client.rest.ApiException`.
+
+Every write asks for `fieldValidation=Strict`: a field the server's version does not know is
+an error the operator logs and counts, not something the server silently drops.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from kubernetes.client import ApiClient
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 TIMEOUT = (5, 30)
+STRICT = ("fieldValidation", "Strict")
 
 
 class Rest:
@@ -24,8 +28,11 @@ class Rest:
     def request(self, method: str, path: str, body: Any = None,
                 content_type: str = "application/json",
                 query: list[tuple[str, str]] | None = None) -> JSON:
+        params = list(query or [])
+        if method in ("POST", "PUT", "PATCH"):
+            params.append(STRICT)
         response = self.api.call_api(
-            path, method, query_params=query or [], body=body,
+            path, method, query_params=params, body=body,
             header_params={"Accept": "application/json", "Content-Type": content_type},
             auth_settings=["BearerToken"], _preload_content=False,
             _return_http_data_only=True, _request_timeout=TIMEOUT)

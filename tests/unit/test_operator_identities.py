@@ -1,4 +1,4 @@
-"""MembraneIdentity allocation and GC, and policy validation reports, against the stand-in."""
+"""MembraneIdentity allocation and GC against the stand-in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client
 
-from membrane.api.state_objects import Kind
 from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
 from membrane.testing.kubeapi import KubeApiServer
@@ -93,63 +92,5 @@ def test_identities_allocated_shared_stable_and_collected(api: KubeApiServer,
         assert operator.metrics.registry.get_sample_value(
             "membrane_operator_identity_gc_total") == 1
         assert set(identities(apis)) == set(found)  # identities in use are kept
-    finally:
-        operator.stop()
-
-
-def invalid_policy() -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": "broken", "namespace": "default"},
-            "spec": {"podSelector": {}, "ingress": [
-                {"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]}}
-
-
-def valid_policy() -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": "fine", "namespace": "default"},
-            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}}
-
-
-def test_invalid_policy_gets_event_and_condition(api: KubeApiServer,
-                                                 apis: client.ApiClient) -> None:
-    networking = client.NetworkingV1Api(apis)
-    core = client.CoreV1Api(apis)
-    operator = make_operator(api)
-    try:
-        networking.create_namespaced_network_policy("default", invalid_policy())
-        networking.create_namespaced_network_policy("default", valid_policy())
-
-        def events() -> list:
-            return [e for e in core.list_namespaced_event("default").items
-                    if e.involved_object.name == "broken"]
-
-        assert wait_for(lambda: len(events()) == 1)
-        event = events()[0]
-        assert event.type == "Warning" and event.reason == "InvalidNetworkPolicy"
-        assert "spec.ingress[0].from[0].ipBlock.except[0]" in event.message
-
-        def condition() -> dict | None:
-            obj = client.CustomObjectsApi(apis).get_namespaced_custom_object(
-                "networking.k8s.io", "v1", "default", "networkpolicies", "broken")
-            return next(iter((obj.get("status") or {}).get("conditions") or []), None)
-
-        assert wait_for(lambda: condition() is not None)
-        cond = condition()
-        assert cond is not None
-        assert cond["type"] == "Accepted" and cond["status"] == "False"
-        assert cond["reason"] == "InvalidNetworkPolicy"
-        assert "ipBlock.except[0]" in cond["message"]
-
-        keys = operator.state.objects()
-        assert (Kind.POLICY, "default/fine") in keys  # the rest keeps working
-        assert (Kind.POLICY, "default/broken") not in keys
-        time.sleep(0.5)
-        assert len(events()) == 1  # reported once, not on every pass
-
-        fixed = invalid_policy()
-        fixed["spec"]["ingress"][0]["from"][0]["ipBlock"]["except"] = ["10.1.0.0/16"]
-        networking.patch_namespaced_network_policy("broken", "default", fixed)
-        assert wait_for(lambda: (condition() or {}).get("status") == "True")
-        assert wait_for(lambda: (Kind.POLICY, "default/broken") in operator.state.objects())
     finally:
         operator.stop()

@@ -2,7 +2,10 @@
 
 The official `kubernetes` client runs against it unmodified: discovery, CRUD with optimistic
 concurrency, merge/strategic/JSON patches, status subresources, label and field selectors,
-list+watch with bookmarks and 410 Gone after compaction, leases, events and CRDs.
+list+watch with bookmarks and 410 Gone after compaction, leases, events and CRDs. It pretends
+to be one Kubernetes minor version (`kubernetes_version`, 1.26-1.37) and checks every write of
+a built-in type against that version's real OpenAPI schemas, with fieldValidation semantics
+(`validating`), so it refuses what a real server of that version refuses.
 
     with KubeApiServer() as api:
         core = kubernetes.client.CoreV1Api(api.api_client())

@@ -12,6 +12,7 @@ import sys
 import threading
 from types import FrameType
 
+from .resources import DEFAULT_KUBERNETES_VERSION
 from .serving import KubeApiServer
 
 
@@ -23,9 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history-limit", type=int, default=10_000, help="changes kept for watches")
     parser.add_argument("--bookmark-interval", type=float, default=60.0, help="seconds between bookmarks")
     parser.add_argument("--no-sync-writes", action="store_true", help="save the state file only on exit")
+    parser.add_argument("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION,
+                        help="the minor version to pretend to be (schemas, served resources, /version)")
+    parser.add_argument("--no-schema-validation", action="store_true",
+                        help="accept writes without checking them against the version's OpenAPI schemas")
     args = parser.parse_args(argv)
-    server = KubeApiServer(port=args.port, state_file=args.state_file, history_limit=args.history_limit,
-                           bookmark_interval=args.bookmark_interval, sync_writes=not args.no_sync_writes)
+    try:
+        server = KubeApiServer(port=args.port, state_file=args.state_file, history_limit=args.history_limit,
+                               bookmark_interval=args.bookmark_interval, sync_writes=not args.no_sync_writes,
+                               kubernetes_version=args.kubernetes_version,
+                               validate_schemas=not args.no_schema_validation)
+    except ValueError as exc:
+        parser.error(str(exc))
     done = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

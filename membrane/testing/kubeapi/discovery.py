@@ -8,10 +8,12 @@ from .resources import ALL_VERBS, Registry, ResourceType
 
 JSON = dict[str, Any]
 
-SERVER_VERSION: JSON = {
-    "major": "1", "minor": "31", "gitVersion": "v1.31.0-membrane-kubeapi", "gitCommit": "", "gitTreeState": "clean",
-    "buildDate": "2024-08-13T00:00:00Z", "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64",
-}
+def server_version(version: str) -> JSON:
+    """`GET /version` of a server that pretends to be Kubernetes `version` (`1.31`)."""
+    major, _, minor = version.partition(".")
+    return {"major": major, "minor": minor, "gitVersion": f"v{version}.0-membrane-kubeapi", "gitCommit": "",
+            "gitTreeState": "clean", "buildDate": "2024-08-13T00:00:00Z", "goVersion": "go1.22",
+            "compiler": "gc", "platform": "linux/amd64"}
 
 
 def core_versions(server_address: str) -> JSON:

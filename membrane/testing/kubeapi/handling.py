@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from .resources import Registry, ResourceType
 from .routing import Route, parse_path
 from .statuses import ApiError, bad_request, gone
 from .storing import Key, Store
+from .validating import CURRENT_WRITE, SchemaBook, WriteContext, parse_mode, warning_header
 from .watching import WatchSpec, present
 from .writing import Writes
 
@@ -43,15 +45,31 @@ class Api(Writes):
     """Answers requests against one store and registry; the HTTP layer is in `serving`."""
 
     def __init__(self, store: Store, registry: Registry, server_address: Callable[[], str],
-                 max_watch_seconds: float = 1800.0) -> None:
+                 max_watch_seconds: float = 1800.0, schemas: SchemaBook | None = None,
+                 server_version: JSON | None = None) -> None:
         self.store = store
         self.registry = registry
         self.server_address = server_address
         self.max_watch_seconds = max_watch_seconds
+        self.schemas = schemas
+        self.server_version = server_version or discovery.server_version(registry.kubernetes_version)
 
     # --- dispatch ----------------------------------------------------------------------------
     def handle(self, req: Request) -> Response | WatchSpec:
-        """Answer one request; raises ApiError for failures."""
+        """Answer one request; raises ApiError for failures. Writes carry the warnings
+        (unknown fields dropped under `fieldValidation=Warn`) in a `Warning` header."""
+        context = WriteContext(parse_mode(req.query.get("fieldValidation")) if req.method != "GET" else "Warn")
+        token = CURRENT_WRITE.set(context)
+        try:
+            result = self._handle(req)
+        finally:
+            CURRENT_WRITE.reset(token)
+        if context.warnings and isinstance(result, Response):
+            result = dataclasses.replace(result, headers={**result.headers,
+                                                          "Warning": warning_header(context.warnings)})
+        return result
+
+    def _handle(self, req: Request) -> Response | WatchSpec:
         route = parse_path(req.path)
         if route is None:
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
@@ -88,7 +106,7 @@ class Api(Writes):
     def _discovery(self, route: Route) -> Response:
         doc: JSON | str | None
         if route.doc == "version":
-            doc = discovery.SERVER_VERSION
+            doc = self.server_version
         elif route.doc == "health":
             doc = "ok"
         elif route.doc == "api":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from dataclasses import dataclass, field
@@ -84,6 +85,22 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
                  initial_status={}),
 )
 
+DEFAULT_KUBERNETES_VERSION = "1.31"
+# NetworkPolicyStatus (and the networkpolicies/status subresource) existed in 1.24-1.27 only.
+_LAST_NETWORKPOLICY_STATUS = (1, 27)
+
+
+def builtin_types(kubernetes_version: str) -> tuple[ResourceType, ...]:
+    """The built-in types as the given minor version serves them."""
+    major, _, minor = kubernetes_version.partition(".")
+    out = []
+    for rtype in BUILTIN_TYPES:
+        if rtype.plural == "networkpolicies" and (int(major), int(minor)) <= _LAST_NETWORKPOLICY_STATUS:
+            rtype = dataclasses.replace(rtype, status_subresource=True)
+        out.append(rtype)
+    return tuple(out)
+
+
 _VERSION_RE = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
 
 
@@ -121,12 +138,13 @@ def crd_types(crd: JSON) -> list[ResourceType]:
 class Registry:
     """Which (group, version, plural) the server serves; CRDs add and remove entries."""
 
+    kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
     _types: dict[tuple[str, str, str], ResourceType] = field(default_factory=dict)
     _by_crd: dict[str, list[ResourceType]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        for rtype in BUILTIN_TYPES:
+        for rtype in builtin_types(self.kubernetes_version):
             self._types[(rtype.group, rtype.version, rtype.plural)] = rtype
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:

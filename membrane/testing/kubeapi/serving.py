@@ -19,9 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from .handling import Api
 from .messages import Request, Response
-from .resources import Registry
+from .resources import DEFAULT_KUBERNETES_VERSION, Registry
 from .statuses import ApiError, status_body
 from .storing import Store
+from .validating import check_version, schema_book
 from .watching import WatchSpec, run_watch
 
 if TYPE_CHECKING:
@@ -194,11 +195,17 @@ class KubeApiServer:
     restart() binds the same port again and keeps every object (and, in process, the history).
     With `state_file`, objects are written there on every change (or only on stop when
     `sync_writes=False`) and loaded at start, so a new process continues where the last one ended.
+
+    `kubernetes_version` (`"1.26"` to `"1.37"`) is the version it pretends to be: `/version`,
+    the resources it serves (networkpolicies/status up to 1.27 only) and the OpenAPI schemas
+    every write of a built-in type is checked against (`validating`; `validate_schemas=False`
+    turns that off, for benchmarks that measure the clients rather than the server).
     """
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", state_file: str | Path | None = None,
                  history_limit: int = 10_000, bookmark_interval: float = 60.0, max_watch_seconds: float = 1800.0,
-                 sync_writes: bool = True) -> None:
+                 sync_writes: bool = True, kubernetes_version: str = DEFAULT_KUBERNETES_VERSION,
+                 validate_schemas: bool = True) -> None:
         if host not in LOOPBACK:
             raise ValueError(f"kubeapi listens on loopback only, not {host!r}")
         self.host = "127.0.0.1"
@@ -206,9 +213,11 @@ class KubeApiServer:
         self.state_file = Path(state_file) if state_file is not None else None
         self.bookmark_interval = bookmark_interval
         self.sync_writes = sync_writes
+        self.kubernetes_version = check_version(kubernetes_version)
         self.store = Store(history_limit=history_limit)
-        self.registry = Registry()
-        self.api = Api(self.store, self.registry, lambda: f"{self.host}:{self.port}", max_watch_seconds)
+        self.registry = Registry(self.kubernetes_version)
+        self.api = Api(self.store, self.registry, lambda: f"{self.host}:{self.port}", max_watch_seconds,
+                       schema_book(self.kubernetes_version) if validate_schemas else None)
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

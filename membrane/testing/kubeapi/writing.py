@@ -30,6 +30,7 @@ from .resources import Registry, ResourceType
 from .routing import Route
 from .statuses import ApiError, already_exists, bad_request, conflict, invalid, not_found, success_body
 from .storing import Key, Store
+from .validating import CURRENT_WRITE, SchemaBook, admit
 from .watching import present
 
 JSON = dict[str, Any]
@@ -60,6 +61,7 @@ class Writes:
 
     store: Store
     registry: Registry
+    schemas: SchemaBook | None  # None: writes are not checked against schemas
 
     # --- helpers -----------------------------------------------------------------------------
     def _existing(self, rtype: ResourceType, key: Key) -> JSON:
@@ -77,6 +79,19 @@ class Writes:
         if not isinstance(body, dict):
             raise bad_request("the body of the request must be a JSON object")
         return body
+
+    def _admit(self, rtype: ResourceType, body: JSON, name: str) -> JSON:
+        """The body as the server keeps it after schema validation (see `validating`): unknown
+        fields dropped (with a warning) or refused, undecodable or incomplete objects refused."""
+        if self.schemas is None or rtype.custom:
+            return body
+        context = CURRENT_WRITE.get()
+        mode = context.mode if context is not None else "Warn"
+        obj, warnings = admit(self.schemas, {**body, "apiVersion": rtype.api_version, "kind": rtype.kind},
+                              mode, name, rtype.plural, rtype.group)
+        if context is not None:
+            context.warnings.extend(warnings)
+        return obj
 
     def _optional_body(self, req: Request) -> JSON:
         return self._body(req) if req.body.strip() else {}
@@ -102,6 +117,8 @@ class Writes:
         if not name and generate:
             name = generate + "".join(random.choice(_NAME_CHARS) for _ in range(5))
         self._validate_name(rtype, name)
+        body = self._admit(rtype, body, name)
+        meta = {**dict(body.get("metadata") or {}), "name": name}
         key: Key = (rtype.group, rtype.plural, route.namespace or "", name)
         obj: JSON = {**body, "apiVersion": rtype.api_version, "kind": rtype.kind}
         for drop in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink",
@@ -186,6 +203,7 @@ class Writes:
         }
 
     def _update(self, rtype: ResourceType, key: Key, body: JSON, status_only: bool) -> Response:
+        body = self._admit(rtype, body, key[3])
         with self.store.cond:
             old = self._existing(rtype, key)
             meta = dict(body.get("metadata") or {})
