@@ -46,6 +46,9 @@ class AgentConfig(BaseModel):
     node_ip: IPv4Address | None = None  # underlay address; None: the source address of the default route
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+    # A kernel header tree for bcc (BCC_KERNEL_SOURCE), e.g. the image's, laid out by
+    # deploy/image/kernel-headers.sh. None: bcc's default, /lib/modules/$(uname -r)/{build,source}.
+    kernel_headers: Path | None = None
     conntrack_gc_seconds: float = Field(default=30.0, gt=0)
     resync_seconds: float = Field(default=60.0, gt=0)
 
@@ -54,6 +57,16 @@ class AgentConfig(BaseModel):
     def _node_name(cls, value: str) -> str:
         if not value or len(value) > 253:
             raise ValueError("node name must be 1..253 characters")
+        return value
+
+    @field_validator("kernel_headers")
+    @classmethod
+    def _kernel_headers(cls, value: Path | None) -> Path | None:
+        # Checked here, not at compile time: bcc would otherwise fall back to other headers
+        # (or fail with a message that does not name this setting).
+        if value is not None and not (value.is_absolute() and (value / "include/linux/kconfig.h").is_file()):
+            raise ValueError(f"kernel_headers {value} is not a kernel header tree (no include/linux/kconfig.h); "
+                             "deploy/image/kernel-headers.sh lays one out")
         return value
 
     @model_validator(mode="after")
@@ -80,7 +93,7 @@ _FLAGS = {
     "http_addr": "--http-addr", "mtu": "--mtu", "log_level": "--log-level",
     "log_format": "--log-format", "conntrack_gc_seconds": "--conntrack-gc-seconds",
     "resync_seconds": "--resync-seconds", "flow_ring_size": "--flow-ring-size", "observer_tcp": "--observer-tcp", "mode": "--mode", "operator_address": "--operator-address",
-    "identity_wait_seconds": "--identity-wait-seconds",
+    "identity_wait_seconds": "--identity-wait-seconds", "kernel_headers": "--kernel-headers",
     "tunnel": "--tunnel", "tunnel_device": "--tunnel-device", "tunnel_port": "--tunnel-port", "node_ip": "--node-ip",
 }
 

@@ -27,8 +27,9 @@ MAP_USAGE_MAX_AGE_S = 5.0  # map entry counts are cached this long (a scrape wal
 
 
 class DatapathPort:
-    def __init__(self, pin_root: Path) -> None:
-        self.dp = Datapath(pin_root)
+    def __init__(self, pin_root: Path, kernel_headers: Path | None = None) -> None:
+        self.kernel_headers = kernel_headers
+        self.dp = Datapath(pin_root, kernel_headers=kernel_headers)
         self.compile_seconds = 0.0
         self.load_seconds = 0.0
         # Called with (map role, operation) when a map write fails (membrane_bpf_map_operation_errors_total).
@@ -46,7 +47,7 @@ class DatapathPort:
     def load(self, pin_root: Path | None = None) -> None:
         """Compile and load; `pin_root` overrides where maps are pinned (see bpffs.py)."""
         if pin_root is not None and pin_root != self.dp.pin_root:
-            self.dp = Datapath(pin_root)
+            self.dp = Datapath(pin_root, kernel_headers=self.kernel_headers)
         self.dp.load()
         self.compile_seconds = self.dp.compile_seconds or 0.0
         self.load_seconds = self.dp.load_seconds or 0.0

@@ -56,7 +56,7 @@ class Agent:
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.metrics = AgentMetrics()
-        self.datapath = DatapathPort(config.bpffs_root)
+        self.datapath = DatapathPort(config.bpffs_root, config.kernel_headers)
         self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
         self.netlink = Netlink()
         self.kubernetes = config.mode == "kubernetes"

@@ -10,6 +10,7 @@ while the programs already attached keep forwarding.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -85,16 +86,19 @@ class Datapath:
     """The compiled bpf_lxc programs and typed access to their pinned maps."""
 
     def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR, *, events: bool = True,
-                 test_hooks: bool = False) -> None:
+                 test_hooks: bool = False, kernel_headers: Path | None = None) -> None:
         """events=False compiles flow events out entirely (benchmarks: cost of events).
 
         test_hooks=True (tests only): ``from_overlay`` takes the VNI from skb->mark when the packet
         has no tunnel metadata, which BPF_PROG_TEST_RUN cannot attach.
+
+        kernel_headers: a header tree to compile against instead of the node's /lib/modules.
         """
         self.pin_root = Path(pin_root)
         self.bpf_dir = Path(bpf_dir)
         self.events_compiled = events
         self.test_hooks = test_hooks
+        self.kernel_headers = kernel_headers
         if not _SAFE_PATH.match(str(self.pin_root)):
             raise DatapathError(f"pin root must be an absolute plain path, got {pin_root!s}")
         self.compile_seconds: float | None = None  # clang + map creation/reuse
@@ -113,6 +117,9 @@ class Datapath:
             raise DatapathError("datapath already loaded")
         self.pin_root.mkdir(parents=True, exist_ok=True)
         text = flatten_sources([self.bpf_dir / name for name in ENTRY_FILES])
+        if self.kernel_headers is not None:
+            # bcc reads it from the environment at each compile; nothing else compiles in the agent.
+            os.environ["BCC_KERNEL_SOURCE"] = str(self.kernel_headers)
         started = time.perf_counter()
         try:
             bpf = BPF(text=text.encode(), cflags=self._cflags())

@@ -53,6 +53,8 @@ class LabNode:
     pod_cidr: str = "10.200.1.0/24"
     prefix: str = "mbt"
     extra_args: list[str] = field(default_factory=list)
+    # Command the agent runs under, inside the node netns (e.g. `unshare -m ...` to hide host paths).
+    wrapper: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     pods: dict[str, Pod] = field(default_factory=dict)
 
@@ -86,7 +88,8 @@ class LabNode:
                "--state-dir", str(self.workdir / "state"), "--bpffs-root", str(self.pin_root),
                "--api-socket", self.socket, "--http-addr", "127.0.0.1:9962", *self.extra_args]
         log = open(self.log_path, "ab")
-        self.process = netns.popen_in(self.netns, cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.process = netns.popen_in(self.netns, [*self.wrapper, *cmd], stdout=log, stderr=log,
+                                      stdin=subprocess.DEVNULL)
         log.close()
         if not wait_ready:  # e.g. Kubernetes mode before the operator is up
             return
