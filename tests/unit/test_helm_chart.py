@@ -184,9 +184,9 @@ def test_host_paths_the_agent_needs(default_docs: list[dict[str, Any]]) -> None:
     for volume, path in {"membrane-run": "/run/membrane", "membrane-state": "/var/lib/membrane"}.items():
         assert paths[volume] == path and agent[volume]["mountPath"] == path
         assert not agent[volume].get("readOnly")
-    for volume, path in {"lib-modules": "/lib/modules", "usr-src": "/usr/src"}.items():
-        assert paths[volume] == path and agent[volume]["mountPath"] == path
-        assert agent[volume]["readOnly"] is True, f"{path} must be read-only"
+    # bcc compiles against the image's own headers (MEMBRANE_KERNEL_HEADERS): nothing of the node's.
+    assert not {"/lib/modules", "/usr/src"} & set(paths.values())
+    assert not any(m["mountPath"].startswith(("/lib/modules", "/usr/src")) for m in agent.values())
     assert agent["netns"]["mountPropagation"] == "HostToContainer"
     install = mounts_by_volume(container(spec, "install-cni", init=True))
     assert paths["cni-bin"] == "/opt/cni/bin" and install["cni-bin"]["mountPath"] == "/host/opt/cni/bin"
