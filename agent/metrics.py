@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from membrane.standard_metrics import add_standard_metrics
+
 Sample = tuple[str, str, int, int]  # reason, direction, packets, bytes
 # (map, op) pairs of membrane_bpf_map_operation_errors_total (agent/datapath_port.py counts them)
 MAP_OPERATIONS = (("endpoints", "update"), ("endpoints", "delete"), ("policy", "update"), ("ipcache", "update"),
@@ -54,6 +56,7 @@ class DatapathCollector(Collector):
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        add_standard_metrics(self.registry, "agent")
         self.cni_duration = Histogram("membrane_cni_request_duration_seconds", "Time to serve a CNI request",
                                       ["command", "outcome"], registry=self.registry,
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

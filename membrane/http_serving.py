@@ -19,7 +19,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 MAX_CONNECTIONS = 128
 WORKERS = 2
@@ -143,14 +144,19 @@ class HttpServer:
         if method not in (b"GET", b"HEAD"):
             await self._reply(writer, 405, b"only GET and HEAD\n")
             return
-        code, body, ctype = await asyncio.get_running_loop().run_in_executor(self._pool, self._answer, target)
+        accept = _header(head, b"accept")
+        code, body, ctype = await asyncio.get_running_loop().run_in_executor(self._pool, self._answer, target,
+                                                                             accept)
         await self._reply(writer, code, b"" if method == b"HEAD" else body, ctype, length=len(body))
 
-    def _answer(self, target: str) -> tuple[int, bytes, str]:
+    def _answer(self, target: str, accept: str = "") -> tuple[int, bytes, str]:
         """Runs on a worker thread: the probes and the exposition may take a while."""
         path = target.split("?", 1)[0]
         if path == "/metrics":
-            return 200, generate_latest(self._registry), CONTENT_TYPE_LATEST
+            # OpenMetrics for a scraper that asks for it (Accept: application/openmetrics-text),
+            # the Prometheus text format otherwise.
+            encode, content_type = choose_encoder(accept)
+            return 200, encode(self._registry), content_type
         if path == "/healthz":
             ok = self._is_live()
             return (200, b"ok\n", "text/plain") if ok else (503, b"unhealthy\n", "text/plain")
@@ -169,3 +175,13 @@ class HttpServer:
                 await writer.drain()
         except TimeoutError:
             pass  # a client that does not read its answer loses it
+
+
+def _header(head: bytes, name: bytes) -> str:
+    """The value of one request header (lower-case `name`; the last one wins), or ""."""
+    value = b""
+    for line in head.split(b"\r\n")[1:]:
+        key, sep, rest = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            value = rest.strip()
+    return value.decode("latin-1")

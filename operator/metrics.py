@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from membrane.standard_metrics import add_standard_metrics
+
 PREFIX = "membrane_operator_"
 
 # Propagation spans watch delivery, a controller pass, gRPC and the agent's apply: from
@@ -17,7 +19,10 @@ PROPAGATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 
 
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        if registry is None:  # its own: with the process, runtime and build-info metrics
+            registry = CollectorRegistry()
+            add_standard_metrics(registry, "operator")
+        self.registry = registry
         r = self.registry
         self.watch_events = Counter(PREFIX + "watch_events_total", "Watch events received",
                                     ["resource", "type"], registry=r)

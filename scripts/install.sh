@@ -6,9 +6,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${MEMBRANE_VENV:-$here/.venv}
 stamp=$venv/.membrane-installed
 
+# prometheus: its promtool checks the metrics exposition in the tests.
 apt_pkgs=(clang llvm python3-bpfcc bpfcc-tools libbpf-dev iproute2 iptables nftables
           python3-venv python3-dev linux-headers-amd64 containernetworking-plugins golang-go
-          iperf3 sockperf tcpdump ethtool procps psmisc curl iputils-ping util-linux)
+          iperf3 sockperf tcpdump ethtool procps psmisc curl iputils-ping util-linux prometheus)
 
 need_apt=0
 for p in "${apt_pkgs[@]}"; do
