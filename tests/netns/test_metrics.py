@@ -83,3 +83,6 @@ def test_every_issue_family_is_exported_with_its_labels(node: LabNode) -> None:
     assert all(0 <= v < 1 for n, _, v in found if n == "membrane_bpf_map_pressure")
     assert value("membrane_bpf_map_operation_errors_total") == 0
     assert value("membrane_agent_bootstrap_seconds") > 0 and value("membrane_datapath_compile_seconds") > 0
+    # what every exporter has: the process and the build
+    assert value("membrane_build_info", component="agent") == 1
+    assert value("process_start_time_seconds") > 0 and value("process_resident_memory_bytes") > 0
