@@ -30,6 +30,9 @@ class AgentConfig(BaseModel):
     state_dir: Path = Path("/var/lib/membrane")
     bpffs_root: Path = Path("/sys/fs/bpf/membrane")
     api_socket: Path = Path("/run/membrane/agent.sock")
+    # A procfs whose sys/net is writable (the node's /proc/sys/net mounted there in a container
+    # that is not privileged, e.g. /host/proc); sysctls are written under it.
+    procfs: Path = Path("/proc")
     http_addr: str = "127.0.0.1:9962"  # /healthz, /readyz, /metrics
     masquerade: bool = True
     flow_events: bool = True  # datapath flow events (drops, verdicts, connections) to the observer
@@ -89,7 +92,7 @@ class AgentConfig(BaseModel):
 
 _FLAGS = {
     "node_name": "--node-name", "pod_cidr": "--pod-cidr", "cluster_cidr": "--cluster-cidr",
-    "state_dir": "--state-dir", "bpffs_root": "--bpffs-root", "api_socket": "--api-socket",
+    "state_dir": "--state-dir", "procfs": "--procfs", "bpffs_root": "--bpffs-root", "api_socket": "--api-socket",
     "http_addr": "--http-addr", "mtu": "--mtu", "log_level": "--log-level",
     "log_format": "--log-format", "conntrack_gc_seconds": "--conntrack-gc-seconds",
     "resync_seconds": "--resync-seconds", "flow_ring_size": "--flow-ring-size", "observer_tcp": "--observer-tcp", "mode": "--mode", "operator_address": "--operator-address",

@@ -58,7 +58,7 @@ class Agent:
         self.metrics = AgentMetrics()
         self.datapath = DatapathPort(config.bpffs_root, config.kernel_headers)
         self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
-        self.netlink = Netlink()
+        self.netlink = Netlink(config.procfs)
         self.kubernetes = config.mode == "kubernetes"
         if self.kubernetes:  # IPAM restores its pool with the PodCIDR the operator last gave
             config.pod_cidr = saved_pod_cidr(config.state_dir, config.node_name) or config.pod_cidr
@@ -97,7 +97,7 @@ class Agent:
         if repaired:
             log.warning("state directory modes repaired", extra={"fields": {
                 "state_dir": str(cfg.state_dir), "changed": repaired}})
-        write_sysctl("net.ipv4.ip_forward", "1")  # the node routes pod traffic to the outside
+        write_sysctl("net.ipv4.ip_forward", "1", cfg.procfs)  # the node routes pod traffic to the outside
         self.datapath.load(ensure_bpffs(cfg.bpffs_root))
         self.metrics.compile.set(self.datapath.compile_seconds)
         self.metrics.load.set(self.datapath.load_seconds)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import TypeVar
 
 from pyroute2 import IPRoute, NetNS
@@ -67,15 +68,20 @@ def in_netns(path: str, fn: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
-def write_sysctl(name: str, value: str) -> None:
-    with open("/proc/sys/" + name.replace(".", "/"), "w") as handle:
+def write_sysctl(name: str, value: str, procfs: Path = Path("/proc")) -> None:
+    """Write a sysctl of the calling thread's network namespace. `procfs` is where a procfs
+    with a writable sys/net is mounted: a container's own /proc/sys is read-only unless it is
+    privileged, so the chart mounts the node's /proc/sys/net elsewhere (--procfs). Entries
+    under sys/net always belong to the network namespace of the thread that opens them."""
+    with open(procfs / "sys" / name.replace(".", "/"), "w") as handle:
         handle.write(value)
 
 
 class Netlink:
     """Operations on the node namespace (the agent's own) and on pod namespaces."""
 
-    def __init__(self) -> None:
+    def __init__(self, procfs: Path = Path("/proc")) -> None:
+        self.procfs = procfs
         self._ipr = IPRoute()
         self._lock = threading.Lock()  # one pyroute2 socket, many CNI requests
         # The CNI hot path (create, delete, look up, attach) uses plain rtnetlink sockets:
@@ -107,17 +113,17 @@ class Netlink:
         assert host is not None
         host_ifindex, host_mac = RtnlSocket.parse_link(host)
         # The host side never talks IPv6 and must not answer for anything by itself.
-        write_sysctl(f"net.ipv6.conf.{host_ifname}.disable_ipv6", "1")
-        pod_mac = in_netns(netns, lambda: self._configure_pod_side(pod_ifname, address, host_mac))
+        write_sysctl(f"net.ipv6.conf.{host_ifname}.disable_ipv6", "1", self.procfs)
+        pod_mac = in_netns(netns, lambda: self._configure_pod_side(pod_ifname, address, host_mac, self.procfs))
         self._rtnl.batch([RtnlSocket.set_up(host_ifindex),
                           RtnlSocket.replace_route(address, 32, host_ifindex),
                           RtnlSocket.replace_neighbour(host_ifindex, address, pod_mac)])
         return PodLink(host_ifname, host_ifindex, host_mac, pod_ifname, pod_mac)
 
     @staticmethod
-    def _configure_pod_side(pod_ifname: str, address: IPv4Address, host_mac: str) -> str:
+    def _configure_pod_side(pod_ifname: str, address: IPv4Address, host_mac: str, procfs: Path) -> str:
         """Runs in a thread inside the pod namespace (sysctl and socket are the pod's)."""
-        write_sysctl(f"net.ipv6.conf.{pod_ifname}.disable_ipv6", "1")
+        write_sysctl(f"net.ipv6.conf.{pod_ifname}.disable_ipv6", "1", procfs)
         sock = RtnlSocket()
         try:
             (reply,) = sock.batch([RtnlSocket.get_link(pod_ifname)])
@@ -183,7 +189,7 @@ class Netlink:
             ifindex = int(found[0])
             self._ipr.link("set", index=ifindex, mtu=mtu, state="up")
         # Nothing but the datapath's own packets cross it: no IPv6 autoconf chatter.
-        write_sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "1")
+        write_sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "1", self.procfs)
         return ifindex
 
     def underlay(self, node_ip: IPv4Address | None) -> tuple[IPv4Address | None, int | None]:

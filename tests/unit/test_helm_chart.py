@@ -152,29 +152,56 @@ def test_daemonset_runs_on_every_node_in_the_host_network(default_docs: list[dic
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_bpffs_is_mounted_bidirectionally(default_docs: list[dict[str, Any]]) -> None:
+def test_agent_runs_with_capabilities_not_privileged(default_docs: list[dict[str, Any]]) -> None:
     spec = pod_spec(agent_ds(default_docs))
-    assert host_paths(spec)["bpf-maps"] == "/sys/fs/bpf"
     agent = container(spec, "agent")
-    bpf = mounts_by_volume(agent)["bpf-maps"]
-    assert bpf["mountPath"] == "/sys/fs/bpf" and bpf["mountPropagation"] == "Bidirectional"
-    assert agent["securityContext"]["privileged"] is True  # Kubernetes demands it for Bidirectional
+    sc = agent["securityContext"]
+    assert sc["privileged"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"]}
+    assert sc["seccompProfile"] == {"type": "Unconfined"} and sc["appArmorProfile"] == {"type": "Unconfined"}
+    assert sc["seLinuxOptions"]["type"] == "spc_t"
+    # /proc/sys is read-only here: sysctls go through the node's /proc/sys/net.
+    assert "--procfs=/host/proc" in agent["args"]
+    assert mounts_by_volume(agent)["host-proc-sys-net"]["mountPath"] == "/host/proc/sys/net"
+    assert host_paths(spec)["host-proc-sys-net"] == "/proc/sys/net"
+    # Bidirectional is illegal without privileged; the privileged init container mounts bpffs.
+    assert mounts_by_volume(agent)["bpf-maps"]["mountPropagation"] == "HostToContainer"
     init = container(spec, "mount-bpf-fs", init=True)
     assert mounts_by_volume(init)["bpf-maps"]["mountPropagation"] == "Bidirectional"
     assert init["securityContext"]["privileged"] is True
     assert "mount -t bpf bpf /sys/fs/bpf" in " ".join(init["command"] + init.get("args", []))
 
 
-def test_unprivileged_mode_uses_capabilities(helm: str) -> None:
-    spec = pod_spec(agent_ds(render(helm, agent__privileged=False)))
+def test_apparmor_annotation_before_1_30(helm: str) -> None:
+    docs = chart.render(helm, {"agent.appArmorProfile": "RuntimeDefault"}, kube_version="1.29.0")
+    ds = agent_ds(docs)
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["container.apparmor.security.beta.kubernetes.io/agent"] == "runtime/default"
+    assert "appArmorProfile" not in container(pod_spec(ds), "agent")["securityContext"]
+
+
+def test_privileged_mode_when_asked(helm: str) -> None:
+    spec = pod_spec(agent_ds(render(helm, agent__privileged=True)))
     agent = container(spec, "agent")
-    sc = agent["securityContext"]
-    assert sc["privileged"] is False
-    assert {"NET_ADMIN", "SYS_ADMIN", "BPF", "PERFMON", "SYS_RESOURCE"} <= set(sc["capabilities"]["add"])
-    assert sc["capabilities"]["drop"] == ["ALL"]
-    # Bidirectional is illegal without privileged; the privileged init container mounts bpffs.
-    assert mounts_by_volume(agent)["bpf-maps"]["mountPropagation"] == "HostToContainer"
-    assert mounts_by_volume(container(spec, "mount-bpf-fs", init=True))["bpf-maps"]["mountPropagation"] == "Bidirectional"
+    assert agent["securityContext"] == {"privileged": True}
+    assert mounts_by_volume(agent)["bpf-maps"]["mountPropagation"] == "Bidirectional"
+
+
+def test_no_security_context_the_api_refuses(helm: str) -> None:
+    """Kubernetes' own validation (not in the OpenAPI schema): no allowPrivilegeEscalation false
+    with privileged or with CAP_SYS_ADMIN, and Bidirectional propagation only when privileged."""
+    for sets in ({}, {"agent.privileged": True}, {"operator.enabled": False}):
+        docs = chart.render(helm, sets)
+        for workload in find(docs, "DaemonSet") + find(docs, "Deployment"):
+            spec = pod_spec(workload)
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                sc = c.get("securityContext") or {}
+                if sc.get("allowPrivilegeEscalation") is False:
+                    assert not sc.get("privileged"), c["name"]
+                    assert "SYS_ADMIN" not in ((sc.get("capabilities") or {}).get("add") or []), c["name"]
+                for mount in c.get("volumeMounts") or []:
+                    if mount.get("mountPropagation") == "Bidirectional":
+                        assert sc.get("privileged") is True, (c["name"], mount["name"])
 
 
 def test_host_paths_the_agent_needs(default_docs: list[dict[str, Any]]) -> None:
