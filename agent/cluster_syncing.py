@@ -231,7 +231,8 @@ class ClusterSyncer:
 
     def _node(self, name: str, obj: NodeState | None) -> None:
         if name != self.node_name:  # another node: its IP is the tunnel endpoint of its pods
-            self.policy.on_node(name, obj.addresses if obj is not None else ())
+            self.policy.on_node(name, obj.addresses if obj is not None else (),
+                                obj.pod_cidr if obj is not None else None)
             return
         if obj is None or not obj.pod_cidr:
             return

@@ -86,8 +86,8 @@ class DatapathPort:
             self.dp.apply_policy(delta)
 
     def read_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
-        """The identity of each prefix, or the full entry when it sits behind a tunnel endpoint."""
-        return {prefix: entry if entry.tunnel_endpoint is not None else entry.identity
+        """The identity of each prefix, or the full entry when it has more (a tunnel endpoint, flags)."""
+        return {prefix: entry if entry.tunnel_endpoint is not None or entry.flags else entry.identity
                 for prefix, entry in self.dp.ipcache().items()}
 
     def write_ipcache(self, delta: Delta[IPv4Network, IpcacheTarget]) -> None:

@@ -101,11 +101,9 @@ class Agent:
         self.datapath.load(ensure_bpffs(cfg.bpffs_root))
         self.metrics.compile.set(self.datapath.compile_seconds)
         self.metrics.load.set(self.datapath.load_seconds)
-        # Before any pod is wired: the pod MTU depends on the tunnel, and cross-node flows of
-        # restored pods keep their device (created only if missing, program replaced in place).
-        self.overlay = overlay.setup(cfg, self.netlink, self.datapath)
-        cfg.mtu = self.overlay.pod_mtu
-        log.info("overlay ready", extra={"fields": self.overlay.to_json()})
+        # Before any pod is wired: the pod MTU depends on the tunnel.
+        self.overlay = planned = overlay.plan(cfg, self.netlink)
+        cfg.mtu = planned.pod_mtu
         self.metrics.add_datapath(DatapathCollector(self.datapath.counters, self._endpoint_states,
                                                     self.datapath.map_usage))
         restored = self.endpoints.restore()
@@ -121,6 +119,11 @@ class Agent:
         for ep in self.endpoints.list():
             self._endpoint_changed(ep, True, apply=False)
         log.info("policy restored", extra={"fields": self.policy.resync()})
+        # Only now that the ipcache knows the nodes again (from_overlay trusts no one else); the
+        # device is kept over restarts (created only if missing, program replaced in place), so
+        # cross-node flows of restored pods never stop.
+        self.overlay = ready = overlay.setup(cfg, planned, self.netlink, self.datapath)
+        log.info("overlay ready", extra={"fields": ready.to_json()})
         log.info("programs attached", extra={"fields": {"endpoints": self.endpoints.reattach()}})
         if cfg.masquerade and self.cluster is None:  # Kubernetes mode: once the PodCIDR is known
             assert cfg.cluster_cidr is not None

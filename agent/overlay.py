@@ -4,12 +4,14 @@ Cross-node pod traffic leaves through one VXLAN device per node in external
 (collect-metadata) mode: ``from_container`` stamps each packet with the remote
 node (from the ipcache) and the source pod's identity as VNI, and redirects it
 to the device; ``from_overlay`` at the device's tc ingress receives the other
-nodes' packets. This module only wires that up at agent start; which remote
-prefixes live behind which node is the policy manager's ipcache business.
+nodes' packets, from nodes only and for what they own (docs/trust-model.md). This module
+only wires that up at agent start; which remote prefixes live behind which node, and which
+addresses are nodes, is the policy manager's ipcache business.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any, Protocol
@@ -58,20 +60,31 @@ class Overlay:
                 "pod_mtu": self.pod_mtu}
 
 
-def setup(config: AgentConfig, netlink: OverlayNetlink, datapath: OverlayDatapath) -> Overlay:
-    """Create the VXLAN device if missing, attach `from_overlay`, tell the datapath its ifindex.
-
-    Idempotent (agent restarts): the device is kept, the program replaced atomically, and the
-    config entry rewritten with the same ifindex, so cross-node flows never stop.
-    """
+def plan(config: AgentConfig, netlink: OverlayNetlink) -> Overlay:
+    """What the overlay will be (underlay address and MTU, pod MTU), touching nothing: pods
+    restored or wired before `setup` need the pod MTU."""
     node_ip, found_mtu = netlink.underlay(config.node_ip)
     underlay_mtu = found_mtu or DEFAULT_UNDERLAY_MTU
     tunnel = config.tunnel == "vxlan"
     mtu = pod_mtu(config.mtu, underlay_mtu, tunnel)
-    if not tunnel:
-        datapath.set_node_config(NodeConfig(0, node_ip))
-        return Overlay("disabled", None, 0, node_ip, underlay_mtu, mtu)
-    ifindex = netlink.ensure_vxlan(config.tunnel_device, config.tunnel_port, underlay_mtu - VXLAN_OVERHEAD)
+    return Overlay("vxlan" if tunnel else "disabled", config.tunnel_device if tunnel else None, 0, node_ip,
+                   underlay_mtu, mtu)
+
+
+def setup(config: AgentConfig, planned: Overlay, netlink: OverlayNetlink, datapath: OverlayDatapath) -> Overlay:
+    """Create the VXLAN device if missing, tell the datapath its ifindex and the tunnel port,
+    attach `from_overlay`.
+
+    Call it once the ipcache holds the nodes again (after the policy resync): the program accepts
+    VXLAN only from ipcache entries flagged NODE, so attached before them it would refuse every
+    node. Idempotent (agent restarts): the device is kept, the program replaced atomically, and the
+    config entry rewritten with the same ifindex, so cross-node flows never stop.
+    """
+    if planned.mode != "vxlan":
+        datapath.set_node_config(NodeConfig(0, planned.node_ip))
+        return planned
+    ifindex = netlink.ensure_vxlan(config.tunnel_device, config.tunnel_port, planned.underlay_mtu - VXLAN_OVERHEAD)
+    # The port first: from_container refuses pods' datagrams to it before the device exists.
+    datapath.set_node_config(NodeConfig(ifindex, planned.node_ip, config.tunnel_port))
     netlink.attach_ingress(ifindex, datapath.program(PROGRAM))
-    datapath.set_node_config(NodeConfig(ifindex, node_ip))
-    return Overlay("vxlan", config.tunnel_device, ifindex, node_ip, underlay_mtu, mtu)
+    return dataclasses.replace(planned, ifindex=ifindex)

@@ -9,8 +9,11 @@ union for an instant (never neither: allowed traffic is never dropped by the upd
 
 Pods of other nodes become ipcache entries that name their node's IP as tunnel endpoint (the
 datapath sends them through the VXLAN overlay); the node's IP comes from the pod's
-`status.hostIP`, else from the node's addresses (`on_node`, Kubernetes mode). Other nodes'
-IPs are REMOTE_NODE.
+`status.hostIP`, else from the node's addresses (`on_node`: Node objects, streamed in Kubernetes
+mode, applied in standalone mode). Other nodes' IPs are REMOTE_NODE entries flagged NODE: the
+overlay accepts VXLAN only from those. Other nodes' pod CIDRs name their node as tunnel endpoint
+too, so the overlay knows which node owns a pod address its ipcache has no /32 for yet (the
+overlay takes a VNI's identity only for inner sources the sending node owns: docs/trust-model.md).
 
 ipBlock prefixes are in the ipcache (the identity of addresses that are no pod or node) and in
 the CIDR map (`desired_cidrs`): the CIDR identity of every address, pods included, which the
@@ -34,11 +37,14 @@ from membrane.policy import (Direction, FlatKey, FlatValue, NamespaceInfo, PodIn
                              Protocol, RuleTable, Verdict, flatten_endpoint)
 
 from .datapath.ipcache import IpcacheEntry
+from .datapath.layout import IpcacheFlag
 from .identity_sources import IdentitySource
 
 log = logging.getLogger("membrane.policy")
 
 HOST_RULE_REF = 0  # the host-allow entry is nobody's rule: flows name it "host default"
+# Another node's underlay address: the overlay accepts VXLAN from it (and only from such entries).
+NODE_ENTRY = IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE))
 
 
 # An ipcache value: the identity of a prefix of this node (or of the outside), or the full
@@ -74,6 +80,7 @@ class PolicyManager:
         self.allow_host = allow_host
         self.node_name = node_name  # this node: its pods are never behind a tunnel
         self.node_ips: dict[str, IPv4Address] = {}  # other nodes' underlay addresses (on_node)
+        self.node_cidrs: dict[str, IPv4Network] = {}  # nodes' pod CIDRs (on_node)
         self.lock = threading.RLock()
         # Deferred: updates only mark endpoints dirty, `apply()` computes once per batch. Interest:
         # only local endpoints get policy entries computed; every pod stays a peer.
@@ -103,6 +110,8 @@ class PolicyManager:
         self._ipcache: dict[IPv4Network, IpcacheTarget] = {}  # desired, kept incrementally
         self._ip_dirty_pods: set[ObjectRef] = set()
         self._ip_dirty_nets: set[IPv4Network] = set()
+        self._cidr_dirty_nets: set[IPv4Network] = set()  # ipBlock prefixes changed: pod CIDRs under them
+        self._pod_cidrs: dict[IPv4Network, IPv4Address] = {}  # other nodes' pod CIDR -> node IP, as applied
 
     # --- recording changes (cheap) ------------------------------------------------------
     def on_namespace(self, name: str, obj: Namespace | None) -> None:
@@ -130,14 +139,20 @@ class PolicyManager:
                 self._pods_by_node.setdefault(node, set()).add(ref)
             self._refresh_pod(ref)
 
-    def on_node(self, name: str, addresses: Iterable[str]) -> None:
-        """A node's addresses (first IPv4 one = its tunnel endpoint); none: the node is gone."""
+    def on_node(self, name: str, addresses: Iterable[str], pod_cidr: str | None = None) -> None:
+        """A node's addresses (first IPv4 one = its tunnel endpoint, the one address VXLAN is
+        accepted from) and pod CIDR; no addresses: the node is gone."""
         with self.lock:
             ip = next((a for a in (_ipv4(x) for x in addresses) if a is not None), None)
             if ip is None:
                 self.node_ips.pop(name, None)
             else:
                 self.node_ips[name] = ip
+            cidr = _ipv4_net(pod_cidr) if ip is not None and pod_cidr else None
+            if cidr is None:
+                self.node_cidrs.pop(name, None)
+            else:
+                self.node_cidrs[name] = cidr
             self._ip_dirty_pods.update(self._pods_by_node.get(name, ()))  # their tunnel endpoint
 
     def on_policy(self, ref: ObjectRef, obj: NetworkPolicy | None) -> None:
@@ -164,6 +179,7 @@ class PolicyManager:
             net = ip_network(prefix)
             if isinstance(net, IPv4Network):
                 self._ip_dirty_nets.add(net)
+                self._cidr_dirty_nets.add(net)
 
     def _save_identities(self) -> None:
         """Persist new identity numbers (batched) before anything uses them in a map."""
@@ -214,14 +230,39 @@ class PolicyManager:
             ip = self.node_ips.get(node)
         return ip
 
+    def remote_pod_cidrs(self, own: set[str]) -> dict[IPv4Network, IPv4Address]:
+        """Other nodes' pod CIDRs -> their node's IP (the owner of every address inside)."""
+        return {cidr: self.node_ips[name] for name, cidr in self.node_cidrs.items()
+                if name != self.node_name and name in self.node_ips and str(self.node_ips[name]) not in own}
+
+    def _prefix_entry(self, net: IPv4Network, identity: int | None,
+                      pod_cidrs: dict[IPv4Network, IPv4Address]) -> IpcacheTarget | None:
+        """An ipBlock prefix or another node's pod CIDR: its identity (a pod CIDR has the one of
+        the longest ipBlock prefix covering it, else WORLD, as a miss would), and the node that
+        owns it when it lies inside one node's pod CIDR."""
+        if net in pod_cidrs:
+            if identity is None:
+                identity = next((i for plen in range(net.prefixlen - 1, -1, -1)
+                                 if (i := self.resolver.cidrs.identity_of(net.supernet(new_prefix=plen))) is not None),
+                                int(ReservedIdentity.WORLD))
+            return IpcacheEntry(identity, pod_cidrs[net])
+        if identity is None:
+            return None
+        owner = next((ip for cidr, ip in pod_cidrs.items() if net.subnet_of(cidr)), None)
+        return IpcacheEntry(identity, owner) if owner is not None else identity
+
     def desired_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
+        """The whole ipcache, derived from scratch (the oracle of the incremental `_ipcache_delta`)."""
         cache: dict[IPv4Network, IpcacheTarget] = {}
         own = set(self.host_addresses())
         remote_nodes = {ip for name, ip in self.node_ips.items() if name != self.node_name}
-        for prefix, identity in self.resolver.cidrs.identities().items():
-            net = ip_network(prefix)
-            if isinstance(net, IPv4Network):
-                cache[net] = identity
+        pod_cidrs = self.remote_pod_cidrs(own)
+        cidr_ids = {net: ident for prefix, ident in self.resolver.cidrs.identities().items()
+                    if isinstance(net := ip_network(prefix), IPv4Network)}
+        for net in {*cidr_ids, *pod_cidrs}:
+            entry = self._prefix_entry(net, cidr_ids.get(net), pod_cidrs)
+            if entry is not None:
+                cache[net] = entry
         for pod in self.resolver.inputs.pods.values():
             if pod.identity is None or pod.host_network:
                 continue
@@ -235,7 +276,7 @@ class PolicyManager:
                 if isinstance(net, IPv4Network):
                     cache[net] = IpcacheEntry(pod.identity, tunnel) if tunnel is not None else pod.identity
         for node_ip in remote_nodes:
-            cache[IPv4Network(f"{node_ip}/32")] = int(ReservedIdentity.REMOTE_NODE)
+            cache[IPv4Network(f"{node_ip}/32")] = NODE_ENTRY
         for addr in own:
             cache[IPv4Network(f"{addr}/32")] = int(ReservedIdentity.HOST)
         return cache
@@ -339,6 +380,17 @@ class PolicyManager:
         if remote != self._remote:
             dirty.update(IPv4Network(f"{ip}/32") for ip in remote ^ self._remote)
             self._remote = remote
+        pod_cidrs = self.remote_pod_cidrs(own)
+        if pod_cidrs != self._pod_cidrs:  # a node's pod CIDR came, went or moved: it and what is inside
+            changed = {c for c in {*pod_cidrs, *self._pod_cidrs} if pod_cidrs.get(c) != self._pod_cidrs.get(c)}
+            dirty.update(changed)
+            dirty.update(net for prefix in self.resolver.cidrs.identities()
+                         if isinstance(net := ip_network(prefix), IPv4Network)
+                         and any(net.subnet_of(c) for c in changed))
+            self._pod_cidrs = pod_cidrs
+        if self._cidr_dirty_nets:  # a pod CIDR's identity is the one of the ipBlock prefix covering it
+            dirty.update(c for c in pod_cidrs if any(c.subnet_of(n) for n in self._cidr_dirty_nets))
+            self._cidr_dirty_nets = set()
         own_nets = {IPv4Network(f"{a}/32") for a in own}
         remote_nets = {IPv4Network(f"{ip}/32") for ip in remote} if dirty else set()
         delta: Delta[IPv4Network, IpcacheTarget] = Delta()
@@ -347,13 +399,13 @@ class PolicyManager:
             if net in own_nets:
                 want = int(ReservedIdentity.HOST)
             elif net in remote_nets:
-                want = int(ReservedIdentity.REMOTE_NODE)
+                want = NODE_ENTRY
             elif net in self._ip_owners:
                 owners = self._ip_owners[net]
                 local = [t for r, t in owners.items() if r in self.local]  # a stale duplicate never wins
                 want = local[-1] if local else next(reversed(owners.values()))
             else:
-                want = self.resolver.cidrs.identity_of(net)
+                want = self._prefix_entry(net, self.resolver.cidrs.identity_of(net), pod_cidrs)
             if want is None:
                 self._ipcache.pop(net, None)
                 if net in self.written_ipcache:
@@ -372,6 +424,8 @@ class PolicyManager:
         self._tunnels.clear()
         self._own = set()
         self._remote = set()
+        self._pod_cidrs = {}
+        self._cidr_dirty_nets = set()
         self._ip_dirty_pods = set(self.resolver.inputs.pods)
         self._ip_dirty_nets = set(self.written_ipcache) | set(self._ipcache)
         self._ip_dirty_nets.update(net for prefix in self.resolver.cidrs.identities()
@@ -443,6 +497,13 @@ class PolicyManager:
                 self.maps.write_policy(Delta({}, strays))
             report["stray_policy_entries"] = len(strays)
             return report
+
+
+def _ipv4_net(text: str) -> IPv4Network | None:
+    try:
+        return IPv4Network(text)
+    except ValueError:  # IPv6 or garbage: no pod CIDR of ours
+        return None
 
 
 def _ipv4(text: str) -> IPv4Address | None:

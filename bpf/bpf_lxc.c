@@ -11,7 +11,8 @@
  *
  * A destination on another node (its ipcache entry names a tunnel
  * endpoint) leaves through the VXLAN device with the source's identity as
- * VNI (lib/overlay.h); bpf_overlay.c receives it there.
+ * VNI (lib/overlay.h); bpf_overlay.c receives it there. Pods never reach
+ * a node's tunnel port themselves (docs/trust-model.md).
  */
 #include "lib/common.h"
 #include "types.h"
@@ -97,6 +98,13 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 			dst_identity = cached->sec_identity;
 		dst_cidr = mb_cidr_identity_of(ip4->daddr, cached);
 	}
+	/* Only nodes speak VXLAN: a pod's datagram to the tunnel port of anything
+	 * but a pod (a node's address, or one NATed to it) could carry a forged
+	 * VNI into a node's overlay. Pod to pod on that port stays allowed: it is
+	 * delivered into the pod, never to a node's tunnel socket. */
+	if (tuple.nexthdr == MB_IPPROTO_UDP && !local_dst && !tunnel && mb_is_tunnel_port(tuple.dport))
+		return mb_drop(MB_DROP_POD_TO_TUNNEL_PORT, MB_DIR_EGRESS);
+
 	if (ct == MB_CT_NEW) {
 		/* Egress of src towards the destination's identity, then ingress
 		 * of a local destination from src's identity (a remote

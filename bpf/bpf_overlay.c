@@ -8,7 +8,11 @@
  * VNI, and the CIDR identity of the inner source address (for ipBlocks, from
  * this node's CIDR map). The VNI is trusted, not this node's ipcache: the
  * sender knows its own pod's identity first-hand, while our ipcache may lag
- * behind a pod that just started over there. Each node keeps its own conntrack entry of the
+ * behind a pod that just started over there. It is trusted only from a
+ * node (the outer source is an ipcache entry flagged NODE) and only for an
+ * inner source that node owns: itself, or an address whose ipcache entry
+ * names it as tunnel endpoint (its pods; its pod CIDR covers pods our
+ * ipcache has not heard of yet). See docs/trust-model.md. Each node keeps its own conntrack entry of the
  * flow (replies leave through bpf_lxc.c's from_container, which finds it).
  */
 #include "lib/common.h"
@@ -26,8 +30,23 @@
 #include "lib/flow.h"
 #include "lib/overlay.h"
 
+/*
+ * A packet the overlay's trust rules refuse: counted and reported with the
+ * inner flow and the identity its VNI claimed (what an operator looks for).
+ */
+static __always_inline int mb_overlay_refuse(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
+					     __u8 tcp_flags, __u32 claimed, __u8 reason)
+{
+	struct mb_flow_event *ev = mb_event_start(MB_EVENT_DROP, tuple, tcp_flags, skb->len,
+						  skb->ingress_ifindex, MB_DIR_INGRESS);
+
+	if (ev)
+		ev->src_identity = claimed;
+	return mb_drop_flow(ev, reason, MB_DIR_INGRESS);
+}
+
 static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct ethhdr *eth,
-						__u32 src_identity)
+						__u32 src_identity, __be32 remote)
 {
 	struct mb_ct_tuple4 tuple = {};
 	struct mb_endpoint_info *dst;
@@ -39,13 +58,20 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 
 	if (!ip4)
 		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
+	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
+	/* Trust first (docs/trust-model.md): VXLAN only from nodes, and the
+	 * VNI's identity only for what the sending node owns. */
+	if (!mb_overlay_peer_is_node(remote))
+		return mb_overlay_refuse(skb, &tuple, tcp_flags, src_identity, MB_DROP_UNKNOWN_TUNNEL_PEER);
+	if (!mb_overlay_owns(remote, tuple.saddr))
+		return mb_overlay_refuse(skb, &tuple, tcp_flags, src_identity, MB_DROP_TUNNEL_SOURCE_NOT_OWNED);
+
 	/* Only pods of this node are reachable through the tunnel. */
-	dst = mb_lookup_endpoint(ip4->daddr);
+	dst = mb_lookup_endpoint(tuple.daddr);
 	if (!dst || !mb_endpoint_is_local_pod(dst))
 		return mb_drop(MB_DROP_NO_ENDPOINT, MB_DIR_INGRESS);
 	dst_ifindex = dst->ifindex;
 
-	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
 	if (l4 == MB_L4_INVALID)
 		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
 	if (l4 == MB_L4_TRACKED)
@@ -78,6 +104,7 @@ static __always_inline int mb_from_overlay(struct __sk_buff *skb)
 {
 	struct ethhdr *eth = mb_eth_header(skb);
 	__u32 src_identity;
+	__be32 remote = 0;
 
 	if (!eth)
 		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
@@ -85,10 +112,10 @@ static __always_inline int mb_from_overlay(struct __sk_buff *skb)
 	 * sender's program addresses the remote node itself). */
 	if (eth->h_proto != mb_htons(ETH_P_IP))
 		return mb_drop(MB_DROP_UNSUPPORTED_L3, MB_DIR_INGRESS);
-	src_identity = mb_overlay_identity(skb);
+	src_identity = mb_overlay_identity(skb, &remote);
 	if (!src_identity)
 		return mb_drop(MB_DROP_TUNNEL_KEY, MB_DIR_INGRESS);
-	return mb_from_overlay_ipv4(skb, eth, src_identity);
+	return mb_from_overlay_ipv4(skb, eth, src_identity, remote);
 }
 
 /*

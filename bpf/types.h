@@ -32,6 +32,9 @@ enum mb_reason {
 	MB_DROP_POLICY_EGRESS = 8,
 	MB_DROP_NO_ROUTE = 9,        /* tunnelled destination but no tunnel device configured */
 	MB_DROP_TUNNEL_KEY = 10,     /* tunnel metadata could not be set (sender) or is missing, VNI 0 (receiver) */
+	MB_DROP_POD_TO_TUNNEL_PORT = 11,  /* a pod sent UDP to the tunnel port of something that is no pod */
+	MB_DROP_UNKNOWN_TUNNEL_PEER = 12, /* VXLAN from an address the ipcache does not know as a node */
+	MB_DROP_TUNNEL_SOURCE_NOT_OWNED = 13, /* inner source is neither the sending node nor one of its pods */
 	MB_REASON_MAX,
 };
 
@@ -113,10 +116,18 @@ struct mb_ipcache_key {
 	__be32 ip4;
 };
 
+/* mb_ipcache_value.flags */
+#define MB_IPCACHE_F_NODE 0x1 /* the /32 of a node's underlay address: VXLAN is accepted from it */
+
+/*
+ * tunnel_endpoint also says who owns the address: the overlay takes a VNI's
+ * identity only for inner sources whose entry names the sending node (its
+ * pods and its pod CIDR), or for the sending node's own address.
+ */
 struct mb_ipcache_value {
 	__u32 sec_identity;
 	__be32 tunnel_endpoint; /* node hosting the address (0 = this node / not tunnelled) */
-	__u8 flags;             /* reserved */
+	__u8 flags;             /* MB_IPCACHE_F_* */
 	__u8 pad[3];
 };
 
@@ -151,13 +162,16 @@ struct mb_cidr_value {
 /*
  * What the datapath needs to know about its node. All zero (a fresh map)
  * means "no tunnel": tunnelled destinations are then dropped (NO_ROUTE)
- * rather than leaked unencapsulated to the underlay.
+ * rather than leaked unencapsulated to the underlay. tunnel_port took the
+ * place of padding that was always zero (and zero means "no port"), so a
+ * pin of the older layout reads correctly: no version bump.
  */
 struct mb_node_config {
 	__u32 tunnel_ifindex; /* VXLAN device in external (collect-md) mode, 0 = none */
 	__be32 node_ip;       /* this node's underlay address (informational) */
 	__u32 flags;          /* reserved */
-	__u32 pad;
+	__be16 tunnel_port;   /* UDP port of the overlay: pods may not send to it (0 = no tunnel, no check) */
+	__u16 pad;
 };
 
 /* VNIs are 24 bits: the source security identity travels in them. */

@@ -1,8 +1,10 @@
 """ipcache records: IPv4 prefix -> security identity (LPM trie, pure conversions).
 
 Addresses matching no prefix are WORLD in the datapath, so the map only
-lists what the agent knows: pod /32s, the node's own addresses (HOST),
-CIDR identities of ipBlock peers.
+lists what the agent knows: pod /32s, the node's own addresses (HOST), other
+nodes' addresses (REMOTE_NODE, flagged NODE: the overlay accepts VXLAN only
+from those), other nodes' pod CIDRs (their tunnel endpoint says who owns an
+address), CIDR identities of ipBlock peers.
 
 The CIDR map (``mb_cidr_v1``) holds only the ipBlock prefixes, prefix -> CIDR
 identity: the CIDR identity of any address (pods included, else WORLD),
@@ -24,7 +26,7 @@ _U32_MAX = 0xFFFF_FFFF
 class IpcacheEntry:
     identity: int  # u32: cluster identities use 24 bits, node-local CIDR identities bit 24
     tunnel_endpoint: IPv4Address | None = None  # node hosting the prefix (None = this node)
-    flags: int = 0  # reserved
+    flags: int = 0  # IpcacheFlag (NODE: a node's underlay address, VXLAN accepted from it)
 
     def __post_init__(self) -> None:
         if not 0 < self.identity <= _U32_MAX:

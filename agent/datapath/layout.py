@@ -40,12 +40,21 @@ class Reason(enum.IntEnum):
     DROP_POLICY_EGRESS = 8
     DROP_NO_ROUTE = 9  # tunnelled destination but no tunnel device configured
     DROP_TUNNEL_KEY = 10  # tunnel metadata could not be set (sender) / missing or VNI 0 (receiver)
+    DROP_POD_TO_TUNNEL_PORT = 11  # a pod sent UDP to the tunnel port of something that is no pod
+    DROP_UNKNOWN_TUNNEL_PEER = 12  # VXLAN from an address the ipcache does not know as a node
+    DROP_TUNNEL_SOURCE_NOT_OWNED = 13  # inner source is neither the sending node nor one of its pods
 
 
 class EndpointFlag(enum.IntFlag):
     """``mb_endpoint_info.flags``."""
 
     HOST = 0x1  # reserved: the node itself
+
+
+class IpcacheFlag(enum.IntFlag):
+    """``mb_ipcache_value.flags`` (``MB_IPCACHE_F_*``)."""
+
+    NODE = 0x1  # a node's underlay address: VXLAN is accepted from it
 
 
 class CtFlag(enum.IntFlag):
@@ -142,7 +151,8 @@ class NodeConfigValue(ctypes.Structure):
         ("tunnel_ifindex", ctypes.c_uint32),
         ("node_ip", ctypes.c_uint32),  # network byte order
         ("flags", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("tunnel_port", ctypes.c_uint16),  # network byte order
+        ("pad", ctypes.c_uint16),
     ]
 
 

@@ -89,7 +89,8 @@ class Datapath:
                  test_hooks: bool = False, kernel_headers: Path | None = None) -> None:
         """events=False compiles flow events out entirely (benchmarks: cost of events).
 
-        test_hooks=True (tests only): ``from_overlay`` takes the VNI from skb->mark when the packet
+        test_hooks=True (tests only): ``from_overlay`` takes the VNI from skb->mark (and the outer
+        source address, network order, from skb->cb[0]) when the packet
         has no tunnel metadata, which BPF_PROG_TEST_RUN cannot attach.
 
         kernel_headers: a header tree to compile against instead of the node's /lib/modules.

@@ -24,7 +24,7 @@ _OUT_HEADROOM: Final = 512  # programs may grow the packet
 
 
 class SkBuffCtx(ctypes.Structure):
-    """Leading fields of ``struct __sk_buff`` up to ``tc_index``.
+    """Leading fields of ``struct __sk_buff`` up to ``cb``.
 
     The kernel accepts a shorter ctx and zero-fills the rest; fields it does
     not allow setting must stay zero.
@@ -43,6 +43,7 @@ class SkBuffCtx(ctypes.Structure):
         ("ingress_ifindex", ctypes.c_uint32),
         ("ifindex", ctypes.c_uint32),
         ("tc_index", ctypes.c_uint32),
+        ("cb", ctypes.c_uint32 * 5),  # the program's scratch words (tests pass facts in them)
     ]
 
 
@@ -60,16 +61,19 @@ def prog_test_run(
     ingress_ifindex: int = 0,
     ifindex: int = 0,
     mark: int = 0,
+    cb0: int = 0,
     repeat: int = 1,
 ) -> ProgRunResult:
     """Run a tc program once (or ``repeat`` times) on ``data``.
 
     ``ifindex`` must name an existing device of the caller's netns (or be 0
-    for loopback); ``ingress_ifindex`` can be any number.
+    for loopback); ``ingress_ifindex`` can be any number. ``cb0`` is
+    ``skb->cb[0]`` as the program reads it.
     """
     data_in = ctypes.create_string_buffer(data, len(data))
     data_out = ctypes.create_string_buffer(len(data) + _OUT_HEADROOM)
     ctx = SkBuffCtx(ingress_ifindex=ingress_ifindex, ifindex=ifindex, mark=mark)
+    ctx.cb[0] = cb0
     attr = BpfTestRunAttr(
         prog_fd=prog_fd,
         data_size_in=len(data),

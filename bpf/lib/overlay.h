@@ -18,6 +18,7 @@
 #include "../maps.h"
 #include "metrics.h"
 #include "drop.h"
+#include "ipcache.h"
 
 #define MB_TUNNEL_TTL 64
 
@@ -56,24 +57,65 @@ static __always_inline int mb_overlay_send(struct __sk_buff *skb, __be32 remote,
 	return bpf_redirect(tunnel_ifindex, 0);
 }
 
+/* Whether dport (network order) is this cluster's tunnel port (none configured: never). */
+static __always_inline int mb_is_tunnel_port(__be16 dport)
+{
+	struct mb_node_config *cfg = mb_node_config();
+
+	return cfg && cfg->tunnel_port && cfg->tunnel_port == dport;
+}
+
 /*
- * The source identity of a packet that came out of the tunnel: its VNI.
+ * What the tunnel metadata of a received packet says: the VNI (the source
+ * identity the sender claims) and the outer source address (the sender).
  * Returns 0 when there is none (no metadata, or VNI 0, which no sender of
  * ours uses): the caller drops.
  */
-static __always_inline __u32 mb_overlay_identity(struct __sk_buff *skb)
+static __always_inline __u32 mb_overlay_identity(struct __sk_buff *skb, __be32 *remote)
 {
 	struct bpf_tunnel_key key = {};
 
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0)
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0) {
+		/* The helper gives the address in host byte order. */
+		*remote = __builtin_bswap32(key.remote_ipv4);
 		return key.tunnel_id & MB_VNI_MASK;
+	}
 #ifdef MB_TEST_TUNNEL_FROM_MARK
 	/* Test builds only: BPF_PROG_TEST_RUN cannot attach tunnel metadata
-	 * to its skb, so tests pass the VNI in skb->mark instead. */
+	 * to its skb, so tests pass the VNI in skb->mark and the outer source
+	 * (network order) in skb->cb[0] instead. */
+	*remote = skb->cb[0];
 	return skb->mark & MB_VNI_MASK;
 #else
 	return 0;
 #endif
+}
+
+/*
+ * Whether the node at `remote` (outer source, network order) may speak for
+ * inner source `saddr`: the node itself, or an address whose ipcache entry
+ * names that node as its tunnel endpoint (its pods, its pod CIDR). The VNI's
+ * identity is then the sender's word for one of its own endpoints.
+ */
+static __always_inline int mb_overlay_owns(__be32 remote, __be32 saddr)
+{
+	struct mb_ipcache_value *src;
+
+	if (saddr == remote)
+		return 1;
+	src = mb_ipcache_lookup(saddr);
+	return src && src->tunnel_endpoint == remote;
+}
+
+/* Whether the ipcache knows `remote` (network order) as a node's underlay address. */
+static __always_inline int mb_overlay_peer_is_node(__be32 remote)
+{
+	struct mb_ipcache_value *peer;
+
+	if (!remote)
+		return 0;
+	peer = mb_ipcache_lookup(remote);
+	return peer && (peer->flags & MB_IPCACHE_F_NODE);
 }
 
 #endif /* MB_LIB_OVERLAY_H */

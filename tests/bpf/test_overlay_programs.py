@@ -19,7 +19,9 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
 
 from membrane.agent.datapath import EndpointEntry, NodeConfig
+from membrane.agent.datapath.encoding import ip_to_field
 from membrane.agent.datapath.ipcache import IpcacheEntry
+from membrane.agent.datapath.layout import IpcacheFlag
 from membrane.agent.datapath.prog_test_run import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, prog_test_run
 from membrane.delta import diff
 from membrane.identities import LOCAL_IDENTITY_FLAG, ReservedIdentity
@@ -36,6 +38,10 @@ ANY, TCP_ = int(Protocol.ANY), int(Protocol.TCP)
 POD_A = IPv4Address("10.211.1.10")  # local
 REMOTE = IPv4Address("10.211.2.20")  # a pod on the other node
 REMOTE_NODE = IPv4Address("192.168.77.2")
+REMOTE_PODS = IPv4Network("10.211.2.0/23")  # the other node's pod CIDR: it owns these addresses
+OTHER_NODE = IPv4Address("192.168.77.3")  # a third node
+OTHER_POD = IPv4Address("10.211.9.30")  # a pod of the third node
+STRANGER = IPv4Address("192.168.77.99")  # on the underlay, but no node
 OUTSIDE = "203.0.113.9"
 ID_A, ID_R, ID_OTHER = 4000, 4001, 4002
 TUNNEL_IFINDEX = 1  # test runs only record the redirect target; loopback always exists
@@ -55,7 +61,11 @@ def dp() -> Iterator[object]:
         datapath.upsert_endpoint(POD_A, EP_A)
         datapath.upsert_ipcache(IPv4Network(f"{POD_A}/32"), IpcacheEntry(ID_A))
         datapath.upsert_ipcache(IPv4Network(f"{REMOTE}/32"), IpcacheEntry(ID_R, REMOTE_NODE))
-        datapath.upsert_ipcache(IPv4Network(f"{REMOTE_NODE}/32"), IpcacheEntry(int(ReservedIdentity.REMOTE_NODE)))
+        datapath.upsert_ipcache(REMOTE_PODS, IpcacheEntry(int(ReservedIdentity.WORLD), REMOTE_NODE))
+        for node in (REMOTE_NODE, OTHER_NODE):
+            datapath.upsert_ipcache(IPv4Network(f"{node}/32"),
+                                    IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE)))
+        datapath.upsert_ipcache(IPv4Network(f"{OTHER_POD}/32"), IpcacheEntry(ID_OTHER, OTHER_NODE))
         yield datapath
     finally:
         datapath.close()
@@ -86,10 +96,12 @@ def send_from_a(dp, payload):  # type: ignore[no-untyped-def]
     return prog_test_run(dp.program_fd("from_container"), frame, ingress_ifindex=EP_A.ifindex)
 
 
-def arrive(dp, payload, vni: int):  # type: ignore[no-untyped-def]
-    """A decapsulated frame on the VXLAN device; `vni` stands in for its tunnel metadata."""
+def arrive(dp, payload, vni: int, peer: IPv4Address | str = REMOTE_NODE):  # type: ignore[no-untyped-def]
+    """A decapsulated frame on the VXLAN device; `vni` and `peer` (the outer source) stand in for
+    its tunnel metadata."""
     frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / payload)
-    return prog_test_run(dp.program_fd("from_overlay"), frame, ingress_ifindex=77, mark=vni)
+    return prog_test_run(dp.program_fd("from_overlay"), frame, ingress_ifindex=77, mark=vni,
+                         cb0=ip_to_field(IPv4Address(peer)))
 
 
 def syn(src: IPv4Address | str, dst: IPv4Address | str, port: int, dport: int = 80):  # type: ignore[no-untyped-def]

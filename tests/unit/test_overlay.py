@@ -8,13 +8,12 @@ from pathlib import Path
 from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.identity_book import IdentityBook
 from membrane.agent.overlay import VXLAN_OVERHEAD, pod_mtu
-from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
+from membrane.agent.policy_syncing import NODE_ENTRY, LocalEndpoint, PolicyManager
 from membrane.delta import Delta
 from membrane.identities import ReservedIdentity
 from membrane.k8s_models import ObjectRef, Pod, parse_object
 
 OWN_IP = "192.0.2.1"
-REMOTE_NODE = int(ReservedIdentity.REMOTE_NODE)
 
 
 class Maps:
@@ -75,7 +74,7 @@ def test_standalone_remote_pods_tunnel_to_their_host_ip(tmp_path: Path) -> None:
     assert isinstance(maps.ipcache[net("10.1.1.5")], int)
     assert isinstance(maps.ipcache[net("10.1.9.5")], int)
     assert isinstance(maps.ipcache[net("10.1.1.6")], int)
-    assert maps.ipcache[net("192.0.2.2")] == REMOTE_NODE
+    assert maps.ipcache[net("192.0.2.2")] == NODE_ENTRY  # a pod's hostIP is a node: VXLAN accepted from it
     assert maps.ipcache[net(OWN_IP)] == int(ReservedIdentity.HOST)
 
 
@@ -87,7 +86,7 @@ def test_kubernetes_nodes_give_the_tunnel_endpoint_and_moves_are_rewritten(tmp_p
     pm.on_pod(ref, pod("far", "10.1.2.5", node="n2"))
     pm.apply()
     assert maps.ipcache[net("10.1.2.5")].tunnel_endpoint == IPv4Address("192.0.2.2")  # type: ignore[union-attr]
-    assert maps.ipcache[net("192.0.2.3")] == REMOTE_NODE
+    assert maps.ipcache[net("192.0.2.3")] == NODE_ENTRY
     pm.on_pod(ref, pod("far", "10.1.2.5", node="n3"))
     pm.on_node("n2", [])  # node gone
     pm.apply()
@@ -101,3 +100,82 @@ def test_pod_mtu_leaves_room_for_the_vxlan_headers() -> None:
     assert pod_mtu(None, 9000, tunnel=True) == 8950
     assert pod_mtu(None, 1500, tunnel=False) == 1500
     assert pod_mtu(1400, 1500, tunnel=True) == 1400  # configured wins
+
+
+# -- what the overlay's trust rules read: node flags and who owns which address -------------
+
+
+def policy_with_block(cidr: str, *excepts: str) -> object:
+    return parse_object({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": "blocks", "namespace": "shop"},
+                         "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                                  "ingress": [{"from": [{"ipBlock": {"cidr": cidr, "except": list(excepts)}}]}]}})
+
+
+def test_nodes_are_flagged_and_their_pod_cidrs_name_them(tmp_path: Path) -> None:
+    pm, maps = manager(tmp_path)
+    pm.on_node("n1", [OWN_IP], "10.1.1.0/24")  # this node: neither a peer nor a remote pod CIDR
+    pm.on_node("n2", ["192.0.2.2"], "10.1.2.0/24")
+    pm.apply()
+    assert maps.ipcache[net("192.0.2.2")] == NODE_ENTRY
+    assert NODE_ENTRY.flags == 1 and NODE_ENTRY.identity == int(ReservedIdentity.REMOTE_NODE)
+    assert maps.ipcache[IPv4Network("10.1.2.0/24")] == IpcacheEntry(int(ReservedIdentity.WORLD), IPv4Address("192.0.2.2"))
+    assert IPv4Network("10.1.1.0/24") not in maps.ipcache
+    assert maps.ipcache[net(OWN_IP)] == int(ReservedIdentity.HOST)  # never flagged: we never receive from ourselves
+    pm.on_node("n2", ["192.0.2.2"], "10.1.12.0/24")  # PodCIDR moved
+    pm.apply()
+    assert IPv4Network("10.1.2.0/24") not in maps.ipcache
+    assert maps.ipcache[IPv4Network("10.1.12.0/24")].tunnel_endpoint == IPv4Address("192.0.2.2")  # type: ignore[union-attr]
+    pm.on_node("n2", [])  # node gone: no peer, no pod CIDR
+    pm.apply()
+    assert net("192.0.2.2") not in maps.ipcache and IPv4Network("10.1.12.0/24") not in maps.ipcache
+    assert maps.ipcache == pm.desired_ipcache()
+
+
+def test_ip_blocks_keep_their_identity_and_learn_their_owner(tmp_path: Path) -> None:
+    """A pod CIDR's entry answers as a miss would (the covering ipBlock's identity, else WORLD);
+    an ipBlock prefix inside a node's pod CIDR is that node's too."""
+    pm, maps = manager(tmp_path)
+    pm.on_node("n2", ["192.0.2.2"], "10.1.2.0/24")
+    pm.on_policy(ObjectRef("shop", "blocks"), policy_with_block("10.1.0.0/16", "10.1.2.128/25"))  # type: ignore[arg-type]
+    pm.apply()
+    wide = pm.resolver.cidrs.identity_of(IPv4Network("10.1.0.0/16"))
+    narrow = pm.resolver.cidrs.identity_of(IPv4Network("10.1.2.128/25"))
+    assert wide and narrow
+    assert maps.ipcache[IPv4Network("10.1.0.0/16")] == wide  # spans nodes: nobody's
+    assert maps.ipcache[IPv4Network("10.1.2.0/24")] == IpcacheEntry(wide, IPv4Address("192.0.2.2"))
+    assert maps.ipcache[IPv4Network("10.1.2.128/25")] == IpcacheEntry(narrow, IPv4Address("192.0.2.2"))
+    pm.on_policy(ObjectRef("shop", "blocks"), None)
+    pm.apply()
+    assert maps.ipcache[IPv4Network("10.1.2.0/24")] == IpcacheEntry(int(ReservedIdentity.WORLD), IPv4Address("192.0.2.2"))
+    assert IPv4Network("10.1.2.128/25") not in maps.ipcache
+    assert maps.ipcache == pm.desired_ipcache()
+
+
+def test_incremental_ipcache_equals_the_oracle_through_node_changes(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(9)
+    pm, maps = manager(tmp_path)
+    nodes = [f"n{i}" for i in range(2, 6)]
+    for step in range(300):
+        what = rng.random()
+        if what < 0.3:
+            node = rng.choice(nodes)
+            pm.on_node(node, [f"192.0.2.{rng.randint(2, 5)}"] if rng.random() < 0.8 else [],
+                       rng.choice([None, f"10.1.{rng.randint(2, 5)}.0/24", f"10.1.{rng.randint(2, 5)}.0/25"]))
+        elif what < 0.7:
+            index = rng.randint(0, 15)
+            name = f"p{index}"  # one address per pod name (duplicates are another test's business)
+            pm.on_pod(ObjectRef("shop", name), pod(name, f"10.1.{rng.randint(2, 5)}.{index + 1}",
+                                                   node=rng.choice(nodes)) if rng.random() < 0.85 else None)
+        else:
+            third = rng.randint(2, 5)
+            cidr = rng.choice(["10.1.0.0/16", f"10.1.{third & ~1}.0/23", f"10.1.{third}.0/24"])
+            pm.on_policy(ObjectRef("shop", "blocks"), policy_with_block(  # type: ignore[arg-type]
+                cidr, f"10.1.{third}.128/25") if rng.random() < 0.8 else None)
+        if rng.random() < 0.4:
+            pm.apply()
+            assert maps.ipcache == pm.desired_ipcache(), step
+    pm.apply()
+    assert maps.ipcache == pm.desired_ipcache()
