@@ -35,6 +35,7 @@ import grpc
 from grpc import aio
 
 from membrane.api.state.v1 import state_pb2 as pb
+from membrane.grpc_standard import StandardServices
 from membrane.api.state_codec import encode_change, snapshot_chunks, update_bytes
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
@@ -223,25 +224,46 @@ class StateServicer:
 
 
 class AsyncServer:
-    """A started `grpc.aio` server on the shared loop, driven from synchronous code."""
+    """A started `grpc.aio` server on the shared loop, driven from synchronous code.
+
+    Besides the StateService it answers gRPC health checks (the StateService is NOT_SERVING
+    until the first full state is built, then SERVING until the server stops) and server
+    reflection (`membrane.grpc_standard`).
+    """
 
     def __init__(self, servicer: StateServicer, address: str) -> None:
         self.servicer = servicer
         self.loop = servicer.loop
         self.server: aio.Server | None = None
+        self.standard: StandardServices | None = None
+        self._readiness: asyncio.Task[None] | None = None
         self.port = asyncio.run_coroutine_threadsafe(self._start(address), self.loop).result(30)
 
     async def _start(self, address: str) -> int:
         server = aio.server(options=[("grpc.max_concurrent_streams", 1 << 20)])
         server.add_generic_rpc_handlers((self.servicer.handler(),))
+        self.standard = StandardServices(server, [SERVICE], self.loop, serving=False)
+        await self.standard.start_async()
         port = server.add_insecure_port(address)
         if port == 0 and not address.startswith("unix:"):
             raise OSError(f"cannot listen on {address}")
         await server.start()
         self.server = server
+        self._readiness = asyncio.ensure_future(self._report_ready())
         return port
 
+    async def _report_ready(self) -> None:
+        """SERVING once the servicer is ready (the same wait a subscriber does)."""
+        while not self.servicer.ready():
+            await asyncio.sleep(READY_POLL)
+        assert self.standard is not None
+        await self.standard.set_serving_async(True)
+
     async def _stop(self, grace: float) -> None:
+        if self._readiness is not None:
+            self._readiness.cancel()
+        if self.standard is not None:
+            await self.standard.shutting_down_async()
         self.servicer.wake()  # streams waiting for a commit see `stopping` and end
         if self.server is not None:
             await self.server.stop(grace)

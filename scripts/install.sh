@@ -53,7 +53,7 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/pip" install -q -e "$here[test]"
   touch "$stamp"
 fi
-"$venv/bin/python" -c "import bcc, pyroute2, kubernetes, grpc, prometheus_client, pydantic" \
+"$venv/bin/python" -c "import bcc, pyroute2, kubernetes, grpc, grpc_health, grpc_reflection, prometheus_client, pydantic" \
   || { echo "install: the venv cannot import the required libraries" >&2; exit 1; }
 
 # membrane-cni, the plugin kubelet execs for every pod, is a static Go binary (no interpreter

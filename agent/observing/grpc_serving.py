@@ -1,8 +1,9 @@
 """The gRPC Observer server (the only observing module that imports grpc).
 
-Serves `membrane.observer.v1.Observer` on a unix socket (mode 0600, like the agent API socket:
-flows show who talks to whom) and optionally on a TCP address. Every call is translated into
-the pure `FlowObserver.stream()`/`status()`; nothing here decides which flows match.
+Serves `membrane.observer.v1.Observer`, with gRPC health checking and reflection, on a unix
+socket (mode 0600, like the agent API socket: flows show who talks to whom) and optionally on
+a TCP address. Every call is translated into the pure `FlowObserver.stream()`/`status()`;
+nothing here decides which flows match.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from membrane.api.observer_codec import (
     timestamp,
 )
 from membrane.flows import FilterError, compile_filters
+from membrane.grpc_standard import StandardServices
 
 from .observer import FlowObserver, FlowQuery, Lost
 
@@ -80,6 +82,8 @@ class ObserverServer:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="observer"),
                                    options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_ObserverServicer_to_server(ObserverServicer(observer), self._server)
+        # Health checking and reflection, so grpcurl and grpc_health_probe work against it.
+        self.standard = StandardServices(self._server, [pb.DESCRIPTOR.services_by_name["Observer"].full_name])
         self.tcp_port: int | None = None
         if unix_path is not None:
             unix_path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,12 +95,14 @@ class ObserverServer:
                 raise OSError(f"observer cannot listen on {tcp}")
 
     def start(self) -> None:
+        self.standard.start()
         self._server.start()
         if self.unix_path is not None:
             os.chmod(self.unix_path, 0o600)
         log.info("observer serving", extra={"fields": {"unix": str(self.unix_path), "tcp_port": self.tcp_port}})
 
     def stop(self, grace: float = 1.0) -> None:
+        self.standard.shutting_down()
         self.observer.ring.wake_all()  # followers notice cancellation at once
         self._server.stop(grace).wait(grace + 1)
         if self.unix_path is not None:
