@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import socketserver
 import threading
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from membrane.cni_types import INTERNAL_ERROR, CniError
+from membrane.unix_sockets import bind_private, remove_stale
 
 log = logging.getLogger("membrane.api")
 
@@ -70,25 +69,14 @@ class _Connection(socketserver.StreamRequestHandler):
 class ApiServer:
     def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            self._remove_stale(path)
-        self._server = _Server(str(path), _Connection)
-        self._server.handlers = handlers
-        os.chmod(path, 0o600)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api-socket", daemon=True)
-
-    @staticmethod
-    def _remove_stale(path: Path) -> None:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # left by a killed agent
-            return
-        finally:
-            probe.close()
-        raise SystemExit(f"membrane-agent: another agent is serving {path}")
+            remove_stale(path, "another agent")
+        except OSError as exc:
+            raise SystemExit(f"membrane-agent: {exc}") from None
+        # 0600 from the first instant, whatever the umask (the API wires pods, reads policy).
+        self._server = bind_private(path, lambda tmp: _Server(tmp, _Connection))
+        self._server.handlers = handlers
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api-socket", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -29,17 +29,20 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc import aio
 
+from membrane.api import grpc_limits
 from membrane.api.state.v1 import state_pb2 as pb
 from membrane.grpc_standard import StandardServices
 from membrane.api.state_codec import encode_change, snapshot_chunks, update_bytes
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import Codec, StateLog
+from membrane.unix_sockets import bind_private, remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -237,16 +240,25 @@ class AsyncServer:
         self.server: aio.Server | None = None
         self.standard: StandardServices | None = None
         self._readiness: asyncio.Task[None] | None = None
+        self.unix_path: Path | None = None
         self.port = asyncio.run_coroutine_threadsafe(self._start(address), self.loop).result(30)
 
     async def _start(self, address: str) -> int:
-        server = aio.server(options=[("grpc.max_concurrent_streams", 1 << 20)])
+        limits = grpc_limits.OPERATOR
+        server = aio.server(options=limits.server_options(),
+                            maximum_concurrent_rpcs=limits.rpcs_in_flight)
         server.add_generic_rpc_handlers((self.servicer.handler(),))
         self.standard = StandardServices(server, [SERVICE], self.loop, serving=False)
         await self.standard.start_async()
-        port = server.add_insecure_port(address)
-        if port == 0 and not address.startswith("unix:"):
-            raise OSError(f"cannot listen on {address}")
+        if address.startswith("unix:"):
+            # 0600 from the start, whatever the umask (the socket is the whole cluster's state).
+            self.unix_path = Path(address.removeprefix("unix:").removeprefix("//"))
+            remove_stale(self.unix_path, "another operator")
+            port = bind_private(self.unix_path, lambda tmp: server.add_insecure_port(f"unix:{tmp}"))
+        else:
+            port = server.add_insecure_port(address)
+            if port == 0:
+                raise OSError(f"cannot listen on {address}")
         await server.start()
         self.server = server
         self._readiness = asyncio.ensure_future(self._report_ready())
@@ -270,6 +282,8 @@ class AsyncServer:
 
     def stop(self, grace: float = 1.0) -> None:
         asyncio.run_coroutine_threadsafe(self._stop(grace), self.loop).result(grace + 10)
+        if self.unix_path is not None:
+            self.unix_path.unlink(missing_ok=True)
 
 
 def serve(servicer: StateServicer, address: str,

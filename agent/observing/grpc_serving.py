@@ -9,8 +9,6 @@ nothing here decides which flows match.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Iterator
 from concurrent import futures
 from datetime import datetime, timezone
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from membrane.api import grpc_limits
 from membrane.api.observer.v1 import observer_pb2 as pb
 from membrane.api.observer.v1 import observer_pb2_grpc as pb_grpc
 from membrane.api.observer_codec import (
@@ -29,6 +28,7 @@ from membrane.api.observer_codec import (
 )
 from membrane.flows import FilterError, compile_filters
 from membrane.grpc_standard import StandardServices
+from membrane.unix_sockets import bind_private, remove_stale
 
 from .observer import FlowObserver, FlowQuery, Lost
 
@@ -73,22 +73,25 @@ class ObserverServer:
     """`ObserverServer(observer, Path("/run/membrane/agent.observer.sock"), tcp="127.0.0.1:4245")`."""
 
     def __init__(self, observer: FlowObserver, unix_path: Path | None, tcp: str | None = None,
-                 max_workers: int = 32) -> None:
+                 max_workers: int = grpc_limits.OBSERVER_WORKERS) -> None:
         if unix_path is None and tcp is None:
             raise ValueError("the observer needs a unix socket or a TCP address")
         self.observer = observer
         self.unix_path = unix_path
         # Each follower holds a worker thread for its stream's lifetime: max_workers bounds them.
+        # Calls beyond the pool are refused (RESOURCE_EXHAUSTED), not queued behind followers.
+        limits = grpc_limits.OBSERVER
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="observer"),
-                                   options=[("grpc.so_reuseport", 0)])
+                                   options=[("grpc.so_reuseport", 0), *limits.server_options()],
+                                   maximum_concurrent_rpcs=max_workers)
         pb_grpc.add_ObserverServicer_to_server(ObserverServicer(observer), self._server)
         # Health checking and reflection, so grpcurl and grpc_health_probe work against it.
         self.standard = StandardServices(self._server, [pb.DESCRIPTOR.services_by_name["Observer"].full_name])
         self.tcp_port: int | None = None
         if unix_path is not None:
-            unix_path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale(unix_path)
-            self._server.add_insecure_port(f"unix://{unix_path}")
+            remove_stale(unix_path)
+            # 0600 from the first instant (flows show who talks to whom), whatever the umask.
+            bind_private(unix_path, lambda tmp: self._server.add_insecure_port(f"unix://{tmp}"))
         if tcp is not None:
             self.tcp_port = self._server.add_insecure_port(tcp)
             if not self.tcp_port:
@@ -97,8 +100,6 @@ class ObserverServer:
     def start(self) -> None:
         self.standard.start()
         self._server.start()
-        if self.unix_path is not None:
-            os.chmod(self.unix_path, 0o600)
         log.info("observer serving", extra={"fields": {"unix": str(self.unix_path), "tcp_port": self.tcp_port}})
 
     def stop(self, grace: float = 1.0) -> None:
@@ -110,18 +111,3 @@ class ObserverServer:
                 self.unix_path.unlink()
             except FileNotFoundError:
                 pass
-
-
-def _remove_stale(path: Path) -> None:
-    """Unlink a socket a killed agent left behind; refuse if something still answers on it."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()
-        return
-    finally:
-        probe.close()
-    raise OSError(f"another process is serving {path}")

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from membrane.api import grpc_limits
 from membrane.api.backoff import Backoff
 from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state.v1 import state_pb2_grpc as pb_grpc
@@ -90,7 +91,8 @@ class StateClient:
     # --- one subscription ---------------------------------------------------------------------
     def _ensure_channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.target)
+            self._channel = grpc.insecure_channel(self.target,
+                                                  options=grpc_limits.OPERATOR.client_options())
         return self._channel
 
     def subscribe_once(self) -> None:

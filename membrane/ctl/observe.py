@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from membrane.api import grpc_limits
 from membrane.flows import (
     RESERVED_IDENTITY_NUMBERS,
     Direction,
@@ -170,7 +171,7 @@ def _stream(server: str, request: Any, timeout: float | None) -> Iterator[Any]:
 
     from membrane.api.observer.v1 import observer_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(server) as channel:
+    with grpc.insecure_channel(server, options=grpc_limits.OBSERVER.client_options()) as channel:
         call = pb_grpc.ObserverStub(channel).GetFlows(request, timeout=timeout)
         try:
             yield from call
@@ -185,7 +186,7 @@ def _status(server: str) -> dict[str, Any]:
     from membrane.api.observer.v1 import observer_pb2 as pb
     from membrane.api.observer.v1 import observer_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(server) as channel:
+    with grpc.insecure_channel(server, options=grpc_limits.OBSERVER.client_options()) as channel:
         reply = pb_grpc.ObserverStub(channel).ServerStatus(pb.ServerStatusRequest(), timeout=10)
     return MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
