@@ -14,6 +14,7 @@ from typing import Any
 from membrane.cni_types import (INTERFACE_MISMATCH, INTERNAL_ERROR, INVALID_ENVIRONMENT, IPAM_EXHAUSTED,
                                 PLUGIN_NOT_AVAILABLE, UNKNOWN_CONTAINER, Attachment, CniError, NetConf,
                                 build_result)
+from membrane.bandwidth import BandwidthLimits, parse_bandwidth
 from membrane.ipam import IpamExhausted
 
 from .endpoints import Endpoint, EndpointManager
@@ -56,6 +57,7 @@ class CniHandler:
             if command == "ADD":
                 return self.add(conf, container_id, ifname, str(req.get("netns", "")), req.get("args") or {})
             if command == "DEL":
+                self._unshape(str(req.get("netns", "")), ifname)
                 self.endpoints.delete(container_id, ifname)
                 return None
             if command == "CHECK":
@@ -78,13 +80,32 @@ class CniHandler:
     def add(self, conf: NetConf, container_id: str, ifname: str, netns: str, args: dict[str, str]) -> dict[str, Any]:
         if not os.path.exists(netns):
             raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
+        limits = self._limits(conf)  # refused before anything is allocated
         namespace = args.get("K8S_POD_NAMESPACE", "")
         pod = args.get("K8S_POD_NAME", "")
         identity = self.before_add(namespace, pod) if self.before_add is not None else None
         # The endpoint manager's listeners (identity, policy, ipcache) run before this returns.
         ep = self.endpoints.add(container_id, ifname, netns, namespace, pod) if identity is None else \
             self.endpoints.add(container_id, ifname, netns, namespace, pod, identity=identity)
-        return build_result(attachment_of(ep), conf.cni_version, conf.prev_result)
+        result = build_result(attachment_of(ep), conf.cni_version, conf.prev_result)
+        if limits is not None:
+            try:
+                ifb = self.netlink.shape_pod(netns, ifname, limits)
+            except Exception as exc:  # noqa: BLE001 - no half-limited pod: undo the ADD
+                self._unshape(netns, ifname)
+                self.endpoints.delete(container_id, ifname)
+                raise CniError(INTERNAL_ERROR, f"applying the bandwidth limits failed: {exc}", repr(exc)) from exc
+            if ifb is not None:  # the spec lists every interface a plugin created
+                result["interfaces"].append({"name": ifb[0], "mac": ifb[1], "sandbox": netns})
+        return result
+
+    def _limits(self, conf: NetConf) -> BandwidthLimits | None:
+        """runtimeConfig.bandwidth (kubernetes.io/*-bandwidth annotations via the runtime)."""
+        return parse_bandwidth(conf.raw.get("runtimeConfig"), self.endpoints.config.mtu or 1500)
+
+    def _unshape(self, netns: str, ifname: str) -> None:
+        if netns and os.path.exists(netns):
+            self.netlink.unshape_pod(netns, ifname)
 
     def check(self, conf: NetConf, container_id: str, ifname: str, netns: str) -> None:
         ep = self.endpoints.get(container_id, ifname)
@@ -109,6 +130,13 @@ class CniHandler:
                 problems.append(f"{ifname} lacks address {ep.ip}/32 (has {addrs})")
         if ep.ip not in self.endpoints.datapath.read_endpoints():
             problems.append(f"endpoint map has no entry for {ep.ip}")
+        limits = self._limits(conf)
+        if limits is not None and pod_side is not None:
+            rates = self.netlink.pod_shaping(netns, ifname)
+            for direction in ("ingress", "egress"):
+                shaper = getattr(limits, direction)
+                if shaper is not None and rates[direction] != shaper.rate:
+                    problems.append(f"{direction} limit is {rates[direction]} bytes/s, expected {shaper.rate}")
         prev_ips = [ip.get("address") for ip in (conf.prev_result or {}).get("ips", [])]
         if conf.prev_result is not None and f"{ep.ip}/32" not in prev_ips:
             problems.append(f"prevResult does not hold {ep.ip}/32")

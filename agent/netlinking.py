@@ -20,6 +20,8 @@ from typing import TypeVar
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
+from membrane.bandwidth import BandwidthLimits, Shaper
+
 from .rtnl import RtnlSocket, SocketPool
 
 GATEWAY = IPv4Address("169.254.1.1")  # the pod's next hop: answered by the host veth's MAC
@@ -31,6 +33,10 @@ _ENOENT = 2
 _ENODEV = 19
 _INGRESS, _EGRESS = 0xFFFFFFF2, 0xFFFFFFF3  # INGRESS_PARENT, EGRESS_PARENT as numbers
 _CLONE_NEWNET = 0x40000000
+_EEXIST, _EINVAL = 17, 22
+_ETH_P_ALL = 0x0003
+_ROOT_HANDLE, _INGRESS_HANDLE = 0x10000, 0xFFFF0000  # "1:" and "ffff:"
+IFB_PREFIX = "mb-ifb-"  # the pod's ingress shaper device, in the pod namespace
 
 T = TypeVar("T")
 
@@ -243,6 +249,82 @@ class Netlink:
             link = pod.get_links(found[0])[0]
             addrs = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in pod.get_addr(index=found[0], family=2)]
             return str(link.get("address")), addrs
+        finally:
+            pod.close()
+
+    # --- bandwidth limits (membrane.bandwidth), applied inside the pod namespace -----------
+    # Egress: a TBF as the pod interface's root qdisc, so everything the pod sends waits in
+    # the bucket before it reaches the host veth (where from_container redirects it). Ingress:
+    # traffic into the pod arrives by bpf_redirect_peer straight at the pod interface's
+    # ingress, past any host-side qdisc; an ingress qdisc there sends it through an IFB device
+    # whose root TBF shapes it. The host veth's clsact (membrane's hook) is not touched.
+
+    @staticmethod
+    def ifb_name(ifname: str) -> str:
+        return (IFB_PREFIX + ifname)[:15]
+
+    @staticmethod
+    def _tbf(pod: NetNS, ifindex: int, shaper: Shaper) -> None:
+        pod.tc("replace", "tbf", ifindex, _ROOT_HANDLE, rate=shaper.rate, burst=shaper.burst, limit=shaper.limit)
+
+    def shape_pod(self, netns: str, ifname: str, limits: BandwidthLimits) -> tuple[str, str] | None:
+        """Apply (or re-apply) the limits; returns the IFB's (name, MAC) when ingress is shaped."""
+        pod = NetNS(netns)
+        try:
+            (idx,) = pod.link_lookup(ifname=ifname)
+            if limits.egress is not None:
+                self._tbf(pod, idx, limits.egress)
+            if limits.ingress is None:
+                return None
+            ifb = self.ifb_name(ifname)
+            if not pod.link_lookup(ifname=ifb):
+                pod.link("add", ifname=ifb, kind="ifb")
+            (ifb_idx,) = pod.link_lookup(ifname=ifb)
+            pod.link("set", index=ifb_idx, state="up")
+            self._tbf(pod, ifb_idx, limits.ingress)
+            try:  # a fresh ingress qdisc: its one filter is ours (ADD may be repeated)
+                pod.tc("del", "ingress", idx, _INGRESS_HANDLE)
+            except NetlinkError as exc:
+                if exc.code not in (_ENOENT, _EINVAL):
+                    raise
+            pod.tc("add", "ingress", idx, _INGRESS_HANDLE)
+            pod.tc("add-filter", "u32", idx, parent=_INGRESS_HANDLE, prio=1, protocol=_ETH_P_ALL,
+                   target=_ROOT_HANDLE, keys=["0x0/0x0+0"],
+                   action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": ifb_idx})
+            return ifb, str(pod.get_links(ifb_idx)[0].get("address"))
+        finally:
+            pod.close()
+
+    def unshape_pod(self, netns: str, ifname: str) -> None:
+        """Remove the pod's IFB (the qdiscs go with the pod interface); nothing if it is gone."""
+        try:
+            pod = NetNS(netns)
+        except (OSError, NetlinkError):
+            return
+        try:
+            found = pod.link_lookup(ifname=self.ifb_name(ifname))
+            if found:
+                pod.link("del", index=found[0])
+        finally:
+            pod.close()
+
+    def pod_shaping(self, netns: str, ifname: str) -> dict[str, int | None]:
+        """TBF rates (bytes/s) in force for the pod: {"egress": ..., "ingress": ...}."""
+        def rate(pod: NetNS, name: str) -> int | None:
+            found = pod.link_lookup(ifname=name)
+            if not found:
+                return None
+            for qdisc in pod.get_qdiscs(index=found[0]):
+                if qdisc.get_attr("TCA_KIND") == "tbf" and qdisc["parent"] == 0xFFFFFFFF:
+                    return int(qdisc.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"])
+            return None
+
+        try:
+            pod = NetNS(netns)
+        except (OSError, NetlinkError):
+            return {"egress": None, "ingress": None}
+        try:
+            return {"egress": rate(pod, ifname), "ingress": rate(pod, self.ifb_name(ifname))}
         finally:
             pod.close()
 

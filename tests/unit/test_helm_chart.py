@@ -270,6 +270,7 @@ def test_conflist_is_valid_and_points_at_the_agent(default_docs: list[dict[str, 
     assert conf["name"] == "membrane"
     assert conf["plugins"][0]["type"] == "membrane-cni"
     assert conf["plugins"][0]["agentSocket"] == "/run/membrane/agent.sock"
+    assert conf["plugins"][0]["capabilities"] == {"bandwidth": True}  # membrane shapes pods itself
     assert yaml.safe_load(data["config.yaml"])["api_socket"] == conf["plugins"][0]["agentSocket"]
     install = container(pod_spec(agent_ds(default_docs)), "install-cni", init=True)
     env = {e["name"]: e.get("value") for e in install["env"]}

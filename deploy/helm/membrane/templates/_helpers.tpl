@@ -81,7 +81,8 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The CNI network configuration list (JSON). */}}
 {{- define "membrane.conflist" -}}
-{{- $plugin := dict "type" "membrane-cni" "agentSocket" .Values.agent.apiSocket -}}
+{{- /* bandwidth: the runtime passes the pods' kubernetes.io/*-bandwidth limits; membrane shapes them. */ -}}
+{{- $plugin := dict "type" "membrane-cni" "agentSocket" .Values.agent.apiSocket "capabilities" (dict "bandwidth" true) -}}
 {{- $plugins := prepend (.Values.cni.chainedPlugins | default list) $plugin -}}
 {{- $conf := dict "cniVersion" .Values.cni.cniVersion "name" .Values.cni.networkName "plugins" $plugins -}}
 {{- toPrettyJson $conf -}}
