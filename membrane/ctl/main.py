@@ -1,16 +1,30 @@
-"""membranectl: inspect and feed a membrane agent (tables for people, -o json for machines)."""
+"""membranectl: inspect and feed a membrane agent (tables for people, -o json|yaml for machines).
+
+Exit codes (stable, for scripts): 0 success; 1 an error (the agent refused or could not be
+reached, a file could not be read); 2 a usage error (unknown command or option, bad value);
+3 the answer is "no": `policy trace` found the connection denied (and reserved for "not
+enforced in time" answers). Output cut short by its reader (`| head`) is not an error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from membrane.build_info import build_info
+
 from .client import AgentError, request
+from .completing import HOISTED_OPTIONS, bash_script
 from .observe import add_observe_parser, run_observe
 from .tables import render_table
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO = 0, 1, 2, 3
+OUTPUTS = ("table", "json", "yaml")
 
 
 def _load_documents(path: str) -> list[Any]:
@@ -57,12 +71,24 @@ _COLUMNS["identity list"] = [("IDENTITY", "identity"), ("LABELS", "labels"), ("U
 _COLUMNS["identity get"] = _COLUMNS["identity list"]
 
 
+_EPILOG = ("-o/--output may be given anywhere on the command line. Exit codes: 0 success, 1 error, "
+           "2 usage error, 3 denied (policy trace; reserved for 'not enforced in time').")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="membranectl", description="Talk to a membrane agent.")
+    parser = argparse.ArgumentParser(prog="membranectl", description="Talk to a membrane agent.",
+                                     epilog=_EPILOG)
+    info = build_info()
+    parser.add_argument("--version", action="version",
+                        version=f"membranectl {info.version} (commit {info.commit}, Python {info.python_version})")
     parser.add_argument("--socket", help="agent API socket (default $MEMBRANE_AGENT_SOCKET or "
                         "/run/membrane/agent.sock)")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    # "compact" is what `observe -o compact` always meant: the table of flows.
+    parser.add_argument("-o", "--output", choices=[*OUTPUTS, "compact"], default="table",
+                        help="table for people (default), json or yaml for machines")
     sub = parser.add_subparsers(dest="command", required=True)
+    comp = sub.add_parser("completion", help="print a shell completion script: source <(membranectl completion bash)")
+    comp.add_argument("shell", choices=["bash"])
     sub.add_parser("status", help="agent status")
     ep = sub.add_parser("endpoint", help="endpoints on this node")
     ep.add_argument("action", choices=["list"])
@@ -87,8 +113,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hoist_output(argv: Sequence[str]) -> list[str]:
+    """Move `-o X` / `-oX` / `--output X` / `--output=X` from anywhere (up to `--`) to the front,
+    where the top-level parser takes it; the last one given wins."""
+    rest: list[str] = []
+    value: str | None = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in HOISTED_OPTIONS and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--output="):
+            value, i = arg.partition("=")[2], i + 1
+            continue
+        if arg.startswith("-o") and len(arg) > 2 and not arg.startswith("--"):
+            value, i = arg[2:].lstrip("="), i + 1
+            continue
+        rest.append(arg)
+        i += 1
+    return rest if value is None else ["-o", value, *rest]
+
+
+def _print(result: Any, output: str) -> None:
+    if output == "json":
+        json.dump(result, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        import yaml
+
+        yaml.safe_dump(json.loads(json.dumps(result, default=str)), sys.stdout, sort_keys=False)
+
+
+def parse_args(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """membranectl's command line as its parser reads it (with -o taken from anywhere)."""
+    return (parser or _parser()).parse_args(hoist_output(argv))
+
+
 def run(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parse_args(sys.argv[1:] if argv is None else argv, parser)
+    if args.command == "completion":
+        sys.stdout.write(bash_script(parser))
+        return EXIT_OK
     if args.command == "observe":
         return run_observe(args)
     try:
@@ -119,16 +189,20 @@ def run(argv: list[str] | None = None) -> int:
         if isinstance(exc.details, list):
             for line in exc.details:
                 print(f"  {line}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.output == "json":
-        json.dump(result, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - e.g. yaml.YAMLError from a file: one line, no traceback
+        if type(exc).__module__.split(".")[0] != "yaml":
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    denied = key == "policy trace" and result.get("verdict") != "allow"
+    if args.output in ("json", "yaml"):
+        _print(result, args.output)
     elif key == "policy trace":
         print("\n".join(result["lines"]))
-        return 0 if result["verdict"] == "allow" else 2
     elif key == "policy get":
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -137,8 +211,18 @@ def run(argv: list[str] | None = None) -> int:
             print(f"{name + ':':<16}{json.dumps(value) if isinstance(value, (dict, list)) else value}")
     else:
         sys.stdout.write(render_table(result, _COLUMNS[key]))
-    return 0
+    return EXIT_NO if denied else EXIT_OK
 
 
 def main() -> None:
-    sys.exit(run())
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): what it wanted it got. Point stdout at /dev/null so
+        # the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_OK
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

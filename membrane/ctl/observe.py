@@ -77,8 +77,6 @@ def add_observe_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "0: all held; with -f: none)")
     p.add_argument("--since", help="flows since a duration ago (5m, 1h30m) or a timestamp")
     p.add_argument("--until", help="flows until a duration ago or a timestamp")
-    p.add_argument("-o", "--output", dest="observe_output", choices=["compact", "json"],
-                   help="compact one line per flow (default) or JSON lines")
     p.add_argument("--graph", metavar="FILE.svg", help="also write a service map of the flows read")
     p.add_argument("--status", action="store_true", help="print the observer's status and exit")
     for flag, (_field, kind, text) in _FILTER_FLAGS.items():
@@ -159,7 +157,12 @@ def format_compact(flow: Flow) -> str:
 
 
 def print_flow(flow: Flow, output: str, out: TextIO) -> None:
-    out.write((flow.model_dump_json() if output == "json" else format_compact(flow)) + "\n")
+    if output == "yaml":  # a stream of documents, one per flow
+        import yaml
+
+        out.write("---\n" + yaml.safe_dump(flow.model_dump(mode="json"), sort_keys=False))
+    else:
+        out.write((flow.model_dump_json() if output == "json" else format_compact(flow)) + "\n")
     out.flush()
 
 
@@ -212,7 +215,8 @@ def fetch_flows(server: str, number: int = 0, follow: bool = False, since: datet
 
 def run_observe(args: argparse.Namespace) -> int:
     """Run `membranectl observe`; returns the exit code."""
-    output = args.observe_output or ("json" if getattr(args, "output", None) == "json" else "compact")
+    # membranectl's -o (given anywhere): one compact line per flow, JSON lines or YAML documents
+    output = getattr(args, "output", None) if getattr(args, "output", None) in ("json", "yaml") else "compact"
     server = args.server or default_server(getattr(args, "socket", None))
     try:
         allow, deny = build_filters(args)
@@ -234,6 +238,10 @@ def run_observe(args: argparse.Namespace) -> int:
             status = _status(server)
             if output == "json":
                 print(json.dumps(status))
+            elif output == "yaml":
+                import yaml
+
+                sys.stdout.write(yaml.safe_dump(status, sort_keys=False))
             else:
                 for key, value in status.items():
                     print(f"{key + ':':<24}{value}")

@@ -17,7 +17,8 @@ from membrane.agent.observing import EndpointInfo, EventType, FlowObserver, Obse
 from membrane.api.observer.v1 import observer_pb2 as pb
 from membrane.api.observer.v1 import observer_pb2_grpc as pb_grpc
 from membrane.api.observer_codec import filter_from_pb, filter_to_pb, flow_from_pb, flow_to_pb
-from membrane.ctl.observe import add_observe_parser, build_filters, fetch_flows, format_compact, run_observe
+from membrane.ctl.main import parse_args
+from membrane.ctl.observe import build_filters, fetch_flows, format_compact, run_observe
 from membrane.flows import Direction, FlowFilter, FlowType, Verdict
 
 DIRECTORY = StaticDirectory(
@@ -115,11 +116,7 @@ def test_follow_gets_new_flows(served: tuple[FlowObserver, str, str]) -> None:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="membranectl")
-    parser.add_argument("--socket")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    add_observe_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
+    return parse_args(argv)  # membranectl's own parser
 
 
 def test_flags_build_allow_and_deny_lists() -> None:
