@@ -25,6 +25,8 @@ from kubernetes.client.rest import ApiException
 from membrane.identities import (
     CLUSTER_IDENTITY_MAX,
     CLUSTER_IDENTITY_MIN,
+    NAMESPACE_NAME_KEY,
+    POD_SOURCE,
     IdentitiesExhausted,
     IdentityAllocator,
     LabelSet,
@@ -42,10 +44,29 @@ IDENTITIES_PATH = f"/apis/{GROUP}/{VERSION}/membraneidentities"
 CREATE_SETTLE = 10.0
 
 
+MANAGED_BY = {"app.kubernetes.io/managed-by": "membrane-operator"}
+NAMESPACE_LABEL = "membrane.io/namespace"
+
+
+def mirrored_labels(labels: LabelSet) -> dict[str, str]:
+    """The object labels of an identity: its pods' labels as they are (`k8s:app=web` -> `app=web`,
+    so `kubectl get membraneidentities -l app=web` finds it), the namespace name as
+    membrane.io/namespace, and managed-by (which a pod label of that name does not override).
+    Pod labels are valid Kubernetes labels already; namespace labels are not mirrored (their
+    keys would clash with pod label keys)."""
+    out: dict[str, str] = {}
+    for key, value in labels.items:
+        if key.startswith(POD_SOURCE):
+            out[key[len(POD_SOURCE):]] = value
+        elif key == NAMESPACE_NAME_KEY:
+            out[NAMESPACE_LABEL] = value
+    out.update(MANAGED_BY)
+    return out
+
+
 def identity_object(identity: int, labels: LabelSet) -> JSON:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MembraneIdentity",
-            "metadata": {"name": str(identity),
-                         "labels": {"app.kubernetes.io/managed-by": "membrane-operator"}},
+            "metadata": {"name": str(identity), "labels": mirrored_labels(labels)},
             "securityLabels": dict(labels.items)}
 
 
@@ -136,6 +157,29 @@ class IdentitySyncer:
         for identity in allocator.gc(now):
             self._delete(identity)
         self.metrics.identities.set(len(existing))
+
+    def relabel(self, objects: list[JSON]) -> int:
+        """Leader: give identity objects the labels `mirrored_labels` says they should carry
+        (objects made before the labels were mirrored, or edited by hand); returns how many
+        were patched. Only labels are touched: securityLabels are immutable."""
+        patched = 0
+        for obj in objects:
+            parsed = parse_identity(obj)
+            if parsed is None:
+                continue
+            identity, labels = parsed
+            want = mirrored_labels(labels)
+            have = (obj.get("metadata") or {}).get("labels") or {}
+            if all(have.get(k) == v for k, v in want.items()):
+                continue
+            try:
+                self.rest.merge_patch(f"{IDENTITIES_PATH}/{identity}", {"metadata": {"labels": want}})
+                patched += 1
+            except ApiException as exc:
+                if exc.status != 404:
+                    log.warning("identity %d not relabelled (%s), will retry", identity, exc.status)
+                    self.metrics.api_write_errors.labels("identity_labels").inc()
+        return patched
 
     def _create(self, identity: int, labels: LabelSet, now: float) -> None:
         try:

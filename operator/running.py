@@ -106,6 +106,7 @@ class Operator:
         self.grpc_port = 0
         self.http_port = 0
         self._was_leader = False
+        self._relabel_all = True
         self._last_pass = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -246,6 +247,7 @@ class Operator:
             return
         policies = self.cache.list(res.NETWORK_POLICIES)
         self.policies.valid_policies(policies)  # the metric; forgets verdicts of old versions
+        changed_identities = {key for resource, key in self._dirty if resource == res.IDENTITIES}
         changes = self._update_builder(policies)
         full = changes is None
         if full:
@@ -257,6 +259,7 @@ class Operator:
             # A new term starts from what the API says, not from our last term's memory.
             self.identities.reset()
             self._was_leader = leader
+            self._relabel_all = True
             self._nodes_changed = True
         if leader:
             if self._nodes_changed or full or time.monotonic() - self._last_cidr_sync > 30.0:
@@ -267,6 +270,12 @@ class Operator:
                 if len(self.cidrs.sync(nodes)) < len(nodes):
                     self._nodes_changed = True  # a write failed: try again next pass
             self.identities.sync_wanted(builder.pod_labels, builder.identities())
+            # Labels mirrored onto identity objects: every object after a rebuild or a new term,
+            # else only those that changed.
+            relabel = self.cache.list(res.IDENTITIES) if full or self._relabel_all else \
+                [o for o in (self.cache.get(res.IDENTITIES, k) for k in changed_identities) if o is not None]
+            self._relabel_all = False
+            self.identities.relabel(relabel)
             self.policies.report(policies)
         when = seen_at if seen_at is not None else time.monotonic()
         if full:
