@@ -53,18 +53,18 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 	struct mb_ct_entry *entry = 0;
 	struct iphdr *ip4 = mb_ipv4_header(skb);
 	__u32 bytes = skb->len, dst_ifindex;
-	__u8 tcp_flags, closed = 0;
+	__u8 tcp_flags, trust, closed = 0;
 	int l4, ct = MB_CT_NEW;
 
 	if (!ip4)
 		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
 	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
-	/* Trust first (docs/trust-model.md): VXLAN only from nodes, and the
-	 * VNI's identity only for what the sending node owns. */
-	if (!mb_overlay_peer_is_node(remote))
-		return mb_overlay_refuse(skb, &tuple, tcp_flags, src_identity, MB_DROP_UNKNOWN_TUNNEL_PEER);
-	if (!mb_overlay_owns(remote, tuple.saddr))
-		return mb_overlay_refuse(skb, &tuple, tcp_flags, src_identity, MB_DROP_TUNNEL_SOURCE_NOT_OWNED);
+	/* Trust first, before conntrack (a forged reply of an open connection
+	 * is refused too): VXLAN only from nodes, and the VNI's identity only
+	 * for what the sending node owns (docs/trust-model.md). */
+	trust = mb_overlay_trust(remote, tuple.saddr);
+	if (trust != MB_FORWARDED)
+		return mb_overlay_refuse(skb, &tuple, tcp_flags, src_identity, trust);
 
 	/* Only pods of this node are reachable through the tunnel. */
 	dst = mb_lookup_endpoint(tuple.daddr);

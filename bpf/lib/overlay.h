@@ -91,22 +91,6 @@ static __always_inline __u32 mb_overlay_identity(struct __sk_buff *skb, __be32 *
 #endif
 }
 
-/*
- * Whether the node at `remote` (outer source, network order) may speak for
- * inner source `saddr`: the node itself, or an address whose ipcache entry
- * names that node as its tunnel endpoint (its pods, its pod CIDR). The VNI's
- * identity is then the sender's word for one of its own endpoints.
- */
-static __always_inline int mb_overlay_owns(__be32 remote, __be32 saddr)
-{
-	struct mb_ipcache_value *src;
-
-	if (saddr == remote)
-		return 1;
-	src = mb_ipcache_lookup(saddr);
-	return src && src->tunnel_endpoint == remote;
-}
-
 /* Whether the ipcache knows `remote` (network order) as a node's underlay address. */
 static __always_inline int mb_overlay_peer_is_node(__be32 remote)
 {
@@ -116,6 +100,30 @@ static __always_inline int mb_overlay_peer_is_node(__be32 remote)
 		return 0;
 	peer = mb_ipcache_lookup(remote);
 	return peer && (peer->flags & MB_IPCACHE_F_NODE);
+}
+
+/*
+ * The trust rules for a packet the node at `remote` (outer source, network
+ * order) tunnelled with inner source `saddr`: MB_FORWARDED when that node
+ * may speak for saddr (the VNI is then its word for one of its own
+ * endpoints), else the drop reason.
+ *
+ * It may when saddr's ipcache entry names it as tunnel endpoint (its pods,
+ * its pod CIDR), or when saddr is the node itself. The agent flags every
+ * tunnel endpoint it writes as a NODE entry (policy_syncing.py, checked by
+ * its tests), so the first case needs no lookup of the peer: the common
+ * packet costs one LPM lookup, and the peer's own entry is read only for
+ * the node's own traffic and to name the reason of a drop.
+ */
+static __always_inline __u8 mb_overlay_trust(__be32 remote, __be32 saddr)
+{
+	struct mb_ipcache_value *src = mb_ipcache_lookup(saddr);
+
+	if (likely(src && remote && src->tunnel_endpoint == remote))
+		return MB_FORWARDED;
+	if (!mb_overlay_peer_is_node(remote))
+		return MB_DROP_UNKNOWN_TUNNEL_PEER;
+	return saddr == remote ? MB_FORWARDED : MB_DROP_TUNNEL_SOURCE_NOT_OWNED;
 }
 
 #endif /* MB_LIB_OVERLAY_H */

@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-pods", type=int, default=50)
     ap.add_argument("--conc-pods", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
-    ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "cni_startup"),
+    ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "cni_startup",
+                                                      "overlay"),
                     help="run one part of the benchmark (default: all)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -219,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
 
         log("observability benchmark (flow events on vs off, flows per second)")
         print(observability_bench.write(observability_bench.run(args.reps, args.seconds), args.out))
+    if args.only in ("all", "overlay"):
+        from . import overlay_trust_bench  # from_overlay ns/packet before/after the trust rules
+
+        log("overlay trust benchmark (from_overlay per-packet cost, before vs after the trust checks)")
+        print(overlay_trust_bench.write(overlay_trust_bench.run(), args.out))
     if args.only in ("all", "cni_startup"):
         from . import cni_startup  # Go plugin vs the Python plugin it replaced: bench-results/cni_startup.*
 

@@ -196,12 +196,18 @@ def test_ownership_follows_the_ipcache(dp) -> None:  # type: ignore[no-untyped-d
                       peer=OTHER_NODE).retval == TC_ACT_REDIRECT
     finally:
         dp.delete_ipcache(moved)
-    node = IPv4Network(f"{OTHER_NODE}/32")
-    dp.upsert_ipcache(node, IpcacheEntry(int(ReservedIdentity.REMOTE_NODE)))  # flag gone
+    # The node leaves: its entry loses the flag and no entry names it any more (the agent writes
+    # a NODE entry for every tunnel endpoint it names, so ownership alone never outlives a node).
+    node, pod = IPv4Network(f"{OTHER_NODE}/32"), IPv4Network(f"{OTHER_POD}/32")
+    dp.upsert_ipcache(node, IpcacheEntry(int(ReservedIdentity.REMOTE_NODE)))
+    dp.upsert_ipcache(pod, IpcacheEntry(ID_OTHER))
     try:
         assert arrive(dp, syn(OTHER_POD, POD_A, next(_ports)), vni=ID_OTHER, peer=OTHER_NODE).retval == TC_ACT_SHOT
+        assert arrive(dp, syn(OTHER_NODE, POD_A, next(_ports)), vni=ID_OTHER, peer=OTHER_NODE).retval == TC_ACT_SHOT
+        assert counter(dp, "DROP_UNKNOWN_TUNNEL_PEER", "INGRESS") >= 2
     finally:
         dp.upsert_ipcache(node, IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE)))
+        dp.upsert_ipcache(pod, IpcacheEntry(ID_OTHER, OTHER_NODE))
 
 
 def test_policy_still_judges_what_the_trust_rules_admit(dp) -> None:  # type: ignore[no-untyped-def]

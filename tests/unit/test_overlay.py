@@ -177,5 +177,23 @@ def test_incremental_ipcache_equals_the_oracle_through_node_changes(tmp_path: Pa
         if rng.random() < 0.4:
             pm.apply()
             assert maps.ipcache == pm.desired_ipcache(), step
+            assert_every_tunnel_endpoint_is_a_node(maps.ipcache)
     pm.apply()
     assert maps.ipcache == pm.desired_ipcache()
+    assert_every_tunnel_endpoint_is_a_node(maps.ipcache)
+
+
+def assert_every_tunnel_endpoint_is_a_node(cache: dict[IPv4Network, object]) -> None:
+    """from_overlay relies on it: an address owned by a tunnel endpoint is accepted from that
+    endpoint without looking the endpoint itself up (bpf/lib/overlay.h, mb_overlay_trust)."""
+    endpoints = {e.tunnel_endpoint for e in cache.values() if isinstance(e, IpcacheEntry) and e.tunnel_endpoint}
+    assert {ip for ip in endpoints if cache.get(net(str(ip))) != NODE_ENTRY} == set(), cache
+
+
+def test_a_tunnel_endpoint_is_always_a_node_even_without_a_node_object(tmp_path: Path) -> None:
+    pm, maps = manager(tmp_path)
+    pm.on_pod(ObjectRef("shop", "far"), pod("far", "10.1.2.5", node="n9", host_ip="192.0.2.9"))  # standalone
+    pm.on_node("n2", ["192.0.2.2"], "10.1.2.0/24")
+    pm.apply()
+    assert maps.ipcache[net("192.0.2.9")] == NODE_ENTRY
+    assert_every_tunnel_endpoint_is_a_node(maps.ipcache)
