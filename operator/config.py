@@ -44,6 +44,45 @@ class OperatorConfig(BaseModel):
         return self
 
 
+# What `membrane-operator --help` says about each option: one entry per OperatorConfig field.
+# tests/unit/test_operator_help.py fails when a field has no entry here (or an entry no field).
+HELP: dict[str, str] = {
+    "kubeconfig": "kubeconfig file for the API server (neither this nor --api-server: in-cluster "
+                  "service account)",
+    "api_server": "API server URL, plain HTTP without authentication (tests, the lab)",
+    "identity": "this replica's name in the leader-election Lease and in Events (the chart: the pod "
+                "name)",
+    "leader_election": "elect one leader with a coordination.k8s.io Lease; only the leader writes "
+                       "to the API (every replica serves the state stream)",
+    "lease_name": "name of the leader-election Lease",
+    "lease_namespace": "namespace of the leader-election Lease",
+    "lease_duration_seconds": "how long a Lease holds without renewal before another replica may "
+                              "take it",
+    "renew_deadline_seconds": "the leader steps down if it could not renew within this long",
+    "retry_period_seconds": "how often replicas try to acquire or renew the Lease",
+    "cluster_cidr": "pod address range that PodCIDRs are carved from",
+    "node_cidr_prefix": "prefix length of each node's PodCIDR (8-30)",
+    "identity_gc_seconds": "MembraneIdentity objects no pod has used for this long are deleted "
+                           "(0: at once)",
+    "http_addr": "HOST:PORT of /healthz, /readyz and /metrics",
+    "grpc_addr": "HOST:PORT (or unix:/path) of the state stream agents subscribe to",
+    "install_crds": "create membrane's CRDs at start when missing (needs RBAC on "
+                    "customresourcedefinitions)",
+    "state_log_size": "deltas kept for agents that reconnect; one further behind gets a snapshot",
+    "watch_read_timeout_seconds": "a watch that sends nothing (not even a bookmark) for this long "
+                                  "is restarted",
+    "resync_seconds": "period of GC timers and of retries of failed API writes",
+    "log_level": "debug, info, warning or error",
+}
+
+
+def _help(name: str) -> str:
+    field = OperatorConfig.model_fields[name]
+    default = "<hostname>-<pid>" if field.default_factory is not None else field.default
+    shown = "not set" if default is None else str(default).lower() if isinstance(default, bool) else default
+    return f"{HELP.get(name, '')} (default: {shown}; env MEMBRANE_{name.upper()})".replace("%", "%%")
+
+
 def host_port(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host or "127.0.0.1", int(port)
@@ -62,17 +101,27 @@ def _env_values(env: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
-def parse_config(argv: Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None) -> OperatorConfig:
-    parser = argparse.ArgumentParser(prog="membrane-operator",
-                                     description="membrane cluster control plane")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one flag per OperatorConfig field, described from HELP."""
+    parser = argparse.ArgumentParser(
+        prog="membrane-operator", description="membrane cluster control plane: watches the "
+        "Kubernetes API, assigns PodCIDRs and identities, validates NetworkPolicies and streams "
+        "the state to every agent.",
+        epilog="Every option may also come from the environment as MEMBRANE_<OPTION> (flags win).")
     for name, field in OperatorConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=None)
+                                default=None, help=_help(name))
         else:
-            parser.add_argument(flag, dest=name, default=None, help=field.description)
+            metavar = name.rpartition("_")[2].upper() if name.endswith(("_seconds", "_addr")) else None
+            parser.add_argument(flag, dest=name, default=None, help=_help(name), metavar=metavar)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None,
+                 env: Mapping[str, str] | None = None) -> OperatorConfig:
+    parser = build_parser()
     args = parser.parse_args(argv)
     values = _env_values(os.environ if env is None else env)
     values.update({k: v for k, v in vars(args).items() if v is not None})
