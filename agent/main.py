@@ -22,7 +22,7 @@ from membrane.api.state_objects import Kind
 from membrane.cni_types import CniError
 from membrane.flows import observer_socket_for
 from membrane.http_serving import HttpServer
-from membrane.k8s_models import ObjectRef
+from membrane.k8s_models import Node, ObjectRef
 
 from . import overlay, policy_api
 from .api_serving import ApiServer, RequestError
@@ -112,7 +112,7 @@ class Agent:
         # with the pinned maps: only differences are written, nothing is flushed.
         if self.cluster is not None:  # the state applied before the restart, as it was
             self.cluster.restore()
-        for kind in ("Namespace", "Pod", "NetworkPolicy") if self.cluster is None else ():
+        for kind in ("Namespace", "Node", "Pod", "NetworkPolicy") if self.cluster is None else ():
             for obj in self.store.list(kind):
                 meta = obj.metadata  # type: ignore[attr-defined]
                 self._object_changed(kind, (kind, meta.namespace or "", meta.name), obj)
@@ -222,6 +222,10 @@ class Agent:
         ref = ObjectRef(key[1], key[2])
         if kind == "Namespace":
             self.policy.on_namespace(key[2], obj)  # type: ignore[arg-type]
+        elif kind == "Node":  # another node's tunnel endpoint and pod CIDR (the overlay's peers)
+            node = obj if isinstance(obj, Node) else None
+            self.policy.on_node(key[2], node.tunnel_addresses if node else (),
+                                next((c for c in node.pod_cidr_list if ":" not in c), None) if node else None)
         elif kind == "Pod":
             self.policy.on_pod(ref, obj)  # type: ignore[arg-type]
         elif kind == "NetworkPolicy":

@@ -31,6 +31,7 @@ from .api_serving import RequestError
 from .persisting import open_private, read_json, remove, write_json
 
 ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
+CLUSTER_SCOPED = frozenset({"Namespace", "Node"})
 Listener = Callable[[str, ObjectKey, BaseModel | None], None]
 
 
@@ -98,7 +99,7 @@ class ObjectStore:
     def key_of(data: dict[str, Any]) -> ObjectKey:
         meta = data.get("metadata") or {}
         kind = str(data.get("kind", ""))
-        namespace = "" if kind == "Namespace" else str(meta.get("namespace") or "default")
+        namespace = "" if kind in CLUSTER_SCOPED else str(meta.get("namespace") or "default")
         return kind, namespace, str(meta.get("name", ""))
 
     def _validate(self, documents: list[Any]) -> list[tuple[ObjectKey, BaseModel, dict[str, Any]]]:

@@ -1,4 +1,4 @@
-"""Kubernetes-format objects membrane consumes: Namespace, Pod, NetworkPolicy (pure).
+"""Kubernetes-format objects membrane consumes: Namespace, Node, Pod, NetworkPolicy (pure).
 
 Pydantic v2 models that accept the JSON/YAML the API server (or `membranectl apply -f`)
 produces: camelCase aliases, snake_case Python names (`populate_by_name`), unknown fields
@@ -307,6 +307,84 @@ class Pod(_Model):
         )
 
 
+# --- Node ----------------------------------------------------------------------------------
+
+# Which of a Node's addresses carry its tunnel traffic, in order (as the operator's NodeState).
+_NODE_ADDRESS_ORDER = {"InternalIP": 0, "ExternalIP": 1}
+
+
+class NodeAddress(_Model):
+    type: str = ""
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, address: str) -> str:
+        return PodIP._check_ip(address)
+
+
+class NodeSpec(_Model):
+    pod_cidr: str | None = Field(default=None, alias="podCIDR")
+    pod_cidrs: Annotated[list[str], BeforeValidator(_none_as_empty_list)] = Field(
+        default_factory=list, alias="podCIDRs"
+    )
+
+    @field_validator("pod_cidr")
+    @classmethod
+    def _check_cidr(cls, cidr: str | None) -> str | None:
+        if cidr:
+            _network(cidr)
+        return cidr or None
+
+    @field_validator("pod_cidrs")
+    @classmethod
+    def _check_cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            _network(cidr)
+        return cidrs
+
+
+class NodeStatus(_Model):
+    addresses: Annotated[list[NodeAddress], BeforeValidator(_none_as_empty_list)] = Field(
+        default_factory=list
+    )
+
+
+class Node(_Model):
+    """A node of the cluster: standalone mode learns the other nodes' addresses (the overlay's
+    tunnel endpoints and peers) and pod CIDRs from these, as Kubernetes mode does from the
+    operator's stream."""
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Node"] = "Node"
+    metadata: ObjectMeta
+    spec: NodeSpec = Field(default_factory=NodeSpec)
+    status: NodeStatus = Field(default_factory=NodeStatus)
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
+        if not metadata.name:
+            raise ValueError("name: required")
+        _raise([f"name: {metadata.name!r} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
+        return metadata
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("", self.metadata.name)
+
+    @property
+    def tunnel_addresses(self) -> tuple[str, ...]:
+        """InternalIP addresses first, then ExternalIP (other types are not the node's own)."""
+        ordered = sorted(self.status.addresses, key=lambda a: _NODE_ADDRESS_ORDER.get(a.type, 9))
+        return tuple(a.address for a in ordered if a.type in _NODE_ADDRESS_ORDER)
+
+    @property
+    def pod_cidr_list(self) -> tuple[str, ...]:
+        """spec.podCIDR first, then podCIDRs (dual stack), without duplicates."""
+        return tuple(dict.fromkeys(([self.spec.pod_cidr] if self.spec.pod_cidr else []) + self.spec.pod_cidrs))
+
+
 # --- NetworkPolicy -------------------------------------------------------------------------
 
 
@@ -470,10 +548,11 @@ class NetworkPolicy(_Model):
 
 # --- parsing -------------------------------------------------------------------------------
 
-KubeObject = Namespace | Pod | NetworkPolicy
+KubeObject = Namespace | Node | Pod | NetworkPolicy
 
-_KINDS: dict[str, tuple[str, type[Namespace] | type[Pod] | type[NetworkPolicy]]] = {
+_KINDS: dict[str, tuple[str, type[Namespace] | type[Node] | type[Pod] | type[NetworkPolicy]]] = {
     "Namespace": ("v1", Namespace),
+    "Node": ("v1", Node),
     "Pod": ("v1", Pod),
     "NetworkPolicy": ("networking.k8s.io/v1", NetworkPolicy),
 }

@@ -23,52 +23,25 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
 
-from membrane.lab import netns
+from membrane.lab import forging, netns
 from membrane.lab.cluster import KubeLab
+from membrane.lab.forging import VXLAN_PORT, UdpSink
 from membrane.lab.node import LabNode, Pod, tool
 from membrane.lab.probes import counters
-from membrane.lab.underlay import VXLAN_PORT, Underlay
+from membrane.lab.underlay import Underlay
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 
 ROGUE_IP = "192.0.2.200"  # on the underlay, no Node object
 FOREIGN = "203.0.113.5"
 UDP_PORT = 9000
-UNPRIVILEGED = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable  # readable by uid 65534
-
-# `a` prints one line per datagram it receives: "<source ip> <payload>".
-LISTEN = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-while True:
-    data, (src, _) = s.recvfrom(2048); print(src, data.decode(errors="replace"), flush=True)
-"""
-
-# A plain UDP socket (no privilege needed): sends hex bytes a few times, says who it ran as.
-SEND = r"""
-import os, socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for _ in range(3):
-    try:
-        s.sendto(bytes.fromhex(sys.argv[1]), (sys.argv[2], int(sys.argv[3])))
-    except OSError as e:
-        print("error", e)
-    time.sleep(0.05)
-print("uid", os.geteuid())
-"""
-
 CONNECT = r"""
 import socket, sys
 try:
@@ -96,15 +69,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
 
 
 def vxlan(vni: int, inner_src: str, inner_dst: str, tag: str) -> str:
-    """A VXLAN datagram's payload (header + inner frame) as hex: UDP from inner_src to inner_dst."""
-    inner = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / \
-        IP(src=inner_src, dst=inner_dst, ttl=64) / UDP(sport=5555, dport=UDP_PORT) / tag.encode()
-    return (b"\x08\x00\x00\x00" + vni.to_bytes(3, "big") + b"\x00" + bytes(inner)).hex()
+    return forging.vxlan(vni, inner_src, inner_dst, tag, UDP_PORT)
 
 
 def send(ns: str, payload: str, dst: str, port: int = VXLAN_PORT, unprivileged: bool = False) -> str:
-    cmd = [*(UNPRIVILEGED if unprivileged else []), PYTHON, "-c", SEND, payload, dst, str(port)]
-    return netns.exec_in(ns, cmd).stdout.strip()
+    return forging.send(ns, payload, dst, port, unprivileged)
 
 
 def observe(node: LabNode, *args: str) -> list[dict[str, Any]]:
@@ -135,10 +104,14 @@ class Cluster:
     ip1: str
     ip2: str
     rogue: str  # namespace of the non-node host
-    received: list[str]  # what `a` received, "<source ip> <payload>"
+    sink: UdpSink  # what `a` received
+
+    @property
+    def received(self) -> list[str]:
+        return self.sink.lines
 
     def a_got(self, tag: str) -> bool:
-        return any(line.endswith(" " + tag) for line in self.received)
+        return self.sink.got(tag)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +120,7 @@ def cluster() -> Iterator[Cluster]:
     underlay = Underlay(f"mbt-ulf{os.getpid() % 10000}").create()
     rogue = f"mbt-rogue{os.getpid() % 10000}"
     procs: list[subprocess.Popen[str]] = []
+    sinks: list[UdpSink] = []
     try:
         nodes = []
         for _ in range(2):
@@ -166,21 +140,13 @@ def cluster() -> Iterator[Cluster]:
         lab.networking.create_namespaced_network_policy("shop", {"metadata": {"name": "a-trusted-only"}, "spec": {
             "podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress"],
             "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "trusted"}}}]}]}})
-        received: list[str] = []
-        for script, port in ((LISTEN, UDP_PORT), (SERVE, 80)):
-            proc = subprocess.Popen(["ip", "netns", "exec", a.netns, sys.executable, "-c", script, a.ip, str(port)],
-                                    stdout=subprocess.PIPE, text=True)
-            procs.append(proc)
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        listener = procs[0]
-
-        def pump() -> None:
-            assert listener.stdout is not None
-            for line in listener.stdout:
-                received.append(line.strip())
-
-        threading.Thread(target=pump, daemon=True).start()
-        c = Cluster(lab, n1, n2, a, b, trusted, untrusted, ip1, ip2, rogue, received)
+        sink = UdpSink(a.netns, a.ip, UDP_PORT).start()
+        sinks.append(sink)
+        server = subprocess.Popen(["ip", "netns", "exec", a.netns, sys.executable, "-c", SERVE, a.ip],
+                                  stdout=subprocess.PIPE, text=True)
+        procs.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        c = Cluster(lab, n1, n2, a, b, trusted, untrusted, ip1, ip2, rogue, sink)
         # The stream reached both nodes (identities, nodes, the policy) once trusted gets through.
         assert wait_for(lambda: connects(trusted, a.ip)), (n1.log_tail(), n2.log_tail())
         yield c
@@ -188,6 +154,8 @@ def cluster() -> Iterator[Cluster]:
         for proc in procs:
             proc.kill()
             proc.wait()
+        for sink in sinks:
+            sink.close()
         lab.close()
         underlay.destroy()
         netns.delete(rogue)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from membrane.lab import netns
+from membrane.lab import forging, netns
 from membrane.lab.node import LabNode, Pod
 from membrane.lab.probes import counters
 from membrane.lab.underlay import Underlay
@@ -187,3 +188,52 @@ def test_replies_pass_the_senders_isolation(two_nodes: TwoNodes) -> None:
     assert connect(t.web, t.db.ip).startswith("ok")
     assert ping(t.web, t.db.ip, count=1)
     assert counters(t.n1).get(("drop_policy_ingress", "ingress"), 0) == 0
+
+
+def node_obj(name: str, ip: str, pod_cidr: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "spec": {"podCIDR": pod_cidr}, "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+
+
+def test_standalone_node_objects_give_the_overlay_its_owners(two_nodes: TwoNodes) -> None:
+    """Standalone mode learns nodes' pod CIDRs from Node objects: an address of n2's pod CIDR that
+    no Pod object names yet is n2's to speak for; n1's own pod CIDR never is. A pod, unprivileged,
+    cannot send to a tunnel port. (tests/e2e/test_overlay_trust_kubernetes.py: Kubernetes mode.)"""
+    t = two_nodes
+    db_id = endpoint_identity(t.n2, "db")
+    sink = forging.UdpSink(t.web.netns, t.web.ip, 9000).start()
+    try:
+        def forged(inner_src: str, tag: str) -> None:
+            forging.send(t.n2.netns, forging.vxlan(db_id, inner_src, t.web.ip, tag, 9000), t.ip1)
+
+        before = counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0)
+        forged("10.200.2.77", "before-nodes")  # n2's pod CIDR, but n1 does not know it yet
+        assert wait_until(lambda: counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0) == before + 3)
+        for node in (t.n1, t.n2):
+            node.api("apply", objects=[node_obj(t.n1.name, t.ip1, "10.200.1.0/24"),
+                                       node_obj(t.n2.name, t.ip2, "10.200.2.0/24")])
+        forged("10.200.2.77", "pod-cidr-owned")
+        assert wait_until(lambda: sink.got("pod-cidr-owned")), sink.lines
+        before = counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0)
+        forged("10.200.1.99", "n1-cidr")  # n1's own pod CIDR: n2 may not speak for it
+        assert wait_until(lambda: counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0) == before + 3)
+
+        before = counters(t.n2).get(("drop_pod_to_tunnel_port", "egress"), 0)
+        out = forging.send(t.db.netns, forging.vxlan(db_id, t.db.ip, t.web.ip, "from-pod", 9000), t.ip1,
+                           unprivileged=True)
+        assert out.endswith("uid 65534"), out
+        assert counters(t.n2).get(("drop_pod_to_tunnel_port", "egress"), 0) == before + 3
+        time.sleep(0.3)
+        assert not [line for line in sink.lines if "before-nodes" in line or "n1-cidr" in line or "from-pod" in line]
+        assert connect(t.web, t.db.ip).startswith("ok")  # the real traffic still flows
+    finally:
+        sink.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()

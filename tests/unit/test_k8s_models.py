@@ -255,7 +255,7 @@ def test_duplicate_container_port_names_rejected() -> None:
 
 
 def test_unknown_kind_and_api_version() -> None:
-    with pytest.raises(ObjectValidationError, match="unknown kind 'Service'.*supported: Namespace, NetworkPolicy, Pod"):
+    with pytest.raises(ObjectValidationError, match="unknown kind 'Service'.*supported: Namespace, NetworkPolicy, Node, Pod"):
         parse_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}})
     with pytest.raises(ObjectValidationError, match="kind: required"):
         parse_object({"metadata": {"name": "s"}})
@@ -278,3 +278,31 @@ def test_object_ref() -> None:
     assert str(ObjectRef("", "b")) == "b"
     assert ObjectRef.parse("a/b") == ObjectRef("a", "b")
     assert ObjectRef.parse("b") == ObjectRef("", "b")
+
+
+# --- Node (standalone mode's view of the other nodes) ----------------------------------------
+
+
+def test_node_gives_tunnel_addresses_and_pod_cidrs() -> None:
+    from membrane.k8s_models import Node
+
+    node = parse_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"},
+                         "spec": {"podCIDR": "10.1.2.0/24", "podCIDRs": ["10.1.2.0/24", "fd00:2::/64"]},
+                         "status": {"addresses": [{"type": "Hostname", "address": "10.9.9.9"},
+                                                  {"type": "ExternalIP", "address": "198.51.100.2"},
+                                                  {"type": "InternalIP", "address": "192.0.2.2"}]}})
+    assert isinstance(node, Node) and node.ref.namespace == ""
+    assert node.tunnel_addresses == ("192.0.2.2", "198.51.100.2")  # InternalIP first, Hostname is no address of its own
+    assert node.pod_cidr_list == ("10.1.2.0/24", "fd00:2::/64")
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"spec": {"podCIDR": "10.1.2.0/33"}}, "spec.podCIDR"),
+    ({"status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.300"}]}}, "status.addresses[0].address"),
+    ({"metadata": {"name": "Bad_Name"}}, "metadata"),
+])
+def test_node_bad_fields_are_named(bad: dict, field: str) -> None:  # type: ignore[type-arg]
+    data = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}, **bad}
+    with pytest.raises(ObjectValidationError) as err:
+        parse_object(data)
+    assert field in str(err.value), str(err.value)
