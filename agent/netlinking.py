@@ -4,6 +4,12 @@ Creates and removes pod veth pairs, sets addresses, routes and permanent neighbo
 sides, and attaches the datapath programs to a host-side veth with tc (clsact + bpf filter in
 direct-action mode); creates the node's VXLAN device and attaches its program the same way. Every call acts on the agent's own network namespace (the node) or on a
 pod namespace given by path; nothing else.
+
+Sockets: pyroute2 0.9 opens a netlink socket per calling thread and keeps it until the
+IPRoute is closed, and the API serves every CNI request on a new thread, so calling it
+from there leaked one socket per ADD, CHECK and DEL. One thread owns the IPRoute and makes
+every pyroute2 call (`_owned`); the hot path uses pooled raw sockets (rtnl.py); a pod-side
+socket lives as long as the one call that needs it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import ctypes
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -88,14 +95,20 @@ class Netlink:
 
     def __init__(self, procfs: Path = Path("/proc")) -> None:
         self.procfs = procfs
-        self._ipr = IPRoute()
-        self._lock = threading.Lock()  # one pyroute2 socket, many CNI requests
+        # The one thread that creates, uses and closes the IPRoute (see the module docstring).
+        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self._ipr: IPRoute = self._owner.submit(IPRoute).result()
         # The CNI hot path (create, delete, look up, attach) uses plain rtnetlink sockets:
         # one per concurrent request, no lock shared between pods.
         self._rtnl = SocketPool()
 
+    def _owned(self, fn: Callable[[IPRoute], T]) -> T:
+        """Run fn(ipr) on the owner thread (which also serialises the calls)."""
+        return self._owner.submit(fn, self._ipr).result()
+
     def close(self) -> None:
-        self._ipr.close()
+        self._owner.submit(self._ipr.close).result()
+        self._owner.shutdown()
         self._rtnl.close()
 
     def ifindex(self, name: str) -> int | None:
@@ -103,8 +116,7 @@ class Netlink:
         return found[0] if found else None
 
     def link_mac(self, ifindex: int) -> str:
-        with self._lock:
-            return str(self._ipr.get_links(ifindex)[0].get("address"))
+        return self._owned(lambda ipr: str(ipr.get_links(ifindex)[0].get("address")))
 
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
                         mtu: int) -> PodLink:
@@ -164,14 +176,16 @@ class Netlink:
     def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None:
         """Attach (or atomically replace) one program at tc ingress (the tunnel device)."""
         fd, name = program
-        with self._lock:
+
+        def attach(ipr: IPRoute) -> None:
             try:
-                self._ipr.tc("add", "clsact", ifindex)
+                ipr.tc("add", "clsact", ifindex)
             except NetlinkError as exc:
                 if exc.code != 17:  # EEXIST: already there after an agent restart
                     raise
-            self._ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name, parent=INGRESS_PARENT,
-                         classid=1, direct_action=True, prio=FILTER_PRIO)
+            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name, parent=INGRESS_PARENT,
+                   classid=1, direct_action=True, prio=FILTER_PRIO)
+        self._owned(attach)
 
     def ensure_vxlan(self, name: str, port: int, mtu: int) -> int:
         """The node's VXLAN device in external (collect-metadata) mode, created if missing; its ifindex.
@@ -179,21 +193,23 @@ class Netlink:
         Idempotent: an agent restart keeps the existing device (and the program attached to it),
         only its MTU and state are set again. A link of that name with another kind is an error.
         """
-        with self._lock:
-            found = self._ipr.link_lookup(ifname=name)
+        def ensure(ipr: IPRoute) -> int:
+            found = ipr.link_lookup(ifname=name)
             if found:
-                info = self._ipr.get_links(found[0])[0].get_attr("IFLA_LINKINFO")
+                info = ipr.get_links(found[0])[0].get_attr("IFLA_LINKINFO")
                 kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
                 if kind != "vxlan":
                     raise RuntimeError(f"link {name} exists and is a {kind}, not a vxlan device")
             else:
                 # No VNI, remote or local: every packet brings its own (bpf_skb_set_tunnel_key).
                 # No learning: the datapath addresses remote nodes, never the FDB.
-                self._ipr.link("add", ifname=name, kind="vxlan", vxlan_collect_metadata=1,
-                               vxlan_port=port, vxlan_learning=0, mtu=mtu)
-                found = self._ipr.link_lookup(ifname=name)
-            ifindex = int(found[0])
-            self._ipr.link("set", index=ifindex, mtu=mtu, state="up")
+                ipr.link("add", ifname=name, kind="vxlan", vxlan_collect_metadata=1,
+                         vxlan_port=port, vxlan_learning=0, mtu=mtu)
+                found = ipr.link_lookup(ifname=name)
+            index = int(found[0])
+            ipr.link("set", index=index, mtu=mtu, state="up")
+            return index
+        ifindex = self._owned(ensure)
         # Nothing but the datapath's own packets cross it: no IPv6 autoconf chatter.
         write_sysctl(f"net.ipv6.conf.{name}.disable_ipv6", "1", self.procfs)
         return ifindex
@@ -201,56 +217,56 @@ class Netlink:
     def underlay(self, node_ip: IPv4Address | None) -> tuple[IPv4Address | None, int | None]:
         """(node IP, MTU of its link): the link holding node_ip, else the default route's link
         and its preferred source. (None, None) when neither exists (a bare lab node)."""
-        with self._lock:
+        def find(ipr: IPRoute) -> tuple[IPv4Address | None, int | None]:
             if node_ip is not None:
-                for addr in self._ipr.get_addr(family=2):
+                for addr in ipr.get_addr(family=2):
                     if addr.get("IFA_ADDRESS") == str(node_ip):
-                        return node_ip, int(self._ipr.get_links(addr["index"])[0].get("IFLA_MTU"))
+                        return node_ip, int(ipr.get_links(addr["index"])[0].get("IFLA_MTU"))
                 return node_ip, None
-            for route in self._ipr.get_routes(family=2, dst_len=0, table=254):
+            for route in ipr.get_routes(family=2, dst_len=0, table=254):
                 oif = route.get_attr("RTA_OIF")
                 if oif is None:
                     continue
-                mtu = int(self._ipr.get_links(oif)[0].get("IFLA_MTU"))
+                mtu = int(ipr.get_links(oif)[0].get("IFLA_MTU"))
                 src = route.get_attr("RTA_PREFSRC")
                 if src is None:
-                    addrs = self._ipr.get_addr(family=2, index=oif)
+                    addrs = ipr.get_addr(family=2, index=oif)
                     src = addrs[0].get("IFA_ADDRESS") if addrs else None
                 return (IPv4Address(src) if src else None), mtu
-        return None, None
+            return None, None
+        return self._owned(find)
 
     def attached_programs(self, ifindex: int) -> dict[str, list[str]]:
         """Names of bpf filters per hook ("ingress"/"egress"), to check and to count."""
-        found: dict[str, list[str]] = {}
-        with self._lock:
+        def names(ipr: IPRoute) -> dict[str, list[str]]:
+            found: dict[str, list[str]] = {}
             for hook, parent in (("ingress", 0xFFFFFFF2), ("egress", 0xFFFFFFF3)):
                 try:
-                    filters = self._ipr.get_filters(ifindex, parent=parent)
+                    filters = ipr.get_filters(ifindex, parent=parent)
                 except NetlinkError:
                     filters = []
-                names = []
-                for flt in filters:
-                    opts = flt.get_attr("TCA_OPTIONS")
-                    if opts is not None:
-                        names.append(str(opts.get_attr("TCA_BPF_NAME")))
-                found[hook] = names
-        return found
+                found[hook] = [str(opts.get_attr("TCA_BPF_NAME")) for flt in filters
+                               if (opts := flt.get_attr("TCA_OPTIONS")) is not None]
+            return found
+        return self._owned(names)
 
     def pod_addresses(self, netns: str, ifname: str) -> tuple[str, list[str]] | None:
         """(MAC, addresses) of the pod interface, or None when it is missing."""
-        try:
-            pod = NetNS(netns)
-        except (OSError, NetlinkError):
-            return None
-        try:
-            found = pod.link_lookup(ifname=ifname)
-            if not found:
+        def look(_: IPRoute) -> tuple[str, list[str]] | None:
+            try:
+                pod = NetNS(netns)
+            except (OSError, NetlinkError):
                 return None
-            link = pod.get_links(found[0])[0]
-            addrs = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in pod.get_addr(index=found[0], family=2)]
-            return str(link.get("address")), addrs
-        finally:
-            pod.close()
+            try:
+                found = pod.link_lookup(ifname=ifname)
+                if not found:
+                    return None
+                link = pod.get_links(found[0])[0]
+                addrs = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in pod.get_addr(index=found[0], family=2)]
+                return str(link.get("address")), addrs
+            finally:
+                pod.close()
+        return self._owned(look)  # its sockets, too, are per thread
 
     # --- bandwidth limits (membrane.bandwidth), applied inside the pod namespace -----------
     # Egress: a TBF as the pod interface's root qdisc, so everything the pod sends waits in
@@ -330,12 +346,10 @@ class Netlink:
 
     def host_addresses(self) -> list[str]:
         """The node's own IPv4 addresses (its identity is HOST), loopback aside."""
-        with self._lock:
-            found = [str(a.get("IFA_ADDRESS")) for a in self._ipr.get_addr(family=2)]
+        found = self._owned(lambda ipr: [str(a.get("IFA_ADDRESS")) for a in ipr.get_addr(family=2)])
         return sorted(a for a in found if not a.startswith("127."))
 
     def host_links(self, prefix: str) -> dict[str, int]:
         """Host veths the agent created (by name prefix) -> ifindex."""
-        with self._lock:
-            return {str(l.get("ifname")): int(l["index"]) for l in self._ipr.get_links()
-                    if str(l.get("ifname", "")).startswith(prefix)}
+        return self._owned(lambda ipr: {str(l.get("ifname")): int(l["index"]) for l in ipr.get_links()
+                                        if str(l.get("ifname", "")).startswith(prefix)})
