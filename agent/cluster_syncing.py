@@ -9,7 +9,13 @@
    goes to IPAM);
 3. the policy manager writes the map difference once for the whole update;
 4. the applied state, its version and stream id are persisted in the state dir;
-5. it returns, and the client acks the version: the ack means "in the maps".
+5. it returns the version the datapath now enforces, and the client acks it: the ack means
+   "in the maps, and established flows judged again" (agent/enforcement_ledger.py).
+
+A change a map cannot hold (MapCapacityError) writes nothing: the old state stays enforced,
+the update is still recorded and persisted (it is the cluster's desired state, and the resume
+point moves on), but the ack stays at the last enforced version, so the operator shows this
+node as not enforcing it. Every later update retries the whole pending difference.
 
 Nothing is ever flushed on a disconnect: the last applied state stays enforced while the
 client reconnects with backoff, and a restarted agent restores the persisted state before it
@@ -41,7 +47,8 @@ from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod, parse_
 
 from .identity_sources import INIT_IDENTITY, StreamIdentities
 from .cluster_persisting import StateFile, object_from_json, object_to_json  # noqa: F401 - re-exported
-from .policy_syncing import PolicyManager
+from .enforcement_ledger import EnforcementLedger
+from .policy_syncing import MapCapacityError, PolicyManager
 
 log = logging.getLogger("membrane.cluster")
 
@@ -108,7 +115,9 @@ class ClusterSyncer:
     def __init__(self, node_name: str, policy: PolicyManager, identities: StreamIdentities,
                  state_dir: Path, apply_maps: Callable[[], object],
                  on_pod_cidr: Callable[[IPv4Network], None] = lambda cidr: None,
-                 on_synced: Callable[[], None] = lambda: None, identity_wait: float = 2.0) -> None:
+                 on_synced: Callable[[], None] = lambda: None, identity_wait: float = 2.0,
+                 ledger: EnforcementLedger | None = None,
+                 on_refused: Callable[[MapCapacityError], None] = lambda exc: None) -> None:
         self.node_name = node_name
         self.policy = policy
         self.identities = identities
@@ -117,6 +126,8 @@ class ClusterSyncer:
         self.on_pod_cidr = on_pod_cidr
         self.on_synced = on_synced
         self.identity_wait = identity_wait
+        self.ledger = ledger or EnforcementLedger(node_name)
+        self.on_refused = on_refused
         self.lock = threading.RLock()
         self.objects: dict[StateKey, StateObject] = {}
         self.version = 0
@@ -124,7 +135,7 @@ class ClusterSyncer:
         self.pod_cidr: IPv4Network | None = None
         self.synced = threading.Event()
         self.lingering: set[ObjectRef] = set()  # deleted from the stream, still wired here
-        self.counts = {"snapshots": 0, "deltas": 0, "changes": 0, "skipped_objects": 0}
+        self.counts = {"snapshots": 0, "deltas": 0, "changes": 0, "skipped_objects": 0, "refused": 0}
         self.last_update: float | None = None
         self.client: Any = None  # the StateClient once started
 
@@ -141,13 +152,19 @@ class ClusterSyncer:
             self.version, self.stream_id = saved.version, saved.stream_id
         if self.version > 0:
             self.synced.set()  # the state it enforced before the restart, complete as of version
+            self.ledger.record(self.version)  # enforced once the start-up resync wrote it
         log.info("cluster state restored", extra={"fields": {"version": self.version, "stream_id": self.stream_id,
                                                              "objects": len(self.objects)}})
         return len(objects)
 
     # --- the stream ------------------------------------------------------------------------
-    def apply_update(self, update: StateUpdate) -> None:
-        """Record, write the maps, persist; returning lets the client ack `update.version`."""
+    def restored_enforced(self) -> None:
+        """The start-up resync wrote the restored state: its version is enforced."""
+        if self.version > 0:
+            self.ledger.enforce(self.version)
+
+    def apply_update(self, update: StateUpdate) -> int:
+        """Record, write the maps, persist; returns the version to ack (the one enforced)."""
         started = time.perf_counter()
         with self.lock, self.policy.lock:
             if update.snapshot:
@@ -160,7 +177,16 @@ class ClusterSyncer:
                 changes = [(c.key, c.obj) for c in update.changes]
             for key, obj in changes:
                 self._record(key, obj)
-            self.apply_maps()
+            if update.stream_id != self.stream_id:
+                self.ledger.restart()  # another operator history: its numbers are unrelated
+            self.ledger.record(update.version)
+            try:
+                self.apply_maps()
+                self.ledger.enforce(update.version)
+            except MapCapacityError as exc:  # nothing written; retried with the next update
+                self.counts["refused"] += 1
+                self.ledger.refuse(update.version, str(exc))
+                self.on_refused(exc)
             self.counts["snapshots" if update.snapshot else "deltas"] += 1
             self.counts["changes"] += len(changes)
             self.last_update = time.time()
@@ -177,6 +203,7 @@ class ClusterSyncer:
             self.synced.set()
             log.info("cluster state synced: agent ready", extra={"fields": {"version": update.version}})
             self.on_synced()
+        return self.ledger.enforced
 
     def _ask_for_snapshot(self) -> None:
         if self.client is not None:  # the client resubscribes with these after the failure

@@ -52,6 +52,12 @@ class AgentConfig(BaseModel):
     # A kernel header tree for bcc (BCC_KERNEL_SOURCE), e.g. the image's, laid out by
     # deploy/image/kernel-headers.sh. None: bcc's default, /lib/modules/$(uname -r)/{build,source}.
     kernel_headers: Path | None = None
+    # Sizes of the maps the agent rebuilds from its state (a change of size takes effect at the
+    # next start: the map is recreated and refilled before the programs are replaced). A policy
+    # change that would not fit is refused with the reason and the old policy stays enforced.
+    policy_map_entries: int = Field(default=65536, ge=64, le=1 << 24)
+    ipcache_map_entries: int = Field(default=65536, ge=64, le=1 << 24)
+    cidr_map_entries: int = Field(default=16384, ge=64, le=1 << 24)
     conntrack_gc_seconds: float = Field(default=30.0, gt=0)
     resync_seconds: float = Field(default=60.0, gt=0)
 
@@ -85,6 +91,12 @@ class AgentConfig(BaseModel):
         return self
 
     @property
+    def map_sizes(self) -> dict[str, int]:
+        """Max entries of the resizable datapath maps, by role."""
+        return {"policy": self.policy_map_entries, "ipcache": self.ipcache_map_entries,
+                "cidr": self.cidr_map_entries}
+
+    @property
     def http_host_port(self) -> tuple[str, int]:
         host, _, port = self.http_addr.rpartition(":")
         return host or "127.0.0.1", int(port)
@@ -97,6 +109,8 @@ _FLAGS = {
     "log_format": "--log-format", "conntrack_gc_seconds": "--conntrack-gc-seconds",
     "resync_seconds": "--resync-seconds", "flow_ring_size": "--flow-ring-size", "observer_tcp": "--observer-tcp", "mode": "--mode", "operator_address": "--operator-address",
     "identity_wait_seconds": "--identity-wait-seconds", "kernel_headers": "--kernel-headers",
+    "policy_map_entries": "--policy-map-entries", "ipcache_map_entries": "--ipcache-map-entries",
+    "cidr_map_entries": "--cidr-map-entries",
     "tunnel": "--tunnel", "tunnel_device": "--tunnel-device", "tunnel_port": "--tunnel-port", "node_ip": "--node-ip",
 }
 

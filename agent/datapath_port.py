@@ -27,9 +27,11 @@ MAP_USAGE_MAX_AGE_S = 5.0  # map entry counts are cached this long (a scrape wal
 
 
 class DatapathPort:
-    def __init__(self, pin_root: Path, kernel_headers: Path | None = None) -> None:
+    def __init__(self, pin_root: Path, kernel_headers: Path | None = None,
+                 sizes: dict[str, int] | None = None) -> None:
         self.kernel_headers = kernel_headers
-        self.dp = Datapath(pin_root, kernel_headers=kernel_headers)
+        self.sizes = dict(sizes or {})  # max entries of the resizable maps (policy, ipcache, cidr)
+        self.dp = Datapath(pin_root, kernel_headers=kernel_headers, sizes=self.sizes)
         self.compile_seconds = 0.0
         self.load_seconds = 0.0
         # Called with (map role, operation) when a map write fails (membrane_bpf_map_operation_errors_total).
@@ -47,7 +49,7 @@ class DatapathPort:
     def load(self, pin_root: Path | None = None) -> None:
         """Compile and load; `pin_root` overrides where maps are pinned (see bpffs.py)."""
         if pin_root is not None and pin_root != self.dp.pin_root:
-            self.dp = Datapath(pin_root, kernel_headers=self.kernel_headers)
+            self.dp = Datapath(pin_root, kernel_headers=self.kernel_headers, sizes=self.sizes)
         self.dp.load()
         self.compile_seconds = self.dp.compile_seconds or 0.0
         self.load_seconds = self.dp.load_seconds or 0.0
@@ -77,6 +79,13 @@ class DatapathPort:
         for ip in delta.deletes:
             with self._counted("endpoints", "delete"):
                 self.dp.delete_endpoint(ip)
+
+    def capacity(self, role: str) -> int | None:
+        return self.dp.capacity(role)
+
+    def bump_policy_revision(self) -> int:
+        with self._counted("policy_rev", "update"):
+            return self.dp.bump_policy_revision()
 
     def read_policy(self) -> dict[FlatKey, FlatValue]:
         return self.dp.policy()

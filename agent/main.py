@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 import signal
 import threading
 import time
@@ -32,6 +34,7 @@ from .cni_handling import CniHandler
 from .config import AgentConfig, load_config
 from .datapath_port import DatapathPort
 from .endpoints import Endpoint, EndpointManager
+from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .identity_book import IdentityBook
 from .identity_sources import IdentitySource, StreamIdentities, identity_count
@@ -43,10 +46,14 @@ from .object_store import ObjectKey, ObjectStore
 from .observing import FlowMetricsCollector, FlowObserver
 from .observing.grpc_serving import ObserverServer
 from .persisting import make_private
-from .policy_syncing import LocalEndpoint, PolicyManager
+from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
 from .start_refusal import StartRefused
 
 log = logging.getLogger("membrane.agent")
+
+DEFAULT_WAIT_SECONDS = 30.0  # `apply --wait` without --timeout
+NOT_ENFORCED = 504  # API error code: not enforced within the timeout (membranectl exits 3)
+REFUSED = 507  # API error code: a map would overflow, the change was rolled back
 
 
 class Agent:
@@ -56,7 +63,7 @@ class Agent:
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.metrics = AgentMetrics()
-        self.datapath = DatapathPort(config.bpffs_root, config.kernel_headers)
+        self.datapath = DatapathPort(config.bpffs_root, config.kernel_headers, config.map_sizes)
         self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
         self.netlink = Netlink(config.procfs)
         self.kubernetes = config.mode == "kubernetes"
@@ -71,12 +78,18 @@ class Agent:
         self.policy = PolicyManager(self.identities, self.datapath, self.endpoints.update_identity,
                                     self.netlink.host_addresses,  # read at every apply: never stale
                                     config.allow_host_traffic, node_name=config.node_name)
+        # Which version of the desired state the datapath enforces (apply --wait, stream acks).
+        self.ledger = EnforcementLedger(config.node_name)
+        # Store batches are applied one at a time, in order, by this thread: a waiting request
+        # can give up at its timeout while the batch still completes.
+        self.applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-applier")
         self.cluster: ClusterSyncer | None = None
         if self.kubernetes:
             assert isinstance(self.identities, StreamIdentities)
             self.cluster = ClusterSyncer(config.node_name, self.policy, self.identities, config.state_dir,
                                          lambda: self._apply_policy("stream"), self._pod_cidr_learned,
-                                         self.ready.set, config.identity_wait_seconds)
+                                         self.ready.set, config.identity_wait_seconds, ledger=self.ledger,
+                                         on_refused=self._refused)
         self.observer = FlowObserver(config.node_name, PolicyDirectory(self.policy), capacity=config.flow_ring_size)
         self.metrics.registry.register(FlowMetricsCollector(self.observer))
         self.observer_server: ObserverServer | None = None
@@ -124,6 +137,8 @@ class Agent:
         # cross-node flows of restored pods never stop.
         self.overlay = ready = overlay.setup(cfg, planned, self.netlink, self.datapath)
         log.info("overlay ready", extra={"fields": ready.to_json()})
+        if self.cluster is not None:
+            self.cluster.restored_enforced()
         log.info("programs attached", extra={"fields": {"endpoints": self.endpoints.reattach()}})
         if cfg.masquerade and self.cluster is None:  # Kubernetes mode: once the PodCIDR is known
             assert cfg.cluster_cidr is not None
@@ -162,6 +177,7 @@ class Agent:
             self.http.stop()
         if self.observer_server is not None:
             self.observer_server.stop()
+        self.applier.shutdown(wait=True)
         self.observer.stop()
         self.endpoints.flush_ipam()
         self.datapath.close()
@@ -214,7 +230,12 @@ class Agent:
         if not present and self.cluster is not None:
             self.cluster.endpoint_removed(ep.pod_ref)
         if apply:
-            self._apply_policy("endpoint", recorded_at)
+            try:
+                self._apply_policy("endpoint", recorded_at)
+            except MapCapacityError as exc:
+                # The pod is wired; its policy entries are not written (no entry = drop): it stays
+                # cut off until the maps have room. Loud, counted, never half-applied.
+                self._refused(exc)
         return self.identities.identity_of(ep.pod_ref) if present else None
 
     def _object_changed(self, kind: str, key: ObjectKey, obj: BaseModel | None) -> None:
@@ -231,10 +252,16 @@ class Agent:
         elif kind == "NetworkPolicy":
             self.policy.on_policy(ref, obj)  # type: ignore[arg-type]
 
+    def _refused(self, exc: MapCapacityError) -> None:
+        self.metrics.changes_refused.labels(exc.role).inc()
+        log.error("policy change refused: a map would overflow", extra={"fields": {
+            "map": exc.role, "needed": exc.needed, "capacity": exc.capacity, "reason": str(exc)}})
+
     def _apply_policy(self, cause: str, recorded_at: int | None = None) -> dict[str, int]:
         """Apply recorded changes. With `recorded_at` (the policy generation read when the
         change was recorded), concurrent CNI requests coalesce: an apply that completed since
-        then already wrote this change, so the caller does not run another one."""
+        then already wrote this change, so the caller does not run another one. Raises
+        MapCapacityError (nothing written) when a map would overflow."""
         started = time.perf_counter()
         with self.policy.lock:
             if recorded_at is not None and self.policy.generation != recorded_at:
@@ -259,16 +286,48 @@ class Agent:
         return {k: self.store.count(k) for k in ("Namespace", "Pod", "NetworkPolicy")}
 
     def _store_op(self, req: dict[str, Any], verb: str) -> Any:
+        """apply/delete: the batch is stored, applied to the maps and enforced by the applier
+        thread. With `wait`, the answer says which version is enforced on which node, or the
+        request fails with NOT_ENFORCED (naming the node) once `timeout` seconds passed."""
         if self.cluster is not None:
             raise RequestError("this agent runs in kubernetes mode: apply objects to the Kubernetes API", code=409)
+        docs = self._documents(req)
+        wait = bool(req.get("wait"))
+        timeout = _timeout(req.get("timeout_seconds"))
         started = time.perf_counter()
-        outcome = self.store.apply(self._documents(req)) if verb == "apply" else \
-            self.store.delete(self._documents(req))
-        self._apply_policy("store")
-        self.metrics.refresh_store()
-        log.info(f"objects {verb}", extra={"fields": {"count": len(outcome),
+        future = self.applier.submit(self._store_change, docs, verb)
+        try:
+            outcome, version = future.result(timeout if wait else None)
+        except FutureTimeout:
+            raise RequestError(f"not enforced within {timeout:g}s on node(s): {self.config.node_name}",
+                               code=NOT_ENFORCED, details={"pending": [self.config.node_name],
+                                                           "enforced": []}) from None
+        log.info(f"objects {verb}", extra={"fields": {"count": len(outcome), "version": version,
                                                          "seconds": round(time.perf_counter() - started, 4)}})
-        return outcome
+        if not wait:
+            return outcome
+        return {"objects": outcome, "version": version, "enforced": [self.config.node_name], "pending": [],
+                "seconds": round(time.perf_counter() - started, 6)}
+
+    def _store_change(self, docs: list[Any], verb: str) -> tuple[list[dict[str, str]], int]:
+        """On the applier thread: store, write the maps, record the version as enforced. A
+        change a map cannot hold is rolled back (store and recorded state) and refused."""
+        saved = self.store.saved(docs)
+        outcome = self.store.apply(docs) if verb == "apply" else self.store.delete(docs)
+        version = self.ledger.next_version()
+        try:
+            self._apply_policy("store")
+        except MapCapacityError as exc:
+            self._refused(exc)
+            self.ledger.refuse(version, str(exc))
+            self.store.restore(saved)  # the listeners record the old objects again
+            self._apply_policy("rollback")  # writes only what differs from the maps: nothing
+            self.metrics.refresh_store()
+            raise RequestError(f"{verb} refused: {exc}", code=REFUSED) from None
+        self.ledger.enforce(version)
+        self.metrics.enforced_version.set(version)
+        self.metrics.refresh_store()
+        return outcome, version
 
     def _cni(self, req: dict[str, Any]) -> Any:
         started = time.perf_counter()
@@ -325,8 +384,21 @@ class Agent:
                              "load_seconds": round(self.datapath.load_seconds, 3),
                              "pin_root": str(self.datapath.dp.pin_root)},
                 "store": self._object_counts(),
+                "enforcement": self.ledger.status(),
                 **({"overlay": self.overlay.to_json()} if self.overlay is not None else {}),
                 **({"cluster": self.cluster.status()} if self.cluster is not None else {})}
+
+
+def _timeout(value: Any) -> float:
+    if value is None:
+        return DEFAULT_WAIT_SECONDS
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"timeout must be a number of seconds, got {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise RequestError(f"timeout must be in (0, 3600] seconds, got {seconds:g}")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,11 +46,17 @@ class DatapathCollector(Collector):
         entries = GaugeMetricFamily("membrane_bpf_map_entries", "Entries in a BPF map", labels=["map"])
         pressure = GaugeMetricFamily("membrane_bpf_map_pressure", "Fill ratio of a BPF map (entries / capacity)",
                                      labels=["map"])
-        for name, (used, capacity) in sorted(self.read_map_usage().items()):
+        usage = sorted(self.read_map_usage().items())
+        for name, (used, size) in usage:
             entries.add_metric([name], used)
-            pressure.add_metric([name], used / capacity if capacity else 0.0)
+            pressure.add_metric([name], used / size if size else 0.0)
+        capacity = GaugeMetricFamily("membrane_bpf_map_capacity", "Max entries of a BPF map (policy, ipcache "
+                                     "and cidr sized by agent flags)", labels=["map"])
+        for name, (_used, size) in usage:
+            capacity.add_metric([name], size)
         yield entries
         yield pressure
+        yield capacity
 
 
 class AgentMetrics:
@@ -74,6 +80,14 @@ class AgentMetrics:
         self.store_objects = Gauge("membrane_store_objects", "Objects in the local store by kind", ["kind"],
                                    registry=self.registry)
 
+        self.changes_refused = Counter("membrane_policy_changes_refused", "Policy changes refused because a BPF "
+                                       "map would overflow (the old state stays enforced), by map", ["map"],
+                                       registry=self.registry)
+        for map_name in ("policy", "ipcache", "cidr"):
+            self.changes_refused.labels(map_name)
+        self.enforced_version = Gauge("membrane_enforced_version", "Newest version of the desired state (store "
+                                      "batch or stream version) whose map writes have all landed",
+                                      registry=self.registry)
         self.policy_delay = Histogram("membrane_policy_implementation_delay_seconds",
                                       "Time from a change (store, endpoint) to its policy being in the maps",
                                       ["cause"], registry=self.registry,

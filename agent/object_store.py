@@ -162,6 +162,31 @@ class ObjectStore:
             self._notify(key, None)
         return outcome
 
+    def saved(self, documents: list[Any]) -> dict[ObjectKey, dict[str, Any] | None]:
+        """What the store holds now under the keys of `documents` (None: nothing), for `restore`."""
+        with self.lock:
+            keys = {self.key_of(d) for d in documents if isinstance(d, dict)}
+            return {key: self.raw.get(key) for key in keys}
+
+    def restore(self, saved: dict[ObjectKey, dict[str, Any] | None]) -> None:
+        """Put back what `saved` recorded (a change the datapath refused): persisted, listeners told."""
+        with self.lock:
+            changed = []
+            for key, data in saved.items():
+                if self.raw.get(key) == data:
+                    continue
+                if data is None:
+                    self._pop(key)
+                    changed.append((key, None))
+                else:
+                    obj = parse_object(data)
+                    self._put(key, obj, data)
+                    changed.append((key, obj))
+            if changed:
+                self._persist([key for key, _ in changed])
+        for key, obj in changed:
+            self._notify(key, obj)
+
     def get(self, kind: str, namespace: str, name: str) -> BaseModel | None:
         with self.lock:
             return self.objects.get((kind, namespace, name))

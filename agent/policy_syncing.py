@@ -15,6 +15,14 @@ overlay accepts VXLAN only from those. Other nodes' pod CIDRs name their node as
 too, so the overlay knows which node owns a pod address its ipcache has no /32 for yet (the
 overlay takes a VNI's identity only for inner sources the sending node owns: docs/trust-model.md).
 
+Capacity: before writing, `apply()` counts what each map (policy, ipcache, CIDR) would hold at
+the peak of the update (new keys are written before stale ones are deleted) and refuses a
+change that does not fit with `MapCapacityError`, writing nothing: the maps keep the old state
+and the caller decides (standalone mode rolls the store back; Kubernetes mode keeps the old
+state and does not ack). After every update that wrote anything, the datapath's policy
+revision is bumped, last: established flows are then judged again on their next packet, so a
+flow never keeps a verdict the maps no longer give.
+
 ipBlock prefixes are in the ipcache (the identity of addresses that are no pod or node) and in
 the CIDR map (`desired_cidrs`): the CIDR identity of every address, pods included, which the
 datapath judges alongside the peer's identity so that ipBlocks select pod addresses too.
@@ -52,7 +60,19 @@ NODE_ENTRY = IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFl
 IpcacheTarget = int | IpcacheEntry
 
 
+class MapCapacityError(RuntimeError):
+    """A change that would not fit a map: nothing was written."""
+
+    def __init__(self, role: str, needed: int, capacity: int, current: int) -> None:
+        super().__init__(f"the {role} map would need {needed} entries at the peak of this update "
+                         f"(it holds {current}, capacity {capacity}): change refused, the old policy "
+                         f"stays enforced; raise --{role}-map-entries or make the change smaller")
+        self.role, self.needed, self.capacity, self.current = role, needed, capacity, current
+
+
 class PolicyMapsPort(TypingProtocol):
+    def capacity(self, role: str) -> int | None: ...
+    def bump_policy_revision(self) -> int: ...
     def read_policy(self) -> dict[FlatKey, FlatValue]: ...
     def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None: ...
     def read_ipcache(self) -> dict[IPv4Network, IpcacheTarget]: ...
@@ -98,6 +118,9 @@ class PolicyManager:
         self.dirty: set[ObjectRef] = set()
         self.last_apply_seconds = 0.0
         self.generation = 0  # bumped by every apply: readers (flow enrichment) drop their caches
+        self.revision = 0  # the datapath's policy revision after the last apply that wrote
+        self.refused = 0  # applies refused because a map would overflow
+        self._policy_count = 0  # entries in written_policy, all endpoints
         # Incremental ipcache: each pod's entries, who claims each /32, and what changed since
         # the last apply (pods to re-derive, prefixes to re-decide); see `_ipcache_delta`.
         self._ip_pods: dict[ObjectRef, tuple[dict[IPv4Network, IpcacheTarget], IPv4Address | None]] = {}
@@ -434,6 +457,8 @@ class PolicyManager:
 
     # --- writing the difference -------------------------------------------------------------
     def apply(self) -> dict[str, int]:
+        """Write what changed since the last apply; raises MapCapacityError (writing nothing,
+        keeping the recorded changes pending) when a map would overflow."""
         with self.lock:
             started = time.perf_counter()
             self.resolver.flush()
@@ -441,15 +466,32 @@ class PolicyManager:
             self._save_identities()
             policy_delta: Delta[FlatKey, FlatValue] = Delta()
             new_written = {}
+            added = 0  # policy keys not in the map yet (the peak of the update is before deletes)
             for ref in sorted(self.dirty):
                 want = self.desired_endpoint(ref)
                 part = diff(want, self.written_policy.get(ref, {}))
                 policy_delta.upserts.update(part.upserts)
                 policy_delta.deletes.extend(part.deletes)
+                added += len(want) - len(self.written_policy.get(ref, {})) + len(part.deletes)
                 new_written[ref] = want
             ipcache_delta = self._ipcache_delta()
-            self._write(policy_delta, ipcache_delta)
+            cidr_delta = self._cidr_delta()
+            try:
+                self._check_capacity("policy", self._policy_count, added)
+                self._check_capacity("ipcache", len(self.written_ipcache),
+                                     sum(1 for k in ipcache_delta.upserts if k not in self.written_ipcache))
+                self._check_capacity("cidr", len(self.written_cidrs),
+                                     sum(1 for k in cidr_delta.upserts if k not in self.written_cidrs))
+            except MapCapacityError:
+                # Nothing written; the next apply compares everything again (the incremental
+                # ipcache and CIDR state already moved on to the refused inputs).
+                self._reset_ipcache()
+                self._cidr_changes = None
+                self.refused += 1
+                raise
+            self._write(policy_delta, ipcache_delta, cidr_delta)
             for ref, want in new_written.items():
+                self._policy_count += len(want) - len(self.written_policy.get(ref, {}))
                 if want:
                     self.written_policy[ref] = want
                 else:
@@ -458,13 +500,22 @@ class PolicyManager:
             for key in ipcache_delta.deletes:
                 self.written_ipcache.pop(key, None)
             self.dirty.clear()
+            if policy_delta.upserts or policy_delta.deletes or ipcache_delta.upserts or ipcache_delta.deletes \
+                    or cidr_delta.upserts or cidr_delta.deletes:
+                # Last, once everything above has landed: established flows get judged again.
+                self.revision = self.maps.bump_policy_revision()
             self.generation += 1
             self.last_apply_seconds = time.perf_counter() - started
             return {"policy_upserts": len(policy_delta.upserts), "policy_deletes": len(policy_delta.deletes),
                     "ipcache_upserts": len(ipcache_delta.upserts), "ipcache_deletes": len(ipcache_delta.deletes)}
 
-    def _write(self, policy: Delta[FlatKey, FlatValue], ipcache: Delta[IPv4Network, IpcacheTarget]) -> None:
-        cidrs = self._cidr_delta()
+    def _check_capacity(self, role: str, current: int, added: int) -> None:
+        capacity = self.maps.capacity(role)
+        if capacity is not None and added > 0 and current + added > capacity:
+            raise MapCapacityError(role, current + added, capacity, current)
+
+    def _write(self, policy: Delta[FlatKey, FlatValue], ipcache: Delta[IPv4Network, IpcacheTarget],
+               cidrs: Delta[IPv4Network, int]) -> None:
         self.maps.write_policy(Delta(policy.upserts, []))
         self.maps.write_ipcache(Delta(ipcache.upserts, []))
         self._write_cidrs(Delta(cidrs.upserts, []))
@@ -485,6 +536,7 @@ class PolicyManager:
                 by_endpoint.setdefault(key.endpoint_id, {})[key] = value
             ids = {local.endpoint_id: ref for ref, local in self.local.items()}
             self.written_policy = {ids[eid]: entries for eid, entries in by_endpoint.items() if eid in ids}
+            self._policy_count = sum(len(entries) for entries in self.written_policy.values())
             strays = [key for eid, entries in by_endpoint.items() if eid not in ids for key in entries]
             self.written_ipcache = self.maps.read_ipcache()
             self._reset_ipcache()
@@ -492,9 +544,9 @@ class PolicyManager:
             self._cidr_changes = None
             self.dirty.update(self.local)
             self.dirty.update(self.written_policy)
-            report = self.apply()
-            if strays:
+            if strays:  # first: they take room the apply may need
                 self.maps.write_policy(Delta({}, strays))
+            report = self.apply()
             report["stray_policy_entries"] = len(strays)
             return report
 

@@ -4,8 +4,9 @@
  * Cilium). Compiled once per agent start; everything per endpoint lives in
  * maps, so the same two programs are attached to every pod's veth.
  *
- * Policy is judged on the first packet of a connection only (conntrack
- * miss); conntrack carries the rest, replies included. Every local pod is
+ * Policy is judged on the first packet of a connection (conntrack miss);
+ * conntrack carries the rest, replies included, and a flow is judged again
+ * when the policy revision changed since (lib/flow.h). Every local pod is
  * judged: no policy entry means drop, so the agent writes an allow-all
  * entry for each direction in which no policy isolates the pod.
  *
@@ -78,6 +79,12 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
 	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
 		ct = MB_CT_RELATED;
+	if (ct == MB_CT_ESTABLISHED || ct == MB_CT_REPLY) {
+		int drop = mb_flow_recheck(skb, &tuple, ct, tcp_flags, entry, MB_DIR_EGRESS, ifindex);
+
+		if (drop)
+			return drop;
+	}
 
 	dst = mb_lookup_endpoint(ip4->daddr);
 	local_dst = dst && mb_endpoint_is_local_pod(dst) ? dst : 0;
@@ -205,6 +212,12 @@ static __always_inline int mb_to_container(struct __sk_buff *skb)
 		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
 	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
 		ct = MB_CT_RELATED;
+	if (ct == MB_CT_ESTABLISHED || ct == MB_CT_REPLY) {
+		int drop = mb_flow_recheck(skb, &tuple, ct, tcp_flags, entry, MB_DIR_INGRESS, ifindex);
+
+		if (drop)
+			return drop;
+	}
 
 	if (ct == MB_CT_NEW) {
 		/* Host or outside towards the pod: the sender's identity comes

@@ -78,6 +78,12 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
 	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
 		ct = MB_CT_RELATED;
+	if (ct == MB_CT_ESTABLISHED || ct == MB_CT_REPLY) {
+		int drop = mb_flow_recheck(skb, &tuple, ct, tcp_flags, entry, MB_DIR_INGRESS, dst_ifindex);
+
+		if (drop)
+			return drop;
+	}
 
 	if (ct == MB_CT_NEW) {
 		/* Ingress of the destination from the VNI's identity, and the

@@ -51,9 +51,17 @@
 BPF_TABLE_PINNED("hash", struct mb_endpoint_key, struct mb_endpoint_info,
 		 mb_endpoints_v1, MB_ENDPOINTS_MAX, MB_PIN(mb_endpoints_v1));
 
-/* Conntrack, LRU so that a full table evicts the oldest flow instead of failing. */
+/*
+ * Conntrack, LRU so that a full table evicts the oldest flow instead of failing.
+ * v2: entries carry the policy revision they were judged under (an upgrade
+ * from v1 starts with an empty table: the loader removes the old pin).
+ */
 BPF_TABLE_PINNED("lru_hash", struct mb_ct_tuple4, struct mb_ct_entry,
-		 mb_ct4_v1, MB_CT_MAX, MB_PIN(mb_ct4_v1));
+		 mb_ct4_v2, MB_CT_MAX, MB_PIN(mb_ct4_v2));
+
+/* The current policy revision (struct mb_policy_rev), one entry written by the agent. */
+BPF_TABLE_PINNED("array", __u32, struct mb_policy_rev,
+		 mb_policy_rev_v1, 1, MB_PIN(mb_policy_rev_v1));
 
 /* (reason, direction) -> packets, bytes; per CPU so updates need no atomics. */
 BPF_TABLE_PINNED("percpu_hash", struct mb_metrics_key, struct mb_metrics_value,

@@ -93,6 +93,21 @@ struct mb_ct_entry {
 	__u8 rx_tcp_flags;
 	__u32 src_identity; /* identity of the initiator (0 = unknown) */
 	__u32 dst_identity; /* identity of the responder (0 = unknown, e.g. entry of an older build) */
+	__u32 policy_rev;   /* mb_policy_rev_v1 when the flow was last judged (lib/flow.h re-judges older ones) */
+	__u32 pad;
+};
+
+/* ---- policy revision: array, one entry, bumped by the agent ------------- */
+
+/*
+ * Bumped by the agent after every policy change has landed in the maps
+ * (policy, ipcache, CIDR, endpoint identities). A conntrack entry judged
+ * under another revision is judged again on its next packet, so an
+ * established flow never keeps a verdict the current policy would not give.
+ */
+struct mb_policy_rev {
+	__u32 revision;
+	__u32 pad;
 };
 
 /* ---- metrics: per-CPU counters per (reason, direction) ------------------- */

@@ -110,6 +110,8 @@ class CtEntry(ctypes.Structure):
         ("rx_tcp_flags", ctypes.c_uint8),
         ("src_identity", ctypes.c_uint32),
         ("dst_identity", ctypes.c_uint32),
+        ("policy_rev", ctypes.c_uint32),  # the policy revision the flow was last judged under
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -248,6 +250,12 @@ class EventStatsValue(ctypes.Structure):
     ]
 
 
+class PolicyRevValue(ctypes.Structure):
+    """``struct mb_policy_rev``: bumped after every policy change lands (re-judges older flows)."""
+
+    _fields_ = [("revision", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
 class ArrayIndex(ctypes.Structure):
     """The ``__u32`` key of array maps, as a struct so it is checked like the others."""
 
@@ -280,7 +288,9 @@ class MapSpec:
 
 
 ENDPOINTS: Final = MapSpec("endpoints", "mb_endpoints_v1", BPF_MAP_TYPE_HASH, EndpointKey, EndpointInfo, 4096)
-CONNTRACK: Final = MapSpec("conntrack", "mb_ct4_v1", BPF_MAP_TYPE_LRU_HASH, CtTuple4, CtEntry, 65536)
+# v2: entries carry the policy revision they were judged under (v1 is removed at load: an
+# upgrade starts with an empty conntrack table, once).
+CONNTRACK: Final = MapSpec("conntrack", "mb_ct4_v2", BPF_MAP_TYPE_LRU_HASH, CtTuple4, CtEntry, 65536)
 METRICS: Final = MapSpec("metrics", "mb_metrics_v1", BPF_MAP_TYPE_PERCPU_HASH, MetricsKey, MetricsValue, 1024)
 IPCACHE: Final = MapSpec(
     "ipcache", "mb_ipcache_v1", BPF_MAP_TYPE_LPM_TRIE, IpcacheKey, IpcacheValue, 65536, BPF_F_NO_PREALLOC
@@ -299,7 +309,14 @@ EVENT_CONFIG: Final = MapSpec(
 NODE_CONFIG: Final = MapSpec(
     "node_config", "mb_node_config_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex, NodeConfigValue, 1
 )
-MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG, NODE_CONFIG, CIDR)
+POLICY_REV: Final = MapSpec("policy_rev", "mb_policy_rev_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex, PolicyRevValue, 1)
+MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG, NODE_CONFIG, CIDR,
+                    POLICY_REV)
+# Pins of older layout versions, removed at load (their programs are replaced by this build's).
+RETIRED_PINS: Final = ("mb_ct4_v1",)
+# Maps whose size comes from the agent's configuration: their whole content is rebuilt from
+# the agent's state at every start, so a pin of another size is replaced (resized) at load.
+RESIZABLE: Final = ("policy", "ipcache", "cidr")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ while the programs already attached keep forwarding.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import logging
 import os
 import re
 import time
@@ -42,6 +44,9 @@ from membrane.agent.datapath.layout import (
     NODE_CONFIG,
     PINNED_NAMES,
     POLICY,
+    POLICY_REV,
+    RESIZABLE,
+    RETIRED_PINS,
     ArrayIndex,
     CidrKey,
     CidrValue,
@@ -58,6 +63,7 @@ from membrane.agent.datapath.layout import (
     MetricsValue,
     NodeConfigValue,
     PolicyKey,
+    PolicyRevValue,
     PolicyValue,
     RingSpec,
     check_map_info,
@@ -65,7 +71,7 @@ from membrane.agent.datapath.layout import (
 )
 from membrane.agent.datapath.metrics import MetricSample, summed_samples
 from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
-from membrane.agent.datapath.syscalls import map_count_entries, map_info
+from membrane.agent.datapath.syscalls import map_count_entries, map_info, pinned_map_info
 from membrane.delta import Delta
 from membrane.policy.flattening import FlatKey, FlatValue
 
@@ -73,6 +79,8 @@ DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
 ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c")  # one per hook family, one compilation unit
 ENTRY_FILE: Final = ENTRY_FILES[0]
 PROGRAMS: Final = ("from_container", "to_container", "from_overlay")
+
+log = logging.getLogger("membrane.datapath")
 
 # The pin root ends up inside a C string literal: keep it boring.
 _SAFE_PATH: Final = re.compile(r"^/[A-Za-z0-9._/-]+$")
@@ -86,8 +94,12 @@ class Datapath:
     """The compiled bpf_lxc programs and typed access to their pinned maps."""
 
     def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR, *, events: bool = True,
-                 test_hooks: bool = False, kernel_headers: Path | None = None) -> None:
+                 test_hooks: bool = False, kernel_headers: Path | None = None,
+                 sizes: Mapping[str, int] | None = None) -> None:
         """events=False compiles flow events out entirely (benchmarks: cost of events).
+
+        sizes: max entries by map role, for the maps in ``layout.RESIZABLE`` (policy, ipcache,
+        cidr); others keep their built-in size.
 
         test_hooks=True (tests only): ``from_overlay`` takes the VNI from skb->mark (and the outer
         source address, network order, from skb->cb[0]) when the packet
@@ -109,6 +121,13 @@ class Datapath:
         self._events_open = False
         self._events_table: Any = None
         self._event_errors: list[BaseException] = []
+        unknown = sorted(set(sizes or {}) - set(RESIZABLE))
+        if unknown:
+            raise DatapathError(f"map sizes can be set for {list(RESIZABLE)} only, not {unknown}")
+        self.specs: dict[str, MapSpec] = {
+            spec.role: dataclasses.replace(spec, max_entries=int((sizes or {}).get(spec.role, spec.max_entries)))
+            for spec in MAP_SPECS}
+        self.resized: dict[str, tuple[int, int]] = {}  # role -> (pinned size, new size) at the last load
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -117,6 +136,7 @@ class Datapath:
         if self._bpf is not None:
             raise DatapathError("datapath already loaded")
         self.pin_root.mkdir(parents=True, exist_ok=True)
+        self._retire_pins()
         text = flatten_sources([self.bpf_dir / name for name in ENTRY_FILES])
         if self.kernel_headers is not None:
             # bcc reads it from the environment at each compile; nothing else compiles in the agent.
@@ -138,6 +158,30 @@ class Datapath:
             bpf.cleanup()
             raise
         self._bpf, self._program_fds = bpf, fds
+
+    def _retire_pins(self) -> None:
+        """Before bcc reuses pins: remove old layout versions, and resizable maps pinned with
+        another size (the agent refills them from its state before it attaches the new
+        programs; the attached old programs keep the old map alive until then)."""
+        for name in RETIRED_PINS:
+            if (self.pin_root / name).exists():
+                (self.pin_root / name).unlink()
+                log.warning("removed the pin of an older map layout", extra={"fields": {"map": name}})
+        self.resized = {}
+        for role in RESIZABLE:
+            spec = self.specs[role]
+            path = self.pin_root / spec.name
+            info = pinned_map_info(str(path)) if path.exists() else None
+            if info is not None and info.max_entries != spec.max_entries:
+                path.unlink()
+                self.resized[role] = (int(info.max_entries), spec.max_entries)
+                log.warning("map resized: its content is rebuilt before the programs are replaced",
+                            extra={"fields": {"map": spec.name, "old_entries": int(info.max_entries),
+                                              "new_entries": spec.max_entries}})
+
+    def capacity(self, role: str) -> int:
+        """Max entries of a map, by role ("policy", "ipcache", "cidr", ...)."""
+        return self.specs[role].max_entries
 
     def close(self) -> None:
         """Close program and map fds. Pins (and attached programs) stay."""
@@ -321,6 +365,24 @@ class Datapath:
         for key in delta.deletes:
             self.delete_policy(key)
 
+    # -- policy revision (re-judges established flows) ------------------------
+
+    def policy_revision(self) -> int:
+        table = self._table(POLICY_REV)
+        return int(struct_copy(PolicyRevValue, table[struct_copy(table.Key, ArrayIndex(0))]).revision)
+
+    def set_policy_revision(self, revision: int) -> None:
+        """Every conntrack entry judged under another revision is judged again on its next packet."""
+        table = self._table(POLICY_REV)
+        table[struct_copy(table.Key, ArrayIndex(0))] = struct_copy(
+            table.Leaf, PolicyRevValue(revision=revision & 0xFFFFFFFF))
+
+    def bump_policy_revision(self) -> int:
+        """Next revision (never 0 after a wrap: 0 is what a fresh map reads as)."""
+        revision = (self.policy_revision() + 1) & 0xFFFFFFFF or 1
+        self.set_policy_revision(revision)
+        return revision
+
     # -- node config ---------------------------------------------------------
 
     def node_config(self) -> NodeConfig:
@@ -395,7 +457,7 @@ class Datapath:
         """(key, value) ctypes classes bcc derived from the C source, by map name."""
         bpf = self._loaded()
         layouts = {}
-        for spec in MAP_SPECS:
+        for spec in self.specs.values():
             table = bpf.get_table(spec.name.encode())
             # Per-CPU tables: bcc's Leaf is an array over CPUs, sLeaf the struct.
             layouts[spec.name] = (table.Key, getattr(table, "sLeaf", table.Leaf))
@@ -408,7 +470,7 @@ class Datapath:
     def maps_info(self) -> dict[str, MapInfo]:
         """Kernel view of each map, by map name (the map id shows pin reuse)."""
         bpf = self._loaded()
-        return {spec.name: _kernel_map_info(bpf, spec) for spec in (*MAP_SPECS, EVENTS)}
+        return {spec.name: _kernel_map_info(bpf, spec) for spec in (*self.specs.values(), EVENTS)}
 
     def map_entry_counts(self) -> dict[str, tuple[int, int]]:
         """(entries, capacity) of each keyed map, by role, counted in the kernel's batches or by
@@ -416,7 +478,7 @@ class Datapath:
         even with a full conntrack map)."""
         bpf = self._loaded()
         counts = {}
-        for spec in (ENDPOINTS, CONNTRACK, IPCACHE, POLICY, METRICS):
+        for spec in (self.specs[s.role] for s in (ENDPOINTS, CONNTRACK, IPCACHE, POLICY, CIDR, METRICS)):
             fd = bpf.get_table(spec.name.encode()).map_fd
             counts[spec.role] = (map_count_entries(fd, spec.max_entries), spec.max_entries)
         return counts
@@ -426,12 +488,12 @@ class Datapath:
     def _cflags(self) -> list[str]:
         return [
             f'-DMB_PIN_ROOT="{self.pin_root}"',
-            f"-DMB_ENDPOINTS_MAX={ENDPOINTS.max_entries}",
-            f"-DMB_CT_MAX={CONNTRACK.max_entries}",
-            f"-DMB_METRICS_MAX={METRICS.max_entries}",
-            f"-DMB_IPCACHE_MAX={IPCACHE.max_entries}",
-            f"-DMB_POLICY_MAX={POLICY.max_entries}",
-            f"-DMB_CIDR_MAX={CIDR.max_entries}",
+            f"-DMB_ENDPOINTS_MAX={self.specs['endpoints'].max_entries}",
+            f"-DMB_CT_MAX={self.specs['conntrack'].max_entries}",
+            f"-DMB_METRICS_MAX={self.specs['metrics'].max_entries}",
+            f"-DMB_IPCACHE_MAX={self.specs['ipcache'].max_entries}",
+            f"-DMB_POLICY_MAX={self.specs['policy'].max_entries}",
+            f"-DMB_CIDR_MAX={self.specs['cidr'].max_entries}",
             f"-DMB_EVENTS_RINGBUF_BYTES={EVENTS.size_bytes}",
             *conntrack_cflags(),
             *([] if self.events_compiled else ["-DMB_EVENTS_OFF"]),
@@ -439,7 +501,7 @@ class Datapath:
         ]
 
     def _check_layouts(self, bpf: BPF) -> None:
-        for spec in MAP_SPECS:
+        for spec in self.specs.values():
             table = bpf.get_table(spec.name.encode())
             check_struct(spec.key, table.Key, f"{spec.name} key")
             # Per-CPU tables: bcc's Leaf is an array over CPUs, sLeaf the struct.

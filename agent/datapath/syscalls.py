@@ -16,6 +16,7 @@ BPF_MAP_GET_NEXT_KEY: Final = 4
 BPF_MAP_LOOKUP_BATCH: Final = 24
 BPF_PROG_TEST_RUN: Final = 10
 BPF_OBJ_GET_INFO_BY_FD: Final = 15
+BPF_OBJ_GET: Final = 7
 
 _SYSCALL_NR_BPF: Final = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
@@ -84,6 +85,29 @@ def map_info(fd: int) -> BpfMapInfo:
     attr = BpfObjInfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
     return info
+
+
+class BpfObjGetAttr(ctypes.Structure):
+    """The ``obj`` member of ``union bpf_attr`` (BPF_OBJ_GET)."""
+
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32), ("file_flags", ctypes.c_uint32)]
+
+
+def pinned_map_info(path: str) -> BpfMapInfo | None:
+    """The kernel's description of the map pinned at `path`; None when nothing is pinned there."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    try:
+        fd = bpf(BPF_OBJ_GET, BpfObjGetAttr(pathname=ctypes.addressof(name)))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno_codes.ENOENT:
+            return None
+        raise
+    try:
+        return map_info(fd)
+    finally:
+        os.close(fd)
 
 
 class BpfMapNextKeyAttr(ctypes.Structure):

@@ -8,9 +8,12 @@
  * Expiry is done from user space (agent GC) using last_seen_ns + lifetime_s,
  * where lifetime_s is chosen here from the flow state.
  *
- * Policy is judged only when a flow is created; everything later rides on
- * the entry (replies included), and established flows outlive policy
- * changes, as Kubernetes allows and Cilium does.
+ * Policy is judged when a flow is created; later packets (replies
+ * included) ride on the entry as long as the policy revision it was judged
+ * under is still the current one. After a policy change the next packet of
+ * an established flow has it judged again (lib/flow.h, mb_flow_recheck): a
+ * flow the new policy denies is cut, so `membranectl apply --wait` means
+ * no connection keeps an old verdict.
  */
 #ifndef MB_LIB_CONNTRACK_H
 #define MB_LIB_CONNTRACK_H
@@ -91,7 +94,7 @@ static __always_inline int mb_ct_lookup(const struct mb_ct_tuple4 *tuple, __u8 t
 	__u16 flags;
 
 	*closed = 0;
-	entry = mb_ct4_v1.lookup((struct mb_ct_tuple4 *)tuple);
+	entry = mb_ct4_v2.lookup((struct mb_ct_tuple4 *)tuple);
 	*found = entry;
 	if (entry) {
 		flags = entry->flags;
@@ -114,7 +117,7 @@ static __always_inline int mb_ct_lookup(const struct mb_ct_tuple4 *tuple, __u8 t
 	}
 
 	mb_ct_reverse(tuple, &reverse);
-	entry = mb_ct4_v1.lookup(&reverse);
+	entry = mb_ct4_v2.lookup(&reverse);
 	*found = entry;
 	if (entry) {
 		flags = entry->flags | MB_CT_F_SEEN_REPLY;
@@ -133,14 +136,24 @@ static __always_inline int mb_ct_lookup(const struct mb_ct_tuple4 *tuple, __u8 t
 	return MB_CT_NEW;
 }
 
+/* The current policy revision (0 until the agent writes one). */
+static __always_inline __u32 mb_policy_revision(void)
+{
+	__u32 zero = 0;
+	struct mb_policy_rev *rev = mb_policy_rev_v1.lookup(&zero);
+
+	return rev ? rev->revision : 0;
+}
+
 /*
  * Create (or, for a reused tuple, overwrite) the entry of an allowed new
- * flow. policy_flags: MB_CT_F_POLICY_* that were enforced. Returns 0, or -1
+ * flow. policy_flags: MB_CT_F_POLICY_* that were enforced; policy_rev: the
+ * revision read before the verdict was taken. Returns 0, or -1
  * when the map refuses (the caller drops with MB_DROP_CT_CREATE_FAILED).
  */
 static __always_inline int mb_ct_create(const struct mb_ct_tuple4 *tuple, __u8 tcp_flags,
 					__u32 bytes, __u32 src_identity, __u32 dst_identity,
-					__u16 policy_flags)
+					__u16 policy_flags, __u32 policy_rev)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct mb_ct_entry fresh = {
@@ -151,13 +164,14 @@ static __always_inline int mb_ct_create(const struct mb_ct_tuple4 *tuple, __u8 t
 		.tx_tcp_flags = tcp_flags,
 		.src_identity = src_identity,
 		.dst_identity = dst_identity,
+		.policy_rev = policy_rev,
 	};
 
 	fresh.flags = policy_flags;
 	if (tuple->nexthdr == MB_IPPROTO_TCP)
 		fresh.flags |= mb_ct_closing_flags(tcp_flags, MB_CT_F_TX_CLOSING);
 	fresh.lifetime_s = mb_ct_lifetime(tuple->nexthdr, fresh.flags);
-	if (mb_ct4_v1.update((struct mb_ct_tuple4 *)tuple, &fresh) != 0)
+	if (mb_ct4_v2.update((struct mb_ct_tuple4 *)tuple, &fresh) != 0)
 		return -1;
 	return 0;
 }
@@ -206,10 +220,10 @@ static __always_inline int mb_ct_icmp_related(struct __sk_buff *skb, struct iphd
 	default:
 		return 0;
 	}
-	if (mb_ct4_v1.lookup(&tuple))
+	if (mb_ct4_v2.lookup(&tuple))
 		return 1;
 	mb_ct_reverse(&tuple, &reverse);
-	return mb_ct4_v1.lookup(&reverse) != 0;
+	return mb_ct4_v2.lookup(&reverse) != 0;
 }
 
 #endif /* MB_LIB_CONNTRACK_H */

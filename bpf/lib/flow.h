@@ -4,8 +4,10 @@
  * shared by every hook that delivers to or sends from a pod (bpf_lxc.c for
  * the pod veths, bpf_overlay.c for packets arriving through the tunnel).
  *
- * Policy is judged on the first packet of a connection only (conntrack
- * miss); conntrack carries the rest, replies included.
+ * Policy is judged on the first packet of a connection (conntrack miss);
+ * conntrack carries the rest, replies included, until the policy revision
+ * changes: then the flow's next packet has it judged again
+ * (mb_flow_recheck), as its first packet would be judged now.
  */
 #ifndef MB_LIB_FLOW_H
 #define MB_LIB_FLOW_H
@@ -14,6 +16,8 @@
 #include "../types.h"
 #include "../maps.h"
 #include "conntrack.h"
+#include "endpoints.h"
+#include "ipcache.h"
 #include "policy.h"
 #include "events.h"
 #include "drop.h"
@@ -50,7 +54,9 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_ct
 {
 	struct mb_flow_event *ev;
 	__u16 policy_flags = 0;
-	__u32 rule_ref;
+	/* Read before judging: a revision bumped meanwhile makes the next
+	 * packet judge the flow again, against maps that are complete. */
+	__u32 rule_ref, policy_rev = mb_policy_revision();
 
 	ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex, hook_dir);
 	if (ev) {
@@ -82,9 +88,104 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_ct
 	mb_event_policy(ev, hook_ep->endpoint_id, 0, hook_dir);
 	if (l4 != MB_L4_TRACKED)
 		return 0;
-	if (mb_ct_create(tuple, tcp_flags, skb->len, src_identity, dst_identity, policy_flags) < 0)
+	if (mb_ct_create(tuple, tcp_flags, skb->len, src_identity, dst_identity, policy_flags,
+			 policy_rev) < 0)
 		return mb_drop_flow(ev, MB_DROP_CT_CREATE_FAILED, hook_dir);
 	mb_event_emit(ev, MB_EVENT_TRACE_NEW);
+	return 0;
+}
+
+/* A local pod's endpoint entry for ip4, or 0 (the host, another node, the outside). */
+static __always_inline struct mb_endpoint_info *mb_local_pod(__be32 ip4)
+{
+	struct mb_endpoint_info *ep = mb_lookup_endpoint(ip4);
+
+	return ep && mb_endpoint_is_local_pod(ep) ? ep : 0;
+}
+
+/*
+ * A packet of a known flow (ct: MB_CT_ESTABLISHED or MB_CT_REPLY, entry its
+ * conntrack entry). If the policy changed since the flow was judged, judge
+ * it again as its first packet would be judged now: egress of the initiator
+ * if it is a local pod, ingress of the responder if it is one, identities
+ * from the endpoints map and the ipcache (a peer the ipcache does not know
+ * keeps the identity it was judged with, e.g. the VNI's of a pod another
+ * node just started). Allowed: the entry takes the current revision.
+ * Denied: the entry is deleted and the packet dropped with the policy
+ * reason, so neither side of the flow gets through any more. Returns 0 or
+ * a drop code. One array lookup per packet while nothing changes.
+ */
+static __always_inline int mb_flow_recheck(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
+					       int ct, __u8 tcp_flags, struct mb_ct_entry *entry,
+					       __u8 hook_dir, __u32 ifindex)
+{
+	struct mb_ct_tuple4 orig = {};
+	struct mb_endpoint_info *src, *dst;
+	struct mb_ipcache_value *cached;
+	struct mb_flow_event *ev;
+	__u32 rule_ref, src_identity, dst_identity, policy_rev = mb_policy_revision();
+	int verdict;
+
+	if (!entry || entry->policy_rev == policy_rev)
+		return 0;
+	if (ct == MB_CT_REPLY) {
+		mb_ct_reverse(tuple, &orig);
+	} else {
+		orig.saddr = tuple->saddr;
+		orig.daddr = tuple->daddr;
+		orig.sport = tuple->sport;
+		orig.dport = tuple->dport;
+		orig.nexthdr = tuple->nexthdr;
+	}
+	src = mb_local_pod(orig.saddr);
+	dst = mb_local_pod(orig.daddr);
+	if (src) {
+		src_identity = src->sec_identity;
+	} else {
+		cached = mb_ipcache_lookup(orig.saddr);
+		src_identity = cached ? cached->sec_identity : entry->src_identity;
+	}
+	if (dst) {
+		dst_identity = dst->sec_identity;
+	} else {
+		cached = mb_ipcache_lookup(orig.daddr);
+		dst_identity = cached ? cached->sec_identity : entry->dst_identity;
+	}
+	if (src) {
+		verdict = mb_policy_judge(src->endpoint_id, MB_DIR_EGRESS, dst_identity,
+					  mb_cidr_identity(orig.daddr), &orig, &rule_ref);
+		if (verdict != MB_POLICY_ALLOW) {
+			mb_ct4_v2.delete(&orig);
+			ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex,
+					    hook_dir);
+			if (ev) {
+				ev->is_reply = ct == MB_CT_REPLY;
+				ev->src_identity = ev->is_reply ? dst_identity : src_identity;
+				ev->dst_identity = ev->is_reply ? src_identity : dst_identity;
+			}
+			mb_event_policy(ev, src->endpoint_id, rule_ref, MB_DIR_EGRESS);
+			return mb_drop_flow(ev, MB_DROP_POLICY_EGRESS, MB_DIR_EGRESS);
+		}
+	}
+	if (dst) {
+		verdict = mb_policy_judge(dst->endpoint_id, MB_DIR_INGRESS, src_identity,
+					  mb_cidr_identity(orig.saddr), &orig, &rule_ref);
+		if (verdict != MB_POLICY_ALLOW) {
+			mb_ct4_v2.delete(&orig);
+			ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex,
+					    hook_dir);
+			if (ev) {
+				ev->is_reply = ct == MB_CT_REPLY;
+				ev->src_identity = ev->is_reply ? dst_identity : src_identity;
+				ev->dst_identity = ev->is_reply ? src_identity : dst_identity;
+			}
+			mb_event_policy(ev, dst->endpoint_id, rule_ref, MB_DIR_INGRESS);
+			return mb_drop_flow(ev, MB_DROP_POLICY_INGRESS, MB_DIR_INGRESS);
+		}
+	}
+	entry->policy_rev = policy_rev;
+	entry->src_identity = src_identity;
+	entry->dst_identity = dst_identity;
 	return 0;
 }
 

@@ -3,7 +3,10 @@
 Subscribes with the last version it applied (and the stream id that version belongs to), so a
 reconnect to the same operator gets only the missing deltas and anything else gets a snapshot.
 Each complete update goes to `apply`; once `apply` returns, the version is acked (that is what
-the operator's propagation histogram measures) and becomes the resume point. Connection
+the operator's propagation histogram measures) and becomes the resume point. `apply` may
+return the version it enforces instead (lower when the agent could not enforce this update,
+e.g. a map would overflow): that is what gets acked, so the operator never counts a node as
+enforcing what it does not. Connection
 failures reconnect with exponential backoff and jitter; the backoff resets after an update.
 
 Acks go on the Subscribe stream itself when the operator says it takes them (initial metadata
@@ -40,7 +43,7 @@ STREAM_ACKS_KEY = "membrane-stream-acks"  # initial metadata of an operator that
 
 
 class StateClient:
-    def __init__(self, target: str, node_name: str, apply: Callable[[StateUpdate], None],
+    def __init__(self, target: str, node_name: str, apply: Callable[[StateUpdate], int | None],
                  last_version: int = 0, stream_id: str = "",
                  backoff: Backoff | None = None, ack: bool = True) -> None:
         self.target = target
@@ -123,20 +126,21 @@ class StateClient:
                 else:
                     update = StateUpdate(message.version, message.stream_id, False, changes,
                                          message.base_version or message.version - 1)
-                self.apply(update)
+                enforced = self.apply(update)
+                ack_version = update.version if enforced is None else min(enforced, update.version)
                 self.last_version, self.stream_id = update.version, update.stream_id
                 self.backoff.reset()
-                if self.auto_ack:
+                if self.auto_ack and ack_version > 0:
                     if stream_acks is None:
                         stream_acks = any(key == STREAM_ACKS_KEY
                                           for key, _ in call.initial_metadata() or ())
                     if stream_acks:
-                        acks.put(update.version)
+                        acks.put(ack_version)
                         continue
                     try:
-                        self.ack(update.version)
+                        self.ack(ack_version)
                     except grpc.RpcError as exc:  # the next ack covers this version too
-                        log.info("state ack %d failed: %s", update.version, exc)
+                        log.info("state ack %d failed: %s", ack_version, exc)
         finally:
             acks.put(None)  # ends the request stream
             call.cancel()  # no-op when it already ended; else (apply failed) the server lets go

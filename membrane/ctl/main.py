@@ -2,8 +2,9 @@
 
 Exit codes (stable, for scripts): 0 success; 1 an error (the agent refused or could not be
 reached, a file could not be read); 2 a usage error (unknown command or option, bad value);
-3 the answer is "no": `policy trace` found the connection denied (and reserved for "not
-enforced in time" answers). Output cut short by its reader (`| head`) is not an error.
+3 the answer is "no": `policy trace` found the connection denied, or `apply --wait` /
+`delete --wait` found the change not enforced on every node within `--timeout` (one line
+names the nodes). Output cut short by its reader (`| head`) is not an error.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ from .tables import render_table
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO = 0, 1, 2, 3
 OUTPUTS = ("table", "json", "yaml")
+NOT_ENFORCED = 504  # the agent's API code for "not enforced within the timeout" (exits EXIT_NO)
+MAX_WAIT_SECONDS = 3600.0
+
+
+def _wait_seconds(text: str) -> float:
+    """--timeout: seconds in (0, 3600] (a bad value is a usage error)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds <= MAX_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_WAIT_SECONDS:g}] seconds, got {text}")
+    return seconds
 
 
 def _load_documents(path: str) -> list[Any]:
@@ -72,7 +86,7 @@ _COLUMNS["identity get"] = _COLUMNS["identity list"]
 
 
 _EPILOG = ("-o/--output may be given anywhere on the command line. Exit codes: 0 success, 1 error, "
-           "2 usage error, 3 denied (policy trace; reserved for 'not enforced in time').")
+           "2 usage error, 3 denied (policy trace) or not enforced in time (apply/delete --wait).")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     for verb in ("apply", "delete"):
         p = sub.add_parser(verb, help=f"{verb} Kubernetes-format objects (standalone mode)")
         p.add_argument("-f", "--filename", action="append", required=True, help="YAML/JSON file, folder or -")
+        p.add_argument("--wait", action="store_true",
+                       help="return only once every affected node enforces the change (new and established "
+                            "connections); exit 3 naming the nodes that did not within --timeout")
+        p.add_argument("--timeout", type=_wait_seconds, default=30.0,
+                       help="seconds --wait waits at most (default 30)")
     pol = sub.add_parser("policy", help="NetworkPolicies as this node enforces them")
     pol_sub = pol.add_subparsers(dest="action", required=True)
     pol_sub.add_parser("list")
@@ -169,7 +188,12 @@ def run(argv: list[str] | None = None) -> int:
             result, key = request("endpoint.list", args.socket), "endpoint list"
         elif args.command in ("apply", "delete"):
             docs = _documents(args.filename)
-            result, key = request(args.command, args.socket, objects=docs), args.command
+            if args.wait:
+                result = request(args.command, args.socket, timeout=args.timeout + 30.0, objects=docs,
+                                 wait=True, timeout_seconds=args.timeout)
+            else:
+                result = request(args.command, args.socket, objects=docs)
+            key = args.command
         elif args.command == "policy":
             key = f"policy {args.action}"
             extra = {"name": args.name} if args.action == "get" else \
@@ -186,6 +210,8 @@ def run(argv: list[str] | None = None) -> int:
             result, key = request(op, args.socket), f"bpf {args.map}"
     except AgentError as exc:
         print(f"error: {exc.msg}", file=sys.stderr)
+        if exc.code == NOT_ENFORCED:
+            return EXIT_NO
         if isinstance(exc.details, list):
             for line in exc.details:
                 print(f"  {line}", file=sys.stderr)
@@ -201,6 +227,11 @@ def run(argv: list[str] | None = None) -> int:
     denied = key == "policy trace" and result.get("verdict") != "allow"
     if args.output in ("json", "yaml"):
         _print(result, args.output)
+    elif key in ("apply", "delete") and isinstance(result, dict):  # --wait
+        sys.stdout.write(render_table(result["objects"], _COLUMNS[key]))
+        nodes = result["enforced"]
+        print(f"enforced on {len(nodes)}/{len(nodes) + len(result['pending'])} node(s) "
+              f"({', '.join(nodes)}) as version {result['version']}")
     elif key == "policy trace":
         print("\n".join(result["lines"]))
     elif key == "policy get":

@@ -23,8 +23,21 @@ class FakePolicyMaps:
         self.writes = 0
         self.log: list[str] = []
         self.check: Callable[[], None] = lambda: None
+        self.capacities: dict[str, int] = {}  # role -> max entries; a write beyond fails as the kernel's would
+        self.revision = 0
+
+    def capacity(self, role: str) -> int | None:
+        return self.capacities.get(role)
+
+    def bump_policy_revision(self) -> int:
+        self.revision += 1
+        self.log.append(f"revision={self.revision}")
+        return self.revision
 
     def _write(self, name: str, table: dict[Any, Any], delta: Delta[Hashable, Any]) -> None:
+        limit = self.capacities.get(name)
+        if limit is not None and len(table.keys() | delta.upserts.keys()) > limit:
+            raise OSError(28, f"{name} map full")  # ENOSPC, what the kernel answers
         table.update(delta.upserts)
         for key in delta.deletes:
             del table[key]

@@ -20,6 +20,12 @@ class Maps:
     def __init__(self) -> None:
         self.ipcache: dict[IPv4Network, object] = {}
 
+    def capacity(self, role: str) -> int | None:
+        return None
+
+    def bump_policy_revision(self) -> int:
+        return 1
+
     def read_policy(self) -> dict:  # type: ignore[type-arg]
         return {}
 

@@ -135,8 +135,10 @@ def test_write_order_never_leaves_a_gap(tmp_path: Path) -> None:
     c.maps.log.clear()
     c.mgr.on_policy(ObjectRef("shop", "p"), allow_from("shop", "p", {"app": "web"}, port=81))
     c.mgr.apply()
-    assert c.maps.log == ["policy+2-0", "ipcache+0-0", "ipcache+0-0", "policy+0-1"] or \
-        c.maps.log[0].startswith("policy+") and c.maps.log[-1].startswith("policy+0-")
+    # New entries first, stale ones last, and only then the revision (established flows are
+    # judged again against maps that are complete).
+    assert c.maps.log[0].startswith("policy+") and c.maps.log[-2].startswith("policy+0-")
+    assert c.maps.log[-1] == f"revision={c.maps.revision}" and c.mgr.revision == c.maps.revision
 
 
 def test_host_is_allowed_into_isolated_pods_unless_configured(tmp_path: Path) -> None:
@@ -202,8 +204,10 @@ def test_ip_block_selects_pod_addresses_through_the_cidr_map_without_a_gap(tmp_p
     c.mgr.on_policy(ref, from_block("10.0.0.0/30", "10.0.0.3/32"))  # new prefix identities
     c.mgr.apply()
     assert seen and all(seen), seen
-    # New entries, then prefixes (ipcache, CIDR map), then stale prefixes, then stale entries.
-    assert c.maps.log == ["policy+1-0", "ipcache+1-0", "cidr+1-0", "ipcache+0-1", "cidr+0-1", "policy+0-1"]
+    # New entries, then prefixes (ipcache, CIDR map), then stale prefixes, then stale entries,
+    # then the policy revision (established flows are judged again).
+    assert c.maps.log == ["policy+1-0", "ipcache+1-0", "cidr+1-0", "ipcache+0-1", "cidr+0-1", "policy+0-1",
+                          f"revision={c.maps.revision}"]
     assert not c.allowed(OTHER, DB)
     c.mgr.on_policy(ref, from_block("10.0.0.0/30"))
     c.mgr.apply()
