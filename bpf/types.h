@@ -78,6 +78,11 @@ struct mb_ct_tuple4 {
 #define MB_CT_F_RX_CLOSING 0x4 /* FIN or RST seen from the responder */
 #define MB_CT_F_POLICY_EGRESS 0x8   /* egress policy of the initiator allowed the flow */
 #define MB_CT_F_POLICY_INGRESS 0x10 /* ingress policy of the responder allowed the flow */
+/* Judged again after a policy change and denied: every packet of the flow, either way, is
+ * dropped until the policy changes again. The entry is kept (not deleted) so that a later
+ * packet of the responder cannot open the flow anew in the other orientation. */
+#define MB_CT_F_DENIED_EGRESS 0x20
+#define MB_CT_F_DENIED_INGRESS 0x40
 
 /* "tx" is the original direction (initiator -> responder), "rx" the reply. */
 struct mb_ct_entry {

@@ -65,6 +65,8 @@ class CtFlag(enum.IntFlag):
     RX_CLOSING = 0x4
     POLICY_EGRESS = 0x8  # the initiator's egress policy allowed the flow
     POLICY_INGRESS = 0x10  # the responder's ingress policy allowed the flow
+    DENIED_EGRESS = 0x20  # judged again after a policy change: denied, every packet dropped
+    DENIED_INGRESS = 0x40
 
 
 MacBytes = ctypes.c_uint8 * 6

@@ -44,11 +44,16 @@ enum mb_ct_status {
 };
 
 #define MB_CT_F_CLOSING (MB_CT_F_TX_CLOSING | MB_CT_F_RX_CLOSING)
+#define MB_CT_F_DENIED (MB_CT_F_DENIED_EGRESS | MB_CT_F_DENIED_INGRESS)
 
 static __always_inline __u32 mb_ct_lifetime(__u8 nexthdr, __u16 flags)
 {
 	if (nexthdr != MB_IPPROTO_TCP)
 		return MB_CT_LIFETIME_NONTCP;
+	/* A denied flow keeps its orientation as long as an established one would
+	 * live, however its peers try to close it. */
+	if (flags & MB_CT_F_DENIED)
+		return MB_CT_LIFETIME_TCP;
 	if (flags & MB_CT_F_CLOSING)
 		return MB_CT_CLOSE_TIMEOUT;
 	if (!(flags & MB_CT_F_SEEN_REPLY))
@@ -98,9 +103,10 @@ static __always_inline int mb_ct_lookup(const struct mb_ct_tuple4 *tuple, __u8 t
 	*found = entry;
 	if (entry) {
 		flags = entry->flags;
-		/* A fresh SYN on a closing flow is the 5-tuple being reused: a new
-		 * connection, judged by the policy of now (mb_ct_create overwrites). */
-		if (is_tcp && (flags & MB_CT_F_CLOSING) &&
+		/* A fresh SYN on a closing (or denied) flow is the 5-tuple being
+		 * reused: a new connection, judged by the policy of now
+		 * (mb_ct_create overwrites the entry if it is allowed). */
+		if (is_tcp && (flags & (MB_CT_F_CLOSING | MB_CT_F_DENIED)) &&
 		    (tcp_flags & (MB_TCP_SYN | MB_TCP_ACK)) == MB_TCP_SYN)
 			return MB_CT_NEW;
 		if (is_tcp)

@@ -103,6 +103,31 @@ static __always_inline struct mb_endpoint_info *mb_local_pod(__be32 ip4)
 	return ep && mb_endpoint_is_local_pod(ep) ? ep : 0;
 }
 
+/* Drop a packet of a known flow the current policy denies: the entry remembers the
+ * denial (MB_CT_F_DENIED_*) until the policy changes again. */
+static __always_inline int mb_flow_deny(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
+					    int ct, __u8 tcp_flags, struct mb_ct_entry *entry,
+					    __u16 endpoint_id, __u32 rule_ref, __u8 direction,
+					    __u32 src_identity, __u32 dst_identity, __u32 policy_rev,
+					    __u8 hook_dir, __u32 ifindex)
+{
+	struct mb_flow_event *ev;
+	__u16 flags = entry->flags & ~(MB_CT_F_POLICY_EGRESS | MB_CT_F_POLICY_INGRESS | MB_CT_F_DENIED);
+
+	entry->flags = flags | (direction == MB_DIR_EGRESS ? MB_CT_F_DENIED_EGRESS : MB_CT_F_DENIED_INGRESS);
+	entry->lifetime_s = mb_ct_lifetime(tuple->nexthdr, entry->flags);
+	entry->policy_rev = policy_rev;
+	ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex, hook_dir);
+	if (ev) {
+		ev->is_reply = ct == MB_CT_REPLY;
+		ev->src_identity = ev->is_reply ? dst_identity : src_identity;
+		ev->dst_identity = ev->is_reply ? src_identity : dst_identity;
+	}
+	mb_event_policy(ev, endpoint_id, rule_ref, direction);
+	return mb_drop_flow(ev, direction == MB_DIR_EGRESS ? MB_DROP_POLICY_EGRESS : MB_DROP_POLICY_INGRESS,
+			    direction);
+}
+
 /*
  * A packet of a known flow (ct: MB_CT_ESTABLISHED or MB_CT_REPLY, entry its
  * conntrack entry). If the policy changed since the flow was judged, judge
@@ -111,9 +136,12 @@ static __always_inline struct mb_endpoint_info *mb_local_pod(__be32 ip4)
  * from the endpoints map and the ipcache (a peer the ipcache does not know
  * keeps the identity it was judged with, e.g. the VNI's of a pod another
  * node just started). Allowed: the entry takes the current revision.
- * Denied: the entry is deleted and the packet dropped with the policy
- * reason, so neither side of the flow gets through any more. Returns 0 or
- * a drop code. One array lookup per packet while nothing changes.
+ * Denied: the packet is dropped with the policy reason and the entry marked
+ * denied, so every later packet of the flow, either way, is dropped too
+ * until the policy changes again (the entry is kept rather than deleted:
+ * else the responder's next packet would open the flow anew, judged as a
+ * connection of its own). Returns 0 or a drop code. One array lookup per
+ * packet while nothing changes.
  */
 static __always_inline int mb_flow_recheck(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
 					       int ct, __u8 tcp_flags, struct mb_ct_entry *entry,
@@ -122,12 +150,19 @@ static __always_inline int mb_flow_recheck(struct __sk_buff *skb, const struct m
 	struct mb_ct_tuple4 orig = {};
 	struct mb_endpoint_info *src, *dst;
 	struct mb_ipcache_value *cached;
-	struct mb_flow_event *ev;
 	__u32 rule_ref, src_identity, dst_identity, policy_rev = mb_policy_revision();
+	__u16 policy_flags = 0;
 	int verdict;
 
-	if (!entry || entry->policy_rev == policy_rev)
+	if (!entry)
 		return 0;
+	if (entry->policy_rev == policy_rev) {
+		if (entry->flags & MB_CT_F_DENIED_EGRESS)
+			return mb_drop(MB_DROP_POLICY_EGRESS, MB_DIR_EGRESS);
+		if (entry->flags & MB_CT_F_DENIED_INGRESS)
+			return mb_drop(MB_DROP_POLICY_INGRESS, MB_DIR_INGRESS);
+		return 0;
+	}
 	if (ct == MB_CT_REPLY) {
 		mb_ct_reverse(tuple, &orig);
 	} else {
@@ -154,35 +189,24 @@ static __always_inline int mb_flow_recheck(struct __sk_buff *skb, const struct m
 	if (src) {
 		verdict = mb_policy_judge(src->endpoint_id, MB_DIR_EGRESS, dst_identity,
 					  mb_cidr_identity(orig.daddr), &orig, &rule_ref);
-		if (verdict != MB_POLICY_ALLOW) {
-			mb_ct4_v2.delete(&orig);
-			ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex,
-					    hook_dir);
-			if (ev) {
-				ev->is_reply = ct == MB_CT_REPLY;
-				ev->src_identity = ev->is_reply ? dst_identity : src_identity;
-				ev->dst_identity = ev->is_reply ? src_identity : dst_identity;
-			}
-			mb_event_policy(ev, src->endpoint_id, rule_ref, MB_DIR_EGRESS);
-			return mb_drop_flow(ev, MB_DROP_POLICY_EGRESS, MB_DIR_EGRESS);
-		}
+		if (verdict != MB_POLICY_ALLOW)
+			return mb_flow_deny(skb, tuple, ct, tcp_flags, entry, src->endpoint_id, rule_ref,
+					    MB_DIR_EGRESS, src_identity, dst_identity, policy_rev,
+					    hook_dir, ifindex);
+		policy_flags |= MB_CT_F_POLICY_EGRESS;
 	}
 	if (dst) {
 		verdict = mb_policy_judge(dst->endpoint_id, MB_DIR_INGRESS, src_identity,
 					  mb_cidr_identity(orig.saddr), &orig, &rule_ref);
-		if (verdict != MB_POLICY_ALLOW) {
-			mb_ct4_v2.delete(&orig);
-			ev = mb_event_start(MB_EVENT_POLICY_VERDICT, tuple, tcp_flags, skb->len, ifindex,
-					    hook_dir);
-			if (ev) {
-				ev->is_reply = ct == MB_CT_REPLY;
-				ev->src_identity = ev->is_reply ? dst_identity : src_identity;
-				ev->dst_identity = ev->is_reply ? src_identity : dst_identity;
-			}
-			mb_event_policy(ev, dst->endpoint_id, rule_ref, MB_DIR_INGRESS);
-			return mb_drop_flow(ev, MB_DROP_POLICY_INGRESS, MB_DIR_INGRESS);
-		}
+		if (verdict != MB_POLICY_ALLOW)
+			return mb_flow_deny(skb, tuple, ct, tcp_flags, entry, dst->endpoint_id, rule_ref,
+					    MB_DIR_INGRESS, src_identity, dst_identity, policy_rev,
+					    hook_dir, ifindex);
+		policy_flags |= MB_CT_F_POLICY_INGRESS;
 	}
+	entry->flags = (entry->flags & ~(MB_CT_F_POLICY_EGRESS | MB_CT_F_POLICY_INGRESS | MB_CT_F_DENIED)) |
+		       policy_flags;
+	entry->lifetime_s = mb_ct_lifetime(orig.nexthdr, entry->flags);
 	entry->policy_rev = policy_rev;
 	entry->src_identity = src_identity;
 	entry->dst_identity = dst_identity;

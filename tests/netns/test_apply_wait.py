@@ -181,8 +181,8 @@ def test_probes_right_after_apply_wait_never_see_a_stale_verdict(shop) -> None: 
 
 
 def test_established_tcp_flow_is_cut_by_a_deny_and_kept_by_an_allow(shop) -> None:  # type: ignore[no-untyped-def]
-    """An open TCP connection survives policy changes that still allow it (re-judged: allowed),
-    and carries nothing either way once a change denies it."""
+    """An open TCP connection survives policy changes that still allow it (judged again:
+    allowed), and carries nothing either way once a change denies it."""
     node, server, client = shop
     request("apply", node.socket, objects=[db_policy(True)], wait=True)
     web, db = node.pods["web"], node.pods["db"]
@@ -222,6 +222,12 @@ while (d := c.recv(64)):
                 assert conn.ask_line(f"k{i}") == f"k{i}"
             request("apply", node.socket, objects=[db_policy(True)], wait=True)  # 7001 no longer allowed
             assert conn.ask_line("b") == "fail"
+            # Either side's later packets (retransmissions, the server's ACKs) cannot reopen the
+            # flow in the other orientation: the entry stays, marked denied.
+            time.sleep(0.5)
+            assert conn.ask_line("c") == "fail"
+            flows = [f for f in node.api("bpf.ct") if 7001 in (f["sport"], f["dport"])]
+            assert flows and all("DENIED_INGRESS" in f["flags"] for f in flows), flows
             before = {(r["reason"], r["direction"]): r["packets"] for r in node.api("bpf.metrics")}
             assert before.get(("drop_policy_ingress", "ingress"), 0) > 0
         finally:
