@@ -14,11 +14,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from membrane.api.observer.v1 import observer_pb2 as pb
 from membrane.flows import Direction, Endpoint, Flow, FlowFilter, FlowType, Verdict
 
-_VERDICT_TO_PB = {Verdict.FORWARDED: pb.FORWARDED, Verdict.DROPPED: pb.DROPPED}
+_VERDICT_TO_PB = {Verdict.FORWARDED: pb.VERDICT_FORWARDED, Verdict.DROPPED: pb.VERDICT_DROPPED}
 _VERDICT_FROM_PB = {v: k for k, v in _VERDICT_TO_PB.items()}
-_TYPE_TO_PB = {FlowType.DROP: pb.DROP, FlowType.POLICY_VERDICT: pb.POLICY_VERDICT, FlowType.TRACE: pb.TRACE}
+_TYPE_TO_PB = {FlowType.DROP: pb.FLOW_TYPE_DROP, FlowType.POLICY_VERDICT: pb.FLOW_TYPE_POLICY_VERDICT,
+               FlowType.TRACE: pb.FLOW_TYPE_TRACE}
 _TYPE_FROM_PB = {v: k for k, v in _TYPE_TO_PB.items()}
-_DIR_TO_PB = {Direction.INGRESS: pb.INGRESS, Direction.EGRESS: pb.EGRESS}
+_DIR_TO_PB = {Direction.INGRESS: pb.TRAFFIC_DIRECTION_INGRESS, Direction.EGRESS: pb.TRAFFIC_DIRECTION_EGRESS}
 _DIR_FROM_PB = {v: k for k, v in _DIR_TO_PB.items()}
 
 # FlowFilter fields spelled the same in both forms (everything but the enum and node fields).

@@ -113,7 +113,7 @@ class StateClient:
         try:
             for message in call:
                 changes = [change_from_pb(c) for c in message.changes]
-                snapshot = message.type == pb.StateUpdate.SNAPSHOT
+                snapshot = message.type == pb.StateUpdate.TYPE_SNAPSHOT
                 if pending is not None and (not snapshot or message.version != pending.version):
                     raise ValueError("snapshot interrupted by another update")
                 if snapshot and pending is None:

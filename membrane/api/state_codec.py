@@ -44,7 +44,7 @@ def _key_object(key: StateKey) -> StateObject:
 
 def change_to_pb(change: Change) -> pb.Change:
     obj = change.obj if change.obj is not None else _key_object(change.key)
-    message = pb.Change(op=pb.Change.UPSERT if change.obj is not None else pb.Change.DELETE)
+    message = pb.Change(op=pb.Change.OP_UPSERT if change.obj is not None else pb.Change.OP_DELETE)
     if isinstance(obj, EndpointState):
         message.endpoint.CopyFrom(pb.Endpoint(
             namespace=obj.namespace, name=obj.name, ips=obj.ips, identity=obj.identity,
@@ -86,7 +86,7 @@ def change_from_pb(message: pb.Change) -> Change:
     else:
         raise ValueError(f"change without an object: {message!r}")
     key = (obj.kind, obj.key)
-    return Change(key, obj if message.op == pb.Change.UPSERT else None)
+    return Change(key, obj if message.op == pb.Change.OP_UPSERT else None)
 
 
 def snapshot_messages(version: int, stream_id: str,
@@ -95,12 +95,12 @@ def snapshot_messages(version: int, stream_id: str,
     changes = [change_to_pb(Change((o.kind, o.key), o)) for o in objects]
     chunks = [changes[i:i + SNAPSHOT_CHUNK] for i in range(0, len(changes), SNAPSHOT_CHUNK)] or [[]]
     for index, chunk in enumerate(chunks):
-        yield pb.StateUpdate(version=version, stream_id=stream_id, type=pb.StateUpdate.SNAPSHOT,
+        yield pb.StateUpdate(version=version, stream_id=stream_id, type=pb.StateUpdate.TYPE_SNAPSHOT,
                              more=index < len(chunks) - 1, changes=chunk)
 
 
 def delta_message(version: int, stream_id: str, changes: Iterable[Change]) -> pb.StateUpdate:
-    return pb.StateUpdate(version=version, stream_id=stream_id, type=pb.StateUpdate.DELTA,
+    return pb.StateUpdate(version=version, stream_id=stream_id, type=pb.StateUpdate.TYPE_DELTA,
                           changes=[change_to_pb(c) for c in changes])
 
 
@@ -134,7 +134,7 @@ def update_bytes(version: int, stream_id: str, snapshot: bool, encoded_changes: 
                  more: bool = False) -> bytes:
     """A serialized StateUpdate from changes already encoded by `encode_change`."""
     header = pb.StateUpdate(version=version, stream_id=stream_id, more=more,
-                            type=pb.StateUpdate.SNAPSHOT if snapshot else pb.StateUpdate.DELTA)
+                            type=pb.StateUpdate.TYPE_SNAPSHOT if snapshot else pb.StateUpdate.TYPE_DELTA)
     return header.SerializeToString() + b"".join(encoded_changes)
 
 

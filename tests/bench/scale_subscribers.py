@@ -44,7 +44,7 @@ def change_key(change: pb.Change) -> str:
         key = str(obj.id)
     else:
         key = obj.name
-    return f"{'U' if change.op == pb.Change.UPSERT else 'D'}:{which}:{key}"
+    return f"{'U' if change.op == pb.Change.OP_UPSERT else 'D'}:{which}:{key}"
 
 
 @dataclass
@@ -104,7 +104,7 @@ class Subscribers:
             received = time.monotonic()
             message = pb.StateUpdate.FromString(raw)
             pending_bytes += len(raw)
-            if message.type == pb.StateUpdate.SNAPSHOT and message.more:
+            if message.type == pb.StateUpdate.TYPE_SNAPSHOT and message.more:
                 continue
             size, pending_bytes = pending_bytes, 0
             if on_stream:
@@ -113,7 +113,7 @@ class Subscribers:
                 await ack(pb.AckRequest(node_name=name, version=message.version,
                                         stream_id=message.stream_id), timeout=30)
             done = time.monotonic()
-            if message.type == pb.StateUpdate.SNAPSHOT:
+            if message.type == pb.StateUpdate.TYPE_SNAPSHOT:
                 self.synced_at[name] = message.version
                 self.snapshot_bytes += size
                 if not self.synced_reported and len(self.synced_at) == len(self.names):

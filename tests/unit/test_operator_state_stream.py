@@ -235,7 +235,7 @@ def test_batched_delta_is_the_concatenation_with_a_base() -> None:
     [(version, wire)] = batched(wires)
     message = pb.StateUpdate.FromString(wire)
     assert (version, message.version, message.base_version) == (3, 3, 0)
-    assert message.type == pb.StateUpdate.DELTA and message.stream_id == log.stream_id
+    assert message.type == pb.StateUpdate.TYPE_DELTA and message.stream_id == log.stream_id
     assert [c.endpoint.name for c in message.changes] == ["p0", "p1", "p2"]
     assert batched(wires, limit=1) == wires  # over the size limit: one message each
     assert batched(wires[:1]) == wires[:1]
@@ -253,7 +253,7 @@ def test_old_client_form_unary_request_and_unary_ack(server: Server) -> None:
         call = subscribe(pb.SubscribeRequest(node_name="old"))
         messages = iter(call)
         first = next(messages)
-        assert first.type == pb.StateUpdate.SNAPSHOT
+        assert first.type == pb.StateUpdate.TYPE_SNAPSHOT
         assert wait_for(lambda: server.tracker.nodes == ["old"])
         versions = [server.put(endpoint(f"p{i}", f"10.200.0.{10 + i}")) for i in range(3)]
         got = [next(messages) for _ in versions]

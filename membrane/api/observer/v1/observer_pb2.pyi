@@ -9,32 +9,32 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    VERDICT_UNKNOWN: _ClassVar[Verdict]
-    FORWARDED: _ClassVar[Verdict]
-    DROPPED: _ClassVar[Verdict]
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_FORWARDED: _ClassVar[Verdict]
+    VERDICT_DROPPED: _ClassVar[Verdict]
 
 class FlowType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    FLOW_TYPE_UNKNOWN: _ClassVar[FlowType]
-    DROP: _ClassVar[FlowType]
-    POLICY_VERDICT: _ClassVar[FlowType]
-    TRACE: _ClassVar[FlowType]
+    FLOW_TYPE_UNSPECIFIED: _ClassVar[FlowType]
+    FLOW_TYPE_DROP: _ClassVar[FlowType]
+    FLOW_TYPE_POLICY_VERDICT: _ClassVar[FlowType]
+    FLOW_TYPE_TRACE: _ClassVar[FlowType]
 
 class TrafficDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    TRAFFIC_DIRECTION_UNKNOWN: _ClassVar[TrafficDirection]
-    INGRESS: _ClassVar[TrafficDirection]
-    EGRESS: _ClassVar[TrafficDirection]
-VERDICT_UNKNOWN: Verdict
-FORWARDED: Verdict
-DROPPED: Verdict
-FLOW_TYPE_UNKNOWN: FlowType
-DROP: FlowType
-POLICY_VERDICT: FlowType
-TRACE: FlowType
-TRAFFIC_DIRECTION_UNKNOWN: TrafficDirection
-INGRESS: TrafficDirection
-EGRESS: TrafficDirection
+    TRAFFIC_DIRECTION_UNSPECIFIED: _ClassVar[TrafficDirection]
+    TRAFFIC_DIRECTION_INGRESS: _ClassVar[TrafficDirection]
+    TRAFFIC_DIRECTION_EGRESS: _ClassVar[TrafficDirection]
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_FORWARDED: Verdict
+VERDICT_DROPPED: Verdict
+FLOW_TYPE_UNSPECIFIED: FlowType
+FLOW_TYPE_DROP: FlowType
+FLOW_TYPE_POLICY_VERDICT: FlowType
+FLOW_TYPE_TRACE: FlowType
+TRAFFIC_DIRECTION_UNSPECIFIED: TrafficDirection
+TRAFFIC_DIRECTION_INGRESS: TrafficDirection
+TRAFFIC_DIRECTION_EGRESS: TrafficDirection
 
 class Endpoint(_message.Message):
     __slots__ = ("identity", "identity_name", "namespace", "pod_name", "labels")

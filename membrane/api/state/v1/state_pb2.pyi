@@ -25,11 +25,11 @@ class StateUpdate(_message.Message):
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TYPE_UNSPECIFIED: _ClassVar[StateUpdate.Type]
-        SNAPSHOT: _ClassVar[StateUpdate.Type]
-        DELTA: _ClassVar[StateUpdate.Type]
+        TYPE_SNAPSHOT: _ClassVar[StateUpdate.Type]
+        TYPE_DELTA: _ClassVar[StateUpdate.Type]
     TYPE_UNSPECIFIED: StateUpdate.Type
-    SNAPSHOT: StateUpdate.Type
-    DELTA: StateUpdate.Type
+    TYPE_SNAPSHOT: StateUpdate.Type
+    TYPE_DELTA: StateUpdate.Type
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -49,11 +49,11 @@ class Change(_message.Message):
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[Change.Op]
-        UPSERT: _ClassVar[Change.Op]
-        DELETE: _ClassVar[Change.Op]
+        OP_UPSERT: _ClassVar[Change.Op]
+        OP_DELETE: _ClassVar[Change.Op]
     OP_UNSPECIFIED: Change.Op
-    UPSERT: Change.Op
-    DELETE: Change.Op
+    OP_UPSERT: Change.Op
+    OP_DELETE: Change.Op
     OP_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
