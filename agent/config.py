@@ -115,16 +115,65 @@ _FLAGS = {
 }
 
 
+# What `membrane-agent --help` says about each option: one entry per AgentConfig field (for a
+# boolean, what its --no-... flag does). tests/unit/test_agent_help.py fails when one is missing.
+HELP: dict[str, str] = {
+    "node_name": "this node's name (as in Kubernetes)",
+    "mode": "standalone (local store, embedded identity allocation) or kubernetes (the operator's "
+            "state stream)",
+    "operator_address": "the operator's state stream, unix:///path or HOST:PORT (kubernetes mode)",
+    "identity_wait_seconds": "how long a CNI ADD waits for the pod's identity to arrive",
+    "pod_cidr": "this node's pod address range (standalone mode; the operator assigns it otherwise)",
+    "cluster_cidr": "all pods' addresses: pod traffic to it is not masqueraded (standalone default: "
+                    "the pod CIDR)",
+    "state_dir": "where the agent keeps its state (endpoints, identities, the local store)",
+    "bpffs_root": "bpffs directory the datapath maps are pinned under",
+    "api_socket": "unix socket for the CNI plugin and membranectl (the observer's is next to it)",
+    "procfs": "a procfs whose sys/net is writable (e.g. the node's /proc mounted at /host/proc)",
+    "http_addr": "HOST:PORT of /healthz, /readyz and /metrics",
+    "masquerade": "--no-masquerade: pod traffic leaving the cluster keeps the pod's address",
+    "flow_events": "--no-flow-events: the datapath emits no flow events (counters still count)",
+    "flow_ring_size": "recent flows held in memory for the observer",
+    "observer_tcp": "HOST:PORT to serve the observer on besides its unix socket",
+    "allow_host_traffic": "--no-allow-host-traffic: the node's own traffic to pods obeys "
+                          "NetworkPolicy like any other peer",
+    "mtu": "pod interface MTU (default: the underlay's, less the VXLAN overhead when tunnelling)",
+    "tunnel": "cross-node pod traffic: vxlan (source identity in the VNI) or disabled",
+    "tunnel_device": "name of the VXLAN device",
+    "tunnel_port": "UDP port of the VXLAN tunnel",
+    "node_ip": "underlay address of this node (default: the source address of the default route)",
+    "log_level": "debug, info, warning or error",
+    "log_format": "json or text",
+    "kernel_headers": "kernel header tree for bcc (default: /lib/modules/$(uname -r)/build)",
+    "policy_map_entries": "capacity of the policy map (a change applies at the next start)",
+    "ipcache_map_entries": "capacity of the ipcache map (a change applies at the next start)",
+    "cidr_map_entries": "capacity of the ipBlock CIDR map (a change applies at the next start)",
+    "conntrack_gc_seconds": "period of the expired-conntrack sweep",
+    "resync_seconds": "period of the full resync that repairs drift between state and kernel",
+}
+
+
+def _help(key: str) -> str:
+    field = AgentConfig.model_fields[key]
+    default = "node's hostname" if field.default_factory is not None else field.default
+    shown = "not set" if default is None else default
+    text = HELP.get(key, "")
+    if field.annotation is bool:
+        return f"{text.partition(': ')[2] or text} (env MEMBRANE_{key.upper()}=false)".replace("%", "%%")
+    return f"{text} (default: {shown}; env MEMBRANE_{key.upper()})".replace("%", "%%")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="membrane-agent", description="membrane node agent")
-    parser.add_argument("--config", help="YAML or JSON config file (keys as in AgentConfig)")
+    parser = argparse.ArgumentParser(
+        prog="membrane-agent", description="membrane node agent: the datapath, the CNI endpoint "
+        "manager, policy, flows and metrics of one node.",
+        epilog="Precedence: defaults < --config file < MEMBRANE_<OPTION> environment < flags.")
+    parser.add_argument("--config", help="YAML or JSON config file (keys as in AgentConfig; env MEMBRANE_CONFIG)")
     for key, flag in _FLAGS.items():
-        parser.add_argument(flag, dest=key, default=None)
-    parser.add_argument("--no-flow-events", dest="flow_events", action="store_false", default=None,
-                        help="the datapath emits no flow events (counters still count)")
-    parser.add_argument("--no-masquerade", dest="masquerade", action="store_false", default=None)
-    parser.add_argument("--no-allow-host-traffic", dest="allow_host_traffic", action="store_false", default=None,
-                        help="the node's own traffic to pods obeys NetworkPolicy like any other peer")
+        parser.add_argument(flag, dest=key, default=None, help=_help(key))
+    for key in ("flow_events", "masquerade", "allow_host_traffic"):
+        parser.add_argument("--no-" + key.replace("_", "-"), dest=key, action="store_false", default=None,
+                            help=_help(key))
     return parser
 
 
