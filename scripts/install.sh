@@ -9,6 +9,7 @@ stamp=$venv/.membrane-installed
 # prometheus: its promtool checks the metrics exposition in the tests.
 apt_pkgs=(clang llvm python3-bpfcc bpfcc-tools libbpf-dev iproute2 iptables nftables
           python3-venv python3-dev linux-headers-amd64 containernetworking-plugins golang-go
+          golang-github-appc-cni-dev
           iperf3 sockperf tcpdump ethtool procps psmisc curl iputils-ping util-linux prometheus)
 
 need_apt=0
