@@ -285,6 +285,9 @@ class Netlink:
 
     def shape_pod(self, netns: str, ifname: str, limits: BandwidthLimits) -> tuple[str, str] | None:
         """Apply (or re-apply) the limits; returns the IFB's (name, MAC) when ingress is shaped."""
+        return self._owned(lambda _: self._shape(netns, ifname, limits))  # NetNS sockets are per thread
+
+    def _shape(self, netns: str, ifname: str, limits: BandwidthLimits) -> tuple[str, str] | None:
         pod = NetNS(netns)
         try:
             (idx,) = pod.link_lookup(ifname=ifname)
@@ -313,6 +316,9 @@ class Netlink:
 
     def unshape_pod(self, netns: str, ifname: str) -> None:
         """Remove the pod's IFB (the qdiscs go with the pod interface); nothing if it is gone."""
+        self._owned(lambda _: self._unshape(netns, ifname))
+
+    def _unshape(self, netns: str, ifname: str) -> None:
         try:
             pod = NetNS(netns)
         except (OSError, NetlinkError):
@@ -335,14 +341,16 @@ class Netlink:
                     return int(qdisc.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"])
             return None
 
-        try:
-            pod = NetNS(netns)
-        except (OSError, NetlinkError):
-            return {"egress": None, "ingress": None}
-        try:
-            return {"egress": rate(pod, ifname), "ingress": rate(pod, self.ifb_name(ifname))}
-        finally:
-            pod.close()
+        def look(_: IPRoute) -> dict[str, int | None]:
+            try:
+                pod = NetNS(netns)
+            except (OSError, NetlinkError):
+                return {"egress": None, "ingress": None}
+            try:
+                return {"egress": rate(pod, ifname), "ingress": rate(pod, self.ifb_name(ifname))}
+            finally:
+                pod.close()
+        return self._owned(look)
 
     def host_addresses(self) -> list[str]:
         """The node's own IPv4 addresses (its identity is HOST), loopback aside."""
