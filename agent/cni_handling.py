@@ -18,7 +18,8 @@ from membrane.bandwidth import BandwidthLimits, parse_bandwidth
 from membrane.ipam import IpamExhausted
 
 from .endpoints import Endpoint, EndpointManager
-from .netlinking import GATEWAY, Netlink
+from . import failpoints
+from .netlinking import GATEWAY, LinkExists, Netlink, netns_problem
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IFNAME_BAD = re.compile(r"[/\s:]")
@@ -55,7 +56,9 @@ class CniHandler:
             _validate_names(container_id, ifname)
         try:
             if command == "ADD":
-                return self.add(conf, container_id, ifname, str(req.get("netns", "")), req.get("args") or {})
+                args = req.get("args") or {}
+                with failpoints.armed(args):
+                    return self.add(conf, container_id, ifname, str(req.get("netns", "")), args)
             if command == "DEL":
                 self._unshape(str(req.get("netns", "")), ifname)
                 self.endpoints.delete(container_id, ifname)
@@ -71,6 +74,11 @@ class CniHandler:
                 return self.gc(conf)
         except CniError:
             raise
+        except LinkExists as exc:
+            if exc.side == "pod":
+                raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname} is taken: {exc.strerror}",
+                               "another interface in the pod's network namespace has this name") from exc
+            raise CniError(INTERNAL_ERROR, f"ADD failed: {exc.strerror} and could not be replaced") from exc
         except IpamExhausted as exc:
             raise CniError(IPAM_EXHAUSTED, "no pod address left on this node", str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - reported as CNI JSON, logged by the server
@@ -78,8 +86,9 @@ class CniHandler:
         raise CniError(INVALID_ENVIRONMENT, f"unknown CNI command {command!r}")
 
     def add(self, conf: NetConf, container_id: str, ifname: str, netns: str, args: dict[str, str]) -> dict[str, Any]:
-        if not os.path.exists(netns):
-            raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} does not exist")
+        problem = netns_problem(netns)
+        if problem is not None:
+            raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns} {problem}")
         limits = self._limits(conf)  # refused before anything is allocated
         namespace = args.get("K8S_POD_NAMESPACE", "")
         pod = args.get("K8S_POD_NAME", "")
@@ -87,16 +96,20 @@ class CniHandler:
         # The endpoint manager's listeners (identity, policy, ipcache) run before this returns.
         ep = self.endpoints.add(container_id, ifname, netns, namespace, pod) if identity is None else \
             self.endpoints.add(container_id, ifname, netns, namespace, pod, identity=identity)
-        result = build_result(attachment_of(ep), conf.cni_version, conf.prev_result)
-        if limits is not None:
-            try:
-                ifb = self.netlink.shape_pod(netns, ifname, limits)
-            except Exception as exc:  # noqa: BLE001 - no half-limited pod: undo the ADD
-                self._unshape(netns, ifname)
-                self.endpoints.delete(container_id, ifname)
-                raise CniError(INTERNAL_ERROR, f"applying the bandwidth limits failed: {exc}", repr(exc)) from exc
-            if ifb is not None:  # the spec lists every interface a plugin created
-                result["interfaces"].append({"name": ifb[0], "mac": ifb[1], "sandbox": netns})
+        try:
+            result = build_result(attachment_of(ep), conf.cni_version, conf.prev_result)
+            if limits is not None:
+                try:
+                    ifb = self.netlink.shape_pod(netns, ifname, limits)
+                except Exception as exc:  # noqa: BLE001 - reported with what failed
+                    raise CniError(INTERNAL_ERROR, f"applying the bandwidth limits failed: {exc}", repr(exc)) from exc
+                if ifb is not None:  # the spec lists every interface a plugin created
+                    result["interfaces"].append({"name": ifb[0], "mac": ifb[1], "sandbox": netns})
+            failpoints.hit("add.after-shape")
+        except BaseException:  # no half-limited pod: undo the whole ADD
+            self._unshape(netns, ifname)
+            self.endpoints.delete(container_id, ifname)
+            raise
         return result
 
     def _limits(self, conf: NetConf) -> BandwidthLimits | None:

@@ -36,7 +36,8 @@ from membrane.k8s_models import ObjectRef
 
 from .config import AgentConfig
 from .datapath.endpoints import EndpointEntry
-from .netlinking import PodLink
+from . import failpoints
+from .netlinking import LinkExists, PodLink
 from .persisting import read_json, remove, write_json
 
 log = logging.getLogger("membrane.endpoints")
@@ -258,8 +259,10 @@ class EndpointManager:
                 self._pending[key] = endpoint_id
             host_ifname = host_ifname_for(container_id, ifname)
             ep: Endpoint | None = None
+            saved = False
             try:
-                link = self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
+                failpoints.hit("add.after-ipam")
+                link = self._create_link(host_ifname, netns, ifname, ip)
                 ep = Endpoint(container_id=container_id, ifname=ifname, netns=netns, host_ifname=host_ifname,
                               host_ifindex=link.host_ifindex, host_mac=link.host_mac, pod_mac=link.pod_mac, ip=ip,
                               endpoint_id=endpoint_id, namespace=namespace, pod=pod, identity=identity,
@@ -267,6 +270,7 @@ class EndpointManager:
                 # Identity and policy entries first, then the map entry (written once, with its
                 # identity), then the programs: the pod's first packet finds all of it.
                 found = self.on_change(ep, True)
+                failpoints.hit("add.after-policy")
                 with self.lock:
                     if found is not None:
                         ep.identity = found
@@ -274,9 +278,16 @@ class EndpointManager:
                     self._pending.pop(key, None)
                     self.endpoints[key] = ep
                     self._write_entries({ip: self._entry(ep)}, [])
+                failpoints.hit("add.after-map")
                 self.netlink.attach(link.host_ifindex, *self.datapath.programs())
+                failpoints.hit("add.after-attach")
                 self._save(ep)  # the one durable write: from here on the address is this pod's
+                saved = True
+                failpoints.hit("add.after-save")
             except BaseException:
+                # Undo every step taken, newest first: no half-wired veth, no address held.
+                if saved:
+                    remove(self._record_path(key), durable=True)
                 with self.lock:
                     self.endpoints.pop(key, None)
                     self._pending.pop(key, None)
@@ -290,6 +301,19 @@ class EndpointManager:
         log.info("endpoint added", extra={"fields": {"endpoint": key, "ip": str(ip), "pod": f"{namespace}/{pod}",
                                                     "host_ifname": host_ifname}})
         return ep
+
+    def _create_link(self, host_ifname: str, netns: str, ifname: str, ip: IPv4Address) -> PodLink:
+        """The pod's veth pair. A host link of this endpoint's name that no record claims was
+        left by an ADD that died part-way (the name is a hash of container id and ifname, and
+        ADDs of one endpoint are serialised): it is removed and creation tried once more."""
+        try:
+            return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
+        except LinkExists as exc:
+            if exc.side != "host":
+                raise
+        log.warning("orphan host link removed", extra={"fields": {"host_ifname": host_ifname}})
+        self.netlink.delete_link(host_ifname)
+        return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
 
     def delete(self, container_id: str, ifname: str) -> bool:
         """Idempotent: unknown containers and vanished links are fine."""

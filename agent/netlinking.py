@@ -15,7 +15,10 @@ socket lives as long as the one call that needs it.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +32,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from membrane.bandwidth import BandwidthLimits, Shaper
 
-from .rtnl import RtnlSocket, SocketPool
+from . import failpoints
+from .rtnl import RtnlError, RtnlSocket, SocketPool
 
 GATEWAY = IPv4Address("169.254.1.1")  # the pod's next hop: answered by the host veth's MAC
 INGRESS_PARENT = "ffff:fff2"  # clsact ingress: packets the pod sends
@@ -45,7 +49,45 @@ _ETH_P_ALL = 0x0003
 _ROOT_HANDLE, _INGRESS_HANDLE = 0x10000, 0xFFFF0000  # "1:" and "ffff:"
 IFB_PREFIX = "mb-ifb-"  # the pod's ingress shaper device, in the pod namespace
 
+_NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): which kind of namespace a file descriptor is
+
 T = TypeVar("T")
+
+
+class LinkExists(OSError):
+    """An interface of the name a pod needs exists already; `side` is "host" or "pod"."""
+
+    def __init__(self, side: str, name: str, where: str) -> None:
+        super().__init__(errno.EEXIST, f"interface {name} already exists in {where}")
+        self.side, self.name, self.where = side, name, where
+
+
+def netns_problem(path: str) -> str | None:
+    """Why `path` cannot be a pod's network namespace (None when it can): missing, not a
+    namespace file (a regular file, a directory, another kind of namespace), or the node's
+    own namespace (a pod wired there would take over the node's interfaces)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be opened: {os.strerror(exc.errno or 0)}"
+    try:
+        st = os.fstat(fd)
+        try:
+            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+        except OSError:
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else \
+                "a regular file" if stat.S_ISREG(st.st_mode) else "not a namespace file"
+            return f"is not a network namespace ({what})"
+        if kind != _CLONE_NEWNET:
+            return "is a namespace, but not a network namespace"
+        own = os.stat("/proc/self/ns/net")
+        if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+            return "is the node's own network namespace, not a pod's"
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -122,21 +164,42 @@ class Netlink:
                         mtu: int) -> PodLink:
         """veth pair with the peer born inside the pod namespace under its final name, both
         sides configured: three batches of netlink messages on the node side, two in the pod."""
-        fd = os.open(netns, os.O_RDONLY)
+        fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _, host = self._rtnl.batch([RtnlSocket.add_veth(host_ifname, pod_ifname, fd, mtu),
                                         RtnlSocket.get_link(host_ifname)])
+        except RtnlError as exc:
+            if exc.code == errno.EEXIST:  # nothing was created: say which side's name is taken
+                self._name_taken(host_ifname, netns, pod_ifname)
+            raise
         finally:
             os.close(fd)
+        failpoints.hit("add.after-veth")
         assert host is not None
         host_ifindex, host_mac = RtnlSocket.parse_link(host)
         # The host side never talks IPv6 and must not answer for anything by itself.
         write_sysctl(f"net.ipv6.conf.{host_ifname}.disable_ipv6", "1", self.procfs)
         pod_mac = in_netns(netns, lambda: self._configure_pod_side(pod_ifname, address, host_mac, self.procfs))
+        failpoints.hit("add.after-pod-side")
         self._rtnl.batch([RtnlSocket.set_up(host_ifindex),
                           RtnlSocket.replace_route(address, 32, host_ifindex),
                           RtnlSocket.replace_neighbour(host_ifindex, address, pod_mac)])
+        failpoints.hit("add.after-host-side")
         return PodLink(host_ifname, host_ifindex, host_mac, pod_ifname, pod_mac)
+
+    def _name_taken(self, host_ifname: str, netns: str, pod_ifname: str) -> None:
+        """After EEXIST from the veth creation: raise LinkExists for the side that has the name."""
+        if self._rtnl.link(host_ifname) is not None:
+            raise LinkExists("host", host_ifname, "the node's namespace")
+
+        def lookup() -> tuple[int, str] | None:
+            sock = RtnlSocket()
+            try:
+                return sock.link(pod_ifname)
+            finally:
+                sock.close()
+        if in_netns(netns, lookup) is not None:
+            raise LinkExists("pod", pod_ifname, netns)
 
     @staticmethod
     def _configure_pod_side(pod_ifname: str, address: IPv4Address, host_mac: str, procfs: Path) -> str:

@@ -64,12 +64,16 @@ def make_private(root: Path) -> int:
 def write_json(path: Path, data: Any) -> None:
     private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # writers may race
-    with open_private(tmp) as handle:
-        # dumps, not dump: only the one-shot path uses the C encoder (dump is pure Python, ~10x slower)
-        handle.write(json.dumps(data, separators=(",", ":"), sort_keys=True))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open_private(tmp) as handle:
+            # dumps, not dump: only the one-shot path uses the C encoder (dump is pure Python, ~10x slower)
+            handle.write(json.dumps(data, separators=(",", ":"), sort_keys=True))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a bad value leaves no temporary behind
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

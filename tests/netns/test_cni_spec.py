@@ -114,8 +114,13 @@ def test_chained_prev_result_is_kept(node: LabNode) -> None:
 
 def test_error_codes_from_the_real_plugin(node: LabNode) -> None:
     path = pod_ns(node, "p")
+    regular = node.workdir / "not-a-netns"
+    regular.write_text("")
     cases = [
         (dict(command="ADD", container_id="cid", pod_netns="/var/run/netns/does-not-exist"), c.INVALID_ENVIRONMENT),
+        (dict(command="ADD", container_id="cid", pod_netns=str(regular)), c.INVALID_ENVIRONMENT),
+        (dict(command="ADD", container_id="cid", pod_netns=str(node.workdir)), c.INVALID_ENVIRONMENT),
+        (dict(command="ADD", container_id="cid", pod_netns=f"/var/run/netns/{node.netns}"), c.INVALID_ENVIRONMENT),
         (dict(command="ADD", container_id="bad/id", pod_netns=path), c.INVALID_ENVIRONMENT),
         (dict(command="ADD", container_id="cid", pod_netns=path, ifname="way-too-long-ifname"), c.INVALID_ENVIRONMENT),
         (dict(command="ADD", container_id="cid", pod_netns=path, stdin=b"nope"), c.DECODE_FAILURE),
@@ -130,6 +135,12 @@ def test_error_codes_from_the_real_plugin(node: LabNode) -> None:
         code, err, raw = node.cni(**kwargs)  # type: ignore[arg-type]
         assert code != 0 and err is not None and err["code"] == expected, (kwargs, raw)
         assert isinstance(err["msg"], str) and err["msg"]
+        if "pod_netns" in kwargs and err["code"] == c.INVALID_ENVIRONMENT and "CNI_NETNS" in err["msg"]:
+            assert kwargs["pod_netns"] in err["msg"]
+    messages = {kwargs.get("pod_netns"): node.cni(**kwargs)[1]["msg"] for kwargs, _ in cases[1:4]}  # type: ignore[arg-type,index]
+    assert "is not a network namespace (a regular file)" in messages[str(regular)]
+    assert "is not a network namespace (a directory)" in messages[str(node.workdir)]
+    assert "the node's own network namespace" in messages[f"/var/run/netns/{node.netns}"]
     assert node.api("endpoint.list") == [] and node.api("status")["endpoints"]["ipam"]["allocated"] == 0
 
 
