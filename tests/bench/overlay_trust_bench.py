@@ -1,14 +1,16 @@
 """Overlay trust benchmark: what the trust checks cost `from_overlay` per packet.
 
-The program before the trust rules (bpf/ at BASELINE, read from git) and the current one are
-compiled side by side on one pin root, so both read the very same maps (endpoints, ipcache,
-policy, conntrack), and run on the same crafted packets with BPF_PROG_TEST_RUN's `repeat`
-(the kernel's average ns per run), interleaved old/new for several rounds; medians reported.
-Both are test builds (VNI from skb->mark, the current one's outer source from skb->cb[0]:
-BPF_PROG_TEST_RUN cannot attach tunnel metadata). Cases:
+Three builds compiled side by side on one pin root, so they read the very same maps
+(endpoints, ipcache, policy; conntrack too where its layout version is the same): bpf/ just
+before the trust rules (BEFORE, read from git), bpf/ as the trust rules landed (TRUST), and
+this tree (later datapath changes included). They run on the same crafted packets with
+BPF_PROG_TEST_RUN's `repeat` (the kernel's average ns per run), interleaved for several rounds;
+medians reported. BEFORE -> TRUST is the cost of the rules alone. All are test builds (VNI from
+skb->mark, the outer source from skb->cb[0]: BPF_PROG_TEST_RUN cannot attach tunnel metadata).
+Cases:
 
-- established TCP (conntrack hit): the common packet; the checks add two ipcache LPM lookups
-  (the outer source is a node; the inner source is that node's);
+- established TCP (conntrack hit): the common packet; the checks add one ipcache LPM lookup
+  (the inner source's entry must name the outer source as its node);
 - established UDP, same;
 - new TCP connection per packet is not measurable with `repeat` (the first run opens the
   connection), so policy-judged first packets are not a case here;
@@ -48,7 +50,8 @@ from membrane.policy import FlatKey, FlatValue, Verdict
 
 from .stats import median, ratio
 
-BASELINE = "0bfc780~1"  # main just before the trust rules landed
+BEFORE = "0bfc780~1"  # main just before the trust rules landed
+TRUST = "f68e0c9"  # the trust rules as landed (one lookup on the accepted path)
 REPO = Path(__file__).resolve().parents[2]
 POD = IPv4Address("10.231.1.10")
 REMOTE_POD = IPv4Address("10.231.2.20")
@@ -85,16 +88,21 @@ def frame(payload: Any) -> bytes:
     return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / payload)
 
 
-def run(rounds: int = 15, repeat: int = 200_000, baseline: str = BASELINE) -> dict[str, Any]:
+def run(rounds: int = 15, repeat: int = 200_000, before: str = BEFORE, trust: str = TRUST) -> dict[str, Any]:
     root = Path("/sys/fs/bpf") / f"membrane-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    old_dir = Path(tempfile.mkdtemp(prefix="mb-bench-bpf-"))
+    src_dir = Path(tempfile.mkdtemp(prefix="mb-bench-bpf-"))
     new = Datapath(root, test_hooks=True)
-    old: Datapath | None = None
+    olds: list[Datapath] = []
     try:
-        commit = baseline_sources(baseline, old_dir)
         new.load()
-        old = _Baseline(root, old_dir / "bpf", test_hooks=True)
-        old.load()
+        commits, prog = {}, {}
+        for build, ref in (("before", before), ("trust", trust)):
+            commits[build] = baseline_sources(ref, src_dir / build)
+            old = _Baseline(root, src_dir / build / "bpf", test_hooks=True)
+            old.load()
+            olds.append(old)
+            prog[build] = old.program_fd("from_overlay")
+        prog["current"] = new.program_fd("from_overlay")
         new.upsert_endpoint(POD, EP)
         new.upsert_ipcache(IPv4Network(f"{POD}/32"), IpcacheEntry(ID_LOCAL))
         new.upsert_ipcache(IPv4Network("10.231.2.0/24"), IpcacheEntry(int(ReservedIdentity.WORLD), NODE))
@@ -109,60 +117,63 @@ def run(rounds: int = 15, repeat: int = 200_000, baseline: str = BASELINE) -> di
         syn = frame(IP(src=str(REMOTE_POD), dst=str(POD)) / TCP(sport=40000, dport=80, flags="S"))
         ack = frame(IP(src=str(REMOTE_POD), dst=str(POD)) / TCP(sport=40000, dport=80, flags="A") / (b"x" * 100))
         udp = frame(IP(src=str(REMOTE_POD), dst=str(POD)) / UDP(sport=40001, dport=53) / (b"x" * 100))
-        prog = {"before": old.program_fd("from_overlay"), "after": new.program_fd("from_overlay")}
         for fd in prog.values():  # open the connections (conntrack entries both builds share)
             assert prog_test_run(fd, syn, ingress_ifindex=77, mark=ID_REMOTE, cb0=peer).retval == TC_ACT_REDIRECT
             assert prog_test_run(fd, udp, ingress_ifindex=77, mark=ID_REMOTE, cb0=peer).retval == TC_ACT_REDIRECT
         cases = {"established TCP": ack, "established UDP": udp}
-        samples: dict[str, dict[str, list[float]]] = {c: {"before": [], "after": []} for c in cases}
+        samples: dict[str, dict[str, list[float]]] = {c: {b: [] for b in prog} for c in cases}
         stranger: list[float] = []
         for r in range(rounds):
-            order = ("before", "after") if r % 2 == 0 else ("after", "before")
+            order = tuple(prog) if r % 2 == 0 else tuple(reversed(prog))
             for case, data in cases.items():
                 for build in order:
                     res = prog_test_run(prog[build], data, ingress_ifindex=77, mark=ID_REMOTE, cb0=peer,
                                         repeat=repeat)
                     assert res.retval == TC_ACT_REDIRECT, (case, build, res.retval)
                     samples[case][build].append(res.duration_ns)
-            res = prog_test_run(prog["after"], ack, ingress_ifindex=77, mark=ID_REMOTE, cb0=ip_to_field(STRANGER),
+            res = prog_test_run(prog["current"], ack, ingress_ifindex=77, mark=ID_REMOTE, cb0=ip_to_field(STRANGER),
                                 repeat=repeat)
             assert res.retval == TC_ACT_SHOT
             stranger.append(res.duration_ns)
-        summary = {}
+        summary: dict[str, Any] = {}
         for case, by in samples.items():
-            before, after = median(by["before"]), median(by["after"])
-            summary[case] = {"before_ns": before, "after_ns": after,
-                             "added_ns": (after - before) if before is not None and after is not None else None,
-                             "ratio": ratio(after, before), "samples": by}
-        summary["stranger refused (after only)"] = {"after_ns": median(stranger), "samples": {"after": stranger}}
+            b, t, c = median(by["before"]), median(by["trust"]), median(by["current"])
+            summary[case] = {"before_ns": b, "trust_ns": t, "current_ns": c,
+                             "added_ns": (t - b) if b is not None and t is not None else None,
+                             "ratio": ratio(t, b), "samples": by}
+        summary["stranger refused"] = {"current_ns": median(stranger), "samples": {"current": stranger}}
         return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kernel": platform.release(),
                 "cores": os.cpu_count(), "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-                "baseline_commit": commit, "rounds": rounds, "repeat": repeat, "cases": summary}
+                "commits": commits, "rounds": rounds, "repeat": repeat, "cases": summary}
     finally:
-        if old is not None:
+        for old in olds:
             old.close()
         new.close()
         for child in root.iterdir() if root.exists() else ():
             child.unlink()
         if root.exists():
             root.rmdir()
-        shutil.rmtree(old_dir, ignore_errors=True)
+        shutil.rmtree(src_dir, ignore_errors=True)
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = ["# Overlay trust: per-packet cost of from_overlay", "",
              f"{results['date']}, kernel {results['kernel']}, {results['cores']} cores, load {results['loadavg']}; "
              f"BPF_PROG_TEST_RUN, {results['repeat']:,} runs per sample, {results['rounds']} interleaved rounds, "
-             f"medians. Before = bpf/ at {results['baseline_commit'][:10]} (no trust checks), after = this tree; "
-             "both on the same pinned maps (2,000 extra ipcache prefixes).", "",
-             "| case | before ns/pkt | after ns/pkt | added ns | ratio |", "|---|---|---|---|---|"]
+             f"medians. Before = bpf/ at {results['commits']['before'][:10]} (no trust checks), trust = bpf/ at "
+             f"{results['commits']['trust'][:10]} (the rules as landed), current = this tree (later datapath "
+             "changes too); all on the same pinned maps (2,000 extra ipcache prefixes).", "",
+             "| case | before ns/pkt | trust ns/pkt | added by the rules | ratio | current tree ns/pkt |",
+             "|---|---|---|---|---|---|"]
     for case, row in results["cases"].items():
         fmt = lambda v, spec=".0f": "-" if v is None else format(v, spec)  # noqa: E731
-        lines.append(f"| {case} | {fmt(row.get('before_ns'))} | {fmt(row.get('after_ns'))} | "
-                     f"{fmt(row.get('added_ns'), '+.0f')} | {fmt(row.get('ratio'), '.2f')} |")
-    lines += ["", "The checks are two ipcache (LPM trie) lookups on every packet from the tunnel, conntrack "
-              "hits included: trust is judged before conntrack, so a forged reply of an open connection is "
-              "refused too. A stranger's packet costs one lookup and a drop event.", ""]
+        lines.append(f"| {case} | {fmt(row.get('before_ns'))} | {fmt(row.get('trust_ns'))} | "
+                     f"{fmt(row.get('added_ns'), '+.0f')} | {fmt(row.get('ratio'), '.2f')} | "
+                     f"{fmt(row.get('current_ns'))} |")
+    lines += ["", "On the accepted path the rules cost one ipcache (LPM trie) lookup per packet from the "
+              "tunnel, conntrack hits included: trust is judged before conntrack, so a forged reply of an open "
+              "connection is refused too. The peer's own entry is read only for a node's own traffic and to "
+              "name the reason of a drop; a stranger's packet costs both lookups and a drop event.", ""]
     return "\n".join(lines)
 
 
@@ -178,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--repeat", type=int, default=200_000)
-    ap.add_argument("--baseline", default=BASELINE, help="git ref of the bpf/ to compare with")
+    ap.add_argument("--before", default=BEFORE, help="git ref of bpf/ without the trust rules")
+    ap.add_argument("--trust", default=TRUST, help="git ref of bpf/ with the trust rules as landed")
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("the benchmark needs root (BPF)", file=sys.stderr)
         return 2
-    print(write(run(args.rounds, args.repeat, args.baseline), args.out))
+    print(write(run(args.rounds, args.repeat, args.before, args.trust), args.out))
     return 0
 
 
