@@ -292,7 +292,7 @@ class ClusterSyncer:
         return identity
 
     # --- the client ---------------------------------------------------------------------
-    def start(self, target: str) -> None:
+    def start(self, target: str, tls: Any = None) -> None:
         """Subscribe to the operator at `target` (grpc target: host:port or unix:///path)."""
         # The agent forks (netns helpers) while the stream is open; its children never use gRPC,
         # so gRPC's fork handlers are off (they would only log that they skip).
@@ -302,7 +302,7 @@ class ClusterSyncer:
 
         self.client = StateClient(grpc_target(target), self.node_name, self.apply_update,
                                   last_version=self.version, stream_id=self.stream_id,
-                                  backoff=Backoff(initial=0.2, maximum=5.0))
+                                  backoff=Backoff(initial=0.2, maximum=5.0), tls=tls)
         self.client.start()
 
     def stop(self) -> None:

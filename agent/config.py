@@ -58,6 +58,20 @@ class AgentConfig(BaseModel):
     policy_map_entries: int = Field(default=65536, ge=64, le=1 << 24)
     ipcache_map_entries: int = Field(default=65536, ge=64, le=1 << 24)
     cidr_map_entries: int = Field(default=16384, ge=64, le=1 << 24)
+    # Mutual TLS with the operator (state stream) and on --observer-tcp: the node's key and
+    # certificate from a directory (ca.crt, tls.crt, tls.key; re-read when they change), or by
+    # a CertificateSigningRequest through the Kubernetes API (--tls-bootstrap; kept in tls_dir,
+    # default <state-dir>/tls, renewed at 2/3 of the lifetime). Kubernetes mode and
+    # --observer-tcp refuse to run without TLS unless --insecure-plaintext is given.
+    tls_dir: Path | None = None
+    tls_bootstrap: bool = False
+    insecure_plaintext: bool = False
+    tls_server_name: str = "membrane-operator"  # the name the operator's certificate carries
+    tls_ca_configmap: str = "kube-system/membrane-ca"  # bootstrap: where the CA certificate is published
+    # Bootstrap only: how to reach the Kubernetes API (default: in-cluster service account).
+    api_server: str | None = None
+    kubeconfig: Path | None = None
+    api_token_file: Path | None = None
     conntrack_gc_seconds: float = Field(default=30.0, gt=0)
     resync_seconds: float = Field(default=60.0, gt=0)
 
@@ -80,6 +94,14 @@ class AgentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cidrs(self) -> AgentConfig:
+        tls = self.tls_dir is not None or self.tls_bootstrap
+        if not tls and not self.insecure_plaintext:
+            if self.mode == "kubernetes":
+                raise ValueError("kubernetes mode talks to the operator over mutual TLS: give --tls-dir or "
+                                 "--tls-bootstrap (or --insecure-plaintext to run without, knowingly)")
+            if self.observer_tcp:
+                raise ValueError("--observer-tcp serves flows over mutual TLS: give --tls-dir or "
+                                 "--tls-bootstrap (or --insecure-plaintext to run without, knowingly)")
         if self.mode == "kubernetes":
             if not self.operator_address:
                 raise ValueError("kubernetes mode needs operator_address (--operator-address)")
@@ -97,6 +119,11 @@ class AgentConfig(BaseModel):
                 "cidr": self.cidr_map_entries}
 
     @property
+    def tls_path(self) -> Path:
+        """Where the node's TLS files are (bootstrap keeps them here)."""
+        return self.tls_dir if self.tls_dir is not None else self.state_dir / "tls"
+
+    @property
     def http_host_port(self) -> tuple[str, int]:
         host, _, port = self.http_addr.rpartition(":")
         return host or "127.0.0.1", int(port)
@@ -111,6 +138,8 @@ _FLAGS = {
     "identity_wait_seconds": "--identity-wait-seconds", "kernel_headers": "--kernel-headers",
     "policy_map_entries": "--policy-map-entries", "ipcache_map_entries": "--ipcache-map-entries",
     "cidr_map_entries": "--cidr-map-entries",
+    "tls_dir": "--tls-dir", "tls_server_name": "--tls-server-name", "tls_ca_configmap": "--tls-ca-configmap",
+    "api_server": "--api-server", "kubeconfig": "--kubeconfig", "api_token_file": "--api-token-file",
     "tunnel": "--tunnel", "tunnel_device": "--tunnel-device", "tunnel_port": "--tunnel-port", "node_ip": "--node-ip",
 }
 
@@ -148,6 +177,19 @@ HELP: dict[str, str] = {
     "policy_map_entries": "capacity of the policy map (a change applies at the next start)",
     "ipcache_map_entries": "capacity of the ipcache map (a change applies at the next start)",
     "cidr_map_entries": "capacity of the ipBlock CIDR map (a change applies at the next start)",
+    "tls_dir": "directory with this node's TLS files (ca.crt, tls.crt, tls.key; re-read when they "
+               "change) for mutual TLS with the operator and on --observer-tcp; with --tls-bootstrap "
+               "where the requested certificate is kept (default <state-dir>/tls)",
+    "tls_bootstrap": "--no-tls-bootstrap: take the certificate from --tls-dir as it is (the default; "
+                     "--tls-bootstrap requests it by CSR, signer membrane.io/agent, and renews it)",
+    "insecure_plaintext": "--no-insecure-plaintext: require TLS in kubernetes mode and on "
+                          "--observer-tcp (the default; --insecure-plaintext runs without)",
+    "tls_server_name": "the name the operator's serving certificate must carry",
+    "tls_ca_configmap": "ConfigMap (namespace/name) the operator publishes the CA certificate in "
+                        "(--tls-bootstrap reads what to trust there)",
+    "api_server": "Kubernetes API URL for --tls-bootstrap (default: in-cluster service account)",
+    "kubeconfig": "kubeconfig file for --tls-bootstrap's Kubernetes API calls",
+    "api_token_file": "bearer token file for --tls-bootstrap's Kubernetes API calls",
     "conntrack_gc_seconds": "period of the expired-conntrack sweep",
     "resync_seconds": "period of the full resync that repairs drift between state and kernel",
 }
@@ -172,6 +214,16 @@ def _parser() -> argparse.ArgumentParser:
     for key, flag in _FLAGS.items():
         parser.add_argument(flag, dest=key, default=None, help=_help(key))
     for key in ("flow_events", "masquerade", "allow_host_traffic"):
+        parser.add_argument("--no-" + key.replace("_", "-"), dest=key, action="store_false", default=None,
+                            help=_help(key))
+    # TLS switches are off by default: the positive flag turns each on.
+    parser.add_argument("--tls-bootstrap", dest="tls_bootstrap", action="store_true", default=None,
+                        help="get this node's certificate by a CertificateSigningRequest through the Kubernetes "
+                             "API and renew it at 2/3 of its lifetime (kept in --tls-dir, default <state-dir>/tls)")
+    parser.add_argument("--insecure-plaintext", dest="insecure_plaintext", action="store_true", default=None,
+                        help="talk to the operator and serve --observer-tcp without TLS: no authentication "
+                             "(tests only; Kubernetes mode refuses to start without TLS otherwise)")
+    for key in ("tls_bootstrap", "insecure_plaintext"):
         parser.add_argument("--no-" + key.replace("_", "-"), dest=key, action="store_false", default=None,
                             help=_help(key))
     return parser

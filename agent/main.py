@@ -29,6 +29,7 @@ from membrane.k8s_models import Node, ObjectRef
 from . import overlay, policy_api
 from .api_serving import ApiServer, RequestError
 from .bpffs import ensure_bpffs
+from .cert_keeping import CertKeeper, TlsError
 from .cluster_syncing import ClusterSyncer, saved_pod_cidr
 from .cni_handling import CniHandler
 from .config import AgentConfig, load_config
@@ -99,9 +100,39 @@ class Agent:
                                  self._object_counts)
         self.api: ApiServer | None = None
         self.http: HttpServer | None = None
+        self.certs: CertKeeper | None = None
         self.overlay: overlay.Overlay | None = None
 
     # --- lifecycle -----------------------------------------------------------------
+    def _start_tls(self) -> None:
+        """The node's certificate before anything dials the operator or serves TCP."""
+        cfg = self.config
+        if cfg.tls_dir is None and not cfg.tls_bootstrap:
+            log.warning("running without TLS (--insecure-plaintext)")
+            return
+        requester = None
+        if cfg.tls_bootstrap:
+            from . import cert_requesting
+
+            def requester(key_pem: bytes, csr_pem: bytes) -> tuple[bytes, bytes]:
+                api = cert_requesting.api_client(cfg.api_server, str(cfg.kubeconfig) if cfg.kubeconfig else None,
+                                                 cfg.api_token_file)
+                try:
+                    ca = cert_requesting.read_ca(api, cfg.tls_ca_configmap)
+                    return ca, cert_requesting.request_certificate(api, cfg.node_name, csr_pem)
+                finally:
+                    api.close()
+        self.certs = CertKeeper(cfg.node_name, cfg.tls_path, requester)
+        try:
+            material = self.certs.load()
+        except (TlsError, RuntimeError, OSError) as exc:
+            raise SystemExit(f"membrane-agent: no TLS certificate for node {cfg.node_name}: {exc}") from None
+        self.certs.start()
+        found = material.facts
+        log.info("TLS certificate loaded", extra={"fields": {
+            "node": found.name, "not_after": round(found.not_after), "dir": str(cfg.tls_path),
+            "bootstrap": cfg.tls_bootstrap}})
+
     def start(self) -> None:
         cfg = self.config
         # Pod IPs, MACs, netns paths and identities: root-only, also when an older version or
@@ -110,6 +141,7 @@ class Agent:
         if repaired:
             log.warning("state directory modes repaired", extra={"fields": {
                 "state_dir": str(cfg.state_dir), "changed": repaired}})
+        self._start_tls()
         write_sysctl("net.ipv4.ip_forward", "1", cfg.procfs)  # the node routes pod traffic to the outside
         self.datapath.load(ensure_bpffs(cfg.bpffs_root))
         self.metrics.compile.set(self.datapath.compile_seconds)
@@ -155,7 +187,7 @@ class Agent:
         if self.cluster is not None:
             # Ready once a complete state is applied: the first snapshot, or the restored one.
             assert cfg.operator_address is not None
-            self.cluster.start(cfg.operator_address)
+            self.cluster.start(cfg.operator_address, self.certs.current if self.certs is not None else None)
             if self.cluster.synced.is_set():
                 self.ready.set()
         else:
@@ -169,6 +201,8 @@ class Agent:
         """Graceful: stop serving; programs stay attached and maps stay pinned."""
         self.stopping.set()
         self.ready.clear()
+        if self.certs is not None:
+            self.certs.stop()
         if self.cluster is not None:
             self.cluster.stop()  # nothing is flushed: the maps keep the last applied state
         if self.api:
@@ -191,7 +225,8 @@ class Agent:
         dp.open_events(self.observer.on_event)
         self.observer.start_pump(dp.poll_events, read_kernel_lost=dp.events_lost)
         self.observer_server = ObserverServer(self.observer, observer_socket_for(self.config.api_socket),
-                                              tcp=self.config.observer_tcp)
+                                              tcp=self.config.observer_tcp,
+                                              tls=self.certs.current if self.certs is not None else None)
         self.observer_server.start()
 
     def _housekeeping(self) -> None:

@@ -35,6 +35,16 @@ class OperatorConfig(BaseModel):
     watch_read_timeout_seconds: float = Field(default=90.0, gt=0)
     resync_seconds: float = Field(default=1.0, gt=0)  # GC timers and retries of failed writes
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Mutual TLS on the state stream: the cluster CA lives in this Secret (namespace/name;
+    # created at first start, its certificate also published in a ConfigMap of the same name),
+    # agents' CSRs (signer membrane.io/agent) are signed for this long and renewed at 2/3.
+    tls_ca_secret: str = Field(default="kube-system/membrane-ca", pattern=r"^[a-z0-9-.]+/[a-z0-9-.]+$")
+    tls_cert_lifetime_seconds: float = Field(default=86400.0, ge=10)
+    # The agents' service account (namespace/name) whose node-bound tokens may ask for the
+    # certificate of the node they are bound to (besides kubelet's system:node:NAME).
+    tls_agent_service_account: str = Field(default="kube-system/membrane-agent",
+                                           pattern=r"^[a-z0-9-.]+/[a-z0-9-.]+$")
+    insecure_plaintext: bool = False  # serve the state stream without TLS (tests, benchmarks)
 
     @model_validator(mode="after")
     def _timing(self) -> OperatorConfig:

@@ -57,6 +57,12 @@ class OperatorMetrics:
                                    registry=r)
         self.state_objects = Gauge(PREFIX + "state_objects", "Objects in the state",
                                    ["kind"], registry=r)
+        self.stream_refused = Counter(PREFIX + "state_stream_refused_total",
+                                      "Subscriptions and acks refused (no or wrong certificate, "
+                                      "unknown node, expired certificate)", ["reason"], registry=r)
+        self.csrs = Counter(PREFIX + "csr_decisions_total",
+                            "CertificateSigningRequests for membrane.io/agent decided",
+                            ["decision"], registry=r)
         self.subscribers = Gauge(PREFIX + "state_subscribers", "Open Subscribe streams",
                                  registry=r)
         self.snapshots_sent = Counter(PREFIX + "state_snapshots_sent_total",

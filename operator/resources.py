@@ -37,6 +37,9 @@ NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "Netwo
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True)
 IDENTITIES = Resource("membrane.io", "v1alpha1", "membraneidentities", "MembraneIdentity", False)
 
+CSRS = Resource("certificates.k8s.io", "v1", "certificatesigningrequests",
+                "CertificateSigningRequest", False)
+
 WATCHED = (NODES, NAMESPACES, PODS, NETWORK_POLICIES, SERVICES, ENDPOINT_SLICES, IDENTITIES)
 
 

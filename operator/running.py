@@ -26,7 +26,9 @@ from membrane.api.backoff import Backoff
 from membrane.api.state_objects import Kind
 from membrane.operator import resources as res
 from membrane.operator.cache import CacheEvent, ObjectCache
+from membrane.operator.cert_authority import ServingCertificate, load_or_create_ca
 from membrane.operator.cidr_pool import CidrPool
+from membrane.operator.csr_signing import CsrSigner
 from membrane.operator.config import OperatorConfig, host_port
 from membrane.operator.crds import CRDS
 from membrane.operator.electing import ElectionConfig, LeaderElector
@@ -82,8 +84,12 @@ class Operator:
         self.policies = PolicyChecker(self.rest, self.metrics, config.identity)
         self.state = StateLog(config.state_log_size)
         self.tracker = PropagationTracker(self.metrics.propagation.observe)
+        self.tls = not config.insecure_plaintext
         self.servicer = StateServicer(self.state, self.tracker, self.metrics,
-                                      ready=lambda: self.state_built)
+                                      ready=lambda: self.state_built, tls=self.tls,
+                                      node_known=self._node_known)
+        self.serving_cert: ServingCertificate | None = None
+        self.csr_signer: CsrSigner | None = None
         self.elector: LeaderElector | None = None
         if config.leader_election:
             self.elector = LeaderElector(self.api, ElectionConfig(
@@ -91,10 +97,11 @@ class Operator:
                 config.lease_duration_seconds, config.renew_deadline_seconds,
                 config.retry_period_seconds), self.metrics,
                 on_started=self._leadership_changed, on_stopped=self._leadership_changed)
+        self.watched = res.WATCHED + ((res.CSRS,) if self.tls else ())
         self.watchers = [ResourceWatcher(self.api, r, self.cache, self.metrics,
                                          backoff or Backoff,
                                          read_timeout=config.watch_read_timeout_seconds)
-                         for r in res.WATCHED]
+                         for r in self.watched]
         self.state_built = False
         self.full_rebuild_seconds = FULL_REBUILD_SECONDS
         self.rebuild_diffs = 0  # full rebuilds that found the incremental state wrong
@@ -126,9 +133,22 @@ class Operator:
         return self.live() and self.state_built
 
     # --- lifecycle ----------------------------------------------------------------------------
+    def _node_known(self, name: str) -> bool:
+        return self.cache.get(res.NODES, name) is not None
+
     def start(self) -> Operator:
         if self.config.install_crds:
             self._install_crds()
+        credentials = None
+        if self.tls:
+            from membrane.tls.grpc_credentials import server_credentials
+
+            authority = load_or_create_ca(self.rest, self.config.tls_ca_secret)
+            lifetime = self.config.tls_cert_lifetime_seconds
+            self.serving_cert = ServingCertificate(authority, lifetime)
+            self.csr_signer = CsrSigner(self.rest, authority, lifetime,
+                                        self.config.tls_agent_service_account, self.metrics)
+            credentials = server_credentials(self.serving_cert.current)
         for watcher in self.watchers:
             watcher.start()
         self._thread = threading.Thread(target=self._run, name="operator-controller",
@@ -136,7 +156,8 @@ class Operator:
         self._thread.start()
         if self.elector is not None:
             self.elector.start()
-        self._grpc, self.grpc_port = serve(self.servicer, self.config.grpc_addr)
+        self._grpc, self.grpc_port = serve(self.servicer, self.config.grpc_addr,
+                                           credentials=credentials)
         host, port = host_port(self.config.http_addr)
         self._http = HttpServer(host, port, self.metrics.registry, self.live, self.ready, name="operator-http")
         self.http_port = self._http.port
@@ -243,7 +264,7 @@ class Operator:
         return builder
 
     def _pass(self, seen_at: float | None) -> None:
-        if not self.cache.synced(*res.WATCHED):
+        if not self.cache.synced(*self.watched):
             return
         policies = self.cache.list(res.NETWORK_POLICIES)
         self.policies.valid_policies(policies)  # the metric; forgets verdicts of old versions
@@ -276,6 +297,8 @@ class Operator:
                 [o for o in (self.cache.get(res.IDENTITIES, k) for k in changed_identities) if o is not None]
             self._relabel_all = False
             self.identities.relabel(relabel)
+            if self.csr_signer is not None:
+                self.csr_signer.sync(self.cache.list(res.CSRS), self._node_known)
             self.policies.report(policies)
         when = seen_at if seen_at is not None else time.monotonic()
         if full:

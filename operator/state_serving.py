@@ -42,6 +42,7 @@ from membrane.api.state_codec import encode_change, snapshot_chunks, update_byte
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import Codec, StateLog
+from membrane.tls.grpc_credentials import peer_name
 from membrane.unix_sockets import bind_private, remove_stale
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,26 @@ class _LoopThread:
             return cls._loop
 
 
+class Refused(Exception):
+    """A call that may not go on: the status code and the reason the client is told."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, label: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.label = label
+
+
 class StateServicer:
+    """`tls`: every call must come with a client certificate (mutual TLS, checked against the
+    CA by gRPC at the handshake) naming the node it subscribes or acks as. `node_known`: a
+    subscription or ack for a node with no Node object is refused (None: not checked)."""
+
     def __init__(self, state: StateLog, tracker: PropagationTracker, metrics: OperatorMetrics,
-                 ready: Callable[[], bool]) -> None:
+                 ready: Callable[[], bool], tls: bool = False,
+                 node_known: Callable[[str], bool] | None = None) -> None:
+        self.tls = tls
+        self.node_known = node_known
         self.state = state
         self.tracker = tracker
         self.metrics = metrics
@@ -152,11 +170,19 @@ class StateServicer:
         node = request.node_name
         if not node:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_name is required")
+        try:
+            expires = self._authorize(context, node)
+        except Refused as refused:
+            self.metrics.stream_refused.labels(refused.label).inc()
+            await context.abort(refused.code, refused.reason)
         await context.send_initial_metadata(STREAM_ACKS)
         while not self.ready():
             if self.stopping:
                 return
             await asyncio.sleep(READY_POLL)
+        if self.node_known is not None and not self.node_known(node):
+            self.metrics.stream_refused.labels("unknown_node").inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no Node named {node!r}")
         self.tracker.subscribed(node)
         self.metrics.subscribers.inc()
         log.debug("node %s subscribed (last version %d, stream %s)", node,
@@ -185,7 +211,17 @@ class StateServicer:
                     yield wire
                     sent = version
                 if not wires:
-                    await tick
+                    if expires is None:
+                        await tick
+                        continue
+                    # The stream lives as long as the certificate it was opened with: the
+                    # client reconnects (resuming, deltas only) with the one it renewed.
+                    left = expires - time.time()
+                    if left <= 0:
+                        self.metrics.stream_refused.labels("expired").inc()
+                        await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                            "the client certificate expired; reconnect with a renewed one")
+                    await asyncio.wait([tick], timeout=left)
         finally:
             reader.cancel()
             self.metrics.subscribers.dec()
@@ -218,8 +254,30 @@ class StateServicer:
         except Exception as exc:  # noqa: BLE001 - the call ended; the stream's own loop notices
             log.debug("node %s: reading acks stopped: %s", node, exc)
 
+    def _authorize(self, context: aio.ServicerContext[Any, Any], node: str) -> float | None:
+        """When the caller's certificate expires (None: no TLS); Refused unless it names `node`."""
+        if not self.tls:
+            return None
+        peer = peer_name(context)
+        if peer is None:
+            raise Refused(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required",
+                          "no_certificate")
+        name, expires = peer
+        if name != node:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                          f"the certificate names node {name!r}, not {node!r}", "wrong_node")
+        return expires
+
     async def ack(self, request: pb.AckRequest,
                   context: aio.ServicerContext[Any, Any]) -> pb.AckResponse:
+        try:
+            self._authorize(context, request.node_name)
+            if self.node_known is not None and not self.node_known(request.node_name):
+                raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                              f"no Node named {request.node_name!r}", "unknown_node")
+        except Refused as refused:
+            self.metrics.stream_refused.labels(refused.label).inc()
+            await context.abort(refused.code, refused.reason)
         if request.stream_id and request.stream_id != self.state.stream_id:
             return pb.AckResponse()  # an ack for another operator's history measures nothing
         self.tracker.acked(request.node_name, request.version, time.monotonic())
@@ -234,8 +292,10 @@ class AsyncServer:
     reflection (`membrane.grpc_standard`).
     """
 
-    def __init__(self, servicer: StateServicer, address: str) -> None:
+    def __init__(self, servicer: StateServicer, address: str,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         self.servicer = servicer
+        self.credentials = credentials
         self.loop = servicer.loop
         self.server: aio.Server | None = None
         self.standard: StandardServices | None = None
@@ -254,15 +314,20 @@ class AsyncServer:
             # 0600 from the start, whatever the umask (the socket is the whole cluster's state).
             self.unix_path = Path(address.removeprefix("unix:").removeprefix("//"))
             remove_stale(self.unix_path, "another operator")
-            port = bind_private(self.unix_path, lambda tmp: server.add_insecure_port(f"unix:{tmp}"))
+            port = bind_private(self.unix_path, lambda tmp: self._listen(server, f"unix:{tmp}"))
         else:
-            port = server.add_insecure_port(address)
+            port = self._listen(server, address)
             if port == 0:
                 raise OSError(f"cannot listen on {address}")
         await server.start()
         self.server = server
         self._readiness = asyncio.ensure_future(self._report_ready())
         return port
+
+    def _listen(self, server: aio.Server, address: str) -> int:
+        if self.credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, self.credentials)
 
     async def _report_ready(self) -> None:
         """SERVING once the servicer is ready (the same wait a subscriber does)."""
@@ -286,12 +351,12 @@ class AsyncServer:
             self.unix_path.unlink(missing_ok=True)
 
 
-def serve(servicer: StateServicer, address: str,
-          max_workers: int | None = None) -> tuple[AsyncServer, int]:
+def serve(servicer: StateServicer, address: str, max_workers: int | None = None,
+          credentials: grpc.ServerCredentials | None = None) -> tuple[AsyncServer, int]:
     """Start a server on `address` (`host:port`, port 0 picks one, or `unix:/path`); returns
     the server and the bound port (0 for unix sockets). `max_workers` is accepted for
     compatibility: streams are coroutines, there is no worker pool to size."""
-    server = AsyncServer(servicer, address)
+    server = AsyncServer(servicer, address, credentials)
     return server, server.port
 
 

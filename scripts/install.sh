@@ -7,7 +7,7 @@ venv=${MEMBRANE_VENV:-$here/.venv}
 stamp=$venv/.membrane-installed
 
 # prometheus: its promtool checks the metrics exposition in the tests.
-apt_pkgs=(clang llvm python3-bpfcc bpfcc-tools libbpf-dev iproute2 iptables nftables
+apt_pkgs=(clang llvm python3-bpfcc python3-cryptography bpfcc-tools libbpf-dev iproute2 iptables nftables
           python3-venv python3-dev linux-headers-amd64 containernetworking-plugins golang-go
           golang-github-appc-cni-dev
           iperf3 sockperf tcpdump ethtool procps psmisc curl iputils-ping util-linux prometheus)

@@ -9,7 +9,7 @@ nothing here decides which flows match.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +28,8 @@ from membrane.api.observer_codec import (
 )
 from membrane.flows import FilterError, compile_filters
 from membrane.grpc_standard import StandardServices
+from membrane.tls.grpc_credentials import server_credentials
+from membrane.tls.material import Material
 from membrane.unix_sockets import bind_private, remove_stale
 
 from .observer import FlowObserver, FlowQuery, Lost
@@ -73,7 +75,8 @@ class ObserverServer:
     """`ObserverServer(observer, Path("/run/membrane/agent.observer.sock"), tcp="127.0.0.1:4245")`."""
 
     def __init__(self, observer: FlowObserver, unix_path: Path | None, tcp: str | None = None,
-                 max_workers: int = grpc_limits.OBSERVER_WORKERS) -> None:
+                 max_workers: int = grpc_limits.OBSERVER_WORKERS,
+                 tls: Callable[[], Material] | None = None) -> None:
         if unix_path is None and tcp is None:
             raise ValueError("the observer needs a unix socket or a TCP address")
         self.observer = observer
@@ -93,7 +96,9 @@ class ObserverServer:
             # 0600 from the first instant (flows show who talks to whom), whatever the umask.
             bind_private(unix_path, lambda tmp: self._server.add_insecure_port(f"unix://{tmp}"))
         if tcp is not None:
-            self.tcp_port = self._server.add_insecure_port(tcp)
+            # TCP is mutual TLS (this node's certificate; clients need one from the cluster CA).
+            self.tcp_port = self._server.add_insecure_port(tcp) if tls is None else \
+                self._server.add_secure_port(tcp, server_credentials(tls))
             if not self.tcp_port:
                 raise OSError(f"observer cannot listen on {tcp}")
 

@@ -36,6 +36,8 @@ from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state.v1 import state_pb2_grpc as pb_grpc
 from membrane.api.state_codec import change_from_pb
 from membrane.api.state_objects import StateUpdate
+from membrane.tls.certificates import OPERATOR_NAME
+from membrane.tls.material import Material
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +47,15 @@ STREAM_ACKS_KEY = "membrane-stream-acks"  # initial metadata of an operator that
 class StateClient:
     def __init__(self, target: str, node_name: str, apply: Callable[[StateUpdate], int | None],
                  last_version: int = 0, stream_id: str = "",
-                 backoff: Backoff | None = None, ack: bool = True) -> None:
+                 backoff: Backoff | None = None, ack: bool = True,
+                 tls: Callable[[], Material] | None = None,
+                 server_name: str = OPERATOR_NAME) -> None:
         self.target = target
+        # Mutual TLS: the newest material at each (re)connect; a renewed certificate is used
+        # from the next connection on, the stream that is up keeps going.
+        self.tls = tls
+        self.server_name = server_name
+        self._generation: int | None = None
         self.node_name = node_name
         self.apply = apply
         self.last_version = last_version
@@ -94,11 +103,24 @@ class StateClient:
     # --- one subscription ---------------------------------------------------------------------
     def _ensure_channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.target,
-                                                  options=grpc_limits.OPERATOR.client_options())
+            options = grpc_limits.OPERATOR.client_options()
+            if self.tls is None:
+                self._channel = grpc.insecure_channel(self.target, options=options)
+            else:
+                from membrane.tls.grpc_credentials import channel_credentials, channel_options
+
+                material = self.tls()
+                self._generation = material.generation
+                self._channel = grpc.secure_channel(
+                    self.target, channel_credentials(material),
+                    options=[*options, *channel_options(self.server_name)])
         return self._channel
 
     def subscribe_once(self) -> None:
+        if self.tls is not None and self._channel is not None \
+                and self.tls().generation != self._generation:
+            self._channel.close()  # no stream is open on it now: reconnect with the new certificate
+            self._channel = None
         stub = pb_grpc.StateServiceStub(self._ensure_channel())
         request = pb.SubscribeRequest(node_name=self.node_name,
                                       last_applied_version=self.last_version,

@@ -2,7 +2,10 @@
 whose agents run in Kubernetes mode against the operator's state stream.
 
 The operator listens on a unix socket under the lab dir (reachable from every node namespace;
-nothing listens on the machine's network). Objects go through the real `kubernetes` client;
+nothing listens on the machine's network), with mutual TLS: the lab generates the cluster CA
+into the operator's Secret before the operator starts (as a chart may), and gives each node
+its certificate in a directory the agent reads with `--tls-dir` (as a mounted Secret would).
+`tls=False` runs both sides with `--insecure-plaintext` instead. Objects go through the real `kubernetes` client;
 `run_pod` plays kubelet: Pod object first, CNI ADD through the real plugin, then the pod's
 status gets its IP.
 """
@@ -20,9 +23,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import base64
+import datetime as dt
+
 from kubernetes import client
 
 from membrane.testing.kubeapi import KubeApiServer
+from membrane.tls.certificates import Authority
 
 from .node import LAB_DIR, LabNode, Pod, tool
 
@@ -45,8 +52,10 @@ def http_status(url: str) -> int:
 
 class KubeLab:
     def __init__(self, prefix: str = "mbt", cluster_cidr: str = "10.210.0.0/16",
-                 identity_wait: float = 1.0) -> None:
+                 identity_wait: float = 1.0, tls: bool = True) -> None:
         self.prefix = prefix
+        self.tls = tls
+        self.authority: Authority | None = None
         self.name = f"{prefix}-kube{os.getpid() % 10000}"
         self.cluster_cidr = cluster_cidr
         self.identity_wait = identity_wait
@@ -81,6 +90,12 @@ class KubeLab:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.api.start()
         self.api_client = self.api.api_client()
+        if self.tls:
+            self.authority = Authority.create()
+            self.core.create_namespaced_secret("kube-system", {
+                "metadata": {"name": "membrane-ca"}, "type": "Opaque",
+                "data": {"ca.crt": base64.b64encode(self.authority.cert_pem).decode(),
+                         "ca.key": base64.b64encode(self.authority.key_pem).decode()}})
         if operator:
             self.start_operator()
         return self
@@ -91,7 +106,8 @@ class KubeLab:
                "MEMBRANE_HTTP_ADDR": f"127.0.0.1:{self.operator_http}",
                "MEMBRANE_GRPC_ADDR": f"unix:{self.operator_socket}",
                "MEMBRANE_LEASE_DURATION_SECONDS": "3", "MEMBRANE_RENEW_DEADLINE_SECONDS": "2",
-               "MEMBRANE_RETRY_PERIOD_SECONDS": "0.3", "MEMBRANE_RESYNC_SECONDS": "0.2"}
+               "MEMBRANE_RETRY_PERIOD_SECONDS": "0.3", "MEMBRANE_RESYNC_SECONDS": "0.2",
+               **({} if self.tls else {"MEMBRANE_INSECURE_PLAINTEXT": "true"})}
         log = open(self.operator_log, "ab")
         self.operator = subprocess.Popen([tool("membrane-operator")], env=env, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL)
@@ -176,12 +192,27 @@ class KubeLab:
         node = LabNode(name, prefix=self.prefix, extra_args=[
             "--mode", "kubernetes", "--operator-address", f"unix://{self.operator_socket}",
             "--cluster-cidr", self.cluster_cidr, "--identity-wait-seconds", str(self.identity_wait),
-            "--resync-seconds", "5", *(extra_args or [])])
+            "--resync-seconds", "5", *self.tls_args(node_dir=LAB_DIR / f"{self.prefix}-{name}"),
+            *(extra_args or [])])
         self.nodes[name] = node
         node.create()
+        if self.tls:
+            self.issue_node_cert(name, node.workdir / "tls")
         if start:
             node.start_agent(wait_ready=wait_ready)
         return node
+
+    def tls_args(self, node_dir: Path) -> list[str]:
+        return ["--tls-dir", str(node_dir / "tls")] if self.tls else ["--insecure-plaintext"]
+
+    def issue_node_cert(self, name: str, directory: Path, lifetime: float = 86400.0) -> None:
+        """The node's key and certificate from the lab CA, where `--tls-dir` points."""
+        from membrane.agent.cert_keeping import write_dir
+        from membrane.tls.material import Material
+
+        assert self.authority is not None
+        pair = self.authority.issue(name, dt.timedelta(seconds=lifetime))
+        write_dir(directory, Material(self.authority.cert_pem, pair.key_pem, pair.cert_pem))
 
     def create_pod(self, node: LabNode, namespace: str, name: str, labels: dict[str, str],
                    ports: tuple[int, ...] = (80,)) -> None:

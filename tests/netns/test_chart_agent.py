@@ -62,7 +62,7 @@ while True:
 
 @pytest.fixture
 def lab() -> Iterator[KubeLab]:
-    kube = KubeLab(identity_wait=1.0)
+    kube = KubeLab(identity_wait=1.0, tls=False)  # the chart runs both with --insecure-plaintext for now
     helpers: list[subprocess.Popen[bytes]] = []
     kube.helpers = helpers  # type: ignore[attr-defined]
     try:

@@ -117,7 +117,8 @@ def _scenario(install_crds: bool) -> set[Call]:
                 api_server=api.url, identity="op-1", http_addr="127.0.0.1:0", grpc_addr="127.0.0.1:0",
                 install_crds=install_crds, lease_namespace=NS, lease_duration_seconds=2.0,
                 renew_deadline_seconds=1.5, retry_period_seconds=0.2, resync_seconds=0.2,
-                identity_gc_seconds=0.3, cluster_cidr="10.200.0.0/16"))
+                identity_gc_seconds=0.3, cluster_cidr="10.200.0.0/16",
+                insecure_plaintext=True))  # as the chart runs it (MEMBRANE_INSECURE_PLAINTEXT)
             operator = Operator(config).start()
             try:
                 assert wait_for(lambda: operator.is_leader and operator.ready())

@@ -170,11 +170,20 @@ def test_config_modes() -> None:
     assert standalone.mode == "standalone" and standalone.operator_address is None
     assert standalone.cluster_cidr == standalone.pod_cidr
     kube = load_config(["--mode", "kubernetes", "--operator-address", "unix:///run/op.sock",
-                        "--identity-wait-seconds", "0.5"], {})
+                        "--identity-wait-seconds", "0.5", "--tls-dir", "/etc/membrane/tls"], {})
     assert kube.mode == "kubernetes" and kube.operator_address == "unix:///run/op.sock"
-    assert kube.identity_wait_seconds == 0.5
-    env = load_config([], {"MEMBRANE_MODE": "kubernetes", "MEMBRANE_OPERATOR_ADDRESS": "127.0.0.1:4250"})
-    assert env.mode == "kubernetes"
+    assert kube.identity_wait_seconds == 0.5 and str(kube.tls_path) == "/etc/membrane/tls"
+    env = load_config([], {"MEMBRANE_MODE": "kubernetes", "MEMBRANE_OPERATOR_ADDRESS": "127.0.0.1:4250",
+                           "MEMBRANE_INSECURE_PLAINTEXT": "true"})
+    assert env.mode == "kubernetes" and env.insecure_plaintext
+    boot = load_config(["--mode", "kubernetes", "--operator-address", "127.0.0.1:4250", "--tls-bootstrap"], {})
+    assert boot.tls_bootstrap and boot.tls_path == boot.state_dir / "tls"
+    # Kubernetes mode (and --observer-tcp) without TLS only when asked for explicitly.
+    with pytest.raises(SystemExit, match="mutual TLS"):
+        load_config(["--mode", "kubernetes", "--operator-address", "127.0.0.1:4250"], {})
+    with pytest.raises(SystemExit, match="mutual TLS"):
+        load_config(["--observer-tcp", "127.0.0.1:4245"], {})
+    assert load_config(["--observer-tcp", "127.0.0.1:4245", "--insecure-plaintext"], {}).insecure_plaintext
     with pytest.raises(SystemExit):
         load_config(["--mode", "kubernetes"], {})
     with pytest.raises(SystemExit):

@@ -55,7 +55,7 @@ def test_operator_state_stream_has_health_and_reflection() -> None:
     with KubeApiServer(port=0) as api:
         operator = Operator(OperatorConfig(api_server=api.url, identity="op", http_addr="127.0.0.1:0",
                                            grpc_addr="127.0.0.1:0", leader_election=False,
-                                           resync_seconds=0.1)).start()
+                                           resync_seconds=0.1, insecure_plaintext=True)).start()
         try:
             with grpc.insecure_channel(f"127.0.0.1:{operator.grpc_port}") as channel:
                 assert check(channel, "") == SERVING

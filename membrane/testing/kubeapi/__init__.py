@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .messages import User
 from .serving import ErrorRule, KubeApiServer, RequestRecord
 
 if TYPE_CHECKING:
@@ -37,4 +38,4 @@ def make_api_client(url: str) -> ApiClient:
     return build(url)
 
 
-__all__ = ["ErrorRule", "KubeApiServer", "RequestRecord", "make_api_client", "make_configuration"]
+__all__ = ["ErrorRule", "KubeApiServer", "RequestRecord", "User", "make_api_client", "make_configuration"]

@@ -41,6 +41,12 @@ def _parse_int(text: str, what: str) -> int:
     return value
 
 
+def _serves_subresource(rtype: ResourceType, subresource: str) -> bool:
+    if subresource == "status":
+        return rtype.status_subresource
+    return subresource == "approval" and rtype.plural == "certificatesigningrequests"
+
+
 class Api(Writes):
     """Answers requests against one store and registry; the HTTP layer is in `serving`."""
 
@@ -80,7 +86,7 @@ class Api(Writes):
         rtype = self.registry.lookup(route.group, route.version, route.plural)
         if rtype is None or (route.namespace is not None and not rtype.namespaced) \
                 or (rtype.namespaced and route.namespace is None and route.name is not None) \
-                or (route.subresource is not None and (route.subresource != "status" or not rtype.status_subresource)):
+                or (route.subresource is not None and not _serves_subresource(rtype, route.subresource)):
             raise ApiError(404, "the server could not find the requested resource", "NotFound")
         watching = route.watch_path or _flag(req.query.get("watch"))
         if req.method == "GET" and route.name is None:
@@ -95,6 +101,8 @@ class Api(Writes):
             key: Key = (rtype.group, rtype.plural, route.namespace or "", route.name)
             if req.method == "GET":
                 return Response(200, present(self._existing(rtype, key), rtype))
+            if req.method == "PUT" and route.subresource == "approval":
+                return self._approve(rtype, key, self._body(req))
             if req.method == "PUT":
                 return self._update(rtype, key, self._body(req), route.subresource == "status")
             if req.method == "PATCH":

@@ -17,6 +17,20 @@ class Request:
     query: dict[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
     body: bytes = b""
+    user: User | None = None  # who sent it (from the bearer token); None: the admin
+
+
+@dataclass(frozen=True)
+class User:
+    """An authenticated user, as the API server's authenticators describe one."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+ADMIN = User("kubernetes-admin", ("system:masters", "system:authenticated"))
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,15 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "events", "Event", True, short_names=("ev",), field_labels=_EVENT_FIELDS),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, short_names=("cm",)),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, short_names=("sa",)),
+    ResourceType("", "v1", "secrets", "Secret", True, field_labels=("type",)),
     ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, short_names=("netpol",)),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+    # Spec written once by the requester (the server fills in who asked), conditions through
+    # `approval`, the certificate through `status`.
+    ResourceType("certificates.k8s.io", "v1", "certificatesigningrequests", "CertificateSigningRequest", False,
+                 short_names=("csr",), status_subresource=True, keep_status_on_create=False,
+                 initial_status={}, field_labels=("spec.signerName",)),
     ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
                  short_names=("crd", "crds"), status_subresource=True, keep_status_on_create=False,
                  initial_status={}),

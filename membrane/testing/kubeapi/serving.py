@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from .handling import Api
-from .messages import Request, Response
+from .messages import Request, Response, User
 from .resources import DEFAULT_KUBERNETES_VERSION, Registry
 from .statuses import ApiError, status_body
 from .storing import Store
@@ -132,11 +132,13 @@ class _Handler(BaseHTTPRequestHandler):
         record = owner._record(self.command, self.path, url.path, query)
         rule = owner._take_rule(self.command, self.path)
         try:
+            user = owner._authenticate(self.headers.get("Authorization"))
             if rule is not None:
                 headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after is not None else None
                 raise ApiError(rule.code, rule.message, headers=headers)
             result = owner.api.handle(Request(self.command, url.path, query,
-                                              self.headers.get("Content-Type", "application/json"), body))
+                                              self.headers.get("Content-Type", "application/json"), body,
+                                              user))
         except ApiError as error:
             record.code = error.code
             self._send(error.code, error.body, error.headers)
@@ -224,6 +226,7 @@ class KubeApiServer:
         self._watch_lock = threading.Lock()
         self._open_watches = 0
         self._rules: list[ErrorRule] = []
+        self._tokens: dict[str, User] = {}
         self._requests: list[RequestRecord] = []
         self._loaded = False
 
@@ -331,6 +334,22 @@ class KubeApiServer:
         with self._lock:
             self._rules.append(rule)
         return rule
+
+    def add_token(self, token: str, user: User) -> None:
+        """Requests with `Authorization: Bearer <token>` are `user` (recorded on the CSRs it
+        creates, as the real API server does); an unknown token gets 401; no token is the admin."""
+        with self._lock:
+            self._tokens[token] = user
+
+    def _authenticate(self, header: str | None) -> User | None:
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        with self._lock:
+            user = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        return user
 
     def clear_errors(self) -> None:
         """Drop all injected error rules."""

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .matching import field_predicate, label_predicate
-from .messages import Request, Response
+from .messages import ADMIN, Request, Response
 from .patching import (
     APPLY_PATCH,
     JSON_PATCH,
@@ -135,6 +135,8 @@ class Writes:
             if rtype.initial_status is not None:
                 obj["status"] = dict(rtype.initial_status)
         self._defaults(rtype, obj)
+        if rtype.plural == "certificatesigningrequests" and rtype.group == "certificates.k8s.io":
+            self._requester(obj, req)
         if req.query.get("dryRun"):
             return Response(201, present(obj, rtype))
         with self.store.cond:
@@ -201,6 +203,35 @@ class Writes:
                  "message": "the initial names have been accepted", "lastTransitionTime": when},
             ],
         }
+
+    @staticmethod
+    def _requester(obj: JSON, req: Request) -> None:
+        """A CSR records who asked, from the request's credentials, never from its body."""
+        user = req.user or ADMIN
+        spec = dict(obj.get("spec") or {})
+        for field_name in ("username", "uid", "groups", "extra"):
+            spec.pop(field_name, None)
+        spec["username"] = user.name
+        if user.uid:
+            spec["uid"] = user.uid
+        spec["groups"] = list(user.groups)
+        if user.extra:
+            spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+        obj["spec"] = spec
+
+    def _approve(self, rtype: ResourceType, key: Key, body: JSON) -> Response:
+        """PUT .../approval: only the Approved/Denied conditions change, never the certificate."""
+        with self.store.cond:
+            old = self._existing(rtype, key)
+            conditions = (body.get("status") or {}).get("conditions") or []
+            kinds = {c.get("type") for c in conditions}
+            if "Approved" in kinds and "Denied" in kinds:
+                raise invalid(rtype.kind, rtype.plural, rtype.group, key[3], "status.conditions",
+                              "Approved and Denied conditions are mutually exclusive")
+            status = {**(old.get("status") or {}), "conditions": conditions}
+            return self._update(rtype, key, {**old, "metadata": {**old["metadata"], **{
+                k: v for k, v in (body.get("metadata") or {}).items() if k == "resourceVersion"}},
+                "status": status}, True)
 
     def _update(self, rtype: ResourceType, key: Key, body: JSON, status_only: bool) -> Response:
         body = self._admit(rtype, body, key[3])
