@@ -83,6 +83,15 @@ HELP: dict[str, str] = {
                                   "is restarted",
     "resync_seconds": "period of GC timers and of retries of failed API writes",
     "log_level": "debug, info, warning or error",
+    "tls_ca_secret": "Secret (namespace/name) holding the cluster CA (ca.crt, ca.key) that signs the "
+                     "state stream's certificates; created at first start, its certificate also "
+                     "published in a ConfigMap of the same name for agents that bootstrap by CSR",
+    "tls_cert_lifetime_seconds": "lifetime of the operator's serving certificate and of the node "
+                                 "certificates it signs; each is renewed at 2/3 of it, without restarts",
+    "tls_agent_service_account": "service account (namespace/name) whose node-bound tokens may request "
+                                 "the certificate of their node (kubelet's system:node:NAME always may)",
+    "insecure_plaintext": "serve the state stream without TLS: no client authentication (tests and "
+                          "benchmarks only; agents must be started with --insecure-plaintext too)",
 }
 
 

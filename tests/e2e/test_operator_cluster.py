@@ -17,6 +17,7 @@ from membrane.api.state_objects import EndpointState, Kind, NodeState, StateUpda
 from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
 from membrane.testing.kubeapi import KubeApiServer
+from membrane.testing.tls import node_material
 
 NODES = ("n1", "n2", "n3")
 
@@ -31,12 +32,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
 
 
 class Agent:
-    def __init__(self, node: str, port: int, **kwargs: object) -> None:
+    def __init__(self, node: str, port: int, api: KubeApiServer, **kwargs: object) -> None:
         self.node = node
         self.state: dict = {}
         self.lock = threading.Lock()
+        material = node_material(api, node)
         self.client = StateClient(f"127.0.0.1:{port}", node, self.apply,
-                                  backoff=Backoff(initial=0.05, maximum=0.5), **kwargs)  # type: ignore[arg-type]
+                                  backoff=Backoff(initial=0.05, maximum=0.5),
+                                  tls=lambda: material, **kwargs)  # type: ignore[arg-type]
         self.client.start()
 
     def apply(self, update: StateUpdate) -> None:
@@ -70,7 +73,7 @@ def test_cluster_state_reaches_agents_and_survives_failover(api: KubeApiServer) 
         for index, node in enumerate(NODES):
             core.create_node({"metadata": {"name": node}, "status": {
                 "addresses": [{"type": "InternalIP", "address": f"192.0.2.{index + 1}"}]}})
-        agents = [Agent(node, first.grpc_port) for node in NODES]
+        agents = [Agent(node, first.grpc_port, api) for node in NODES]
         for index in range(6):
             node = NODES[index % 3]
             name = f"web-{index}"
@@ -94,7 +97,7 @@ def test_cluster_state_reaches_agents_and_survives_failover(api: KubeApiServer) 
         for agent in agents:
             agent.client.stop()
         first.stop(release=False)
-        agents = [Agent(a.node, second.grpc_port, last_version=a.client.last_version,
+        agents = [Agent(a.node, second.grpc_port, api, last_version=a.client.last_version,
                         stream_id=a.client.stream_id) for a in agents]
         assert wait_for(lambda: all(a.state == before for a in agents))
         assert wait_for(lambda: second.is_leader, timeout=10)

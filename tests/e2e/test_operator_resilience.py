@@ -31,6 +31,7 @@ from membrane.api.backoff import Backoff
 from membrane.api.state_client import StateClient
 from membrane.api.state_objects import Kind, StateUpdate, apply_update
 from membrane.testing.kubeapi import KubeApiServer
+from membrane.testing.tls import node_material
 from membrane.testing.kubeapi.messages import Request
 
 NODES = ("n1", "n2", "n3")
@@ -101,10 +102,13 @@ class OperatorProcess:
 
 
 class Agent:
-    def __init__(self, node: str, port: int, last_version: int = 0, stream_id: str = "") -> None:
+    def __init__(self, node: str, port: int, api: KubeApiServer, last_version: int = 0,
+                 stream_id: str = "") -> None:
         self.node, self.state, self.lock = node, {}, threading.Lock()
+        material = node_material(api, node)  # mutual TLS, as the agents run
         self.client = StateClient(f"127.0.0.1:{port}", node, self.apply, last_version=last_version,
-                                  stream_id=stream_id, backoff=Backoff(initial=0.05, maximum=0.5))
+                                  stream_id=stream_id, backoff=Backoff(initial=0.05, maximum=0.5),
+                                  tls=lambda: material)
         self.client.start()
 
     def apply(self, update: StateUpdate) -> None:
@@ -189,7 +193,7 @@ def test_leader_killed_standby_takes_over_nothing_reassigned(
     second = OperatorProcess(api, "op-b", tmp_path)
     procs.append(second)
     second.wait_ready()
-    agents = [Agent(node, first.grpc) for node in NODES]
+    agents = [Agent(node, first.grpc, api) for node in NODES]
     try:
         assert wait_for(lambda: all(len(a.of(Kind.ENDPOINT)) == 6 for a in agents))
         ids_before, cidrs_before = identities(api_client), pod_cidrs(core)
@@ -201,7 +205,7 @@ def test_leader_killed_standby_takes_over_nothing_reassigned(
         killed_at = time.monotonic()
         for agent in agents:
             agent.client.stop()
-        agents = [Agent(a.node, second.grpc, a.client.last_version, a.client.stream_id) for a in agents]
+        agents = [Agent(a.node, second.grpc, api, a.client.last_version, a.client.stream_id) for a in agents]
         assert wait_for(lambda: all(a.snapshot() == held for a in agents))
         assert wait_for(lambda: lease_holder(api_client) == "op-b", timeout=15)
         assert wait_for(lambda: second.metric("membrane_operator_is_leader") == 1)
@@ -234,7 +238,7 @@ def test_api_restart_and_forced_410_converge(api: KubeApiServer, procs: list[Ope
     op = OperatorProcess(api, "op-r", tmp_path)
     procs.append(op)
     op.wait_ready()
-    agents = [Agent(node, op.grpc) for node in NODES]
+    agents = [Agent(node, op.grpc, api) for node in NODES]
     try:
         assert wait_for(lambda: all(len(a.of(Kind.ENDPOINT)) == 4 for a in agents))
         expired_before = op.metric('membrane_operator_watch_lists_total{resource="pods",reason="expired"}')
@@ -280,7 +284,7 @@ def test_malformed_objects_rejected_without_harm(api: KubeApiServer, procs: list
     op = OperatorProcess(api, "op-m", tmp_path)
     procs.append(op)
     op.wait_ready()
-    agent = Agent("n1", op.grpc)
+    agent = Agent("n1", op.grpc, api)
     try:
         assert wait_for(lambda: len(agent.of(Kind.ENDPOINT)) == 2)
         bad_policy = {"metadata": {"name": "bad"}, "spec": {
