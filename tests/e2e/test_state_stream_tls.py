@@ -133,7 +133,7 @@ def test_only_the_node_its_certificate_names_may_subscribe(cluster: Cluster) -> 
     n1, n2 = cluster.material("n1"), cluster.material("n2")
     with cluster.channel(n1) as good:
         first = subscribe(good, "n1")[0]
-        assert first.type == pb.StateUpdate.SNAPSHOT and first.version >= 1
+        assert first.type == pb.StateUpdate.TYPE_SNAPSHOT and first.version >= 1
     # No client certificate, or no TLS at all: nothing is served.
     with cluster.channel(None) as anonymous:
         assert refused(anonymous, "n1") == grpc.StatusCode.UNAVAILABLE  # the handshake fails
@@ -188,7 +188,7 @@ def test_csr_bootstrap_signs_only_for_the_requesting_node(cluster: Cluster, tmp_
     csrs = client.CertificatesV1Api(cluster.admin).list_certificate_signing_request().items
     assert [c.spec.username for c in csrs] == ["system:node:n1"]  # recorded by the API server
     with cluster.channel(material) as channel:  # the certificate works on the stream
-        assert subscribe(channel, "n1")[0].type == pb.StateUpdate.SNAPSHOT
+        assert subscribe(channel, "n1")[0].type == pb.StateUpdate.TYPE_SNAPSHOT
     # n2 asking for n1's certificate, or a pod's service account bound to n1: denied.
     for token in ("tok-n2", "tok-evil"):
         key = new_key_pem()
