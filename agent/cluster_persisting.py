@@ -6,10 +6,18 @@ object) and empties the journal; each applied delta appends one fsynced line to
 `kill -9` at any moment loses at most the line being written (never acked: the operator sends
 it again). Loading replays the journal lines that follow the base in order and stops at the
 first torn or non-consecutive line.
+
+The cache is only a cache: the operator holds the whole state. A damaged base (empty, garbage,
+truncated) or a cache that ends before the version the kernel's state witness recorded
+(a deleted or cut-short journal, an older copy) is set aside as `.damaged` and the agent starts
+with no cluster state: it keeps the maps exactly as they are (they hold the last applied
+state) and rewrites them only from the operator's next snapshot. Never an older or empty state
+in their place: that would drop pods or a deny policy until the operator answers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +28,9 @@ from typing import Any
 from membrane.api.state_objects import (EndpointState, IdentityState, Kind, NamedPortState, NamespaceState, NodeState,
                                         PolicyState, StateKey, StateObject)
 
-from .persisting import open_private, private_dir, read_json, write_json
+from .datapath.witness import Mark, MemoryWitness, Slot, Witness
+from .persisting import open_private, private_dir, write_json
+from .state_files import DamagedFile, read_json_checked, set_aside
 
 log = logging.getLogger("membrane.cluster")
 
@@ -53,27 +63,53 @@ class SavedState:
     version: int = 0
     stream_id: str = ""
     objects: dict[StateKey, StateObject] = field(default_factory=dict)
+    damaged: str | None = None  # why the cache was set aside (then it is empty)
+
+
+def stream_tag(stream_id: str) -> int:
+    """A stable 63-bit number for a stream id (the witness stores numbers)."""
+    return int.from_bytes(hashlib.sha256(stream_id.encode()).digest()[:8], "big") >> 1
 
 
 class StateFile:
-    def __init__(self, state_dir: Path, compact_after: int = COMPACT_AFTER) -> None:
+    def __init__(self, state_dir: Path, compact_after: int = COMPACT_AFTER,
+                 witness: Witness | MemoryWitness | None = None) -> None:
         self.base = state_dir / STATE_FILE
         self.journal = state_dir / JOURNAL_FILE
         self.compact_after = compact_after
+        self.witness: Witness | MemoryWitness = witness if witness is not None else MemoryWitness()
         self.lines = 0
 
-    def load(self) -> SavedState:
-        saved = read_json(self.base) or {}
-        state = SavedState(int(saved.get("version", 0)), str(saved.get("stream_id", "")))
-        for data in saved.get("objects", []):
-            obj = object_from_json(data)
-            state.objects[(obj.kind, obj.key)] = obj
+    def load(self, set_aside_damage: bool = True) -> SavedState:
+        """The saved state; an empty one with `damaged` set when the files cannot be trusted
+        (they are then set aside, unless `set_aside_damage` is False: a read-only peek)."""
+        try:
+            return self._load()
+        except DamagedFile as exc:
+            if set_aside_damage:
+                for path in (self.base, self.journal):
+                    set_aside(path)
+                self.lines = 0
+            return SavedState(damaged=str(exc))
+
+    def _load(self) -> SavedState:
+        saved, salvaged = read_json_checked(self.base)
+        if saved is not None and not isinstance(saved, dict):
+            raise DamagedFile(self.base, "not a cluster state")
+        saved = saved or {}
+        try:
+            state = SavedState(int(saved.get("version", 0)), str(saved.get("stream_id", "")))
+            for data in saved.get("objects", []):
+                obj = object_from_json(data)
+                state.objects[(obj.kind, obj.key)] = obj
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DamagedFile(self.base, f"an object does not parse: {exc}") from None
         self.lines = 0
         try:
-            lines = self.journal.read_text().splitlines()
+            lines = self.journal.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             lines = []
-        clean = True
+        clean = not salvaged
         for line in lines:
             try:
                 entry = json.loads(line)
@@ -96,13 +132,21 @@ class StateFile:
                     state.objects[(kind, key)] = obj
             state.version = version
             self.lines += 1
+        mark = self.witness.get(Slot.CLUSTER_CACHE)
+        if mark is not None and (mark.tag != stream_tag(state.stream_id) or state.version < mark.seq):
+            where = self.base if not self.base.exists() else self.journal
+            raise DamagedFile(where, f"the cache ends at version {state.version}, the kernel's witness says "
+                                     f"version {mark.seq} of its stream was applied")
         if not clean:  # later appends must not follow a torn line
             self.write_base(state.version, state.stream_id, state.objects)
+        elif mark is None:
+            self.witness.set(Slot.CLUSTER_CACHE, Mark(state.version, stream_tag(state.stream_id)))
         return state
 
     def write_base(self, version: int, stream_id: str, objects: dict[StateKey, StateObject]) -> None:
         write_json(self.base, {"version": version, "stream_id": stream_id,
                                "objects": [object_to_json(o) for o in objects.values()]})
+        self.witness.set(Slot.CLUSTER_CACHE, Mark(version, stream_tag(stream_id)))
         with open_private(self.journal) as handle:  # the base holds everything now
             os.fsync(handle.fileno())
         self.lines = 0
@@ -122,3 +166,4 @@ class StateFile:
             handle.flush()
             os.fsync(handle.fileno())
         self.lines += 1
+        self.witness.set(Slot.CLUSTER_CACHE, Mark(version, stream_tag(stream_id)))

@@ -138,11 +138,17 @@ class ClusterSyncer:
         self.counts = {"snapshots": 0, "deltas": 0, "changes": 0, "skipped_objects": 0, "refused": 0}
         self.last_update: float | None = None
         self.client: Any = None  # the StateClient once started
+        self.damaged: str | None = None  # the cache was set aside at restore: wait for a snapshot
 
     # --- restore and persistence ---------------------------------------------------------
     def restore(self) -> int:
         """Record the persisted state (no map writes: the agent's start-up resync does them)."""
         saved = self.file.load()
+        if saved.damaged is not None:
+            self.damaged = saved.damaged
+            log.warning("cluster cache damaged and set aside: the maps keep the last applied state until the "
+                        "operator's snapshot", extra={"fields": {"reason": saved.damaged}})
+            return 0
         if not saved.objects and not saved.version:
             return 0
         objects = list(saved.objects.values())
@@ -321,7 +327,8 @@ class ClusterSyncer:
                     "subscribed": bool(client is not None and client.connected.is_set()),
                     "subscriptions": client.connects if client is not None else 0,
                     "pod_cidr": str(self.pod_cidr) if self.pod_cidr else None, "objects": kinds,
-                    "lingering_endpoints": len(self.lingering), "last_update": self.last_update, **self.counts}
+                    "lingering_endpoints": len(self.lingering), "last_update": self.last_update,
+                    "cache_damaged": self.damaged, **self.counts}
 
     def count(self, kind: Kind) -> int:
         with self.lock:
@@ -330,7 +337,7 @@ class ClusterSyncer:
 
 def saved_pod_cidr(state_dir: Path, node_name: str) -> IPv4Network | None:
     """This node's PodCIDR as last persisted (read before IPAM restores its pool)."""
-    node = StateFile(state_dir).load().objects.get((Kind.NODE, node_name))
+    node = StateFile(state_dir).load(set_aside_damage=False).objects.get((Kind.NODE, node_name))
     if isinstance(node, NodeState) and node.pod_cidr:
         try:
             return IPv4Network(node.pod_cidr)

@@ -74,6 +74,10 @@ class AgentConfig(BaseModel):
     api_token_file: Path | None = None
     conntrack_gc_seconds: float = Field(default=30.0, gt=0)
     resync_seconds: float = Field(default=60.0, gt=0)
+    # A damaged standalone object store (Pods, policies: the kernel cannot rebuild them) makes the
+    # agent refuse to start; with this it starts with an empty store instead (the damaged files
+    # are kept as *.damaged).
+    accept_state_loss: bool = False
 
     @field_validator("node_name")
     @classmethod
@@ -192,6 +196,8 @@ HELP: dict[str, str] = {
     "api_token_file": "bearer token file for --tls-bootstrap's Kubernetes API calls",
     "conntrack_gc_seconds": "period of the expired-conntrack sweep",
     "resync_seconds": "period of the full resync that repairs drift between state and kernel",
+    "accept_state_loss": "--no-accept-state-loss: refuse to start when the standalone object store is "
+                         "damaged (the default; --accept-state-loss starts with an empty store instead)",
 }
 
 
@@ -223,7 +229,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--insecure-plaintext", dest="insecure_plaintext", action="store_true", default=None,
                         help="talk to the operator and serve --observer-tcp without TLS: no authentication "
                              "(tests only; Kubernetes mode refuses to start without TLS otherwise)")
-    for key in ("tls_bootstrap", "insecure_plaintext"):
+    parser.add_argument("--accept-state-loss", dest="accept_state_loss", action="store_true", default=None,
+                        help="start with an empty object store when it is damaged (the damaged files are kept "
+                             "as *.damaged) instead of refusing to start; Pods and policies must then be applied "
+                             "again")
+    for key in ("tls_bootstrap", "insecure_plaintext", "accept_state_loss"):
         parser.add_argument("--no-" + key.replace("_", "-"), dest=key, action="store_false", default=None,
                             help=_help(key))
     return parser

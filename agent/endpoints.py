@@ -6,11 +6,16 @@ through the adapters it is given, so tests can hand it fakes.
 
 Durability: the endpoint record is the truth about who holds an address. ADD writes it (one
 fsync'd write) before kubelet gets its answer, DEL removes it durably; `restore()` rebuilds the
-IPAM allocations from the records and deletes host links no record claims. So a crash at any
-point neither hands out an address in use nor leaks one: an ADD that dies before its record
-leaves an orphan link (deleted at restore) and an address nobody was told about. `ipam.json`
-only keeps the allocation cursor across restarts; it is written off the hot path
-(`flush_ipam()`, housekeeping).
+IPAM allocations from the records. So a crash at any point neither hands out an address in use
+nor leaks one. `ipam.json` only keeps the allocation cursor across restarts; it is written off
+the hot path (`flush_ipam()`, housekeeping).
+
+The kernel is ground truth when a record is missing or damaged: every host veth carries its
+owner in its link alias (`link_alias`: container id, interface, pod, netns) and the pinned
+endpoint map holds its address, endpoint id, identity and MACs, so `restore()` rebuilds the
+record from the two (a damaged one is set aside as `.damaged`). A link is deleted only when
+neither a record nor the endpoint map knows it (an ADD that died before its map entry: kubelet
+was told it failed); a wired pod is never torn down because a file went missing.
 
 Concurrency: ADD/DEL of one endpoint are serialised (striped locks); `lock` guards the
 in-memory state (records, IPAM, what was written to the endpoint map) and is held only for
@@ -20,6 +25,7 @@ bookkeeping, never across netlink, fsync or policy work, so concurrent ADDs over
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -38,11 +44,14 @@ from .config import AgentConfig
 from .datapath.endpoints import EndpointEntry
 from . import failpoints
 from .netlinking import LinkExists, PodLink
-from .persisting import read_json, remove, write_json
+from .persisting import remove, write_json
+from .state_files import DamagedFile, read_json_checked, set_aside
 
 log = logging.getLogger("membrane.endpoints")
 
 HOST_IFNAME_PREFIX = "mb"
+ALIAS_PREFIX = "membrane1 "
+ALIAS_MAX = 255  # IFALIASZ - 1
 _KEY_STRIPES = 64
 UNKNOWN_IDENTITY = 0  # until the identity issue lands: no identity assigned yet
 
@@ -75,11 +84,12 @@ class Endpoint(BaseModel):
 
 class NetlinkPort(Protocol):
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
-                        mtu: int) -> PodLink: ...
+                        mtu: int, alias: str = "") -> PodLink: ...
     def delete_link(self, name: str) -> bool: ...
     def ifindex(self, name: str) -> int | None: ...
     def attach(self, ifindex: int, from_container: tuple[int, str], to_container: tuple[int, str]) -> None: ...
     def host_links(self, prefix: str) -> dict[str, int]: ...
+    def host_link_aliases(self, prefix: str) -> dict[str, tuple[int, str, str]]: ...
 
 
 class EndpointMapPort(Protocol):
@@ -95,6 +105,30 @@ def endpoint_key(container_id: str, ifname: str) -> str:
 def host_ifname_for(container_id: str, ifname: str) -> str:
     digest = hashlib.sha256(endpoint_key(container_id, ifname).encode()).hexdigest()
     return HOST_IFNAME_PREFIX + digest[:12]
+
+
+def link_alias(container_id: str, ifname: str, namespace: str, pod: str, netns: str) -> str:
+    """Who owns a host veth, in its alias ("" when even without the netns path it does not fit)."""
+    owner = {"c": container_id, "i": ifname, "n": namespace, "p": pod, "s": netns}
+    for drop in (None, "s"):
+        if drop:
+            owner.pop(drop)
+        text = ALIAS_PREFIX + json.dumps(owner, separators=(",", ":"), sort_keys=True)
+        if len(text.encode()) <= ALIAS_MAX:
+            return text
+    return ""
+
+
+def parse_alias(alias: str) -> dict[str, str] | None:
+    if not alias.startswith(ALIAS_PREFIX):
+        return None
+    try:
+        owner = json.loads(alias[len(ALIAS_PREFIX):])
+    except ValueError:
+        return None
+    if not isinstance(owner, dict) or not isinstance(owner.get("c"), str) or not isinstance(owner.get("i"), str):
+        return None
+    return {k: str(v) for k, v in owner.items()}
 
 
 class EndpointManager:
@@ -143,17 +177,41 @@ class EndpointManager:
         return self._key_locks[hash(key) % _KEY_STRIPES]
 
     def restore(self) -> dict[str, int]:
-        """Reload records and IPAM, reconcile them with the links that exist.
+        """Reload records and IPAM, rebuild what is missing from the links and the endpoint
+        map, reconcile them with the links that exist.
 
         Programs are not touched here: `reattach()` runs once policy state is back in the
         maps, so a new program never meets a policy map it would read as "deny all"."""
         with self.lock:
-            saved = read_json(self.ipam_path)
-            if saved:
-                self.ipam = IpamPool.from_dict(saved, self.config.pod_cidr)
+            report = {"endpoints": 0, "rebuilt_records": 0, "damaged_records": 0, "ipam_rebuilt": 0,
+                      "unknown_links_kept": 0, "orphan_links": 0, "released_addresses": 0, "map_writes": 0}
+            try:
+                saved, salvaged = read_json_checked(self.ipam_path)
+                if saved:
+                    self.ipam = IpamPool.from_dict(saved, self.config.pod_cidr)
+                if salvaged:
+                    set_aside(self.ipam_path, keep_original=True)  # rewritten clean below
+            except (DamagedFile, ValueError, KeyError, TypeError, AttributeError, AssertionError):
+                set_aside(self.ipam_path)  # only a cursor: the allocations come from the records
+                self.ipam = IpamPool(self.config.pod_cidr)
+                report["ipam_rebuilt"] = 1
             for path in sorted(self.dir.glob("*.json")) if self.dir.exists() else []:
-                ep = Endpoint.model_validate(read_json(path))
+                try:
+                    data, salvaged = read_json_checked(path)
+                    ep = Endpoint.model_validate(data)
+                    if self._record_path(ep.key) != path:
+                        raise DamagedFile(path, f"holds the record of {ep.key}")
+                    if salvaged:  # bytes after the record: keep them aside, write it clean
+                        set_aside(path, keep_original=True)
+                        self._save(ep)
+                except (DamagedFile, ValueError) as exc:
+                    log.warning("endpoint record damaged: rebuilt from the kernel if its link exists",
+                                extra={"fields": {"file": str(path), "error": str(exc).splitlines()[0]}})
+                    set_aside(path)
+                    report["damaged_records"] += 1
+                    continue
                 self.endpoints[ep.key] = ep
+            orphans = self._rebuild_from_kernel(report)
             owners = {ep.key: ep.ip for ep in self.endpoints.values()}
             for ep in self.endpoints.values():  # a record always owns its address
                 if self.ipam.allocations.get(ep.ip) != ep.key:
@@ -164,8 +222,6 @@ class EndpointManager:
             for addr in stale:
                 del self.ipam.allocations[addr]
             self._save_ipam()
-            known = {ep.host_ifname for ep in self.endpoints.values()}
-            orphans = [n for n in self.netlink.host_links(HOST_IFNAME_PREFIX) if n not in known and len(n) == 14]
             for name in orphans:
                 self.netlink.delete_link(name)
             for ep in self.endpoints.values():
@@ -175,8 +231,42 @@ class EndpointManager:
                     continue
                 ep.host_ifindex, ep.state = idx, "ready"
             delta = self.sync_map()
-            return {"endpoints": len(self.endpoints), "orphan_links": len(orphans), "released_addresses": len(stale),
-                    "map_writes": len(delta.upserts) + len(delta.deletes)}
+            report.update(endpoints=len(self.endpoints), orphan_links=len(orphans), released_addresses=len(stale),
+                          map_writes=len(delta.upserts) + len(delta.deletes))
+            return report
+
+    def _rebuild_from_kernel(self, report: dict[str, int]) -> list[str]:
+        """Records for links no record claims, from their alias and the endpoint map; returns
+        the links nobody knows (to delete)."""
+        known = {ep.host_ifname for ep in self.endpoints.values()}
+        links = {name: found for name, found in self.netlink.host_link_aliases(HOST_IFNAME_PREFIX).items()
+                 if name not in known and len(name) == 14}
+        if not links:
+            return []
+        in_map = {entry.ifindex: (ip, entry) for ip, entry in self.datapath.read_endpoints().items()}
+        orphans = []
+        for name, (ifindex, _, alias) in sorted(links.items()):
+            owner = parse_alias(alias)
+            found = in_map.get(ifindex)
+            if found is None:
+                orphans.append(name)  # never in the map: an ADD that died before publishing it
+                continue
+            if owner is None or host_ifname_for(owner["c"], owner["i"]) != name:
+                # Wired (it is in the map) but its owner unknown: keep it, never tear a pod down.
+                log.warning("endpoint link without a record or owner alias kept", extra={"fields": {"link": name}})
+                report["unknown_links_kept"] += 1
+                continue
+            ip, entry = found
+            ep = Endpoint(container_id=owner["c"], ifname=owner["i"], netns=owner.get("s", ""), host_ifname=name,
+                          host_ifindex=ifindex, host_mac=entry.host_mac, pod_mac=entry.pod_mac, ip=ip,
+                          endpoint_id=entry.endpoint_id, namespace=owner.get("n", ""), pod=owner.get("p", ""),
+                          identity=entry.identity, created=time.time())
+            self.endpoints[ep.key] = ep
+            self._save(ep)
+            report["rebuilt_records"] += 1
+            log.warning("endpoint record rebuilt from its link and the endpoint map",
+                        extra={"fields": {"endpoint": ep.key, "ip": str(ip), "link": name}})
+        return orphans
 
     def reattach(self) -> int:
         """Attach this start's programs to every restored endpoint (tc replace: never twice)."""
@@ -262,7 +352,8 @@ class EndpointManager:
             saved = False
             try:
                 failpoints.hit("add.after-ipam")
-                link = self._create_link(host_ifname, netns, ifname, ip)
+                link = self._create_link(host_ifname, netns, ifname, ip,
+                                         link_alias(container_id, ifname, namespace, pod, netns))
                 ep = Endpoint(container_id=container_id, ifname=ifname, netns=netns, host_ifname=host_ifname,
                               host_ifindex=link.host_ifindex, host_mac=link.host_mac, pod_mac=link.pod_mac, ip=ip,
                               endpoint_id=endpoint_id, namespace=namespace, pod=pod, identity=identity,
@@ -302,18 +393,18 @@ class EndpointManager:
                                                     "host_ifname": host_ifname}})
         return ep
 
-    def _create_link(self, host_ifname: str, netns: str, ifname: str, ip: IPv4Address) -> PodLink:
+    def _create_link(self, host_ifname: str, netns: str, ifname: str, ip: IPv4Address, alias: str) -> PodLink:
         """The pod's veth pair. A host link of this endpoint's name that no record claims was
         left by an ADD that died part-way (the name is a hash of container id and ifname, and
         ADDs of one endpoint are serialised): it is removed and creation tried once more."""
         try:
-            return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
+            return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500, alias)
         except LinkExists as exc:
             if exc.side != "host":
                 raise
         log.warning("orphan host link removed", extra={"fields": {"host_ifname": host_ifname}})
         self.netlink.delete_link(host_ifname)
-        return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
+        return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500, alias)
 
     def delete(self, container_id: str, ifname: str) -> bool:
         """Idempotent: unknown containers and vanished links are fine."""

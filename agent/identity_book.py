@@ -5,6 +5,10 @@ to the state dir when numbers were handed out (once per batch, `flush`) or freed
 used in a BPF map.
 Who holds an identity is not persisted: a restarted agent re-assigns every pod it knows, and
 numbers nobody claims again age out after the grace period.
+
+A missing or damaged file (set aside as `.damaged`) is rebuilt from the kernel: the endpoint
+map holds the identity of every local pod, the store its labels (`recover`), so every pod
+keeps its number and no map entry changes.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from membrane.identities import (CLUSTER_IDENTITY_MIN, IdentityAllocator, LabelS
                                  identity_labels, reserved_labels)
 from membrane.k8s_models import ObjectRef
 
-from .persisting import read_json, write_json
+from .persisting import write_json
+from .state_files import DamagedFile, read_json_checked, set_aside
 
 GRACE_SECONDS = 60.0  # an unused identity keeps its number this long (a pod being recreated)
 
@@ -24,15 +29,37 @@ GRACE_SECONDS = 60.0  # an unused identity keeps its number this long (a pod bei
 class IdentityBook:
     def __init__(self, path: Path) -> None:
         self.path = path
-        saved = read_json(path)
-        self.allocator = IdentityAllocator.from_dict(saved) if saved else \
-            IdentityAllocator(CLUSTER_IDENTITY_MIN, grace=GRACE_SECONDS)
+        self.damaged: str | None = None
+        try:
+            saved, salvaged = read_json_checked(path)
+            self.allocator = IdentityAllocator.from_dict(saved) if saved else self._fresh()
+            if salvaged:  # bytes after the document: keep them aside, write the file clean
+                set_aside(path, keep_original=True)
+                write_json(path, self.allocator.to_dict())
+        except (DamagedFile, ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.damaged = str(exc).splitlines()[0]
+            set_aside(path)
+            saved, self.allocator = None, self._fresh()
+        self.loaded = bool(saved)  # False: missing or damaged, `recover` rebuilds it
         self.held: dict[ObjectRef, LabelSet] = {}
         self.unsaved = False  # numbers handed out since the last save (`flush`)
         now = time.time()
         for identity, labels in self.allocator.items().items():
             for owner in self.allocator.owners_of(identity):
                 self.allocator.release(labels, owner, now)  # re-claimed by assign() at start-up
+
+    @staticmethod
+    def _fresh() -> IdentityAllocator:
+        return IdentityAllocator(CLUSTER_IDENTITY_MIN, grace=GRACE_SECONDS)
+
+    def recover(self, in_use: dict[LabelSet, int]) -> int:
+        """Rebuild the numbering from the identities the kernel's maps use (labels -> number);
+        returns how many were restored. Persisted at once."""
+        restored = sum(1 for labels, number in sorted(in_use.items(), key=lambda kv: kv[1])
+                       if self.allocator.claim(number, labels))
+        self._save()
+        self.loaded = True
+        return restored
 
     def assign(self, ref: ObjectRef, pod_labels: dict[str, str], ns_labels: dict[str, str]) -> int:
         """The identity of a pod with these labels; moves the pod off its old one."""

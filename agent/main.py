@@ -33,12 +33,14 @@ from .cert_keeping import CertKeeper, TlsError
 from .cluster_syncing import ClusterSyncer, saved_pod_cidr
 from .cni_handling import CniHandler
 from .config import AgentConfig, load_config
+from .datapath.witness import Witness
 from .datapath_port import DatapathPort
 from .endpoints import Endpoint, EndpointManager
 from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .identity_book import IdentityBook
 from .identity_sources import IdentitySource, StreamIdentities, identity_count
+from membrane.identities import CLUSTER_IDENTITY_MIN, LabelSet, identity_labels
 from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
 from .metrics import AgentMetrics, DatapathCollector
@@ -102,6 +104,10 @@ class Agent:
         self.http: HttpServer | None = None
         self.certs: CertKeeper | None = None
         self.overlay: overlay.Overlay | None = None
+        self.witness: Witness | None = None
+        # Kubernetes mode with a damaged cluster cache: the maps keep what they enforce until the
+        # operator's snapshot arrives (that apply is a full resync against the kernel).
+        self.maps_held = False
 
     # --- lifecycle -----------------------------------------------------------------
     def _start_tls(self) -> None:
@@ -143,7 +149,16 @@ class Agent:
                 "state_dir": str(cfg.state_dir), "changed": repaired}})
         self._start_tls()
         write_sysctl("net.ipv4.ip_forward", "1", cfg.procfs)  # the node routes pod traffic to the outside
-        self.datapath.load(ensure_bpffs(cfg.bpffs_root))
+        pin_root = ensure_bpffs(cfg.bpffs_root)
+        # State files are checked against the kernel's witness before anything is changed (or
+        # compiled): a store that cannot be trusted stops the start here, every pod still wired.
+        pin_root.mkdir(parents=True, exist_ok=True)
+        self.witness = Witness(pin_root)
+        if self.cluster is None:
+            log.info("object store loaded", extra={"fields": self.store.load(self.witness, cfg.accept_state_loss)})
+        else:
+            self.cluster.file.witness = self.witness
+        self.datapath.load(pin_root)
         self.metrics.compile.set(self.datapath.compile_seconds)
         self.metrics.load.set(self.datapath.load_seconds)
         # Before any pod is wired: the pod MTU depends on the tunnel.
@@ -153,6 +168,9 @@ class Agent:
                                                     self.datapath.map_usage))
         restored = self.endpoints.restore()
         log.info("endpoints restored", extra={"fields": restored})
+        if isinstance(self.identities, IdentityBook) and not self.identities.loaded:
+            log.info("identities rebuilt from the endpoint map", extra={"fields": {
+                "restored": self.identities.recover(self._identities_in_use()), "damaged": self.identities.damaged}})
         # Policy state is rebuilt from the store and the restored endpoints, then compared
         # with the pinned maps: only differences are written, nothing is flushed.
         if self.cluster is not None:  # the state applied before the restart, as it was
@@ -163,7 +181,11 @@ class Agent:
                 self._object_changed(kind, (kind, meta.namespace or "", meta.name), obj)
         for ep in self.endpoints.list():
             self._endpoint_changed(ep, True, apply=False)
-        log.info("policy restored", extra={"fields": self.policy.resync()})
+        if self.cluster is not None and self.cluster.damaged is not None:
+            self.maps_held = True
+            log.warning("policy maps held as they are until the operator's snapshot (cluster cache set aside)")
+        else:
+            log.info("policy restored", extra={"fields": self.policy.resync()})
         # Only now that the ipcache knows the nodes again (from_overlay trusts no one else); the
         # device is kept over restarts (created only if missing, program replaced in place), so
         # cross-node flows of restored pods never stop.
@@ -214,6 +236,8 @@ class Agent:
         self.applier.shutdown(wait=True)
         self.observer.stop()
         self.endpoints.flush_ipam()
+        if self.witness is not None:
+            self.witness.close()
         self.datapath.close()
         self.netlink.close()
         log.info("agent stopped")
@@ -242,7 +266,7 @@ class Agent:
                     if delta:
                         log.warning("endpoint map drift repaired", extra={"fields": {
                             "upserts": len(delta.upserts), "deletes": len(delta.deletes)}})
-                    report = self.policy.resync()
+                    report = self.policy.resync() if not self.maps_held else {}
                     if any(report.values()):
                         log.warning("policy maps resynced", extra={"fields": report})
                     self.identities.gc()
@@ -299,13 +323,34 @@ class Agent:
         MapCapacityError (nothing written) when a map would overflow."""
         started = time.perf_counter()
         with self.policy.lock:
-            if recorded_at is not None and self.policy.generation != recorded_at:
+            if self.maps_held:
+                if cause != "stream":
+                    return {}  # recorded; written with the operator's snapshot
+                report = self.policy.resync()
+                self.maps_held = False
+                log.info("policy maps rebuilt from the operator's snapshot", extra={"fields": report})
+            elif recorded_at is not None and self.policy.generation != recorded_at:
                 return {}
-            report = self.policy.apply()
+            else:
+                report = self.policy.apply()
         self.metrics.policy_delay.labels(cause).observe(time.perf_counter() - started)
         if any(report.values()):
             log.info("policy applied", extra={"fields": {"cause": cause, **report}})
         return report
+
+    def _identities_in_use(self) -> dict[LabelSet, int]:
+        """labels -> identity of every local pod, as the endpoint map holds it (standalone)."""
+        found: dict[LabelSet, int] = {}
+        for ep in self.endpoints.list():
+            if ep.identity < CLUSTER_IDENTITY_MIN:
+                continue
+            pod = self.store.get("Pod", ep.pod_ref.namespace, ep.pod_ref.name)
+            ns = self.store.get("Namespace", "", ep.pod_ref.namespace)
+            pod_labels = dict(pod.metadata.labels) if pod is not None else {}  # type: ignore[attr-defined]
+            ns_labels = dict(ns.metadata.labels) if ns is not None else {}  # type: ignore[attr-defined]
+            labels = identity_labels(pod_labels, ep.pod_ref.namespace, ns_labels)
+            found.setdefault(labels, ep.identity)
+        return found
 
     def _pod_cidr_learned(self, cidr: IPv4Network) -> None:
         """Kubernetes mode: the operator assigned (or restored) this node's PodCIDR."""

@@ -161,9 +161,10 @@ class Netlink:
         return self._owned(lambda ipr: str(ipr.get_links(ifindex)[0].get("address")))
 
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
-                        mtu: int) -> PodLink:
+                        mtu: int, alias: str = "") -> PodLink:
         """veth pair with the peer born inside the pod namespace under its final name, both
-        sides configured: three batches of netlink messages on the node side, two in the pod."""
+        sides configured: three batches of netlink messages on the node side, two in the pod.
+        `alias` goes on the host side (who owns it: the endpoint can be rebuilt from the link)."""
         fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _, host = self._rtnl.batch([RtnlSocket.add_veth(host_ifname, pod_ifname, fd, mtu),
@@ -181,7 +182,7 @@ class Netlink:
         write_sysctl(f"net.ipv6.conf.{host_ifname}.disable_ipv6", "1", self.procfs)
         pod_mac = in_netns(netns, lambda: self._configure_pod_side(pod_ifname, address, host_mac, self.procfs))
         failpoints.hit("add.after-pod-side")
-        self._rtnl.batch([RtnlSocket.set_up(host_ifindex),
+        self._rtnl.batch([RtnlSocket.set_up(host_ifindex, alias=alias or None),
                           RtnlSocket.replace_route(address, 32, host_ifindex),
                           RtnlSocket.replace_neighbour(host_ifindex, address, pod_mac)])
         failpoints.hit("add.after-host-side")
@@ -419,6 +420,12 @@ class Netlink:
         """The node's own IPv4 addresses (its identity is HOST), loopback aside."""
         found = self._owned(lambda ipr: [str(a.get("IFA_ADDRESS")) for a in ipr.get_addr(family=2)])
         return sorted(a for a in found if not a.startswith("127."))
+
+    def host_link_aliases(self, prefix: str) -> dict[str, tuple[int, str, str]]:
+        """Host veths by name prefix -> (ifindex, MAC, alias; "" when it has none)."""
+        return self._owned(lambda ipr: {
+            str(l.get("ifname")): (int(l["index"]), str(l.get("address") or ""), str(l.get_attr("IFLA_IFALIAS") or ""))
+            for l in ipr.get_links() if str(l.get("ifname", "")).startswith(prefix)})
 
     def host_links(self, prefix: str) -> dict[str, int]:
         """Host veths the agent created (by name prefix) -> ifindex."""

@@ -37,7 +37,7 @@ ADD = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
 CHANGE = NLM_F_REQUEST | NLM_F_ACK
 # attributes
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 18, 28
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 1, 3, 4, 18, 20, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
@@ -185,8 +185,9 @@ class RtnlSocket:
         return Request(RTM_NEWLINK, ADD, body, f"add veth {name} (peer {peer})")
 
     @staticmethod
-    def set_up(index: int = 0, name: str | None = None) -> Request:
-        body = _ifinfo(index, IFF_UP, IFF_UP) + (_str(IFLA_IFNAME, name) if name is not None else b"")
+    def set_up(index: int = 0, name: str | None = None, alias: str | None = None) -> Request:
+        body = _ifinfo(index, IFF_UP, IFF_UP) + (_str(IFLA_IFNAME, name) if name is not None else b"") + \
+            (_str(IFLA_IFALIAS, alias) if alias else b"")
         return Request(RTM_SETLINK, CHANGE, body, f"set link {name or index} up")
 
     @staticmethod

@@ -221,6 +221,18 @@ class IdentityAllocator:
         entry.released_at = None
         return identity
 
+    def claim(self, identity: int, labels: LabelSet) -> bool:
+        """Give `labels` this exact number (rebuilding the numbering from what the kernel still
+        uses); False when the number or the labels are taken, or the number is out of range."""
+        if not self.first <= identity <= self.last or identity in self._by_id or labels in self._by_labels:
+            return False
+        self._by_id[identity] = _Entry(labels, released_at=0.0)  # unowned until a pod acquires it
+        self._by_labels[labels] = identity
+        if identity in self._free:
+            self._free.remove(identity)
+        self._next = max(self._next, identity + 1)
+        return True
+
     def release(self, labels: LabelSet, owner: str, now: float = 0.0) -> int | None:
         """Drop `owner`; returns the identity if that left it unowned."""
         identity = self._by_labels.get(labels)

@@ -72,6 +72,7 @@ from membrane.agent.datapath.layout import (
 from membrane.agent.datapath.metrics import MetricSample, summed_samples
 from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
 from membrane.agent.datapath.syscalls import map_count_entries, map_info, pinned_map_info
+from membrane.agent.datapath.witness import WITNESS_NAME
 from membrane.delta import Delta
 from membrane.policy.flattening import FlatKey, FlatValue
 
@@ -192,7 +193,7 @@ class Datapath:
 
     def unpin(self) -> None:
         """Remove this datapath's pinned maps and the pin root if it is then empty."""
-        for name in PINNED_NAMES:
+        for name in (*PINNED_NAMES, WITNESS_NAME):
             (self.pin_root / name).unlink(missing_ok=True)
         try:
             self.pin_root.rmdir()

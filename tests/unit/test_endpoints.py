@@ -15,14 +15,16 @@ from membrane.delta import Delta
 class FakeNetlink:
     def __init__(self) -> None:
         self.links: dict[str, int] = {}
+        self.aliases: dict[str, str] = {}
         self.attached: dict[int, int] = {}
         self.fail_create = False
         self._next = 10
 
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
-                        mtu: int) -> PodLink:
+                        mtu: int, alias: str = "") -> PodLink:
         self._next += 1
         self.links[host_ifname] = self._next
+        self.aliases[host_ifname] = alias
         if self.fail_create:
             raise OSError("netns vanished")
         return PodLink(host_ifname, self._next, "02:00:00:00:00:01", pod_ifname, "02:00:00:00:00:02")
@@ -38,6 +40,10 @@ class FakeNetlink:
 
     def host_links(self, prefix: str) -> dict[str, int]:
         return {n: i for n, i in self.links.items() if n.startswith(prefix)}
+
+    def host_link_aliases(self, prefix: str) -> dict[str, tuple[int, str, str]]:
+        return {n: (i, "02:00:00:00:00:01", self.aliases.get(n, "")) for n, i in self.links.items()
+                if n.startswith(prefix)}
 
 
 class FakeMap:
