@@ -28,7 +28,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "static-unprivileged": {"operator.enabled": False, "ipam.mode": "static", "agent.privileged": False,
                             "agent.mtu": 1450, "agent.tunnel": "disabled"},
     "everything": {
-        "prometheus.serviceMonitor.enabled": True, "operator.installCRDs": True,
+        "prometheus.serviceMonitor.enabled": True, "operator.installCRDs": True, "dashboards.enabled": True,
+        "prometheus.prometheusRule.enabled": True,
         "agent.operatorAddress": "operator.example:4250", "k8sServiceHost": "10.0.0.1",
         "k8sServicePort": "6443", "image.digest": "sha256:" + "a" * 64, "imagePullSecrets[0].name": "regcred",
         "cni.exclusive": True, "cni.chainedPlugins[0].type": "portmap",
