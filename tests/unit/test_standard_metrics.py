@@ -20,6 +20,9 @@ from membrane.http_serving import HttpServer
 from membrane.operator.metrics import OperatorMetrics
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+# What Prometheus 2.x sends when it scrapes.
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+                     "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 
 @pytest.fixture(params=["agent", "operator"])
@@ -62,7 +65,8 @@ def test_promtool_accepts_the_exposition(served: tuple[str, int]) -> None:
 
 def test_openmetrics_when_asked(served: tuple[str, int]) -> None:
     component, port = served
-    for accept in (OPENMETRICS, "application/openmetrics-text", f"{OPENMETRICS};q=0.9, text/plain;q=0.5"):
+    for accept in (OPENMETRICS, "application/openmetrics-text", f"{OPENMETRICS};q=0.9, text/plain;q=0.5",
+                   PROMETHEUS_ACCEPT):
         ctype, body = scrape(port, accept)
         assert ctype.startswith("application/openmetrics-text; version=1.0.0"), (accept, ctype)
         assert body.endswith("# EOF\n")
