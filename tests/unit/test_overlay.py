@@ -203,3 +203,59 @@ def test_a_tunnel_endpoint_is_always_a_node_even_without_a_node_object(tmp_path:
     pm.apply()
     assert maps.ipcache[net("192.0.2.9")] == NODE_ENTRY
     assert_every_tunnel_endpoint_is_a_node(maps.ipcache)
+
+
+# -- wiring the device: the port reaches the datapath, the program comes last ------------------
+
+
+class FakeNetlink:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    def underlay(self, node_ip: IPv4Address | None) -> tuple[IPv4Address | None, int | None]:
+        return node_ip or IPv4Address("192.0.2.1"), 1500
+
+    def ensure_vxlan(self, name: str, port: int, mtu: int) -> int:
+        self.calls.append(("vxlan", (name, port, mtu)))
+        return 42
+
+    def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None:
+        self.calls.append(("attach", (ifindex, program[1])))
+
+
+class FakeDatapath:
+    def __init__(self, calls: list[tuple[str, object]]) -> None:
+        self.calls = calls
+
+    def program(self, name: str) -> tuple[int, str]:
+        return 7, name
+
+    def set_node_config(self, config: object) -> None:
+        self.calls.append(("config", config))
+
+
+def test_plan_touches_nothing_and_setup_writes_the_port_before_attaching(tmp_path: Path) -> None:
+    from membrane.agent import overlay
+    from membrane.agent.config import AgentConfig
+    from membrane.agent.datapath.node_config import NodeConfig
+
+    config = AgentConfig(node_name="n1", tunnel_port=4789, state_dir=tmp_path)
+    netlink = FakeNetlink()
+    planned = overlay.plan(config, netlink)
+    assert netlink.calls == [] and planned.pod_mtu == 1450 and planned.ifindex == 0
+    ready = overlay.setup(config, planned, netlink, FakeDatapath(netlink.calls))
+    assert ready.ifindex == 42
+    assert netlink.calls == [("vxlan", (config.tunnel_device, 4789, 1450)),
+                             ("config", NodeConfig(42, IPv4Address("192.0.2.1"), 4789)),
+                             ("attach", (42, "from_overlay"))]
+
+
+def test_no_tunnel_means_no_port_and_no_device(tmp_path: Path) -> None:
+    from membrane.agent import overlay
+    from membrane.agent.config import AgentConfig
+    from membrane.agent.datapath.node_config import NodeConfig
+
+    config = AgentConfig(node_name="n1", tunnel="disabled", state_dir=tmp_path)
+    netlink = FakeNetlink()
+    ready = overlay.setup(config, overlay.plan(config, netlink), netlink, FakeDatapath(netlink.calls))
+    assert netlink.calls == [("config", NodeConfig(0, IPv4Address("192.0.2.1")))] and ready.pod_mtu == 1500
