@@ -17,6 +17,7 @@ NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}, "spec": 
 
 def test_node_is_cluster_scoped_and_survives_a_restart(tmp_path: Path) -> None:
     store = ObjectStore(tmp_path / "objects.json")
+    store.load()
     heard: list[tuple[str, ObjectKey, BaseModel | None]] = []
     store.listeners.append(lambda kind, key, obj: heard.append((kind, key, obj)))
     assert store.apply([NODE]) == [{"kind": "Node", "namespace": "", "name": "n2", "action": "created"}]
@@ -24,6 +25,7 @@ def test_node_is_cluster_scoped_and_survives_a_restart(tmp_path: Path) -> None:
     assert (kind, key) == ("Node", ("Node", "", "n2")) and isinstance(obj, Node)
     assert obj.tunnel_addresses == ("192.0.2.2",) and obj.pod_cidr_list == ("10.1.2.0/24",)
     again = ObjectStore(tmp_path / "objects.json")
+    again.load(store.witness)  # the same kernel witness, as after an agent restart
     (restored,) = again.list("Node")
     assert restored == obj
     store.delete([NODE])
@@ -32,6 +34,7 @@ def test_node_is_cluster_scoped_and_survives_a_restart(tmp_path: Path) -> None:
 
 def test_a_bad_node_is_refused_with_its_field(tmp_path: Path) -> None:
     store = ObjectStore(tmp_path / "objects.json")
+    store.load()
     bad = {**NODE, "spec": {"podCIDR": "10.1.2.0/99"}}
     with pytest.raises(RequestError, match="spec.podCIDR"):
         store.apply([bad])
