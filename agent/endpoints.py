@@ -10,12 +10,13 @@ IPAM allocations from the records. So a crash at any point neither hands out an 
 nor leaks one. `ipam.json` only keeps the allocation cursor across restarts; it is written off
 the hot path (`flush_ipam()`, housekeeping).
 
-The kernel is ground truth when a record is missing or damaged: every host veth carries its
-owner in its link alias (`link_alias`: container id, interface, pod, netns) and the pinned
-endpoint map holds its address, endpoint id, identity and MACs, so `restore()` rebuilds the
-record from the two (a damaged one is set aside as `.damaged`). A link is deleted only when
-neither a record nor the endpoint map knows it (an ADD that died before its map entry: kubelet
-was told it failed); a wired pod is never torn down because a file went missing.
+The kernel is ground truth when a record is missing or damaged: every completed ADD puts the
+owner on its host veth's link alias (`link_alias`: container id, interface, pod, netns; set
+right after the record is saved) and the pinned endpoint map holds its address, endpoint id,
+identity and MACs, so `restore()` rebuilds the record from the two (a damaged one is set aside
+as `.damaged`). A link without a record and without that alias is an ADD that never finished
+(kubelet was told it failed) and is removed; a wired pod is never torn down because a file
+went missing.
 
 Concurrency: ADD/DEL of one endpoint are serialised (striped locks); `lock` guards the
 in-memory state (records, IPAM, what was written to the endpoint map) and is held only for
@@ -84,7 +85,8 @@ class Endpoint(BaseModel):
 
 class NetlinkPort(Protocol):
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
-                        mtu: int, alias: str = "") -> PodLink: ...
+                        mtu: int) -> PodLink: ...
+    def set_alias(self, ifindex: int, alias: str) -> None: ...
     def delete_link(self, name: str) -> bool: ...
     def ifindex(self, name: str) -> int | None: ...
     def attach(self, ifindex: int, from_container: tuple[int, str], to_container: tuple[int, str]) -> None: ...
@@ -248,12 +250,14 @@ class EndpointManager:
         for name, (ifindex, _, alias) in sorted(links.items()):
             owner = parse_alias(alias)
             found = in_map.get(ifindex)
-            if found is None:
-                orphans.append(name)  # never in the map: an ADD that died before publishing it
+            if owner is None and not alias:
+                orphans.append(name)  # no owner on it: an ADD that died before it completed
                 continue
-            if owner is None or host_ifname_for(owner["c"], owner["i"]) != name:
-                # Wired (it is in the map) but its owner unknown: keep it, never tear a pod down.
-                log.warning("endpoint link without a record or owner alias kept", extra={"fields": {"link": name}})
+            if owner is None or found is None or host_ifname_for(owner["c"], owner["i"]) != name:
+                # Completed once (it carries an alias) but not rebuildable: keep it, never tear a
+                # pod down; DEL of its container still removes it (the name is the key's hash).
+                log.warning("endpoint link without a record kept: its owner or map entry is unknown",
+                            extra={"fields": {"link": name, "alias": alias}})
                 report["unknown_links_kept"] += 1
                 continue
             ip, entry = found
@@ -352,8 +356,7 @@ class EndpointManager:
             saved = False
             try:
                 failpoints.hit("add.after-ipam")
-                link = self._create_link(host_ifname, netns, ifname, ip,
-                                         link_alias(container_id, ifname, namespace, pod, netns))
+                link = self._create_link(host_ifname, netns, ifname, ip)
                 ep = Endpoint(container_id=container_id, ifname=ifname, netns=netns, host_ifname=host_ifname,
                               host_ifindex=link.host_ifindex, host_mac=link.host_mac, pod_mac=link.pod_mac, ip=ip,
                               endpoint_id=endpoint_id, namespace=namespace, pod=pod, identity=identity,
@@ -374,6 +377,9 @@ class EndpointManager:
                 failpoints.hit("add.after-attach")
                 self._save(ep)  # the one durable write: from here on the address is this pod's
                 saved = True
+                # Complete: the owner goes on the link, so the record can be rebuilt from the
+                # kernel if its file is lost. A link without it is an ADD that never finished.
+                self.netlink.set_alias(link.host_ifindex, link_alias(container_id, ifname, namespace, pod, netns))
                 failpoints.hit("add.after-save")
             except BaseException:
                 # Undo every step taken, newest first: no half-wired veth, no address held.
@@ -393,18 +399,18 @@ class EndpointManager:
                                                     "host_ifname": host_ifname}})
         return ep
 
-    def _create_link(self, host_ifname: str, netns: str, ifname: str, ip: IPv4Address, alias: str) -> PodLink:
+    def _create_link(self, host_ifname: str, netns: str, ifname: str, ip: IPv4Address) -> PodLink:
         """The pod's veth pair. A host link of this endpoint's name that no record claims was
         left by an ADD that died part-way (the name is a hash of container id and ifname, and
         ADDs of one endpoint are serialised): it is removed and creation tried once more."""
         try:
-            return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500, alias)
+            return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
         except LinkExists as exc:
             if exc.side != "host":
                 raise
         log.warning("orphan host link removed", extra={"fields": {"host_ifname": host_ifname}})
         self.netlink.delete_link(host_ifname)
-        return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500, alias)
+        return self.netlink.create_pod_link(host_ifname, netns, ifname, ip, self.config.mtu or 1500)
 
     def delete(self, container_id: str, ifname: str) -> bool:
         """Idempotent: unknown containers and vanished links are fine."""

@@ -161,10 +161,9 @@ class Netlink:
         return self._owned(lambda ipr: str(ipr.get_links(ifindex)[0].get("address")))
 
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
-                        mtu: int, alias: str = "") -> PodLink:
+                        mtu: int) -> PodLink:
         """veth pair with the peer born inside the pod namespace under its final name, both
-        sides configured: three batches of netlink messages on the node side, two in the pod.
-        `alias` goes on the host side (who owns it: the endpoint can be rebuilt from the link)."""
+        sides configured: three batches of netlink messages on the node side, two in the pod."""
         fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _, host = self._rtnl.batch([RtnlSocket.add_veth(host_ifname, pod_ifname, fd, mtu),
@@ -182,7 +181,7 @@ class Netlink:
         write_sysctl(f"net.ipv6.conf.{host_ifname}.disable_ipv6", "1", self.procfs)
         pod_mac = in_netns(netns, lambda: self._configure_pod_side(pod_ifname, address, host_mac, self.procfs))
         failpoints.hit("add.after-pod-side")
-        self._rtnl.batch([RtnlSocket.set_up(host_ifindex, alias=alias or None),
+        self._rtnl.batch([RtnlSocket.set_up(host_ifindex),
                           RtnlSocket.replace_route(address, 32, host_ifindex),
                           RtnlSocket.replace_neighbour(host_ifindex, address, pod_mac)])
         failpoints.hit("add.after-host-side")
@@ -220,6 +219,11 @@ class Netlink:
             return pod_mac
         finally:
             sock.close()
+
+    def set_alias(self, ifindex: int, alias: str) -> None:
+        """Put `alias` on a link of the node (who owns a host veth: see EndpointManager)."""
+        if alias:
+            self._rtnl.batch([RtnlSocket.set_alias(ifindex, alias)])
 
     def delete_link(self, name: str) -> bool:
         """Remove a host veth (its peer goes with it). False when it was already gone."""

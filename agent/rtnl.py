@@ -185,9 +185,12 @@ class RtnlSocket:
         return Request(RTM_NEWLINK, ADD, body, f"add veth {name} (peer {peer})")
 
     @staticmethod
-    def set_up(index: int = 0, name: str | None = None, alias: str | None = None) -> Request:
-        body = _ifinfo(index, IFF_UP, IFF_UP) + (_str(IFLA_IFNAME, name) if name is not None else b"") + \
-            (_str(IFLA_IFALIAS, alias) if alias else b"")
+    def set_alias(index: int, alias: str) -> Request:
+        return Request(RTM_SETLINK, CHANGE, _ifinfo(index) + _str(IFLA_IFALIAS, alias), f"set alias of link {index}")
+
+    @staticmethod
+    def set_up(index: int = 0, name: str | None = None) -> Request:
+        body = _ifinfo(index, IFF_UP, IFF_UP) + (_str(IFLA_IFNAME, name) if name is not None else b"")
         return Request(RTM_SETLINK, CHANGE, body, f"set link {name or index} up")
 
     @staticmethod

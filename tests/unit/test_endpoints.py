@@ -21,10 +21,9 @@ class FakeNetlink:
         self._next = 10
 
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
-                        mtu: int, alias: str = "") -> PodLink:
+                        mtu: int) -> PodLink:
         self._next += 1
         self.links[host_ifname] = self._next
-        self.aliases[host_ifname] = alias
         if self.fail_create:
             raise OSError("netns vanished")
         return PodLink(host_ifname, self._next, "02:00:00:00:00:01", pod_ifname, "02:00:00:00:00:02")
@@ -40,6 +39,9 @@ class FakeNetlink:
 
     def host_links(self, prefix: str) -> dict[str, int]:
         return {n: i for n, i in self.links.items() if n.startswith(prefix)}
+
+    def set_alias(self, ifindex: int, alias: str) -> None:
+        self.aliases.update({n: alias for n, i in self.links.items() if i == ifindex})
 
     def host_link_aliases(self, prefix: str) -> dict[str, tuple[int, str, str]]:
         return {n: (i, "02:00:00:00:00:01", self.aliases.get(n, "")) for n, i in self.links.items()
