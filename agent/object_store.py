@@ -32,6 +32,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from membrane.k8s_models import ObjectValidationError, parse_object
+from membrane.labels import shown
+from membrane.strict_fields import strict_errors
 
 from .api_serving import RequestError
 from .datapath.witness import Mark, MemoryWitness, Slot, Witness
@@ -190,13 +192,22 @@ class ObjectStore:
         namespace = "" if kind in CLUSTER_SCOPED else str(meta.get("namespace") or "default")
         return kind, namespace, str(meta.get("name", ""))
 
-    def _validate(self, documents: list[Any]) -> list[tuple[ObjectKey, BaseModel, dict[str, Any]]]:
+    def _validate(self, documents: list[Any], strict: bool = False) -> list[tuple[ObjectKey, BaseModel, dict[str, Any]]]:
+        """Every document parsed, or RequestError(422) naming each problem with its field path.
+        `strict` (what users apply): unknown fields and wrong JSON types are problems too,
+        as with `kubectl apply --validate=strict`, never dropped."""
         parsed, problems = [], []
         for index, data in enumerate(documents):
             if not isinstance(data, dict):
                 problems.append(f"document {index}: not an object")
                 continue
-            label = f"{data.get('kind', '?')} {(data.get('metadata') or {}).get('name', '?')}"
+            meta_in = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+            label = f"{shown(str(data.get('kind', '?')), quote=False)} {shown(str(meta_in.get('name', '?')), quote=False)}"
+            if strict:
+                unknown = strict_errors(data)
+                if unknown:
+                    problems.extend(f"{label}: {err}" for err in unknown)
+                    continue
             key = self.key_of(data)
             meta = data.get("metadata")
             if key[1] and isinstance(meta, dict) and not meta.get("namespace"):
@@ -219,7 +230,7 @@ class ObjectStore:
 
     def apply(self, documents: list[Any]) -> list[dict[str, str]]:
         with self.lock:
-            parsed = self._validate(documents)
+            parsed = self._validate(documents, strict=True)
             outcome, changed = [], []
             for key, obj, data in parsed:
                 before = self.raw.get(key)

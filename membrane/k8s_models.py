@@ -30,6 +30,7 @@ from pydantic.alias_generators import to_camel
 
 from membrane.labels import (
     dns_label_errors,
+    shown,
     dns_subdomain_errors,
     label_errors,
     label_key_errors,
@@ -137,7 +138,7 @@ class LabelSelectorRequirement(_Model):
         if self.operator in ("Exists", "DoesNotExist") and self.values:
             raise ValueError(f"values: must be empty when operator is {self.operator}")
         errors = [
-            f"values[{i}] {value!r}: {reason}"
+            f"values[{i}] {shown(str(value))}: {reason}"
             for i, value in enumerate(self.values)
             for reason in label_value_errors(value)
         ]
@@ -173,7 +174,7 @@ class Namespace(_Model):
     def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
         if not metadata.name:
             raise ValueError("name: required")
-        _raise([f"name: {metadata.name!r} {r}" for r in dns_label_errors(metadata.name)][:1])
+        _raise([f"name: {shown(str(metadata.name))} {r}" for r in dns_label_errors(metadata.name)][:1])
         return metadata
 
     @property
@@ -202,7 +203,7 @@ class ContainerPort(_Model):
     @classmethod
     def _check_name(cls, name: str | None) -> str | None:
         if name is not None:
-            _raise([f"{name!r} {reason}" for reason in port_name_errors(name)])
+            _raise([f"{shown(str(name))} {reason}" for reason in port_name_errors(name)])
         return name
 
 
@@ -220,7 +221,7 @@ class Container(_Model):
         for i, port in enumerate(ports):
             if port.name is not None:
                 if port.name in seen:
-                    raise ValueError(f"[{i}].name: duplicate port name {port.name!r}")
+                    raise ValueError(f"[{i}].name: duplicate port name {shown(str(port.name))}")
                 seen.add(port.name)
         return ports
 
@@ -245,7 +246,7 @@ class PodIP(_Model):
         try:
             ipaddress.ip_address(ip)
         except ValueError:
-            raise ValueError(f"{ip!r} is not a valid IP address") from None
+            raise ValueError(f"{shown(str(ip))} is not a valid IP address") from None
         return ip
 
 
@@ -366,7 +367,7 @@ class Node(_Model):
     def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
         if not metadata.name:
             raise ValueError("name: required")
-        _raise([f"name: {metadata.name!r} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
+        _raise([f"name: {shown(str(metadata.name))} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
         return metadata
 
     @property
@@ -393,7 +394,7 @@ def _network(text: str) -> IPNetwork:
         # strict=False: the API server (Go ParseCIDR) accepts host bits and masks them.
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ValueError(f"{text!r} is not a valid CIDR (want e.g. 10.0.0.0/8)") from None
+        raise ValueError(f"{shown(str(text))} is not a valid CIDR (want e.g. 10.0.0.0/8)") from None
 
 
 class IPBlock(_Model):
@@ -422,7 +423,7 @@ class IPBlock(_Model):
                 or inner.prefixlen <= outer.prefixlen
             ):
                 raise ValueError(
-                    f"except[{i}]: {text!r} must be a strict subset of cidr {self.cidr!r}"
+                    f"except[{i}]: {shown(str(text))} must be a strict subset of cidr {shown(str(self.cidr))}"
                 )
         return self
 
@@ -466,7 +467,7 @@ class NetworkPolicyPort(_Model):
         if isinstance(port, int) and not 1 <= port <= 65535:
             raise ValueError(f"{port} must be between 1 and 65535, inclusive")
         if isinstance(port, str):
-            _raise([f"named port {port!r} {reason}" for reason in port_name_errors(port)])
+            _raise([f"named port {shown(str(port))} {reason}" for reason in port_name_errors(port)])
         return port
 
     @model_validator(mode="after")
@@ -538,7 +539,7 @@ class NetworkPolicy(_Model):
     def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
         if not metadata.name:
             raise ValueError("name: required")
-        _raise([f"name: {metadata.name!r} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
+        _raise([f"name: {shown(str(metadata.name))} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
         return metadata
 
     @property
@@ -574,7 +575,7 @@ class ObjectValidationError(ValueError):
         self.kind = kind
         self.name = name
         self.errors = errors
-        what = f"{kind} {name!r}" if name else kind or "object"
+        what = f"{kind} {shown(name)}" if name else kind or "object"
         super().__init__(f"invalid {what}: " + "; ".join(str(e) for e in errors))
 
 
@@ -618,14 +619,14 @@ def parse_object(data: Mapping[str, Any]) -> KubeObject:
         name = f"{metadata['namespace']}/{name}"
     if not isinstance(kind, str) or kind not in _KINDS:
         known = ", ".join(sorted(_KINDS))
-        reason = "required" if kind is None else f"unknown kind {kind!r} (supported: {known})"
+        reason = "required" if kind is None else f"unknown kind {shown(str(kind))} (supported: {known})"
         raise ObjectValidationError(str(kind or ""), name, [FieldError("kind", reason)])
     api_version, model = _KINDS[kind]
     if data.get("apiVersion", api_version) != api_version:
         raise ObjectValidationError(
             kind,
             name,
-            [FieldError("apiVersion", f"{kind} must be {api_version!r}, got {data['apiVersion']!r}")],
+            [FieldError("apiVersion", f"{kind} must be {shown(str(api_version))}, got {shown(str(data['apiVersion']))}")],
         )
     try:
         return model.model_validate(dict(data))

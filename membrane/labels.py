@@ -25,6 +25,18 @@ _PORT_NAME = re.compile(r"^[-a-z0-9]+$")
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
+SHOWN_MAX = 64  # characters of a value an error message repeats
+
+
+def shown(value: str, limit: int = SHOWN_MAX, quote: bool = True) -> str:
+    """A value as an error message shows it: quoted when short; a long one is named by its
+    start and its length, never repeated whole (a 1 MB label must not come back twice)."""
+    if len(value) <= limit:
+        return repr(value) if quote else value
+    head = value[: limit // 2]
+    return f"{head!r}... ({len(value)} characters)" if quote else f"{head}... ({len(value)} characters)"
+
+
 def dns_label_errors(value: str) -> list[str]:
     """RFC 1123 label (namespace names): lowercase alphanumerics and '-', at most 63."""
     errors: list[str] = []
@@ -106,9 +118,9 @@ def label_errors(labels: Mapping[str, str]) -> list[str]:
     """All problems of a label map, each prefixed with the offending key."""
     errors: list[str] = []
     for key, value in labels.items():
-        errors.extend(f"key {key!r}: {reason}" for reason in label_key_errors(key))
+        errors.extend(f"key {shown(key)}: {reason}" for reason in label_key_errors(key))
         errors.extend(
-            f"value {value!r} of {key!r}: {reason}" for reason in label_value_errors(value)
+            f"value {shown(value)} of {shown(key)}: {reason}" for reason in label_value_errors(value)
         )
     return errors
 

@@ -108,6 +108,14 @@ def test_invalid_policy_is_rejected_and_nothing_changes(node: LabNode, shop) -> 
     assert "ipBlock.cidr" in done.stderr and "port" in done.stderr, done.stderr
     assert [p["policy"] for p in node.api("policy.list")] == ["shop/db-from-web"]
     assert connect(web.netns, db.ip, 80) and not connect(other.netns, db.ip, 80)
+    # A misspelled `from` would make the rule admit every source: refused by name instead.
+    widened = policy("db-from-web", [{"form": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                      "ports": [{"port": 80, "protocol": "TCP"}]}])
+    done = subprocess.run([tool("membranectl"), "--socket", node.socket, "apply", "-f", "-"],
+                          input=json.dumps(widened), capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "spec.ingress[0].form: unknown field" in done.stderr, done.stderr
+    assert connect(web.netns, db.ip, 80) and not connect(other.netns, db.ip, 80)
 
 
 def test_policy_edits_under_traffic_never_drop_allowed_nor_pass_denied(node: LabNode, shop) -> None:  # type: ignore[no-untyped-def]
