@@ -383,20 +383,21 @@ class Netlink:
             pod.close()
 
     def unshape_pod(self, netns: str, ifname: str) -> None:
-        """Remove the pod's IFB (the qdiscs go with the pod interface); nothing if it is gone."""
-        self._owned(lambda _: self._unshape(netns, ifname))
+        """Remove the pod's IFB (the qdiscs go with the pod interface); nothing if it is gone.
+        Every DEL calls this: one raw rtnetlink delete by name in the pod, no pyroute2 NetNS."""
+        ifb = self.ifb_name(ifname)
 
-    def _unshape(self, netns: str, ifname: str) -> None:
-        try:
-            pod = NetNS(netns)
-        except (OSError, NetlinkError):
-            return
-        try:
-            found = pod.link_lookup(ifname=self.ifb_name(ifname))
-            if found:
-                pod.link("del", index=found[0])
-        finally:
-            pod.close()
+        def delete() -> None:
+            sock = RtnlSocket()
+            try:
+                sock.batch([RtnlSocket.del_link(ifb)])
+            except OSError as exc:
+                if exc.errno not in (_ENOENT, _ENODEV):
+                    raise
+            finally:
+                sock.close()
+
+        in_netns(netns, delete)
 
     def pod_shaping(self, netns: str, ifname: str) -> dict[str, int | None]:
         """TBF rates (bytes/s) in force for the pod: {"egress": ..., "ingress": ...}."""
