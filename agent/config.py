@@ -149,7 +149,7 @@ _FLAGS = {
 
 
 # What `membrane-agent --help` says about each option: one entry per AgentConfig field (for a
-# boolean, what its --no-... flag does). tests/unit/test_agent_help.py fails when one is missing.
+# boolean, what its --no-... flag does). tests/integration/test_agent_help.py fails when one is missing.
 HELP: dict[str, str] = {
     "node_name": "this node's name (as in Kubernetes)",
     "mode": "standalone (local store, embedded identity allocation) or kubernetes (the operator's "

@@ -55,7 +55,7 @@ class OperatorConfig(BaseModel):
 
 
 # What `membrane-operator --help` says about each option: one entry per OperatorConfig field.
-# tests/unit/test_operator_help.py fails when a field has no entry here (or an entry no field).
+# tests/integration/test_operator_help.py fails when a field has no entry here (or an entry no field).
 HELP: dict[str, str] = {
     "kubeconfig": "kubeconfig file for the API server (neither this nor --api-server: in-cluster "
                   "service account)",

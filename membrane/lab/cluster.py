@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,6 +28,7 @@ import datetime as dt
 from kubernetes import client
 
 from membrane.testing.kubeapi import KubeApiServer
+from membrane.testing.waiting import WaitTimeout, wait_for
 from membrane.tls.certificates import Authority
 
 from .node import LAB_DIR, LabNode, Pod, tool
@@ -112,13 +112,16 @@ class KubeLab:
         self.operator = subprocess.Popen([tool("membrane-operator")], env=env, stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL)
         log.close()
-        deadline = time.monotonic() + timeout
-        while http_status(f"http://127.0.0.1:{self.operator_http}/readyz") != 200:
-            if self.operator.poll() is not None:
-                raise RuntimeError(f"operator exited {self.operator.returncode}: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"operator not ready after {timeout}s: {self.log_tail()}")
-            time.sleep(0.1)
+        operator = self.operator
+
+        def ready() -> bool:
+            if operator.poll() is not None:
+                raise RuntimeError(f"operator exited {operator.returncode}: {self.log_tail()}")
+            return http_status(f"http://127.0.0.1:{self.operator_http}/readyz") == 200
+        try:
+            wait_for(ready, timeout, 0.1, "the operator's /readyz")
+        except WaitTimeout:
+            raise RuntimeError(f"operator not ready after {timeout}s: {self.log_tail()}") from None
 
     def stop_operator(self, sig: int = signal.SIGTERM) -> int | None:
         if self.operator is None:

@@ -12,12 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from membrane.ctl.client import AgentError, request
+from membrane.testing.waiting import WaitTimeout, wait_for
 
 from . import netns
 
@@ -96,18 +96,20 @@ class LabNode:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 60) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"agent on {self.name} exited {self.process.returncode}: {self.log_tail()}")
+        process = self.process
+        assert process is not None
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"agent on {self.name} exited {process.returncode}: {self.log_tail()}")
             try:
-                if request("status", self.socket, timeout=5)["ready"]:
-                    return
+                return bool(request("status", self.socket, timeout=5)["ready"])
             except (AgentError, OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"agent on {self.name} not ready after {timeout}s: {self.log_tail()}")
+                return False
+        try:
+            wait_for(ready, timeout, 0.1, f"agent on {self.name} ready")
+        except WaitTimeout:
+            raise RuntimeError(f"agent on {self.name} not ready after {timeout}s: {self.log_tail()}") from None
 
     def log_tail(self, lines: int = 20) -> str:
         try:

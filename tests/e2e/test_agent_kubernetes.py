@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -31,6 +31,7 @@ SERVER = OK_SERVER
 
 READYZ = r"""
 import urllib.request, urllib.error
+from membrane.testing.waiting import wait_for
 try:
     print(urllib.request.urlopen("http://127.0.0.1:9962/readyz", timeout=2).status)
 except urllib.error.HTTPError as e:
@@ -38,15 +39,6 @@ except urllib.error.HTTPError as e:
 except OSError:
     print(0)
 """
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def connect(src_netns: str, ip: str, port: int, timeout: float = 0.7) -> bool:

@@ -12,6 +12,7 @@ from kubernetes import client
 
 from membrane.lab.cluster import KubeLab
 from membrane.lab.traffic import Stream
+from membrane.testing.waiting import wait_for
 
 
 @pytest.fixture
@@ -24,21 +25,12 @@ def lab() -> Iterator[KubeLab]:
         kube.close()
 
 
-def wait_for(check, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_agent_and_operator_restarts_drop_nothing(lab: KubeLab) -> None:
     lab.create_namespace("shop")
     node = lab.add_node()
     web = lab.run_pod(node, "shop", "web", app="web")
     db = lab.run_pod(node, "shop", "db", app="db")
-    assert wait_for(lambda: all(r["identity"] >= 256 for r in node.api("endpoint.list")))
+    assert wait_for(lambda: all(r["identity"] >= 256 for r in node.api("endpoint.list")), 30)
     policy = client.V1NetworkPolicy(
         metadata=client.V1ObjectMeta(name="db-from-web", namespace="shop"),
         spec=client.V1NetworkPolicySpec(
@@ -64,4 +56,4 @@ def test_agent_and_operator_restarts_drop_nothing(lab: KubeLab) -> None:
         stream.close()
     assert result.bytes > 2_000_000 and result.max_gap < 0.5, result
     st = node.api("status")
-    assert st["ready"] and wait_for(lambda: node.api("status")["cluster"]["synced"])
+    assert st["ready"] and wait_for(lambda: node.api("status")["cluster"]["synced"], 30)

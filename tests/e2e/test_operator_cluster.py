@@ -5,8 +5,7 @@ replica changes nothing an agent holds."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
@@ -18,17 +17,9 @@ from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
 from membrane.testing.kubeapi import KubeApiServer
 from membrane.testing.tls import node_material
+from membrane.testing.waiting import wait_for
 
 NODES = ("n1", "n2", "n3")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 class Agent:

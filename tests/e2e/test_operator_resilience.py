@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,17 +33,9 @@ from membrane.api.state_objects import Kind, StateUpdate, apply_update
 from membrane.testing.kubeapi import KubeApiServer
 from membrane.testing.tls import node_material
 from membrane.testing.kubeapi.messages import Request
+from membrane.testing.waiting import wait_for
 
 NODES = ("n1", "n2", "n3")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def free_port() -> int:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,20 +30,12 @@ while True:
 
 CONNECT = r"""
 import socket, sys
+from membrane.testing.waiting import wait_for
 try:
     s = socket.create_connection((sys.argv[1], 80), timeout=1.0); print(s.recv(8).decode())
 except OSError as e:
     print("fail", e)
 """
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 def connects(src: Pod, ip: str) -> bool:

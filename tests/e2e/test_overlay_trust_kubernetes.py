@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,20 +52,12 @@ except OSError as e:
 
 SERVE = r"""
 import socket, sys
+from membrane.testing.waiting import wait_for
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 80)); s.listen(64)
 print("ready", flush=True)
 while True:
     s.accept()[0].close()
 """
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 def vxlan(vni: int, inner_src: str, inner_dst: str, tag: str) -> str:

@@ -33,17 +33,9 @@ from membrane.testing.kubeapi import KubeApiServer, User
 from membrane.tls.certificates import OPERATOR_NAME, Authority, new_key_pem, new_request
 from membrane.tls.grpc_credentials import channel_credentials, channel_options
 from membrane.tls.material import Material
+from membrane.testing.waiting import wait_for
 
 LIFETIME = 10.0  # seconds: renewals at ~6.7 s, expiry of the old certificate at 10 s
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def node_user(name: str) -> User:

@@ -6,10 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 from membrane.lab import netns
 from membrane.lab.node import LabNode, tool
+from membrane.testing.waiting import wait_for
 
 
 def observe(node: LabNode, *args: str) -> list[dict[str, object]]:
@@ -19,13 +19,15 @@ def observe(node: LabNode, *args: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
-def wait_for(node: LabNode, *args: str, timeout: float = 5.0) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = observe(node, "--last", "1000", *args)
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
+def observed(node: LabNode, *args: str, timeout: float = 5.0) -> list[dict[str, object]]:
+    """The flows matching `args` once at least one shows up (fails naming the filter if none does)."""
+    found: list[dict[str, object]] = []
+
+    def some() -> bool:
+        found[:] = observe(node, "--last", "1000", *args)
+        return bool(found)
+    wait_for(some, timeout, 0.2, f"flows matching {' '.join(args)}")
+    return found
 
 
 def test_drops_and_connections_show_up_with_pods_and_reasons(node: LabNode) -> None:
@@ -41,14 +43,14 @@ def test_drops_and_connections_show_up_with_pods_and_reasons(node: LabNode) -> N
     web, db = node.add_pod("web", "shop"), node.add_pod("db", "shop")
     web.exec(["ping", "-c", "2", "-i", "0.2", "-W", "1", db.ip], check=False)  # denied by policy
     db.exec(["ping", "-c", "1", "-W", "1", web.ip])  # allowed: db's egress is open
-    denied = wait_for(node, "--verdict", "DROPPED", "--to-pod", "shop/db")
+    denied = observed(node, "--verdict", "DROPPED", "--to-pod", "shop/db")
     assert denied, observe(node, "--last", "50")
     flow = denied[-1]
     assert flow["drop_reason"] in ("POLICY_DENIED_INGRESS", "DROP_POLICY_INGRESS", "policy_denied_ingress") or \
         "POLICY" in str(flow["drop_reason"]).upper()
     assert flow["source"]["pod"] == "web" and flow["destination"]["namespace"] == "shop"
     assert flow["policies"] == ["shop/db-closed"]  # default deny: the policy that isolates db
-    allowed = wait_for(node, "--verdict", "FORWARDED", "--from-pod", "shop/db")
+    allowed = observed(node, "--verdict", "FORWARDED", "--from-pod", "shop/db")
     assert allowed and allowed[-1]["destination"]["pod"] == "web"
     # Filters narrow: web's egress was allowed, but no connection from web was forwarded.
     assert observe(node, "--last", "1000", "--verdict", "FORWARDED", "--from-pod", "shop/web",
@@ -68,7 +70,7 @@ def test_drops_and_connections_show_up_with_pods_and_reasons(node: LabNode) -> N
 def test_service_map_svg(node: LabNode, tmp_path) -> None:  # type: ignore[no-untyped-def]
     a, b = node.add_pod("a"), node.add_pod("b")
     a.exec(["ping", "-c", "1", "-W", "1", b.ip])
-    wait_for(node, "--from-pod", "default/a")
+    observed(node, "--from-pod", "default/a")
     out = tmp_path / "map.svg"
     done = subprocess.run([tool("membranectl"), "--socket", node.socket, "observe", "--graph", str(out)],
                           capture_output=True, text=True)

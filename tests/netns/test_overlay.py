@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ while True:
 
 CONNECT = r"""
 import socket, sys
+from membrane.testing.waiting import wait_for
 try:
     s = socket.create_connection((sys.argv[1], 80), timeout=float(sys.argv[2])); data = b""
     while True:
@@ -208,15 +209,15 @@ def test_standalone_node_objects_give_the_overlay_its_owners(two_nodes: TwoNodes
 
         before = counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0)
         forged("10.200.2.77", "before-nodes")  # n2's pod CIDR, but n1 does not know it yet
-        assert wait_until(lambda: counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0) == before + 3)
+        assert wait_for(lambda: counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0) == before + 3)
         for node in (t.n1, t.n2):
             node.api("apply", objects=[node_obj(t.n1.name, t.ip1, "10.200.1.0/24"),
                                        node_obj(t.n2.name, t.ip2, "10.200.2.0/24")])
         forged("10.200.2.77", "pod-cidr-owned")
-        assert wait_until(lambda: sink.got("pod-cidr-owned")), sink.lines
+        assert wait_for(lambda: sink.got("pod-cidr-owned")), sink.lines
         before = counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0)
         forged("10.200.1.99", "n1-cidr")  # n1's own pod CIDR: n2 may not speak for it
-        assert wait_until(lambda: counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0) == before + 3)
+        assert wait_for(lambda: counters(t.n1).get(("drop_tunnel_source_not_owned", "ingress"), 0) == before + 3)
 
         before = counters(t.n2).get(("drop_pod_to_tunnel_port", "egress"), 0)
         out = forging.send(t.db.netns, forging.vxlan(db_id, t.db.ip, t.web.ip, "from-pod", 9000), t.ip1,
@@ -228,12 +229,3 @@ def test_standalone_node_objects_give_the_overlay_its_owners(two_nodes: TwoNodes
         assert connect(t.web, t.db.ip).startswith("ok")  # the real traffic still flows
     finally:
         sink.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()

@@ -21,6 +21,7 @@ from .handling import Api
 from .messages import Request, Response, User
 from .resources import DEFAULT_KUBERNETES_VERSION, Registry
 from .statuses import ApiError, status_body
+from ..waiting import WaitTimeout, wait_for
 from .storing import Store
 from .validating import check_version, schema_book
 from .watching import WatchSpec, run_watch
@@ -319,12 +320,10 @@ class KubeApiServer:
 
     def wait_for_watches(self, count: int = 1, timeout: float = 5.0) -> bool:
         """Wait until at least `count` watch streams are open."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.open_watches >= count:
-                return True
-            time.sleep(0.01)
-        return self.open_watches >= count
+        try:
+            return wait_for(lambda: self.open_watches >= count, timeout, 0.01, f"{count} open watches")
+        except WaitTimeout:
+            return False
 
     def inject_error(self, pattern: str = "", code: int = 500, count: int = 1, method: str | None = None,
                      message: str | None = None, retry_after: int | None = None) -> ErrorRule:

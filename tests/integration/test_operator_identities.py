@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
@@ -11,15 +11,7 @@ from kubernetes import client
 from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
 from membrane.testing.kubeapi import KubeApiServer
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from membrane.testing.waiting import wait_for
 
 
 def make_operator(api: KubeApiServer, name: str = "op", gc: float = 0.5) -> Operator:

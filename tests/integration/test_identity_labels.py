@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,7 @@ from membrane.operator.config import OperatorConfig
 from membrane.operator.identity_syncing import mirrored_labels
 from membrane.operator.running import Operator
 from membrane.testing.kubeapi import KubeApiServer
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from membrane.testing.waiting import wait_for
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from membrane.http_serving import HttpServer
+from membrane.testing.waiting import wait_for
 
 
 @pytest.fixture
@@ -142,12 +143,3 @@ def test_stop_releases_the_port(registry: CollectorRegistry) -> None:
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     HttpServer("127.0.0.1", 0, registry, lambda: True, lambda: True).stop()  # never started: closes too
-
-
-def wait_for(cond: object, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False

@@ -6,7 +6,6 @@ the API does not have (1.28 on, where a real server drops or refuses it)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 from kubernetes import client
@@ -16,15 +15,7 @@ from membrane.operator.config import OperatorConfig
 from membrane.operator.policy_checking import serves_policy_status
 from membrane.operator.running import Operator
 from membrane.testing.kubeapi import KubeApiServer
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from membrane.testing.waiting import wait_for
 
 
 def make_operator(api: KubeApiServer) -> Operator:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
@@ -16,15 +16,7 @@ from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.resources import PODS
 from membrane.operator.watching import ResourceWatcher
 from membrane.testing.kubeapi import KubeApiServer
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+from membrane.testing.waiting import wait_for
 
 
 class RecordingBackoff(Backoff):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -28,17 +27,9 @@ from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import StateServicer, serve, stop
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat
 from membrane.testing.fake_maps import FakePolicyMaps
+from membrane.testing.waiting import wait_for
 
 NODE = "n1"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 FakeMaps = FakePolicyMaps

@@ -11,8 +11,7 @@ The agent makes no API calls in Kubernetes mode: its ServiceAccount has no role 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from membrane.operator.crds import CRDS
 from membrane.operator.running import Operator
 from membrane.testing import chart
 from membrane.testing.kubeapi import KubeApiServer, RequestRecord
+from membrane.testing.waiting import wait_for
 
 NS = chart.NAMESPACE
 # Granted but not exercised against the stand-in, with the reason.
@@ -70,15 +70,6 @@ def request_attributes(record: RequestRecord) -> Call | None:
 
 def grants(rules: list[dict[str, Any]]) -> set[Grant]:
     return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

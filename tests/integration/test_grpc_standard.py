@@ -5,7 +5,7 @@ reflection descriptor database that grpcurl-like tools use."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -21,19 +21,11 @@ from membrane.operator.crds import MEMBRANE_IDENTITY_CRD
 from membrane.operator.running import Operator
 from membrane.operator.state_serving import SERVICE as STATE_SERVICE
 from membrane.testing.kubeapi import KubeApiServer
+from membrane.testing.waiting import wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 OBSERVER_SERVICE = "membrane.observer.v1.Observer"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def check(channel: grpc.Channel, service: str) -> int:

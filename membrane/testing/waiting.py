@@ -1,0 +1,31 @@
+"""Waiting on a condition: the one polling helper every test and the lab use instead of fixed sleeps.
+
+A fixed `time.sleep` used as synchronisation is either too short on a loaded machine (flaky) or too
+long everywhere else (slow). `wait_for` polls a condition until it holds or a deadline passes, and on
+timeout fails with a message saying what was awaited.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+
+class WaitTimeout(AssertionError):
+    """The awaited condition did not hold in time (an AssertionError, so pytest reports it as a failure)."""
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
+             message: str | None = None) -> bool:
+    """Poll `condition` every `interval` seconds until it returns something truthy; return True.
+
+    After `timeout` seconds the condition gets one last try (so a slow final poll still counts), then
+    WaitTimeout is raised naming `message` (or the condition) and the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    if condition():
+        return True
+    what = message or getattr(condition, "__qualname__", repr(condition))
+    raise WaitTimeout(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,53 @@
+"""The session-end leftover check (tests/conftest.py) fails a run that leaves lab objects behind,
+and only for objects of that run (not another run's, which may be alive on a shared machine)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from membrane.lab.node import LAB_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LEAVES = '''
+import os
+from membrane.lab.node import LAB_DIR
+
+def test_leaves_a_work_dir():
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    (LAB_DIR / f"mbt-left{os.getpid() % 10000}").mkdir()
+'''
+
+
+def run(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess[str]:
+    shutil.copy(ROOT / "tests/conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_case.py").write_text(body)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def test_a_run_that_leaves_a_work_dir_fails_naming_it(tmp_path: Path) -> None:
+    before = set(LAB_DIR.iterdir()) if LAB_DIR.exists() else set()
+    try:
+        done = run(tmp_path, LEAVES)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "lab leftovers after the run" in done.stdout and "mbt-left" in done.stdout
+        assert "1 passed" in done.stdout  # the test itself passed: the session check failed the run
+    finally:
+        for path in (set(LAB_DIR.iterdir()) if LAB_DIR.exists() else set()) - before:
+            if path.name.startswith("mbt-left"):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_clean_run_passes_even_beside_another_runs_objects(tmp_path: Path) -> None:
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    other = LAB_DIR / "mbt-other1x0"  # pid 1 is never a pytest run
+    other.mkdir(exist_ok=True)
+    try:
+        done = run(tmp_path, "def test_ok():\n    pass\n")
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
