@@ -29,7 +29,12 @@ NS = chart.NAMESPACE
 UNEXERCISED = {
     ("networking.k8s.io", "networkpolicies/status", "patch"): "the API serves NetworkPolicy status on 1.26-1.27 only",
     ("membrane.io", "membraneidentities", "get"): "read back only after a create answered 409",
+    ("", "configmaps", "patch"): "repairs the CA ConfigMap only when it differs from the Secret",
+    # Checked by the API server when approving/signing (no request of their own).
+    ("certificates.k8s.io", "signers", "approve"): "an authorization check on /approval, not a request",
+    ("certificates.k8s.io", "signers", "sign"): "an authorization check on /status, not a request",
 }
+AGENT_USER = f"system:serviceaccount:{NS}:membrane-agent"
 
 Grant = tuple[str, str, str]  # (group, resource, verb)
 Call = tuple[str, str, str, str | None]  # (group, resource, verb, namespace)
@@ -90,6 +95,8 @@ def calls() -> Iterator[dict[bool, set[Call]]]:
 
 
 def _scenario(install_crds: bool) -> set[Call]:
+    """The operator's calls (requests without a token: the stand-in's admin) and, under the key
+    of the agent's user, the agent's TLS bootstrap calls, mixed in one set by a marker."""
     with KubeApiServer(port=0) as api:
         api_client = api.api_client()
         try:
@@ -108,8 +115,7 @@ def _scenario(install_crds: bool) -> set[Call]:
                 api_server=api.url, identity="op-1", http_addr="127.0.0.1:0", grpc_addr="127.0.0.1:0",
                 install_crds=install_crds, lease_namespace=NS, lease_duration_seconds=2.0,
                 renew_deadline_seconds=1.5, retry_period_seconds=0.2, resync_seconds=0.2,
-                identity_gc_seconds=0.3, cluster_cidr="10.200.0.0/16",
-                insecure_plaintext=True))  # as the chart runs it (MEMBRANE_INSECURE_PLAINTEXT)
+                identity_gc_seconds=0.3, cluster_cidr="10.200.0.0/16"))  # with TLS, as the chart runs it
             operator = Operator(config).start()
             try:
                 assert wait_for(lambda: operator.is_leader and operator.ready())
@@ -133,11 +139,42 @@ def _scenario(install_crds: bool) -> set[Call]:
                 assert wait_for(lambda: bool(core.list_namespaced_event("shop").items))
                 core.delete_namespaced_pod("web", "shop")
                 assert wait_for(lambda: not identities())  # garbage-collected
+                _agent_bootstrap(api, "n1")
             finally:
                 operator.stop(release=True)
-            return {a for a in map(request_attributes, api.requests) if a is not None}
+            calls: set[Call] = set()
+            for record in api.requests:
+                attrs = request_attributes(record)
+                if attrs is not None and record.user in (None, AGENT_USER):
+                    group, resource, verb, namespace = attrs
+                    calls.add((group, resource, verb, namespace) if record.user is None
+                              else ("agent:" + group, resource, verb, namespace))
+            return calls
         finally:
             api_client.close()
+
+
+def _agent_bootstrap(api: KubeApiServer, node: str) -> None:
+    """What the agent does with --tls-bootstrap, with a token bound to its pod and node."""
+    import tempfile
+    from pathlib import Path
+
+    from membrane.agent import cert_requesting
+    from membrane.testing.kubeapi.messages import User
+    from membrane.tls.certificates import new_key_pem, new_request
+
+    api.add_token("agent-token", User(AGENT_USER, ("system:serviceaccounts", f"system:serviceaccounts:{NS}"),
+                                      extra={"authentication.kubernetes.io/node-name": [node]}))
+    with tempfile.TemporaryDirectory() as tmp:
+        token = Path(tmp) / "token"
+        token.write_text("agent-token")
+        agent_api = cert_requesting.api_client(api.url, None, token)
+        try:
+            assert cert_requesting.read_ca(agent_api, f"{NS}/membrane-ca")
+            cert = cert_requesting.request_certificate(agent_api, node, new_request(new_key_pem(), node), timeout=15)
+            assert b"BEGIN CERTIFICATE" in cert
+        finally:
+            agent_api.close()
 
 
 def _operator_roles(docs: list[dict[str, Any]]) -> tuple[set[Grant], set[Grant]]:
@@ -150,7 +187,7 @@ def _operator_roles(docs: list[dict[str, Any]]) -> tuple[set[Grant], set[Grant]]
 def test_operator_rules_are_exactly_its_calls(helm: str, calls: dict[bool, set[Call]], install_crds: bool) -> None:
     docs = chart.render(helm, {"operator.installCRDs": install_crds})
     cluster, local = _operator_roles(docs)
-    made = calls[install_crds]
+    made = {c for c in calls[install_crds] if not c[0].startswith("agent:")}
     # The scenario's own requests (as a user or kubelet would make them; the stand-in cannot
     # tell clients apart) are set aside: the operator makes none of these.
     user_side = {("", "nodes", "create"), ("", "namespaces", "create"), ("", "pods", "create"),
@@ -165,11 +202,12 @@ def test_operator_rules_are_exactly_its_calls(helm: str, calls: dict[bool, set[C
     # Used by the operator in either scenario (the relabel path needs an identity older than
     # the operator, which only the scenario with chart-installed CRDs can create).
     used = {c[:3] for c in operator_calls} | {c[:3] for c in calls[not install_crds] if c[:3] not in user_side
+                                              and not c[0].startswith("agent:")
                                               and c[:3] != ("apiextensions.k8s.io", "customresourcedefinitions", "create")}
     for grant in sorted(cluster | local):
         assert grant in used or grant in UNEXERCISED, f"rule {grant} is never used by the operator"
     for grant in UNEXERCISED:
-        assert grant in cluster, f"{grant} is listed as unexercised but not granted"
+        assert grant in cluster | local, f"{grant} is listed as unexercised but not granted"
     assert not any(v in ("*", "deletecollection") or r == "*" for _g, r, v in cluster | local)
     assert (("apiextensions.k8s.io", "customresourcedefinitions", "create") in cluster) == install_crds
     deployment = chart.one(docs, "Deployment", "membrane-operator")
@@ -178,19 +216,44 @@ def test_operator_rules_are_exactly_its_calls(helm: str, calls: dict[bool, set[C
 
 def test_the_scenario_covers_the_write_paths(calls: dict[bool, set[Call]]) -> None:
     made = {c[:3] for c in calls[True]} | {c[:3] for c in calls[False]}
-    for expected in [("", "nodes", "patch"), ("membrane.io", "membraneidentities", "patch"), ("membrane.io", "membraneidentities", "create"),
+    for expected in [("", "secrets", "create"), ("", "configmaps", "create"),
+                     ("certificates.k8s.io", "certificatesigningrequests/approval", "update"),
+                     ("certificates.k8s.io", "certificatesigningrequests/status", "update"),
+                     ("agent:certificates.k8s.io", "certificatesigningrequests", "create"),
+                     ("", "nodes", "patch"), ("membrane.io", "membraneidentities", "patch"), ("membrane.io", "membraneidentities", "create"),
                      ("membrane.io", "membraneidentities", "delete"), ("", "events", "create"),
                      ("coordination.k8s.io", "leases", "update"),
                      ("apiextensions.k8s.io", "customresourcedefinitions", "create")]:
         assert expected in made, expected
 
 
-def test_agent_reads_nothing_with_the_operator(helm: str) -> None:
+def test_agent_rules_are_exactly_its_tls_bootstrap_calls(helm: str, calls: dict[bool, set[Call]]) -> None:
+    """With the operator the agent reads nothing from the API but its TLS bootstrap: the CA
+    ConfigMap and its own CSR. Its rules are exactly those calls."""
     docs = chart.render(helm)
+    cluster = grants(chart.one(docs, "ClusterRole", "membrane-agent-tls")["rules"])
+    local_role = chart.one(docs, "Role", "membrane-agent-tls")
+    local = grants(local_role["rules"])
+    assert local_role["rules"][0]["resourceNames"] == ["membrane-ca"]
+    made = {(c[0].removeprefix("agent:"), *c[1:]) for c in calls[False] if c[0].startswith("agent:")}
+    assert made, "the scenario made no agent calls"
+    for group, resource, verb, namespace in made:
+        assert (group, resource, verb) in cluster or (namespace == NS and (group, resource, verb) in local), \
+            f"the agent calls {verb} {group or 'core'}/{resource} (ns {namespace}) without a rule"
+    assert cluster | local == {c[:3] for c in made}, "a rule the agent never uses"
+    assert not chart.find(docs, "ClusterRole", "membrane-agent"), "nothing else"
+    spec = chart.pod_spec(chart.one(docs, "DaemonSet", "membrane-agent"))
+    assert spec["automountServiceAccountToken"] is False
+    token_mounts = {c["name"] for c in spec["initContainers"] + spec["containers"]
+                    for m in c.get("volumeMounts") or [] if m["name"] == "kube-api-access"}
+    assert token_mounts == {"agent"}
+
+
+def test_agent_reads_nothing_without_tls(helm: str) -> None:
+    docs = chart.render(helm, {"tls.enabled": False})
     account = chart.one(docs, "ServiceAccount", "membrane-agent")
     assert account["automountServiceAccountToken"] is False
-    assert not chart.find(docs, "ClusterRole", "membrane-agent")
-    assert not chart.find(docs, "ClusterRoleBinding", "membrane-agent")
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "Role") and "agent" in d["metadata"]["name"]]
     spec = chart.pod_spec(chart.one(docs, "DaemonSet", "membrane-agent"))
     assert spec["automountServiceAccountToken"] is False
     assert not [v for v in spec["volumes"] if "projected" in v]

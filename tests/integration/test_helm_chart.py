@@ -317,6 +317,14 @@ def test_rendered_config_is_accepted_by_the_agent(default_docs: list[dict[str, A
     cfg = _agent_config(default_docs, tmp_path)
     assert cfg.mode == "kubernetes"
     assert cfg.operator_address == f"{OPERATOR_CLUSTER_IP}:4250"
+    # Mutual TLS with the operator: the node certificate by CSR, the CA from the operator's ConfigMap.
+    assert cfg.tls_bootstrap and not cfg.insecure_plaintext
+    assert cfg.tls_ca_configmap == f"{NAMESPACE}/membrane-ca" and cfg.tls_server_name == "membrane-operator"
+    operator_env = {e["name"]: e.get("value") for e in
+                    container(pod_spec(one(default_docs, "Deployment", "membrane-operator")), "operator")["env"]}
+    assert "MEMBRANE_INSECURE_PLAINTEXT" not in operator_env
+    assert operator_env["MEMBRANE_TLS_CA_SECRET"] == f"{NAMESPACE}/membrane-ca"
+    assert operator_env["MEMBRANE_TLS_AGENT_SERVICE_ACCOUNT"] == f"{NAMESPACE}/membrane-agent"
     operator_service = one(default_docs, "Service", "membrane-operator")
     assert {"name": "grpc", "port": 4250, "targetPort": "grpc", "protocol": "TCP"} in operator_service["spec"]["ports"]
     assert pod_spec(agent_ds(default_docs))["enableServiceLinks"] is True
@@ -326,6 +334,15 @@ def test_rendered_config_is_accepted_by_the_agent(default_docs: list[dict[str, A
     assert str(cfg.api_socket) == "/run/membrane/agent.sock"
     assert str(cfg.state_dir) == "/var/lib/membrane" and str(cfg.bpffs_root).startswith("/sys/fs/bpf/")
     assert cfg.mtu is None and cfg.tunnel == "vxlan", "the pod MTU is derived from the underlay by default"
+
+
+def test_plaintext_when_tls_is_off(helm: str, tmp_path: Path) -> None:
+    docs = render(helm, tls__enabled=False)
+    cfg = _agent_config(docs, tmp_path)
+    assert cfg.insecure_plaintext and not cfg.tls_bootstrap
+    operator_env = {e["name"]: e.get("value") for e in
+                    container(pod_spec(one(docs, "Deployment", "membrane-operator")), "operator")["env"]}
+    assert operator_env["MEMBRANE_INSECURE_PLAINTEXT"] == "true"
 
 
 def test_explicit_operator_address(helm: str, tmp_path: Path) -> None:
@@ -465,7 +482,8 @@ def test_operator_deployment_and_rbac(operator_docs: list[dict[str, Any]]) -> No
     lease_role = one(operator_docs, "Role", "membrane-operator-leader-election")
     assert lease_role["metadata"]["namespace"] == NAMESPACE
     lease_grants = _grants(lease_role)
-    assert lease_grants == {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
+    assert {g for g in lease_grants if g[0] == "coordination.k8s.io"} == \
+        {("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")}
     binding = one(operator_docs, "RoleBinding", "membrane-operator-leader-election")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "membrane-operator-leader-election"}

@@ -62,7 +62,10 @@ while True:
 
 @pytest.fixture
 def lab() -> Iterator[KubeLab]:
-    kube = KubeLab(identity_wait=1.0, tls=False)  # the chart runs both with --insecure-plaintext for now
+    # tls.enabled=false: the lab's API stand-in is plain HTTP on the machine's loopback, which the
+    # agent's in-cluster TLS bootstrap (HTTPS to KUBERNETES_SERVICE_HOST) cannot use; the
+    # bootstrap's API calls and RBAC are covered by tests/unit/test_chart_rbac.py.
+    kube = KubeLab(identity_wait=1.0, tls=False)
     helpers: list[subprocess.Popen[bytes]] = []
     kube.helpers = helpers  # type: ignore[attr-defined]
     try:
@@ -170,7 +173,7 @@ def _caps_of(pid: int) -> int:
 
 def test_chart_agent_with_capabilities_only_reaches_ready_and_wires_pods(lab: KubeLab) -> None:
     helm = chart.helm_binary()
-    docs = chart.render(helm)
+    docs = chart.render(helm, {"tls.enabled": False})
     node, argv, caps = _start_chart_agent(lab, docs, f"c{os.getpid() % 10000}a")
     assert argv[0] == "membrane-agent" and "--procfs=/host/proc" in argv
     started = time.monotonic()
@@ -209,7 +212,7 @@ def test_chart_agent_with_capabilities_only_reaches_ready_and_wires_pods(lab: Ku
 
 def test_the_container_really_has_a_read_only_proc_sys(lab: KubeLab) -> None:
     """The emulation is not a no-op: without --procfs the agent cannot write its sysctls."""
-    docs = chart.render(chart.helm_binary())
+    docs = chart.render(chart.helm_binary(), {"tls.enabled": False})
     node, _argv, _caps = _start_chart_agent(lab, docs, f"c{os.getpid() % 10000}b", drop_args=("--procfs=/host/proc",))
     assert node.process is not None
     code = node.process.wait(60)

@@ -44,6 +44,7 @@ class RequestRecord:
     path: str
     query: dict[str, str]
     code: int = 0
+    user: str | None = None  # the bearer token's user; None: no token (the admin)
 
 
 @dataclass
@@ -134,6 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         rule = owner._take_rule(self.command, self.path)
         try:
             user = owner._authenticate(self.headers.get("Authorization"))
+            record.user = user.name if user is not None else None
             if rule is not None:
                 headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after is not None else None
                 raise ApiError(rule.code, rule.message, headers=headers)

@@ -117,3 +117,29 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.k8sServicePort | default "443" | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* Whether the agents and the operator talk mutual TLS (only Kubernetes mode talks at all). */}}
+{{- define "membrane.tls" -}}
+{{- if and .Values.operator.enabled .Values.tls.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The projected service account token, as automountServiceAccountToken would mount it. */}}
+{{- define "membrane.kubeApiAccessVolume" -}}
+- name: kube-api-access
+  projected:
+    defaultMode: 0444
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: 3607
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef:
+                fieldPath: metadata.namespace
+{{- end -}}
