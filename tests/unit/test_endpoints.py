@@ -196,3 +196,34 @@ def test_concurrent_adds_and_deletes(config: AgentConfig) -> None:
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(lambda i: mgr.delete(f"c{i}", "eth0"), range(10)))
     assert not dp.entries and not mgr.ipam.allocations and not mgr.endpoints
+
+
+def test_lost_or_damaged_records_are_rebuilt_from_link_aliases_and_the_map(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    first = EndpointManager(config, nl, dp)
+    a = first.add("c1", "eth0", "/ns1", namespace="shop", pod="a")
+    b = first.add("c2", "eth0", "/ns2", namespace="shop", pod="b")
+    first._record_path(a.key).unlink()  # lost
+    first._record_path(b.key).write_text('{"container_id": "c2", "ifn')  # truncated
+    second = EndpointManager(config, nl, dp)
+    report = second.restore()
+    assert report["rebuilt_records"] == 2 and report["damaged_records"] == 1 and report["orphan_links"] == 0
+    for ep in (a, b):
+        again = second.endpoints[ep.key]
+        assert (again.ip, again.endpoint_id, again.pod_ref, again.netns, again.host_ifname) == \
+            (ep.ip, ep.endpoint_id, ep.pod_ref, ep.netns, ep.host_ifname)
+    assert first._record_path(b.key).with_name(first._record_path(b.key).name + ".damaged").exists()
+    assert sorted(second.ipam.allocations.values()) == ["c1/eth0", "c2/eth0"]  # IPAM knows both again
+    assert nl.links.keys() == {a.host_ifname, b.host_ifname}  # nothing torn down
+
+
+def test_a_link_whose_add_never_completed_has_no_alias_and_is_removed(config: AgentConfig) -> None:
+    nl, dp = FakeNetlink(), FakeMap()
+    mgr = EndpointManager(config, nl, dp)
+    nl.set_alias = lambda ifindex, alias: (_ for _ in ()).throw(OSError("agent died"))  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        mgr.add("c1", "eth0", "/ns1")
+    assert nl.links == {}  # the ADD rolled back
+    nl.links[host_ifname_for("c9", "eth0")] = 77  # as if the agent died before completing
+    report = EndpointManager(config, nl, dp).restore()
+    assert report["orphan_links"] == 1 and nl.links == {}
