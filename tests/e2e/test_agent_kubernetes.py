@@ -23,6 +23,7 @@ from membrane.lab import netns
 from membrane.lab.traffic import CONNECT, OK_SERVER
 from membrane.lab.cluster import KubeLab
 from membrane.lab.node import LabNode
+from membrane.testing.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 
@@ -31,7 +32,6 @@ SERVER = OK_SERVER
 
 READYZ = r"""
 import urllib.request, urllib.error
-from membrane.testing.waiting import wait_for
 try:
     print(urllib.request.urlopen("http://127.0.0.1:9962/readyz", timeout=2).status)
 except urllib.error.HTTPError as e:

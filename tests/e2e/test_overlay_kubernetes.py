@@ -17,6 +17,7 @@ from membrane.lab import netns
 from membrane.lab.cluster import KubeLab
 from membrane.lab.node import LabNode, Pod
 from membrane.lab.underlay import Underlay
+from membrane.testing.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 
@@ -30,7 +31,6 @@ while True:
 
 CONNECT = r"""
 import socket, sys
-from membrane.testing.waiting import wait_for
 try:
     s = socket.create_connection((sys.argv[1], 80), timeout=1.0); print(s.recv(8).decode())
 except OSError as e:

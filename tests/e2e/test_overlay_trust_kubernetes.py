@@ -36,6 +36,7 @@ from membrane.lab.forging import VXLAN_PORT, UdpSink
 from membrane.lab.node import LabNode, Pod, tool
 from membrane.lab.probes import counters
 from membrane.lab.underlay import Underlay
+from membrane.testing.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 
@@ -52,7 +53,6 @@ except OSError as e:
 
 SERVE = r"""
 import socket, sys
-from membrane.testing.waiting import wait_for
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 80)); s.listen(64)
 print("ready", flush=True)
 while True:

@@ -247,7 +247,7 @@ def test_real_stream_resume_and_operator_restart(tmp_path: Path) -> None:
 
         # Operator restart: a new history. Meanwhile the maps keep the last state.
         op.stop()
-        time.sleep(0.3)
+        time.sleep(0.3)  # observation window: the agent notices the loss and must keep the maps as they were
         assert b.allowed_into_db(300) and not b.allowed_into_db(303)
         writes = b.maps.writes
         op = Operator(f"unix:{sock}")

@@ -24,6 +24,7 @@ from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import SERVICE, StateServicer, serve, stop
 from membrane.unix_sockets import bind_private
+from membrane.testing.waiting import wait_for
 
 
 @pytest.fixture
@@ -128,14 +129,13 @@ def test_observer_refuses_calls_beyond_its_workers(tmp_path: Path) -> None:
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
         for call in calls:
             call.cancel()
-        deadline = time.monotonic() + 10
-        while True:  # the cancelled followers give their workers back
+        def answers() -> bool:
             try:
                 stub.ServerStatus(opb.ServerStatusRequest(), timeout=5)
-                break
+                return True
             except grpc.RpcError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+                return False
+        assert wait_for(answers, 10, 0.1, "the cancelled followers to give their workers back")
         with pytest.raises(grpc.RpcError) as big:  # and requests are bounded in size
             time_left = 5.0
             stub.GetFlows(opb.GetFlowsRequest(number=1, whitelist=[opb.FlowFilter(

@@ -52,7 +52,7 @@ def test_operator_state_stream_has_health_and_reflection() -> None:
             with grpc.insecure_channel(f"127.0.0.1:{operator.grpc_port}") as channel:
                 assert check(channel, "") == SERVING
                 # No MembraneIdentity CRD yet: no full state, so the stream is not serving.
-                time.sleep(0.5)
+                time.sleep(0.5)  # observation window: several resync passes, still not serving
                 assert check(channel, STATE_SERVICE) == NOT_SERVING
                 with api.api_client() as apis:
                     apis.call_api("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "POST",

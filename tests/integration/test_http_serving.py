@@ -74,6 +74,8 @@ def test_400_half_open_connections_cost_no_threads_and_probes_still_answer(regis
             if i % 2:
                 sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never finishes
             flood.append(sock)
+        # Observation window (not synchronisation): the server gets time to accept and read the flood,
+        # and the cap must hold throughout.
         time.sleep(0.2)
         # The cap holds, the flood costs no threads, and a probe is answered at once.
         assert server.open_connections <= server.max_connections

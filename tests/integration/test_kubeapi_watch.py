@@ -13,6 +13,7 @@ from kubernetes.client import ApiException
 from urllib3.exceptions import ProtocolError
 
 from membrane.testing.kubeapi import KubeApiServer
+from membrane.testing.waiting import wait_for
 
 
 @pytest.fixture
@@ -159,9 +160,10 @@ def test_close_watches_ends_stream_and_client_resumes(core: client.CoreV1Api, se
     def drive() -> None:
         assert server.wait_for_watches(1)
         core.create_namespaced_pod("default", pod("before"))
-        time.sleep(0.2)
+        assert wait_for(lambda: seen == ["before"], 10, 0.01, "the first event")
+        started = server.watches_started
         server.close_watches()
-        time.sleep(0.2)
+        assert wait_for(lambda: server.watches_started > started, 10, 0.01, "the client to re-watch")
         core.create_namespaced_pod("default", pod("after"))
 
     thread = threading.Thread(target=drive, daemon=True)
@@ -186,7 +188,4 @@ def test_abrupt_close_breaks_the_stream(core: client.CoreV1Api, server: KubeApiS
 def test_server_notices_a_client_that_went_away(core: client.CoreV1Api, server: KubeApiServer) -> None:
     core.create_namespaced_pod("default", pod("a"))
     assert collect(core.list_namespaced_pod, 1, namespace="default", timeout_seconds=30)[0][0] == "ADDED"
-    deadline = time.monotonic() + 3
-    while server.open_watches and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.open_watches == 0
+    assert wait_for(lambda: server.open_watches == 0, 3, 0.05, "the server to close the abandoned watch")

@@ -20,6 +20,7 @@ from membrane.api.observer_codec import filter_from_pb, filter_to_pb, flow_from_
 from membrane.ctl.main import parse_args
 from membrane.ctl.observe import build_filters, fetch_flows, format_compact, run_observe
 from membrane.flows import Direction, FlowFilter, FlowType, Verdict
+from membrane.testing.waiting import wait_for
 
 DIRECTORY = StaticDirectory(
     endpoints={"10.200.1.5": EndpointInfo("shop", "web-1", {"app": "web"}, 256),
@@ -101,18 +102,13 @@ def test_follow_gets_new_flows(served: tuple[FlowObserver, str, str]) -> None:
 
     t = threading.Thread(target=read)
     t.start()
-    deadline = time.monotonic() + 5
-    while obs.streams == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: obs.streams > 0, 5, 0.01, "the follow stream to open")
     obs.on_event(event(dport=1))  # filtered out
     obs.on_event(event(dport=9999))
     t.join(timeout=10)
     assert not t.is_alive() and [f.destination_port for f in got] == [9999]  # type: ignore[attr-defined]
     stream.close()  # cancels the call: the server's follower goes away
-    deadline = time.monotonic() + 5
-    while obs.streams and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert obs.streams == 0
+    assert wait_for(lambda: obs.streams == 0, 5, 0.02, "the follower to go away")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

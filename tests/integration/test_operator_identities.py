@@ -78,7 +78,7 @@ def test_identities_allocated_shared_stable_and_collected(api: KubeApiServer,
         assert db not in found
 
         core.delete_namespaced_pod("db-1", "default")
-        time.sleep(0.2)
+        time.sleep(0.2)  # observation window: passes run, the identity stays for its grace period
         assert db in identities(apis)  # still in its grace period
         assert wait_for(lambda: db not in identities(apis), timeout=5)
         assert operator.metrics.registry.get_sample_value(

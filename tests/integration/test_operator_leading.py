@@ -55,7 +55,7 @@ def test_one_leader_and_takeover_after_lease_expiry(api: KubeApiServer,
     second = make_operator(api, "op-2")
     try:
         assert wait_for(lambda: first.is_leader or second.is_leader)
-        time.sleep(0.6)  # several retry periods: still exactly one
+        time.sleep(0.6)  # observation window: several retry periods, still exactly one
         assert first.is_leader != second.is_leader
         leader, standby = (first, second) if first.is_leader else (second, first)
         for name in ("n1", "n2"):
@@ -92,7 +92,7 @@ def test_graceful_stop_releases_the_lease(api: KubeApiServer) -> None:
     assert wait_for(lambda: first.is_leader)
     second = make_operator(api, "op-2", lease_duration_seconds=30.0, renew_deadline_seconds=20.0)
     try:
-        time.sleep(0.5)
+        time.sleep(0.5)  # observation window: a standby's rounds must not take a held lease
         assert not second.is_leader
         started = time.monotonic()
         first.stop(release=True)
@@ -121,7 +121,7 @@ def test_pod_cidrs_survive_restarts_and_are_released_with_the_node(
         operator = make_operator(api, f"op-{round_ + 2}")
         try:
             assert wait_for(lambda: operator.ready())
-            time.sleep(0.3)
+            time.sleep(0.3)  # observation window: the new leader's passes must not recompute a range
             assert cidrs(core) == first
         finally:
             operator.stop()

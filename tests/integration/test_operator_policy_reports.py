@@ -74,7 +74,7 @@ def test_invalid_policy_reported_as_the_version_allows(version: str) -> None:
                 assert cond["type"] == "Accepted" and cond["status"] == "False"
                 assert cond["reason"] == "InvalidNetworkPolicy"
                 assert "ipBlock.except[0]" in cond["message"]
-            time.sleep(0.5)
+            time.sleep(0.5)  # observation window: several resync passes (0.1 s) must not report it again
             assert len(events()) == 1  # reported once, not on every pass
             assert condition() is None or has_status
             # No write the version cannot take: every request the operator made succeeded,

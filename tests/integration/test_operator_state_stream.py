@@ -190,7 +190,7 @@ def test_acks_feed_the_propagation_histogram(server: Server) -> None:
         slow_gate.clear()
         version = server.put(endpoint("a", "10.200.0.2"), seen_at=time.monotonic() - 0.25)
         assert wait_for(lambda: fast.version == version)
-        time.sleep(0.1)
+        time.sleep(0.1)  # observation window: nothing may count as propagated while n2 has not acked
         assert server.propagations() == baseline  # n2 has not acked yet
         slow_gate.set()
         assert wait_for(lambda: server.propagations() == baseline + 1)
@@ -264,7 +264,7 @@ def test_new_client_falls_back_to_unary_acks_on_an_old_server(server: Server) ->
     def subscribe(request: pb.SubscribeRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         _, chunks = server.log.snapshot_wire()
         yield from chunks
-        while context.is_active():
+        while context.is_active():  # a stand-in stream that stays open, sending nothing
             time.sleep(0.02)
 
     def unary_ack(request: pb.AckRequest, context: grpc.ServicerContext) -> pb.AckResponse:
@@ -296,7 +296,7 @@ def test_client_reconnects_with_backoff_after_server_restart() -> None:
     try:
         assert wait_for(lambda: agent.version == 1)
         server.stop()
-        time.sleep(0.3)  # several failed attempts while nobody listens
+        time.sleep(0.3)  # observation window: several failed reconnects while nobody listens
         restarted = Server(port=port)  # a new operator process: a new history
         try:
             restarted.put(NODE, WEB)

@@ -224,7 +224,7 @@ while (d := c.recv(64)):
             assert conn.ask_line("b") == "fail"
             # Either side's later packets (retransmissions, the server's ACKs) cannot reopen the
             # flow in the other orientation: the entry stays, marked denied.
-            time.sleep(0.5)
+            time.sleep(0.5)  # observation window: let those later packets arrive, then check nothing reopened
             assert conn.ask_line("c") == "fail"
             flows = [f for f in node.api("bpf.ct") if 7001 in (f["sport"], f["dport"])]
             assert flows and all("DENIED_INGRESS" in f["flags"] for f in flows), flows

@@ -26,6 +26,7 @@ from membrane.lab.cluster import KubeLab
 from membrane.lab.node import LabNode
 from membrane.lab.traffic import CONNECT, OK_SERVER
 from membrane.testing import chart
+from membrane.testing.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 
@@ -193,12 +194,10 @@ def test_chart_agent_with_capabilities_only_reaches_ready_and_wires_pods(lab: Ku
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert server_proc.stdout is not None and server_proc.stdout.readline().strip() == b"ready"
-        deadline = time.monotonic() + 20
-        ok = ""
-        while time.monotonic() < deadline and ok != "ok":
-            ok = client.exec([sys.executable, "-c", CONNECT, server.ip, "80", "1.0"], check=False).stdout.strip()
-            time.sleep(0.2)
-        assert ok == "ok", node.log_tail()
+        def connects() -> bool:
+            return client.exec([sys.executable, "-c", CONNECT, server.ip, "80", "1.0"],
+                               check=False).stdout.strip() == "ok"
+        assert wait_for(connects, 20, 0.2, f"a connection to {server.ip}:80 ({node.log_tail()})")
     finally:
         server_proc.kill()
         server_proc.wait(5)

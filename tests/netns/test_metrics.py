@@ -7,6 +7,7 @@ import time
 
 from membrane.lab import netns
 from membrane.lab.node import LabNode
+from membrane.testing.waiting import wait_for
 
 # family (as exposed) -> labels each of its samples must carry
 FAMILIES: dict[str, set[str]] = {
@@ -54,9 +55,15 @@ def test_every_issue_family_is_exported_with_its_labels(node: LabNode) -> None:
     a, b = node.add_pod("a", "m"), node.add_pod("b", "m")
     a.exec(["ping", "-c", "1", "-W", "1", b.ip], check=False)  # denied: a drop and a policy verdict
     b.exec(["ping", "-c", "1", "-W", "1", a.ip])  # allowed: forwards
-    time.sleep(0.5)
-    text = netns.exec_in(node.netns, ["curl", "-sf", "http://127.0.0.1:9962/metrics"]).stdout
-    found = samples(text)
+    found: list[tuple[str, dict[str, str], float]] = []
+
+    def counted() -> bool:  # the agent folds kernel counters and events into /metrics on its own pace
+        found[:] = samples(netns.exec_in(node.netns, ["curl", "-sf", "http://127.0.0.1:9962/metrics"]).stdout)
+        return any(n == "membrane_policy_verdicts_total" and lab.get("verdict") == "dropped" and v >= 1
+                   for n, lab, v in found) and \
+            sum(v for n, lab, v in found if n == "membrane_datapath_packets_total"
+                and lab.get("verdict") == "forwarded") >= 2
+    wait_for(counted, 10, 0.2, "the drop and the forwards in /metrics")
     missing, unlabelled = [], {}
     for family, labels in FAMILIES.items():
         rows = [lab for name, lab, _ in found if name == family]

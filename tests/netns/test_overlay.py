@@ -24,6 +24,7 @@ from membrane.lab import forging, netns
 from membrane.lab.node import LabNode, Pod
 from membrane.lab.probes import counters
 from membrane.lab.underlay import Underlay
+from membrane.testing.waiting import wait_for
 
 SERVER = r"""
 import socket, sys
@@ -35,7 +36,6 @@ while True:
 
 CONNECT = r"""
 import socket, sys
-from membrane.testing.waiting import wait_for
 try:
     s = socket.create_connection((sys.argv[1], 80), timeout=float(sys.argv[2])); data = b""
     while True:
@@ -224,7 +224,7 @@ def test_standalone_node_objects_give_the_overlay_its_owners(two_nodes: TwoNodes
                            unprivileged=True)
         assert out.endswith("uid 65534"), out
         assert counters(t.n2).get(("drop_pod_to_tunnel_port", "egress"), 0) == before + 3
-        time.sleep(0.3)
+        time.sleep(0.3)  # observation window: any forged packet let through would reach the sink by now
         assert not [line for line in sink.lines if "before-nodes" in line or "n1-cidr" in line or "from-pod" in line]
         assert connect(t.web, t.db.ip).startswith("ok")  # the real traffic still flows
     finally:

@@ -27,7 +27,7 @@ while time.monotonic() < end:
         s = socket.create_connection((host, port), timeout=0.5); s.recv(8); s.close(); ok += 1
     except OSError:
         fail += 1
-    time.sleep(0.005)
+    time.sleep(0.005)  # paces the connection attempts
 print(json.dumps({"ok": ok, "fail": fail}))
 """
 
@@ -136,7 +136,7 @@ def test_policy_edits_under_traffic_never_drop_allowed_nor_pass_denied(node: Lab
         node.api("apply", objects=[policy("db-from-web", [
             {"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
              "ports": [{"port": 80 if i % 2 else "http"}]}] + extra)])
-        time.sleep(0.1)
+        time.sleep(0.1)  # paces the edits across the traffic's duration
     for thread in threads:
         thread.join()
     assert results["web"]["fail"] == 0 and results["web"]["ok"] > 50, results

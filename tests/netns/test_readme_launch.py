@@ -28,6 +28,7 @@ from membrane.ctl.client import AgentError, request
 from membrane.lab import netns
 from membrane.lab.node import LabNode
 from membrane.lab.traffic import Stream
+from membrane.testing.waiting import wait_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 HEADING = "### Start an agent as a node inside a network namespace of your choice"
@@ -80,18 +81,16 @@ def launch(start: str, log: Path) -> None:
 
 def agent_pid(sock: str, timeout: float = 90) -> int:
     """Wait until the agent is ready; its pid from the api socket's peer credentials."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         try:
-            if request("status", sock, timeout=5)["ready"]:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(sock)
-                    pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-                    return int(pid)
+            return bool(request("status", sock, timeout=5)["ready"])
         except (AgentError, OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"agent not ready after {timeout}s")
+            return False
+    wait_for(ready, timeout, 0.2, f"the agent behind {sock} to be ready")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return int(pid)
 
 
 class _ObjGet(ctypes.Structure):
@@ -112,10 +111,7 @@ def pinned_map_ids(pin_root: Path) -> dict[str, int]:
 
 
 def wait_gone(pid: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(f"/proc/{pid}").exists(), f"agent {pid} did not exit"
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout, 0.05, f"agent {pid} to exit")
 
 
 def test_readme_recipe_kill_9_restart_keeps_pins_and_traffic() -> None:
@@ -136,7 +132,7 @@ def test_readme_recipe_kill_9_restart_keeps_pins_and_traffic() -> None:
         ids = pinned_map_ids(node.pin_root)  # seen from the host: the pins are on its bpffs
         assert any("endpoints" in name for name in ids) and any("ct" in name for name in ids), ids
         stream = Stream(b.netns, b.ip, a.netns, seconds=6)
-        time.sleep(1.0)
+        time.sleep(1.0)  # paces the test: traffic flows through the agent's programs before the kill
         os.kill(pid, signal.SIGKILL)
         wait_gone(pid)
         assert pinned_map_ids(node.pin_root) == ids, "pins vanished with the agent"

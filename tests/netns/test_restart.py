@@ -21,7 +21,7 @@ def test_kill_9_under_traffic(node) -> None:  # type: ignore[no-untyped-def]
     before_ips = {e["ip"] for e in node.api("endpoint.list")}
     stream = Stream(b.netns, b.ip, a.netns, seconds=6)
     try:
-        time.sleep(1.5)
+        time.sleep(1.5)  # paces the test: the stream is flowing through the agent before the kill
         node.stop_agent(signal.SIGKILL)
         time.sleep(1.0)  # traffic with no agent at all
         node.start_agent()

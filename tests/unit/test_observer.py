@@ -26,6 +26,7 @@ from membrane.agent.observing import (
 )
 from membrane.agent.observing.events import _WIRE
 from membrane.flows import Direction, FlowFilter, FlowType, Verdict
+from membrane.testing.waiting import wait_for
 
 WEB_IP, DB_IP = "10.200.1.5", "10.200.1.7"
 DIRECTORY = StaticDirectory(
@@ -184,9 +185,7 @@ def test_follow_streams_new_flows_and_reports_gaps() -> None:
 
     t = threading.Thread(target=reader)
     t.start()
-    deadline = time.monotonic() + 2
-    while obs.streams == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: obs.streams > 0, 2, 0.01, "the follow stream to open")
     producer = FlowObserver("n")
     for port in range(2, 12):
         producer.on_event(event(dport=port))
@@ -206,12 +205,10 @@ def test_pump_polls_and_reads_kernel_lost() -> None:
     def poll(timeout_ms: int) -> None:
         calls["n"] += 1
         obs.on_event(event(dport=calls["n"]))
-        time.sleep(0.005)
+        time.sleep(0.005)  # stands in for the perf buffer poll's timeout (paces the pump)
 
     totals = iter([{"rate_limited": 10}] + [{"rate_limited": 13}] * 10_000)
     obs.start_pump(poll, read_kernel_lost=lambda: next(totals), lost_every_s=0.0)
-    deadline = time.monotonic() + 5
-    while (obs.ring.seen < 5 or obs.lost["rate_limited"] < 3) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: obs.ring.seen >= 5 and obs.lost["rate_limited"] >= 3, 5, 0.01, "five polls and lost counts")
     obs.stop()
     assert obs.ring.seen >= 5 and obs.lost["rate_limited"] == 3

@@ -177,6 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         with owner._watch_lock:
             owner._open_watches += 1
+            owner._watches_started += 1
         try:
             ended = run_watch(owner.store, spec, write, self._alive, lambda: self.server.stopping,
                               owner.bookmark_interval)
@@ -228,6 +229,7 @@ class KubeApiServer:
         self._lock = threading.Lock()
         self._watch_lock = threading.Lock()
         self._open_watches = 0
+        self._watches_started = 0
         self._rules: list[ErrorRule] = []
         self._tokens: dict[str, User] = {}
         self._requests: list[RequestRecord] = []
@@ -319,6 +321,12 @@ class KubeApiServer:
         """How many watch streams are open."""
         with self._watch_lock:
             return self._open_watches
+
+    @property
+    def watches_started(self) -> int:
+        """How many watch streams were ever opened (a re-watch after a close counts again)."""
+        with self._watch_lock:
+            return self._watches_started
 
     def wait_for_watches(self, count: int = 1, timeout: float = 5.0) -> bool:
         """Wait until at least `count` watch streams are open."""
