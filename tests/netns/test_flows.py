@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from membrane.lab import netns
 from membrane.lab.node import LabNode, tool
