@@ -1,26 +1,21 @@
 """`membranectl apply` is strict (kubectl apply --validate=strict): unknown fields, wrong JSON
 types and duplicate keys are refused with the field's path, malformed YAML is one line naming
-line and column, an oversized value is named but not echoed. Checked on the pure parts and
-end to end: the installed membranectl against the agent's real object store and API socket."""
+line and column, an oversized value is named but not echoed. The pure parts and the agent's
+object store; tests/integration/test_strict_apply_cli.py runs the installed membranectl."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.api_serving import ApiServer, RequestError
+from agent.api_serving import RequestError
 from agent.object_store import ObjectStore
 from membrane.ctl.manifests import ManifestError, parse_manifests
 from membrane.strict_fields import kubernetes_version, strict_errors
 from membrane.testing import strict_schema_gen
-
-MEMBRANECTL = str(Path(sys.executable).parent / "membranectl")
 
 
 def netpol(rule: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -150,47 +145,3 @@ def test_malformed_yaml_is_one_line_with_line_and_column(text: str, expected: st
 def test_documents_and_lists() -> None:
     text = "---\nkind: Namespace\nmetadata: {name: a}\n---\n---\nkind: List\nitems:\n- {kind: Namespace}\n"
     assert parse_manifests(text, "x") == [{"kind": "Namespace", "metadata": {"name": "a"}}, {"kind": "Namespace"}]
-
-
-# --- end to end: the installed membranectl, the agent's store behind the real API socket -------
-
-@pytest.fixture
-def agent_socket(tmp_path: Path) -> Iterator[tuple[str, ObjectStore]]:
-    store = ObjectStore(tmp_path / "state" / "objects.json")
-    server = ApiServer(tmp_path / "agent.sock", {"apply": lambda req: store.apply(req["objects"])})
-    server.start()
-    yield str(tmp_path / "agent.sock"), store
-    server.stop()
-
-
-def apply(sock: str, path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([MEMBRANECTL, "--socket", sock, "apply", "-f", str(path)], capture_output=True, text=True,
-                          timeout=60)
-
-
-def test_cli_refuses_a_misspelled_from(agent_socket: tuple[str, ObjectStore], tmp_path: Path) -> None:
-    sock, store = agent_socket
-    manifest = tmp_path / "p.yaml"
-    manifest.write_text(DUPLICATED.replace("    from:\n    - podSelector: {}\n", "").replace("- from:", "- form:"))
-    done = apply(sock, manifest)
-    assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr.splitlines() == ["error: rejected:", "  NetworkPolicy db: spec.ingress[0].form: unknown field"]
-    assert store.list("NetworkPolicy") == []  # nothing stored: no rule that admits everyone
-
-
-def test_cli_duplicate_malformed_and_oversized(agent_socket: tuple[str, ObjectStore], tmp_path: Path) -> None:
-    sock, store = agent_socket
-    manifest = tmp_path / "p.yaml"
-    manifest.write_text(DUPLICATED)
-    done = apply(sock, manifest)
-    assert (done.returncode, done.stderr) == (1, f'error: {manifest}:9:5: duplicate field "spec.ingress[0].from"\n')
-    manifest.write_text("kind: Namespace\n  metadata: x\n")
-    done = apply(sock, manifest)
-    assert (done.returncode, done.stderr) == (1, f"error: {manifest}:2:11: mapping values are not allowed here\n")
-    assert "Traceback" not in done.stderr
-    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "Namespace",
-                                    "metadata": {"name": "big", "labels": {"app": "y" * (1 << 20)}}}))
-    done = apply(sock, manifest)
-    assert done.returncode == 1 and len(done.stderr) < 1000, done.stderr[:300]
-    assert "(1048576 characters)" in done.stderr and "63 characters" in done.stderr
-    assert store.list("Namespace") == []
