@@ -23,6 +23,9 @@ class PropagationTracker:
         # every node has) is the smallest key, found without scanning every node on each ack.
         self._levels: Counter[int] = Counter()
         self._pending: dict[int, float] = {}  # version -> seen_at, in version order
+        # Called (outside the lock, on the caller's thread: keep them cheap) after an ack or a
+        # subscription change: the operator's enforcement annotations are recomputed then.
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def nodes(self) -> list[str]:
@@ -36,7 +39,20 @@ class PropagationTracker:
                 self._acked[node] = 0
                 self._levels[0] += 1
 
+    def acked_versions(self) -> dict[str, int]:
+        """Subscribed node -> newest version it acked."""
+        with self._lock:
+            return dict(self._acked)
+
+    def _notify(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
     def unsubscribed(self, node: str, now: float) -> None:
+        self._unsubscribed(node, now)
+        self._notify()
+
+    def _unsubscribed(self, node: str, now: float) -> None:
         with self._lock:
             if node not in self._streams:
                 return
@@ -56,6 +72,11 @@ class PropagationTracker:
 
     def acked(self, node: str, version: int, now: float) -> int:
         """Record an ack; returns how many versions it completed."""
+        done = self._acked_locked(node, version, now)
+        self._notify()
+        return done
+
+    def _acked_locked(self, node: str, version: int, now: float) -> int:
         with self._lock:
             if node not in self._streams:
                 return 0

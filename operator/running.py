@@ -32,6 +32,7 @@ from membrane.operator.csr_signing import CsrSigner
 from membrane.operator.config import OperatorConfig, host_port
 from membrane.operator.crds import CRDS
 from membrane.operator.electing import ElectionConfig, LeaderElector
+from membrane.operator.enforcement_reporting import EnforcementReporter
 from membrane.http_serving import HttpServer
 from membrane.operator.identity_syncing import IdentitySyncer
 from membrane.operator.metrics import OperatorMetrics
@@ -90,6 +91,9 @@ class Operator:
                                       node_known=self._node_known)
         self.serving_cert: ServingCertificate | None = None
         self.csr_signer: CsrSigner | None = None
+        # Per policy: how many nodes enforce its current spec (annotations, leader only).
+        self.enforcement = EnforcementReporter(self.rest, self.cache, self.tracker, self.metrics,
+                                               lambda: self.is_leader)
         self.elector: LeaderElector | None = None
         if config.leader_election:
             self.elector = LeaderElector(self.api, ElectionConfig(
@@ -156,6 +160,7 @@ class Operator:
         self._thread.start()
         if self.elector is not None:
             self.elector.start()
+        self.enforcement.start()
         self._grpc, self.grpc_port = serve(self.servicer, self.config.grpc_addr,
                                            credentials=credentials)
         host, port = host_port(self.config.http_addr)
@@ -170,6 +175,7 @@ class Operator:
         """Stop everything; `release=False` leaves the lease held, as a crash would."""
         if self._grpc is not None:
             stop_serving(self._grpc, self.servicer)
+        self.enforcement.stop()
         if self.elector is not None:
             self.elector.stop(release=release)
         self._stop.set()
@@ -313,8 +319,10 @@ class Operator:
             delta = self.state.apply(changes, when)
         if delta is not None:
             self.tracker.committed(delta.version, delta.seen_at)
+            self.enforcement.committed(delta.version, delta.changes)
             self.metrics.state_version.set(delta.version)
             self.metrics.commit_changes.observe(len(delta.changes))
             for kind in Kind:
                 self.metrics.state_objects.labels(kind.value).set(builder.counts[kind])
         self.state_built = True
+        self.enforcement.wake()  # nodes may have come or gone (the count); cheap when nothing differs

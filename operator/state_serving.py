@@ -184,6 +184,9 @@ class StateServicer:
             self.metrics.stream_refused.labels("unknown_node").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no Node named {node!r}")
         self.tracker.subscribed(node)
+        if request.acked_version and request.stream_id == self.state.stream_id:
+            # A reconnect with nothing missed gets no update to ack: what it enforces is known now.
+            self.tracker.acked(node, min(request.acked_version, self.state.version), time.monotonic())
         self.metrics.subscribers.inc()
         log.debug("node %s subscribed (last version %d, stream %s)", node,
                   request.last_applied_version, request.stream_id or "-")
@@ -212,7 +215,10 @@ class StateServicer:
                     sent = version
                 if not wires:
                     if expires is None:
-                        await tick
+                        # Shielded: the tick is shared by every waiting stream, and awaiting it
+                        # bare would cancel it for all of them when this one is cancelled (its
+                        # agent left). (asyncio.wait below never cancels what it waits for.)
+                        await asyncio.shield(tick)
                         continue
                     # The stream lives as long as the certificate it was opened with: the
                     # client reconnects (resuming, deltas only) with the one it renewed.

@@ -63,6 +63,7 @@ class StateClient:
         self.backoff = backoff or Backoff(initial=0.1, maximum=10.0)
         self.auto_ack = ack
         self.connects = 0  # subscriptions started (for tests and metrics)
+        self.acked_version = 0  # newest version acked in `stream_id` (sent again when resubscribing)
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._call: grpc.Future | None = None
@@ -124,7 +125,8 @@ class StateClient:
         stub = pb_grpc.StateServiceStub(self._ensure_channel())
         request = pb.SubscribeRequest(node_name=self.node_name,
                                       last_applied_version=self.last_version,
-                                      stream_id=self.stream_id, accepts_batches=True)
+                                      stream_id=self.stream_id, accepts_batches=True,
+                                      acked_version=self.acked_version if self.stream_id else 0)
         acks: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         call = stub.Subscribe(_requests(request, acks))
         self._call = call
@@ -150,7 +152,10 @@ class StateClient:
                                          message.base_version or message.version - 1)
                 enforced = self.apply(update)
                 ack_version = update.version if enforced is None else min(enforced, update.version)
+                if update.stream_id != self.stream_id:
+                    self.acked_version = 0
                 self.last_version, self.stream_id = update.version, update.stream_id
+                self.acked_version = max(self.acked_version, ack_version)
                 self.backoff.reset()
                 if self.auto_ack and ack_version > 0:
                     if stream_acks is None:
