@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conc-pods", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "cni_startup",
-                                                      "overlay"),
+                                                      "overlay", "apply_wait"),
                     help="run one part of the benchmark (default: all)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -225,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
 
         log("overlay trust benchmark (from_overlay per-packet cost, before vs after the trust checks)")
         print(overlay_trust_bench.write(overlay_trust_bench.run(), args.out))
+    if args.only in ("all", "apply_wait"):
+        from . import apply_wait_bench  # apply --wait latency, small store and at scale
+
+        log("apply --wait latency (small store, 2,000 pods + 200 policies)")
+        print(apply_wait_bench.write(apply_wait_bench.run(), args.out))
     if args.only in ("all", "cni_startup"):
         from . import cni_startup  # Go plugin vs the Python plugin it replaced: bench-results/cni_startup.*
 

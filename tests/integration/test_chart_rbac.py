@@ -33,6 +33,8 @@ UNEXERCISED = {
     # Checked by the API server when approving/signing (no request of their own).
     ("certificates.k8s.io", "signers", "approve"): "an authorization check on /approval, not a request",
     ("certificates.k8s.io", "signers", "sign"): "an authorization check on /status, not a request",
+    ("networking.k8s.io", "networkpolicies", "patch"):
+        "enforcement annotations of valid policies (tests/e2e/test_policy_enforced_annotation.py)",
 }
 AGENT_USER = f"system:serviceaccount:{NS}:membrane-agent"
 

@@ -81,9 +81,12 @@ def test_invalid_policy_reported_as_the_version_allows(version: str) -> None:
             # and on 1.28+ it never tried to write a policy at all.
             writes = [r for r in api.requests if r.method in ("PATCH", "PUT", "POST")]
             assert all(r.code < 400 for r in writes), [(r.method, r.target, r.code) for r in writes]
+            # Status only where the version serves it; the one other policy write is the
+            # enforcement annotations (metadata, every version takes them) on the valid policy.
             policy_writes = [r for r in writes if "/networkpolicies/" in r.path and r.method == "PATCH"]
-            assert bool(policy_writes) == has_status
-            assert all(r.path.endswith("/status") for r in policy_writes)
+            assert bool([r for r in policy_writes if r.path.endswith("/status")]) == has_status
+            assert all(r.path.endswith("/status") or r.path.endswith("/networkpolicies/fine")
+                       for r in policy_writes), [r.path for r in policy_writes]
 
             fixed = invalid_policy()
             fixed["spec"]["ingress"][0]["from"][0]["ipBlock"]["except"] = ["10.1.0.0/16"]

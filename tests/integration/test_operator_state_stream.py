@@ -307,3 +307,56 @@ def test_client_reconnects_with_backoff_after_server_restart() -> None:
             restarted.stop()
     finally:
         agent.client.stop()
+
+
+def test_one_agent_leaving_does_not_end_the_others_streams(server: Server) -> None:
+    """The commit tick is shared by every waiting stream: cancelling one stream (its agent
+    left) must not cancel it for the rest (it used to end every stream at once)."""
+    server.put(NODE, WEB)
+    stays, leaves = Agent(server.port, "n1"), Agent(server.port, "n2")
+    try:
+        assert wait_for(lambda: stays.version == leaves.version == server.log.version)
+        assert wait_for(lambda: server.tracker.acked_versions() == {"n1": server.log.version, "n2": server.log.version})
+        time.sleep(0.1)  # both streams now wait on the same tick
+        leaves.client.stop()
+        assert wait_for(lambda: set(server.tracker.acked_versions()) == {"n1"})
+        version = server.put(endpoint("late", "10.200.0.99"))
+        assert wait_for(lambda: stays.version == version)
+        assert stays.client.connects == 1  # never resubscribed
+        assert wait_for(lambda: server.tracker.acked_versions() == {"n1": version})
+    finally:
+        stays.client.stop()
+        leaves.client.stop()
+
+
+def test_acks_say_what_is_enforced_and_survive_a_reconnect(server: Server) -> None:
+    """`apply` may return the version it enforces: a refused update is not acked; after a
+    reconnect that missed nothing, the first request restates the enforced version."""
+    server.put(NODE, WEB)
+    refuse: set[int] = set()
+    enforced = [0]
+
+    def apply(update: StateUpdate) -> int:
+        if update.version not in refuse:
+            enforced[0] = update.version
+        return enforced[0]
+
+    client = StateClient(f"127.0.0.1:{server.port}", "n1", apply, backoff=Backoff(initial=0.05, maximum=0.2))
+    client.start()
+    try:
+        assert wait_for(lambda: server.tracker.acked_versions() == {"n1": server.log.version})
+        good = server.log.version
+        refuse.add(server.log.version + 1)
+        refused = server.put(endpoint("big", "10.200.0.50"))
+        assert wait_for(lambda: client.last_version == refused)
+        time.sleep(0.1)
+        assert server.tracker.acked_versions() == {"n1": good}  # resume point moved, the ack did not
+        later = server.put(endpoint("small", "10.200.0.51"))
+        assert wait_for(lambda: server.tracker.acked_versions() == {"n1": later})
+        call = client._call
+        assert call is not None
+        call.cancel()  # a reconnect with nothing missed: no update arrives to ack
+        assert wait_for(lambda: client.connects == 2)
+        assert wait_for(lambda: server.tracker.acked_versions() == {"n1": later})
+    finally:
+        client.stop()
