@@ -18,6 +18,7 @@ from membrane.testing import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = {"MembraneUnexpectedDrops", "MembranePolicyDropsHigh", "MembraneBPFMapPressure", "MembraneBPFMapFull",
+          "MembranePolicyChangeRefused",
           "MembranePolicyPropagationSlow", "MembraneOperatorNoLeader"}
 
 
