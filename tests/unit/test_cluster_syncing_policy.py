@@ -294,3 +294,32 @@ def test_flow_directory_works_on_streamed_identities(tmp_path: Path) -> None:
     assert directory.identity_labels(999) is None
     info = directory.lookup_ip(IPS[WEB2])
     assert info is not None and info.identity == WEB_ID and info.pod == "web2"
+
+
+def test_an_update_a_map_cannot_hold_is_recorded_but_not_acked(tmp_path: Path) -> None:
+    """Kubernetes mode, full policy map: nothing of the update is written, the old policy stays
+    enforced, the returned (acked) version stays the last enforced one; once the cluster's
+    state fits again (the big policy gone), the next update enforces everything pending."""
+    a = Agent(tmp_path)
+    enforced = [a.syncer.apply_update(StateUpdate(1, STREAM, True, [
+        Change((o.kind, o.key), o) for o in (OBJECTS["ns"], OBJECTS["node"], OBJECTS["ids"], OBJECTS["id_db"],
+                                             OBJECTS["web"], OBJECTS["db"], OBJECTS["policy"])]))]
+    a.version = 1
+    a.local(WEB)
+    a.local(DB)
+    assert enforced == [1] and a.allowed(WEB, DB) and not a.allowed(WEB, DB, 81)
+    a.maps.capacities["policy"] = len(a.maps.policy) + 5
+    held = dict(a.maps.policy)
+    big = json.loads(netpol("big", {"app": "web"}).object_json)
+    big["spec"]["ingress"][0]["ports"] = [{"port": 1000 + 2 * i} for i in range(50)]
+    big_state = PolicyState("shop", "big", json.dumps(big, sort_keys=True))
+    a.version = 2
+    assert a.syncer.apply_update(StateUpdate(2, STREAM, False, [Change((big_state.kind, big_state.key), big_state)])) == 1
+    assert a.maps.policy == held and a.syncer.counts["refused"] == 1
+    assert a.syncer.version == 2 and a.syncer.ledger.outcome(2) == "refused"  # recorded, resume point moved
+    # Another change while the big one is pending: still refused (the whole difference is pending).
+    assert a.syncer.apply_update(StateUpdate(3, STREAM, False, [Change((OBJECTS["other"].kind, OBJECTS["other"].key),
+                                                                       OBJECTS["other"])])) == 1
+    # The big policy is deleted: everything pending fits and is enforced, version 4 acked.
+    assert a.syncer.apply_update(StateUpdate(4, STREAM, False, [Change((big_state.kind, big_state.key), None)])) == 4
+    assert a.allowed(WEB, DB) and not a.allowed(WEB, DB, 1000) and a.identity(OTHER) == OTHER_ID
