@@ -31,6 +31,7 @@ from membrane.agent.datapath.flattening import flatten_sources
 from membrane.agent.datapath.ipcache import (IpcacheEntry, cidr_key, cidr_value, ipcache_key, prefix_from_cidr_key,
                                              prefix_from_key)
 from membrane.agent.datapath.node_config import NodeConfig
+from membrane.agent.datapath.shared_constants import drift, static_asserts
 from membrane.agent.datapath.layout import (
     CIDR,
     CONNTRACK,
@@ -78,6 +79,7 @@ from membrane.policy.flattening import FlatKey, FlatValue
 
 DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
 ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c")  # one per hook family, one compilation unit
+SHARED_HEADERS: Final = ("types.h", "lib/events.h")  # numbers checked against Python at load (shared_constants)
 ENTRY_FILE: Final = ENTRY_FILES[0]
 PROGRAMS: Final = ("from_container", "to_container", "from_overlay")
 
@@ -138,7 +140,14 @@ class Datapath:
             raise DatapathError("datapath already loaded")
         self.pin_root.mkdir(parents=True, exist_ok=True)
         self._retire_pins()
-        text = flatten_sources([self.bpf_dir / name for name in ENTRY_FILES])
+        # The numbers C and Python share must agree before anything is compiled (one line naming each);
+        # the _Static_asserts compiled with the programs make the compiler confirm them as well.
+        headers = [self.bpf_dir / name for name in SHARED_HEADERS]
+        problems = drift(path.read_text() for path in headers)
+        if problems:
+            raise DatapathError(f"{', '.join(str(h) for h in headers)} and the agent's Python constants disagree: "
+                                f"{'; '.join(problems)}")
+        text = flatten_sources([self.bpf_dir / name for name in ENTRY_FILES]) + "\n" + static_asserts()
         if self.kernel_headers is not None:
             # bcc reads it from the environment at each compile; nothing else compiles in the agent.
             os.environ["BCC_KERNEL_SOURCE"] = str(self.kernel_headers)

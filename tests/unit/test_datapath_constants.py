@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from membrane.agent.datapath.layout import CtFlag, Direction, EndpointFlag, IpcacheFlag, Reason
+from membrane.agent.datapath.shared_constants import c_values, drift, expected, static_asserts
 
 TYPES_H = Path(__file__).resolve().parents[2] / "bpf" / "types.h"
 
@@ -52,3 +53,49 @@ def test_flag_bits_match() -> None:
         {f.name: f.value for f in EndpointFlag}
     assert {k.removeprefix("MB_CT_F_"): v for k, v in _defines("MB_CT_F_").items()} == \
         {f.name: f.value for f in CtFlag}
+
+
+# ---- the load-time check (agent/datapath/shared_constants.py) ----------------------------------
+
+EVENTS_H = TYPES_H.parent / "lib" / "events.h"
+
+
+def headers(types_h: str | None = None) -> list[str]:
+    return [TYPES_H.read_text() if types_h is None else types_h, EVENTS_H.read_text()]
+
+
+def test_the_shipped_headers_agree_with_python() -> None:
+    assert drift(headers()) == []
+    have = c_values(headers())
+    # Every kind of shared number is covered: reasons, flags, reserved identities, event defaults.
+    for name in ("MB_DROP_TUNNEL_SOURCE_NOT_OWNED", "MB_CT_F_DENIED_INGRESS", "MB_IPCACHE_F_NODE",
+                 "MB_IDENTITY_WORLD", "MB_IDENTITY_LOCAL_FLAG", "MB_EVENTS_RATE", "MB_EVENT_TRACE_END"):
+        assert have[name] == expected()[name], name
+
+
+def test_a_changed_drop_reason_is_named() -> None:
+    text = TYPES_H.read_text().replace("MB_DROP_NO_ROUTE = 9,", "MB_DROP_NO_ROUTE = 19,")
+    assert drift(headers(text)) == ["MB_DROP_NO_ROUTE is 19 in C but 9 in Python"]
+
+
+def test_a_changed_flag_a_missing_and_an_extra_constant_are_named() -> None:
+    text = (TYPES_H.read_text().replace("#define MB_CT_F_SEEN_REPLY 0x1", "#define MB_CT_F_SEEN_REPLY 0x80")
+            .replace("#define MB_IDENTITY_WORLD 2\n", "\n")
+            .replace("#define MB_IPCACHE_F_NODE 0x1", "#define MB_IPCACHE_F_NODE 0x1\n#define MB_IPCACHE_F_NEW 0x2"))
+    assert drift(headers(text)) == ["MB_CT_F_SEEN_REPLY is 128 in C but 1 in Python",
+                                    "MB_IDENTITY_WORLD (2 in Python) is missing in C",
+                                    "MB_IPCACHE_F_NEW (2 in C) has no Python counterpart"]
+
+
+def test_a_python_side_change_is_named_too() -> None:
+    assert drift(headers(), {**expected(), "MB_EVENTS_BURST": 4000}) == ["MB_EVENTS_BURST is 2000 in C but 4000 in Python"]
+
+
+def test_enum_members_without_a_value_count_on_as_in_c() -> None:
+    assert c_values(["enum e { MB_A = 3, MB_B, /* c */ MB_C = 0x10, MB_D };"]) == \
+        {"MB_A": 3, "MB_B": 4, "MB_C": 16, "MB_D": 17}
+
+
+def test_static_asserts_cover_every_shared_constant() -> None:
+    text = static_asserts()
+    assert all(f"_Static_assert({name} == {value}U" in text for name, value in expected().items())
