@@ -62,14 +62,16 @@ def free_port() -> int:
 
 # --- the process under test --------------------------------------------------------------------
 class OperatorProcess:
-    def __init__(self, api_url: str, workdir: Path) -> None:
+    def __init__(self, api_url: str, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.http = free_port()
         self.socket = workdir / "operator.sock"
         self.log_path = workdir / "operator.log"
         env = {**os.environ, "MEMBRANE_API_SERVER": api_url, "MEMBRANE_POD_NAME": "bench-op",
                "MEMBRANE_INSTALL_CRDS": "true", "MEMBRANE_CLUSTER_CIDR": "10.0.0.0/8",
                "MEMBRANE_HTTP_ADDR": f"127.0.0.1:{self.http}",
-               "MEMBRANE_GRPC_ADDR": f"unix:{self.socket}", "MEMBRANE_LOG_LEVEL": "warning"}
+               "MEMBRANE_GRPC_ADDR": f"unix:{self.socket}", "MEMBRANE_LOG_LEVEL": "warning",
+               # this benchmark measures the plaintext stream (tls_bench compares the two)
+               "MEMBRANE_INSECURE_PLAINTEXT": "true", **(extra_env or {})}
         exe = Path(sys.executable).with_name("membrane-operator")
         argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "membrane.operator.main"]
         with open(self.log_path, "ab") as out:
@@ -129,7 +131,8 @@ class OperatorProcess:
 class SubscriberPool:
     """`processes` subscriber processes; their report lines merged per version."""
 
-    def __init__(self, target: str, total: int, processes: int) -> None:
+    def __init__(self, target: str, total: int, processes: int, prefix: str = "bench-node-",
+                 env: dict[str, str] | None = None) -> None:
         self.total = total
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.procs: list[subprocess.Popen[str]] = []
@@ -137,8 +140,9 @@ class SubscriberPool:
         for first in range(0, total, per):
             count = min(per, total - first)
             proc = subprocess.Popen([sys.executable, "-m", "tests.bench.scale_subscribers", target,
-                                     "bench-node-", str(first), str(count)],
+                                     prefix, str(first), str(count)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                    env={**os.environ, **(env or {})},
                                     cwd=Path(__file__).resolve().parents[2])
             self.procs.append(proc)
             threading.Thread(target=self._read, args=(proc,), daemon=True).start()
@@ -251,6 +255,12 @@ class Objects:
                 "addresses": [{"type": "InternalIP",
                                "address": f"172.16.{i // 250}.{i % 250 + 1}"}]}})
 
+    def add_named_nodes(self, names: list[str]) -> None:
+        """Node objects for subscribers (the operator refuses names with no Node)."""
+        for i, name in enumerate(names):
+            self._do("POST", "/api/v1/nodes", {"metadata": {"name": name}, "status": {
+                "addresses": [{"type": "InternalIP", "address": f"172.31.{i // 250}.{i % 250 + 1}"}]}})
+
     def add_pods(self, count: int, nodes: int) -> None:
         for _ in range(count):
             i = self.pods
@@ -319,7 +329,9 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
 
 # --- the scenario ------------------------------------------------------------------------------
 def single_changes(pool: SubscriberPool, op: OperatorProcess, core: client.CoreV1Api,
-                   net: client.NetworkingV1Api, kind: str, n: int, total_pods: int) -> dict[str, Any]:
+                   net: client.NetworkingV1Api, kind: str, n: int, total_pods: int,
+                   salt: int = 0) -> dict[str, Any]:
+    """`salt` picks other pods and labels (repeated runs on one cluster must change something)."""
     samples: list[dict[str, Any]] = []
     metrics_before = op.metrics()
     cpu_before = op.cpu_s()
@@ -327,9 +339,9 @@ def single_changes(pool: SubscriberPool, op: OperatorProcess, core: client.CoreV
     sub_cpu_before = sum(s["cpu_s"] for s in pool.stats())
     for i in range(n):
         if kind == "pod label (existing identity)":
-            index = (i * 7919) % total_pods
+            index = (i * 7919 + salt * 104723) % total_pods
             ns, name = f"ns{(index // APPS) % NAMESPACES}", f"pod{index}"
-            labels = {"app": f"app{(index + 1 + i) % APPS}"}
+            labels = {"app": f"app{(index + 1 + i + salt) % APPS}"}
             key = f"U:endpoint:{ns}/{name}"
             t0 = time.monotonic()
             core.patch_namespaced_pod(name, ns, {"metadata": {"labels": labels}})
@@ -398,6 +410,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         objects.namespaces()
         objects.add_nodes(args.nodes)
+        objects.add_named_nodes([f"bench-node-{i}" for i in range(args.subscribers)])  # one per subscriber
         objects.add_pods(half, args.nodes)
         log(f"{half} pods on {args.nodes} nodes written in {time.monotonic() - t0:.1f}s (handler, no HTTP)")
         t0 = time.monotonic()

@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-pods", type=int, default=50)
     ap.add_argument("--conc-pods", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
-    ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "cni_startup",
-                                                      "overlay", "apply_wait"),
+    ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
+                                                      "cni_startup", "overlay", "apply_wait"),
                     help="run one part of the benchmark (default: all)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
 
         log("CNI plugin start-up (Go binary vs the former Python plugin)")
         print(cni_startup.write(cni_startup.run(40), args.out))
+    if args.only in ("all", "tls"):
+        from . import tls_bench  # mutual TLS vs plaintext at 1,000 subscribers: bench-results/tls.*
+
+        log("state stream TLS benchmark (mutual TLS vs plaintext, 1,000 subscribers, alternating rounds)")
+        print(tls_bench.write(tls_bench.run(tls_bench.parser().parse_args(["--out", str(args.out)])), args.out))
     if getattr(args, "only", None) in (None, "all", "operator"):  # an --only switch, when there is one
         from . import operator_scale  # 10,000 pods, 1,000 subscribers: bench-results/operator.*
 

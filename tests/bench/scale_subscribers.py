@@ -24,6 +24,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc import aio
@@ -33,6 +34,7 @@ from membrane.api.state.v1 import state_pb2 as pb
 SUBSCRIBE = "/membrane.state.v1.StateService/Subscribe"
 ACK = "/membrane.state.v1.StateService/Ack"
 STREAM_ACKS = os.environ.get("MEMBRANE_BENCH_ACKS", "stream") != "unary"
+TLS_DIR = os.environ.get("MEMBRANE_BENCH_TLS_DIR", "")  # set: mutual TLS, one certificate per subscriber
 
 
 def change_key(change: pb.Change) -> str:
@@ -72,9 +74,21 @@ class Subscribers:
         sys.stdout.write(json.dumps(fields) + "\n")
         sys.stdout.flush()
 
+    def _channel(self, name: str) -> aio.Channel:
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        if not TLS_DIR:
+            return aio.insecure_channel(self.target, options=options)
+        # Mutual TLS as an agent: its own key and certificate (named after it) from TLS_DIR.
+        directory = Path(TLS_DIR)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=(directory / "ca.crt").read_bytes(),
+            private_key=(directory / f"{name}.key").read_bytes(),
+            certificate_chain=(directory / f"{name}.crt").read_bytes())
+        return aio.secure_channel(self.target, creds, options=[
+            *options, ("grpc.ssl_target_name_override", "membrane-operator")])
+
     async def run_one(self, name: str) -> None:
-        async with aio.insecure_channel(self.target, options=[
-                ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        async with self._channel(name) as channel:
             subscribe = channel.stream_stream(
                 SUBSCRIBE, request_serializer=pb.SubscribeRequest.SerializeToString,
                 response_deserializer=None)
