@@ -72,6 +72,10 @@ def add_observe_parser(subparsers: Any) -> argparse.ArgumentParser:
                               "AND together, repeating a flag ORs its values; --not-FLAG hides matches.")
     p.add_argument("--server", help="observer address: unix:///path or HOST:PORT (default "
                    "$MEMBRANE_OBSERVER_SERVER, else <agent socket>.observer.sock)")
+    p.add_argument("--tls-dir", help="mutual TLS to a HOST:PORT observer (--observer-tcp): a directory with "
+                   "ca.crt, tls.crt and tls.key issued by the cluster CA (default $MEMBRANE_OBSERVER_TLS_DIR)")
+    p.add_argument("--tls-server-name", help="the node name the observer's certificate carries (default: "
+                   "the host of --server)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new flows")
     p.add_argument("--last", type=int, metavar="N", help=f"last N matching flows (default {DEFAULT_LAST}; "
                    "0: all held; with -f: none)")
@@ -169,12 +173,27 @@ def print_flow(flow: Flow, output: str, out: TextIO) -> None:
 # --- talking to the server ------------------------------------------------------------------------
 
 
-def _stream(server: str, request: Any, timeout: float | None) -> Iterator[Any]:
+def _channel(server: str, tls_dir: str | None = None, server_name: str | None = None) -> Any:
+    """A channel to the observer: plaintext (unix socket), or mutual TLS with `tls_dir`."""
     import grpc
 
+    options = grpc_limits.OBSERVER.client_options()
+    tls_dir = tls_dir or os.environ.get("MEMBRANE_OBSERVER_TLS_DIR")
+    if not tls_dir:
+        return grpc.insecure_channel(server, options=options)
+    directory = Path(tls_dir)
+    creds = grpc.ssl_channel_credentials(root_certificates=(directory / "ca.crt").read_bytes(),
+                                         private_key=(directory / "tls.key").read_bytes(),
+                                         certificate_chain=(directory / "tls.crt").read_bytes())
+    name = server_name or server.rpartition(":")[0].strip("[]")
+    return grpc.secure_channel(server, creds, options=[*options, ("grpc.ssl_target_name_override", name)])
+
+
+def _stream(server: str, request: Any, timeout: float | None, tls_dir: str | None = None,
+            server_name: str | None = None) -> Iterator[Any]:
     from membrane.api.observer.v1 import observer_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(server, options=grpc_limits.OBSERVER.client_options()) as channel:
+    with _channel(server, tls_dir, server_name) as channel:
         call = pb_grpc.ObserverStub(channel).GetFlows(request, timeout=timeout)
         try:
             yield from call
@@ -182,14 +201,13 @@ def _stream(server: str, request: Any, timeout: float | None) -> Iterator[Any]:
             call.cancel()
 
 
-def _status(server: str) -> dict[str, Any]:
-    import grpc
+def _status(server: str, tls_dir: str | None = None, server_name: str | None = None) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
     from membrane.api.observer.v1 import observer_pb2 as pb
     from membrane.api.observer.v1 import observer_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(server, options=grpc_limits.OBSERVER.client_options()) as channel:
+    with _channel(server, tls_dir, server_name) as channel:
         reply = pb_grpc.ObserverStub(channel).ServerStatus(pb.ServerStatusRequest(), timeout=10)
     return MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
@@ -197,12 +215,13 @@ def _status(server: str) -> dict[str, Any]:
 def fetch_flows(server: str, number: int = 0, follow: bool = False, since: datetime | None = None,
                 until: datetime | None = None, allow: Iterable[FlowFilter] = (),
                 deny: Iterable[FlowFilter] = (), timeout: float | None = None,
-                batch: bool = True) -> Iterator[Flow | int]:
+                batch: bool = True, tls_dir: str | None = None,
+                server_name: str | None = None) -> Iterator[Flow | int]:
     """Flows from an Observer; an int is a count of flows the server says this reader lost."""
     from membrane.api.observer_codec import flow_from_pb, request_to_pb
 
     request = request_to_pb(number, follow, since, until, list(allow), list(deny), batch=batch)
-    for resp in _stream(server, request, timeout):
+    for resp in _stream(server, request, timeout, tls_dir, server_name):
         kind = resp.WhichOneof("response_types")
         if kind == "flows":
             for msg in resp.flows.flows:
@@ -235,7 +254,7 @@ def run_observe(args: argparse.Namespace) -> int:
 
     try:
         if args.status:
-            status = _status(server)
+            status = _status(server, getattr(args, "tls_dir", None), getattr(args, "tls_server_name", None))
             if output == "json":
                 print(json.dumps(status))
             elif output == "yaml":
@@ -248,7 +267,9 @@ def run_observe(args: argparse.Namespace) -> int:
             return 0
         collected: list[Flow] = []
         try:
-            for item in fetch_flows(server, number, args.follow, since, until, allow, deny):
+            for item in fetch_flows(server, number, args.follow, since, until, allow, deny,
+                                    tls_dir=getattr(args, "tls_dir", None),
+                                    server_name=getattr(args, "tls_server_name", None)):
                 if isinstance(item, int):
                     print(f"warning: {item} flows lost (this reader fell behind the agent's ring)", file=sys.stderr)
                     continue

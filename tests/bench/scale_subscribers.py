@@ -75,7 +75,8 @@ class Subscribers:
         sys.stdout.flush()
 
     def _channel(self, name: str) -> aio.Channel:
-        options = [("grpc.max_receive_message_length", 64 << 20)]
+        # Its own connection, as a separate agent has (channels of one process would share one).
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
         if not TLS_DIR:
             return aio.insecure_channel(self.target, options=options)
         # Mutual TLS as an agent: its own key and certificate (named after it) from TLS_DIR.

@@ -59,3 +59,22 @@ def test_observer_tcp_requires_a_client_certificate_from_the_cluster_ca() -> Non
 def _pair(ca: Authority, name: str) -> tuple[bytes, bytes]:
     pair = ca.issue(name, HOUR)
     return pair.key_pem, pair.cert_pem
+
+
+def test_membranectl_observe_uses_a_tls_dir(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from membrane.agent.cert_keeping import write_dir
+    from membrane.ctl.observe import _status, fetch_flows
+
+    ca = Authority.create()
+    server = ObserverServer(FlowObserver("node1", StaticDirectory(), capacity=16), None, tcp="127.0.0.1:0",
+                            tls=lambda: material(ca, "node1"))
+    server.start()
+    try:
+        write_dir(tmp_path / "tls", material(ca, "admin"))
+        target = f"127.0.0.1:{server.tcp_port}"
+        assert _status(target, str(tmp_path / "tls"), "node1")["node_name"] == "node1"
+        assert list(fetch_flows(target, timeout=5, tls_dir=str(tmp_path / "tls"), server_name="node1")) == []
+        with pytest.raises(grpc.RpcError):
+            _status(target)  # plaintext: refused
+    finally:
+        server.stop(0.1)
