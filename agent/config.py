@@ -33,6 +33,11 @@ class AgentConfig(BaseModel):
     # A procfs whose sys/net is writable (the node's /proc/sys/net mounted there in a container
     # that is not privileged, e.g. /host/proc); sysctls are written under it.
     procfs: Path = Path("/proc")
+    # The CNI network configuration: copied from cni_conf_source to write_cni_conf_when_ready
+    # once the agent is ready; on SIGTERM removed (cni_uninstall "always") or kept ("never").
+    write_cni_conf_when_ready: Path | None = None
+    cni_conf_source: Path | None = None
+    cni_uninstall: Literal["always", "never"] = "never"
     http_addr: str = "127.0.0.1:9962"  # /healthz, /readyz, /metrics
     masquerade: bool = True
     flow_events: bool = True  # datapath flow events (drops, verdicts, connections) to the observer
@@ -97,6 +102,12 @@ class AgentConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _cni_conf(self) -> AgentConfig:
+        if (self.write_cni_conf_when_ready is None) != (self.cni_conf_source is None):
+            raise ValueError("--write-cni-conf-when-ready and --cni-conf-source go together")
+        return self
+
+    @model_validator(mode="after")
     def _cidrs(self) -> AgentConfig:
         tls = self.tls_dir is not None or self.tls_bootstrap
         if not tls and not self.insecure_plaintext:
@@ -142,6 +153,8 @@ _FLAGS = {
     "identity_wait_seconds": "--identity-wait-seconds", "kernel_headers": "--kernel-headers",
     "policy_map_entries": "--policy-map-entries", "ipcache_map_entries": "--ipcache-map-entries",
     "cidr_map_entries": "--cidr-map-entries",
+    "write_cni_conf_when_ready": "--write-cni-conf-when-ready", "cni_conf_source": "--cni-conf-source",
+    "cni_uninstall": "--cni-uninstall",
     "tls_dir": "--tls-dir", "tls_server_name": "--tls-server-name", "tls_ca_configmap": "--tls-ca-configmap",
     "api_server": "--api-server", "kubeconfig": "--kubeconfig", "api_token_file": "--api-token-file",
     "tunnel": "--tunnel", "tunnel_device": "--tunnel-device", "tunnel_port": "--tunnel-port", "node_ip": "--node-ip",
@@ -151,6 +164,11 @@ _FLAGS = {
 # What `membrane-agent --help` says about each option: one entry per AgentConfig field (for a
 # boolean, what its --no-... flag does). tests/integration/test_agent_help.py fails when one is missing.
 HELP: dict[str, str] = {
+    "write_cni_conf_when_ready": "write the CNI network configuration (--cni-conf-source) to this path once "
+                                 "the agent is ready, never before",
+    "cni_conf_source": "the CNI network configuration to write (with --write-cni-conf-when-ready)",
+    "cni_uninstall": "on SIGTERM: always (remove the written CNI configuration) or never (keep it for the "
+                     "next agent)",
     "node_name": "this node's name (as in Kubernetes)",
     "mode": "standalone (local store, embedded identity allocation) or kubernetes (the operator's "
             "state stream)",

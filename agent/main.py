@@ -26,7 +26,7 @@ from membrane.flows import observer_socket_for
 from membrane.http_serving import HttpServer
 from membrane.k8s_models import Node, ObjectRef
 
-from . import overlay, policy_api
+from . import cni_conf_writing, overlay, policy_api
 from .api_serving import ApiServer, RequestError
 from .bpffs import ensure_bpffs
 from .cert_keeping import CertKeeper, TlsError
@@ -219,10 +219,16 @@ class Agent:
             "bootstrap_seconds": round(time.monotonic() - self.started, 3),
             "compile_seconds": round(self.datapath.compile_seconds, 3)}})
 
+    def _cni_conf_done(self) -> bool:
+        dest = self.config.write_cni_conf_when_ready
+        return dest is None or dest.exists()
+
     def stop(self) -> None:
         """Graceful: stop serving; programs stay attached and maps stay pinned."""
         self.stopping.set()
         self.ready.clear()
+        if self.config.write_cni_conf_when_ready is not None and self.config.cni_uninstall == "always":
+            cni_conf_writing.remove_conf(self.config.write_cni_conf_when_ready)
         if self.certs is not None:
             self.certs.stop()
         if self.cluster is not None:
@@ -253,11 +259,20 @@ class Agent:
                                               tls=self.certs.current if self.certs is not None else None)
         self.observer_server.start()
 
+    def _write_cni_conf(self) -> None:
+        """Once ready: the node's CNI configuration appears (never before)."""
+        cfg = self.config
+        if cfg.write_cni_conf_when_ready is None or not self.ready.is_set() or self.stopping.is_set():
+            return
+        assert cfg.cni_conf_source is not None
+        cni_conf_writing.write_conf(cfg.cni_conf_source, cfg.write_cni_conf_when_ready)
+
     def _housekeeping(self) -> None:
         next_gc = next_resync = time.monotonic()
-        while not self.stopping.wait(1.0):
+        while not self.stopping.wait(0.2 if not self._cni_conf_done() else 1.0):
             now = time.monotonic()
             try:
+                self._write_cni_conf()
                 if now >= next_gc:
                     self.metrics.ct_gc_removed.inc(self.datapath.conntrack_gc())
                     next_gc = now + self.config.conntrack_gc_seconds

@@ -278,6 +278,20 @@ def test_conflist_is_valid_and_points_at_the_agent(default_docs: list[dict[str, 
     assert env["HOST_CONF_DIR"] == "/host/etc/cni/net.d" and env["HOST_BIN_DIR"] == "/host/opt/cni/bin"
 
 
+def test_cni_conf_written_by_the_agent_when_ready(default_docs: list[dict[str, Any]], helm: str) -> None:
+    spec = pod_spec(agent_ds(default_docs))
+    install = {e["name"]: e.get("value") for e in container(spec, "install-cni", init=True)["env"]}
+    assert install["INSTALL_CONF"] == "false", "install-cni must not write the conflist: the agent does when ready"
+    agent = container(spec, "agent")
+    assert flag(agent["args"], "--write-cni-conf-when-ready") == "/host/etc/cni/net.d/05-membrane.conflist"
+    assert flag(agent["args"], "--cni-conf-source") == "/etc/membrane/config/05-membrane.conflist"
+    assert flag(agent["args"], "--cni-uninstall") == "always"
+    assert mounts_by_volume(agent)["cni-conf"]["mountPath"] == "/host/etc/cni/net.d"
+    off = pod_spec(agent_ds(render(helm, cni__writeWhenReady=False)))
+    assert {e["name"]: e.get("value") for e in container(off, "install-cni", init=True)["env"]}["INSTALL_CONF"] == "true"
+    assert not [a for a in container(off, "agent")["args"] if a.startswith("--write-cni-conf")]
+
+
 def test_chained_plugins_follow_membrane(helm: str) -> None:
     docs = render(helm, **{"cni.chainedPlugins[0].type": "portmap",
                            "cni.chainedPlugins[0].capabilities.portMappings": True})

@@ -55,7 +55,11 @@ def pipe(a, b):
             except OSError: pass
 while True:
     c, _ = srv.accept()
-    u = socket.socket(socket.AF_UNIX); u.connect(target)
+    u = socket.socket(socket.AF_UNIX)
+    try:
+        u.connect(target)
+    except OSError:  # the operator is down: refuse this one, keep serving
+        c.close(); u.close(); continue
     threading.Thread(target=pipe, args=(c, u), daemon=True).start()
     threading.Thread(target=pipe, args=(u, c), daemon=True).start()
 """
@@ -217,3 +221,35 @@ def test_the_container_really_has_a_read_only_proc_sys(lab: KubeLab) -> None:
     code = node.process.wait(60)
     assert code != 0
     assert "Read-only file system" in node.log_path.read_text(), node.log_tail()
+
+
+def test_cni_conf_appears_when_ready_and_goes_on_stop(lab: KubeLab) -> None:
+    """The conflist is written by the agent once it is ready (not before: the operator is down
+    at first) and removed when it stops (cni.uninstall=always, the default)."""
+    docs = chart.render(chart.helm_binary(), {"tls.enabled": False})
+    conf_name = "05-membrane.conflist"
+    lab.stop_operator()
+    node, argv, _caps = _start_chart_agent(lab, docs, f"c{os.getpid() % 10000}c")
+    assert "--cni-uninstall=always" in argv
+    conf = node.workdir / "net.d" / conf_name
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the agent serves its API, not ready: no operator yet
+        try:
+            if node.api("status")["ready"] is False:
+                break
+        except Exception:  # noqa: BLE001 - still starting
+            pass
+        time.sleep(0.2)
+    else:
+        raise AssertionError(node.log_tail())
+    time.sleep(2)  # a few housekeeping rounds
+    assert not conf.exists(), "the conflist appeared before the agent was ready"
+    lab.start_operator()
+    node.wait_ready(timeout=60)
+    deadline = time.monotonic() + 10
+    while not conf.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert conf.exists(), node.log_tail()
+    assert conf.read_text() == chart.find(docs, "ConfigMap")[0]["data"][conf_name]
+    assert node.stop_agent() == 0
+    assert not conf.exists(), "the conflist outlived the agent (cni.uninstall=always)"

@@ -12,6 +12,8 @@ CONF_SRC=${CONF_SRC:-/etc/membrane/config/05-membrane.conflist}
 HOST_BIN_DIR=${HOST_BIN_DIR:-/host/opt/cni/bin}
 HOST_CONF_DIR=${HOST_CONF_DIR:-/host/etc/cni/net.d}
 CNI_EXCLUSIVE=${CNI_EXCLUSIVE:-false}
+# "false": the agent writes the conflist itself once it is ready (--write-cni-conf-when-ready).
+INSTALL_CONF=${INSTALL_CONF:-true}
 
 [ -f "$PLUGIN_SRC" ] || { echo "install-cni: $PLUGIN_SRC is missing from the image" >&2; exit 1; }
 [ -f "$CONF_SRC" ] || { echo "install-cni: $CONF_SRC is missing" >&2; exit 1; }
@@ -25,10 +27,12 @@ echo "install-cni: installed $plugin"
 
 conf_name=$(basename "$CONF_SRC")
 conf=$HOST_CONF_DIR/$conf_name
-cp "$CONF_SRC" "$HOST_CONF_DIR/.$conf_name.tmp.$$"
-chmod 0644 "$HOST_CONF_DIR/.$conf_name.tmp.$$"
-mv -f "$HOST_CONF_DIR/.$conf_name.tmp.$$" "$conf"
-echo "install-cni: wrote $conf"
+if [ "$INSTALL_CONF" = "true" ]; then
+    cp "$CONF_SRC" "$HOST_CONF_DIR/.$conf_name.tmp.$$"
+    chmod 0644 "$HOST_CONF_DIR/.$conf_name.tmp.$$"
+    mv -f "$HOST_CONF_DIR/.$conf_name.tmp.$$" "$conf"
+    echo "install-cni: wrote $conf"
+fi
 
 if [ "$CNI_EXCLUSIVE" = "true" ]; then
     for other in "$HOST_CONF_DIR"/*.conf "$HOST_CONF_DIR"/*.conflist "$HOST_CONF_DIR"/*.json; do
