@@ -15,6 +15,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from typing import Any
 
 
 class PoolExhausted(Exception):
@@ -148,3 +149,22 @@ class _Taken:
         if index < len(self._starts) and self._starts[index][0] < end:  # a block inside `net`
             return self._blocks[self._starts[index]]
         return None
+
+
+# --- reading a Node (pure; the syncer writes, the state builder reads) -----------------------
+JSON = dict[str, Any]
+POD_CIDR_ANNOTATION = "membrane.io/pod-cidr"
+
+
+def node_facts(node: JSON) -> NodeCidrFacts:
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    return NodeCidrFacts(name=meta.get("name", ""), spec_pod_cidr=spec.get("podCIDR"),
+                         annotation=(meta.get("annotations") or {}).get(POD_CIDR_ANNOTATION),
+                         created=meta.get("creationTimestamp") or "")
+
+
+def node_pod_cidr(node: JSON) -> str:
+    """The range a node uses: `spec.podCIDR` wins, else ours, else none yet ("")."""
+    facts = node_facts(node)
+    return facts.spec_pod_cidr or facts.annotation or ""

@@ -14,30 +14,20 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from membrane.operator.cidr_pool import CidrPool, NodeCidrFacts, PoolExhausted
+from membrane.operator.cidr_pool import (  # noqa: F401 - re-exported
+    POD_CIDR_ANNOTATION,
+    CidrPool,
+    NodeCidrFacts,
+    PoolExhausted,
+    node_facts,
+    node_pod_cidr,
+)
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.rest import Rest
 
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
-POD_CIDR_ANNOTATION = "membrane.io/pod-cidr"
-
-
-def node_facts(node: JSON) -> NodeCidrFacts:
-    meta = node.get("metadata") or {}
-    spec = node.get("spec") or {}
-    return NodeCidrFacts(name=meta.get("name", ""), spec_pod_cidr=spec.get("podCIDR"),
-                         annotation=(meta.get("annotations") or {}).get(POD_CIDR_ANNOTATION),
-                         created=meta.get("creationTimestamp") or "")
-
-
-def node_pod_cidr(node: JSON) -> str:
-    """The range a node uses: `spec.podCIDR` wins, else ours, else none yet ("")."""
-    facts = node_facts(node)
-    return facts.spec_pod_cidr or facts.annotation or ""
-
-
 class PodCidrSyncer:
     def __init__(self, rest: Rest, pool: CidrPool, metrics: OperatorMetrics) -> None:
         self.rest = rest

@@ -26,8 +26,8 @@ from membrane.api.state_objects import (
 )
 from membrane.identities import LabelSet, filter_pod_labels
 from membrane.labels import namespace_labels
-from membrane.operator.identity_syncing import parse_identity
-from membrane.operator.pod_cidr_syncing import node_pod_cidr
+from membrane.operator.cidr_pool import node_pod_cidr
+from membrane.operator.identity_objects import parse_identity
 from membrane.operator.pod_facts import _address, labels_of, meta, needs_identity, pod_identity_labels, pod_ips
 
 JSON = dict[str, Any]

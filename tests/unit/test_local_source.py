@@ -1,0 +1,163 @@
+"""One pipeline: the local store (standalone) and the Kubernetes watch (operator) are two
+sources of the same state builder, so the same objects give the same snapshot and deltas."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from membrane.agent.local_source import LocalSource
+from membrane.agent.object_store import ObjectStore
+from membrane.api.state_objects import EndpointState, Kind
+from membrane.identities import IdentityAllocator
+from membrane.operator.identity_objects import identity_object, parse_identity
+from membrane.operator.state_building import StateBuilder
+from membrane.operator.state_log import StateLog
+
+JSON = dict[str, Any]
+NODE = "node-a"
+
+
+def namespace(name: str, **labels: str) -> JSON:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def pod(ns: str, name: str, ip: str, node: str = NODE, **labels: str) -> JSON:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [
+                {"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+            "status": {"podIPs": [{"ip": ip}]}}
+
+
+def node(name: str, ip: str, cidr: str) -> JSON:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "spec": {"podCIDR": cidr}, "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+
+
+def policy(ns: str, name: str, app: str) -> JSON:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]}}
+
+
+OBJECTS = [namespace("prod", team="a"), namespace("dev"), node("node-b", "10.9.0.2", "10.1.2.0/24"),
+           pod("prod", "web", "10.1.1.5", app="web"), pod("prod", "client", "10.1.1.6", app="client"),
+           pod("dev", "other", "10.1.2.7", node="node-b", app="web"), policy("prod", "allow-client", "web")]
+
+
+class OperatorSide:
+    """The cluster path: the watch feeds the builder, the leader allocates identities and
+    writes MembraneIdentity objects that come back through the watch."""
+
+    def __init__(self) -> None:
+        self.builder = StateBuilder()
+        self.log = StateLog(stream_id="cluster")
+        self.allocator = IdentityAllocator()
+
+    def feed(self, obj: JSON, deleted: bool = False) -> None:
+        m = obj["metadata"]
+        key = f"{m['namespace']}/{m['name']}" if m.get("namespace") else m["name"]
+        setter = {"Namespace": "set_namespace", "Node": "set_node", "Pod": "set_pod",
+                  "NetworkPolicy": "set_policy"}[obj["kind"]]
+        getattr(self.builder, setter)(key, None if deleted else obj)
+
+    def commit(self) -> None:
+        for pod_key, labels in sorted(self.builder.pod_labels.items()):
+            number = self.allocator.acquire(labels, pod_key)
+            if str(number) not in {str(n) for n in self.builder.identities()}:
+                self.builder.set_identity(str(number), identity_object(number, labels))
+        self.log.apply(self.builder.take_changes(), 0.0)
+
+
+def local_side(tmp_path: Path) -> tuple[ObjectStore, LocalSource]:
+    store = ObjectStore(tmp_path / "objects.json")
+    store.load()
+    source = LocalSource(NODE, clock=lambda: 0.0)
+    store.listeners.append(source.on_object)
+    return store, source
+
+
+def objects_of(log: StateLog) -> list[object]:
+    return log.snapshot()[1]
+
+
+def test_same_objects_from_either_source_give_the_same_snapshot(tmp_path: Path) -> None:
+    cluster = OperatorSide()
+    for obj in OBJECTS:
+        cluster.feed(obj)
+    cluster.commit()
+    store, local = local_side(tmp_path)
+    store.apply(OBJECTS)
+    local.commit()
+    assert objects_of(local.log) == objects_of(cluster.log)
+    kinds = {o.kind for o in objects_of(local.log)}
+    assert kinds == {Kind.NAMESPACE, Kind.NODE, Kind.IDENTITY, Kind.ENDPOINT, Kind.POLICY}
+
+
+def test_same_changes_give_the_same_deltas(tmp_path: Path) -> None:
+    cluster = OperatorSide()
+    for obj in OBJECTS:
+        cluster.feed(obj)
+    cluster.commit()
+    store, local = local_side(tmp_path)
+    store.apply(OBJECTS)
+    local.commit()
+    relabelled = pod("prod", "web", "10.1.1.5", app="web", tier="front")
+    for change in ([relabelled], [namespace("prod", team="b")]):
+        for obj in change:
+            cluster.feed(obj)
+        cluster.commit()
+        store.apply(change)
+        local.commit()
+        assert cluster.log.deltas_after(cluster.log.version - 1)[0].changes == \
+            local.log.deltas_after(local.log.version - 1)[0].changes
+    cluster.feed(OBJECTS[-1], deleted=True)
+    cluster.commit()
+    store.delete([OBJECTS[-1]])
+    local.commit()
+    assert cluster.log.deltas_after(cluster.log.version - 1)[0].changes == \
+        local.log.deltas_after(local.log.version - 1)[0].changes
+    assert objects_of(local.log) == objects_of(cluster.log)
+
+
+def test_a_stored_pod_is_this_nodes_and_takes_its_local_endpoint_addresses(tmp_path: Path) -> None:
+    store, local = local_side(tmp_path)
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "prod",
+                                                            "labels": {"app": "web"}}}
+    store.apply([namespace("prod"), bare])
+    local.commit()
+    assert not [o for o in objects_of(local.log) if o.kind is Kind.ENDPOINT]  # no address yet
+    local.on_endpoint("prod", "web", ("10.1.1.9",))
+    delta = local.commit()
+    assert delta is not None
+    endpoint = next(o for o in objects_of(local.log) if isinstance(o, EndpointState))
+    assert endpoint.node_name == NODE and endpoint.ips == ("10.1.1.9",)
+    local.on_endpoint("prod", "web", None)
+    local.commit()
+    assert not [o for o in objects_of(local.log) if o.kind is Kind.ENDPOINT]
+
+
+def test_identities_are_released_and_their_objects_removed_after_gc(tmp_path: Path) -> None:
+    store, local = local_side(tmp_path)
+    store.apply([namespace("prod"), pod("prod", "web", "10.1.1.5", app="web")])
+    local.commit()
+    [number] = [int(o.key) for o in objects_of(local.log) if o.kind is Kind.IDENTITY]
+    assert parse_identity(identity_object(number, local.allocator.labels_of(number))) is not None
+    store.delete([pod("prod", "web", "10.1.1.5")])
+    local.commit()
+    assert [o for o in objects_of(local.log) if o.kind is Kind.IDENTITY]  # kept through the grace period
+    assert local.allocator.gc(1.0) == [number]
+    local.sync_identities()
+    local.commit()
+    assert not [o for o in objects_of(local.log) if o.kind is Kind.IDENTITY]
+
+
+def test_the_state_builder_runs_without_grpc_or_kubernetes() -> None:
+    code = ("import sys, membrane.agent.local_source; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('grpc', 'kubernetes', 'bcc', 'pyroute2', 'prometheus_client')); print(bad); sys.exit(bool(bad))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
