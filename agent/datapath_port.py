@@ -7,16 +7,13 @@ metrics exporter and membranectl use, so none of them needs to know about ctypes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from membrane.delta import Delta
-from membrane.policy import FlatKey, FlatValue
-
-from .policy_syncing import IpcacheTarget
 
 from .datapath import Datapath, EndpointEntry
 from .datapath.ipcache import IpcacheEntry
@@ -69,16 +66,14 @@ class DatapathPort:
         self.dp.set_node_config(config)
 
     def read_endpoints(self) -> dict[IPv4Address, EndpointEntry]:
-        return self.dp.endpoints()
+        return self.dp.read_map("endpoints")
 
     def write_endpoints(self, delta: Delta[IPv4Address, EndpointEntry]) -> None:
-        # Upserts first: a moved address is never briefly absent.
-        for ip, entry in delta.upserts.items():
-            with self._counted("endpoints", "update"):
-                self.dp.upsert_endpoint(ip, entry)
-        for ip in delta.deletes:
-            with self._counted("endpoints", "delete"):
-                self.dp.delete_endpoint(ip)
+        # Upserts first: a moved address is never briefly absent (batched: a hash map).
+        if delta.upserts:
+            self.update_map("endpoints", delta.upserts)
+        if delta.deletes:
+            self.delete_map("endpoints", delta.deletes)
 
     def capacity(self, role: str) -> int | None:
         return self.dp.capacity(role)
@@ -87,30 +82,24 @@ class DatapathPort:
         with self._counted("policy_rev", "update"):
             return self.dp.bump_policy_revision()
 
-    def read_policy(self) -> dict[FlatKey, FlatValue]:
-        return self.dp.policy()
+    def read_map(self, role: str) -> dict[Any, Any]:
+        """A keyed map's contents. ipcache values: the identity of each prefix, or the full
+        entry when it has more (a tunnel endpoint, flags) - the policy manager's IpcacheTarget."""
+        contents = self.dp.read_map(role)
+        if role == "ipcache":
+            return {prefix: entry if entry.tunnel_endpoint is not None or entry.flags else entry.identity
+                    for prefix, entry in contents.items()}
+        return contents
 
-    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
-        with self._counted("policy", "update"):
-            self.dp.apply_policy(delta)
+    def update_map(self, role: str, entries: Mapping[Any, Any]) -> None:
+        if role == "ipcache":
+            entries = {p: v if isinstance(v, IpcacheEntry) else IpcacheEntry(v) for p, v in entries.items()}
+        with self._counted(role, "update"):
+            self.dp.update_map(role, entries)
 
-    def read_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
-        """The identity of each prefix, or the full entry when it has more (a tunnel endpoint, flags)."""
-        return {prefix: entry if entry.tunnel_endpoint is not None or entry.flags else entry.identity
-                for prefix, entry in self.dp.ipcache().items()}
-
-    def write_ipcache(self, delta: Delta[IPv4Network, IpcacheTarget]) -> None:
-        upserts = {p: v if isinstance(v, IpcacheEntry) else IpcacheEntry(v) for p, v in delta.upserts.items()}
-        with self._counted("ipcache", "update"):
-            self.dp.apply_ipcache(Delta(upserts, list(delta.deletes)))
-
-    def read_cidrs(self) -> dict[IPv4Network, int]:
-        """ipBlock prefix -> CIDR identity (the datapath's CIDR map)."""
-        return self.dp.cidrs()
-
-    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
-        with self._counted("cidr", "update"):
-            self.dp.apply_cidrs(delta)
+    def delete_map(self, role: str, keys: Sequence[Any]) -> int:
+        with self._counted(role, "delete"):
+            return self.dp.delete_map(role, keys)
 
     def counters(self) -> list[tuple[str, str, int, int]]:
         return [(s.reason.lower(), s.direction.lower(), s.packets, s.bytes) for s in self.dp.metrics()]

@@ -281,7 +281,10 @@ class Agent:
                     if delta:
                         log.warning("endpoint map drift repaired", extra={"fields": {
                             "upserts": len(delta.upserts), "deletes": len(delta.deletes)}})
+                        self.metrics.map_repairs.labels("endpoints").inc(len(delta.upserts) + len(delta.deletes))
                     report = self.policy.resync() if not self.maps_held else {}
+                    for role in ("policy", "ipcache", "cidr"):
+                        self.metrics.map_repairs.labels(role).inc(report.get(f"repaired_{role}", 0))
                     if any(report.values()):
                         log.warning("policy maps resynced", extra={"fields": report})
                     self.identities.gc()

@@ -16,7 +16,8 @@ from membrane.standard_metrics import add_standard_metrics
 
 Sample = tuple[str, str, int, int]  # reason, direction, packets, bytes
 # (map, op) pairs of membrane_bpf_map_operation_errors_total (agent/datapath_port.py counts them)
-MAP_OPERATIONS = (("endpoints", "update"), ("endpoints", "delete"), ("policy", "update"), ("ipcache", "update"),
+MAP_OPERATIONS = (("endpoints", "update"), ("endpoints", "delete"), ("policy", "update"), ("policy", "delete"),
+                  ("ipcache", "update"), ("ipcache", "delete"), ("cidr", "update"), ("cidr", "delete"),
                   ("conntrack", "gc"))
 
 
@@ -85,6 +86,11 @@ class AgentMetrics:
                                        registry=self.registry)
         for map_name in ("policy", "ipcache", "cidr"):
             self.changes_refused.labels(map_name)
+        self.map_repairs = Counter("membrane_map_resync_repairs", "Map entries the periodic resync found "
+                                   "different from what the agent wrote (drift), and rewrote, by map", ["map"],
+                                   registry=self.registry)
+        for map_name in ("endpoints", "policy", "ipcache", "cidr"):
+            self.map_repairs.labels(map_name)
         self.enforced_version = Gauge("membrane_enforced_version", "Newest version of the desired state (store "
                                       "batch or stream version) whose map writes have all landed",
                                       registry=self.registry)

@@ -1,11 +1,13 @@
 """Policy manager: namespaces, pods, policies and local endpoints -> ipcache and policy maps.
 
 Felix-style: `on_*` calls record changes cheaply (the pure `PolicyResolver` recomputes only
-the endpoints a change affects); `apply()` turns the affected endpoints into LPM entries and
-writes only the difference to the kernel, in an order that never opens a window: new policy
-entries first, then ipcache, CIDR map and endpoint identities, then stale ipcache and CIDR
-entries, then stale policy entries. So during an update the datapath sees the old or the new rules, or their
-union for an instant (never neither: allowed traffic is never dropped by the update itself).
+the endpoints a change affects); `apply()` turns the affected endpoints into LPM entries, tells
+the generic map manager (`map_managing.MapManager`) what the policy, ipcache and CIDR maps
+should now hold for them, and the manager writes only the difference to the kernel, in the
+plan order of `membrane.map_plan` that never opens a window: new policy entries first, then
+ipcache, CIDR map and endpoint identities, then stale ipcache and CIDR entries, then stale
+policy entries. So during an update the datapath sees the old or the new rules, or their union
+for an instant (never neither: allowed traffic is never dropped by the update itself).
 
 Pods of other nodes become ipcache entries that name their node's IP as tunnel endpoint (the
 datapath sends them through the VXLAN overlay); the node's IP comes from the pod's
@@ -15,7 +17,7 @@ overlay accepts VXLAN only from those. Other nodes' pod CIDRs name their node as
 too, so the overlay knows which node owns a pod address its ipcache has no /32 for yet (the
 overlay takes a VNI's identity only for inner sources the sending node owns: docs/trust-model.md).
 
-Capacity: before writing, `apply()` counts what each map (policy, ipcache, CIDR) would hold at
+Capacity: before writing, the map manager counts what each map (policy, ipcache, CIDR) would hold at
 the peak of the update (new keys are written before stale ones are deleted) and refuses a
 change that does not fit with `MapCapacityError`, writing nothing: the maps keep the old state
 and the caller decides (standalone mode rolls the store back; Kubernetes mode keeps the old
@@ -33,12 +35,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_network
+from typing import Any
 from typing import Protocol as TypingProtocol
 
-from membrane.delta import Delta, diff
+from membrane.delta import Delta
 from membrane.identities import ReservedIdentity, cidr_allocator
 from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod
 from membrane.policy import (Direction, FlatKey, FlatValue, NamespaceInfo, PodInfo, PolicyDelta, PolicyResolver,
@@ -47,6 +50,10 @@ from membrane.policy import (Direction, FlatKey, FlatValue, NamespaceInfo, PodIn
 from .datapath.ipcache import IpcacheEntry
 from .datapath.layout import IpcacheFlag
 from .identity_sources import IdentitySource
+from .map_managing import MapCapacityError, MapManager
+
+__all__ = ["HOST_RULE_REF", "NODE_ENTRY", "IpcacheTarget", "LocalEndpoint", "MapCapacityError", "PolicyManager",
+           "PolicyMapsPort"]
 
 log = logging.getLogger("membrane.policy")
 
@@ -60,25 +67,17 @@ NODE_ENTRY = IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFl
 IpcacheTarget = int | IpcacheEntry
 
 
-class MapCapacityError(RuntimeError):
-    """A change that would not fit a map: nothing was written."""
-
-    def __init__(self, role: str, needed: int, capacity: int, current: int) -> None:
-        super().__init__(f"the {role} map would need {needed} entries at the peak of this update "
-                         f"(it holds {current}, capacity {capacity}): change refused, the old policy "
-                         f"stays enforced; raise --{role}-map-entries or make the change smaller")
-        self.role, self.needed, self.capacity, self.current = role, needed, capacity, current
+MAP_ROLES = ("policy", "ipcache", "cidr")  # the maps this manager owns (ipcache values: IpcacheTarget)
 
 
 class PolicyMapsPort(TypingProtocol):
+    """The policy, ipcache and CIDR maps by role, and the policy revision."""
+
     def capacity(self, role: str) -> int | None: ...
     def bump_policy_revision(self) -> int: ...
-    def read_policy(self) -> dict[FlatKey, FlatValue]: ...
-    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None: ...
-    def read_ipcache(self) -> dict[IPv4Network, IpcacheTarget]: ...
-    def write_ipcache(self, delta: Delta[IPv4Network, IpcacheTarget]) -> None: ...
-    def read_cidrs(self) -> dict[IPv4Network, int]: ...
-    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None: ...
+    def read_map(self, role: str) -> dict[Any, Any]: ...
+    def update_map(self, role: str, entries: Mapping[Any, Any]) -> None: ...
+    def delete_map(self, role: str, keys: Sequence[Any]) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -109,20 +108,19 @@ class PolicyManager:
         self.namespaces: dict[str, dict[str, str]] = {}
         self.pods: dict[ObjectRef, Pod] = {}
         self.local: dict[ObjectRef, LocalEndpoint] = {}
-        self.written_policy: dict[ObjectRef, dict[FlatKey, FlatValue]] = {}
-        self.written_ipcache: dict[IPv4Network, IpcacheTarget] = {}
-        self.written_cidrs: dict[IPv4Network, int] = {}
+        # Desired vs written contents of the maps; writes in the gap-free plan order.
+        self.mapman = MapManager(maps, MAP_ROLES, steps={"endpoint_identity": self._write_identities})
+        self.written_policy: dict[ObjectRef, dict[FlatKey, FlatValue]] = {}  # each endpoint's, as applied
         # CIDR map changes since the last apply (prefix -> identity, None: removed); None means
-        # compare everything (start, resync). See `_cidr_delta`.
+        # compare everything (start, resync). See `_desire_cidrs`.
         self._cidr_changes: dict[IPv4Network, int | None] | None = None
         self.dirty: set[ObjectRef] = set()
         self.last_apply_seconds = 0.0
         self.generation = 0  # bumped by every apply: readers (flow enrichment) drop their caches
         self.revision = 0  # the datapath's policy revision after the last apply that wrote
         self.refused = 0  # applies refused because a map would overflow
-        self._policy_count = 0  # entries in written_policy, all endpoints
         # Incremental ipcache: each pod's entries, who claims each /32, and what changed since
-        # the last apply (pods to re-derive, prefixes to re-decide); see `_ipcache_delta`.
+        # the last apply (pods to re-derive, prefixes to re-decide); see `_desire_ipcache`.
         self._ip_pods: dict[ObjectRef, tuple[dict[IPv4Network, IpcacheTarget], IPv4Address | None]] = {}
         self._ip_owners: dict[IPv4Network, dict[ObjectRef, IpcacheTarget]] = {}
         self._tunnels: dict[IPv4Address, int] = {}  # tunnel endpoint -> pods behind it
@@ -135,6 +133,14 @@ class PolicyManager:
         self._ip_dirty_nets: set[IPv4Network] = set()
         self._cidr_dirty_nets: set[IPv4Network] = set()  # ipBlock prefixes changed: pod CIDRs under them
         self._pod_cidrs: dict[IPv4Network, IPv4Address] = {}  # other nodes' pod CIDR -> node IP, as applied
+
+    @property
+    def written_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
+        return self.mapman.written["ipcache"]
+
+    @property
+    def written_cidrs(self) -> dict[IPv4Network, int]:
+        return self.mapman.written["cidr"]
 
     # --- recording changes (cheap) ------------------------------------------------------
     def on_namespace(self, name: str, obj: Namespace | None) -> None:
@@ -275,7 +281,7 @@ class PolicyManager:
         return IpcacheEntry(identity, owner) if owner is not None else identity
 
     def desired_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
-        """The whole ipcache, derived from scratch (the oracle of the incremental `_ipcache_delta`)."""
+        """The whole ipcache, derived from scratch (the oracle of the incremental `_desire_ipcache`)."""
         cache: dict[IPv4Network, IpcacheTarget] = {}
         own = set(self.host_addresses())
         remote_nodes = {ip for name, ip in self.node_ips.items() if name != self.node_name}
@@ -327,25 +333,18 @@ class PolicyManager:
             if isinstance(net, IPv4Network):
                 self._cidr_changes[net] = identity
 
-    def _cidr_delta(self) -> Delta[IPv4Network, int]:
-        """What the CIDR map needs: `diff(desired_cidrs(), written_cidrs)`, from the changes
-        recorded since the last apply only (the whole table after a start or resync)."""
+    def _desire_cidrs(self) -> None:
+        """Tell the map manager what the CIDR map should hold (`desired_cidrs()`), from the
+        changes recorded since the last apply only (the whole table after a start or resync)."""
         changes, self._cidr_changes = self._cidr_changes, {}
         if changes is None:
-            return diff(self.desired_cidrs(), self.written_cidrs)
-        upserts = {net: ident for net, ident in changes.items()
-                   if ident is not None and self.written_cidrs.get(net) != ident}
-        deletes = [net for net, ident in changes.items() if ident is None and net in self.written_cidrs]
-        return Delta(upserts, deletes)
-
-    def _write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
-        """Write part of a CIDR map delta and remember what the map now holds."""
-        if not delta.upserts and not delta.deletes:
+            self.mapman.replace("cidr", self.desired_cidrs())
             return
-        self.maps.write_cidrs(delta)
-        self.written_cidrs.update(delta.upserts)
-        for prefix in delta.deletes:
-            self.written_cidrs.pop(prefix, None)
+        for net, ident in changes.items():
+            if ident is None:
+                self.mapman.remove("cidr", net)
+            else:
+                self.mapman.set("cidr", net, ident)
 
     # --- the ipcache, incrementally -----------------------------------------------------------
     def _pod_ipcache(self, ref: ObjectRef, own: set[str]) -> tuple[dict[IPv4Network, IpcacheTarget], IPv4Address | None]:
@@ -363,10 +362,11 @@ class PolicyManager:
                 entries[net] = IpcacheEntry(pod.identity, tunnel) if tunnel is not None else pod.identity
         return entries, tunnel
 
-    def _ipcache_delta(self) -> Delta[IPv4Network, IpcacheTarget]:
-        """What the ipcache map needs, from what changed since the last apply only.
+    def _desire_ipcache(self) -> None:
+        """Tell the map manager what the ipcache should hold, from what changed since the last
+        apply only.
 
-        Same result as `diff(desired_ipcache(), written_ipcache)` (host addresses beat other
+        Same result as `mapman.replace("ipcache", desired_ipcache())` (host addresses beat other
         nodes' addresses beat pods beat ipBlock prefixes), without walking every pod: pods
         touched by an update are re-derived, then only their prefixes (and changed node, host
         and CIDR prefixes) are decided again.
@@ -416,7 +416,6 @@ class PolicyManager:
             self._cidr_dirty_nets = set()
         own_nets = {IPv4Network(f"{a}/32") for a in own}
         remote_nets = {IPv4Network(f"{ip}/32") for ip in remote} if dirty else set()
-        delta: Delta[IPv4Network, IpcacheTarget] = Delta()
         for net in dirty:
             want: IpcacheTarget | None
             if net in own_nets:
@@ -431,14 +430,11 @@ class PolicyManager:
                 want = self._prefix_entry(net, self.resolver.cidrs.identity_of(net), pod_cidrs)
             if want is None:
                 self._ipcache.pop(net, None)
-                if net in self.written_ipcache:
-                    delta.deletes.append(net)
+                self.mapman.remove("ipcache", net)
             else:
                 self._ipcache[net] = want
-                if self.written_ipcache.get(net) != want:
-                    delta.upserts[net] = want
+                self.mapman.set("ipcache", net, want)
         self._ip_dirty_nets = set()
-        return delta
 
     def _reset_ipcache(self) -> None:
         """Forget the incremental state: the next apply re-derives every prefix (resync)."""
@@ -464,90 +460,72 @@ class PolicyManager:
             self.resolver.flush()
             self.dirty.update(self.resolver.take_changed())
             self._save_identities()
-            policy_delta: Delta[FlatKey, FlatValue] = Delta()
             new_written = {}
-            added = 0  # policy keys not in the map yet (the peak of the update is before deletes)
             for ref in sorted(self.dirty):
                 want = self.desired_endpoint(ref)
-                part = diff(want, self.written_policy.get(ref, {}))
-                policy_delta.upserts.update(part.upserts)
-                policy_delta.deletes.extend(part.deletes)
-                added += len(want) - len(self.written_policy.get(ref, {})) + len(part.deletes)
+                old = self.written_policy.get(ref, {})
+                for key in old:
+                    if key not in want:
+                        self.mapman.remove("policy", key)
+                for key, value in want.items():  # all of them: the manager diffs
+                    self.mapman.set("policy", key, value)
                 new_written[ref] = want
-            ipcache_delta = self._ipcache_delta()
-            cidr_delta = self._cidr_delta()
+            self._desire_ipcache()
+            self._desire_cidrs()
+            identities = {}
+            for ref, local in self.local.items():
+                identity = self.identities.identity_of(ref)
+                if identity is not None:
+                    identities[local.key] = identity
             try:
-                self._check_capacity("policy", self._policy_count, added)
-                self._check_capacity("ipcache", len(self.written_ipcache),
-                                     sum(1 for k in ipcache_delta.upserts if k not in self.written_ipcache))
-                self._check_capacity("cidr", len(self.written_cidrs),
-                                     sum(1 for k in cidr_delta.upserts if k not in self.written_cidrs))
+                written = self.mapman.apply({"endpoint_identity": Delta(identities, [])})
             except MapCapacityError:
                 # Nothing written; the next apply compares everything again (the incremental
                 # ipcache and CIDR state already moved on to the refused inputs).
+                self.mapman.discard()
                 self._reset_ipcache()
                 self._cidr_changes = None
                 self.refused += 1
                 raise
-            self._write(policy_delta, ipcache_delta, cidr_delta)
             for ref, want in new_written.items():
-                self._policy_count += len(want) - len(self.written_policy.get(ref, {}))
                 if want:
                     self.written_policy[ref] = want
                 else:
                     self.written_policy.pop(ref, None)
-            self.written_ipcache.update(ipcache_delta.upserts)
-            for key in ipcache_delta.deletes:
-                self.written_ipcache.pop(key, None)
             self.dirty.clear()
-            if policy_delta.upserts or policy_delta.deletes or ipcache_delta.upserts or ipcache_delta.deletes \
-                    or cidr_delta.upserts or cidr_delta.deletes:
+            if any(written.values()):
                 # Last, once everything above has landed: established flows get judged again.
                 self.revision = self.maps.bump_policy_revision()
             self.generation += 1
             self.last_apply_seconds = time.perf_counter() - started
-            return {"policy_upserts": len(policy_delta.upserts), "policy_deletes": len(policy_delta.deletes),
-                    "ipcache_upserts": len(ipcache_delta.upserts), "ipcache_deletes": len(ipcache_delta.deletes)}
+            policy, ipcache = written["policy"], written["ipcache"]
+            return {"policy_upserts": len(policy.upserts), "policy_deletes": len(policy.deletes),
+                    "ipcache_upserts": len(ipcache.upserts), "ipcache_deletes": len(ipcache.deletes)}
 
-    def _check_capacity(self, role: str, current: int, added: int) -> None:
-        capacity = self.maps.capacity(role)
-        if capacity is not None and added > 0 and current + added > capacity:
-            raise MapCapacityError(role, current + added, capacity, current)
-
-    def _write(self, policy: Delta[FlatKey, FlatValue], ipcache: Delta[IPv4Network, IpcacheTarget],
-               cidrs: Delta[IPv4Network, int]) -> None:
-        self.maps.write_policy(Delta(policy.upserts, []))
-        self.maps.write_ipcache(Delta(ipcache.upserts, []))
-        self._write_cidrs(Delta(cidrs.upserts, []))
-        for ref, local in self.local.items():
-            identity = self.identities.identity_of(ref)
-            if identity is not None:
-                self.set_endpoint_identity(local.key, identity)
-        self.maps.write_ipcache(Delta({}, ipcache.deletes))
-        self._write_cidrs(Delta({}, cidrs.deletes))
-        self.maps.write_policy(Delta({}, policy.deletes))
+    def _write_identities(self, identities: Mapping[str, int]) -> None:
+        """The endpoints' identities: a step of the plan, written by the endpoint manager."""
+        for key, identity in identities.items():
+            self.set_endpoint_identity(key, identity)
 
     def resync(self) -> dict[str, int]:
         """Compare everything with the kernel's maps and repair (start-up, periodic)."""
         with self.lock:
-            actual = self.maps.read_policy()
+            drift = self.mapman.resync()
             by_endpoint: dict[int, dict[FlatKey, FlatValue]] = {}
-            for key, value in actual.items():
+            for key, value in self.mapman.written["policy"].items():
                 by_endpoint.setdefault(key.endpoint_id, {})[key] = value
             ids = {local.endpoint_id: ref for ref, local in self.local.items()}
             self.written_policy = {ids[eid]: entries for eid, entries in by_endpoint.items() if eid in ids}
-            self._policy_count = sum(len(entries) for entries in self.written_policy.values())
             strays = [key for eid, entries in by_endpoint.items() if eid not in ids for key in entries]
-            self.written_ipcache = self.maps.read_ipcache()
             self._reset_ipcache()
-            self.written_cidrs = self.maps.read_cidrs()
             self._cidr_changes = None
             self.dirty.update(self.local)
             self.dirty.update(self.written_policy)
-            if strays:  # first: they take room the apply may need
-                self.maps.write_policy(Delta({}, strays))
+            self.mapman.delete_now("policy", strays)  # first: they take room the apply may need
             report = self.apply()
             report["stray_policy_entries"] = len(strays)
+            for role, count in drift.items():  # membrane_map_resync_repairs_total{map}
+                report[f"repaired_{role}"] = count
             return report
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import TracebackType
@@ -24,12 +24,11 @@ from typing import Any, Final
 from bcc import BPF  # the one place bcc is imported
 
 from membrane.agent.datapath.conntrack import ConntrackEntry, conntrack_cflags, is_expired
-from membrane.agent.datapath.encoding import field_to_ip, struct_copy
-from membrane.agent.datapath.endpoints import EndpointEntry, endpoint_key
+from membrane.agent.datapath.encoding import struct_copy
+from membrane.agent.datapath.endpoints import EndpointEntry
 from membrane.agent.datapath.events import EventConfig, EventStats
 from membrane.agent.datapath.flattening import flatten_sources
-from membrane.agent.datapath.ipcache import (IpcacheEntry, cidr_key, cidr_value, ipcache_key, prefix_from_cidr_key,
-                                             prefix_from_key)
+from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.datapath.node_config import NodeConfig
 from membrane.agent.datapath.shared_constants import drift, static_asserts
 from membrane.agent.datapath.layout import (
@@ -49,29 +48,22 @@ from membrane.agent.datapath.layout import (
     RESIZABLE,
     RETIRED_PINS,
     ArrayIndex,
-    CidrKey,
-    CidrValue,
     CtEntry,
     CtTuple4,
-    EndpointInfo,
     EventConfigValue,
     EventStatsValue,
-    IpcacheKey,
-    IpcacheValue,
     MapInfo,
     MapSpec,
     MetricsKey,
     MetricsValue,
     NodeConfigValue,
-    PolicyKey,
     PolicyRevValue,
-    PolicyValue,
     RingSpec,
     check_map_info,
     check_struct,
 )
 from membrane.agent.datapath.metrics import MetricSample, summed_samples
-from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
+from membrane.agent.datapath.pinned_maps import CODECS, PinnedMap, write_delta
 from membrane.agent.datapath.syscalls import map_count_entries, map_info, pinned_map_info
 from membrane.agent.datapath.witness import WITNESS_NAME
 from membrane.delta import Delta
@@ -123,6 +115,7 @@ class Datapath:
         self._program_fds: dict[str, int] = {}
         self._events_open = False
         self._events_table: Any = None
+        self._maps: dict[str, PinnedMap] = {}
         self._event_errors: list[BaseException] = []
         unknown = sorted(set(sizes or {}) - set(RESIZABLE))
         if unknown:
@@ -197,7 +190,7 @@ class Datapath:
         """Close program and map fds. Pins (and attached programs) stay."""
         if self._bpf is not None:
             self._bpf.cleanup()
-        self._bpf, self._program_fds = None, {}
+        self._bpf, self._program_fds, self._maps = None, {}, {}
         self._events_open, self._events_table = False, None
 
     def unpin(self) -> None:
@@ -233,27 +226,47 @@ class Datapath:
         except KeyError:
             raise DatapathError(f"no program {name!r}; have {sorted(self._program_fds)}") from None
 
-    # -- endpoints -----------------------------------------------------------
+    # -- keyed maps (endpoints, ipcache, cidr, policy): one generic path ------------
 
+    def pinned_map(self, role: str) -> PinnedMap:
+        """Typed access to a keyed map ("endpoints", "ipcache", "cidr", "policy")."""
+        if role not in CODECS:
+            raise DatapathError(f"no keyed map {role!r}; have {sorted(CODECS)}")
+        found = self._maps.get(role)
+        if found is None:
+            found = self._maps[role] = PinnedMap(role, self._table(self.specs[role]))
+        return found
+
+    def read_map(self, role: str) -> dict[Any, Any]:
+        """The whole map, decoded (keys and values as ``pinned_maps.CODECS`` says)."""
+        return self.pinned_map(role).read()
+
+    def update_map(self, role: str, entries: Mapping[Any, Any]) -> None:
+        """Write entries in their order (batched where the map type allows)."""
+        self.pinned_map(role).update(entries.items())
+
+    def delete_map(self, role: str, keys: Sequence[Any]) -> int:
+        """Delete keys in their order; returns how many were there."""
+        return self.pinned_map(role).delete(keys)
+
+    def apply_delta(self, role: str, delta: Delta[Any, Any]) -> None:
+        """Write a ``membrane.delta.diff(desired, read_map(role))``: updates first, then deletes."""
+        write_delta(self.pinned_map(role), delta.upserts, delta.deletes)
+
+    # Readers' shorthands (tests, membranectl dumps).
     def endpoints(self) -> dict[IPv4Address, EndpointEntry]:
-        table = self._table(ENDPOINTS)
-        return {
-            field_to_ip(key.ip4): EndpointEntry.from_struct(struct_copy(EndpointInfo, value))
-            for key, value in table.items()
-        }
+        return self.read_map("endpoints")
 
-    def upsert_endpoint(self, ip: IPv4Address, entry: EndpointEntry) -> None:
-        table = self._table(ENDPOINTS)
-        table[struct_copy(table.Key, endpoint_key(ip))] = struct_copy(table.Leaf, entry.to_struct())
+    def ipcache(self) -> dict[IPv4Network, IpcacheEntry]:
+        return self.read_map("ipcache")
 
-    def delete_endpoint(self, ip: IPv4Address) -> bool:
-        """Remove the entry; False if there was none."""
-        table = self._table(ENDPOINTS)
-        try:
-            del table[struct_copy(table.Key, endpoint_key(ip))]
-        except KeyError:
-            return False
-        return True
+    def cidrs(self) -> dict[IPv4Network, int]:
+        """ipBlock prefix -> CIDR identity (the map the datapath finds an address's CIDR identity in)."""
+        return self.read_map("cidr")
+
+    def policy(self) -> dict[FlatKey, FlatValue]:
+        """The policy map, as ``membrane.policy.flattening.flatten`` describes it."""
+        return self.read_map("policy")
 
     # -- conntrack -----------------------------------------------------------
 
@@ -298,82 +311,6 @@ class Datapath:
                 (struct_copy(MetricsKey, key), [struct_copy(MetricsValue, value) for value in values])
             )
         return summed_samples(per_cpu)
-
-    # -- ipcache -------------------------------------------------------------
-
-    def ipcache(self) -> dict[IPv4Network, IpcacheEntry]:
-        return {
-            prefix_from_key(struct_copy(IpcacheKey, key)): IpcacheEntry.from_struct(struct_copy(IpcacheValue, value))
-            for key, value in self._table(IPCACHE).items()
-        }
-
-    def upsert_ipcache(self, prefix: IPv4Network, entry: IpcacheEntry) -> None:
-        table = self._table(IPCACHE)
-        table[struct_copy(table.Key, ipcache_key(prefix))] = struct_copy(table.Leaf, entry.to_struct())
-
-    def delete_ipcache(self, prefix: IPv4Network) -> bool:
-        """Remove the entry; False if there was none."""
-        return _delete(self._table(IPCACHE), ipcache_key(prefix))
-
-    def apply_ipcache(self, delta: Delta[IPv4Network, IpcacheEntry]) -> None:
-        """Write a ``membrane.delta.diff(desired, self.ipcache())``: upserts first, then deletes."""
-        for prefix, entry in delta.upserts.items():
-            self.upsert_ipcache(prefix, entry)
-        for prefix in delta.deletes:
-            self.delete_ipcache(prefix)
-
-    # -- CIDR identities (ipBlock prefixes) ------------------------------------
-
-    def cidrs(self) -> dict[IPv4Network, int]:
-        """ipBlock prefix -> CIDR identity (the map the datapath finds an address's CIDR identity in)."""
-        return {
-            prefix_from_cidr_key(struct_copy(CidrKey, key)): struct_copy(CidrValue, value).sec_identity
-            for key, value in self._table(CIDR).items()
-        }
-
-    def upsert_cidr(self, prefix: IPv4Network, identity: int) -> None:
-        table = self._table(CIDR)
-        table[struct_copy(table.Key, cidr_key(prefix))] = struct_copy(table.Leaf, cidr_value(identity))
-
-    def delete_cidr(self, prefix: IPv4Network) -> bool:
-        """Remove the entry; False if there was none."""
-        return _delete(self._table(CIDR), cidr_key(prefix))
-
-    def apply_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
-        """Write a ``membrane.delta.diff(desired, self.cidrs())``: upserts first, then deletes."""
-        for prefix, identity in delta.upserts.items():
-            self.upsert_cidr(prefix, identity)
-        for prefix in delta.deletes:
-            self.delete_cidr(prefix)
-
-    # -- policy --------------------------------------------------------------
-
-    def policy(self) -> dict[FlatKey, FlatValue]:
-        """The policy map, as ``membrane.policy.flattening.flatten`` describes it."""
-        return {
-            flat_key(struct_copy(PolicyKey, key)): flat_value(struct_copy(PolicyValue, value))
-            for key, value in self._table(POLICY).items()
-        }
-
-    def upsert_policy(self, key: FlatKey, value: FlatValue) -> None:
-        table = self._table(POLICY)
-        table[struct_copy(table.Key, policy_key(key))] = struct_copy(table.Leaf, policy_value(value))
-
-    def delete_policy(self, key: FlatKey) -> bool:
-        """Remove the entry; False if there was none."""
-        return _delete(self._table(POLICY), policy_key(key))
-
-    def apply_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
-        """Write a ``flat_diff(desired, self.policy())``.
-
-        Upserts before deletes, so a narrowing change (a block split into
-        smaller ones) never opens a window where a new connection finds no
-        entry at all; new connections judged mid-way see either verdict.
-        """
-        for key, value in delta.upserts.items():
-            self.upsert_policy(key, value)
-        for key in delta.deletes:
-            self.delete_policy(key)
 
     # -- policy revision (re-judges established flows) ------------------------
 
@@ -533,11 +470,3 @@ class Datapath:
 def _kernel_map_info(bpf: BPF, spec: MapSpec | RingSpec) -> MapInfo:
     raw = map_info(bpf.get_table(spec.name.encode()).map_fd)
     return MapInfo(raw.type, raw.id, raw.key_size, raw.value_size, raw.max_entries, raw.map_flags)
-
-
-def _delete(table: Any, key: ctypes.Structure) -> bool:
-    try:
-        del table[struct_copy(table.Key, key)]
-    except KeyError:
-        return False
-    return True

@@ -1,4 +1,4 @@
-"""Raw bpf(2) calls that bcc 0.26 does not wrap: object info and prog test run.
+"""Raw bpf(2) calls that bcc 0.26 does not wrap: object info, prog test run, batch map ops.
 
 Kept in one place, on the plain syscall, so there is no dependency on the
 ABI of whatever libbpf copy happens to be bundled with libbcc.
@@ -14,6 +14,8 @@ from typing import Final
 
 BPF_MAP_GET_NEXT_KEY: Final = 4
 BPF_MAP_LOOKUP_BATCH: Final = 24
+BPF_MAP_UPDATE_BATCH: Final = 26
+BPF_MAP_DELETE_BATCH: Final = 27
 BPF_PROG_TEST_RUN: Final = 10
 BPF_OBJ_GET_INFO_BY_FD: Final = 15
 BPF_OBJ_GET: Final = 7
@@ -183,3 +185,36 @@ def map_count_entries(fd: int, limit: int) -> int:
             if exc.errno not in _NO_BATCH:
                 raise
     return map_count_keys(fd, info.key_size, limit)
+
+
+class BatchUnsupported(OSError):
+    """The map type has no batch operation (LPM tries, for one): write element by element."""
+
+
+def _batch_write(cmd: int, fd: int, keys: bytes, values: bytes | None, count: int) -> int:
+    """One BPF_MAP_UPDATE_BATCH / DELETE_BATCH over `count` packed keys (and values); returns how
+    many the kernel processed. Raises BatchUnsupported when the map has no batch op (nothing
+    written), OSError otherwise (attr.count elements, in order, were processed before the error)."""
+    key_buf = ctypes.create_string_buffer(keys, len(keys))
+    value_buf = ctypes.create_string_buffer(values, len(values)) if values is not None else None
+    attr = BpfMapBatchAttr(keys=ctypes.addressof(key_buf),
+                           values=ctypes.addressof(value_buf) if value_buf is not None else 0,
+                           count=count, map_fd=fd)
+    try:
+        bpf(cmd, attr)
+    except OSError as exc:
+        # EINVAL/ENOTSUP with nothing processed: the map type lacks the op (or the kernel does).
+        if exc.errno in (errno_codes.EINVAL, errno_codes.ENOTSUP, errno_codes.EOPNOTSUPP, 524) and attr.count == 0:
+            raise BatchUnsupported(exc.errno, f"bpf(cmd={cmd}) not supported on this map") from exc
+        raise OSError(exc.errno, f"{exc.strerror} after {attr.count} of {count} elements") from exc
+    return int(attr.count)
+
+
+def map_update_batch(fd: int, keys: bytes, values: bytes, count: int) -> int:
+    """Write `count` packed (key, value) pairs in one syscall (hash and array maps)."""
+    return _batch_write(BPF_MAP_UPDATE_BATCH, fd, keys, values, count)
+
+
+def map_delete_batch(fd: int, keys: bytes, count: int) -> int:
+    """Delete `count` packed keys in one syscall; a missing key fails it with ENOENT."""
+    return _batch_write(BPF_MAP_DELETE_BATCH, fd, keys, None, count)

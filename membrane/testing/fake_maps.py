@@ -2,16 +2,16 @@
 
 Faucet style: tests assert real forwarding decisions on its contents with the engine's model
 of the BPF lookup (`membrane.policy.lookup_flat`). It records every write (`log`, `writes`) and
-calls `check` after each one, so a test can assert that no single write opens a gap.
+calls `check` after each one (one batch of the map manager's plan), so a test can assert that
+no single write opens a gap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Network
 from typing import Any
 
-from membrane.delta import Delta
 from membrane.policy import FlatKey, FlatValue
 
 
@@ -34,31 +34,26 @@ class FakePolicyMaps:
         self.log.append(f"revision={self.revision}")
         return self.revision
 
-    def _write(self, name: str, table: dict[Any, Any], delta: Delta[Hashable, Any]) -> None:
-        limit = self.capacities.get(name)
-        if limit is not None and len(table.keys() | delta.upserts.keys()) > limit:
-            raise OSError(28, f"{name} map full")  # ENOSPC, what the kernel answers
-        table.update(delta.upserts)
-        for key in delta.deletes:
-            del table[key]
-        self.writes += len(delta.upserts) + len(delta.deletes)
-        self.log.append(f"{name}+{len(delta.upserts)}-{len(delta.deletes)}")
+    def _table(self, role: str) -> dict[Any, Any]:
+        return {"policy": self.policy, "ipcache": self.ipcache, "cidr": self.cidrs}[role]
+
+    def read_map(self, role: str) -> dict[Any, Any]:
+        return dict(self._table(role))
+
+    def update_map(self, role: str, entries: Mapping[Any, Any]) -> None:
+        table = self._table(role)
+        limit = self.capacities.get(role)
+        if limit is not None and len(table.keys() | entries.keys()) > limit:
+            raise OSError(28, f"{role} map full")  # ENOSPC, what the kernel answers
+        table.update(entries)
+        self.writes += len(entries)
+        self.log.append(f"{role}+{len(entries)}-0")
         self.check()
 
-    def read_policy(self) -> dict[FlatKey, FlatValue]:
-        return dict(self.policy)
-
-    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
-        self._write("policy", self.policy, delta)  # type: ignore[arg-type]
-
-    def read_ipcache(self) -> dict[IPv4Network, Any]:
-        return dict(self.ipcache)
-
-    def write_ipcache(self, delta: Delta[IPv4Network, Any]) -> None:
-        self._write("ipcache", self.ipcache, delta)  # type: ignore[arg-type]
-
-    def read_cidrs(self) -> dict[IPv4Network, int]:
-        return dict(self.cidrs)
-
-    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
-        self._write("cidr", self.cidrs, delta)  # type: ignore[arg-type]
+    def delete_map(self, role: str, keys: Sequence[Any]) -> int:
+        table = self._table(role)
+        removed = sum(table.pop(key, None) is not None for key in keys)
+        self.writes += len(keys)
+        self.log.append(f"{role}+0-{len(keys)}")
+        self.check()
+        return removed

@@ -103,16 +103,14 @@ def run(rounds: int = 15, repeat: int = 200_000, before: str = BEFORE, trust: st
             olds.append(old)
             prog[build] = old.program_fd("from_overlay")
         prog["current"] = new.program_fd("from_overlay")
-        new.upsert_endpoint(POD, EP)
-        new.upsert_ipcache(IPv4Network(f"{POD}/32"), IpcacheEntry(ID_LOCAL))
-        new.upsert_ipcache(IPv4Network("10.231.2.0/24"), IpcacheEntry(int(ReservedIdentity.WORLD), NODE))
-        new.upsert_ipcache(IPv4Network(f"{REMOTE_POD}/32"), IpcacheEntry(ID_REMOTE, NODE))
-        new.upsert_ipcache(IPv4Network(f"{NODE}/32"),
-                           IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE)))
+        new.update_map("endpoints", {POD: EP})
+        new.update_map("ipcache", {IPv4Network(f"{POD}/32"): IpcacheEntry(ID_LOCAL)})
+        new.update_map("ipcache", {IPv4Network("10.231.2.0/24"): IpcacheEntry(int(ReservedIdentity.WORLD), NODE)})
+        new.update_map("ipcache", {IPv4Network(f"{REMOTE_POD}/32"): IpcacheEntry(ID_REMOTE, NODE)})
+        new.update_map("ipcache", {IPv4Network(f"{NODE}/32"): IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE))})
         for i in range(2000):  # a populated ipcache: other pods and nodes' CIDRs around ours
-            new.upsert_ipcache(IPv4Network(f"10.{232 + i // 250}.{i % 250}.0/24"),
-                               IpcacheEntry(int(ReservedIdentity.WORLD), IPv4Address(f"192.168.{232 + i // 250}.{i % 250}")))
-        new.upsert_policy(FlatKey(EP.endpoint_id, 0, 0, 0, 0, 0), FlatValue(int(Verdict.ALLOW), 1))
+            new.update_map("ipcache", {IPv4Network(f"10.{232 + i // 250}.{i % 250}.0/24"): IpcacheEntry(int(ReservedIdentity.WORLD), IPv4Address(f"192.168.{232 + i // 250}.{i % 250}"))})
+        new.update_map("policy", {FlatKey(EP.endpoint_id, 0, 0, 0, 0, 0): FlatValue(int(Verdict.ALLOW), 1)})
         peer = ip_to_field(NODE)
         syn = frame(IP(src=str(REMOTE_POD), dst=str(POD)) / TCP(sport=40000, dport=80, flags="S"))
         ack = frame(IP(src=str(REMOTE_POD), dst=str(POD)) / TCP(sport=40000, dport=80, flags="A") / (b"x" * 100))

@@ -22,7 +22,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from membrane.delta import Delta
+from collections.abc import Mapping, Sequence
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.policy import FlatKey, FlatValue, PolicyResolver, compute_policy
 from membrane.policy.inputs import PodInfo
@@ -73,29 +73,26 @@ class FakeMaps:
         self.ipcache: dict[IPv4Network, object] = {}
         self.cidrs: dict[IPv4Network, int] = {}
 
-    def read_policy(self) -> dict[FlatKey, FlatValue]:
-        return dict(self.policy)
+    def capacity(self, role: str) -> int | None:
+        return None
 
-    def write_policy(self, delta: Delta[FlatKey, FlatValue]) -> None:
-        self.policy.update(delta.upserts)
-        for key in delta.deletes:
-            del self.policy[key]
+    def bump_policy_revision(self) -> int:
+        return 1
 
-    def read_ipcache(self) -> dict[IPv4Network, object]:
-        return dict(self.ipcache)
+    def _table(self, role: str) -> dict[Any, Any]:
+        return {"policy": self.policy, "ipcache": self.ipcache, "cidr": self.cidrs}[role]
 
-    def write_ipcache(self, delta: Delta[IPv4Network, object]) -> None:
-        self.ipcache.update(delta.upserts)
-        for key in delta.deletes:
-            del self.ipcache[key]
+    def read_map(self, role: str) -> dict[Any, Any]:
+        return dict(self._table(role))
 
-    def read_cidrs(self) -> dict[IPv4Network, int]:
-        return dict(self.cidrs)
+    def update_map(self, role: str, entries: Mapping[Any, Any]) -> None:
+        self._table(role).update(entries)
 
-    def write_cidrs(self, delta: Delta[IPv4Network, int]) -> None:
-        self.cidrs.update(delta.upserts)
-        for key in delta.deletes:
-            del self.cidrs[key]
+    def delete_map(self, role: str, keys: Sequence[Any]) -> int:
+        table = self._table(role)
+        for key in keys:
+            del table[key]
+        return len(keys)
 
 
 def _timed(fn: Any) -> tuple[float, Any]:

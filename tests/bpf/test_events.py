@@ -83,15 +83,15 @@ class Collector:
 @pytest.fixture(scope="module")
 def events(datapath) -> Collector:  # type: ignore[no-untyped-def]
     for ip, entry in ((POD_A, EP_A), (POD_B, EP_B)):
-        datapath.upsert_endpoint(ip, entry)
-        datapath.upsert_ipcache(IPv4Network(f"{ip}/32"), IpcacheEntry(entry.identity))
+        datapath.update_map("endpoints", {ip: entry})
+        datapath.update_map("ipcache", {IPv4Network(f"{ip}/32"): IpcacheEntry(entry.identity)})
     return Collector(datapath)
 
 
 @pytest.fixture(autouse=True)
 def fresh(datapath, events: Collector) -> Iterator[None]:  # type: ignore[no-untyped-def]
     datapath.set_event_config(EventConfig())
-    datapath.apply_policy(diff({}, datapath.policy()))
+    datapath.apply_delta("policy", diff({}, datapath.policy()))
     events.drain()
     yield
     datapath.set_event_config(EventConfig())
@@ -144,7 +144,7 @@ def test_drop_event(datapath, events: Collector) -> None:  # type: ignore[no-unt
 
 
 def test_policy_deny_event_carries_the_rule(datapath, events: Collector) -> None:  # type: ignore[no-untyped-def]
-    datapath.upsert_policy(FlatKey(EP_A.endpoint_id, 0, 1, 6, 25, 16), FlatValue(int(Verdict.DENY), 42))
+    datapath.update_map("policy", {FlatKey(EP_A.endpoint_id, 0, 1, 6, 25, 16): FlatValue(int(Verdict.DENY), 42)})
     port = next(_ports)
     assert run_a(datapath, IP(src=str(POD_A), dst=OUTSIDE) / TCP(sport=port, dport=25, flags="S")) == TC_ACT_SHOT
     verdict, drop = events.drain()
@@ -155,7 +155,7 @@ def test_policy_deny_event_carries_the_rule(datapath, events: Collector) -> None
 
 
 def test_new_connection_and_its_end(datapath, events: Collector) -> None:  # type: ignore[no-untyped-def]
-    datapath.apply_policy(diff(ALLOW_ALL, datapath.policy()))
+    datapath.apply_delta("policy", diff(ALLOW_ALL, datapath.policy()))
     port = next(_ports)
     a_to_b = IP(src=str(POD_A), dst=str(POD_B))
     b_to_a = IP(src=str(POD_B), dst=str(POD_A))
@@ -242,7 +242,7 @@ def test_compiled_out(pin_root: Path) -> None:
     dp.load()
     try:
         collector = Collector(dp)
-        dp.upsert_endpoint(POD_A, EP_A)
+        dp.update_map("endpoints", {POD_A: EP_A})
         assert prog_test_run(dp.program_fd("from_container"), spoofed(1), ingress_ifindex=EP_A.ifindex).retval == TC_ACT_SHOT
         assert collector.drain() == [] and dp.event_stats() == EventStats()
     finally:

@@ -44,10 +44,10 @@ OUTSIDE = "192.0.2.1"  # TEST-NET-1, never sent anywhere: test runs transmit not
 @pytest.fixture(scope="module", autouse=True)
 def endpoints(datapath):  # type: ignore[no-untyped-def]
     for ip, entry in ((POD_A, EP_A), (POD_B, EP_B), (POD_LO, EP_LO)):
-        datapath.upsert_endpoint(ip, entry)
+        datapath.update_map("endpoints", {ip: entry})
         # No policy selects these pods: the agent's allow-all entries (no entry = drop).
         for key, value in flatten_endpoint(entry.endpoint_id, EndpointPolicy(), RuleTable()).items():
-            datapath.upsert_policy(key, value)
+            datapath.update_map("policy", {key: value})
     yield
 
 
@@ -88,9 +88,9 @@ def state(entry: ConntrackEntry) -> tuple[str, ...]:
 def test_endpoints_roundtrip(datapath) -> None:  # type: ignore[no-untyped-def]
     assert datapath.endpoints()[POD_A] == EP_A
     ghost = IPv4Address("10.200.0.99")
-    datapath.upsert_endpoint(ghost, EP_B)
-    assert datapath.delete_endpoint(ghost) is True
-    assert datapath.delete_endpoint(ghost) is False
+    datapath.update_map("endpoints", {ghost: EP_B})
+    assert datapath.delete_map("endpoints", [ghost]) == 1
+    assert datapath.delete_map("endpoints", [ghost]) == 0
     assert ghost not in datapath.endpoints()
 
 

@@ -58,14 +58,13 @@ def dp() -> Iterator[object]:
     datapath = Datapath(root, test_hooks=True)
     try:
         datapath.load()
-        datapath.upsert_endpoint(POD_A, EP_A)
-        datapath.upsert_ipcache(IPv4Network(f"{POD_A}/32"), IpcacheEntry(ID_A))
-        datapath.upsert_ipcache(IPv4Network(f"{REMOTE}/32"), IpcacheEntry(ID_R, REMOTE_NODE))
-        datapath.upsert_ipcache(REMOTE_PODS, IpcacheEntry(int(ReservedIdentity.WORLD), REMOTE_NODE))
+        datapath.update_map("endpoints", {POD_A: EP_A})
+        datapath.update_map("ipcache", {IPv4Network(f"{POD_A}/32"): IpcacheEntry(ID_A)})
+        datapath.update_map("ipcache", {IPv4Network(f"{REMOTE}/32"): IpcacheEntry(ID_R, REMOTE_NODE)})
+        datapath.update_map("ipcache", {REMOTE_PODS: IpcacheEntry(int(ReservedIdentity.WORLD), REMOTE_NODE)})
         for node in (REMOTE_NODE, OTHER_NODE):
-            datapath.upsert_ipcache(IPv4Network(f"{node}/32"),
-                                    IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE)))
-        datapath.upsert_ipcache(IPv4Network(f"{OTHER_POD}/32"), IpcacheEntry(ID_OTHER, OTHER_NODE))
+            datapath.update_map("ipcache", {IPv4Network(f"{node}/32"): IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE))})
+        datapath.update_map("ipcache", {IPv4Network(f"{OTHER_POD}/32"): IpcacheEntry(ID_OTHER, OTHER_NODE)})
         yield datapath
     finally:
         datapath.close()
@@ -75,12 +74,12 @@ def dp() -> Iterator[object]:
 @pytest.fixture(autouse=True)
 def tunnel_and_empty_policy(dp) -> Iterator[None]:  # type: ignore[no-untyped-def]
     dp.set_node_config(NodeConfig(TUNNEL_IFINDEX, IPv4Address("192.168.77.1")))
-    dp.apply_policy(diff({}, dp.policy()))
+    dp.apply_delta("policy", diff({}, dp.policy()))
     yield
 
 
 def write(dp, entries: dict[FlatKey, FlatValue]) -> None:  # type: ignore[no-untyped-def]
-    dp.apply_policy(diff(entries, dp.policy()))
+    dp.apply_delta("policy", diff(entries, dp.policy()))
 
 
 def key(direction: int, identity: int, protocol: int = ANY, port: int = 0) -> FlatKey:
@@ -182,7 +181,7 @@ def test_ip_block_selects_a_remote_pod_by_its_inner_source_address(dp) -> None: 
     node's CIDR map: an ipBlock of the remote pods' block admits REMOTE, its except cuts it."""
     block, pod32 = IPv4Network("10.211.2.0/24"), IPv4Network(f"{REMOTE}/32")
     id_block, id_pod32 = LOCAL_IDENTITY_FLAG | 1, LOCAL_IDENTITY_FLAG | 2
-    dp.upsert_cidr(block, id_block)
+    dp.update_map("cidr", {block: id_block})
     try:
         write(dp, {key(INGRESS, id_block, TCP_, 80): FlatValue(ALLOW, 5)})
         port = next(_ports)
@@ -191,12 +190,12 @@ def test_ip_block_selects_a_remote_pod_by_its_inner_source_address(dp) -> None: 
         assert flow.src_identity == ID_R  # flows keep the VNI's identity
         assert arrive(dp, syn("10.211.3.1", POD_A, next(_ports)), vni=ID_R).retval == TC_ACT_SHOT
 
-        dp.upsert_cidr(pod32, id_pod32)  # cidr 10.211.2.0/24 except REMOTE/32: the engine allows id_block only
+        dp.update_map("cidr", {pod32: id_pod32})  # cidr 10.211.2.0/24 except REMOTE/32: the engine allows id_block only
         assert arrive(dp, syn(REMOTE, POD_A, next(_ports)), vni=ID_R).retval == TC_ACT_SHOT
         assert arrive(dp, syn("10.211.2.99", POD_A, next(_ports)), vni=ID_OTHER).retval == TC_ACT_REDIRECT
     finally:
-        dp.delete_cidr(block)
-        dp.delete_cidr(pod32)
+        dp.delete_map("cidr", [block])
+        dp.delete_map("cidr", [pod32])
 
 
 def test_replies_of_local_flows_pass_without_ingress_policy(dp) -> None:  # type: ignore[no-untyped-def]
@@ -228,11 +227,11 @@ def test_missing_vni_drops(dp) -> None:  # type: ignore[no-untyped-def]
 
 def test_production_build_never_reads_the_mark(datapath) -> None:  # type: ignore[no-untyped-def]
     """Without test hooks, a packet without tunnel metadata drops whatever its mark."""
-    datapath.upsert_endpoint(POD_A, EP_A)
+    datapath.update_map("endpoints", {POD_A: EP_A})
     try:
         frame = bytes(Ether() / syn(REMOTE, POD_A, next(_ports)))
         run = prog_test_run(datapath.program_fd("from_overlay"), frame, ingress_ifindex=77, mark=ID_R)
         assert run.retval == TC_ACT_SHOT
         assert counter(datapath, "DROP_TUNNEL_KEY", "INGRESS") == 1
     finally:
-        datapath.delete_endpoint(POD_A)
+        datapath.delete_map("endpoints", [POD_A])

@@ -189,25 +189,25 @@ def test_ownership_follows_the_ipcache(dp) -> None:  # type: ignore[no-untyped-d
     from membrane.identities import ReservedIdentity
 
     moved = IPv4Network("10.211.2.50/32")
-    dp.upsert_ipcache(moved, IpcacheEntry(ID_R, OTHER_NODE))
+    dp.update_map("ipcache", {moved: IpcacheEntry(ID_R, OTHER_NODE)})
     try:
         assert arrive(dp, syn(moved.network_address, POD_A, next(_ports)), vni=ID_R).retval == TC_ACT_SHOT
         assert arrive(dp, syn(moved.network_address, POD_A, next(_ports)), vni=ID_R,
                       peer=OTHER_NODE).retval == TC_ACT_REDIRECT
     finally:
-        dp.delete_ipcache(moved)
+        dp.delete_map("ipcache", [moved])
     # The node leaves: its entry loses the flag and no entry names it any more (the agent writes
     # a NODE entry for every tunnel endpoint it names, so ownership alone never outlives a node).
     node, pod = IPv4Network(f"{OTHER_NODE}/32"), IPv4Network(f"{OTHER_POD}/32")
-    dp.upsert_ipcache(node, IpcacheEntry(int(ReservedIdentity.REMOTE_NODE)))
-    dp.upsert_ipcache(pod, IpcacheEntry(ID_OTHER))
+    dp.update_map("ipcache", {node: IpcacheEntry(int(ReservedIdentity.REMOTE_NODE))})
+    dp.update_map("ipcache", {pod: IpcacheEntry(ID_OTHER)})
     try:
         assert arrive(dp, syn(OTHER_POD, POD_A, next(_ports)), vni=ID_OTHER, peer=OTHER_NODE).retval == TC_ACT_SHOT
         assert arrive(dp, syn(OTHER_NODE, POD_A, next(_ports)), vni=ID_OTHER, peer=OTHER_NODE).retval == TC_ACT_SHOT
         assert counter(dp, "DROP_UNKNOWN_TUNNEL_PEER", "INGRESS") >= 2
     finally:
-        dp.upsert_ipcache(node, IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE)))
-        dp.upsert_ipcache(pod, IpcacheEntry(ID_OTHER, OTHER_NODE))
+        dp.update_map("ipcache", {node: IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE))})
+        dp.update_map("ipcache", {pod: IpcacheEntry(ID_OTHER, OTHER_NODE)})
 
 
 def test_policy_still_judges_what_the_trust_rules_admit(dp) -> None:  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ def test_endpoint_survives_a_restart(pin_root: Path) -> None:
     first = Datapath(pin_root)
     first.load()
     try:
-        first.upsert_endpoint(ip, entry)
+        first.update_map("endpoints", {ip: entry})
         ids_before = {name: info.map_id for name, info in first.maps_info().items()}
     finally:
         first.close()

@@ -79,27 +79,27 @@ def sport() -> int:
 @pytest.fixture(scope="module", autouse=True)
 def world(datapath):  # type: ignore[no-untyped-def]
     for ip, entry in ((POD_A, EP_A), (POD_B, EP_B), (POD_LO, EP_LO)):
-        datapath.upsert_endpoint(ip, entry)
-        datapath.upsert_ipcache(IPv4Network(f"{ip}/32"), IpcacheEntry(entry.identity))
-    datapath.upsert_ipcache(IPv4Network(f"{NODE_IP}/32"), IpcacheEntry(HOST))
+        datapath.update_map("endpoints", {ip: entry})
+        datapath.update_map("ipcache", {IPv4Network(f"{ip}/32"): IpcacheEntry(entry.identity)})
+    datapath.update_map("ipcache", {IPv4Network(f"{NODE_IP}/32"): IpcacheEntry(HOST)})
     # As the agent writes them: every ipBlock prefix in the CIDR map, and in the ipcache unless
     # a pod's /32 holds the same key there.
     for prefix, identity in ((CIDR, ID_CIDR), (PODS_CIDR, ID_PODS), (B_CIDR, ID_B32)):
-        datapath.upsert_cidr(prefix, identity)
+        datapath.update_map("cidr", {prefix: identity})
         if prefix != B_CIDR:
-            datapath.upsert_ipcache(prefix, IpcacheEntry(identity))
+            datapath.update_map("ipcache", {prefix: IpcacheEntry(identity)})
     yield
 
 
 @pytest.fixture(autouse=True)
 def empty_policy(datapath) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    datapath.apply_policy(diff({}, datapath.policy()))
+    datapath.apply_delta("policy", diff({}, datapath.policy()))
     yield
 
 
 def write(dp, entries: dict[FlatKey, FlatValue]) -> None:  # type: ignore[no-untyped-def]
     """Make the policy map exactly `entries`, the way the agent will (diff + apply)."""
-    dp.apply_policy(diff(entries, dp.policy()))
+    dp.apply_delta("policy", diff(entries, dp.policy()))
     assert dp.policy() == entries
 
 
@@ -159,26 +159,26 @@ def test_policy_and_ipcache_maps_roundtrip(datapath) -> None:  # type: ignore[no
     }
     entries = {k._replace(port=k.port & 0xFC00) if k.port_prefix == 6 else k: v for k, v in entries.items()}
     write(datapath, entries)
-    assert datapath.delete_policy(next(iter(entries))) is True
-    assert datapath.delete_policy(next(iter(entries))) is False
+    assert datapath.delete_map("policy", [next(iter(entries))]) == 1
+    assert datapath.delete_map("policy", [next(iter(entries))]) == 0
     with pytest.raises(ValueError, match="aligned"):
-        datapath.upsert_policy(key(EP_A, EGRESS, 0, TCP_, 8001, 8), FlatValue(ALLOW, 0))
+        datapath.update_map("policy", {key(EP_A, EGRESS, 0, TCP_, 8001, 8): FlatValue(ALLOW, 0)})
 
     assert datapath.ipcache()[CIDR] == IpcacheEntry(ID_CIDR)
     extra = IPv4Network("192.0.2.0/25")
-    datapath.apply_ipcache(diff({**datapath.ipcache(), extra: IpcacheEntry(9, IPv4Address("10.0.0.2"))},
+    datapath.apply_delta("ipcache", diff({**datapath.ipcache(), extra: IpcacheEntry(9, IPv4Address("10.0.0.2"))},
                                 datapath.ipcache()))
     assert datapath.ipcache()[extra] == IpcacheEntry(9, IPv4Address("10.0.0.2"))
-    assert datapath.delete_ipcache(extra) is True and extra not in datapath.ipcache()
+    assert datapath.delete_map("ipcache", [extra]) == 1 and extra not in datapath.ipcache()
 
     cidrs = datapath.cidrs()
     assert cidrs[CIDR] == ID_CIDR and cidrs[B_CIDR] == ID_B32
-    datapath.apply_cidrs(diff({**cidrs, extra: ID_CIDR + 9}, cidrs))
+    datapath.apply_delta("cidr", diff({**cidrs, extra: ID_CIDR + 9}, cidrs))
     assert datapath.cidrs()[extra] == ID_CIDR + 9
-    datapath.apply_cidrs(diff(cidrs, datapath.cidrs()))
-    assert datapath.cidrs() == cidrs and datapath.delete_cidr(extra) is False
+    datapath.apply_delta("cidr", diff(cidrs, datapath.cidrs()))
+    assert datapath.cidrs() == cidrs and datapath.delete_map("cidr", [extra]) == 0
     with pytest.raises(ValueError, match="non-zero"):
-        datapath.upsert_cidr(extra, 0)
+        datapath.update_map("cidr", {extra: 0})
 
 
 # -- verdicts ------------------------------------------------------------------------
@@ -379,16 +379,16 @@ def test_cidr_identity_deny_beats_a_pod_identity_allow(datapath) -> None:  # typ
 
 def test_world_entry_selects_pods_outside_every_prefix(datapath) -> None:  # type: ignore[no-untyped-def]
     """0.0.0.0/0 selects WORLD: the CIDR identity of any address under no prefix, pods included."""
-    datapath.delete_cidr(PODS_CIDR)  # take the pods' block away for this test
-    datapath.delete_ipcache(PODS_CIDR)
+    datapath.delete_map("cidr", [PODS_CIDR])  # take the pods' block away for this test
+    datapath.delete_map("ipcache", [PODS_CIDR])
     try:
         write(datapath, {key(EP_A, EGRESS, WORLD): FlatValue(ALLOW, 1),
                          key(EP_LO, INGRESS, 0): FlatValue(ALLOW, 0), key(EP_B, INGRESS, 0): FlatValue(ALLOW, 0)})
         assert run_a(datapath, syn_a(POD_LO, 80)) == TC_ACT_REDIRECT
         assert run_a(datapath, syn_a(POD_B, 80)) == TC_ACT_SHOT  # B's /32 prefix: not WORLD
     finally:
-        datapath.upsert_cidr(PODS_CIDR, ID_PODS)
-        datapath.upsert_ipcache(PODS_CIDR, IpcacheEntry(ID_PODS))
+        datapath.update_map("cidr", {PODS_CIDR: ID_PODS})
+        datapath.update_map("ipcache", {PODS_CIDR: IpcacheEntry(ID_PODS)})
 
 
 def test_to_container_judges_the_source_address_cidr_identity(datapath) -> None:  # type: ignore[no-untyped-def]

@@ -157,11 +157,11 @@ def two_pods(datapath) -> Iterator[tuple[Pod, Pod]]:  # type: ignore[no-untyped-
             created.append(f"{tag}-{suffix}")
             pod = make_pod(node, f"{tag}-{suffix}", IPv4Address(ip), f"mbt{suffix}")
             attach(node, pod.host_ifindex, datapath)
-            datapath.upsert_endpoint(pod.ip, EndpointEntry(
+            datapath.update_map("endpoints", {pod.ip: EndpointEntry(
                 ifindex=pod.host_ifindex, endpoint_id=len(pods) + 1, identity=256 + len(pods),
-                pod_mac=pod.pod_mac, host_mac=pod.host_mac))
+                pod_mac=pod.pod_mac, host_mac=pod.host_mac)})
             for flat_key, flat_value in flatten_endpoint(len(pods) + 1, EndpointPolicy(), RuleTable()).items():
-                datapath.upsert_policy(flat_key, flat_value)
+                datapath.update_map("policy", {flat_key: flat_value})
             pods.append(pod)
         yield pods[0], pods[1]
     finally:
@@ -173,7 +173,7 @@ def two_pods(datapath) -> Iterator[tuple[Pod, Pod]]:  # type: ignore[no-untyped-
         if datapath.loaded:  # (the restart test closes it: its pins go with the pin root)
             for endpoint_id in range(1, len(pods) + 1):
                 for flat_key in flatten_endpoint(endpoint_id, EndpointPolicy(), RuleTable()):
-                    datapath.delete_policy(flat_key)
+                    datapath.delete_map("policy", [flat_key])
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ def topology(datapath) -> Iterator[tuple[Pod, Pod]]:  # type: ignore[no-untyped-
             yield pods
         finally:
             for pod in pods:
-                datapath.delete_endpoint(pod.ip)
+                datapath.delete_map("endpoints", [pod.ip])
 
 
 def ping(src: Pod, dst: Pod) -> int:
@@ -299,21 +299,21 @@ def connect_once(a: Pod, b: Pod) -> str:
 
 
 def write_policy(dp, entries: dict[FlatKey, FlatValue]) -> None:  # type: ignore[no-untyped-def]
-    dp.apply_policy(diff(entries, dp.policy()))
+    dp.apply_delta("policy", diff(entries, dp.policy()))
 
 
 @pytest.fixture
 def pods(datapath) -> Iterator[tuple[Pod, Pod]]:  # type: ignore[no-untyped-def]
     with two_pods(datapath) as (a, b):
         for pod, identity in ((a, 256), (b, 257)):
-            datapath.upsert_ipcache(IPv4Network(f"{pod.ip}/32"), IpcacheEntry(identity))
+            datapath.update_map("ipcache", {IPv4Network(f"{pod.ip}/32"): IpcacheEntry(identity)})
         try:
             yield a, b
         finally:
             write_policy(datapath, {})
             for pod in (a, b):
-                datapath.delete_ipcache(IPv4Network(f"{pod.ip}/32"))
-                datapath.delete_endpoint(pod.ip)
+                datapath.delete_map("ipcache", [IPv4Network(f"{pod.ip}/32")])
+                datapath.delete_map("endpoints", [pod.ip])
 
 
 def test_policy_on_real_tcp(datapath, pods: tuple[Pod, Pod]) -> None:  # type: ignore[no-untyped-def]

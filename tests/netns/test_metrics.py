@@ -22,6 +22,7 @@ FAMILIES: dict[str, set[str]] = {
     "membrane_bpf_map_entries": {"map"},
     "membrane_bpf_map_pressure": {"map"},
     "membrane_bpf_map_operation_errors_total": {"map", "op"},
+    "membrane_map_resync_repairs_total": {"map"},
     "membrane_cni_request_duration_seconds_bucket": {"command", "outcome", "le"},
     "membrane_policy_implementation_delay_seconds_bucket": {"cause", "le"},
     "membrane_agent_bootstrap_seconds": set(),

@@ -9,7 +9,6 @@ from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.identity_book import IdentityBook
 from membrane.agent.overlay import VXLAN_OVERHEAD, pod_mtu
 from membrane.agent.policy_syncing import NODE_ENTRY, LocalEndpoint, PolicyManager
-from membrane.delta import Delta
 from membrane.identities import ReservedIdentity
 from membrane.k8s_models import ObjectRef, Pod, parse_object
 
@@ -26,25 +25,19 @@ class Maps:
     def bump_policy_revision(self) -> int:
         return 1
 
-    def read_policy(self) -> dict:  # type: ignore[type-arg]
-        return {}
+    def read_map(self, role: str) -> dict:  # type: ignore[type-arg]
+        return dict(self.ipcache) if role == "ipcache" else {}
 
-    def write_policy(self, delta: Delta) -> None:  # type: ignore[type-arg]
-        pass
+    def update_map(self, role: str, entries: dict) -> None:  # type: ignore[type-arg]
+        if role == "ipcache":
+            self.ipcache.update(entries)
 
-    def read_ipcache(self) -> dict[IPv4Network, object]:
-        return dict(self.ipcache)
-
-    def write_ipcache(self, delta: Delta) -> None:  # type: ignore[type-arg]
-        self.ipcache.update(delta.upserts)
-        for key in delta.deletes:
+    def delete_map(self, role: str, keys: list) -> int:  # type: ignore[type-arg]
+        if role != "ipcache":
+            return 0
+        for key in keys:
             del self.ipcache[key]
-
-    def read_cidrs(self) -> dict[IPv4Network, int]:
-        return {}
-
-    def write_cidrs(self, delta: Delta) -> None:  # type: ignore[type-arg]
-        pass
+        return len(keys)
 
 
 def pod(name: str, ip: str, node: str | None = None, host_ip: str | None = None) -> Pod:
