@@ -47,8 +47,9 @@ from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod
 from membrane.policy import (Direction, FlatKey, FlatValue, NamespaceInfo, PodInfo, PolicyDelta, PolicyResolver,
                              Protocol, RuleTable, Verdict, flatten_endpoint)
 
-from .datapath.ipcache import IpcacheEntry
-from .datapath.layout import IpcacheFlag
+from membrane.ipcache import (NODE_ENTRY, IpcacheInputs, IpcachePod, IpcacheTarget, desired_ipcache,
+                              pod_entries, prefix_entry)
+
 from .identity_sources import IdentitySource
 from .map_managing import MapCapacityError, MapManager
 
@@ -58,13 +59,6 @@ __all__ = ["HOST_RULE_REF", "NODE_ENTRY", "IpcacheTarget", "LocalEndpoint", "Map
 log = logging.getLogger("membrane.policy")
 
 HOST_RULE_REF = 0  # the host-allow entry is nobody's rule: flows name it "host default"
-# Another node's underlay address: the overlay accepts VXLAN from it (and only from such entries).
-NODE_ENTRY = IpcacheEntry(int(ReservedIdentity.REMOTE_NODE), flags=int(IpcacheFlag.NODE))
-
-
-# An ipcache value: the identity of a prefix of this node (or of the outside), or the full
-# entry of a prefix behind another node (identity + tunnel endpoint).
-IpcacheTarget = int | IpcacheEntry
 
 
 MAP_ROLES = ("policy", "ipcache", "cidr")  # the maps this manager owns (ipcache values: IpcacheTarget)
@@ -266,49 +260,30 @@ class PolicyManager:
 
     def _prefix_entry(self, net: IPv4Network, identity: int | None,
                       pod_cidrs: dict[IPv4Network, IPv4Address]) -> IpcacheTarget | None:
-        """An ipBlock prefix or another node's pod CIDR: its identity (a pod CIDR has the one of
-        the longest ipBlock prefix covering it, else WORLD, as a miss would), and the node that
-        owns it when it lies inside one node's pod CIDR."""
-        if net in pod_cidrs:
-            if identity is None:
-                identity = next((i for plen in range(net.prefixlen - 1, -1, -1)
-                                 if (i := self.resolver.cidrs.identity_of(net.supernet(new_prefix=plen))) is not None),
-                                int(ReservedIdentity.WORLD))
-            return IpcacheEntry(identity, pod_cidrs[net])
-        if identity is None:
+        """An ipBlock prefix or another node's pod CIDR (membrane.ipcache.prefix_entry)."""
+        return prefix_entry(net, identity, pod_cidrs, self.resolver.cidrs.identity_of)
+
+    def ipcache_pod(self, ref: ObjectRef) -> IpcachePod | None:
+        """A pod as the ipcache sees it (None: no such pod)."""
+        pod = self.resolver.inputs.pods.get(ref)
+        if pod is None:
             return None
-        owner = next((ip for cidr, ip in pod_cidrs.items() if net.subnet_of(cidr)), None)
-        return IpcacheEntry(identity, owner) if owner is not None else identity
+        return IpcachePod(pod.identity, pod.ips, pod.host_network, self.tunnel_endpoint(ref), ref in self.local)
+
+    def ipcache_inputs(self) -> IpcacheInputs:
+        """Everything the ipcache is derived from (membrane.ipcache.desired_ipcache's inputs)."""
+        own = set(self.host_addresses())
+        return IpcacheInputs(
+            own_addresses=own,
+            remote_nodes={ip for name, ip in self.node_ips.items() if name != self.node_name},
+            pod_cidrs=self.remote_pod_cidrs(own),
+            cidr_identities={net: ident for prefix, ident in self.resolver.cidrs.identities().items()
+                             if isinstance(net := ip_network(prefix), IPv4Network)},
+            pods=[p for ref in self.resolver.inputs.pods if (p := self.ipcache_pod(ref)) is not None])
 
     def desired_ipcache(self) -> dict[IPv4Network, IpcacheTarget]:
         """The whole ipcache, derived from scratch (the oracle of the incremental `_desire_ipcache`)."""
-        cache: dict[IPv4Network, IpcacheTarget] = {}
-        own = set(self.host_addresses())
-        remote_nodes = {ip for name, ip in self.node_ips.items() if name != self.node_name}
-        pod_cidrs = self.remote_pod_cidrs(own)
-        cidr_ids = {net: ident for prefix, ident in self.resolver.cidrs.identities().items()
-                    if isinstance(net := ip_network(prefix), IPv4Network)}
-        for net in {*cidr_ids, *pod_cidrs}:
-            entry = self._prefix_entry(net, cidr_ids.get(net), pod_cidrs)
-            if entry is not None:
-                cache[net] = entry
-        for pod in self.resolver.inputs.pods.values():
-            if pod.identity is None or pod.host_network:
-                continue
-            tunnel = self.tunnel_endpoint(pod.ref)
-            if tunnel is not None and str(tunnel) in own:
-                tunnel = None  # "another node" at one of our own addresses: a stale pod object
-            if tunnel is not None:
-                remote_nodes.add(tunnel)
-            for ip in pod.ips:
-                net = ip_network(f"{ip}/32")
-                if isinstance(net, IPv4Network):
-                    cache[net] = IpcacheEntry(pod.identity, tunnel) if tunnel is not None else pod.identity
-        for node_ip in remote_nodes:
-            cache[IPv4Network(f"{node_ip}/32")] = NODE_ENTRY
-        for addr in own:
-            cache[IPv4Network(f"{addr}/32")] = int(ReservedIdentity.HOST)
-        return cache
+        return desired_ipcache(self.ipcache_inputs())
 
     # --- CIDR identities of ipBlock prefixes (the datapath's CIDR map) ----------------------
     def desired_cidrs(self) -> dict[IPv4Network, int]:
@@ -349,18 +324,8 @@ class PolicyManager:
     # --- the ipcache, incrementally -----------------------------------------------------------
     def _pod_ipcache(self, ref: ObjectRef, own: set[str]) -> tuple[dict[IPv4Network, IpcacheTarget], IPv4Address | None]:
         """One pod's ipcache entries and tunnel endpoint (as `desired_ipcache` derives them)."""
-        pod = self.resolver.inputs.pods.get(ref)
-        if pod is None or pod.identity is None or pod.host_network:
-            return {}, None
-        tunnel = self.tunnel_endpoint(ref)
-        if tunnel is not None and str(tunnel) in own:
-            tunnel = None  # "another node" at one of our own addresses: a stale pod object
-        entries: dict[IPv4Network, IpcacheTarget] = {}
-        for ip in pod.ips:
-            net = ip_network(f"{ip}/32")
-            if isinstance(net, IPv4Network):
-                entries[net] = IpcacheEntry(pod.identity, tunnel) if tunnel is not None else pod.identity
-        return entries, tunnel
+        pod = self.ipcache_pod(ref)
+        return pod_entries(pod, own) if pod is not None else ({}, None)
 
     def _desire_ipcache(self) -> None:
         """Tell the map manager what the ipcache should hold, from what changed since the last

@@ -13,35 +13,26 @@ judged alongside the address's ipcache identity on new connections.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 
 from membrane.agent.datapath.encoding import field_to_ip, ip_to_field
 from membrane.agent.datapath.layout import CidrKey, CidrValue, IpcacheKey, IpcacheValue
+from membrane.ipcache import IpcacheEntry  # the record itself is pure (the ipcache's desired content)
+
+__all__ = ["IpcacheEntry", "cidr_key", "cidr_value", "ipcache_entry", "ipcache_key", "ipcache_value",
+           "prefix_from_cidr_key", "prefix_from_key"]
 
 _U32_MAX = 0xFFFF_FFFF
 
 
-@dataclass(frozen=True)
-class IpcacheEntry:
-    identity: int  # u32: cluster identities use 24 bits, node-local CIDR identities bit 24
-    tunnel_endpoint: IPv4Address | None = None  # node hosting the prefix (None = this node)
-    flags: int = 0  # IpcacheFlag (NODE: a node's underlay address, VXLAN accepted from it)
+def ipcache_value(entry: IpcacheEntry) -> IpcacheValue:
+    tunnel = ip_to_field(entry.tunnel_endpoint) if entry.tunnel_endpoint is not None else 0
+    return IpcacheValue(sec_identity=entry.identity, tunnel_endpoint=tunnel, flags=entry.flags)
 
-    def __post_init__(self) -> None:
-        if not 0 < self.identity <= _U32_MAX:
-            raise ValueError(f"identity {self.identity} must be a non-zero u32 (0 is the policy wildcard)")
-        if not 0 <= self.flags <= 0xFF:
-            raise ValueError(f"flags {self.flags} do not fit in 8 bits")
 
-    def to_struct(self) -> IpcacheValue:
-        tunnel = ip_to_field(self.tunnel_endpoint) if self.tunnel_endpoint is not None else 0
-        return IpcacheValue(sec_identity=self.identity, tunnel_endpoint=tunnel, flags=self.flags)
-
-    @classmethod
-    def from_struct(cls, value: IpcacheValue) -> IpcacheEntry:
-        tunnel = field_to_ip(value.tunnel_endpoint) if value.tunnel_endpoint else None
-        return cls(identity=value.sec_identity, tunnel_endpoint=tunnel, flags=value.flags)
+def ipcache_entry(value: IpcacheValue) -> IpcacheEntry:
+    tunnel = field_to_ip(value.tunnel_endpoint) if value.tunnel_endpoint else None
+    return IpcacheEntry(identity=value.sec_identity, tunnel_endpoint=tunnel, flags=value.flags)
 
 
 def ipcache_key(prefix: IPv4Network) -> IpcacheKey:

@@ -20,8 +20,8 @@ from typing import Any, Final
 
 from membrane.agent.datapath.encoding import field_to_ip, struct_copy
 from membrane.agent.datapath.endpoints import EndpointEntry, endpoint_key
-from membrane.agent.datapath.ipcache import (IpcacheEntry, cidr_key, cidr_value, ipcache_key, prefix_from_cidr_key,
-                                             prefix_from_key)
+from membrane.agent.datapath.ipcache import (cidr_key, cidr_value, ipcache_entry, ipcache_key, ipcache_value,
+                                             prefix_from_cidr_key, prefix_from_key)
 from membrane.agent.datapath.layout import (CidrKey, CidrValue, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
                                             PolicyKey, PolicyValue)
 from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
@@ -46,7 +46,7 @@ CODECS: Final[dict[str, MapCodec]] = {
     "endpoints": MapCodec(EndpointKey, EndpointInfo, endpoint_key, lambda k: field_to_ip(k.ip4),
                           lambda v: v.to_struct(), EndpointEntry.from_struct),
     "ipcache": MapCodec(IpcacheKey, IpcacheValue, ipcache_key, prefix_from_key,
-                        lambda v: v.to_struct(), IpcacheEntry.from_struct),
+                        ipcache_value, ipcache_entry),
     "policy": MapCodec(PolicyKey, PolicyValue, policy_key, flat_key, policy_value, flat_value),
     "cidr": MapCodec(CidrKey, CidrValue, cidr_key, prefix_from_cidr_key, cidr_value, lambda v: int(v.sec_identity)),
 }
