@@ -60,7 +60,7 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 	__u32 dst_cidr = MB_IDENTITY_WORLD;
 	__be32 tunnel = 0;
 	__u8 tcp_flags, closed = 0;
-	int l4, ct = MB_CT_NEW;
+	int l4, drop, ct = MB_CT_NEW;
 
 	if (!ip4)
 		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
@@ -73,18 +73,9 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 		return mb_drop(MB_DROP_SPOOFED_MAC, MB_DIR_EGRESS);
 
 	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
-	if (l4 == MB_L4_INVALID)
-		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_EGRESS);
-	if (l4 == MB_L4_TRACKED)
-		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
-	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
-		ct = MB_CT_RELATED;
-	if (ct == MB_CT_ESTABLISHED || ct == MB_CT_REPLY) {
-		int drop = mb_flow_recheck(skb, &tuple, ct, tcp_flags, entry, MB_DIR_EGRESS, ifindex);
-
-		if (drop)
-			return drop;
-	}
+	drop = mb_flow_classify(skb, ip4, &tuple, l4, tcp_flags, bytes, MB_DIR_EGRESS, ifindex, &ct, &closed, &entry);
+	if (drop)
+		return drop;
 
 	dst = mb_lookup_endpoint(ip4->daddr);
 	local_dst = dst && mb_endpoint_is_local_pod(dst) ? dst : 0;
@@ -117,10 +108,15 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 		 * of a local destination from src's identity (a remote
 		 * destination's node judges its ingress on arrival), each with
 		 * the peer address's CIDR identity too (ipBlocks select pods). */
-		__u32 src_cidr = local_dst ? mb_cidr_identity(ip4->saddr) : 0;
-		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, src, local_dst, src->sec_identity,
-				       src_cidr, dst_identity, dst_cidr, src, MB_DIR_EGRESS, ifindex);
+		struct mb_flow_facts flow = {
+			.tuple = &tuple, .l4 = l4, .tcp_flags = tcp_flags, .hook_dir = MB_DIR_EGRESS,
+			.egress_ep = src, .ingress_ep = local_dst, .hook_ep = src,
+			.src_identity = src->sec_identity, .dst_identity = dst_identity,
+			.src_cidr = local_dst ? mb_cidr_identity(ip4->saddr) : 0, .dst_cidr = dst_cidr,
+			.ifindex = ifindex,
+		};
 
+		drop = mb_flow_new(skb, &flow);
 		if (drop)
 			return drop;
 	} else if (closed) {
@@ -186,7 +182,7 @@ static __always_inline int mb_to_container(struct __sk_buff *skb)
 	struct iphdr *ip4;
 	__u32 bytes = skb->len, ifindex = skb->ifindex;
 	__u8 tcp_flags, closed = 0;
-	int l4, ct = MB_CT_NEW;
+	int l4, drop, ct = MB_CT_NEW;
 
 	if (!eth)
 		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
@@ -206,29 +202,25 @@ static __always_inline int mb_to_container(struct __sk_buff *skb)
 		return mb_drop(MB_DROP_NO_ENDPOINT, MB_DIR_INGRESS);
 
 	l4 = mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
-	if (l4 == MB_L4_INVALID)
-		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
-	if (l4 == MB_L4_TRACKED)
-		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
-	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
-		ct = MB_CT_RELATED;
-	if (ct == MB_CT_ESTABLISHED || ct == MB_CT_REPLY) {
-		int drop = mb_flow_recheck(skb, &tuple, ct, tcp_flags, entry, MB_DIR_INGRESS, ifindex);
-
-		if (drop)
-			return drop;
-	}
+	drop = mb_flow_classify(skb, ip4, &tuple, l4, tcp_flags, bytes, MB_DIR_INGRESS, ifindex, &ct, &closed, &entry);
+	if (drop)
+		return drop;
 
 	if (ct == MB_CT_NEW) {
 		/* Host or outside towards the pod: the sender's identity comes
 		 * from the ipcache (the node's own addresses are HOST there),
 		 * its CIDR identity from its address. */
 		struct mb_ipcache_value *cached = mb_ipcache_lookup(tuple.saddr);
-		__u32 src_identity = cached ? cached->sec_identity : MB_IDENTITY_WORLD;
-		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, 0, dst, src_identity,
-				       mb_cidr_identity_of(tuple.saddr, cached), dst->sec_identity, 0,
-				       dst, MB_DIR_INGRESS, ifindex);
+		struct mb_flow_facts flow = {
+			.tuple = &tuple, .l4 = l4, .tcp_flags = tcp_flags, .hook_dir = MB_DIR_INGRESS,
+			.egress_ep = 0, .ingress_ep = dst, .hook_ep = dst,
+			.src_identity = cached ? cached->sec_identity : MB_IDENTITY_WORLD,
+			.dst_identity = dst->sec_identity,
+			.src_cidr = mb_cidr_identity_of(tuple.saddr, cached), .dst_cidr = 0,
+			.ifindex = ifindex,
+		};
 
+		drop = mb_flow_new(skb, &flow);
 		if (drop)
 			return drop;
 	} else if (closed) {

@@ -54,7 +54,7 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 	struct iphdr *ip4 = mb_ipv4_header(skb);
 	__u32 bytes = skb->len, dst_ifindex;
 	__u8 tcp_flags, trust, closed = 0;
-	int l4, ct = MB_CT_NEW;
+	int l4, drop, ct = MB_CT_NEW;
 
 	if (!ip4)
 		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
@@ -72,27 +72,24 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 		return mb_drop(MB_DROP_NO_ENDPOINT, MB_DIR_INGRESS);
 	dst_ifindex = dst->ifindex;
 
-	if (l4 == MB_L4_INVALID)
-		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
-	if (l4 == MB_L4_TRACKED)
-		ct = mb_ct_lookup(&tuple, tcp_flags, bytes, &closed, &entry);
-	else if (tuple.nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
-		ct = MB_CT_RELATED;
-	if (ct == MB_CT_ESTABLISHED || ct == MB_CT_REPLY) {
-		int drop = mb_flow_recheck(skb, &tuple, ct, tcp_flags, entry, MB_DIR_INGRESS, dst_ifindex);
-
-		if (drop)
-			return drop;
-	}
+	drop = mb_flow_classify(skb, ip4, &tuple, l4, tcp_flags, bytes, MB_DIR_INGRESS, dst_ifindex, &ct, &closed,
+				&entry);
+	if (drop)
+		return drop;
 
 	if (ct == MB_CT_NEW) {
 		/* Ingress of the destination from the VNI's identity, and the
 		 * CIDR identity of the inner source address (this node's own
 		 * ipBlock prefixes); the sender's egress was judged on its node. */
-		int drop = mb_flow_new(skb, &tuple, l4, tcp_flags, 0, dst, src_identity,
-				       mb_cidr_identity(tuple.saddr), dst->sec_identity, 0,
-				       dst, MB_DIR_INGRESS, dst_ifindex);
+		struct mb_flow_facts flow = {
+			.tuple = &tuple, .l4 = l4, .tcp_flags = tcp_flags, .hook_dir = MB_DIR_INGRESS,
+			.egress_ep = 0, .ingress_ep = dst, .hook_ep = dst,
+			.src_identity = src_identity, .dst_identity = dst->sec_identity,
+			.src_cidr = mb_cidr_identity(tuple.saddr), .dst_cidr = 0,
+			.ifindex = dst_ifindex,
+		};
 
+		drop = mb_flow_new(skb, &flow);
 		if (drop)
 			return drop;
 	} else if (closed) {

@@ -38,20 +38,34 @@ static __always_inline void mb_event_policy(struct mb_flow_event *ev, __u16 endp
  * untracked one (judged alone). Egress policy of the sending endpoint, then
  * ingress policy of the receiving one (either may be absent: the host or
  * the outside), then a conntrack entry remembering that the flow is allowed.
- * src_cidr/dst_cidr: CIDR identities of the addresses (lib/ipcache.h), each
- * judged with the peer's identity (0: none; only read by the side judging).
- * hook_ep/hook_dir: the endpoint and direction of the veth we run on.
+ * The facts come in a struct mb_flow_facts (named fields, not a dozen positional
+ * arguments that are easy to swap); the function is inlined, so the struct
+ * costs nothing at run time.
  * Returns 0 to forward, or a drop code (mb_drop_flow).
  */
-static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_ct_tuple4 *tuple,
-					   int l4, __u8 tcp_flags,
-					   const struct mb_endpoint_info *egress_ep,
-					   const struct mb_endpoint_info *ingress_ep,
-					   __u32 src_identity, __u32 src_cidr,
-					   __u32 dst_identity, __u32 dst_cidr,
-					   const struct mb_endpoint_info *hook_ep, __u8 hook_dir,
-					   __u32 ifindex)
+struct mb_flow_facts {
+	const struct mb_ct_tuple4 *tuple;
+	int l4;                                /* MB_L4_*: only MB_L4_TRACKED gets an entry */
+	__u8 tcp_flags;
+	__u8 hook_dir;                         /* direction of the hook we run in */
+	const struct mb_endpoint_info *egress_ep;  /* sending local pod, judged on egress (or 0) */
+	const struct mb_endpoint_info *ingress_ep; /* receiving local pod, judged on ingress (or 0) */
+	const struct mb_endpoint_info *hook_ep;    /* the endpoint of the veth we run on */
+	__u32 src_identity, dst_identity;
+	/* CIDR identities of the addresses (lib/ipcache.h), each judged with the
+	 * peer's identity (0: none; only read by the side judging). */
+	__u32 src_cidr, dst_cidr;
+	__u32 ifindex;                         /* reported in events */
+};
+
+static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_flow_facts *f)
 {
+	const struct mb_ct_tuple4 *tuple = f->tuple;
+	const struct mb_endpoint_info *egress_ep = f->egress_ep, *ingress_ep = f->ingress_ep;
+	__u32 src_identity = f->src_identity, dst_identity = f->dst_identity;
+	__u32 src_cidr = f->src_cidr, dst_cidr = f->dst_cidr, ifindex = f->ifindex;
+	__u8 tcp_flags = f->tcp_flags, hook_dir = f->hook_dir;
+	int l4 = f->l4;
 	struct mb_flow_event *ev;
 	__u16 policy_flags = 0;
 	/* Read before judging: a revision bumped meanwhile makes the next
@@ -85,7 +99,7 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_ct
 		policy_flags |= MB_CT_F_POLICY_INGRESS;
 	}
 
-	mb_event_policy(ev, hook_ep->endpoint_id, 0, hook_dir);
+	mb_event_policy(ev, f->hook_ep->endpoint_id, 0, hook_dir);
 	if (l4 != MB_L4_TRACKED)
 		return 0;
 	if (mb_ct_create(tuple, tcp_flags, skb->len, src_identity, dst_identity, policy_flags,
@@ -210,6 +224,30 @@ static __always_inline int mb_flow_recheck(struct __sk_buff *skb, const struct m
 	entry->policy_rev = policy_rev;
 	entry->src_identity = src_identity;
 	entry->dst_identity = dst_identity;
+	return 0;
+}
+
+/*
+ * Conntrack classification of a parsed IPv4 packet, the same in every hook:
+ * a malformed L4 header is dropped; TCP/UDP are looked up (ct, closed, entry
+ * set); an ICMP error about a known flow is MB_CT_RELATED; a packet of a
+ * known flow has the flow judged again if the policy changed (mb_flow_recheck).
+ * *ct stays MB_CT_NEW for a first packet or an untracked one.
+ * Returns 0 to go on, or a drop code.
+ */
+static __always_inline int mb_flow_classify(struct __sk_buff *skb, struct iphdr *ip4,
+					    const struct mb_ct_tuple4 *tuple, int l4, __u8 tcp_flags,
+					    __u32 bytes, __u8 dir, __u32 ifindex, int *ct, __u8 *closed,
+					    struct mb_ct_entry **entry)
+{
+	if (l4 == MB_L4_INVALID)
+		return mb_drop(MB_DROP_INVALID_PACKET, dir);
+	if (l4 == MB_L4_TRACKED)
+		*ct = mb_ct_lookup(tuple, tcp_flags, bytes, closed, entry);
+	else if (tuple->nexthdr == MB_IPPROTO_ICMP && mb_ct_icmp_related(skb, ip4))
+		*ct = MB_CT_RELATED;
+	if (*ct == MB_CT_ESTABLISHED || *ct == MB_CT_REPLY)
+		return mb_flow_recheck(skb, tuple, *ct, tcp_flags, *entry, dir, ifindex);
 	return 0;
 }
 
