@@ -32,7 +32,7 @@ for _ in range(int(sys.argv[4])):
         s.sendto(bytes.fromhex(sys.argv[1]), (sys.argv[2], int(sys.argv[3])))
     except OSError as e:
         print("error", e)
-    time.sleep(0.05)
+    time.sleep(0.05)  # paces the forged datagrams
 print("uid", os.geteuid())
 """
 

@@ -402,7 +402,7 @@ class ProbeCluster:
                     for src, targets in per_source.items()}
             for src, request_id in sent.items():
                 self.probers[src].receive(request_id)
-            time.sleep(0.25)
+            time.sleep(0.25)  # SCTP datagrams have no answer to wait on: give them time to land
             destinations = {dst for _, dst in wanted}
             asked = {dst: self.probers[dst].send("sctp_seen", tag=tag) for dst in destinations}
             arrived: set[tuple[str, str]] = set()

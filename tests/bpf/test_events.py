@@ -194,7 +194,7 @@ def test_aggregated_event_counts_the_suppressed_drops(datapath, events: Collecto
     frame_port = next(_ports)
     fd = datapath.program_fd("from_container")
     prog_test_run(fd, spoofed(frame_port), ingress_ifindex=EP_A.ifindex, repeat=50)
-    time.sleep(0.15)
+    time.sleep(0.15)  # what is tested: the 100 ms aggregation window elapses, so the next drop is reported
     prog_test_run(fd, spoofed(frame_port), ingress_ifindex=EP_A.ifindex)
     first, second = events.drain()
     assert (first.count, second.count) == (1, 50)

@@ -169,7 +169,7 @@ def test_agent_in_kubernetes_mode(lab: KubeLab) -> None:
     # --- operator restart: enforcement continues meanwhile, then a resync ---------------------
     lab.stop_operator()
     lab.networking.delete_namespaced_network_policy("db-from-web-81", "shop")  # while no operator runs
-    time.sleep(1.0)
+    time.sleep(1.0)  # observation window: the operator stays away, the agent must keep enforcing
     st = status(node)  # the last applied state stays enforced: nothing flushed, still ready
     assert st["ready"]
     assert not connect(other, db_ip, 80) and connect(web, db_ip, 80) and connect(web, db_ip, 81)

@@ -15,6 +15,7 @@ import pytest
 from membrane.lab import netns
 from membrane.lab.cluster import KubeLab
 from membrane.lab.node import LabNode, tool
+from membrane.testing.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 
@@ -27,12 +28,13 @@ def observe(node: LabNode, *args: str) -> list[dict[str, object]]:
 
 
 def wait_flows(node: LabNode, *args: str, timeout: float = 10.0) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = observe(node, *args)
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
+    found: list[dict[str, object]] = []
+
+    def some() -> bool:
+        found[:] = observe(node, *args)
+        return bool(found)
+    wait_for(some, timeout, 0.2, f"flows matching {' '.join(args)}")
+    return found
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -16,6 +15,7 @@ from kubernetes import client
 
 from membrane.operator.config import parse_config
 from membrane.testing.kubeapi import KubeApiServer
+from membrane.testing.waiting import wait_for
 
 
 def free_port() -> int:
@@ -52,21 +52,17 @@ def test_operator_process_probes_metrics_and_release() -> None:
         process = subprocess.Popen([sys.executable, "-m", "membrane.operator.main"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 20
-            while get(f"http://127.0.0.1:{http_port}/readyz")[0] != 200:
+            def ready() -> bool:
                 assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
-                assert time.monotonic() < deadline, "operator never became ready"
-                time.sleep(0.1)
+                return get(f"http://127.0.0.1:{http_port}/readyz")[0] == 200
+            wait_for(ready, 20, 0.1, "the operator's /readyz")
             assert get(f"http://127.0.0.1:{http_port}/healthz")[0] == 200
             status, metrics = get(f"http://127.0.0.1:{http_port}/metrics")
             assert status == 200 and "membrane_operator_is_leader" in metrics
             assert "membrane_operator_state_propagation_seconds_bucket" in metrics
             leases = client.CoordinationV1Api(api.api_client())
-            deadline = time.monotonic() + 10
-            while leases.read_namespaced_lease("membrane-operator", "kube-system") \
-                    .spec.holder_identity != "op-proc":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            wait_for(lambda: leases.read_namespaced_lease("membrane-operator", "kube-system")
+                     .spec.holder_identity == "op-proc", 10, 0.1, "op-proc to hold the lease")
         finally:
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0

@@ -203,7 +203,7 @@ def test_leader_killed_standby_takes_over_nothing_reassigned(
         assert wait_for(lambda: second.metric("membrane_operator_is_leader") == 1)
         takeover = time.monotonic() - killed_at
         assert takeover < 10, takeover
-        time.sleep(1.0)  # a few leader passes: nothing may be rewritten
+        time.sleep(1.0)  # observation window: a few leader passes, nothing may be rewritten
         assert identities(api_client) == ids_before and pod_cidrs(core) == cidrs_before
         assert second.metric("membrane_operator_identity_allocations_total") == 0
         assert second.metric("membrane_operator_pod_cidr_writes_total") == 0
@@ -248,7 +248,7 @@ def test_api_restart_and_forced_410_converge(api: KubeApiServer, procs: list[Ope
                        b'{"metadata": {"labels": {"app": "db"}}}'))
         handle(Request("DELETE", "/api/v1/nodes/n3"))
         api.compact()
-        time.sleep(0.5)
+        time.sleep(0.5)  # the outage being tested: the API is down this long
         api.start()
         assert wait_for(lambda: op.metric(
             'membrane_operator_watch_lists_total{resource="pods",reason="expired"}') > expired_before,

@@ -182,7 +182,7 @@ def test_a_pod_cannot_send_to_any_nodes_tunnel_port(cluster: Cluster) -> None:
     assert {(f["source_ip"], f["destination_ip"], f["destination_port"]) for f in flows} >= \
         {(c.untrusted.ip, c.ip1, VXLAN_PORT), (c.untrusted.ip, c.ip2, VXLAN_PORT)}, flows
     assert {f["source"]["pod"] for f in flows} == {"untrusted"}
-    time.sleep(0.3)
+    time.sleep(0.3)  # observation window: a forged packet let through would have arrived by now
     assert not c.a_got("forged-by-pod"), c.received
 
 
@@ -195,7 +195,7 @@ def test_vxlan_from_a_host_that_is_no_node_is_dropped(cluster: Cluster) -> None:
     flows = observe(c.n1, "--drop-reason", "UNKNOWN_TUNNEL_PEER")
     assert any(f["source_ip"] == c.trusted.ip and f["destination_ip"] == c.a.ip
                and f["source"]["identity"] == trusted_id for f in flows), flows  # the identity it claimed
-    time.sleep(0.3)
+    time.sleep(0.3)  # observation window: a forged packet let through would have arrived by now
     assert not c.a_got("forged-by-stranger"), c.received
 
 
@@ -208,7 +208,7 @@ def test_a_node_cannot_speak_for_sources_it_does_not_own(cluster: Cluster) -> No
     assert wait_for(lambda: dropped(c.n1, "tunnel_source_not_owned", "ingress") == before + 6, 5)
     sources = {f["source_ip"] for f in observe(c.n1, "--drop-reason", "TUNNEL_SOURCE_NOT_OWNED")}
     assert {FOREIGN, c.b.ip} <= sources
-    time.sleep(0.3)
+    time.sleep(0.3)  # observation window: a forged packet let through would have arrived by now
     assert not [line for line in c.received if "forged" in line], c.received
 
 
@@ -230,5 +230,5 @@ def test_the_rules_hold_across_an_agent_restart(cluster: Cluster) -> None:
     before = dropped(c.n1, "unknown_tunnel_peer", "ingress")
     send(c.rogue, vxlan(identity(c.n2, "trusted"), c.trusted.ip, c.a.ip, "forged-after-restart"), c.ip1)
     assert wait_for(lambda: dropped(c.n1, "unknown_tunnel_peer", "ingress") == before + 3, 5)
-    time.sleep(0.3)
+    time.sleep(0.3)  # observation window: a forged packet let through would have arrived by now
     assert not c.a_got("forged-after-restart"), c.received

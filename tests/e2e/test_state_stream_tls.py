@@ -225,7 +225,7 @@ def test_rotation_under_a_live_stream_drops_nothing(cluster: Cluster, tmp_path: 
             cluster.core.patch_namespaced_pod_status(f"p{index}", "shop", [
                 {"op": "add", "path": "/status/podIP", "value": f"10.200.0.{index % 250 + 2}"}])
             index += 1
-            time.sleep(0.25)
+            time.sleep(0.25)  # paces the writes across the stream's lifetime
         final = cluster.operator.state.version
         assert wait_for(lambda: versions[-1] >= final), (versions[-5:], final)
         with lock:

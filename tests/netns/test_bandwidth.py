@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from membrane import cni_types as c
 from membrane.lab import netns
 from membrane.lab.node import LabNode, Pod
+from membrane.testing.waiting import wait_for
 
 RATE = 20_000_000  # bits/s
 BURST = 256_000  # bits (32 kB): small next to what a few seconds at RATE carry
@@ -38,10 +38,10 @@ def goodput(server: Pod, client: Pod, port: int = 5201) -> float:
     proc = netns.popen_in(server.netns, ["iperf3", "-s", "-1", "-B", server.ip, "-p", str(port)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while not netns.exec_in(server.netns, ["ss", "-Hltn", f"sport = :{port}"]).stdout.strip():
-            assert time.monotonic() < deadline and proc.poll() is None, "iperf3 server did not start"
-            time.sleep(0.05)
+        def listening() -> bool:
+            assert proc.poll() is None, "iperf3 server exited"
+            return bool(netns.exec_in(server.netns, ["ss", "-Hltn", f"sport = :{port}"]).stdout.strip())
+        wait_for(listening, 10, 0.05, "the iperf3 server to listen")
         out = client.exec(["iperf3", "-c", server.ip, "-p", str(port), "-t", str(SECONDS), "-O", "1", "-J"],
                           timeout=SECONDS + 30).stdout
     finally:
