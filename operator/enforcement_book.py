@@ -12,8 +12,9 @@ least that version. `annotations` turns this into what the operator writes on ea
   while a newer generation is on its way), so `kubectl wait --for=jsonpath=...` on it against
   the policy's generation is "applied means enforced" for Kubernetes users.
 
-M counts the cluster's Node objects: a node whose agent never acked (down, not subscribed to
-this operator replica) counts as not enforcing, never as enforcing.
+M counts the cluster's Node objects: a node whose agent never acked (down, or not yet moved
+to the leader, the only replica that serves the stream) counts as not enforcing, never as
+enforcing.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class OperatorMetrics:
                                    ["kind"], registry=r)
         self.stream_refused = Counter(PREFIX + "state_stream_refused_total",
                                       "Subscriptions and acks refused (no or wrong certificate, "
-                                      "unknown node, expired certificate)", ["reason"], registry=r)
+                                      "unknown node, expired certificate, not the leader)", ["reason"], registry=r)
         self.csrs = Counter(PREFIX + "csr_decisions_total",
                             "CertificateSigningRequests for membrane.io/agent decided",
                             ["decision"], registry=r)

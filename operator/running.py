@@ -88,7 +88,8 @@ class Operator:
         self.tls = not config.insecure_plaintext
         self.servicer = StateServicer(self.state, self.tracker, self.metrics,
                                       ready=lambda: self.state_built, tls=self.tls,
-                                      node_known=self._node_known)
+                                      node_known=self._node_known,
+                                      leading=lambda: self.is_leader)
         self.serving_cert: ServingCertificate | None = None
         self.csr_signer: CsrSigner | None = None
         # Per policy: how many nodes enforce its current spec (annotations, leader only).
@@ -199,6 +200,7 @@ class Operator:
         self.cache.events.put(None)  # type: ignore[arg-type]
 
     def _leadership_changed(self) -> None:
+        self.servicer.leadership_changed()  # a replica that stepped down ends its streams
         self.kick()
 
     def _install_crds(self) -> None:

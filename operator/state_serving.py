@@ -1,7 +1,12 @@
 """The gRPC StateService: Subscribe (snapshot or missing deltas, then deltas; acks come back on
 the same stream) and the unary Ack of older agents.
 
-Every replica serves the stream from its own `StateLog`; agents may connect to any. The server
+Only the leader serves the stream (`leading`): acks count only where the leader counts them (the
+per-policy `membrane.io/enforced` annotation is the leader's), so a standby refuses Subscribe and
+Ack with UNAVAILABLE and the trailing metadata `membrane-not-leader: 1`, its health status for
+the StateService is NOT_SERVING, and a leader that steps down ends its open streams the same way.
+Agents take that as "retry soon on a new connection" (the Service may pick the other replica).
+Every replica keeps its own `StateLog` up to date, so a new leader serves at once. The server
 is `grpc.aio` on one event loop thread shared by every server of the process: a subscriber is
 a suspended coroutine, not a thread, so a thousand agents cost a thousand small tasks. Updates
 are sent as the bytes the log encoded at commit (the stream's response serializer is the
@@ -51,6 +56,10 @@ SERVICE = "membrane.state.v1.StateService"
 CODEC = Codec(encode_change, update_bytes, snapshot_chunks)
 READY_POLL = 0.05  # how often a subscriber that came before the first state checks again
 STREAM_ACKS = (("membrane-stream-acks", "1"),)  # initial metadata: acks on the stream welcome
+# Trailing metadata of a refusal by a replica that does not lead (the agent's state client
+# knows the key: retry soon, on a new connection).
+NOT_LEADER = (("membrane-not-leader", "1"),)
+NOT_LEADER_REASON = "not the leader: reconnect (the Service picks another replica)"
 # A batch stays small: gRPC copies every message into each subscriber's own send buffer, so a
 # thousand lagging subscribers hold up to a thousand batches in flight at once.
 BATCH_BYTES = 64 << 10
@@ -115,12 +124,17 @@ class Refused(Exception):
 class StateServicer:
     """`tls`: every call must come with a client certificate (mutual TLS, checked against the
     CA by gRPC at the handshake) naming the node it subscribes or acks as. `node_known`: a
-    subscription or ack for a node with no Node object is refused (None: not checked)."""
+    subscription or ack for a node with no Node object is refused (None: not checked).
+    `leading`: whether this replica leads now; streams and acks are refused while it does not
+    (None: always, one operator without election). Call `wake()` (via `leadership_changed`)
+    when it changes so open streams notice."""
 
     def __init__(self, state: StateLog, tracker: PropagationTracker, metrics: OperatorMetrics,
                  ready: Callable[[], bool], tls: bool = False,
-                 node_known: Callable[[str], bool] | None = None) -> None:
+                 node_known: Callable[[str], bool] | None = None,
+                 leading: Callable[[], bool] | None = None) -> None:
         self.tls = tls
+        self.leading = leading or (lambda: True)
         self.node_known = node_known
         self.state = state
         self.tracker = tracker
@@ -138,6 +152,18 @@ class StateServicer:
     # --- waking streams -----------------------------------------------------------------------
     def _committed(self) -> None:  # any thread
         self.loop.call_soon_threadsafe(self.wake)
+
+    def leadership_changed(self) -> None:  # any thread
+        """Open streams check `leading` again (a replica that stepped down ends them)."""
+        self._committed()
+
+    def serving(self) -> bool:
+        """What the health service says: the state is built and this replica leads."""
+        return self.ready() and self.leading()
+
+    async def _refuse_standby(self, context: aio.ServicerContext[Any, Any]) -> None:
+        self.metrics.stream_refused.labels("not_leader").inc()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, NOT_LEADER_REASON, NOT_LEADER)
 
     def wake(self) -> None:  # on the loop
         tick, self._tick = self._tick, None
@@ -175,11 +201,15 @@ class StateServicer:
         except Refused as refused:
             self.metrics.stream_refused.labels(refused.label).inc()
             await context.abort(refused.code, refused.reason)
+        if not self.leading():
+            await self._refuse_standby(context)
         await context.send_initial_metadata(STREAM_ACKS)
         while not self.ready():
             if self.stopping:
                 return
             await asyncio.sleep(READY_POLL)
+        if not self.leading():
+            await self._refuse_standby(context)
         if self.node_known is not None and not self.node_known(node):
             self.metrics.stream_refused.labels("unknown_node").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no Node named {node!r}")
@@ -196,6 +226,8 @@ class StateServicer:
             if request.stream_id == self.state.stream_id:
                 sent = request.last_applied_version
             while not self.stopping:
+                if not self.leading():
+                    await self._refuse_standby(context)  # stepped down: the agent moves on
                 tick = self._next_tick()
                 wires = self.state.wire_after(sent) if sent >= 0 else None
                 if wires is None:
@@ -284,6 +316,8 @@ class StateServicer:
         except Refused as refused:
             self.metrics.stream_refused.labels(refused.label).inc()
             await context.abort(refused.code, refused.reason)
+        if not self.leading():
+            await self._refuse_standby(context)
         if request.stream_id and request.stream_id != self.state.stream_id:
             return pb.AckResponse()  # an ack for another operator's history measures nothing
         self.tracker.acked(request.node_name, request.version, time.monotonic())
@@ -293,9 +327,9 @@ class StateServicer:
 class AsyncServer:
     """A started `grpc.aio` server on the shared loop, driven from synchronous code.
 
-    Besides the StateService it answers gRPC health checks (the StateService is NOT_SERVING
-    until the first full state is built, then SERVING until the server stops) and server
-    reflection (`membrane.grpc_standard`).
+    Besides the StateService it answers gRPC health checks (the StateService is SERVING while
+    the first full state is built and this replica leads, NOT_SERVING otherwise and once the
+    server stops) and server reflection (`membrane.grpc_standard`).
     """
 
     def __init__(self, servicer: StateServicer, address: str,
@@ -336,11 +370,16 @@ class AsyncServer:
         return server.add_secure_port(address, self.credentials)
 
     async def _report_ready(self) -> None:
-        """SERVING once the servicer is ready (the same wait a subscriber does)."""
-        while not self.servicer.ready():
-            await asyncio.sleep(READY_POLL)
+        """SERVING while the servicer serves (built and leading), polled: leadership comes and
+        goes for the life of the server."""
         assert self.standard is not None
-        await self.standard.set_serving_async(True)
+        serving = False
+        while True:
+            now = self.servicer.serving()
+            if now != serving:
+                serving = now
+                await self.standard.set_serving_async(serving)
+            await asyncio.sleep(READY_POLL)
 
     async def _stop(self, grace: float) -> None:
         if self._readiness is not None:

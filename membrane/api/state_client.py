@@ -17,6 +17,12 @@ client acks with the unary `Ack` RPC as before.
 A client that lagged may get several versions in one delta (`StateUpdate.base_version` below
 `version - 1`); `apply` must take such an update as one step from `base_version` to `version`.
 
+Only the operator that leads serves the stream (its acks are the ones that count). A standby
+replica refuses with UNAVAILABLE and the trailing metadata `membrane-not-leader`; the client
+then closes its channel (a new connection lets the Service pick another replica) and retries
+after a short jittered delay of its own (`standby_backoff`: a refusal is no outage, so the
+connection backoff does not grow), keeping what it applied and its resume point.
+
 An agent that persists its applied state can persist `last_version` and `stream_id` with it
 and pass them back in after a restart to resume without a snapshot.
 """
@@ -42,6 +48,16 @@ from membrane.tls.material import Material
 log = logging.getLogger(__name__)
 
 STREAM_ACKS_KEY = "membrane-stream-acks"  # initial metadata of an operator that takes stream acks
+NOT_LEADER_KEY = "membrane-not-leader"  # trailing metadata of a refusal by a standby replica
+
+
+def refused_as_standby(exc: grpc.RpcError) -> bool:
+    """The call was refused by an operator replica that does not lead (retry soon, elsewhere)."""
+    code = getattr(exc, "code", None)
+    trailing = getattr(exc, "trailing_metadata", None)
+    if code is None or trailing is None or code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return any(key == NOT_LEADER_KEY for key, _ in trailing() or ())
 
 
 class StateClient:
@@ -61,6 +77,10 @@ class StateClient:
         self.last_version = last_version
         self.stream_id = stream_id
         self.backoff = backoff or Backoff(initial=0.1, maximum=10.0)
+        # After a standby's refusal: short and jittered (agents that all landed on the standby
+        # do not come back in step), capped low (the leader is up, a new connection finds it).
+        self.standby_backoff = Backoff(initial=0.05, maximum=0.5)
+        self.standby_refusals = 0  # (for tests and metrics)
         self.auto_ack = ack
         self.connects = 0  # subscriptions started (for tests and metrics)
         self.acked_version = 0  # newest version acked in `stream_id` (sent again when resubscribing)
@@ -87,19 +107,32 @@ class StateClient:
     def run(self) -> None:
         """Subscribe until stopped, reconnecting with backoff."""
         while not self._stop.is_set():
+            delay: float | None = None
             try:
                 self.subscribe_once()
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     break
-                log.info("state stream from %s ended: %s", self.target,
-                         exc.code() if hasattr(exc, "code") else exc)
+                if refused_as_standby(exc):
+                    self.standby_refusals += 1
+                    self._drop_channel()  # a new connection: the Service may pick the leader
+                    delay = self.standby_backoff.next()
+                    log.debug("state stream: %s is not the leader; retrying in %.2fs",
+                              self.target, delay)
+                else:
+                    log.info("state stream from %s ended: %s", self.target,
+                             exc.code() if hasattr(exc, "code") else exc)
             except Exception:  # noqa: BLE001 - a failing apply must not kill the client
                 log.exception("state stream: applying an update failed; resubscribing")
             finally:
                 self.connected.clear()
             if not self._stop.is_set():
-                self._stop.wait(self.backoff.next())
+                self._stop.wait(self.backoff.next() if delay is None else delay)
+
+    def _drop_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     # --- one subscription ---------------------------------------------------------------------
     def _ensure_channel(self) -> grpc.Channel:
@@ -157,6 +190,7 @@ class StateClient:
                 self.last_version, self.stream_id = update.version, update.stream_id
                 self.acked_version = max(self.acked_version, ack_version)
                 self.backoff.reset()
+                self.standby_backoff.reset()
                 if self.auto_ack and ack_version > 0:
                     if stream_acks is None:
                         stream_acks = any(key == STREAM_ACKS_KEY

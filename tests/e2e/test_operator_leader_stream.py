@@ -1,0 +1,198 @@
+"""Two operator replicas behind one Service address: only the leader serves the state stream,
+so the per-policy `membrane.io/enforced: "N/M"` (written by the leader from the acks it
+receives) counts every node whatever replica an agent's connection lands on (issue 9.3).
+
+The API stand-in, two real `membrane-operator` processes (Lease election), a `ServiceProxy`
+that sends each new connection to the next replica in turn, the standby first (as kube-proxy
+spreads connections), and simulated agents: the real `StateClient` with node certificates
+(mutual TLS through the proxy). Checked: agents that land on the standby are refused and find
+the leader, and the annotation reaches 3/3; the leader is killed (SIGKILL, lease not
+released): the standby takes the lease, the agents reconnect to it, and an edit of the policy
+(a new generation) reaches 3/3 at that generation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from membrane.api.backoff import Backoff
+from membrane.api.state_client import StateClient
+from membrane.api.state_objects import Kind, StateUpdate, apply_update
+from membrane.testing.kubeapi import KubeApiServer
+from membrane.testing.service_proxy import ServiceProxy
+from membrane.testing.tls import node_material
+from membrane.testing.waiting import wait_for
+
+NODES = ("n1", "n2", "n3")
+ENFORCED, GENERATION = "membrane.io/enforced", "membrane.io/enforced-generation"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OperatorProcess:
+    def __init__(self, api: KubeApiServer, name: str, log_dir: Path) -> None:
+        self.name, self.http, self.grpc = name, free_port(), free_port()
+        self.log_path = log_dir / f"{name}.log"
+        env = {**os.environ, "MEMBRANE_API_SERVER": api.url, "MEMBRANE_POD_NAME": name,
+               "MEMBRANE_INSTALL_CRDS": "true", "MEMBRANE_CLUSTER_CIDR": "10.221.0.0/16",
+               "MEMBRANE_HTTP_ADDR": f"127.0.0.1:{self.http}",
+               "MEMBRANE_GRPC_ADDR": f"127.0.0.1:{self.grpc}",
+               "MEMBRANE_LEASE_DURATION_SECONDS": "3", "MEMBRANE_RENEW_DEADLINE_SECONDS": "2",
+               "MEMBRANE_RETRY_PERIOD_SECONDS": "0.3", "MEMBRANE_RESYNC_SECONDS": "0.2"}
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "membrane.operator.main"], env=env,
+                                         stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+
+    def metric(self, name: str) -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        base, _, labels = name.partition("{")
+        wanted = [part for part in labels.rstrip("}").split(",") if part]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(base) and line[len(base):len(base) + 1] in (" ", "{")
+                   and all(part in line for part in wanted))
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=2) as r:
+                return int(r.status) == 200
+        except (urllib.error.HTTPError, OSError):
+            return False
+
+    def wait_ready(self) -> None:
+        assert wait_for(lambda: self.ready() or self.proc.poll() is not None, timeout=30) \
+            and self.proc.poll() is None, self.log_path.read_text()[-3000:]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Agent:
+    """A node's end of the stream: applies every update and acks it (the real client)."""
+
+    def __init__(self, node: str, target: str, api: KubeApiServer) -> None:
+        self.node, self.state, self.lock = node, {}, threading.Lock()
+        material = node_material(api, node)
+        self.client = StateClient(target, node, self.apply,
+                                  backoff=Backoff(initial=0.05, maximum=0.5), tls=lambda: material)
+        self.client.start()
+
+    def apply(self, update: StateUpdate) -> None:
+        with self.lock:
+            apply_update(self.state, update)
+
+    def policy(self, key: str) -> object:
+        with self.lock:
+            return self.state.get((Kind.POLICY, key))
+
+
+@pytest.fixture
+def api() -> Iterator[KubeApiServer]:
+    with KubeApiServer(port=0) as server:
+        yield server
+
+
+def lease_holder(api_client: client.ApiClient) -> str:
+    try:
+        lease = client.CoordinationV1Api(api_client).read_namespaced_lease(
+            "membrane-operator", "kube-system")
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
+    return lease.spec.holder_identity or ""
+
+
+def db_policy(port: int) -> dict:
+    return {"metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                  "ports": [{"port": port, "protocol": "TCP"}]}]}}
+
+
+def test_enforced_counts_every_node_whatever_replica_agents_land_on(
+        api: KubeApiServer, tmp_path: Path) -> None:
+    api_client = api.api_client()
+    core, net = client.CoreV1Api(api_client), client.NetworkingV1Api(api_client)
+    core.create_namespace({"metadata": {"name": "shop"}})
+    for index, node in enumerate(NODES):
+        core.create_node({"metadata": {"name": node}, "status": {
+            "addresses": [{"type": "InternalIP", "address": f"192.0.2.{index + 1}"}]}})
+    procs: list[OperatorProcess] = []
+    agents: list[Agent] = []
+    proxy: ServiceProxy | None = None
+    try:
+        leader = OperatorProcess(api, "op-a", tmp_path)
+        procs.append(leader)
+        leader.wait_ready()
+        assert wait_for(lambda: lease_holder(api_client) == "op-a")
+        standby = OperatorProcess(api, "op-b", tmp_path)
+        procs.append(standby)
+        standby.wait_ready()
+        # The Service: connections alternate between the replicas, the standby first.
+        proxy = ServiceProxy([("127.0.0.1", leader.grpc), ("127.0.0.1", standby.grpc)], first=1)
+        agents = [Agent(node, proxy.address, api) for node in NODES]
+
+        def annotations() -> dict[str, str]:
+            obj = net.read_namespaced_network_policy("db", "shop")
+            return {k: v for k, v in (obj.metadata.annotations or {}).items()
+                    if k in (ENFORCED, GENERATION)}
+
+        net.create_namespaced_network_policy("shop", db_policy(80))
+        assert wait_for(lambda: annotations() == {ENFORCED: "3/3", GENERATION: "1"}, timeout=30), \
+            (annotations(), proxy.connections)
+        # Agents did land on the standby, and it sent them on.
+        assert proxy.connections[1] >= 2, proxy.connections
+        assert sum(a.client.standby_refusals for a in agents) >= 2
+        assert standby.metric('membrane_operator_state_stream_refused_total{reason="not_leader"}') >= 2
+        assert standby.metric("membrane_operator_state_subscribers") == 0
+        assert leader.metric("membrane_operator_state_subscribers") == 3
+        first_stream = {a.client.stream_id for a in agents}
+        assert len(first_stream) == 1
+
+        # The leader dies without releasing the lease: the standby takes over, the agents
+        # reconnect to it (refused until it leads), and a new generation is counted 3/3.
+        leader.stop(signal.SIGKILL)
+        assert wait_for(lambda: lease_holder(api_client) == "op-b", timeout=15)
+        assert wait_for(lambda: standby.metric("membrane_operator_state_subscribers") == 3, timeout=15)
+        net.patch_namespaced_network_policy("db", "shop", {"spec": db_policy(81)["spec"]})
+        assert wait_for(lambda: annotations() == {ENFORCED: "3/3", GENERATION: "2"}, timeout=30), \
+            annotations()
+        streams = {a.client.stream_id for a in agents}
+        assert len(streams) == 1 and streams != first_stream  # all on the new leader's stream
+        assert all(a.policy("shop/db") is not None for a in agents)
+        for proc in procs:
+            assert "Traceback" not in proc.log_path.read_text(), proc.log_path.read_text()[-3000:]
+    finally:
+        for agent in agents:
+            agent.client.stop()
+        if proxy is not None:
+            proxy.close()
+        for proc in procs:
+            proc.stop()
+        api_client.close()
