@@ -1,14 +1,14 @@
 """Endpoint manager: one endpoint per pod interface, from CNI ADD to DEL.
 
-Holds the endpoint records (persisted, one file each), the node's IPAM pool (persisted), and
-keeps the datapath's endpoint map equal to what the records say. Kernel and netlink work goes
+Holds the endpoint records (persisted, one row each in the state store), the node's IPAM pool
+(its allocations are the records' addresses; only the cursor is stored), and keeps the
+datapath's endpoint map equal to what the records say. Kernel and netlink work goes
 through the adapters it is given, so tests can hand it fakes.
 
-Durability: the endpoint record is the truth about who holds an address. ADD writes it (one
-fsync'd write) before kubelet gets its answer, DEL removes it durably; `restore()` rebuilds the
-IPAM allocations from the records. So a crash at any point neither hands out an address in use
-nor leaks one. `ipam.json` only keeps the allocation cursor across restarts; it is written off
-the hot path (`flush_ipam()`, housekeeping).
+Durability: the endpoint record is the truth about who holds an address. ADD commits it and
+the IPAM cursor in one transaction (agent/state_db.py) before kubelet gets its answer, DEL
+deletes it in one; `restore()` rebuilds the IPAM allocations from the records. So a crash at
+any point leaves neither an endpoint without its address nor an address without its endpoint.
 
 The kernel is ground truth when a record is missing or damaged: every completed ADD puts the
 owner on its host veth's link alias (`link_alias`: container id, interface, pod, netns; set
@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -45,8 +44,7 @@ from .config import AgentConfig
 from .datapath.endpoints import EndpointEntry
 from . import failpoints
 from .netlinking import LinkExists, PodLink
-from .persisting import remove, write_json
-from .state_files import DamagedFile, read_json_checked, set_aside
+from .state_db import StateDb
 
 log = logging.getLogger("membrane.endpoints")
 
@@ -55,6 +53,7 @@ ALIAS_PREFIX = "membrane1 "
 ALIAS_MAX = 255  # IFALIASZ - 1
 _KEY_STRIPES = 64
 UNKNOWN_IDENTITY = 0  # until the identity issue lands: no identity assigned yet
+IPAM_DOC = "ipam"  # the allocation cursor (the allocations are the endpoint rows' addresses)
 
 
 class Endpoint(BaseModel):
@@ -135,7 +134,8 @@ def parse_alias(alias: str) -> dict[str, str] | None:
 
 class EndpointManager:
     def __init__(self, config: AgentConfig, netlink: NetlinkPort, datapath: EndpointMapPort,
-                 on_change: Callable[[Endpoint, bool], int | None] | None = None) -> None:
+                 on_change: Callable[[Endpoint, bool], int | None] | None = None,
+                 db: StateDb | None = None) -> None:
         self.config = config
         self.netlink = netlink
         self.datapath = datapath
@@ -148,23 +148,31 @@ class EndpointManager:
         self._late_identity: dict[str, int] = {}  # identity changes that met an ADD in flight
         self.written: dict[IPv4Address, EndpointEntry] = {}  # our endpoint map entries as written
         self._ipam_dirty = False
-        self.dir = config.state_dir / "endpoints"
-        self.ipam_path = config.state_dir / "ipam.json"
+        if db is None:
+            from .state_storing import open_state  # a standalone manager (tests, tools)
+            db = open_state(config.state_dir).db
+        self.db = db
         self.endpoints: dict[str, Endpoint] = {}
         self.ipam = IpamPool(config.pod_cidr)
 
     # --- persistence -----------------------------------------------------------------
-    def _record_path(self, key: str) -> Path:
-        return self.dir / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+    def _ipam_doc(self) -> dict[str, object]:
+        return {"cidr": str(self.ipam.cidr), "cursor": self.ipam.cursor}
 
     def _save(self, ep: Endpoint) -> None:
-        write_json(self._record_path(ep.key), ep.model_dump(mode="json"))
+        """The endpoint's row and the IPAM cursor, in one transaction."""
+        with self.lock:
+            cursor = self._ipam_doc()
+            self._ipam_dirty = False
+        with self.db.transaction():
+            self.db.put_endpoint(ep.key, str(ep.ip), ep.model_dump(mode="json"))
+            self.db.put_doc(IPAM_DOC, cursor)
 
     def _save_ipam(self) -> None:
         with self.lock:
-            data = self.ipam.to_dict()
+            data = self._ipam_doc()
             self._ipam_dirty = False
-        write_json(self.ipam_path, data)
+        self.db.put_doc(IPAM_DOC, data)
 
     def flush_ipam(self) -> bool:
         """Persist the IPAM cursor when it moved (housekeeping, stop): allocations themselves
@@ -188,28 +196,24 @@ class EndpointManager:
             report = {"endpoints": 0, "rebuilt_records": 0, "damaged_records": 0, "ipam_rebuilt": 0,
                       "unknown_links_kept": 0, "orphan_links": 0, "released_addresses": 0, "map_writes": 0}
             try:
-                saved, salvaged = read_json_checked(self.ipam_path)
-                if saved:
-                    self.ipam = IpamPool.from_dict(saved, self.config.pod_cidr)
-                if salvaged:
-                    set_aside(self.ipam_path, keep_original=True)  # rewritten clean below
-            except (DamagedFile, ValueError, KeyError, TypeError, AttributeError, AssertionError):
-                set_aside(self.ipam_path)  # only a cursor: the allocations come from the records
+                saved = self.db.get_doc(IPAM_DOC)
                 self.ipam = IpamPool(self.config.pod_cidr)
+                if isinstance(saved, dict) and isinstance(saved.get("cursor"), int):
+                    self.ipam.cursor = saved["cursor"]
+                elif saved is not None:
+                    raise ValueError("not an IPAM cursor")
+            except ValueError:
+                self.ipam = IpamPool(self.config.pod_cidr)  # only a cursor: allocations come from the records
                 report["ipam_rebuilt"] = 1
-            for path in sorted(self.dir.glob("*.json")) if self.dir.exists() else []:
+            for key, ip, data in self.db.endpoint_rows():
                 try:
-                    data, salvaged = read_json_checked(path)
                     ep = Endpoint.model_validate(data)
-                    if self._record_path(ep.key) != path:
-                        raise DamagedFile(path, f"holds the record of {ep.key}")
-                    if salvaged:  # bytes after the record: keep them aside, write it clean
-                        set_aside(path, keep_original=True)
-                        self._save(ep)
-                except (DamagedFile, ValueError) as exc:
+                    if ep.key != key or str(ep.ip) != ip:
+                        raise ValueError(f"row {key} holds the record of {ep.key}")
+                except ValueError as exc:
                     log.warning("endpoint record damaged: rebuilt from the kernel if its link exists",
-                                extra={"fields": {"file": str(path), "error": str(exc).splitlines()[0]}})
-                    set_aside(path)
+                                extra={"fields": {"endpoint": key, "error": str(exc).splitlines()[0]}})
+                    self.db.delete_endpoint(key)
                     report["damaged_records"] += 1
                     continue
                 self.endpoints[ep.key] = ep
@@ -384,7 +388,7 @@ class EndpointManager:
             except BaseException:
                 # Undo every step taken, newest first: no half-wired veth, no address held.
                 if saved:
-                    remove(self._record_path(key), durable=True)
+                    self.db.delete_endpoint(key)
                 with self.lock:
                     self.endpoints.pop(key, None)
                     self._pending.pop(key, None)
@@ -424,7 +428,7 @@ class EndpointManager:
                     self._ipam_dirty = True
                 if ep is not None:
                     self._write_entries({}, [ep.ip])
-            remove(self._record_path(key), durable=True)  # before kubelet hears "done"
+            self.db.delete_endpoint(key)  # committed before kubelet hears "done"
         if ep is not None:
             log.info("endpoint deleted", extra={"fields": {"endpoint": key}})
             self.on_change(ep, False)
@@ -443,7 +447,7 @@ class EndpointManager:
             if ep.state == "ready":
                 self._write_entries({ep.ip: self._entry(ep)}, [])
             record = ep.model_dump(mode="json")
-        write_json(self._record_path(key), record)
+        self.db.put_endpoint(key, str(ep.ip), record)
 
     def list(self) -> list[Endpoint]:
         with self.lock:

@@ -1,12 +1,12 @@
 """The node's identity allocations (standalone mode): pods -> security identities, persisted.
 
 Same labels give the same number, across restarts too: the allocator's numbering is written
-to the state dir when numbers were handed out (once per batch, `flush`) or freed, before they are
+to the state store (one document) when numbers were handed out (once per batch, `flush`) or freed, before they are
 used in a BPF map.
 Who holds an identity is not persisted: a restarted agent re-assigns every pod it knows, and
 numbers nobody claims again age out after the grace period.
 
-A missing or damaged file (set aside as `.damaged`) is rebuilt from the kernel: the endpoint
+A missing or unreadable document is rebuilt from the kernel: the endpoint
 map holds the identity of every local pod, the store its labels (`recover`), so every pod
 keeps its number and no map entry changes.
 """
@@ -14,31 +14,26 @@ keeps its number and no map entry changes.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 from membrane.identities import (CLUSTER_IDENTITY_MIN, IdentityAllocator, LabelSet, ReservedIdentity,
                                  identity_labels, reserved_labels)
 from membrane.k8s_models import ObjectRef
 
-from .persisting import write_json
-from .state_files import DamagedFile, read_json_checked, set_aside
+from .state_db import StateDb
+
+DOC = "identities"
 
 GRACE_SECONDS = 60.0  # an unused identity keeps its number this long (a pod being recreated)
 
 
 class IdentityBook:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, db: StateDb) -> None:
+        self.db = db
         self.damaged: str | None = None
         try:
-            saved, salvaged = read_json_checked(path)
+            saved = db.get_doc(DOC)
             self.allocator = IdentityAllocator.from_dict(saved) if saved else self._fresh()
-            if salvaged:  # bytes after the document: keep them aside, write the file clean
-                set_aside(path, keep_original=True)
-                write_json(path, self.allocator.to_dict())
-        except (DamagedFile, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.damaged = str(exc).splitlines()[0]
-            set_aside(path)
             saved, self.allocator = None, self._fresh()
         self.loaded = bool(saved)  # False: missing or damaged, `recover` rebuilds it
         self.held: dict[ObjectRef, LabelSet] = {}
@@ -109,5 +104,5 @@ class IdentityBook:
         return rows
 
     def _save(self) -> None:
-        write_json(self.path, self.allocator.to_dict())
+        self.db.put_doc(DOC, self.allocator.to_dict())
         self.unsaved = False

@@ -39,6 +39,7 @@ from .endpoints import Endpoint, EndpointManager
 from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .identity_book import IdentityBook
+from .state_storing import open_state
 from .identity_sources import IdentitySource, StreamIdentities, identity_count
 from membrane.identities import CLUSTER_IDENTITY_MIN, LabelSet, identity_labels
 from .logging_setup import setup_logging
@@ -72,12 +73,16 @@ class Agent:
         self.kubernetes = config.mode == "kubernetes"
         if self.kubernetes:  # IPAM restores its pool with the PodCIDR the operator last gave
             config.pod_cidr = saved_pod_cidr(config.state_dir, config.node_name) or config.pod_cidr
-        self.endpoints = EndpointManager(config, self.netlink, self.datapath, self._endpoint_changed)
+        # One transactional store for endpoints, IPAM and identities (upgraded from the JSON
+        # files of the previous release on first start; a damaged one is rebuilt from the kernel).
+        self.state = open_state(config.state_dir)
+        self.endpoints = EndpointManager(config, self.netlink, self.datapath, self._endpoint_changed,
+                                         db=self.state.db)
         self.store = ObjectStore(config.state_dir / "objects.json")
         self.store.listeners.append(self._object_changed)
         # Identities: allocated here (standalone) or streamed by the operator (Kubernetes mode).
         self.identities: IdentitySource = StreamIdentities() if self.kubernetes else \
-            IdentityBook(config.state_dir / "identities.json")
+            IdentityBook(self.state.db)
         self.policy = PolicyManager(self.identities, self.datapath, self.endpoints.update_identity,
                                     self.netlink.host_addresses,  # read at every apply: never stale
                                     config.allow_host_traffic, node_name=config.node_name)
@@ -242,6 +247,7 @@ class Agent:
         self.applier.shutdown(wait=True)
         self.observer.stop()
         self.endpoints.flush_ipam()
+        self.state.db.close()  # checkpointed: at rest the state is one file
         if self.witness is not None:
             self.witness.close()
         self.datapath.close()

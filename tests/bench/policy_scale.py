@@ -132,11 +132,12 @@ def engine(pods: int = PODS, policies: int = POLICIES) -> dict[str, Any]:
 def agent(pods: int = PODS, policies: int = POLICIES, changes: int = 7) -> dict[str, Any]:
     """The agent's manager with fake maps: 20 local endpoints among `pods`."""
     from membrane.agent.identity_book import IdentityBook
+    from membrane.agent.state_storing import open_state
     from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
     out: dict[str, Any] = {"pods": pods, "policies": policies, "local_endpoints": LOCAL}
     with tempfile.TemporaryDirectory(prefix="mbbench-") as tmp:
         maps = FakeMaps()
-        mgr = PolicyManager(IdentityBook(Path(tmp) / "ids.json"), maps, lambda key, ident: None, lambda: [])
+        mgr = PolicyManager(IdentityBook(open_state(Path(tmp)).db), maps, lambda key, ident: None, lambda: [])
         ns_objs = [parse_object(namespace_obj(n)) for n in range(NAMESPACES)]
         pod_objs = [parse_object(pod_obj(i)) for i in range(pods)]
         pol_objs = [parse_object(policy_obj(j)) for j in range(policies)]

@@ -14,6 +14,7 @@ import pytest
 
 from agent.endpoints import host_ifname_for
 from agent.failpoints import ADD_STEPS
+from agent.state_db import read_endpoint_rows
 from membrane import cni_types as c
 from membrane.lab import netns
 from membrane.lab.node import LabNode
@@ -42,8 +43,7 @@ def assert_nothing_left(node: LabNode, pod_ns: str, step: str, pod_links: tuple[
     assert node.api("bpf.endpoints") in ([], {}), step
     assert not [n for n in links(node.netns) if n.startswith("mb")], (step, links(node.netns))
     assert sorted(links(pod_ns)) == sorted(pod_links), (step, links(pod_ns))
-    records = Path(node.workdir / "state" / "endpoints")
-    assert not (records.exists() and list(records.iterdir())), (step, list(records.iterdir()))
+    assert read_endpoint_rows(node.workdir / "state") == [], step  # no record, so no address held
 
 
 def test_an_add_failing_at_any_step_is_rolled_back(fp_node: LabNode) -> None:
@@ -77,6 +77,12 @@ def test_the_agent_dying_mid_add_is_code_5_and_restart_cleans_up(fp_node: LabNod
     assert node.process is not None and node.process.wait(10) == 70
     node.process = None
     node.start_agent()
+    # Consistent whatever the step: every stored endpoint holds its address, and every address
+    # held belongs to a stored endpoint.
+    rows = read_endpoint_rows(node.workdir / "state")
+    listed = node.api("endpoint.list")
+    assert sorted((f"{e['container_id']}/{e['ifname']}", e["ip"]) for e in listed) == rows, (step, rows, listed)
+    assert node.api("status")["endpoints"]["ipam"]["allocated"] == len(rows), step
     if step == "add.after-save":  # the pod was complete when the agent died: restored whole
         assert [e["container_id"] for e in node.api("endpoint.list")] == ["cid"]
     else:  # restore removed the orphan veth and freed the address

@@ -119,13 +119,14 @@ def test_restore_releases_half_done_adds_and_orphan_links(config: AgentConfig) -
     nl, dp = FakeNetlink(), FakeMap()
     first = EndpointManager(config, nl, dp)
     first.add("c1", "eth0", "/ns1")
-    # An ADD that died after IPAM was saved and the veth made, before its record was written:
+    # An ADD that died after its address was taken and the veth made, before its record was
+    # committed: the address was never stored apart from a record, so nothing is held.
     first.ipam.allocate("c2/eth0")
     first._save_ipam()
     nl.links[host_ifname_for("c2", "eth0")] = 99
     second = EndpointManager(config, nl, dp)
     report = second.restore()
-    assert report["released_addresses"] == 1 and report["orphan_links"] == 1
+    assert report["released_addresses"] == 0 and report["orphan_links"] == 1
     assert list(second.ipam.allocations.values()) == ["c1/eth0"]
 
 
@@ -139,14 +140,14 @@ def test_restore_repairs_drifted_map(config: AgentConfig) -> None:
     assert list(dp.entries) == [IPv4Address("10.9.0.2")]
 
 
-def test_records_are_the_truth_without_an_ipam_file(config: AgentConfig) -> None:
-    """ADD persists only its record (one durable write); a crash before IPAM was ever flushed
-    still restores every address in use, and nothing else."""
+def test_records_are_the_truth_about_addresses(config: AgentConfig) -> None:
+    """ADD commits its record and the IPAM cursor together (one transaction); the addresses in
+    use are the records' addresses, and nothing else."""
     nl, dp = FakeNetlink(), FakeMap()
     first = EndpointManager(config, nl, dp)
     kept = [first.add(f"c{i}", "eth0", f"/ns{i}") for i in range(3)]
     first.delete("c1", "eth0")
-    assert not (config.state_dir / "ipam.json").exists()
+    assert first.db.get_doc("ipam") is not None and not (config.state_dir / "ipam.json").exists()
     second = EndpointManager(config, nl, dp)
     second.restore()
     assert {str(a): o for a, o in second.ipam.allocations.items()} == {

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.identity_book import IdentityBook
+from membrane.agent.state_storing import open_state
 from membrane.agent.overlay import VXLAN_OVERHEAD, pod_mtu
 from membrane.agent.policy_syncing import NODE_ENTRY, LocalEndpoint, PolicyManager
 from membrane.identities import ReservedIdentity
@@ -51,7 +52,7 @@ def pod(name: str, ip: str, node: str | None = None, host_ip: str | None = None)
 
 def manager(tmp_path: Path) -> tuple[PolicyManager, Maps]:
     maps = Maps()
-    pm = PolicyManager(IdentityBook(tmp_path / "ids.json"), maps, lambda key, identity: None, lambda: [OWN_IP],
+    pm = PolicyManager(IdentityBook(open_state(tmp_path).db), maps, lambda key, identity: None, lambda: [OWN_IP],
                        node_name="n1")
     return pm, maps
 

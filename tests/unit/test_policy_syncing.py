@@ -13,6 +13,7 @@ from membrane.delta import diff
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat, lpm_lookup
 from membrane.agent.identity_book import IdentityBook
+from membrane.agent.state_storing import open_state
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
 from membrane.testing.fake_maps import FakePolicyMaps
 
@@ -42,7 +43,7 @@ class Cluster:
     def __init__(self, tmp: Path) -> None:
         self.maps = FakeMaps()
         self.identities: dict[str, int] = {}
-        self.mgr = PolicyManager(IdentityBook(tmp / "ids.json"), self.maps,
+        self.mgr = PolicyManager(IdentityBook(open_state(tmp).db), self.maps,
                                  lambda key, ident: self.identities.__setitem__(key, ident), lambda: ["198.18.0.1"])
         self.ips = {}
 
