@@ -204,8 +204,8 @@ def test_lost_or_damaged_records_are_rebuilt_from_link_aliases_and_the_map(confi
     first = EndpointManager(config, nl, dp)
     a = first.add("c1", "eth0", "/ns1", namespace="shop", pod="a")
     b = first.add("c2", "eth0", "/ns2", namespace="shop", pod="b")
-    first._record_path(a.key).unlink()  # lost
-    first._record_path(b.key).write_text('{"container_id": "c2", "ifn')  # truncated
+    first.db.delete_endpoint(a.key)  # lost
+    first.db.put_endpoint(b.key, str(b.ip), {"container_id": "c2", "ifn": 1})  # not a record
     second = EndpointManager(config, nl, dp)
     report = second.restore()
     assert report["rebuilt_records"] == 2 and report["damaged_records"] == 1 and report["orphan_links"] == 0
@@ -213,7 +213,7 @@ def test_lost_or_damaged_records_are_rebuilt_from_link_aliases_and_the_map(confi
         again = second.endpoints[ep.key]
         assert (again.ip, again.endpoint_id, again.pod_ref, again.netns, again.host_ifname) == \
             (ep.ip, ep.endpoint_id, ep.pod_ref, ep.netns, ep.host_ifname)
-    assert first._record_path(b.key).with_name(first._record_path(b.key).name + ".damaged").exists()
+    assert sorted(k for k, _, _ in second.db.endpoint_rows()) == ["c1/eth0", "c2/eth0"]  # stored again
     assert sorted(second.ipam.allocations.values()) == ["c1/eth0", "c2/eth0"]  # IPAM knows both again
     assert nl.links.keys() == {a.host_ifname, b.host_ifname}  # nothing torn down
 

@@ -20,6 +20,7 @@ from membrane.k8s_models import ObjectRef, parse_object
 from membrane.operator.enforcement_book import ENFORCED, ENFORCED_GENERATION, EnforcementBook
 from membrane.testing.fake_maps import FakePolicyMaps
 from membrane.agent.identity_book import IdentityBook
+from membrane.agent.state_storing import open_state
 
 
 # --- the agent's ledger -------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def many_ports_policy(count: int, first: int = 1000) -> object:
 
 
 def manager(tmp_path: Path, maps: FakePolicyMaps) -> PolicyManager:
-    mgr = PolicyManager(IdentityBook(tmp_path / "ids.json"), maps, lambda key, identity: None,
+    mgr = PolicyManager(IdentityBook(open_state(tmp_path).db), maps, lambda key, identity: None,
                         lambda: ["192.0.2.1"])
     mgr.on_namespace("shop", parse_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))  # type: ignore[arg-type]
     ref = ObjectRef("shop", "db")
