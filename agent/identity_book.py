@@ -14,6 +14,7 @@ keeps its number and no map entry changes.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from membrane.identities import (CLUSTER_IDENTITY_MIN, IdentityAllocator, LabelSet, ReservedIdentity,
                                  identity_labels, reserved_labels)
 from membrane.k8s_models import ObjectRef
@@ -26,7 +27,10 @@ GRACE_SECONDS = 60.0  # an unused identity keeps its number this long (a pod bei
 
 
 class IdentityBook:
-    def __init__(self, db: StateDb) -> None:
+    def __init__(self, db: StateDb | Path) -> None:
+        if isinstance(db, Path):  # tests and tools: the state store of the directory the path is in
+            from .state_storing import open_state
+            db = open_state(db.parent).db
         self.db = db
         self.damaged: str | None = None
         try:
