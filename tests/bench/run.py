@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conc-pods", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
-                                                      "cni_startup", "overlay", "apply_wait"),
+                                                      "cni_startup", "overlay", "apply_wait", "state_store"),
                     help="run one part of the benchmark (default: all)")
+    ap.add_argument("--state-store-before", metavar="PYTHON",
+                    help="python of an installation with the JSON state files: compare the SQLite store with it")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces)", file=sys.stderr)
@@ -235,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
 
         log("CNI plugin start-up (Go binary vs the former Python plugin)")
         print(cni_startup.write(cni_startup.run(40), args.out))
+    if args.only in ("all", "state_store"):
+        from . import state_store_bench  # JSON files vs SQLite: ADD/DEL latency, start to ready
+
+        if args.state_store_before:
+            log("state store benchmark (JSON files vs SQLite, side by side)")
+            state_store_bench.main(["--before", args.state_store_before, "--out", str(args.out)])
+        else:
+            log("state store benchmark skipped: it needs --state-store-before PYTHON (an older installation)")
     if args.only in ("all", "tls"):
         from . import tls_bench  # mutual TLS vs plaintext at 1,000 subscribers: bench-results/tls.*
 
