@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from membrane.lab.node import LAB_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,3 +53,16 @@ def test_a_clean_run_passes_even_beside_another_runs_objects(tmp_path: Path) -> 
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         shutil.rmtree(other, ignore_errors=True)
+
+
+def test_under_xdist_the_controller_checks_the_workers_leftovers(tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
+    before = set(LAB_DIR.iterdir()) if LAB_DIR.exists() else set()
+    try:
+        done = run(tmp_path, LEAVES, "-n", "2")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stdout.count("lab leftovers after the run") == 1 and "mbt-left" in done.stdout
+    finally:
+        for path in (set(LAB_DIR.iterdir()) if LAB_DIR.exists() else set()) - before:
+            if path.name.startswith("mbt-left"):
+                shutil.rmtree(path, ignore_errors=True)
