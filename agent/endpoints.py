@@ -109,7 +109,8 @@ def host_ifname_for(container_id: str, ifname: str) -> str:
 
 
 def link_alias(container_id: str, ifname: str, namespace: str, pod: str, netns: str) -> str:
-    """Who owns a host veth, in its alias ("" when even without the netns path it does not fit)."""
+    """Who owns a host veth, in its alias. When even without the netns path it does not fit,
+    only the mark of a completed ADD: such a link is kept, never rebuilt nor removed."""
     owner = {"c": container_id, "i": ifname, "n": namespace, "p": pod, "s": netns}
     for drop in (None, "s"):
         if drop:
@@ -117,7 +118,7 @@ def link_alias(container_id: str, ifname: str, namespace: str, pod: str, netns: 
         text = ALIAS_PREFIX + json.dumps(owner, separators=(",", ":"), sort_keys=True)
         if len(text.encode()) <= ALIAS_MAX:
             return text
-    return ""
+    return ALIAS_PREFIX + "{}"
 
 
 def parse_alias(alias: str) -> dict[str, str] | None:

@@ -228,3 +228,11 @@ def test_a_link_whose_add_never_completed_has_no_alias_and_is_removed(config: Ag
     nl.links[host_ifname_for("c9", "eth0")] = 77  # as if the agent died before completing
     report = EndpointManager(config, nl, dp).restore()
     assert report["orphan_links"] == 1 and nl.links == {}
+
+
+def test_an_owner_too_long_for_the_alias_still_marks_the_add_complete() -> None:
+    from membrane.agent.endpoints import link_alias, parse_alias
+    alias = link_alias("c" * 64, "eth0", "n" * 63, "p" * 253, "/var/run/netns/x")
+    assert len(alias) <= 255 and alias and parse_alias(alias) is None  # kept at restore, not rebuilt
+    short = link_alias("c1", "eth0", "shop", "a", "/var/run/netns/x")
+    assert parse_alias(short) == {"c": "c1", "i": "eth0", "n": "shop", "p": "a", "s": "/var/run/netns/x"}
