@@ -14,18 +14,24 @@ class WaitTimeout(AssertionError):
     """The awaited condition did not hold in time (an AssertionError, so pytest reports it as a failure)."""
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
-             message: str | None = None) -> bool:
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+             message: str | None = None, errors: tuple[type[Exception], ...] = ()) -> bool:
     """Poll `condition` every `interval` seconds until it returns something truthy; return True.
 
-    After `timeout` seconds the condition gets one last try (so a slow final poll still counts), then
+    Exceptions of the types in `errors` count as "not yet" (a server still starting). After
+    `timeout` seconds the condition gets one last try (so a slow final poll still counts), then
     WaitTimeout is raised naming `message` (or the condition) and the timeout."""
+    def holds() -> bool:
+        try:
+            return bool(condition())
+        except errors:
+            return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
+        if holds():
             return True
         time.sleep(interval)
-    if condition():
+    if condition():  # the last try lets an error through: it says why the wait failed
         return True
     what = message or getattr(condition, "__qualname__", repr(condition))
     raise WaitTimeout(f"timed out after {timeout}s waiting for {what}")

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,19 +22,11 @@ import pytest
 from membrane.lab import netns
 from membrane.lab.cluster import KubeLab
 from membrane.lab.traffic import CONNECT, OK_SERVER
+from membrane.testing.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 
 ENFORCED, GENERATION = "membrane.io/enforced", "membrane.io/enforced-generation"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def connect(src_netns: str, ip: str, port: int, timeout: float = 0.5) -> bool:

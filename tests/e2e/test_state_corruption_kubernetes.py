@@ -11,11 +11,12 @@ rewritten from the operator's snapshot. Each case starts from the state the prev
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,20 +28,12 @@ from membrane.lab.cluster import KubeLab
 from membrane.lab.corruption import Case, Damage, Outcome, apply_case, matrix
 from membrane.lab.node import LabNode, Pod
 from membrane.lab.traffic import CONNECT, OK_SERVER
+from membrane.testing.waiting import wait_for as wait_once
+
+# The agent may not answer yet while it starts: its errors count as "not yet".
+wait_for = functools.partial(wait_once, errors=(Exception,))
 
 CASES = matrix("kubernetes")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except Exception:  # noqa: BLE001 - the agent may not answer yet
-            pass
-        time.sleep(0.1)
-    return False
 
 
 def connect(src: Pod, dst: Pod, timeout: float = 1.0) -> bool:
