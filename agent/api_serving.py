@@ -57,7 +57,7 @@ class _Connection(socketserver.StreamRequestHandler):
             reply = {"ok": False, "error": {"code": exc.code, "msg": exc.msg, "details": exc.details}}
         except ValueError as exc:
             reply = {"ok": False, "error": {"code": 400, "msg": f"bad request: {exc}"}}
-        except Exception as exc:  # noqa: BLE001 - the caller gets an answer, the log the trace
+        except Exception as exc:
             log.exception("api request failed")
             reply = {"ok": False, "error": {"code": INTERNAL_ERROR, "msg": f"internal error: {exc}"}}
         try:

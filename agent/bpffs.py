@@ -43,7 +43,7 @@ def _fs_type(path: Path) -> int | None:
     buf = _StatFs()
     if libc.statfs(str(path).encode(), ctypes.byref(buf)) != 0:
         return None
-    return buf.f_type & 0xFFFFFFFF
+    return int(buf.f_type) & 0xFFFFFFFF
 
 
 def is_bpffs(path: Path) -> bool:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from membrane.tls.certificates import CertificateError, facts, key_matches, new_key_pem, new_request
+from membrane.tls.certificates import CertificateError, key_matches, new_key_pem, new_request
 from membrane.tls.material import Material
 from membrane.tls.renewal import renew_at
 

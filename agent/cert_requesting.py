@@ -12,6 +12,7 @@ import base64
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -49,7 +50,7 @@ def read_ca(api: k8s_client.ApiClient, ref: str) -> bytes:
     pem = (found.data or {}).get("ca.crt")
     if not pem:
         raise CertificateRequestError(f"ConfigMap {ref} has no ca.crt")
-    return pem.encode()
+    return str(pem).encode()
 
 
 def request_certificate(api: k8s_client.ApiClient, node: str, csr_pem: bytes, lifetime: int | None = None,
@@ -57,7 +58,7 @@ def request_certificate(api: k8s_client.ApiClient, node: str, csr_pem: bytes, li
     """Create a CSR for `csr_pem` and wait for its certificate (PEM)."""
     certificates = k8s_client.CertificatesV1Api(api)
     name = f"membrane-agent-{node}-{secrets.token_hex(4)}"[:253]
-    spec: dict = {"request": base64.b64encode(csr_pem).decode(), "signerName": SIGNER, "usages": USAGES}
+    spec: dict[str, Any] = {"request": base64.b64encode(csr_pem).decode(), "signerName": SIGNER, "usages": USAGES}
     if lifetime:
         spec["expirationSeconds"] = max(600, int(lifetime))
     try:

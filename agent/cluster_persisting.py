@@ -25,8 +25,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from membrane.api.state_objects import (EndpointState, IdentityState, Kind, NamedPortState, NamespaceState, NodeState,
-                                        PolicyState, StateKey, StateObject)
+from membrane.api.state_objects import (
+    EndpointState,
+    IdentityState,
+    Kind,
+    NamedPortState,
+    NamespaceState,
+    NodeState,
+    PolicyState,
+    StateKey,
+    StateObject,
+)
 
 from .datapath.witness import Mark, MemoryWitness, Slot, Witness
 from .persisting import open_private, private_dir, write_json
@@ -125,11 +134,11 @@ class StateFile:
             if stream_id != state.stream_id or version != state.version + 1:
                 clean = False
                 break
-            for kind, key, obj in changes:
-                if obj is None:
+            for kind, key, changed in changes:
+                if changed is None:
                     state.objects.pop((kind, key), None)
                 else:
-                    state.objects[(kind, key)] = obj
+                    state.objects[(kind, key)] = changed
             state.version = version
             self.lines += 1
         mark = self.witness.get(Slot.CLUSTER_CACHE)

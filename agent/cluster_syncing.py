@@ -39,15 +39,24 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
-from membrane.api.state_objects import (KIND_ORDER, EndpointState, IdentityState, Kind,
-                                        NamespaceState, NodeState, PolicyState, StateKey, StateObject,
-                                        StateUpdate)
+from membrane.api.state_objects import (
+    KIND_ORDER,
+    EndpointState,
+    IdentityState,
+    Kind,
+    NamespaceState,
+    NodeState,
+    PolicyState,
+    StateKey,
+    StateObject,
+    StateUpdate,
+)
 from membrane.cni_types import TRY_AGAIN_LATER, CniError
 from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod, parse_object
 
-from .identity_sources import INIT_IDENTITY, StreamIdentities
 from .cluster_persisting import StateFile, object_from_json, object_to_json  # noqa: F401 - re-exported
 from .enforcement_ledger import EnforcementLedger
+from .identity_sources import INIT_IDENTITY, StreamIdentities
 from .policy_syncing import MapCapacityError, PolicyManager
 
 log = logging.getLogger("membrane.cluster")

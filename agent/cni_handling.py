@@ -11,14 +11,23 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from membrane.cni_types import (INTERFACE_MISMATCH, INTERNAL_ERROR, INVALID_ENVIRONMENT, IPAM_EXHAUSTED,
-                                PLUGIN_NOT_AVAILABLE, UNKNOWN_CONTAINER, Attachment, CniError, NetConf,
-                                build_result)
 from membrane.bandwidth import BandwidthLimits, parse_bandwidth
+from membrane.cni_types import (
+    INTERFACE_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_ENVIRONMENT,
+    IPAM_EXHAUSTED,
+    PLUGIN_NOT_AVAILABLE,
+    UNKNOWN_CONTAINER,
+    Attachment,
+    CniError,
+    NetConf,
+    build_result,
+)
 from membrane.ipam import IpamExhausted
 
-from .endpoints import Endpoint, EndpointManager
 from . import failpoints
+from .endpoints import Endpoint, EndpointManager
 from .netlinking import GATEWAY, LinkExists, Netlink, netns_problem
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -81,7 +90,7 @@ class CniHandler:
             raise CniError(INTERNAL_ERROR, f"ADD failed: {exc.strerror} and could not be replaced") from exc
         except IpamExhausted as exc:
             raise CniError(IPAM_EXHAUSTED, "no pod address left on this node", str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - reported as CNI JSON, logged by the server
+        except Exception as exc:
             raise CniError(INTERNAL_ERROR, f"{command} failed: {exc}", repr(exc)) from exc
         raise CniError(INVALID_ENVIRONMENT, f"unknown CNI command {command!r}")
 
@@ -101,7 +110,7 @@ class CniHandler:
             if limits is not None:
                 try:
                     ifb = self.netlink.shape_pod(netns, ifname, limits)
-                except Exception as exc:  # noqa: BLE001 - reported with what failed
+                except Exception as exc:
                     raise CniError(INTERNAL_ERROR, f"applying the bandwidth limits failed: {exc}", repr(exc)) from exc
                 if ifb is not None:  # the spec lists every interface a plugin created
                     result["interfaces"].append({"name": ifb[0], "mac": ifb[1], "sandbox": netns})

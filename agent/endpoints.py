@@ -37,12 +37,12 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from membrane.delta import Delta, diff
-from membrane.ipam import IpamExhausted, IpamPool
+from membrane.ipam import IpamPool
 from membrane.k8s_models import ObjectRef
 
+from . import failpoints
 from .config import AgentConfig
 from .datapath.endpoints import EndpointEntry
-from . import failpoints
 from .netlinking import LinkExists, PodLink
 from .state_db import StateDb
 

@@ -15,8 +15,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from membrane.identities import (CLUSTER_IDENTITY_MIN, IdentityAllocator, LabelSet, ReservedIdentity,
-                                 identity_labels, reserved_labels)
+
+from membrane.identities import (
+    CLUSTER_IDENTITY_MIN,
+    IdentityAllocator,
+    LabelSet,
+    ReservedIdentity,
+    identity_labels,
+    reserved_labels,
+)
 from membrane.k8s_models import ObjectRef
 
 from .state_db import StateDb

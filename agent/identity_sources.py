@@ -35,10 +35,13 @@ class IdentitySource(Protocol):
 
     def gc(self) -> list[int]: ...
 
+    # The read side (`labels_of(identity)`, `len()`) flow enrichment and the metrics use.
+    allocator: Any
+
 
 def identity_count(source: object) -> int:
     """Identities in use (the metric), for either source."""
-    return len(source.allocator)  # type: ignore[attr-defined]
+    return len(source.allocator)  # type: ignore[attr-defined]  # both identity sources carry an allocator
 
 
 class _StreamedLabels:

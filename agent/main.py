@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -24,6 +24,7 @@ from membrane.api.state_objects import Kind
 from membrane.cni_types import CniError
 from membrane.flows import observer_socket_for
 from membrane.http_serving import HttpServer
+from membrane.identities import CLUSTER_IDENTITY_MIN, LabelSet, identity_labels
 from membrane.k8s_models import Node, ObjectRef
 
 from . import cni_conf_writing, overlay, policy_api
@@ -39,9 +40,7 @@ from .endpoints import Endpoint, EndpointManager
 from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .identity_book import IdentityBook
-from .state_storing import open_state
 from .identity_sources import IdentitySource, StreamIdentities, identity_count
-from membrane.identities import CLUSTER_IDENTITY_MIN, LabelSet, identity_labels
 from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
 from .metrics import AgentMetrics, DatapathCollector
@@ -52,6 +51,7 @@ from .observing.grpc_serving import ObserverServer
 from .persisting import make_private
 from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
 from .start_refusal import StartRefused
+from .state_storing import open_state
 
 log = logging.getLogger("membrane.agent")
 
@@ -182,7 +182,7 @@ class Agent:
             self.cluster.restore()
         for kind in ("Namespace", "Node", "Pod", "NetworkPolicy") if self.cluster is None else ():
             for obj in self.store.list(kind):
-                meta = obj.metadata  # type: ignore[attr-defined]
+                meta = obj.metadata  # type: ignore[attr-defined]  # store objects are the k8s models, all with metadata
                 self._object_changed(kind, (kind, meta.namespace or "", meta.name), obj)
         for ep in self.endpoints.list():
             self._endpoint_changed(ep, True, apply=False)
@@ -296,7 +296,7 @@ class Agent:
                     self.identities.gc()
                     next_resync = now + self.config.resync_seconds
                 self.endpoints.flush_ipam()  # the IPAM cursor; allocations live in the records
-            except Exception:  # noqa: BLE001 - housekeeping must outlive one bad round
+            except Exception:
                 log.exception("housekeeping failed")
 
     # --- glue ----------------------------------------------------------------------
@@ -325,15 +325,15 @@ class Agent:
         """Store listener: records only; the request handler applies once per batch."""
         ref = ObjectRef(key[1], key[2])
         if kind == "Namespace":
-            self.policy.on_namespace(key[2], obj)  # type: ignore[arg-type]
+            self.policy.on_namespace(key[2], obj)  # type: ignore[arg-type]  # the store's kind names the model class
         elif kind == "Node":  # another node's tunnel endpoint and pod CIDR (the overlay's peers)
             node = obj if isinstance(obj, Node) else None
             self.policy.on_node(key[2], node.tunnel_addresses if node else (),
                                 next((c for c in node.pod_cidr_list if ":" not in c), None) if node else None)
         elif kind == "Pod":
-            self.policy.on_pod(ref, obj)  # type: ignore[arg-type]
+            self.policy.on_pod(ref, obj)  # type: ignore[arg-type]  # the store's kind names the model class
         elif kind == "NetworkPolicy":
-            self.policy.on_policy(ref, obj)  # type: ignore[arg-type]
+            self.policy.on_policy(ref, obj)  # type: ignore[arg-type]  # the store's kind names the model class
 
     def _refused(self, exc: MapCapacityError) -> None:
         self.metrics.changes_refused.labels(exc.role).inc()
@@ -370,8 +370,8 @@ class Agent:
                 continue
             pod = self.store.get("Pod", ep.pod_ref.namespace, ep.pod_ref.name)
             ns = self.store.get("Namespace", "", ep.pod_ref.namespace)
-            pod_labels = dict(pod.metadata.labels) if pod is not None else {}  # type: ignore[attr-defined]
-            ns_labels = dict(ns.metadata.labels) if ns is not None else {}  # type: ignore[attr-defined]
+            pod_labels = dict(pod.metadata.labels) if pod is not None else {}  # type: ignore[attr-defined]  # store objects are the k8s models, all with metadata
+            ns_labels = dict(ns.metadata.labels) if ns is not None else {}  # type: ignore[attr-defined]  # store objects are the k8s models, all with metadata
             labels = identity_labels(pod_labels, ep.pod_ref.namespace, ns_labels)
             found.setdefault(labels, ep.identity)
         return found
@@ -406,7 +406,7 @@ class Agent:
             raise RequestError(f"not enforced within {timeout:g}s on node(s): {self.config.node_name}",
                                code=NOT_ENFORCED, details={"pending": [self.config.node_name],
                                                            "enforced": []}) from None
-        log.info(f"objects {verb}", extra={"fields": {"count": len(outcome), "version": version,
+        log.info("objects %s", verb, extra={"fields": {"count": len(outcome), "version": version,
                                                          "seconds": round(time.perf_counter() - started, 4)}})
         if not wait:
             return outcome

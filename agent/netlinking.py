@@ -119,8 +119,8 @@ def in_netns(path: str, fn: Callable[[], T]) -> T:
     thread.start()
     thread.join()
     if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+        raise box["error"]  # type: ignore[misc]  # the worker stored an exception
+    return box["value"]  # type: ignore[return-value]  # the worker stored fn's result
 
 
 def write_sysctl(name: str, value: str, procfs: Path = Path("/proc")) -> None:
@@ -429,10 +429,10 @@ class Netlink:
     def host_link_aliases(self, prefix: str) -> dict[str, tuple[int, str, str]]:
         """Host veths by name prefix -> (ifindex, MAC, alias; "" when it has none)."""
         return self._owned(lambda ipr: {
-            str(l.get("ifname")): (int(l["index"]), str(l.get("address") or ""), str(l.get_attr("IFLA_IFALIAS") or ""))
-            for l in ipr.get_links() if str(l.get("ifname", "")).startswith(prefix)})
+            str(ln.get("ifname")): (int(ln["index"]), str(ln.get("address") or ""), str(ln.get_attr("IFLA_IFALIAS") or ""))
+            for ln in ipr.get_links() if str(ln.get("ifname", "")).startswith(prefix)})
 
     def host_links(self, prefix: str) -> dict[str, int]:
         """Host veths the agent created (by name prefix) -> ifindex."""
-        return self._owned(lambda ipr: {str(l.get("ifname")): int(l["index"]) for l in ipr.get_links()
-                                        if str(l.get("ifname", "")).startswith(prefix)})
+        return self._owned(lambda ipr: {str(ln.get("ifname")): int(ln["index"]) for ln in ipr.get_links()
+                                        if str(ln.get("ifname", "")).startswith(prefix)})

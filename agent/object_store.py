@@ -22,6 +22,7 @@ are dropped when what remains reaches the witness.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import threading
@@ -112,7 +113,7 @@ class ObjectStore:
         data, salvaged = read_json_checked(self.path)
         if data is not None and not isinstance(data, (dict, list)):
             raise DamagedFile(self.path, "not a store snapshot")
-        snapshot = data if isinstance(data, dict) else {"seq": 0, "objects": data or []}
+        snapshot: dict[str, Any] = data if isinstance(data, dict) else {"seq": 0, "objects": data or []}
         try:
             self.seq = int(snapshot.get("seq", 0))
             for item in snapshot.get("objects", []):
@@ -196,12 +197,13 @@ class ObjectStore:
         """Every document parsed, or RequestError(422) naming each problem with its field path.
         `strict` (what users apply): unknown fields and wrong JSON types are problems too,
         as with `kubectl apply --validate=strict`, never dropped."""
-        parsed, problems = [], []
+        parsed: list[tuple[ObjectKey, BaseModel, dict[str, Any]]] = []
+        problems: list[str] = []
         for index, data in enumerate(documents):
             if not isinstance(data, dict):
                 problems.append(f"document {index}: not an object")
                 continue
-            meta_in = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+            meta_in: dict[str, Any] = data["metadata"] if isinstance(data.get("metadata"), dict) else {}
             label = f"{shown(str(data.get('kind', '?')), quote=False)} {shown(str(meta_in.get('name', '?')), quote=False)}"
             if strict:
                 unknown = strict_errors(data)
@@ -270,7 +272,7 @@ class ObjectStore:
     def restore(self, saved: dict[ObjectKey, dict[str, Any] | None]) -> None:
         """Put back what `saved` recorded (a change the datapath refused): persisted, listeners told."""
         with self.lock:
-            changed = []
+            changed: list[tuple[ObjectKey, BaseModel | None]] = []
             for key, data in saved.items():
                 if self.raw.get(key) == data:
                     continue
@@ -283,8 +285,8 @@ class ObjectStore:
                     changed.append((key, obj))
             if changed:
                 self._persist([key for key, _ in changed])
-        for key, obj in changed:
-            self._notify(key, obj)
+        for key, changed_obj in changed:
+            self._notify(key, changed_obj)
 
     def get(self, kind: str, namespace: str, name: str) -> BaseModel | None:
         with self.lock:
@@ -294,7 +296,7 @@ class ObjectStore:
         with self.lock:
             return [obj for key, obj in sorted(self.objects.items(), key=lambda kv: kv[0]) if key[0] == kind]
 
-    def _persist(self, keys: list[ObjectKey]) -> None:
+    def _persist(self, keys: builtins.list[ObjectKey]) -> None:
         """Journal the current state of `keys` as one batch (durable on return, then witnessed);
         compact when the journal is long."""
         if self.journal_entries + len(keys) > max(256, len(self.raw) // 2):

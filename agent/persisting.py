@@ -15,7 +15,6 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 

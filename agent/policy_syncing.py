@@ -43,12 +43,29 @@ from typing import Protocol as TypingProtocol
 
 from membrane.delta import Delta
 from membrane.identities import ReservedIdentity, cidr_allocator
+from membrane.ipcache import (
+    NODE_ENTRY,
+    IpcacheInputs,
+    IpcachePod,
+    IpcacheTarget,
+    desired_ipcache,
+    pod_entries,
+    prefix_entry,
+)
 from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod
-from membrane.policy import (Direction, FlatKey, FlatValue, NamespaceInfo, PodInfo, PolicyDelta, PolicyResolver,
-                             Protocol, RuleTable, Verdict, flatten_endpoint)
-
-from membrane.ipcache import (NODE_ENTRY, IpcacheInputs, IpcachePod, IpcacheTarget, desired_ipcache,
-                              pod_entries, prefix_entry)
+from membrane.policy import (
+    Direction,
+    FlatKey,
+    FlatValue,
+    NamespaceInfo,
+    PodInfo,
+    PolicyDelta,
+    PolicyResolver,
+    Protocol,
+    RuleTable,
+    Verdict,
+    flatten_endpoint,
+)
 
 from .identity_sources import IdentitySource
 from .map_managing import MapCapacityError, MapManager
@@ -372,9 +389,9 @@ class PolicyManager:
         if pod_cidrs != self._pod_cidrs:  # a node's pod CIDR came, went or moved: it and what is inside
             changed = {c for c in {*pod_cidrs, *self._pod_cidrs} if pod_cidrs.get(c) != self._pod_cidrs.get(c)}
             dirty.update(changed)
-            dirty.update(net for prefix in self.resolver.cidrs.identities()
-                         if isinstance(net := ip_network(prefix), IPv4Network)
-                         and any(net.subnet_of(c) for c in changed))
+            dirty.update(inner for prefix in self.resolver.cidrs.identities()
+                         if isinstance(inner := ip_network(prefix), IPv4Network)
+                         and any(inner.subnet_of(c) for c in changed))
             self._pod_cidrs = pod_cidrs
         if self._cidr_dirty_nets:  # a pod CIDR's identity is the one of the ipBlock prefix covering it
             dirty.update(c for c in pod_cidrs if any(c.subnet_of(n) for n in self._cidr_dirty_nets))

@@ -14,6 +14,6 @@ import os as _os
 _tree = _os.path.dirname(_os.path.dirname(_os.path.realpath(__file__)))
 if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "operator")) and \
         _os.path.isdir(_os.path.join(_tree, "operator")):
-    __path__.append(_tree)  # noqa: F821 - __path__ is defined for packages
+    __path__.append(_tree)
 
 __version__ = "0.1.0"

@@ -60,7 +60,7 @@ class NetConf:
 
     __slots__ = ("cni_version", "name", "type", "agent_socket", "mtu", "prev_result", "raw")
 
-    def __init__(self, cni_version: str, name: str, type: str, agent_socket: str | None = None,  # noqa: A002
+    def __init__(self, cni_version: str, name: str, type: str, agent_socket: str | None = None,
                  mtu: int | None = None, prev_result: dict[str, Any] | None = None,
                  raw: dict[str, Any] | None = None) -> None:
         self.cni_version = cni_version
@@ -75,9 +75,9 @@ class NetConf:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._fields() == other._fields()  # type: ignore[attr-defined]
+        return type(other) is type(self) and self._fields() == other._fields()
 
-    __hash__ = None  # type: ignore[assignment] - holds dicts
+    __hash__ = None  # type: ignore[assignment]  # unhashable: holds dicts
 
     def __repr__(self) -> str:
         return f"NetConf(cni_version={self.cni_version!r}, name={self.name!r}, type={self.type!r})"
@@ -149,7 +149,7 @@ class Attachment:
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable: holds dicts
 
     def __repr__(self) -> str:
         return "Attachment(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"

@@ -21,9 +21,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -212,6 +213,15 @@ def _pod_matcher(spec: str) -> Callable[[Endpoint], bool]:
     return lambda ep: bool(ep.pod) and ep.namespace == namespace and ep.pod.startswith(prefix)
 
 
+def _fields_match(getters: tuple[str, ...], test: Callable[[Any], bool]) -> Predicate:
+    """A predicate true when `test` holds for any of the flow's fields named in `getters`."""
+    return lambda f: any(test(getattr(f, g)) for g in getters)
+
+
+def _any_matcher(matchers: list[Callable[[str], bool]]) -> Callable[[Any], bool]:
+    return lambda value: any(m(value) for m in matchers)
+
+
 def _ip_matcher(spec: str) -> Callable[[str], bool]:
     try:
         net = ipaddress.ip_network(spec, strict=False)
@@ -278,12 +288,12 @@ def compile_filter(flt: FlowFilter) -> Predicate:
                            ("destination_ip", ("destination_ip",))):
         if specs := getattr(flt, field):
             ms = [_ip_matcher(s) for s in specs]
-            checks.append(lambda f, ms=ms, gs=getters: any(m(getattr(f, g)) for g in gs for m in ms))
+            checks.append(_fields_match(getters, _any_matcher(ms)))
     for field, getters in (("port", ("source_port", "destination_port")), ("source_port", ("source_port",)),
                            ("destination_port", ("destination_port",))):
         if ports := getattr(flt, field):
             wanted = frozenset(ports)
-            checks.append(lambda f, w=wanted, gs=getters: any(getattr(f, g) in w for g in gs))
+            checks.append(_fields_match(getters, wanted.__contains__))
     if flt.protocol:
         protos = frozenset(p.upper() for p in flt.protocol)
         checks.append(lambda f: f.protocol.upper() in protos)
@@ -351,7 +361,7 @@ def parse_time_spec(text: str, now: datetime) -> datetime:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
         raise ValueError(f"bad time {text!r}: want a duration (5m) or a timestamp (2024-05-01T12:00:00Z)") from exc
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 # --- where the Observer listens -------------------------------------------------------------------

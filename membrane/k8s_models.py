@@ -30,12 +30,12 @@ from pydantic.alias_generators import to_camel
 
 from membrane.labels import (
     dns_label_errors,
-    shown,
     dns_subdomain_errors,
     label_errors,
     label_key_errors,
     label_value_errors,
     port_name_errors,
+    shown,
 )
 
 DEFAULT_NAMESPACE = "default"
@@ -419,7 +419,7 @@ class IPBlock(_Model):
                 raise ValueError(f"except[{i}]: {exc}") from None
             if (
                 inner.version != outer.version
-                or not inner.subnet_of(outer)  # type: ignore[arg-type]
+                or not inner.subnet_of(outer)  # type: ignore[arg-type]  # same IP version, checked just before
                 or inner.prefixlen <= outer.prefixlen
             ):
                 raise ValueError(

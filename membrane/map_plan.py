@@ -44,7 +44,7 @@ from typing import Any, Final
 from membrane.delta import Delta, diff
 
 
-class Op(str, Enum):
+class Op(str, Enum):  # noqa: UP042 - StrEnum would change what str() prints
     UPDATE = "update"
     DELETE = "delete"
 

@@ -146,7 +146,7 @@ def _ranks(nodes: Iterable[str], pairs: Iterable[tuple[str, str]]) -> dict[str, 
     for n in sorted(names, key=lambda n: (n in targets, n)):  # true sources first
         if n not in state:
             visit(n)
-    rank = {n: 0 for n in names}
+    rank = dict.fromkeys(names, 0)
     for n in reversed(order):  # reverse post-order is a topological order of the DAG
         for m in dag[n]:
             rank[m] = max(rank[m], rank[n] + 1)
@@ -324,7 +324,7 @@ def _draw_edges(smap: ServiceMap, boxes: dict[str, _Box], column_of: dict[str, i
         tw = max(len(text) * 6.3, len(peers) * 5.6) + 12
         loop = abs(s.x - t.x) < 1
 
-        def box_at(px: float, py: float) -> _Box:
+        def box_at(px: float, py: float, loop: bool = loop, tw: float = tw) -> _Box:
             return _Box(px if loop else px - tw / 2, py - 15, tw, LABEL_H)
 
         # On the edge itself, as near the preferred spot as it can be without covering another

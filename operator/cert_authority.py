@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from typing import Any
 
 from kubernetes.client.rest import ApiException
 
@@ -75,7 +76,7 @@ def publish_ca(rest: Rest, ref: str, cert_pem: bytes) -> None:
     """The CA certificate in the ConfigMap of the same name (created or brought up to date)."""
     namespace, name = split_ref(ref)
     path = f"/api/v1/namespaces/{namespace}/configmaps"
-    body = {"apiVersion": "v1", "kind": "ConfigMap",
+    body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/part-of": "membrane"}},
             "data": {CA_CERT_KEY: cert_pem.decode()}}

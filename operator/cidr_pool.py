@@ -10,7 +10,6 @@ node's range is free again simply because no node records it any more.
 from __future__ import annotations
 
 import bisect
-
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes.client.rest import ApiException
 
@@ -39,11 +40,11 @@ class Decision:
     reason: str
 
 
-def _conditions(csr: dict) -> set[str]:
+def _conditions(csr: dict[str, Any]) -> set[str]:
     return {str(c.get("type")) for c in (csr.get("status") or {}).get("conditions") or []}
 
 
-def pending(csr: dict) -> bool:
+def pending(csr: dict[str, Any]) -> bool:
     """Ours, and neither decided nor issued yet (an approved one still needs its certificate)."""
     spec = csr.get("spec") or {}
     status = csr.get("status") or {}
@@ -51,7 +52,7 @@ def pending(csr: dict) -> bool:
         and not _conditions(csr) & {"Denied", "Failed"}
 
 
-def requester_node(spec: dict, agent_account: str) -> str | None:
+def requester_node(spec: dict[str, Any], agent_account: str) -> str | None:
     """The node the API server says made the request, or None."""
     user = str(spec.get("username") or "")
     groups = spec.get("groups") or []
@@ -65,7 +66,7 @@ def requester_node(spec: dict, agent_account: str) -> str | None:
     return None
 
 
-def decide(csr: dict, node_exists: Callable[[str], bool], agent_account: str) -> Decision:
+def decide(csr: dict[str, Any], node_exists: Callable[[str], bool], agent_account: str) -> Decision:
     spec = csr.get("spec") or {}
     try:
         pem = base64.b64decode(spec.get("request") or "", validate=True)
@@ -98,7 +99,7 @@ class CsrSigner:
         self.metrics = metrics
         self._done: set[str] = set()  # uids decided (the cache may not show our write yet)
 
-    def sync(self, csrs: list[dict], node_exists: Callable[[str], bool]) -> int:
+    def sync(self, csrs: list[dict[str, Any]], node_exists: Callable[[str], bool]) -> int:
         """Decide every pending request; returns how many were written (failures retry on
         the next pass)."""
         written = 0
@@ -114,10 +115,10 @@ class CsrSigner:
                 log.warning("CSR %s: write failed (%s); retrying", csr["metadata"]["name"], exc.status)
         return written
 
-    def _handle(self, csr: dict, node_exists: Callable[[str], bool]) -> int:
+    def _handle(self, csr: dict[str, Any], node_exists: Callable[[str], bool]) -> int:
         name = csr["metadata"]["name"]
         decision = decide(csr, node_exists, self.agent_account)
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if not decision.approve:
             self._condition(csr, "Denied", "MembraneNodeIdentity", decision.reason, now)
             self.metrics.csrs.labels("denied").inc()
@@ -133,7 +134,7 @@ class CsrSigner:
         log.info("CSR %s: certificate issued to node %s", name, decision.node)
         return 1
 
-    def _condition(self, csr: dict, kind: str, reason: str, message: str, now: str) -> dict:
+    def _condition(self, csr: dict[str, Any], kind: str, reason: str, message: str, now: str) -> dict[str, Any]:
         status = dict(csr.get("status") or {})
         status["conditions"] = [*(status.get("conditions") or []), {
             "type": kind, "status": "True", "reason": reason, "message": message,

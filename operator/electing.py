@@ -130,7 +130,7 @@ class LeaderElector:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": cfg.lease_name, "namespace": cfg.namespace},
                     "spec": {"holderIdentity": cfg.identity,
-                             "leaseDurationSeconds": int(round(cfg.lease_duration)),
+                             "leaseDurationSeconds": round(cfg.lease_duration),
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
                 self.leases.create_namespaced_lease(cfg.namespace, body)
@@ -154,7 +154,7 @@ class LeaderElector:
                 "metadata": {"name": cfg.lease_name, "namespace": cfg.namespace,
                              "resourceVersion": lease.metadata.resource_version},
                 "spec": {"holderIdentity": cfg.identity,
-                         "leaseDurationSeconds": int(round(cfg.lease_duration)),
+                         "leaseDurationSeconds": round(cfg.lease_duration),
                          "renewTime": now,
                          "acquireTime": micro_time(spec.acquire_time) if holder == cfg.identity
                          and spec.acquire_time else now,

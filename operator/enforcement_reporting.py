@@ -79,7 +79,7 @@ class EnforcementReporter:
                 continue
             try:
                 self.report()
-            except Exception:  # noqa: BLE001 - the next pass tries again
+            except Exception:
                 log.exception("writing enforcement annotations failed")
 
     def report(self) -> int:

@@ -25,8 +25,6 @@ from kubernetes.client.rest import ApiException
 from membrane.identities import (
     CLUSTER_IDENTITY_MAX,
     CLUSTER_IDENTITY_MIN,
-    NAMESPACE_NAME_KEY,
-    POD_SOURCE,
     IdentitiesExhausted,
     IdentityAllocator,
     LabelSet,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from kubernetes.client.rest import ApiException
 
@@ -70,7 +70,7 @@ def _now() -> str:
 def _our_condition(obj: JSON) -> JSON | None:
     for condition in (obj.get("status") or {}).get("conditions") or []:
         if condition.get("type") == CONDITION_TYPE:
-            return condition
+            return cast(JSON, condition)
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ CSRS = Resource("certificates.k8s.io", "v1", "certificatesigningrequests",
 WATCHED = (NODES, NAMESPACES, PODS, NETWORK_POLICIES, SERVICES, ENDPOINT_SLICES, IDENTITIES)
 
 
-def object_key(obj: dict) -> str:
+def object_key(obj: dict[str, Any]) -> str:
     """`namespace/name`, or `name` for cluster-scoped objects."""
     meta = obj.get("metadata") or {}
     namespace = meta.get("namespace")

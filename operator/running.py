@@ -17,23 +17,24 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from membrane.api.backoff import Backoff
-from membrane.api.state_objects import Kind
+from membrane.api.state_objects import Kind, StateKey, StateObject
+from membrane.http_serving import HttpServer
 from membrane.operator import resources as res
 from membrane.operator.cache import CacheEvent, ObjectCache
 from membrane.operator.cert_authority import ServingCertificate, load_or_create_ca
 from membrane.operator.cidr_pool import CidrPool
-from membrane.operator.csr_signing import CsrSigner
 from membrane.operator.config import OperatorConfig, host_port
 from membrane.operator.crds import CRDS
+from membrane.operator.csr_signing import CsrSigner
 from membrane.operator.electing import ElectionConfig, LeaderElector
 from membrane.operator.enforcement_reporting import EnforcementReporter
-from membrane.http_serving import HttpServer
 from membrane.operator.identity_syncing import IdentitySyncer
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.pod_cidr_syncing import PodCidrSyncer
@@ -122,7 +123,7 @@ class Operator:
         self._last_pass = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._grpc = None
+        self._grpc: Any = None
         self._http: HttpServer | None = None
 
     # --- status -------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ class Operator:
 
     def kick(self) -> None:
         """Run a controller pass soon (leadership changed, a test wants one)."""
-        self.cache.events.put(None)  # type: ignore[arg-type]
+        self.cache.events.put(None)  # type: ignore[arg-type]  # None wakes the controller without an event
 
     def _leadership_changed(self) -> None:
         self.servicer.leadership_changed()  # a replica that stepped down ends its streams
@@ -225,7 +226,7 @@ class Operator:
             started = time.monotonic()
             try:
                 self._pass(seen_at)
-            except Exception:  # noqa: BLE001 - one failed pass must not end the operator
+            except Exception:
                 log.exception("controller pass failed")
             self._last_pass = time.monotonic()
             self.metrics.controller_passes.observe(self._last_pass - started)
@@ -247,7 +248,7 @@ class Operator:
         seen = min((e.seen_at for e in real), default=None)
         return seen, {(e.resource, e.key) for e in real}
 
-    def _update_builder(self, policies: list[dict]) -> dict | None:
+    def _update_builder(self, policies: list[dict[str, Any]]) -> dict[StateKey, StateObject | None] | None:
         """Feed the changed objects to the builder; None: a full rebuild is due instead."""
         builder = self._builder
         if builder is None or time.monotonic() - self._last_full >= self.full_rebuild_seconds:
@@ -262,7 +263,7 @@ class Operator:
                     setters[resource](key, self.cache.get(resource, key))
         return builder.take_changes()
 
-    def _rebuild(self, policies: list[dict]) -> StateBuilder:
+    def _rebuild(self, policies: list[dict[str, Any]]) -> StateBuilder:
         builder = StateBuilder(lambda p: self.policies.verdict(p).valid)
         builder.load(self.cache.list(res.NAMESPACES), self.cache.list(res.NODES),
                      self.cache.list(res.PODS), policies, self.cache.list(res.IDENTITIES))

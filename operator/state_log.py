@@ -88,7 +88,8 @@ class StateLog:
     def commit(self, desired: Mapping[StateKey, StateObject], seen_at: float) -> Delta | None:
         """Make `desired` the current state; returns the new delta, or None if nothing changed."""
         with self.cond:
-            changes = {key: obj for key, obj in desired.items() if self._objects.get(key) != obj}
+            changes: dict[StateKey, StateObject | None] = {
+                key: obj for key, obj in desired.items() if self._objects.get(key) != obj}
             changes.update({key: None for key in self._objects if key not in desired})
         return self.apply(changes, seen_at)
 
@@ -106,7 +107,7 @@ class StateLog:
             if codec is not None:
                 entries = [codec.change(c) for c in ordered]
                 wire = codec.update(self.version + 1, self.stream_id, False, entries)
-                for change, entry in zip(ordered, entries):
+                for change, entry in zip(ordered, entries, strict=True):
                     if change.obj is None:
                         self._encoded.pop(change.key, None)
                     else:

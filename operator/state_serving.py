@@ -42,8 +42,8 @@ from grpc import aio
 
 from membrane.api import grpc_limits
 from membrane.api.state.v1 import state_pb2 as pb
-from membrane.grpc_standard import StandardServices
 from membrane.api.state_codec import encode_change, snapshot_chunks, update_bytes
+from membrane.grpc_standard import StandardServices
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import Codec, StateLog
@@ -366,8 +366,8 @@ class AsyncServer:
 
     def _listen(self, server: aio.Server, address: str) -> int:
         if self.credentials is None:
-            return server.add_insecure_port(address)
-        return server.add_secure_port(address, self.credentials)
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, self.credentials))
 
     async def _report_ready(self) -> None:
         """SERVING while the servicer serves (built and leading), polled: leadership comes and

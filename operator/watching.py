@@ -131,10 +131,11 @@ class ResourceWatcher:
 
     # --- requests -----------------------------------------------------------------------------
     def _get(self, query: list[tuple[str, str]], timeout: Any) -> urllib3.BaseHTTPResponse:
-        return self.api.call_api(
+        response: urllib3.BaseHTTPResponse = self.api.call_api(
             self.resource.path, "GET", query_params=query,
             header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
             _preload_content=False, _return_http_data_only=True, _request_timeout=timeout)
+        return response
 
     def _list(self, reason: str) -> str:
         """List every page; replace the cache content; return the list's resourceVersion."""

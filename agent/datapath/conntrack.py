@@ -35,7 +35,7 @@ def conntrack_cflags() -> list[str]:
 
 
 def is_expired(entry: CtEntry, now_ns: int) -> bool:
-    return now_ns - entry.last_seen_ns > entry.lifetime_s * 1_000_000_000
+    return bool(now_ns - entry.last_seen_ns > entry.lifetime_s * 1_000_000_000)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def mac_to_bytes(mac: str) -> bytes:
     return bytes(int(part, 16) for part in parts)
 
 
-def bytes_to_mac(raw: bytes | ctypes.Array) -> str:  # type: ignore[type-arg]
+def bytes_to_mac(raw: bytes | ctypes.Array) -> str:  # type: ignore[type-arg]  # ctypes arrays of any element type
     return ":".join(f"{b:02x}" for b in bytes(raw))
 
 

@@ -6,8 +6,9 @@ turning them into flows is the observer's job.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from membrane.agent.datapath.layout import EventConfigFlag, EventConfigValue, EventStatsValue
 

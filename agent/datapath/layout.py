@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 
 class LayoutMismatch(RuntimeError):
@@ -340,15 +340,16 @@ def _describe(cls: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
     """(name, offset, size) of every field, in declaration order."""
     return [
         (name, getattr(cls, name).offset, getattr(cls, name).size)
-        for name, *_ in cls._fields_  # type: ignore[misc]
+        for name, *_ in cls._fields_
     ]
 
 
-def check_struct(mirror: type[ctypes.Structure], compiled: type[ctypes.Structure], what: str) -> None:
+def check_struct(mirror: type[ctypes.Structure], compiled: type[Any], what: str) -> None:
+    # `compiled` is bcc's type: a Structure, or a plain ctypes integer for a scalar key.
     """Raise LayoutMismatch unless both classes have the same fields, offsets and sizes."""
     if not issubclass(compiled, ctypes.Structure):
         # bcc types a scalar key (array maps) as a plain ctypes integer.
-        if ctypes.sizeof(mirror) != ctypes.sizeof(compiled) or len(mirror._fields_) != 1:  # type: ignore[misc]
+        if ctypes.sizeof(mirror) != ctypes.sizeof(compiled) or len(mirror._fields_) != 1:
             raise LayoutMismatch(f"{what}: {mirror.__name__} does not match the scalar {compiled.__name__} of bpf/types.h")
         return
     ours, theirs = _describe(mirror), _describe(compiled)

@@ -29,8 +29,6 @@ from membrane.agent.datapath.endpoints import EndpointEntry
 from membrane.agent.datapath.events import EventConfig, EventStats
 from membrane.agent.datapath.flattening import flatten_sources
 from membrane.agent.datapath.ipcache import IpcacheEntry
-from membrane.agent.datapath.node_config import NodeConfig
-from membrane.agent.datapath.shared_constants import drift, static_asserts
 from membrane.agent.datapath.layout import (
     CIDR,
     CONNTRACK,
@@ -63,7 +61,9 @@ from membrane.agent.datapath.layout import (
     check_struct,
 )
 from membrane.agent.datapath.metrics import MetricSample, summed_samples
+from membrane.agent.datapath.node_config import NodeConfig
 from membrane.agent.datapath.pinned_maps import CODECS, PinnedMap, write_delta
+from membrane.agent.datapath.shared_constants import drift, static_asserts
 from membrane.agent.datapath.syscalls import map_count_entries, map_info, pinned_map_info
 from membrane.agent.datapath.witness import WITNESS_NAME
 from membrane.delta import Delta
@@ -302,7 +302,7 @@ class Datapath:
         """Counters per (reason, direction), summed over CPUs."""
         table = self._table(METRICS)
         per_cpu = []
-        for key in table.keys():
+        for key in table:
             try:
                 values = table[key]  # one Leaf per possible CPU
             except KeyError:
@@ -357,7 +357,7 @@ class Datapath:
         def on_record(_ctx: Any, data: Any, length: int) -> int:
             try:
                 callback(ctypes.string_at(data, min(length, size)))
-            except BaseException as exc:  # bcc would print and swallow it
+            except BaseException as exc:  # noqa: BLE001 - bcc would print and swallow it; kept for the caller
                 self._event_errors.append(exc)
                 return -1  # stops this poll
             return 0
@@ -417,7 +417,8 @@ class Datapath:
     def maps_info(self) -> dict[str, MapInfo]:
         """Kernel view of each map, by map name (the map id shows pin reuse)."""
         bpf = self._loaded()
-        return {spec.name: _kernel_map_info(bpf, spec) for spec in (*self.specs.values(), EVENTS)}
+        specs: list[MapSpec | RingSpec] = [*self.specs.values(), EVENTS]
+        return {spec.name: _kernel_map_info(bpf, spec) for spec in specs}
 
     def map_entry_counts(self) -> dict[str, tuple[int, int]]:
         """(entries, capacity) of each keyed map, by role, counted in the kernel's batches or by

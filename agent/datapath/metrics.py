@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from membrane.agent.datapath.layout import Direction, MetricsKey, MetricsValue, Reason
 

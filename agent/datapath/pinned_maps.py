@@ -20,10 +20,25 @@ from typing import Any, Final
 
 from membrane.agent.datapath.encoding import field_to_ip, struct_copy
 from membrane.agent.datapath.endpoints import EndpointEntry, endpoint_key
-from membrane.agent.datapath.ipcache import (cidr_key, cidr_value, ipcache_entry, ipcache_key, ipcache_value,
-                                             prefix_from_cidr_key, prefix_from_key)
-from membrane.agent.datapath.layout import (CidrKey, CidrValue, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue,
-                                            PolicyKey, PolicyValue)
+from membrane.agent.datapath.ipcache import (
+    cidr_key,
+    cidr_value,
+    ipcache_entry,
+    ipcache_key,
+    ipcache_value,
+    prefix_from_cidr_key,
+    prefix_from_key,
+)
+from membrane.agent.datapath.layout import (
+    CidrKey,
+    CidrValue,
+    EndpointInfo,
+    EndpointKey,
+    IpcacheKey,
+    IpcacheValue,
+    PolicyKey,
+    PolicyValue,
+)
 from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
 from membrane.agent.datapath.syscalls import BatchUnsupported, map_delete_batch, map_update_batch
 
@@ -96,7 +111,7 @@ class PinnedMap:
                 pass
         return removed
 
-    def _batch(self, pairs: list[tuple[ctypes.Structure, ctypes.Structure | None]], update: bool) -> int | None:
+    def _batch(self, pairs: Sequence[tuple[ctypes.Structure, ctypes.Structure | None]], update: bool) -> int | None:
         """Batch syscalls, chunk by chunk; None when the map type has none (nothing written)."""
         fd = int(self.table.map_fd)
         done = 0

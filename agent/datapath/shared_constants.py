@@ -20,8 +20,17 @@ from collections.abc import Iterable, Mapping
 from membrane.identities import IDENTITY_ANY, LOCAL_IDENTITY_FLAG, ReservedIdentity
 
 from .events import EVENTS_AGGREGATE_MS, EVENTS_BURST, EVENTS_RATE_PER_SEC
-from .layout import (CtFlag, Direction, EndpointFlag, EventConfigFlag, EventType, EventVerdict, IpcacheFlag,
-                     PolicyVerdict, Reason)
+from .layout import (
+    CtFlag,
+    Direction,
+    EndpointFlag,
+    EventConfigFlag,
+    EventType,
+    EventVerdict,
+    IpcacheFlag,
+    PolicyVerdict,
+    Reason,
+)
 
 # (C prefix, Python enum): every member of the enum is MB_<prefix><member name> in C, and every C
 # name with that prefix is a member (so a constant added on one side only is found too).
@@ -41,7 +50,7 @@ def expected() -> dict[str, int]:
     """C name -> the value Python uses."""
     want: dict[str, int] = {f"MB_{r.name}": int(r) for r in Reason}
     for prefix, family in FAMILIES:
-        want.update({f"{prefix}{m.name}": int(m) for m in family})  # type: ignore[attr-defined]
+        want.update({f"{prefix}{m.name}": int(m) for m in family})
     want.update({
         "MB_IDENTITY_ANY": IDENTITY_ANY,
         "MB_IDENTITY_HOST": int(ReservedIdentity.HOST),

@@ -165,7 +165,7 @@ def _count_batched(fd: int, key_size: int, value_size: int, limit: int, chunk: i
             bpf(BPF_MAP_LOOKUP_BATCH, attr)
         except OSError as exc:
             if exc.errno == errno_codes.ENOENT:  # the last batch (count says how many it holds)
-                return min(limit, total + attr.count)
+                return min(limit, total + int(attr.count))
             raise
         total += attr.count
         first = False

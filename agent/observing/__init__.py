@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from membrane.agent.datapath.layout import EventType
+
 from .enriching import EndpointDirectory, EndpointInfo, Enricher, MonotonicClock, NullDirectory, StaticDirectory
-from .events import EVENT_SIZE, EventType, FlowEventStruct, RawEvent, decode_event, encode_event
+from .events import EVENT_SIZE, FlowEventStruct, RawEvent, decode_event, encode_event
 from .metrics import FlowMetricsCollector
 from .observer import FlowObserver, FlowQuery, Lost, ObserverStatus
 from .ring import DEFAULT_CAPACITY, FlowRing

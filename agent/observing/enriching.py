@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
+from membrane.agent.datapath.layout import EventType
 from membrane.flows import (
     Direction,
     Endpoint,
@@ -27,7 +28,7 @@ from membrane.flows import (
     tcp_flag_names,
 )
 
-from .events import VERDICT_DROPPED, EventType, RawEvent, reason_name
+from .events import VERDICT_DROPPED, RawEvent, reason_name
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,13 @@ class MonotonicClock:
 
     def to_datetime(self, mono_ns: int) -> datetime:
         wall = self.wall_ns(mono_ns)
-        return datetime.fromtimestamp(wall // 1_000_000_000, tz=timezone.utc).replace(
+        return datetime.fromtimestamp(wall // 1_000_000_000, tz=UTC).replace(
             microsecond=(wall % 1_000_000_000) // 1000)
 
 
 _POLICY_DROPS = (7, 8)  # enum mb_reason: DROP_POLICY_INGRESS, DROP_POLICY_EGRESS
 
-_FLOW_TYPES = {
+_FLOW_TYPES: dict[int, tuple[FlowType, str]] = {
     EventType.DROP: (FlowType.DROP, ""),
     EventType.POLICY_VERDICT: (FlowType.POLICY_VERDICT, ""),
     EventType.TRACE_NEW: (FlowType.TRACE, "new"),

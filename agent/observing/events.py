@@ -13,8 +13,9 @@ import socket
 import struct
 from typing import NamedTuple
 
-from membrane.agent.datapath.layout import Direction, EventType, EventVerdict, FlowEvent, Reason  # noqa: F401 - EventType re-exported
+from membrane.agent.datapath.layout import Direction, EventType, EventVerdict, FlowEvent, Reason
 
+__all__ = ["EVENT_SIZE", "Direction", "EventType", "FlowEventStruct", "RawEvent", "Reason", "decode_event", "encode_event"]
 
 # The struct mirror lives with the other layouts (checked against the compiled program at load);
 # tests and benchmarks build synthetic records from it.
@@ -54,7 +55,7 @@ class RawEvent(NamedTuple):
     endpoint_id: int
     rule_ref: int
     len: int
-    count: int
+    count: int  # type: ignore[assignment]  # the C struct's field name; shadows tuple.count, never called
 
 
 def decode_event(data: bytes | bytearray | memoryview) -> RawEvent:
@@ -80,7 +81,7 @@ def encode_event(**fields: int | str) -> bytes:
         elif name in ("sport", "dport"):
             value = int.from_bytes(int(value).to_bytes(2, "big"), "little")
         setattr(ev, name, int(value))
-    return bytes(ev)  # type: ignore[call-overload]
+    return bytes(ev)
 
 
 def reason_name(reason: int) -> str:

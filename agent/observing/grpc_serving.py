@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -41,7 +41,7 @@ class ObserverServicer(pb_grpc.ObserverServicer):
     def __init__(self, observer: FlowObserver) -> None:
         self.observer = observer
 
-    def GetFlows(self, request: pb.GetFlowsRequest, context: grpc.ServicerContext) -> Iterator[pb.GetFlowsResponse]:  # noqa: N802
+    def GetFlows(self, request: pb.GetFlowsRequest, context: grpc.ServicerContext) -> Iterator[pb.GetFlowsResponse]:
         try:
             allow = [filter_from_pb(f) for f in request.whitelist]
             deny = [filter_from_pb(f) for f in request.blacklist]
@@ -54,7 +54,7 @@ class ObserverServicer(pb_grpc.ObserverServicer):
         node = self.observer.node
         for item in self.observer.stream_batches(query, is_active=context.is_active):
             if isinstance(item, Lost):
-                yield pb.GetFlowsResponse(time=timestamp(datetime.now(timezone.utc)), node_name=node,
+                yield pb.GetFlowsResponse(time=timestamp(datetime.now(UTC)), node_name=node,
                                           lost_events=pb.LostEvents(count=item.count))
             elif request.batch:
                 msgs = [flow_to_pb(f) for f in item]
@@ -64,7 +64,7 @@ class ObserverServicer(pb_grpc.ObserverServicer):
                     msg = flow_to_pb(flow)
                     yield pb.GetFlowsResponse(time=msg.time, node_name=node, flow=msg)
 
-    def ServerStatus(self, request: pb.ServerStatusRequest, context: grpc.ServicerContext) -> pb.ServerStatusResponse:  # noqa: N802
+    def ServerStatus(self, request: pb.ServerStatusRequest, context: grpc.ServicerContext) -> pb.ServerStatusResponse:
         st = self.observer.status()
         return pb.ServerStatusResponse(num_flows=st.held, max_flows=st.capacity, seen_flows=st.seen,
                                        lost_events=st.lost, lost_events_by_reason=st.lost_by_reason,

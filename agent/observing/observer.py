@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from membrane.flows import Flow, FlowFilter, FlowType, compile_filters
@@ -163,7 +163,7 @@ class FlowObserver:
                         next_lost = time.monotonic() + lost_every_s
                     if delivered and coalesce_s > 0:
                         self._stop.wait(coalesce_s)
-                except Exception:  # noqa: BLE001 - one bad poll must not end observability
+                except Exception:
                     log.exception("flow event poll failed")
                     self._stop.wait(1.0)
             self.flush()
@@ -226,7 +226,7 @@ class FlowObserver:
             self.streams += 1
         try:
             while is_active() and not self._stop.is_set():
-                if until is not None and datetime.now(timezone.utc) > until:
+                if until is not None and datetime.now(UTC) > until:
                     return
                 if not self.ring.wait(seq, wait_s):
                     continue

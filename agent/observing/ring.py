@@ -91,4 +91,4 @@ class FlowRing:
     def _range(self, start: int, end: int) -> list[Flow]:
         cap, slots = self.capacity, self._slots
         out = [slots[s % cap] for s in range(start, end)]
-        return out  # type: ignore[return-value] - slots in [oldest, next) are always set
+        return out  # type: ignore[return-value]  # slots in [oldest, next) are always set

@@ -7,7 +7,7 @@ Imports the generated `observer_pb2` (protobuf only, no grpc) so the agent's Obs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -36,7 +36,7 @@ def timestamp(when: datetime) -> Timestamp:
 
 
 def from_timestamp(ts: Timestamp) -> datetime:
-    return datetime.fromtimestamp(ts.seconds, tz=timezone.utc).replace(microsecond=ts.nanos // 1000)
+    return datetime.fromtimestamp(ts.seconds, tz=UTC).replace(microsecond=ts.nanos // 1000)
 
 
 def endpoint_to_pb(ep: Endpoint, out: pb.Endpoint) -> None:

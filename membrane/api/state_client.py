@@ -122,7 +122,7 @@ class StateClient:
                 else:
                     log.info("state stream from %s ended: %s", self.target,
                              exc.code() if hasattr(exc, "code") else exc)
-            except Exception:  # noqa: BLE001 - a failing apply must not kill the client
+            except Exception:
                 log.exception("state stream: applying an update failed; resubscribing")
             finally:
                 self.connected.clear()

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Union
 
 
 class Kind(StrEnum):
@@ -109,7 +108,7 @@ class PolicyState:
         return f"{self.namespace}/{self.name}"
 
 
-StateObject = Union[NamespaceState, NodeState, IdentityState, EndpointState, PolicyState]
+StateObject = NamespaceState | NodeState | IdentityState | EndpointState | PolicyState
 StateKey = tuple[Kind, str]
 
 

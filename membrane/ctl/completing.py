@@ -28,8 +28,8 @@ class _Level:
 def _levels(parser: argparse.ArgumentParser, path: str = "", out: dict[str, _Level] | None = None) -> dict[str, _Level]:
     out = {} if out is None else out
     level = out.setdefault(path, _Level())
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk of its actions
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 level.words.append(name)
                 _levels(sub, f"{path} {name}".strip(), out)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -86,7 +86,7 @@ def add_observe_parser(subparsers: Any) -> argparse.ArgumentParser:
     for flag, (_field, kind, text) in _FILTER_FLAGS.items():
         p.add_argument(f"--{flag}", action="append", default=[], metavar=kind.upper(), help=text)
         p.add_argument(f"--not-{flag}", action="append", default=[], metavar=kind.upper(), help=argparse.SUPPRESS)
-    return p
+    return p  # type: ignore[no-any-return]  # argparse's add_parser, reached through an untyped subparsers
 
 
 def _value(kind: str, raw: str) -> Any:
@@ -235,11 +235,11 @@ def fetch_flows(server: str, number: int = 0, follow: bool = False, since: datet
 def run_observe(args: argparse.Namespace) -> int:
     """Run `membranectl observe`; returns the exit code."""
     # membranectl's -o (given anywhere): one compact line per flow, JSON lines or YAML documents
-    output = getattr(args, "output", None) if getattr(args, "output", None) in ("json", "yaml") else "compact"
+    output = str(args.output) if getattr(args, "output", None) in ("json", "yaml") else "compact"
     server = args.server or default_server(getattr(args, "socket", None))
     try:
         allow, deny = build_filters(args)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         since = parse_time_spec(args.since, now) if args.since else None
         until = parse_time_spec(args.until, now) if args.until else None
     except (ValueError, KeyError, FilterError) as exc:

@@ -12,6 +12,8 @@ status gets its IP.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import os
 import shutil
 import signal
@@ -21,9 +23,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-import base64
-import datetime as dt
 
 from kubernetes import client
 

@@ -25,6 +25,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import netns
 
@@ -92,11 +93,12 @@ def _script(root: Path, volumes: Sequence[Volume], capabilities: Sequence[str], 
 
 def popen_container(node_netns: str, root: Path, volumes: Sequence[Volume], capabilities: Sequence[str],
                     env: dict[str, str], argv: Sequence[str], no_new_privs: bool = False,
-                    **kwargs: object) -> subprocess.Popen[bytes]:
+                    **kwargs: object) -> subprocess.Popen[Any]:
     """Start `argv` as a container on the lab node `node_netns` (see the module docstring).
     `root` is an empty directory the container's root is mounted on."""
     root.mkdir(parents=True, exist_ok=True)
     script = _script(root, volumes, capabilities, env, argv, no_new_privs)
     cmd = ["nsenter", f"--net={netns.NETNS_DIR / node_netns}", "--",
            "unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", script]
-    return subprocess.Popen(cmd, **kwargs)  # type: ignore[call-overload]
+    proc: subprocess.Popen[Any] = subprocess.Popen(cmd, **kwargs)  # type: ignore[call-overload]  # kwargs pass through
+    return proc

@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 
-class Damage(str, Enum):
+class Damage(str, Enum):  # noqa: UP042 - StrEnum would change what str() prints in reports
     TRUNCATED = "truncated"  # the first half of the bytes survive
     GARBAGE = "garbage"  # overwritten with as many random bytes
     EMPTY = "empty"  # zero bytes
@@ -28,7 +28,7 @@ class Damage(str, Enum):
     APPENDED = "appended"  # random bytes (newlines included) after the intact content
 
 
-class Outcome(str, Enum):
+class Outcome(str, Enum):  # noqa: UP042 - StrEnum would change what str() prints in reports
     REBUILT = "rebuilt"
     REFUSED = "refused"
 
@@ -48,7 +48,7 @@ class StateFile:
 
 
 def _all(outcome: Outcome) -> dict[Damage, Outcome]:
-    return {damage: outcome for damage in Damage}
+    return dict.fromkeys(Damage, outcome)
 
 
 # Irreplaceable: only appended bytes after intact content can be dropped (the witness proves

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 NETNS_DIR = Path("/var/run/netns")
 
@@ -31,8 +32,10 @@ def exec_in(name: str, cmd: list[str], check: bool = True, timeout: float = 60) 
     return run(["ip", "netns", "exec", name, *cmd], check=check, timeout=timeout)
 
 
-def popen_in(name: str, cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["ip", "netns", "exec", name, *cmd], **kwargs)  # type: ignore[call-overload]
+def popen_in(name: str, cmd: list[str], **kwargs: object) -> subprocess.Popen[Any]:
+    proc: subprocess.Popen[Any] = subprocess.Popen(  # type: ignore[call-overload]  # kwargs pass through
+        ["ip", "netns", "exec", name, *cmd], **kwargs)
+    return proc
 
 
 def listed(prefix: str) -> list[str]:

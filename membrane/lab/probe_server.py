@@ -106,7 +106,7 @@ class UdpEcho(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]  # a datagram endpoint's transport
 
 
 class Server:
@@ -157,7 +157,7 @@ class Server:
     async def tcp(self, ip: str, port: int, timeout: float) -> str:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             return "timeout"
         except ConnectionRefusedError:
             return "refused"
@@ -188,7 +188,7 @@ class Server:
                     return "timeout"
                 try:
                     reply = await asyncio.wait_for(loop.sock_recv(sock, 2048), min(step, left))
-                except (asyncio.TimeoutError, TimeoutError):
+                except TimeoutError:
                     if loop.time() >= deadline:
                         return "timeout"
                     continue
@@ -223,7 +223,7 @@ class Server:
             check = self.tcp if request["proto"] == "tcp" else self.udp
             targets = request["targets"]
             outcomes = await asyncio.gather(*(check(ip, int(port), timeout) for _, ip, port in targets))
-            return {"results": {t[0]: outcome for t, outcome in zip(targets, outcomes)}}
+            return {"results": {t[0]: outcome for t, outcome in zip(targets, outcomes, strict=True)}}
         if op == "sctp_send":
             sent = await self.sctp_send(request["targets"], int(request["tag"]),
                                         int(request.get("attempts", 3)), float(request.get("interval", 0.05)))

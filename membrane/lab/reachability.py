@@ -24,6 +24,7 @@ cell is dropped, ~0.4 s for SCTP (INITs are sent, then the destinations are aske
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import os
@@ -107,7 +108,7 @@ class TruthTable:
     def count(self, value: bool) -> int:
         return sum(1 for v in self.values.values() if v is value)
 
-    def pretty(self, mark: set[tuple[str, str]] | None = None) -> str:
+    def pretty(self, mark: builtins.set[tuple[str, str]] | None = None) -> str:
         """Rows are sources, columns destinations; `.` reachable, `X` not, `?` unknown;
         `*` marks a cell that differs."""
         mark = mark or set()
@@ -177,7 +178,7 @@ class Reachability:
                    for f, t in sorted(wrong)]
         exp, obs = self.expected.pretty(wrong).splitlines(), self.observed.pretty(wrong).splitlines()
         width = max(len(line) for line in exp)
-        side = [f"{'expected':<{width}}    observed"] + [f"{a:<{width}}    {b}" for a, b in zip(exp, obs)]
+        side = [f"{'expected':<{width}}    observed"] + [f"{a:<{width}}    {b}" for a, b in zip(exp, obs, strict=False)]
         head = f"{title}: " if title else ""
         return (f"{head}{len(wrong)} of {len(self.expected.values)} cells differ "
                 f"(. reachable, X not, * differs)\n" + "\n".join(side) + "\n" + "\n".join(details))
@@ -257,7 +258,7 @@ class ProbeProcess:
                 raise RuntimeError(f"probe server in {self.netns} exited ({self.proc.returncode}): {err[-500:]}")
             self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
-        return json.loads(line)  # type: ignore[no-any-return]
+        return json.loads(line)  # type: ignore[no-any-return]  # the probe server's JSON reply object
 
     def send(self, op: str, **args: Any) -> int:
         assert self.proc.stdin is not None
@@ -332,8 +333,8 @@ class ProbeCluster:
         for namespace in self.model.namespaces:
             for pod in self.model.pods:
                 self._add_pod(namespace, pod)
-        for pod_key, pod in self.pods.items():
-            self.probers[pod_key] = ProbeProcess(pod.netns)
+        for pod_key, member in self.pods.items():
+            self.probers[pod_key] = ProbeProcess(member.netns)
         for prober in self.probers.values():
             prober.wait_ready()
         return self

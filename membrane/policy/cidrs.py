@@ -72,8 +72,8 @@ class CidrTable:
                 added[prefix] = identity
         for prefix in sorted(old - wanted):
             labels = cidr_labels(prefix)
-            identity = self.allocator.release(labels, owner)
-            if identity is not None:
+            released = self.allocator.release(labels, owner)
+            if released is not None:
                 # The local table frees at once: nothing outside this node holds the number,
                 # and the allocator still prefers never-used numbers for the next prefix.
                 self.allocator.gc()
@@ -83,7 +83,7 @@ class CidrTable:
                 del bucket[network]
                 if not bucket:
                     del self._by_len[(network.version, network.prefixlen)]
-                removed[prefix] = identity
+                removed[prefix] = released
         if wanted:
             self._by_policy[policy] = wanted
         else:
@@ -123,7 +123,6 @@ def lpm_lookup(table: Mapping[str, int], address: str) -> int | None:
     best: tuple[int, int] | None = None
     for text, identity in table.items():
         prefix = parse_prefix(text)
-        if prefix.version == ip.version and ip in prefix:
-            if best is None or prefix.prefixlen > best[0]:
-                best = (prefix.prefixlen, identity)
+        if prefix.version == ip.version and ip in prefix and (best is None or prefix.prefixlen > best[0]):
+            best = (prefix.prefixlen, identity)
     return best[1] if best else None

@@ -287,4 +287,4 @@ def lookup_flat(
         if value is not None
     ]
     denies = [v for v in found if v.verdict == Verdict.DENY]
-    return (denies or found or [None])[0]
+    return next(iter(denies or found), None)

@@ -59,7 +59,7 @@ class IpBlock:
 
 
 def _subnet_of(inner: IPNetwork, outer: IPNetwork) -> bool:
-    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]  # same IP version, checked just before
 
 
 @dataclass(frozen=True)

@@ -97,9 +97,9 @@ def _party(
             who = ObjectRef.parse(who)
         else:
             cidr = _cidr_identity(cidrs, address)
-            for pod in pods.values():
-                if address in pod.ips and not pod.host_network:
-                    return Party(f"{pod.ref} ({address})", pod, pod.identity, cidr)
+            for candidate in pods.values():
+                if address in candidate.ips and not candidate.host_network:
+                    return Party(f"{candidate.ref} ({address})", candidate, candidate.identity, cidr)
             return Party(address, None, cidr, cidr)
     pod = pods.get(who)
     if pod is None:

@@ -79,14 +79,14 @@ def one(docs: list[Doc], kind: str, name: str) -> Doc:
 
 
 def pod_spec(workload: Doc) -> Doc:
-    return workload["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return workload["spec"]["template"]["spec"]  # type: ignore[no-any-return]  # rendered YAML of known shape
 
 
 def container(spec: Doc, name: str, init: bool = False) -> Doc:
     items = spec.get("initContainers" if init else "containers") or []
     matches = [c for c in items if c["name"] == name]
     assert matches, f"no {'init ' if init else ''}container {name}: {[c['name'] for c in items]}"
-    return matches[0]  # type: ignore[no-any-return]
+    return matches[0]  # type: ignore[no-any-return]  # rendered YAML of known shape
 
 
 # --- what kubelet does to a container's command line and environment ------------------------

@@ -35,7 +35,8 @@ class FakePolicyMaps:
         return self.revision
 
     def _table(self, role: str) -> dict[Any, Any]:
-        return {"policy": self.policy, "ipcache": self.ipcache, "cidr": self.cidrs}[role]
+        tables: dict[str, dict[Any, Any]] = {"policy": self.policy, "ipcache": self.ipcache, "cidr": self.cidrs}
+        return tables[role]
 
     def read_map(self, role: str) -> dict[Any, Any]:
         return dict(self._table(role))

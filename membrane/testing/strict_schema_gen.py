@@ -25,7 +25,7 @@ TARGET = Path(__file__).resolve().parent.parent / "schemas" / "kubernetes-strict
 
 def _definitions(version: str) -> dict[str, Any]:
     root = resources.files("kubernetes_validate").joinpath("kubernetes-json-schema", f"v{version}.0-local-strict")
-    return json.loads(root.joinpath("_definitions.json").read_text())["$defs"]  # type: ignore[no-any-return]
+    return json.loads(root.joinpath("_definitions.json").read_text())["$defs"]  # type: ignore[no-any-return]  # the schema file's definitions object
 
 
 def _slim(schema: Any, reached: list[str]) -> Any:

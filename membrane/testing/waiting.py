@@ -7,7 +7,7 @@ timeout fails with a message saying what was awaited.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class WaitTimeout(AssertionError):

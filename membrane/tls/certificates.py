@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -54,7 +55,7 @@ class KeyPair:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def new_key_pem() -> bytes:
@@ -81,7 +82,7 @@ def _load_cert(pem: bytes) -> x509.Certificate:
 
 
 def _utc(value: dt.datetime) -> float:
-    return value.replace(tzinfo=dt.timezone.utc).timestamp() if value.tzinfo is None else value.timestamp()
+    return value.replace(tzinfo=dt.UTC).timestamp() if value.tzinfo is None else value.timestamp()
 
 
 def facts(cert_pem: bytes) -> CertFacts:
@@ -120,7 +121,7 @@ class Authority:
     def __init__(self, key_pem: bytes, cert_pem: bytes) -> None:
         self._key = _load_key(key_pem)
         self._cert = _load_cert(cert_pem)
-        if self._cert.public_key().public_numbers() != self._key.public_key().public_numbers():
+        if _public_der(self._cert.public_key()) != _public_der(self._key.public_key()):
             raise CertificateError("the CA certificate does not belong to the CA key")
         self.key_pem = key_pem
         self.cert_pem = cert_pem
@@ -168,9 +169,11 @@ class Authority:
         cert = _load_cert(cert_pem)
         if cert.issuer != self._cert.subject:
             raise CertificateError("the certificate was not issued by this CA")
+        algorithm = cert.signature_hash_algorithm
+        if algorithm is None:
+            raise CertificateError("the certificate's signature names no hash algorithm")
         try:
-            self._key.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
-                                          ec.ECDSA(cert.signature_hash_algorithm))
+            self._key.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
         except InvalidSignature:
             raise CertificateError("the certificate's signature is not this CA's") from None
         found = facts(cert_pem)
@@ -219,7 +222,15 @@ def request_name(csr_pem: bytes) -> str:
 
 def key_matches(key_pem: bytes, cert_pem: bytes) -> bool:
     try:
-        return _load_key(key_pem).public_key().public_numbers() == \
-            _load_cert(cert_pem).public_key().public_numbers()
+        return _public_der(_load_key(key_pem).public_key()) == _public_der(_load_cert(cert_pem).public_key())
     except CertificateError:
         return False
+
+
+class _PublicKey(Protocol):
+    def public_bytes(self, encoding: serialization.Encoding, format: serialization.PublicFormat) -> bytes: ...
+
+
+def _public_der(key: _PublicKey) -> bytes:
+    """A public key's SubjectPublicKeyInfo bytes: equal exactly when the keys are."""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -92,7 +92,7 @@ def run(repeats: int) -> dict[str, Any]:
     summary = {name: {cmd: {"p50_ms": median([s * 1000 for s in v]), "p90_ms": percentile([s * 1000 for s in v], 90),
                             "n": len(v)} for cmd, v in cmds.items()} for name, cmds in samples.items()}
     size = Path(plugins["go"]).stat().st_size
-    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kernel": platform.release(),
+    return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "kernel": platform.release(),
             "cores": os.cpu_count(), "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             "python": platform.python_version(), "go_binary_bytes": size, "repeats": repeats, "summary": summary,
             "python_plugin_commit": PYTHON_PLUGIN_COMMIT}

@@ -43,7 +43,7 @@ def measure_ingest(n: int = 100_000, capacity: int = 4096) -> dict[str, Any]:
     """Flows/s through on_event (decode + enrich + count) and the ring (batched like the pump)."""
     events, directory = synthetic_events(n)
     obs = FlowObserver("bench", directory, capacity=capacity)
-    obs._batching = True  # noqa: SLF001 - exactly what start_pump sets, without a poll thread
+    obs._batching = True
     started = time.perf_counter()
     for i, record in enumerate(events):
         obs.on_event(record)

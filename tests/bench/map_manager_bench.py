@@ -41,7 +41,7 @@ def _maps() -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="mbt-mmbench-") as tmp:
-            mgr = PolicyManager(IdentityBook(Path(tmp) / "ids.json"), port, lambda _k, _i: None, lambda: [])
+            mgr = PolicyManager(IdentityBook(Path(tmp) / "ids.json"), port, lambda _k, _i: None, list)
             for n in range(ps.NAMESPACES):
                 mgr.on_namespace(f"ns{n}", parse_object(ps.namespace_obj(n)))  # type: ignore[arg-type]
             pods = [parse_object(ps.pod_obj(i)) for i in range(2000)]

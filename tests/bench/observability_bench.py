@@ -103,7 +103,7 @@ def metric(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`."""
     total = 0.0
     for line in text.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and \
+        if (line.startswith((name + "{", name + " "))) and \
                 all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -150,11 +150,11 @@ def connection_rate(server: Endpoint, client: Endpoint, seconds: float, port: in
     proc = netns.popen_in(server.netns, [sys.executable, "-c", CONN_SERVER, server.ip, str(port)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        measuring._wait_listening(server, port, proc)  # noqa: SLF001 - same helper as sockperf/iperf3
+        measuring._wait_listening(server, port, proc)
         out = netns.exec_in(client.netns, [sys.executable, "-c", CONN_CLIENT, server.ip, str(port), str(seconds)],
                             timeout=seconds + 30).stdout.split()
     finally:
-        measuring._stop(proc)  # noqa: SLF001
+        measuring._stop(proc)
     n, errors, elapsed = int(out[0]), int(out[1]), float(out[2])
     return {"connections": n, "errors": errors, "seconds": elapsed, "per_second": n / elapsed}
 

@@ -66,7 +66,7 @@ class _Baseline(Datapath):
     """The old program on the current pins. Its node config struct has padding where
     tunnel_port is now (same size), which the current Python mirror would call a mismatch."""
 
-    def _check_layouts(self, bpf: Any) -> None:  # noqa: D401 - deliberately skipped, see class doc
+    def _check_layouts(self, bpf: Any) -> None:
         return None
 
 
@@ -140,7 +140,7 @@ def run(rounds: int = 15, repeat: int = 200_000, before: str = BEFORE, trust: st
                              "added_ns": (t - b) if b is not None and t is not None else None,
                              "ratio": ratio(t, b), "samples": by}
         summary["stranger refused"] = {"current_ns": median(stranger), "samples": {"current": stranger}}
-        return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "kernel": platform.release(),
+        return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "kernel": platform.release(),
                 "cores": os.cpu_count(), "loadavg": Path("/proc/loadavg").read_text().split()[:3],
                 "commits": commits, "rounds": rounds, "repeat": repeat, "cases": summary}
     finally:

@@ -31,7 +31,7 @@ from membrane.lab.node import LabNode, tool
 from . import measuring, policy_scale
 from .plugins import CniPlugin
 from .setups import PREFIX, BridgeReference, Endpoint, Membrane
-from .stats import median, percentile
+from .stats import median
 
 RULE_COUNTS = (0, 100, 10_000)
 CONN_PORT = 7100
@@ -76,7 +76,7 @@ def gate_policy(allow: bool) -> dict[str, Any]:
 class PolicyMembrane(Membrane):
     """The membrane setup on its own node name, with labelled client and server Pods."""
 
-    def __init__(self) -> None:  # noqa: D107 - same as Membrane, other node
+    def __init__(self) -> None:
         self.node = LabNode("mbpol", pod_cidr="10.212.0.0/24", prefix=PREFIX)
         self.settle_seconds = 0.5
         self.idle_rss_kib = None

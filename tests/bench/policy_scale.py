@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from collections.abc import Mapping, Sequence
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.policy import FlatKey, FlatValue, PolicyResolver, compute_policy
 from membrane.policy.inputs import PodInfo
@@ -132,12 +132,12 @@ def engine(pods: int = PODS, policies: int = POLICIES) -> dict[str, Any]:
 def agent(pods: int = PODS, policies: int = POLICIES, changes: int = 7) -> dict[str, Any]:
     """The agent's manager with fake maps: 20 local endpoints among `pods`."""
     from membrane.agent.identity_book import IdentityBook
-    from membrane.agent.state_storing import open_state
     from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
+    from membrane.agent.state_storing import open_state
     out: dict[str, Any] = {"pods": pods, "policies": policies, "local_endpoints": LOCAL}
     with tempfile.TemporaryDirectory(prefix="mbbench-") as tmp:
         maps = FakeMaps()
-        mgr = PolicyManager(IdentityBook(open_state(Path(tmp)).db), maps, lambda key, ident: None, lambda: [])
+        mgr = PolicyManager(IdentityBook(open_state(Path(tmp)).db), maps, lambda key, ident: None, list)
         ns_objs = [parse_object(namespace_obj(n)) for n in range(NAMESPACES)]
         pod_objs = [parse_object(pod_obj(i)) for i in range(pods)]
         pol_objs = [parse_object(policy_obj(j)) for j in range(policies)]

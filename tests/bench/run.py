@@ -36,7 +36,7 @@ def machine_facts() -> dict[str, Any]:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "unknown")
     version = lambda cmd: subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0].strip()  # noqa: E731
-    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    return {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "kernel": platform.release(), "cores": os.cpu_count(), "cpu": cpu,
             "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
             "python": platform.python_version(), "sockperf": version(["sockperf", "--version"]),

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     api_client = api.api_client()
     core, net = client.CoreV1Api(api_client), client.NetworkingV1Api(api_client)
     results: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                               "machine": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               "machine": {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                            "kernel": platform.release(), "cores": os.cpu_count(),
                                            "python": platform.python_version(), "loadavg_start": os.getloadavg()},
                                "rounds": []}

@@ -20,7 +20,7 @@ from membrane.agent.datapath.encoding import field_to_ip, field_to_port
 from membrane.agent.datapath.events import EventConfig, EventStats
 from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.datapath.layout import EventType, EventVerdict, FlowEvent, Reason
-from membrane.agent.datapath.prog_test_run import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, prog_test_run
+from membrane.agent.datapath.prog_test_run import TC_ACT_REDIRECT, TC_ACT_SHOT, prog_test_run
 from membrane.delta import diff
 from membrane.policy import FlatKey, FlatValue, Verdict
 

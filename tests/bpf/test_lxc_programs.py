@@ -19,13 +19,13 @@ from membrane.agent.datapath import (
     ConntrackEntry,
     EndpointEntry,
 )
-from membrane.policy import EndpointPolicy, RuleTable, flatten_endpoint
 from membrane.agent.datapath.prog_test_run import (
     TC_ACT_OK,
     TC_ACT_REDIRECT,
     TC_ACT_SHOT,
     prog_test_run,
 )
+from membrane.policy import EndpointPolicy, RuleTable, flatten_endpoint
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

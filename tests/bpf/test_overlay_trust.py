@@ -20,7 +20,6 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
 
 from membrane.agent.datapath import NodeConfig
 from membrane.agent.datapath.encoding import field_to_ip, field_to_port
@@ -28,9 +27,28 @@ from membrane.agent.datapath.layout import EventType, FlowEvent, Reason
 from membrane.agent.datapath.prog_test_run import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
 from membrane.policy import FlatValue
 
-from .test_overlay_programs import (ALLOW, EGRESS, EP_A, ID_A, ID_OTHER, ID_R, INGRESS, OTHER_NODE, OTHER_POD,
-                                    POD_A, REMOTE, REMOTE_NODE, REMOTE_PODS, STRANGER, TUNNEL_IFINDEX, arrive, counter,
-                                    dp, key, send_from_a, syn, write)
+from .test_overlay_programs import (
+    ALLOW,
+    EGRESS,
+    ID_A,
+    ID_OTHER,
+    ID_R,
+    INGRESS,
+    OTHER_NODE,
+    OTHER_POD,
+    POD_A,
+    REMOTE,
+    REMOTE_NODE,
+    STRANGER,
+    TUNNEL_IFINDEX,
+    arrive,
+    counter,
+    dp,
+    key,
+    send_from_a,
+    syn,
+    write,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

@@ -20,9 +20,9 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from membrane.lab import netns
-from membrane.lab.traffic import CONNECT, OK_SERVER
 from membrane.lab.cluster import KubeLab
 from membrane.lab.node import LabNode
+from membrane.lab.traffic import CONNECT, OK_SERVER
 from membrane.testing.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")

@@ -31,8 +31,8 @@ from membrane.api.backoff import Backoff
 from membrane.api.state_client import StateClient
 from membrane.api.state_objects import Kind, StateUpdate, apply_update
 from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.tls import node_material
 from membrane.testing.kubeapi.messages import Request
+from membrane.testing.tls import node_material
 from membrane.testing.waiting import wait_for
 
 NODES = ("n1", "n2", "n3")

@@ -76,7 +76,7 @@ def test_cross_node_pods_with_operator_identities(cluster: tuple[KubeLab, Underl
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         assert wait_for(lambda: connects(web, db.ip)), (n1.log_tail(), n2.log_tail())
-        web_id = [r for r in n1.api("endpoint.list") if r["pod"] == "shop/web"][0]["identity"]
+        web_id = next(r for r in n1.api("endpoint.list") if r["pod"] == "shop/web")["identity"]
         capture = underlay.capture_vxlan(n1.netns, seconds=4, count=10)
         assert connects(web, db.ip)
         packets = capture.stop()

@@ -30,10 +30,10 @@ from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
 from membrane.operator.state_serving import SERVICE
 from membrane.testing.kubeapi import KubeApiServer, User
+from membrane.testing.waiting import wait_for
 from membrane.tls.certificates import OPERATOR_NAME, Authority, new_key_pem, new_request
 from membrane.tls.grpc_credentials import channel_credentials, channel_options
 from membrane.tls.material import Material
-from membrane.testing.waiting import wait_for
 
 LIFETIME = 10.0  # seconds: renewals at ~6.7 s, expiry of the old certificate at 10 s
 
@@ -135,7 +135,7 @@ def test_only_the_node_its_certificate_names_may_subscribe(cluster: Cluster) -> 
     with cluster.channel(n2) as other:
         assert refused(other, "n1") == grpc.StatusCode.PERMISSION_DENIED
     # An expired certificate (issued by the right CA).
-    old = cluster.material("n1", lifetime=60, start=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2))
+    old = cluster.material("n1", lifetime=60, start=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
     with cluster.channel(old) as expired:
         assert refused(expired, "n1") == grpc.StatusCode.UNAVAILABLE
     # A certificate from another CA naming n1.

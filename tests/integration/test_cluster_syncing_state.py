@@ -11,21 +11,36 @@ from pathlib import Path
 
 import pytest
 
-from membrane.agent.cluster_syncing import (ClusterSyncer, ResyncNeeded, grpc_target, object_from_json,
-                                            object_to_json, saved_pod_cidr)
+from membrane.agent.cluster_syncing import (
+    ClusterSyncer,
+    ResyncNeeded,
+    grpc_target,
+    object_from_json,
+    object_to_json,
+    saved_pod_cidr,
+)
 from membrane.agent.config import load_config
 from membrane.agent.identity_sources import StreamIdentities
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
-from membrane.api.state_objects import (Change, EndpointState, IdentityState, Kind, NamedPortState, NamespaceState,
-                                        NodeState, PolicyState, StateObject, StateUpdate)
+from membrane.api.state_objects import (
+    Change,
+    EndpointState,
+    IdentityState,
+    Kind,
+    NamedPortState,
+    NamespaceState,
+    NodeState,
+    PolicyState,
+    StateObject,
+    StateUpdate,
+)
 from membrane.cni_types import TRY_AGAIN_LATER, CniError
-from membrane.delta import Delta
 from membrane.k8s_models import ObjectRef
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import StateServicer, serve, stop
-from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat
+from membrane.policy import Direction, Protocol, lookup_flat
 from membrane.testing.fake_maps import FakePolicyMaps
 from membrane.testing.waiting import wait_for
 
@@ -42,7 +57,7 @@ class Agent:
         self.maps = maps or FakeMaps()
         self.identities = StreamIdentities()
         self.endpoint_identity: dict[str, int] = {}
-        self.policy = PolicyManager(self.identities, self.maps, self.endpoint_identity.__setitem__, lambda: [])
+        self.policy = PolicyManager(self.identities, self.maps, self.endpoint_identity.__setitem__, list)
         self.cidrs: list[IPv4Network] = []
         self.syncer = ClusterSyncer(NODE, self.policy, self.identities, state_dir, self.policy.apply,
                                     self.cidrs.append, lambda: None, identity_wait=0.01)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import SERVICE, StateServicer, serve, stop
-from membrane.unix_sockets import bind_private
 from membrane.testing.waiting import wait_for
+from membrane.unix_sockets import bind_private
 
 
 @pytest.fixture

@@ -419,7 +419,7 @@ def test_node_config_script_takes_the_pod_cidr_from_the_node(standalone_docs: li
     asked: list[str] = []
 
     class Api(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             asked.append(self.path)
             body = json.dumps(node).encode() if self.path == "/api/v1/nodes/node-a" else b"{}"
             self.send_response(200 if self.path == "/api/v1/nodes/node-a" else 404)
@@ -567,7 +567,7 @@ def test_cni_plugin_builds_as_the_image_builds_it(tmp_path: Path) -> None:
 
 def test_dockerfile_copies_what_exists() -> None:
     text = (ROOT / "deploy" / "image" / "Dockerfile").read_text()
-    assert [line for line in text.splitlines() if line.startswith("FROM ")][0].startswith("FROM debian:12")
+    assert next(line for line in text.splitlines() if line.startswith("FROM ")).startswith("FROM debian:12")
     for line in text.splitlines():
         if line.startswith("COPY ") and "--from=" not in line:
             for source in line.split()[1:-1]:

@@ -18,8 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-from membrane.agent.observing import EndpointInfo, EventType, FlowObserver, ObserverServer, StaticDirectory, \
-    encode_event
+from membrane.agent.observing import (
+    EndpointInfo,
+    EventType,
+    FlowObserver,
+    ObserverServer,
+    StaticDirectory,
+    encode_event,
+)
 from membrane.build_info import build_info
 from membrane.ctl.main import hoist_output, run
 

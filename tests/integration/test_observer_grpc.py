@@ -13,7 +13,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from membrane.agent.observing import EndpointInfo, EventType, FlowObserver, ObserverServer, StaticDirectory, encode_event
+from membrane.agent.observing import (
+    EndpointInfo,
+    EventType,
+    FlowObserver,
+    ObserverServer,
+    StaticDirectory,
+    encode_event,
+)
 from membrane.api.observer.v1 import observer_pb2 as pb
 from membrane.api.observer.v1 import observer_pb2_grpc as pb_grpc
 from membrane.api.observer_codec import filter_from_pb, filter_to_pb, flow_from_pb, flow_to_pb
@@ -66,7 +73,7 @@ def test_codec_round_trips() -> None:
 
 
 def test_get_flows_and_status_on_unix_and_tcp(served: tuple[FlowObserver, str, str]) -> None:
-    obs, unix, tcp = served
+    _obs, unix, tcp = served
     for server in (unix, tcp):
         flows = [f for f in fetch_flows(server, timeout=10) if not isinstance(f, int)]
         assert [f.destination_port for f in flows] == [5432, 53, 6379]  # type: ignore[union-attr]

@@ -183,7 +183,7 @@ def test_probes_right_after_apply_wait_never_see_a_stale_verdict(shop) -> None: 
 def test_established_tcp_flow_is_cut_by_a_deny_and_kept_by_an_allow(shop) -> None:  # type: ignore[no-untyped-def]
     """An open TCP connection survives policy changes that still allow it (judged again:
     allowed), and carries nothing either way once a change denies it."""
-    node, server, client = shop
+    node, _server, _client = shop
     request("apply", node.socket, objects=[db_policy(True)], wait=True)
     web, db = node.pods["web"], node.pods["db"]
     script = r"""

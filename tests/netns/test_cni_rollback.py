@@ -7,7 +7,6 @@ up). Also: a pod interface name already taken, and a host link an earlier ADD le
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,7 +56,7 @@ def test_an_add_failing_at_any_step_is_rolled_back(fp_node: LabNode) -> None:
         assert_nothing_left(node, pod_ns, step)
         assert node.cni("DEL", "cid", path, args=ARGS, conf=conf(node))[0] == 0  # kubelet's DEL after a failed ADD
     # Nothing in the way: the same sandbox is wired for real now, and works.
-    code, res, raw = node.cni("ADD", "cid", path, args=ARGS, conf=conf(node))
+    code, _res, raw = node.cni("ADD", "cid", path, args=ARGS, conf=conf(node))
     assert code == 0, raw
     assert sorted(links(pod_ns)) == ["eth0", "lo", "mb-ifb-eth0"]
     assert node.api("status")["endpoints"]["ipam"]["allocated"] == 1

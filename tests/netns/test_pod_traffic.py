@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from membrane.lab.probes import NODE_UPLINK, WORLD_IP, counters, forward_datagrams
-
 from membrane.lab import netns
+from membrane.lab.probes import NODE_UPLINK, WORLD_IP, counters, forward_datagrams
 
 ECHO_SERVER = r"""
 import socket, sys
@@ -63,7 +62,7 @@ def test_pod_to_pod_icmp_tcp_udp_skip_the_host_stack(node) -> None:  # type: ign
     assert grew >= 12 + 10, f"eBPF forwarded counter rose by only {grew}"
     # bpf_redirect_peer: the node's IP stack never routed these packets.
     assert forward_datagrams(node.netns) == fwd_before
-    assert not [l for l in netns.exec_in(node.netns, ["ip", "-o", "link", "show", "type", "bridge"]).stdout.splitlines()]
+    assert not list(netns.exec_in(node.netns, ["ip", "-o", "link", "show", "type", "bridge"]).stdout.splitlines())
     ct = node.api("bpf.ct")
     assert any(e["proto"] == "tcp" and e["dst"].startswith(b.ip) for e in ct), ct
 

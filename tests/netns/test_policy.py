@@ -11,9 +11,9 @@ import time
 import pytest
 
 from membrane.lab import netns
-from membrane.lab.traffic import CONNECT, OK_SERVER
 from membrane.lab.node import LabNode, tool
 from membrane.lab.probes import counters
+from membrane.lab.traffic import CONNECT, OK_SERVER
 
 SERVER = OK_SERVER
 

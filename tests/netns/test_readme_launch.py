@@ -25,7 +25,6 @@ import pytest
 
 from membrane.agent.datapath.syscalls import bpf, map_info
 from membrane.ctl.client import AgentError, request
-from membrane.lab import netns
 from membrane.lab.node import LabNode
 from membrane.lab.traffic import Stream
 from membrane.testing.waiting import wait_for

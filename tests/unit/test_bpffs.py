@@ -20,7 +20,7 @@ def test_candidates_launcher_first_then_oldest_and_never_our_namespace() -> None
 
 def test_refuses_in_a_private_namespace_without_a_reachable_bpffs(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bpffs, "_ancestors", lambda: [])
+    monkeypatch.setattr(bpffs, "_ancestors", list)
     monkeypatch.setattr(bpffs, "_all_pids", lambda: [os.getpid()])
     mounted: list[str] = []
     monkeypatch.setattr(bpffs, "_mount", lambda *args: mounted.append(args[1]))

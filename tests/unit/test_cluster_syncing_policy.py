@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -15,11 +14,19 @@ import pytest
 from membrane.agent.cluster_syncing import ClusterSyncer
 from membrane.agent.identity_sources import INIT_IDENTITY, StreamIdentities
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
-from membrane.api.state_objects import (Change, EndpointState, IdentityState, NamedPortState, NamespaceState,
-                                        NodeState, PolicyState, StateObject, StateUpdate)
-from membrane.delta import Delta
+from membrane.api.state_objects import (
+    Change,
+    EndpointState,
+    IdentityState,
+    NamedPortState,
+    NamespaceState,
+    NodeState,
+    PolicyState,
+    StateObject,
+    StateUpdate,
+)
 from membrane.k8s_models import ObjectRef
-from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat
+from membrane.policy import Direction, Protocol, lookup_flat
 from membrane.testing.fake_maps import FakePolicyMaps
 
 NODE = "n1"

@@ -31,7 +31,7 @@ def agent_registry() -> CollectorRegistry:
     metrics.add_datapath(DatapathCollector(lambda: [("forwarded", "egress", 1, 100)], lambda: {"ready": 1},
                                            lambda: {"endpoints": (1, 4096)}))
     if hasattr(metrics, "watch_state"):  # identities / policies gauges (policy wiring)
-        metrics.watch_state(lambda: 0, lambda: 0, lambda: {})
+        metrics.watch_state(lambda: 0, lambda: 0, dict)
     metrics.registry.register(FlowMetricsCollector(FlowObserver("node1")))
     return metrics.registry
 
@@ -114,7 +114,7 @@ def test_dashboard_shape(dashboard: dict) -> None:
     for panel in dashboard["panels"]:
         ids.append(panel["id"])
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}"
             assert 'instance=~"$instance"' in target["expr"]

@@ -16,7 +16,7 @@ TYPES_H = Path(__file__).resolve().parents[2] / "bpf" / "types.h"
 
 
 def _enum(name: str) -> dict[str, int]:
-    body = re.search(r"enum %s \{(.*?)\};" % name, TYPES_H.read_text(), re.S)
+    body = re.search(rf"enum {name} \{{(.*?)\}};", TYPES_H.read_text(), re.S)
     assert body, f"enum {name} not found in {TYPES_H}"
     values = {}
     for member, value in re.findall(r"^\s*(MB_\w+)\s*=\s*(\d+)\s*,", body.group(1), re.M):
@@ -26,7 +26,7 @@ def _enum(name: str) -> dict[str, int]:
 
 def _defines(prefix: str) -> dict[str, int]:
     return {name: int(value, 0) for name, value in
-            re.findall(r"^#define (%s\w+)\s+(0x[0-9a-fA-F]+|\d+)" % prefix, TYPES_H.read_text(), re.M)}
+            re.findall(rf"^#define ({prefix}\w+)\s+(0x[0-9a-fA-F]+|\d+)", TYPES_H.read_text(), re.M)}
 
 
 def test_drop_reasons_match() -> None:

@@ -107,7 +107,7 @@ def test_restart_restores_without_duplicates_or_rewrites(config: AgentConfig) ->
     writes = dp.writes
     nl.attached.clear()
     second = EndpointManager(config, nl, dp)  # same state dir, same kernel objects
-    report = second.restore()
+    second.restore()
     assert not nl.attached, "restore attaches nothing: programs come after policy state"
     assert second.reattach() == 3 and all(n == 1 for n in nl.attached.values())
     assert dp.writes == writes, "restore must not rewrite an already correct map"

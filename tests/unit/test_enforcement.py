@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from membrane.agent.enforcement_ledger import EnforcementLedger
+from membrane.agent.identity_book import IdentityBook
 from membrane.agent.object_store import ObjectStore
 from membrane.agent.policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
+from membrane.agent.state_storing import open_state
 from membrane.api.state_objects import Change, Kind, PolicyState
 from membrane.identities import ReservedIdentity
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.operator.enforcement_book import ENFORCED, ENFORCED_GENERATION, EnforcementBook
 from membrane.testing.fake_maps import FakePolicyMaps
-from membrane.agent.identity_book import IdentityBook
-from membrane.agent.state_storing import open_state
 
 
 # --- the agent's ledger -------------------------------------------------------------------------
@@ -60,9 +60,9 @@ def test_book_counts_nodes_whose_ack_covers_the_policy_version() -> None:
     book.committed(5, [policy_change("a", 2)])
     assert book.annotations(nodes, everyone)["shop/a"] == {ENFORCED: "0/3", ENFORCED_GENERATION: "1"}
     assert book.annotations(nodes, {**everyone, "n1": 5})["shop/a"] == {ENFORCED: "1/3", ENFORCED_GENERATION: "1"}
-    assert book.annotations(nodes, {n: 5 for n in nodes})["shop/a"] == {ENFORCED: "3/3", ENFORCED_GENERATION: "2"}
+    assert book.annotations(nodes, dict.fromkeys(nodes, 5))["shop/a"] == {ENFORCED: "3/3", ENFORCED_GENERATION: "2"}
     # A node without an agent never counts as enforcing; a deleted policy is forgotten.
-    assert book.annotations([*nodes, "n4"], {n: 5 for n in nodes})["shop/a"][ENFORCED] == "3/4"
+    assert book.annotations([*nodes, "n4"], dict.fromkeys(nodes, 5))["shop/a"][ENFORCED] == "3/4"
     book.committed(6, [Change((Kind.POLICY, "shop/b"), None), Change((Kind.ENDPOINT, "shop/x"), None)])
     assert book.policies() == ["shop/a"]
     assert book.annotations([], {}) == {"shop/a": {ENFORCED: "0/0", ENFORCED_GENERATION: "2"}}

@@ -43,9 +43,8 @@ def test_armed_for_this_request_only(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("value", ["add.nowhere", "add.after-veth:explode"])
 def test_a_bad_failpoint_is_a_cni_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv(failpoints.ENV, "1")
-    with pytest.raises(CniError) as caught:
-        with failpoints.armed({failpoints.ARG: value}):
-            pass
+    with pytest.raises(CniError) as caught, failpoints.armed({failpoints.ARG: value}):
+        pass
     assert caught.value.code == INVALID_ENVIRONMENT and failpoints.ARG in caught.value.msg
 
 

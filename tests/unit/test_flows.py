@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,7 +25,7 @@ from membrane.flows import (
     tcp_flag_names,
 )
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 WEB = Endpoint(identity=256, namespace="shop", pod="web-7d9f", labels={"app": "web", "tier": "front"})
 DB = Endpoint(identity=257, namespace="data", pod="pg-0", labels={"app": "pg"})
 WORLD = Endpoint(identity=2, identity_name="world")

@@ -41,7 +41,7 @@ def blocks(cidr: str, *excepts: str) -> object:
 
 
 def test_the_oracle_ranks_host_over_nodes_over_pods_over_prefixes() -> None:
-    assert IPCACHE_FLAG_NODE == int(IpcacheFlag.NODE)  # the same bit as the datapath's
+    assert int(IpcacheFlag.NODE) == IPCACHE_FLAG_NODE  # the same bit as the datapath's
     inputs = IpcacheInputs(
         own_addresses={"192.0.2.1"}, remote_nodes={IPv4Address("192.0.2.2")},
         pod_cidrs={IPv4Network("10.2.0.0/24"): IPv4Address("192.0.2.2")},

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from membrane.k8s_models import (
-    Namespace,
     NamedPort,
+    Namespace,
     NetworkPolicy,
     ObjectRef,
     ObjectValidationError,
@@ -269,7 +269,7 @@ def test_unknown_kind_and_api_version() -> None:
 
 def test_models_are_immutable() -> None:
     ns = parse_object({"kind": "Namespace", "metadata": {"name": "a"}})
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # pydantic's ValidationError for a frozen model
         ns.metadata = None  # type: ignore[misc,assignment]
 
 

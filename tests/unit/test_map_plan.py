@@ -131,7 +131,7 @@ def moves_consistent(old: Mapping[str, Mapping[Any, Any]], new: Mapping[str, Map
     def rules(policy: Mapping[FlatKey, FlatValue], identity: int) -> set[FlatKey]:
         return {k for k in policy if k.identity == identity}
     for src in PROBES:
-        pairs = list(zip(identities_of(old, src), identities_of(new, src)))
+        pairs = list(zip(identities_of(old, src), identities_of(new, src), strict=False))
         if all(before != after for before, after in pairs):
             return False
         for before, after in pairs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -46,7 +46,7 @@ def event(**kw: object) -> bytes:
 
 
 def test_decoder_matches_the_ctypes_layout() -> None:
-    assert EVENT_SIZE == ctypes.sizeof(layout.FlowEvent)
+    assert ctypes.sizeof(layout.FlowEvent) == EVENT_SIZE
     # field offsets of the struct format equal the C mirror's (bpf/types.h)
     fmt_offsets, offset = [], 0
     for code in _WIRE.format[1:].replace("4s", "S").replace("2s", "s"):
@@ -81,7 +81,7 @@ def test_enrichment_names_endpoints_identities_policies() -> None:
     assert drop.protocol == "UDP" and drop.tcp_flags == ()  # flags only mean something for TCP
     assert end.type is FlowType.TRACE and end.trace_event == "end" and end.tcp_flags == ("ACK", "FIN")
     assert end.source.pod == "" and end.source.labels == {"app": "cache", "ns:team": "x"}
-    assert abs((verdict.time - datetime.now(timezone.utc)).total_seconds()) < 5
+    assert abs((verdict.time - datetime.now(UTC)).total_seconds()) < 5
 
 
 def test_reserved_identity_names() -> None:
@@ -165,7 +165,7 @@ def test_stream_last_n_filters_and_time_window() -> None:
     assert ports(FlowQuery(number=3)) == [7, 8, 9]
     assert ports(FlowQuery(number=2, allow=[FlowFilter(verdict=[Verdict.DROPPED])])) == [7, 9]
     assert ports(FlowQuery(deny=[FlowFilter(type=[FlowType.DROP])])) == [0, 2, 4, 6, 8]
-    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    future = datetime.now(UTC) + timedelta(hours=1)
     assert ports(FlowQuery(since=future)) == []
     assert ports(FlowQuery(until=future, number=1)) == [9]
 

@@ -30,7 +30,7 @@ def _pod(ns: str, name: str, app: str, node: str, ip: str | None, phase: str = "
 
 def _identity(number: int, ns: str, team: str, app: str) -> dict:
     return {"metadata": {"name": str(number)}, "securityLabels": {
-        "k8s:app": app, "meta:namespace": ns, f"ns:team": team,
+        "k8s:app": app, "meta:namespace": ns, "ns:team": team,
         "ns:kubernetes.io/metadata.name": ns}}
 
 

@@ -4,7 +4,6 @@ verdicts, state building, generated files in sync."""
 from __future__ import annotations
 
 import random
-import sys
 from ipaddress import IPv4Network
 from pathlib import Path
 

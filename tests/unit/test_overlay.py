@@ -7,9 +7,9 @@ from pathlib import Path
 
 from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.identity_book import IdentityBook
-from membrane.agent.state_storing import open_state
 from membrane.agent.overlay import VXLAN_OVERHEAD, pod_mtu
 from membrane.agent.policy_syncing import NODE_ENTRY, LocalEndpoint, PolicyManager
+from membrane.agent.state_storing import open_state
 from membrane.identities import ReservedIdentity
 from membrane.k8s_models import ObjectRef, Pod, parse_object
 

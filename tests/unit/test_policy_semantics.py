@@ -41,7 +41,7 @@ class World:
         ip: str | None = None,
         ports: tuple[NamedPort, ...] = WEB_PORTS,
         host_network: bool = False,
-        identity: int | None | bool = True,
+        identity: int | bool | None = True,
         **labels: str,
     ) -> PodInfo:
         key = ObjectRef.parse(ref)

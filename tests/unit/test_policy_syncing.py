@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from membrane.agent.identity_book import IdentityBook
+from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
+from membrane.agent.state_storing import open_state
 from membrane.delta import diff
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat, lpm_lookup
-from membrane.agent.identity_book import IdentityBook
-from membrane.agent.state_storing import open_state
-from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
 from membrane.testing.fake_maps import FakePolicyMaps
-
 
 FakeMaps = FakePolicyMaps
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from membrane.flows import Direction, Endpoint, Flow, FlowType, Verdict
 from membrane.servicemap import build_service_map, render_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
-T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
 
 def ep(ns: str, pod: str) -> Endpoint:

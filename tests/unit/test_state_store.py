@@ -59,11 +59,10 @@ def test_only_the_adapter_imports_sqlite3() -> None:
 
 def test_a_transaction_commits_all_or_nothing(tmp_path: Path) -> None:
     db = open_state(tmp_path).db
-    with pytest.raises(RuntimeError):
-        with db.transaction():
-            db.put_endpoint("c1/eth0", "10.9.0.2", {"k": 1})
-            db.put_doc("ipam", {"cursor": 3})
-            raise RuntimeError("crash between the two")
+    with pytest.raises(RuntimeError), db.transaction():
+        db.put_endpoint("c1/eth0", "10.9.0.2", {"k": 1})
+        db.put_doc("ipam", {"cursor": 3})
+        raise RuntimeError("crash between the two")
     assert db.endpoint_rows() == [] and db.get_doc("ipam") is None
     with db.transaction():
         db.put_endpoint("c1/eth0", "10.9.0.2", {"k": 1})

@@ -41,7 +41,7 @@ def test_verify_refuses_other_cas_and_expired() -> None:
     ca, other = Authority.create(), Authority.create()
     with pytest.raises(CertificateError, match="not issued by this CA|not this CA"):
         ca.verify(other.issue("node-1", HOUR).cert_pem)
-    old = ca.issue("node-1", dt.timedelta(seconds=60), start=dt.datetime.now(dt.timezone.utc) - 2 * HOUR)
+    old = ca.issue("node-1", dt.timedelta(seconds=60), start=dt.datetime.now(dt.UTC) - 2 * HOUR)
     with pytest.raises(CertificateError, match="expired"):
         ca.verify(old.cert_pem)
     with pytest.raises(CertificateError, match="not a PEM certificate"):

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from ..waiting import WaitTimeout, wait_for
 from .handling import Api
 from .messages import Request, Response, User
 from .resources import DEFAULT_KUBERNETES_VERSION, Registry
 from .statuses import ApiError, status_body
-from ..waiting import WaitTimeout, wait_for
 from .storing import Store
 from .validating import check_version, schema_book
 from .watching import WatchSpec, run_watch
@@ -107,13 +107,13 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("kubeapi %s " + format, self.address_string(), *args)
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("kubeapi %s " + format, self.address_string(), *args)  # noqa: G003 - `format` is http.server's own %-format string
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._dispatch()
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET  # noqa: N815 - stdlib naming
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def _send(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = (body if isinstance(body, str) else json.dumps(body)).encode()
@@ -146,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
             record.code = error.code
             self._send(error.code, error.body, error.headers)
             return
-        except Exception as exc:  # noqa: BLE001 - a stand-in server answers 500 like the real one
+        except Exception as exc:
             log.exception("kubeapi: %s %s failed", self.command, self.path)
             record.code = 500
             self._send(500, status_body(500, f"internal error: {exc}", "InternalError"))

@@ -23,7 +23,7 @@ import re
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources as importlib_resources
 from typing import Any
 
@@ -187,7 +187,7 @@ def _drop(obj: Any, path: tuple[Any, ...]) -> None:
         obj.pop(path[-1], None)
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema_book(version: str) -> SchemaBook:
     """One shared `SchemaBook` per minor version (validators are reused across servers)."""
     return SchemaBook(version)
@@ -220,8 +220,8 @@ def admit(book: SchemaBook, obj: JSON, mode: str, name: str, plural: str, group:
     if not problems.unknown:
         return obj, []
     pruned = json.loads(json.dumps(obj))
-    for path in sorted(problems.unknown, key=len, reverse=True):
-        _drop(pruned, path)
+    for unknown_path in sorted(problems.unknown, key=len, reverse=True):
+        _drop(pruned, unknown_path)
     return pruned, unknown if mode == "Warn" else []
 
 

@@ -308,7 +308,7 @@ class Writes:
             old = self._existing(rtype, key)
             if ctype == JSON_PATCH:
                 patched = json_patch(old, patch)
-            elif ctype == MERGE_PATCH or ctype == APPLY_PATCH:
+            elif ctype in (MERGE_PATCH, APPLY_PATCH):
                 patched = merge_patch(old, patch)
             elif ctype == STRATEGIC_MERGE_PATCH and not rtype.custom:
                 patched = strategic_merge_patch(old, patch)
@@ -364,7 +364,7 @@ class Writes:
                                            "uid": old["metadata"].get("uid", "")}))
 
     def _empty_namespace(self, namespace: str) -> None:
-        for key in self.store.keys():
+        for key in self.store.keys():  # noqa: SIM118 - Store is not a dict and has no __iter__
             if key[2] == namespace and not (key[0] == "" and key[1] == "namespaces"):
                 self.store.commit(key, None)
 
