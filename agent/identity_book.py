@@ -63,7 +63,8 @@ class IdentityBook:
         returns how many were restored. Persisted at once."""
         restored = sum(1 for labels, number in sorted(in_use.items(), key=lambda kv: kv[1])
                        if self.allocator.claim(number, labels))
-        self._save()
+        if restored or not self.loaded:
+            self._save()
         self.loaded = True
         return restored
 

@@ -173,9 +173,14 @@ class Agent:
                                                     self.datapath.map_usage))
         restored = self.endpoints.restore()
         log.info("endpoints restored", extra={"fields": restored})
-        if isinstance(self.identities, IdentityBook) and not self.identities.loaded:
-            log.info("identities rebuilt from the endpoint map", extra={"fields": {
-                "restored": self.identities.recover(self._identities_in_use()), "damaged": self.identities.damaged}})
+        if isinstance(self.identities, IdentityBook):
+            # Also when the numbering was read: a state store that lost its last commits (its
+            # log deleted after a crash) may lack numbers the endpoint map already uses.
+            loaded = self.identities.loaded
+            reclaimed = self.identities.recover(self._identities_in_use())
+            if reclaimed or not loaded:
+                log.info("identities rebuilt from the endpoint map", extra={"fields": {
+                    "restored": reclaimed, "damaged": self.identities.damaged}})
         # Policy state is rebuilt from the store and the restored endpoints, then compared
         # with the pinned maps: only differences are written, nothing is flushed.
         if self.cluster is not None:  # the state applied before the restart, as it was

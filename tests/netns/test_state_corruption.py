@@ -11,6 +11,7 @@ role=trusted reach a: losing the journal would silently drop it (c could then re
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 
 from membrane.lab import netns
-from membrane.lab.corruption import Case, Damage, Outcome, apply_case, matrix
+from membrane.lab.corruption import Case, Damage, Outcome, apply_case, damage_file, matrix
 from membrane.lab.node import LabNode, Pod, tool
 from membrane.lab.traffic import CONNECT, OK_SERVER
 
@@ -182,3 +183,29 @@ def test_accept_state_loss_starts_empty_and_keeps_the_damaged_store(lab: Lab) ->
     finally:
         lab.node.stop_agent()
         lab.node.extra_args = []
+
+
+@pytest.mark.parametrize("side", ["state.db-wal", "state.db-shm"])
+@pytest.mark.parametrize("damage", [Damage.DELETED, Damage.GARBAGE], ids=["deleted", "garbage"])
+def test_store_log_damaged_after_a_crash_loses_nothing(lab: Lab, side: str, damage: Damage) -> None:
+    """kill -9 leaves SQLite's log (-wal) and its index (-shm) next to state.db with the last
+    commits in them; a pod added just before is only there. Damaging them loses those commits
+    from the store, and the kernel (the pod's veth alias, the endpoint map) gives them back."""
+    lab.reset_state()
+    lab.node.start_agent()
+    extra = lab.node.add_pod("w", namespace="shop")
+    try:
+        before = lab.snapshot()
+        assert lab.node.stop_agent(signal.SIGKILL) == -signal.SIGKILL
+        path = lab.state / side
+        assert path.exists(), sorted(p.name for p in lab.state.iterdir())
+        damage_file(path, damage)
+        lab.node.start_agent()
+        assert lab.snapshot() == before
+        assert lab.enforced()
+        assert extra.ip in {e[1] for e in endpoints(lab.node)}
+    finally:
+        if lab.node.process is None:
+            lab.node.start_agent()
+        lab.node.delete_pod("w")
+        lab.node.stop_agent()
