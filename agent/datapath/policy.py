@@ -3,7 +3,7 @@
 The map's keys and values are exactly ``membrane.policy.flattening``'s
 ``FlatKey`` / ``FlatValue`` (that module's docstring is the layout
 contract), so the agent can ``diff(flatten(...), datapath.policy())`` and
-hand the delta to ``Datapath.apply_policy``. The numbers of Direction
+hand the delta to ``Datapath.apply_delta("policy", ...)``. The numbers of Direction
 (INGRESS 0, EGRESS 1) and Verdict (ALLOW 1, DENY 2) are the datapath's
 own; tests/bpf/test_policy_programs.py checks that they stay so.
 """

@@ -81,3 +81,35 @@ def test_per_element_fallback_writes_in_order(datapath: Any) -> None:
     finally:
         datapath.delete_map("cidr", list(prefixes))
         cidr.batched = learnt
+
+
+def test_map_manager_on_kernel_maps_writes_differences_and_repairs_drift(datapath: Any) -> None:
+    """The generic map manager over the real pinned maps: a resync after edits behind its back
+    counts each drifted entry and the next apply puts the kernel maps back."""
+    from membrane.agent.map_managing import MapManager
+
+    mgr = MapManager(datapath, ("ipcache", "cidr"))
+    assert mgr.resync() == {"ipcache": 0, "cidr": 0}  # first read: what is there is no drift
+    before_ipc, before_cidr = datapath.ipcache(), datapath.cidrs()
+    ipcache = {IPv4Network(f"10.254.0.{i}/32"): IpcacheEntry(4000 + i) for i in range(1, 30)}
+    cidrs = {IPv4Network("10.254.0.0/24"): (1 << 24) + 77, IPv4Network("10.254.0.0/28"): (1 << 24) + 78}
+    try:
+        mgr.replace("ipcache", {**before_ipc, **ipcache})
+        mgr.replace("cidr", {**before_cidr, **cidrs})
+        written = mgr.apply()
+        assert len(written["ipcache"].upserts) == 29 and not written["ipcache"].deletes
+        assert datapath.ipcache() == {**before_ipc, **ipcache} and datapath.cidrs() == {**before_cidr, **cidrs}
+        first = next(iter(ipcache))
+        datapath.delete_map("ipcache", [first])  # lost
+        datapath.update_map("cidr", {IPv4Network("10.254.0.0/28"): (1 << 24) + 99})  # changed
+        datapath.update_map("cidr", {IPv4Network("10.254.1.0/24"): (1 << 24) + 98})  # added
+        assert mgr.resync() == {"ipcache": 1, "cidr": 2} and mgr.repairs == {"ipcache": 1, "cidr": 2}
+        written = mgr.apply()
+        assert set(written["ipcache"].upserts) == {first} and written["cidr"].deletes == [IPv4Network("10.254.1.0/24")]
+        assert datapath.ipcache() == {**before_ipc, **ipcache} and datapath.cidrs() == {**before_cidr, **cidrs}
+    finally:
+        mgr.replace("ipcache", before_ipc)
+        mgr.replace("cidr", before_cidr)
+        mgr.apply()
+        datapath.delete_map("cidr", [IPv4Network("10.254.1.0/24")])
+    assert datapath.ipcache() == before_ipc and datapath.cidrs() == before_cidr

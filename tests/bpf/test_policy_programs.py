@@ -167,7 +167,7 @@ def test_policy_and_ipcache_maps_roundtrip(datapath) -> None:  # type: ignore[no
     assert datapath.ipcache()[CIDR] == IpcacheEntry(ID_CIDR)
     extra = IPv4Network("192.0.2.0/25")
     datapath.apply_delta("ipcache", diff({**datapath.ipcache(), extra: IpcacheEntry(9, IPv4Address("10.0.0.2"))},
-                                datapath.ipcache()))
+                                         datapath.ipcache()))
     assert datapath.ipcache()[extra] == IpcacheEntry(9, IPv4Address("10.0.0.2"))
     assert datapath.delete_map("ipcache", [extra]) == 1 and extra not in datapath.ipcache()
 
