@@ -48,8 +48,8 @@ from membrane.ipcache import (
     IpcacheInputs,
     IpcachePod,
     IpcacheTarget,
+    address_entries,
     desired_ipcache,
-    pod_entries,
     prefix_entry,
 )
 from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod
@@ -341,8 +341,10 @@ class PolicyManager:
     # --- the ipcache, incrementally -----------------------------------------------------------
     def _pod_ipcache(self, ref: ObjectRef, own: set[str]) -> tuple[dict[IPv4Network, IpcacheTarget], IPv4Address | None]:
         """One pod's ipcache entries and tunnel endpoint (as `desired_ipcache` derives them)."""
-        pod = self.ipcache_pod(ref)
-        return pod_entries(pod, own) if pod is not None else ({}, None)
+        pod = self.resolver.inputs.pods.get(ref)
+        if pod is None or pod.identity is None or pod.host_network:
+            return {}, None
+        return address_entries(pod.identity, pod.ips, self.tunnel_endpoint(ref), own)
 
     def _desire_ipcache(self) -> None:
         """Tell the map manager what the ipcache should hold, from what changed since the last

@@ -88,14 +88,19 @@ def pod_entries(pod: IpcachePod, own: set[str]) -> tuple[dict[IPv4Network, Ipcac
     """One pod's /32 entries and tunnel endpoint (None: this node)."""
     if pod.identity is None or pod.host_network:
         return {}, None
-    tunnel = pod.tunnel_endpoint
+    return address_entries(pod.identity, pod.ips, pod.tunnel_endpoint, own)
+
+
+def address_entries(identity: int, ips: Sequence[str], tunnel: IPv4Address | None,
+                    own: set[str]) -> tuple[dict[IPv4Network, IpcacheTarget], IPv4Address | None]:
+    """The /32 entries of a pod's addresses (`pod_entries` without the pod: the hot path)."""
     if tunnel is not None and str(tunnel) in own:
         tunnel = None  # "another node" at one of our own addresses: a stale pod object
     entries: dict[IPv4Network, IpcacheTarget] = {}
-    for ip in pod.ips:
+    for ip in ips:
         net = ip_network(f"{ip}/32")
         if isinstance(net, IPv4Network):
-            entries[net] = IpcacheEntry(pod.identity, tunnel) if tunnel is not None else pod.identity
+            entries[net] = IpcacheEntry(identity, tunnel) if tunnel is not None else identity
     return entries, tunnel
 
 

@@ -82,9 +82,14 @@ def prefix_length(key: Hashable) -> int:
 
 def _ordered(op: Op, entries: Iterable[tuple[Hashable, Any]]) -> tuple[tuple[Hashable, Any], ...]:
     # sorted() is stable: equal prefix lengths keep the caller's order.
-    if op is Op.UPDATE:
-        return tuple(sorted(entries, key=lambda kv: -prefix_length(kv[0])))
-    return tuple(sorted(entries, key=lambda kv: prefix_length(kv[0])))
+    entries = tuple(entries)
+    lengths = [prefix_length(key) for key, _ in entries]
+    if not lengths or min(lengths) == max(lengths):
+        return entries  # one prefix length (all /32s, exact-match keys): nothing to order
+    order = sorted(range(len(entries)), key=lengths.__getitem__, reverse=op is Op.UPDATE)
+    if op is Op.UPDATE:  # reverse=True keeps equal keys in reverse order: restore the caller's
+        order = sorted(range(len(entries)), key=lambda i: -lengths[i])
+    return tuple(entries[i] for i in order)
 
 
 def plan_deltas(deltas: Mapping[str, Delta[Any, Any]],
