@@ -15,17 +15,10 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 Outcome = Literal["enforced", "refused", "pending"]
 MAX_REFUSALS = 64  # refusal reasons kept (the newest), for waiters and status
-
-
-@dataclass(frozen=True)
-class Refusal:
-    version: int
-    reason: str
 
 
 class EnforcementLedger:

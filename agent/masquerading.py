@@ -29,8 +29,3 @@ def ensure_masquerade(pod_cidr: IPv4Network, cluster_cidr: IPv4Network) -> None:
         _iptables("-A", "POSTROUTING", "-j", CHAIN)
 
 
-def remove_masquerade() -> None:
-    while _iptables("-D", "POSTROUTING", "-j", CHAIN, check=False):
-        pass
-    _iptables("-F", CHAIN, check=False)
-    _iptables("-X", CHAIN, check=False)

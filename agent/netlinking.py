@@ -157,9 +157,6 @@ class Netlink:
         found = self._rtnl.link(name)  # by name: one round trip, never a dump of every link
         return found[0] if found else None
 
-    def link_mac(self, ifindex: int) -> str:
-        return self._owned(lambda ipr: str(ipr.get_links(ifindex)[0].get("address")))
-
     def create_pod_link(self, host_ifname: str, netns: str, pod_ifname: str, address: IPv4Address,
                         mtu: int) -> PodLink:
         """veth pair with the peer born inside the pod namespace under its final name, both

@@ -153,10 +153,6 @@ class FlowFilter(BaseModel):
     node: list[str] = Field(default_factory=list)
     type: list[FlowType] = Field(default_factory=list)
 
-    def is_empty(self) -> bool:
-        return not any(getattr(self, name) for name in type(self).model_fields)
-
-
 Predicate = Callable[[Flow], bool]
 _Side = Callable[[Flow], Endpoint]
 _SRC: _Side = lambda f: f.source  # noqa: E731

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Any
@@ -60,12 +60,6 @@ class CidrPool:
     @property
     def size(self) -> int:
         return 1 << (self.node_prefix - self.cidr.prefixlen)
-
-    def first_free(self, in_use: Iterable[IPv4Network]) -> IPv4Network:
-        taken = _Taken()
-        for used in in_use:
-            taken.add(used)
-        return self._first_free(taken, 0)
 
     def _first_free(self, taken: _Taken, start: int) -> IPv4Network:
         """The lowest free node range at index `start` or above (ranges only get taken while a

@@ -184,11 +184,6 @@ class StateLog:
             out.append((delta.version, wire))
         return out
 
-    def wait_newer(self, version: int, timeout: float) -> bool:
-        """Block until the state is newer than `version` (True) or the timeout passed."""
-        with self.cond:
-            return self.cond.wait_for(lambda: self.version > version, timeout=timeout)
-
     def seen_at(self, version: int) -> float | None:
         with self.cond:
             oldest = self._deltas[0].version if self._deltas else self.version + 1

@@ -22,10 +22,6 @@ class IncludeError(RuntimeError):
     """A local include names a file that does not exist."""
 
 
-def flatten_source(entry: Path) -> str:
-    return flatten_sources([entry])
-
-
 def flatten_sources(entries: list[Path]) -> str:
     """Several entry files (one per hook) as one compilation unit, shared headers once.
 

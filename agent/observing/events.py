@@ -91,5 +91,3 @@ def reason_name(reason: int) -> str:
         return f"UNKNOWN_{reason}"
 
 
-def direction_is_egress(direction: int) -> bool:
-    return direction == Direction.EGRESS

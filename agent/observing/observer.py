@@ -101,11 +101,6 @@ class FlowObserver:
         else:
             self.ring.add(flow)
 
-    def add_flow(self, flow: Flow) -> None:
-        """A flow from elsewhere (tests, replays): counted and stored like decoded ones."""
-        self._count(flow)
-        self.ring.add(flow)
-
     def _count(self, flow: Flow) -> None:
         key = (flow.type.value, flow.verdict.value.lower())
         self.processed[key] = self.processed.get(key, 0) + 1

@@ -112,10 +112,6 @@ StateObject = NamespaceState | NodeState | IdentityState | EndpointState | Polic
 StateKey = tuple[Kind, str]
 
 
-def state_key(obj: StateObject) -> StateKey:
-    return (obj.kind, obj.key)
-
-
 def sort_key(key: StateKey) -> tuple[int, str]:
     return (KIND_ORDER[key[0]], key[1])
 

@@ -22,7 +22,6 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from kubernetes import client
 
@@ -236,5 +235,3 @@ class KubeLab:
             {"op": "add", "path": "/status/podIPs", "value": [{"ip": ip}]},
             {"op": "add", "path": "/status/phase", "value": "Running"}])
 
-    def agent_status(self, node: LabNode) -> dict[str, Any]:
-        return dict(node.api("status"))

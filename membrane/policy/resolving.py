@@ -142,13 +142,6 @@ class PolicyResolver:
             return self.update_pod(obj)
         return self.update_policy(obj)
 
-    def on_delete(self, obj: Updatable) -> PolicyDelta:
-        if isinstance(obj, (NamespaceInfo, Namespace)):
-            return self.delete_namespace(_ns_info(obj).name)
-        if isinstance(obj, (Pod, PodInfo)):
-            return self.delete_pod(obj.ref)
-        return self.delete_policy(obj.ref)
-
     # --- namespaces ----------------------------------------------------------------------------
 
     def update_namespace(self, ns: NamespaceInfo) -> PolicyDelta:

@@ -70,24 +70,6 @@ class CompiledPeer:
     namespace_selector: Selector | None = None
     ip_block: IpBlock | None = None
 
-    def selects_pod(
-        self,
-        policy_namespace: str,
-        pod_namespace: str,
-        pod_labels: dict[str, str],
-        ns_labels: dict[str, str],
-    ) -> bool:
-        """`pod_labels` are the identity-relevant labels; `ns_labels` include the name label."""
-        if self.ip_block is not None:
-            return False
-        if self.namespace_selector is None:
-            if pod_namespace != policy_namespace:
-                return False
-        elif not self.namespace_selector.matches(ns_labels):
-            return False
-        return self.pod_selector is None or self.pod_selector.matches(pod_labels)
-
-
 @dataclass(frozen=True)
 class CompiledRule:
     direction: Direction
@@ -106,9 +88,6 @@ class CompiledPolicy:
     subject: Selector
     directions: frozenset[Direction]
     rules: tuple[CompiledRule, ...]
-
-    def rules_for(self, direction: Direction) -> tuple[CompiledRule, ...]:
-        return tuple(r for r in self.rules if r.direction is direction)
 
     def ip_blocks(self) -> tuple[IpBlock, ...]:
         return tuple(

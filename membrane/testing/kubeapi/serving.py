@@ -312,10 +312,6 @@ class KubeApiServer:
         """End every open watch: cleanly (like a server-side timeout) or abruptly (connection dropped)."""
         self.store.close_watches(abrupt)
 
-    def send_bookmarks(self) -> None:
-        """Make every watch that allows bookmarks send one now."""
-        self.store.request_bookmarks()
-
     @property
     def open_watches(self) -> int:
         """How many watch streams are open."""

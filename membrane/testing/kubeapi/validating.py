@@ -125,10 +125,6 @@ class SchemaBook:
             self._validators[key] = validator
             return validator
 
-    def has_schema(self, api_version: str, kind: str) -> bool:
-        """Whether this version defines the kind (a built-in type of that version)."""
-        return self._validator(api_version, kind) is not None
-
     def check(self, obj: JSON) -> Problems:
         """Validate one whole object (apiVersion and kind set)."""
         problems = Problems()

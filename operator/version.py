@@ -1,1 +1,0 @@
-"""Operator placeholder: cluster control plane (Kubernetes mode, see issue 5)."""
