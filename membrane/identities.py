@@ -68,6 +68,9 @@ IGNORED_POD_LABELS = frozenset(
         "controller-uid",
         "batch.kubernetes.io/controller-uid",
         "batch.kubernetes.io/job-completion-index",
+        # Set on the operator's leader pod for Service routing; it moves on every failover,
+        # and a new identity each time would churn every node's maps for nothing.
+        "membrane.io/operator-leader",
     }
 )
 

@@ -45,12 +45,17 @@ class OperatorConfig(BaseModel):
     tls_agent_service_account: str = Field(default="kube-system/membrane-agent",
                                            pattern=r"^[a-z0-9-.]+/[a-z0-9-.]+$")
     insecure_plaintext: bool = False  # serve the state stream without TLS (tests, benchmarks)
+    # The leader labels its own pod (namespace/identity) so the chart's Service routes to it.
+    leader_label: bool = False
+    pod_namespace: str = ""
 
     @model_validator(mode="after")
     def _timing(self) -> OperatorConfig:
         if not (self.retry_period_seconds < self.renew_deadline_seconds
                 < self.lease_duration_seconds):
             raise ValueError("need retry period < renew deadline < lease duration")
+        if self.leader_label and not self.pod_namespace:
+            raise ValueError("leader_label needs pod_namespace (the namespace of this replica's pod)")
         return self
 
 
@@ -63,7 +68,7 @@ HELP: dict[str, str] = {
     "identity": "this replica's name in the leader-election Lease and in Events (the chart: the pod "
                 "name)",
     "leader_election": "elect one leader with a coordination.k8s.io Lease; only the leader writes "
-                       "to the API (every replica serves the state stream)",
+                       "to the API and serves the state stream (a standby refuses it: UNAVAILABLE, agents retry)",
     "lease_name": "name of the leader-election Lease",
     "lease_namespace": "namespace of the leader-election Lease",
     "lease_duration_seconds": "how long a Lease holds without renewal before another replica may "
@@ -92,6 +97,10 @@ HELP: dict[str, str] = {
                                  "the certificate of their node (kubelet's system:node:NAME always may)",
     "insecure_plaintext": "serve the state stream without TLS: no client authentication (tests and "
                           "benchmarks only; agents must be started with --insecure-plaintext too)",
+    "leader_label": "while leading, label this replica's pod (identity, in pod_namespace) "
+                    "membrane.io/operator-leader=true, so a Service selecting it routes agents to the "
+                    "leader; removed when it stops leading (needs RBAC: patch pods)",
+    "pod_namespace": "namespace of this replica's pod (the chart: from the downward API)",
 }
 
 

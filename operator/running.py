@@ -36,6 +36,7 @@ from membrane.operator.csr_signing import CsrSigner
 from membrane.operator.electing import ElectionConfig, LeaderElector
 from membrane.operator.enforcement_reporting import EnforcementReporter
 from membrane.operator.identity_syncing import IdentitySyncer
+from membrane.operator.leader_labelling import LeaderLabeller
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.pod_cidr_syncing import PodCidrSyncer
 from membrane.operator.policy_checking import PolicyChecker
@@ -97,6 +98,8 @@ class Operator:
         self.enforcement = EnforcementReporter(self.rest, self.cache, self.tracker, self.metrics,
                                                lambda: self.is_leader)
         self.elector: LeaderElector | None = None
+        self.labeller = LeaderLabeller(self.rest, config.pod_namespace, config.identity,
+                                       self.metrics) if config.leader_label else None
         if config.leader_election:
             self.elector = LeaderElector(self.api, ElectionConfig(
                 config.lease_name, config.lease_namespace, config.identity,
@@ -291,6 +294,8 @@ class Operator:
             self._was_leader = leader
             self._relabel_all = True
             self._nodes_changed = True
+        if self.labeller is not None:
+            self.labeller.sync(leader)  # the Service routes agents to the leader's pod
         if leader:
             if self._nodes_changed or full or time.monotonic() - self._last_cidr_sync > 30.0:
                 # Only Node changes (or a retry of failed writes) can change the plan.

@@ -5,7 +5,9 @@ receives) counts every node whatever replica an agent's connection lands on (iss
 The API stand-in, two real `membrane-operator` processes (Lease election), a `ServiceProxy`
 that sends each new connection to the next replica in turn, the standby first (as kube-proxy
 spreads connections), and simulated agents: the real `StateClient` with node certificates
-(mutual TLS through the proxy). Checked: agents that land on the standby are refused and find
+(mutual TLS through the proxy). The chart's Service would select the leader's pod by the
+label the leader sets (checked too); the proxy does not, so the refusal path is what is
+exercised. Checked: agents that land on the standby are refused and find
 the leader, and the annotation reaches 3/3; the leader is killed (SIGKILL, lease not
 released): the standby takes the lease, the agents reconnect to it, and an edit of the policy
 (a new generation) reaches 3/3 at that generation.
@@ -54,7 +56,8 @@ class OperatorProcess:
                "MEMBRANE_HTTP_ADDR": f"127.0.0.1:{self.http}",
                "MEMBRANE_GRPC_ADDR": f"127.0.0.1:{self.grpc}",
                "MEMBRANE_LEASE_DURATION_SECONDS": "3", "MEMBRANE_RENEW_DEADLINE_SECONDS": "2",
-               "MEMBRANE_RETRY_PERIOD_SECONDS": "0.3", "MEMBRANE_RESYNC_SECONDS": "0.2"}
+               "MEMBRANE_RETRY_PERIOD_SECONDS": "0.3", "MEMBRANE_RESYNC_SECONDS": "0.2",
+               "MEMBRANE_LEADER_LABEL": "true", "MEMBRANE_POD_NAMESPACE": "kube-system"}
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "membrane.operator.main"], env=env,
                                          stdout=out, stderr=out, stdin=subprocess.DEVNULL)
@@ -128,6 +131,12 @@ def lease_holder(api_client: client.ApiClient) -> str:
     return lease.spec.holder_identity or ""
 
 
+def leader_labelled(core: client.CoreV1Api) -> set[str]:
+    """The operator pods labelled as leader (what the chart's Service selects)."""
+    return {p.metadata.name for p in core.list_namespaced_pod("kube-system").items
+            if (p.metadata.labels or {}).get("membrane.io/operator-leader") == "true"}
+
+
 def db_policy(port: int) -> dict:
     return {"metadata": {"name": "db", "namespace": "shop"},
             "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
@@ -143,6 +152,9 @@ def test_enforced_counts_every_node_whatever_replica_agents_land_on(
     for index, node in enumerate(NODES):
         core.create_node({"metadata": {"name": node}, "status": {
             "addresses": [{"type": "InternalIP", "address": f"192.0.2.{index + 1}"}]}})
+    for name in ("op-a", "op-b"):  # the replicas' own pods (host network, as the chart runs them)
+        core.create_namespaced_pod("kube-system", {"metadata": {"name": name}, "spec": {
+            "hostNetwork": True, "containers": [{"name": "c", "image": "i"}]}})
     procs: list[OperatorProcess] = []
     agents: list[Agent] = []
     proxy: ServiceProxy | None = None
@@ -172,6 +184,7 @@ def test_enforced_counts_every_node_whatever_replica_agents_land_on(
         assert standby.metric('membrane_operator_state_stream_refused_total{reason="not_leader"}') >= 2
         assert standby.metric("membrane_operator_state_subscribers") == 0
         assert leader.metric("membrane_operator_state_subscribers") == 3
+        assert wait_for(lambda: leader_labelled(core) == {"op-a"})  # the standby never labels itself
         first_stream = {a.client.stream_id for a in agents}
         assert len(first_stream) == 1
 
@@ -179,6 +192,8 @@ def test_enforced_counts_every_node_whatever_replica_agents_land_on(
         # reconnect to it (refused until it leads), and a new generation is counted 3/3.
         leader.stop(signal.SIGKILL)
         assert wait_for(lambda: lease_holder(api_client) == "op-b", timeout=15)
+        # The new leader labels its pod (a dead leader's pod leaves the Service with its pod).
+        assert wait_for(lambda: "op-b" in leader_labelled(core))
         assert wait_for(lambda: standby.metric("membrane_operator_state_subscribers") == 3, timeout=15)
         net.patch_namespaced_network_policy("db", "shop", {"spec": db_policy(81)["spec"]})
         assert wait_for(lambda: annotations() == {ENFORCED: "3/3", GENERATION: "2"}, timeout=30), \

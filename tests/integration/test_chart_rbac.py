@@ -111,16 +111,23 @@ def _scenario(install_crds: bool) -> set[Call]:
                     "membrane.io", "v1alpha1", "membraneidentities", {
                         "apiVersion": "membrane.io/v1alpha1", "kind": "MembraneIdentity",
                         "metadata": {"name": "300"}, "securityLabels": {"k8s:app": "old", "meta:namespace": "x"}})
-            api.reset_requests()
             core = client.CoreV1Api(api_client)
+            # The operator's own pod (host network, as the chart runs it: no identity of its own):
+            # the leader labels it (the Service selects the label).
+            core.create_namespaced_pod(NS, {"metadata": {"name": "op-1"}, "spec": {
+                "hostNetwork": True, "containers": [{"name": "c", "image": "i"}]}})
+            api.reset_requests()
             config = OperatorConfig.model_validate(dict(
                 api_server=api.url, identity="op-1", http_addr="127.0.0.1:0", grpc_addr="127.0.0.1:0",
                 install_crds=install_crds, lease_namespace=NS, lease_duration_seconds=2.0,
                 renew_deadline_seconds=1.5, retry_period_seconds=0.2, resync_seconds=0.2,
-                identity_gc_seconds=0.3, cluster_cidr="10.200.0.0/16"))  # with TLS, as the chart runs it
+                identity_gc_seconds=0.3, cluster_cidr="10.200.0.0/16",
+                leader_label=True, pod_namespace=NS))  # with TLS, as the chart runs it
             operator = Operator(config).start()
             try:
                 assert wait_for(lambda: operator.is_leader and operator.ready())
+                # (Not read back here: this client's reads would count as the operator's calls.)
+                assert wait_for(lambda: operator.labeller is not None and operator.labeller.written)
                 core.create_node({"metadata": {"name": "n1"}})
                 core.create_namespace({"metadata": {"name": "shop", "labels": {"team": "a"}}})
                 core.create_namespaced_pod("shop", {"metadata": {"name": "web", "labels": {"app": "web"}},
