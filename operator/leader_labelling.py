@@ -17,10 +17,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from kubernetes.client.rest import ApiException
-
 from membrane.operator.metrics import OperatorMetrics
-from membrane.operator.rest import Rest
+from membrane.operator.rest import ApiError, Rest
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ class LeaderLabeller:
         body = {"metadata": {"labels": {LABEL: "true" if leader else None}}}
         try:
             self.rest.merge_patch(self.path, body)
-        except ApiException as exc:
+        except ApiError as exc:
             self._failed_at = self.clock()
             self.metrics.api_write_errors.labels("leader_label").inc()
             log.warning("leader label on %s not written (%s)", self.path, exc.status)

@@ -2,7 +2,8 @@
 
 The generated `patch_*` methods pick `application/json-patch+json` for a dict body; we want
 merge patches, and one helper for built-in and custom resources alike, so writes go through
-`call_api` with explicit content types. Errors stay `kubernetes.client.rest.ApiException`.
+`call_api` with explicit content types. Errors stay `kubernetes.client.rest.ApiException`,
+exported here as `ApiError` so a writer need not import the client itself.
 
 Every write asks for `fieldValidation=Strict`: a field the server's version does not know is
 an error the operator logs and counts, not something the server silently drops.
@@ -14,6 +15,9 @@ import json
 from typing import Any
 
 from kubernetes.client import ApiClient
+from kubernetes.client.rest import ApiException as ApiError
+
+__all__ = ["JSON", "MERGE_PATCH", "ApiError", "Rest"]
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
