@@ -4,7 +4,8 @@
 
 1. a snapshot is turned into the difference with what this agent holds (so a reconnect to a
    restarted operator rewrites nothing that did not change), a delta is taken as is;
-2. each change is recorded (namespaces, endpoints with their identities, policies: remote pods
+2. each change is recorded as the record it is (namespace labels, endpoint records with their
+   identities, policies; no Pod object is rebuilt from a record): remote pods
    become ipcache entries, only local endpoints get policy map entries; this node's PodCIDR
    goes to IPAM);
 3. the policy manager writes the map difference once for the whole update;
@@ -52,11 +53,12 @@ from membrane.api.state_objects import (
     StateUpdate,
 )
 from membrane.cni_types import TRY_AGAIN_LATER, CniError
-from membrane.k8s_models import Namespace, NetworkPolicy, ObjectRef, Pod, parse_object
+from membrane.k8s_models import NetworkPolicy, ObjectRef, parse_object
 
 from .cluster_persisting import StateFile, object_from_json, object_to_json  # noqa: F401 - re-exported
 from .enforcement_ledger import EnforcementLedger
 from .identity_sources import INIT_IDENTITY, StreamIdentities
+from .pod_records import endpoint_record
 from .policy_syncing import MapCapacityError, PolicyManager
 
 log = logging.getLogger("membrane.cluster")
@@ -68,28 +70,7 @@ class ResyncNeeded(RuntimeError):
     """A delta that does not follow what was applied: ask the operator for a snapshot."""
 
 
-# --- stream objects -> the models the policy manager takes -----------------------------------
-def namespace_model(state: NamespaceState) -> Namespace:
-    obj = parse_object({"apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": state.name, "labels": dict(state.labels)}})
-    assert isinstance(obj, Namespace)
-    return obj
-
-
-def pod_model(state: EndpointState) -> Pod:
-    """A Pod carrying what the stream says: identity labels, IPs, node, named ports."""
-    containers = [{"name": f"c{index}", "ports": [{"name": p.name, "containerPort": p.port,
-                                                    "protocol": p.protocol or "TCP"}]}
-                  for index, p in enumerate(state.named_ports)]
-    obj = parse_object({"apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": state.name, "namespace": state.namespace, "labels": dict(state.labels),
-                                     "uid": state.uid or None},
-                        "spec": {"nodeName": state.node_name or None, "containers": containers},
-                        "status": {"podIPs": [{"ip": ip} for ip in state.ips]}})
-    assert isinstance(obj, Pod)
-    return obj
-
-
+# --- stream records -> what the policy manager records --------------------------------------
 def policy_model(state: PolicyState) -> NetworkPolicy:
     obj = parse_object(json.loads(state.object_json))
     if not isinstance(obj, NetworkPolicy):
@@ -232,7 +213,7 @@ class ClusterSyncer:
             self.objects[key] = obj
         try:
             if kind is Kind.NAMESPACE:
-                self.policy.on_namespace(name, namespace_model(obj) if isinstance(obj, NamespaceState) else None)
+                self.policy.on_namespace(name, dict(obj.labels) if isinstance(obj, NamespaceState) else None)
             elif kind is Kind.NODE:
                 self._node(name, obj if isinstance(obj, NodeState) else None)
             elif kind is Kind.IDENTITY:
@@ -261,7 +242,7 @@ class ClusterSyncer:
             return
         self.lingering.discard(ref)
         self.identities.set_pod(ref, obj.identity)
-        self.policy.on_pod(ref, pod_model(obj))
+        self.policy.on_pod(ref, endpoint_record(obj))
 
     def endpoint_removed(self, ref: ObjectRef) -> None:
         """The local endpoint is gone (CNI DEL): forget a pod the stream already deleted."""

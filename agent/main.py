@@ -25,7 +25,7 @@ from membrane.cni_types import CniError
 from membrane.flows import observer_socket_for
 from membrane.http_serving import HttpServer
 from membrane.identities import CLUSTER_IDENTITY_MIN, LabelSet, identity_labels
-from membrane.k8s_models import Node, ObjectRef
+from membrane.k8s_models import Node, ObjectRef, Pod
 
 from . import cni_conf_writing, overlay, policy_api
 from .api_serving import ApiServer, RequestError
@@ -49,6 +49,7 @@ from .object_store import ObjectKey, ObjectStore
 from .observing import FlowMetricsCollector, FlowObserver
 from .observing.grpc_serving import ObserverServer
 from .persisting import make_private
+from .pod_records import pod_record
 from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
 from .start_refusal import StartRefused
 from .state_storing import open_state
@@ -336,7 +337,7 @@ class Agent:
             self.policy.on_node(key[2], node.tunnel_addresses if node else (),
                                 next((c for c in node.pod_cidr_list if ":" not in c), None) if node else None)
         elif kind == "Pod":
-            self.policy.on_pod(ref, obj)  # type: ignore[arg-type]  # the store's kind names the model class
+            self.policy.on_pod(ref, pod_record(obj) if isinstance(obj, Pod) else None)
         elif kind == "NetworkPolicy":
             self.policy.on_policy(ref, obj)  # type: ignore[arg-type]  # the store's kind names the model class
 

@@ -68,6 +68,7 @@ from membrane.policy import (
 )
 
 from .identity_sources import IdentitySource
+from .pod_records import PodRecord, as_record, namespace_labels_of
 from .map_managing import MapCapacityError, MapManager
 
 __all__ = ["HOST_RULE_REF", "NODE_ENTRY", "IpcacheTarget", "LocalEndpoint", "MapCapacityError", "PolicyManager",
@@ -117,7 +118,7 @@ class PolicyManager:
         self.resolver = PolicyResolver(cidr_allocator(), deferred=True, interest=())
         self.rules = RuleTable()
         self.namespaces: dict[str, dict[str, str]] = {}
-        self.pods: dict[ObjectRef, Pod] = {}
+        self.pods: dict[ObjectRef, PodRecord] = {}
         self.local: dict[ObjectRef, LocalEndpoint] = {}
         # Desired vs written contents of the maps; writes in the gap-free plan order.
         self.mapman = MapManager(maps, MAP_ROLES, steps={"endpoint_identity": self._write_identities})
@@ -154,23 +155,27 @@ class PolicyManager:
         return self.mapman.written["cidr"]
 
     # --- recording changes (cheap) ------------------------------------------------------
-    def on_namespace(self, name: str, obj: Namespace | None) -> None:
+    def on_namespace(self, name: str, obj: Namespace | Mapping[str, str] | None) -> None:
+        """A namespace (its object, or its labels as a stream record has them) or None: gone."""
+        labels = namespace_labels_of(obj)
         with self.lock:
-            if obj is None:
+            if labels is None:
                 self.namespaces.pop(name, None)
             else:
-                self.namespaces[name] = dict(obj.metadata.labels)
+                self.namespaces[name] = dict(labels)
             self._record(self.resolver.update_namespace(NamespaceInfo.of(name, self.namespaces.get(name, {}))))
             for ref in [r for r in set(self.pods) | set(self.local) if r.namespace == name]:
                 self._refresh_pod(ref)  # identity labels include the namespace's labels
 
-    def on_pod(self, ref: ObjectRef, obj: Pod | None) -> None:
+    def on_pod(self, ref: ObjectRef, obj: Pod | PodRecord | None) -> None:
+        """A pod (a record; a Pod object is turned into one) or None: gone."""
+        record = as_record(obj)
         with self.lock:
-            if obj is None:
+            if record is None:
                 self.pods.pop(ref, None)
             else:
-                self.pods[ref] = obj
-            node = obj.spec.node_name if obj is not None else None
+                self.pods[ref] = record
+            node = record.node_name if record is not None else None
             old_node = self._pod_node.pop(ref, None)
             if old_node is not None:
                 self._pods_by_node[old_node].discard(ref)
@@ -236,11 +241,11 @@ class PolicyManager:
             return None
         if ref.namespace not in self.namespaces and ref.namespace:
             self._record(self.resolver.update_namespace(NamespaceInfo.of(ref.namespace, {})))
-        labels = dict(pod.metadata.labels) if pod is not None else {}
+        labels = pod.label_map if pod is not None else {}
         identity = self.identities.assign(ref, labels, self.namespaces.get(ref.namespace, {}))
         ips = (str(local.ip),) if local is not None else pod.ips if pod is not None else ()
-        info = PodInfo(ref, labels, identity, ips, pod.named_ports() if pod is not None else (),
-                       pod.spec.host_network if pod is not None else False)
+        info = PodInfo(ref, labels, identity, ips, pod.named_ports if pod is not None else (),
+                       pod.host_network if pod is not None else False)
         self._record(self.resolver.update_pod(info))
         return identity
 
@@ -262,10 +267,10 @@ class PolicyManager:
         pod = self.pods.get(ref)
         if ref in self.local or pod is None:
             return None
-        node = pod.spec.node_name
+        node = pod.node_name
         if node is not None and node == self.node_name:
             return None
-        ip = _ipv4(pod.status.host_ip) if pod.status.host_ip else None
+        ip = _ipv4(pod.host_ip) if pod.host_ip else None
         if ip is None and node is not None:
             ip = self.node_ips.get(node)
         return ip

@@ -161,3 +161,21 @@ def test_the_state_builder_runs_without_grpc_or_kubernetes() -> None:
             "('grpc', 'kubernetes', 'bcc', 'pyroute2', 'prometheus_client')); print(bad); sys.exit(bool(bad))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_streamed_endpoint_is_recorded_as_the_stored_pod_it_came_from() -> None:
+    """No Pod is rebuilt from a stream record: both sources give the policy manager one record."""
+    from membrane.agent.cluster_syncing import ClusterSyncer  # noqa: F401 - the consumer imports it
+    from membrane.agent.pod_records import endpoint_record, pod_record
+    from membrane.k8s_models import Pod, parse_object
+
+    obj = pod("prod", "web", "10.1.1.5", app="web", tier="front")
+    cluster = OperatorSide()
+    cluster.feed(namespace("prod"))
+    cluster.feed(obj)
+    cluster.commit()
+    endpoint = next(o for o in objects_of(cluster.log) if isinstance(o, EndpointState))
+    stored = parse_object(obj)
+    assert isinstance(stored, Pod)
+    assert endpoint_record(endpoint) == pod_record(stored)
+    assert endpoint_record(endpoint).named_ports and endpoint_record(endpoint).label_map == {"app": "web", "tier": "front"}
