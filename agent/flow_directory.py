@@ -1,8 +1,8 @@
 """Answers "who is this address / identity / rule?" for flow enrichment, from policy state.
 
-Backed by the policy manager's inputs, so flows name pods, identities and policies exactly as
-the maps the datapath used were computed. The address index is rebuilt only when the manager
-applied something since the last lookup.
+Backed by the policy state's read-only query interface (agent/policy_queries.py), so flows
+name pods, identities and policies exactly as the maps the datapath used were computed. The
+address index is rebuilt only when the manager applied something since the last lookup.
 """
 
 from __future__ import annotations
@@ -14,34 +14,34 @@ from membrane.k8s_models import ObjectRef
 from membrane.policy import Direction
 
 from .observing.enriching import EndpointInfo
-from .policy_syncing import PolicyManager
+from .policy_queries import PolicyQueries
 
 
 class PolicyDirectory:
-    def __init__(self, manager: PolicyManager) -> None:
-        self.manager = manager
+    def __init__(self, queries: PolicyQueries) -> None:
+        self.queries = queries
         self._seen = -1
         self._by_ip: dict[str, EndpointInfo] = {}
 
     def generation(self) -> int:
-        return self.manager.generation
+        return self.queries.generation
 
     def _index(self) -> dict[str, EndpointInfo]:
-        if self._seen != self.manager.generation:
-            with self.manager.lock:
-                index = {}
-                for pod in self.manager.resolver.inputs.pods.values():
-                    info = EndpointInfo(pod.ref.namespace, pod.ref.name, dict(pod.labels), pod.identity or 0)
-                    for ip in pod.ips:
-                        index[ip] = info
-                self._by_ip, self._seen = index, self.manager.generation
+        generation = self.queries.generation
+        if self._seen != generation:
+            index = {}
+            for pod in self.queries.peer_pods():
+                info = EndpointInfo(pod.ref.namespace, pod.ref.name, dict(pod.labels), pod.identity or 0)
+                for ip in pod.ips:
+                    index[ip] = info
+            self._by_ip, self._seen = index, generation
         return self._by_ip
 
     def lookup_ip(self, ip: str) -> EndpointInfo | None:
         return self._index().get(ip)
 
     def identity_labels(self, identity: int) -> Mapping[str, str] | Iterable[str] | None:
-        labels: LabelSet | None = self.manager.identities.allocator.labels_of(identity)
+        labels: LabelSet | None = self.queries.identity_labels(identity)
         return labels.to_strings() if labels is not None else None
 
     def isolating_policies(self, ip: str, direction: str) -> list[str]:
@@ -49,17 +49,13 @@ class PolicyDirectory:
         info = self.lookup_ip(ip)
         if info is None:
             return []
-        with self.manager.lock:
-            policy = self.manager.resolver.endpoint(ObjectRef(info.namespace, info.pod))
-            if policy is None:
-                return []
-            wanted = Direction.INGRESS if direction == "ingress" else Direction.EGRESS
-            return sorted(str(ref) for ref in policy.selected_by.get(wanted, ()))
+        wanted = Direction.INGRESS if direction == "ingress" else Direction.EGRESS
+        return sorted(str(ref) for ref in self.queries.isolating(ObjectRef(info.namespace, info.pod), wanted))
 
     def describe_rule(self, rule_ref: int) -> list[str]:
         if rule_ref == 0:
             return []
         try:
-            return sorted(str(ref) for ref in self.manager.rules.policies(rule_ref))
+            return self.queries.rule_policies(rule_ref)
         except (KeyError, IndexError):
             return []

@@ -1,4 +1,5 @@
-"""membranectl's policy and identity questions, answered from the policy manager's state.
+"""membranectl's policy and identity questions, answered through the policy state's read-only
+query interface (agent/policy_queries.py).
 
 `policy trace` runs the same engine output the datapath is fed from, so its answer is what
 the kernel decides for a new connection.
@@ -9,30 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 from membrane.k8s_models import NetworkPolicy, ObjectRef
-from membrane.policy import Direction, trace
+from membrane.policy import Direction
 
 from .api_serving import RequestError
 from .object_store import ObjectStore
-from .policy_syncing import PolicyManager
+from .policy_queries import PolicyQueries
 
 
-def _selected(manager: PolicyManager, ref: ObjectRef) -> dict[str, list[str]]:
+def _selected(manager: PolicyQueries, ref: ObjectRef) -> dict[str, list[str]]:
     """Which pods the policy isolates, per direction."""
     found: dict[str, list[str]] = {"ingress": [], "egress": []}
-    with manager.lock:  # every pod of the cluster, not only this node's endpoints
-        for direction, pods in manager.resolver.selecting(ref).items():
-            found[Direction(direction).label] = [str(pod) for pod in pods]
+    for direction, pods in manager.selecting(ref).items():  # every pod of the cluster
+        found[Direction(direction).label] = [str(pod) for pod in pods]
     return found
 
 
-def _pods_of(manager: PolicyManager, party: ObjectRef | str) -> list[ObjectRef]:
-    """The pods a trace party names (a ref, or the pods holding an address)."""
-    if isinstance(party, ObjectRef):
-        return [party]
-    return [pod.ref for pod in manager.resolver.inputs.pods.values() if party in pod.ips]
-
-
-def policy_list(manager: PolicyManager, store: ObjectStore) -> list[dict[str, Any]]:
+def policy_list(manager: PolicyQueries, store: ObjectStore) -> list[dict[str, Any]]:
     rows = []
     for obj in store.list("NetworkPolicy"):
         assert isinstance(obj, NetworkPolicy)
@@ -43,7 +36,7 @@ def policy_list(manager: PolicyManager, store: ObjectStore) -> list[dict[str, An
     return rows
 
 
-def policy_get(manager: PolicyManager, store: ObjectStore, name: str) -> dict[str, Any]:
+def policy_get(manager: PolicyQueries, store: ObjectStore, name: str) -> dict[str, Any]:
     ref = ObjectRef.parse(name if "/" in name else f"default/{name}")
     obj = store.get("NetworkPolicy", ref.namespace, ref.name)
     if obj is None:
@@ -58,26 +51,21 @@ def _party(text: str) -> ObjectRef | str:
     return text.split("/")[0] if text.endswith("/32") else text
 
 
-def policy_trace(manager: PolicyManager, src: str, dst: str, port: str) -> dict[str, Any]:
+def policy_trace(manager: PolicyQueries, src: str, dst: str, port: str) -> dict[str, Any]:
     number, _, proto = port.partition("/")
     try:
-        with manager.lock:
-            # The agent computes entries for its own endpoints only: trace computes the two
-            # parties' endpoint policies on demand.
-            parties = [*_pods_of(manager, _party(src)), *_pods_of(manager, _party(dst))]
-            result = trace(manager.resolver.desired_for(parties), manager.resolver.inputs.pods, _party(src),
-                           _party(dst), number, (proto or "TCP").upper())
+        result = manager.trace(_party(src), _party(dst), number, (proto or "TCP").upper())
     except (ValueError, KeyError) as exc:
         raise RequestError(f"cannot trace: {exc}") from exc
     return {"verdict": result.verdict.name.lower(), "lines": result.lines()}
 
 
-def identity_list(manager: PolicyManager) -> list[dict[str, Any]]:
-    return manager.identities.listing()
+def identity_list(manager: PolicyQueries) -> list[dict[str, Any]]:
+    return manager.identity_listing()
 
 
-def identity_get(manager: PolicyManager, number: int) -> dict[str, Any]:
-    for row in manager.identities.listing():
+def identity_get(manager: PolicyQueries, number: int) -> dict[str, Any]:
+    for row in manager.identity_listing():
         if row["identity"] == number:
             return row
     raise RequestError(f"no identity {number}", code=404)

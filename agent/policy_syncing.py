@@ -42,7 +42,7 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from membrane.delta import Delta
-from membrane.identities import ReservedIdentity, cidr_allocator
+from membrane.identities import LabelSet, ReservedIdentity, cidr_allocator
 from membrane.ipcache import (
     NODE_ENTRY,
     IpcacheInputs,
@@ -63,8 +63,10 @@ from membrane.policy import (
     PolicyResolver,
     Protocol,
     RuleTable,
+    TraceResult,
     Verdict,
     flatten_endpoint,
+    trace,
 )
 
 from .identity_sources import IdentitySource
@@ -516,6 +518,54 @@ class PolicyManager:
             for role, count in drift.items():  # membrane_map_resync_repairs_total{map}
                 report[f"repaired_{role}"] = count
             return report
+
+    # --- the read-only query interface (flows, membranectl, trace: agent/policy_queries.py) ----
+    # Readers never take this manager's lock or read its fields: these answer from a consistent
+    # view, each under the lock, and return copies.
+    def peer_pods(self) -> list[PodInfo]:
+        """Every pod policy knows (local endpoints and peers), as the engine sees it."""
+        with self.lock:
+            return list(self.resolver.inputs.pods.values())
+
+    def pods_at(self, ip: str) -> list[ObjectRef]:
+        with self.lock:
+            return [pod.ref for pod in self.resolver.inputs.pods.values() if ip in pod.ips]
+
+    def identity_labels(self, identity: int) -> LabelSet | None:
+        with self.lock:
+            return self.identities.allocator.labels_of(identity)  # type: ignore[attr-defined, no-any-return]
+
+    def identity_listing(self) -> list[dict[str, object]]:
+        with self.lock:
+            return self.identities.listing()
+
+    def selecting(self, policy: ObjectRef) -> dict[Direction, list[ObjectRef]]:
+        """The pods a policy isolates, per direction (every pod of the cluster)."""
+        with self.lock:
+            return {d: list(pods) for d, pods in self.resolver.selecting(policy).items()}
+
+    def isolating(self, pod: ObjectRef, direction: Direction) -> list[ObjectRef]:
+        """The policies isolating a pod for `direction`."""
+        with self.lock:
+            policy = self.resolver.endpoint(pod)
+            return sorted(policy.selected_by.get(direction, ()), key=str) if policy is not None else []
+
+    def rule_policies(self, rule_ref: int) -> list[str]:
+        """The policies a map entry's rule reference stands for."""
+        with self.lock:
+            return sorted(str(ref) for ref in self.rules.policies(rule_ref))
+
+    def trace(self, src: ObjectRef | str, dst: ObjectRef | str, port: str, protocol: str) -> TraceResult:
+        """What the datapath decides for a new connection: the two parties' endpoint policies
+        computed on demand (entries exist for this node's endpoints only)."""
+        with self.lock:
+            parties = [*(self._pods_of(src)), *(self._pods_of(dst))]
+            return trace(self.resolver.desired_for(parties), self.resolver.inputs.pods, src, dst, port, protocol)
+
+    def _pods_of(self, party: ObjectRef | str) -> list[ObjectRef]:
+        if isinstance(party, ObjectRef):
+            return [party]
+        return [pod.ref for pod in self.resolver.inputs.pods.values() if party in pod.ips]
 
 
 def _ipv4_net(text: str) -> IPv4Network | None:

@@ -179,3 +179,54 @@ def test_a_streamed_endpoint_is_recorded_as_the_stored_pod_it_came_from() -> Non
     assert isinstance(stored, Pod)
     assert endpoint_record(endpoint) == pod_record(stored)
     assert endpoint_record(endpoint).named_ports and endpoint_record(endpoint).label_map == {"app": "web", "tier": "front"}
+
+
+def test_the_local_stream_through_the_kubernetes_consumer_enforces_the_same_policy(tmp_path: Path) -> None:
+    """The standalone store as a source, its stream consumed by the Kubernetes-mode consumer
+    (ClusterSyncer): the same decisions as the operator's stream of the same cluster."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cluster_harness", Path(__file__).with_name(
+        "test_cluster_syncing_policy.py"))  # the consumer's harness (fake maps, lookup_flat)
+    assert spec is not None and spec.loader is not None
+    k8s = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(k8s)
+
+    from membrane.api.state_objects import Change, StateUpdate
+
+    def stored_pod(name: str, ip: str, node_name: str, app: str) -> JSON:
+        return pod("shop", name, ip, node=node_name, app=app) | {
+            "spec": {"nodeName": node_name, "containers": [{"name": "c", "ports": [
+                {"name": "http", "containerPort": 80, "protocol": "TCP"}]}]}}
+
+    netpol = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "db-from-web", "namespace": "shop"},
+              "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                    "ports": [{"port": 80}]}]}}
+    (tmp_path / "store").mkdir()
+    store, local = local_side(tmp_path / "store")
+    local.node_name = k8s.NODE
+    store.apply([namespace("shop", team="a"), node(k8s.NODE, "192.0.2.1", "10.0.1.0/24"),
+                 node("n2", "192.0.2.2", "10.0.2.0/24"),
+                 stored_pod("web", k8s.IPS[k8s.WEB], k8s.NODE, "web"), stored_pod("db", k8s.IPS[k8s.DB], k8s.NODE, "db"),
+                 stored_pod("other", k8s.IPS[k8s.OTHER], "n2", "other"),
+                 stored_pod("web2", k8s.IPS[k8s.WEB2], "n2", "web"), netpol])
+    local.commit()
+    agent = k8s.Agent(tmp_path / "agent")
+    agent.local(k8s.WEB)
+    agent.local(k8s.DB)
+    version, objects = local.log.snapshot()
+    agent.syncer.apply_update(StateUpdate(version, local.log.stream_id, True,
+                                          [Change((o.kind, o.key), o) for o in objects]))
+    assert agent.allowed(k8s.WEB, k8s.DB) and agent.allowed(k8s.WEB2, k8s.DB)
+    assert not agent.allowed(k8s.OTHER, k8s.DB) and not agent.allowed(k8s.WEB, k8s.DB, 81)
+    assert agent.allowed(k8s.DB, k8s.WEB) and agent.allowed(k8s.DB, k8s.OTHER)
+    assert agent.identity(k8s.WEB2) == agent.identity(k8s.WEB) != agent.identity(k8s.OTHER)
+    # a delta from the store: web2 relabelled away from web loses access
+    store.apply([stored_pod("web2", k8s.IPS[k8s.WEB2], "n2", "other")])
+    delta = local.commit()
+    assert delta is not None
+    agent.syncer.apply_update(StateUpdate(delta.version, local.log.stream_id, False, list(delta.changes),
+                                          base_version=delta.version - 1))
+    assert not agent.allowed(k8s.WEB2, k8s.DB) and agent.allowed(k8s.WEB, k8s.DB)
