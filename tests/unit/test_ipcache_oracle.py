@@ -108,7 +108,7 @@ def test_incremental_ipcache_equals_the_oracle_on_random_changes(tmp_path: Path,
             applies += 1
             assert maps.ipcache == desired_ipcache(mgr.ipcache_inputs()), step
             for ref, ip in locals_.items():  # a local endpoint's address carries its own identity
-                if ref in mgr.pods and mgr.pods[ref].spec.host_network:
+                if ref in mgr.pods and mgr.pods[ref].host_network:
                     continue  # (a host-network pod object: no address of its own)
                 assert maps.ipcache.get(IPv4Network(f"{ip}/32")) == mgr.identities.identity_of(ref) or \
                     str(ip) in host, (step, ref)
