@@ -70,8 +70,8 @@ from membrane.policy import (
 )
 
 from .identity_sources import IdentitySource
-from .pod_records import PodRecord, as_record, namespace_labels_of
 from .map_managing import MapCapacityError, MapManager
+from .pod_records import PodRecord, as_record, namespace_labels_of
 
 __all__ = ["HOST_RULE_REF", "NODE_ENTRY", "IpcacheTarget", "LocalEndpoint", "MapCapacityError", "PolicyManager",
            "PolicyMapsPort"]
@@ -533,7 +533,8 @@ class PolicyManager:
 
     def identity_labels(self, identity: int) -> LabelSet | None:
         with self.lock:
-            return self.identities.allocator.labels_of(identity)  # type: ignore[attr-defined, no-any-return]
+            labels: LabelSet | None = self.identities.allocator.labels_of(identity)
+            return labels
 
     def identity_listing(self) -> list[dict[str, object]]:
         with self.lock:
