@@ -142,7 +142,7 @@ class ClusterSyncer:
         if not saved.objects and not saved.version:
             return 0
         objects = list(saved.objects.values())
-        with self.lock, self.policy.lock:
+        with self.lock, self.policy.recording():
             for key, obj in snapshot_changes({}, objects):
                 self._record(key, obj)
             self.version, self.stream_id = saved.version, saved.stream_id
@@ -162,7 +162,7 @@ class ClusterSyncer:
     def apply_update(self, update: StateUpdate) -> int:
         """Record, write the maps, persist; returns the version to ack (the one enforced)."""
         started = time.perf_counter()
-        with self.lock, self.policy.lock:
+        with self.lock, self.policy.recording():
             if update.snapshot:
                 changes = snapshot_changes(self.objects, [c.obj for c in update.changes if c.obj is not None])
             else:
@@ -246,7 +246,7 @@ class ClusterSyncer:
 
     def endpoint_removed(self, ref: ObjectRef) -> None:
         """The local endpoint is gone (CNI DEL): forget a pod the stream already deleted."""
-        with self.lock, self.policy.lock:
+        with self.lock, self.policy.recording():
             if ref in self.lingering:
                 self.lingering.discard(ref)
                 self.identities.forget_pod(ref)

@@ -313,7 +313,7 @@ class Agent:
         """Endpoint manager hook: an ADD calls it before it writes the pod's map entry and uses
         the identity returned; the policy entries are in the maps when this returns."""
         local = LocalEndpoint(ep.key, ep.endpoint_id, ep.ip) if present else None
-        with self.policy.lock:
+        with self.policy.recording():
             self.policy.on_endpoint(ep.pod_ref, local)
             recorded_at = self.policy.generation
         if not present and self.cluster is not None:
@@ -352,7 +352,7 @@ class Agent:
         then already wrote this change, so the caller does not run another one. Raises
         MapCapacityError (nothing written) when a map would overflow."""
         started = time.perf_counter()
-        with self.policy.lock:
+        with self.policy.recording():
             if self.maps_held:
                 if cause != "stream":
                     return {}  # recorded; written with the operator's snapshot

@@ -32,6 +32,7 @@ datapath judges alongside the peer's identity so that ipBlocks select pod addres
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -155,6 +156,11 @@ class PolicyManager:
     @property
     def written_cidrs(self) -> dict[IPv4Network, int]:
         return self.mapman.written["cidr"]
+
+    def recording(self) -> contextlib.AbstractContextManager[object]:
+        """Hold the manager for a batch of `on_*` calls and the apply that follows (a stream
+        update, a CNI endpoint): callers never take the lock itself."""
+        return self.lock
 
     # --- recording changes (cheap) ------------------------------------------------------
     def on_namespace(self, name: str, obj: Namespace | Mapping[str, str] | None) -> None:

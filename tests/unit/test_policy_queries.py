@@ -32,3 +32,15 @@ def test_readers_touch_only_the_query_interface() -> None:
 def test_the_policy_manager_implements_every_query() -> None:
     for name in (n for n in dir(PolicyQueries) if not n.startswith("_")):
         assert callable(getattr(PolicyManager, name)), name
+
+
+def test_no_module_takes_the_policy_managers_lock() -> None:
+    """Writers hold the manager through its own `recording()`, readers use the query interface."""
+    for path in sorted(AGENT.rglob("*.py")):
+        if path.name == "policy_syncing.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "lock" and isinstance(node.value, ast.Attribute):
+                assert node.value.attr not in ("policy", "manager", "queries"), \
+                    f"{path.relative_to(AGENT)}:{node.lineno} takes the policy manager's lock"
