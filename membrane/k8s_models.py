@@ -87,6 +87,14 @@ def _raise(errors: list[str]) -> None:
         raise ValueError("; ".join(errors))
 
 
+def _named_as_dns_subdomain(metadata: ObjectMeta) -> ObjectMeta:
+    """The name check of kinds named as DNS subdomains (Node, NetworkPolicy)."""
+    if not metadata.name:
+        raise ValueError("name: required")
+    _raise([f"name: {shown(str(metadata.name))} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
+    return metadata
+
+
 # --- metadata -----------------------------------------------------------------------------
 
 
@@ -365,10 +373,7 @@ class Node(_Model):
     @field_validator("metadata")
     @classmethod
     def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
-        if not metadata.name:
-            raise ValueError("name: required")
-        _raise([f"name: {shown(str(metadata.name))} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
-        return metadata
+        return _named_as_dns_subdomain(metadata)
 
     @property
     def ref(self) -> ObjectRef:
@@ -537,10 +542,7 @@ class NetworkPolicy(_Model):
     @field_validator("metadata")
     @classmethod
     def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
-        if not metadata.name:
-            raise ValueError("name: required")
-        _raise([f"name: {shown(str(metadata.name))} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
-        return metadata
+        return _named_as_dns_subdomain(metadata)
 
     @property
     def ref(self) -> ObjectRef:
