@@ -15,7 +15,7 @@ import pytest
 
 from membrane.agent.endpoints import Endpoint
 from membrane.agent.identity_book import IdentityBook
-from membrane.agent.state_db import db_path, open_db, read_endpoint_rows, side_paths
+from membrane.agent.state_db import StateDb, db_path, open_db, read_endpoint_rows, side_paths
 from membrane.agent.state_storing import LEGACY_BACKUP, open_state
 from membrane.identities import CLUSTER_IDENTITY_MIN, IdentityAllocator, identity_labels
 from membrane.k8s_models import ObjectRef
@@ -30,12 +30,14 @@ def record(i: int) -> Endpoint:
                     namespace="shop", pod=f"p{i}", identity=CLUSTER_IDENTITY_MIN + i)
 
 
-def fill(state: Path, n: int = 20) -> None:
+def fill(state: Path, n: int = 20) -> StateDb:
+    """Writes n endpoint rows; returns the open store (closing it checkpoints the WAL away)."""
     db = open_state(state).db
     for i in range(n):
         ep = record(i)
         db.put_endpoint(ep.key, str(ep.ip), ep.model_dump(mode="json"))
     db.put_doc("ipam", {"cidr": "10.9.0.0/24", "cursor": n + 2})
+    return db
 
 
 def test_store_is_private_whatever_the_umask(tmp_path: Path) -> None:
@@ -101,8 +103,9 @@ def test_damaged_wal_or_shm_after_a_crash_opens(tmp_path: Path, side: str, damag
     """Copied while the writer still runs (as kill -9 leaves it): the store always opens; what
     a damaged WAL loses is a suffix of transactions, never half of one."""
     state, crashed = tmp_path / "state", tmp_path / "crashed"
-    fill(state)
+    writer = fill(state)  # kept open while copying: a collected store would checkpoint the WAL away mid-copy
     shutil.copytree(state, crashed)
+    del writer
     path = crashed / ("state.db" + side)
     assert path.exists()
     damage_file(path, damage)
