@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from kubernetes import client
 from membrane.api.backoff import Backoff
 from membrane.api.state_client import StateClient
 from membrane.api.state_objects import Kind, StateUpdate, apply_update
+from membrane.lab.cluster import free_port
 from membrane.testing.kubeapi import KubeApiServer
 from membrane.testing.service_proxy import ServiceProxy
 from membrane.testing.tls import node_material
@@ -39,12 +39,6 @@ from membrane.testing.waiting import wait_for
 
 NODES = ("n1", "n2", "n3")
 ENFORCED, GENERATION = "membrane.io/enforced", "membrane.io/enforced-generation"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OperatorProcess:

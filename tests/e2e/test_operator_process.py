@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -13,15 +12,10 @@ import urllib.request
 
 from kubernetes import client
 
+from membrane.lab.cluster import free_port
 from membrane.operator.config import parse_config
 from membrane.testing.kubeapi import KubeApiServer
 from membrane.testing.waiting import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, str]:
