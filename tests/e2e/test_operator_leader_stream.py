@@ -15,13 +15,8 @@ released): the standby takes the lease, the agents reconnect to it, and an edit 
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +26,7 @@ from kubernetes import client
 from membrane.api.backoff import Backoff
 from membrane.api.state_client import StateClient
 from membrane.api.state_objects import Kind, StateUpdate, apply_update
-from membrane.lab.cluster import free_port
+from membrane.testing import operator_process as membrane_operator
 from membrane.testing.kubeapi import KubeApiServer
 from membrane.testing.service_proxy import ServiceProxy
 from membrane.testing.tls import node_material
@@ -41,52 +36,10 @@ NODES = ("n1", "n2", "n3")
 ENFORCED, GENERATION = "membrane.io/enforced", "membrane.io/enforced-generation"
 
 
-class OperatorProcess:
+class OperatorProcess(membrane_operator.OperatorProcess):
     def __init__(self, api: KubeApiServer, name: str, log_dir: Path) -> None:
-        self.name, self.http, self.grpc = name, free_port(), free_port()
-        self.log_path = log_dir / f"{name}.log"
-        env = {**os.environ, "MEMBRANE_API_SERVER": api.url, "MEMBRANE_POD_NAME": name,
-               "MEMBRANE_INSTALL_CRDS": "true", "MEMBRANE_CLUSTER_CIDR": "10.221.0.0/16",
-               "MEMBRANE_HTTP_ADDR": f"127.0.0.1:{self.http}",
-               "MEMBRANE_GRPC_ADDR": f"127.0.0.1:{self.grpc}",
-               "MEMBRANE_LEASE_DURATION_SECONDS": "3", "MEMBRANE_RENEW_DEADLINE_SECONDS": "2",
-               "MEMBRANE_RETRY_PERIOD_SECONDS": "0.3", "MEMBRANE_RESYNC_SECONDS": "0.2",
-               "MEMBRANE_LEADER_LABEL": "true", "MEMBRANE_POD_NAMESPACE": "kube-system"}
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "membrane.operator.main"], env=env,
-                                         stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-
-    def metric(self, name: str) -> float:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return 0.0
-        base, _, labels = name.partition("{")
-        wanted = [part for part in labels.rstrip("}").split(",") if part]
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(base) and line[len(base):len(base) + 1] in (" ", "{")
-                   and all(part in line for part in wanted))
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=2) as r:
-                return int(r.status) == 200
-        except (urllib.error.HTTPError, OSError):
-            return False
-
-    def wait_ready(self) -> None:
-        assert wait_for(lambda: self.ready() or self.proc.poll() is not None, timeout=30) \
-            and self.proc.poll() is None, self.log_path.read_text()[-3000:]
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(api, name, log_dir, "10.221.0.0/16",
+                         extra_env={"MEMBRANE_LEADER_LABEL": "true", "MEMBRANE_POD_NAMESPACE": "kube-system"})
 
 
 class Agent:
