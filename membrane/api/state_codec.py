@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state_objects import (
     Change,
+    EndpointPortState,
+    EndpointSliceState,
     EndpointState,
     IdentityState,
     Kind,
@@ -18,6 +20,9 @@ from membrane.api.state_objects import (
     NamespaceState,
     NodeState,
     PolicyState,
+    ServicePortState,
+    ServiceState,
+    SliceEndpointState,
     StateKey,
     StateObject,
 )
@@ -35,11 +40,52 @@ def _key_object(key: StateKey) -> StateObject:
     if kind is Kind.POLICY:
         namespace, _, name = text.partition("/")
         return PolicyState(namespace, name)
+    if kind is Kind.SERVICE:
+        namespace, _, name = text.partition("/")
+        return ServiceState(namespace, name)
+    if kind is Kind.ENDPOINTSLICE:
+        namespace, _, name = text.partition("/")
+        return EndpointSliceState(namespace, name)
     if kind is Kind.IDENTITY:
         return IdentityState(int(text))
     if kind is Kind.NODE:
         return NodeState(text)
     return NamespaceState(text)
+
+
+def _service_pb(s: ServiceState) -> pb.Service:
+    return pb.Service(
+        namespace=s.namespace, name=s.name, type=s.type, cluster_ips=s.cluster_ips,
+        ports=[pb.ServicePort(name=p.name, protocol=p.protocol, port=p.port, target_port=p.target_port,
+                              node_port=p.node_port) for p in s.ports],
+        external_ips=s.external_ips, load_balancer_ips=s.load_balancer_ips, affinity_timeout=s.affinity_timeout,
+        external_traffic_local=s.external_traffic_local, internal_traffic_local=s.internal_traffic_local,
+        health_check_node_port=s.health_check_node_port)
+
+
+def _service_of(m: pb.Service) -> ServiceState:
+    return ServiceState(
+        m.namespace, m.name, m.type, tuple(m.cluster_ips),
+        tuple(ServicePortState(p.name, p.protocol, p.port, p.target_port, p.node_port) for p in m.ports),
+        tuple(m.external_ips), tuple(m.load_balancer_ips), m.affinity_timeout, m.external_traffic_local,
+        m.internal_traffic_local, m.health_check_node_port)
+
+
+def _slice_pb(s: EndpointSliceState) -> pb.EndpointSlice:
+    return pb.EndpointSlice(
+        namespace=s.namespace, name=s.name, service=s.service, address_type=s.address_type,
+        ports=[pb.EndpointPort(name=p.name, protocol=p.protocol, port=p.port) for p in s.ports],
+        endpoints=[pb.SliceEndpoint(addresses=e.addresses, ready=e.ready, serving=e.serving,
+                                    terminating=e.terminating, node_name=e.node_name, zone=e.zone,
+                                    hint_zones=e.hint_zones, target=e.target) for e in s.endpoints])
+
+
+def _slice_of(m: pb.EndpointSlice) -> EndpointSliceState:
+    return EndpointSliceState(
+        m.namespace, m.name, m.service, m.address_type,
+        tuple(EndpointPortState(p.name, p.protocol, p.port) for p in m.ports),
+        tuple(SliceEndpointState(tuple(e.addresses), e.ready, e.serving, e.terminating, e.node_name, e.zone,
+                                 tuple(e.hint_zones), e.target) for e in m.endpoints))
 
 
 def change_to_pb(change: Change) -> pb.Change:
@@ -56,6 +102,10 @@ def change_to_pb(change: Change) -> pb.Change:
     elif isinstance(obj, PolicyState):
         message.policy.CopyFrom(pb.Policy(namespace=obj.namespace, name=obj.name,
                                           object_json=obj.object_json))
+    elif isinstance(obj, ServiceState):
+        message.service.CopyFrom(_service_pb(obj))
+    elif isinstance(obj, EndpointSliceState):
+        message.endpoint_slice.CopyFrom(_slice_pb(obj))
     elif isinstance(obj, NodeState):
         message.node.CopyFrom(pb.Node(name=obj.name, addresses=obj.addresses,
                                       pod_cidr=obj.pod_cidr))
@@ -78,6 +128,10 @@ def change_from_pb(message: pb.Change) -> Change:
     elif which == "policy":
         p = message.policy
         obj = PolicyState(p.namespace, p.name, p.object_json)
+    elif which == "service":
+        obj = _service_of(message.service)
+    elif which == "endpoint_slice":
+        obj = _slice_of(message.endpoint_slice)
     elif which == "node":
         n = message.node
         obj = NodeState(n.name, tuple(n.addresses), n.pod_cidr)

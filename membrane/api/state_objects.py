@@ -19,6 +19,8 @@ class Kind(StrEnum):
     NODE = "node"
     IDENTITY = "identity"
     ENDPOINT = "endpoint"
+    SERVICE = "service"
+    ENDPOINTSLICE = "endpointslice"
     POLICY = "policy"
 
 
@@ -108,7 +110,79 @@ class PolicyState:
         return f"{self.namespace}/{self.name}"
 
 
-StateObject = NamespaceState | NodeState | IdentityState | EndpointState | PolicyState
+@dataclass(frozen=True)
+class ServicePortState:
+    name: str  # "" for the one unnamed port of a service
+    protocol: str  # TCP | UDP | SCTP
+    port: int
+    target_port: str = ""  # a number as text, or a container port's name ("": same as port)
+    node_port: int = 0  # 0: none (ClusterIP services, allocateLoadBalancerNodePorts: false)
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """A v1 Service as the datapath needs it. `cluster_ips` is empty for a headless service
+    (clusterIP None) and for ExternalName: those get no frontends."""
+
+    namespace: str
+    name: str
+    type: str = "ClusterIP"  # ClusterIP | NodePort | LoadBalancer | ExternalName
+    cluster_ips: tuple[str, ...] = ()
+    ports: tuple[ServicePortState, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
+    affinity_timeout: int = 0  # sessionAffinity ClientIP: its timeoutSeconds; 0: no affinity
+    external_traffic_local: bool = False  # externalTrafficPolicy: Local
+    internal_traffic_local: bool = False  # internalTrafficPolicy: Local
+    health_check_node_port: int = 0
+
+    kind = Kind.SERVICE
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class EndpointPortState:
+    name: str  # the service port's name ("" when unnamed)
+    protocol: str
+    port: int  # the target port resolved for this slice's endpoints (0: unset, unusable)
+
+
+@dataclass(frozen=True)
+class SliceEndpointState:
+    """One endpoint of a slice, with the API's unset conditions already defaulted:
+    ready unset = ready, serving unset = ready, terminating unset = not terminating."""
+
+    addresses: tuple[str, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str = ""
+    zone: str = ""
+    hint_zones: tuple[str, ...] = ()  # hints.forZones[].name
+    target: str = ""  # targetRef of a Pod: "namespace/name"
+
+
+@dataclass(frozen=True)
+class EndpointSliceState:
+    namespace: str
+    name: str
+    service: str = ""  # label kubernetes.io/service-name ("": belongs to no service)
+    address_type: str = "IPv4"  # IPv4 | IPv6 | FQDN
+    ports: tuple[EndpointPortState, ...] = ()
+    endpoints: tuple[SliceEndpointState, ...] = ()
+
+    kind = Kind.ENDPOINTSLICE
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+StateObject = (NamespaceState | NodeState | IdentityState | EndpointState | ServiceState | EndpointSliceState
+               | PolicyState)
 StateKey = tuple[Kind, str]
 
 

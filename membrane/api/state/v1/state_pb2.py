@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!membrane/api/state/v1/state.proto\x12\x11membrane.state.v1\"\x86\x01\n\x10SubscribeRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x1c\n\x14last_applied_version\x18\x02 \x01(\x04\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x05 \x01(\x08\"\xf5\x01\n\x0bStateUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x31\n\x04type\x18\x03 \x01(\x0e\x32#.membrane.state.v1.StateUpdate.Type\x12\x0c\n\x04more\x18\x04 \x01(\x08\x12*\n\x07\x63hanges\x18\x05 \x03(\x0b\x32\x19.membrane.state.v1.Change\x12\x14\n\x0c\x62\x61se_version\x18\x06 \x01(\x04\"?\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rTYPE_SNAPSHOT\x10\x01\x12\x0e\n\nTYPE_DELTA\x10\x02\"\xdf\x02\n\x06\x43hange\x12(\n\x02op\x18\x01 \x01(\x0e\x32\x1c.membrane.state.v1.Change.Op\x12/\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x1b.membrane.state.v1.EndpointH\x00\x12/\n\x08identity\x18\x03 \x01(\x0b\x32\x1b.membrane.state.v1.IdentityH\x00\x12+\n\x06policy\x18\x04 \x01(\x0b\x32\x19.membrane.state.v1.PolicyH\x00\x12\'\n\x04node\x18\x05 \x01(\x0b\x32\x17.membrane.state.v1.NodeH\x00\x12\x31\n\tnamespace\x18\x06 \x01(\x0b\x32\x1c.membrane.state.v1.NamespaceH\x00\"6\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\r\n\tOP_UPSERT\x10\x01\x12\r\n\tOP_DELETE\x10\x02\x42\x08\n\x06object\"\x85\x02\n\x08\x45ndpoint\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03ips\x18\x03 \x03(\t\x12\x10\n\x08identity\x18\x04 \x01(\r\x12\x11\n\tnode_name\x18\x05 \x01(\t\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.membrane.state.v1.Endpoint.LabelsEntry\x12\x31\n\x0bnamed_ports\x18\x07 \x03(\x0b\x32\x1c.membrane.state.v1.NamedPort\x12\x0b\n\x03uid\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\tNamedPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"&\n\x08Identity\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0e\n\x06labels\x18\x02 \x03(\t\">\n\x06Policy\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bobject_json\x18\x03 \x01(\t\"9\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\"\x82\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x06labels\x18\x02 \x03(\x0b\x32(.membrane.state.v1.Namespace.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\nAckRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x11\n\tstream_id\x18\x03 \x01(\t\"\r\n\x0b\x41\x63kResponse2\xaa\x01\n\x0cStateService\x12T\n\tSubscribe\x12#.membrane.state.v1.SubscribeRequest\x1a\x1e.membrane.state.v1.StateUpdate(\x01\x30\x01\x12\x44\n\x03\x41\x63k\x12\x1d.membrane.state.v1.AckRequest\x1a\x1e.membrane.state.v1.AckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!membrane/api/state/v1/state.proto\x12\x11membrane.state.v1\"\x86\x01\n\x10SubscribeRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x1c\n\x14last_applied_version\x18\x02 \x01(\x04\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x05 \x01(\x08\"\xf5\x01\n\x0bStateUpdate\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x31\n\x04type\x18\x03 \x01(\x0e\x32#.membrane.state.v1.StateUpdate.Type\x12\x0c\n\x04more\x18\x04 \x01(\x08\x12*\n\x07\x63hanges\x18\x05 \x03(\x0b\x32\x19.membrane.state.v1.Change\x12\x14\n\x0c\x62\x61se_version\x18\x06 \x01(\x04\"?\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rTYPE_SNAPSHOT\x10\x01\x12\x0e\n\nTYPE_DELTA\x10\x02\"\xca\x03\n\x06\x43hange\x12(\n\x02op\x18\x01 \x01(\x0e\x32\x1c.membrane.state.v1.Change.Op\x12/\n\x08\x65ndpoint\x18\x02 \x01(\x0b\x32\x1b.membrane.state.v1.EndpointH\x00\x12/\n\x08identity\x18\x03 \x01(\x0b\x32\x1b.membrane.state.v1.IdentityH\x00\x12+\n\x06policy\x18\x04 \x01(\x0b\x32\x19.membrane.state.v1.PolicyH\x00\x12\'\n\x04node\x18\x05 \x01(\x0b\x32\x17.membrane.state.v1.NodeH\x00\x12\x31\n\tnamespace\x18\x06 \x01(\x0b\x32\x1c.membrane.state.v1.NamespaceH\x00\x12-\n\x07service\x18\x07 \x01(\x0b\x32\x1a.membrane.state.v1.ServiceH\x00\x12:\n\x0e\x65ndpoint_slice\x18\x08 \x01(\x0b\x32 .membrane.state.v1.EndpointSliceH\x00\"6\n\x02Op\x12\x12\n\x0eOP_UNSPECIFIED\x10\x00\x12\r\n\tOP_UPSERT\x10\x01\x12\r\n\tOP_DELETE\x10\x02\x42\x08\n\x06object\"\x85\x02\n\x08\x45ndpoint\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03ips\x18\x03 \x03(\t\x12\x10\n\x08identity\x18\x04 \x01(\r\x12\x11\n\tnode_name\x18\x05 \x01(\t\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.membrane.state.v1.Endpoint.LabelsEntry\x12\x31\n\x0bnamed_ports\x18\x07 \x03(\x0b\x32\x1c.membrane.state.v1.NamedPort\x12\x0b\n\x03uid\x18\x08 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\tNamedPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"&\n\x08Identity\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0e\n\x06labels\x18\x02 \x03(\t\">\n\x06Policy\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bobject_json\x18\x03 \x01(\t\"9\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x10\n\x08pod_cidr\x18\x03 \x01(\t\"\x82\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x06labels\x18\x02 \x03(\x0b\x32(.membrane.state.v1.Namespace.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x02\n\x07Service\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x13\n\x0b\x63luster_ips\x18\x04 \x03(\t\x12-\n\x05ports\x18\x05 \x03(\x0b\x32\x1e.membrane.state.v1.ServicePort\x12\x14\n\x0c\x65xternal_ips\x18\x06 \x03(\t\x12\x19\n\x11load_balancer_ips\x18\x07 \x03(\t\x12\x18\n\x10\x61\x66\x66inity_timeout\x18\x08 \x01(\r\x12\x1e\n\x16\x65xternal_traffic_local\x18\t \x01(\x08\x12\x1e\n\x16internal_traffic_local\x18\n \x01(\x08\x12\x1e\n\x16health_check_node_port\x18\x0b \x01(\r\"c\n\x0bServicePort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x13\n\x0btarget_port\x18\x04 \x01(\t\x12\x11\n\tnode_port\x18\x05 \x01(\r\"\xbc\x01\n\rEndpointSlice\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x14\n\x0c\x61\x64\x64ress_type\x18\x04 \x01(\t\x12.\n\x05ports\x18\x05 \x03(\x0b\x32\x1f.membrane.state.v1.EndpointPort\x12\x33\n\tendpoints\x18\x06 \x03(\x0b\x32 .membrane.state.v1.SliceEndpoint\"<\n\x0c\x45ndpointPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\"\x9c\x01\n\rSliceEndpoint\x12\x11\n\taddresses\x18\x01 \x03(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x13\n\x0bterminating\x18\x04 \x01(\x08\x12\x11\n\tnode_name\x18\x05 \x01(\t\x12\x0c\n\x04zone\x18\x06 \x01(\t\x12\x12\n\nhint_zones\x18\x07 \x03(\t\x12\x0e\n\x06target\x18\x08 \x01(\t\"C\n\nAckRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x11\n\tstream_id\x18\x03 \x01(\t\"\r\n\x0b\x41\x63kResponse2\xaa\x01\n\x0cStateService\x12T\n\tSubscribe\x12#.membrane.state.v1.SubscribeRequest\x1a\x1e.membrane.state.v1.StateUpdate(\x01\x30\x01\x12\x44\n\x03\x41\x63k\x12\x1d.membrane.state.v1.AckRequest\x1a\x1e.membrane.state.v1.AckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,29 +42,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATEUPDATE_TYPE']._serialized_start=376
   _globals['_STATEUPDATE_TYPE']._serialized_end=439
   _globals['_CHANGE']._serialized_start=442
-  _globals['_CHANGE']._serialized_end=793
-  _globals['_CHANGE_OP']._serialized_start=729
-  _globals['_CHANGE_OP']._serialized_end=783
-  _globals['_ENDPOINT']._serialized_start=796
-  _globals['_ENDPOINT']._serialized_end=1057
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=1012
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=1057
-  _globals['_NAMEDPORT']._serialized_start=1059
-  _globals['_NAMEDPORT']._serialized_end=1116
-  _globals['_IDENTITY']._serialized_start=1118
-  _globals['_IDENTITY']._serialized_end=1156
-  _globals['_POLICY']._serialized_start=1158
-  _globals['_POLICY']._serialized_end=1220
-  _globals['_NODE']._serialized_start=1222
-  _globals['_NODE']._serialized_end=1279
-  _globals['_NAMESPACE']._serialized_start=1282
-  _globals['_NAMESPACE']._serialized_end=1412
-  _globals['_NAMESPACE_LABELSENTRY']._serialized_start=1012
-  _globals['_NAMESPACE_LABELSENTRY']._serialized_end=1057
-  _globals['_ACKREQUEST']._serialized_start=1414
-  _globals['_ACKREQUEST']._serialized_end=1481
-  _globals['_ACKRESPONSE']._serialized_start=1483
-  _globals['_ACKRESPONSE']._serialized_end=1496
-  _globals['_STATESERVICE']._serialized_start=1499
-  _globals['_STATESERVICE']._serialized_end=1669
+  _globals['_CHANGE']._serialized_end=900
+  _globals['_CHANGE_OP']._serialized_start=836
+  _globals['_CHANGE_OP']._serialized_end=890
+  _globals['_ENDPOINT']._serialized_start=903
+  _globals['_ENDPOINT']._serialized_end=1164
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=1119
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=1164
+  _globals['_NAMEDPORT']._serialized_start=1166
+  _globals['_NAMEDPORT']._serialized_end=1223
+  _globals['_IDENTITY']._serialized_start=1225
+  _globals['_IDENTITY']._serialized_end=1263
+  _globals['_POLICY']._serialized_start=1265
+  _globals['_POLICY']._serialized_end=1327
+  _globals['_NODE']._serialized_start=1329
+  _globals['_NODE']._serialized_end=1386
+  _globals['_NAMESPACE']._serialized_start=1389
+  _globals['_NAMESPACE']._serialized_end=1519
+  _globals['_NAMESPACE_LABELSENTRY']._serialized_start=1119
+  _globals['_NAMESPACE_LABELSENTRY']._serialized_end=1164
+  _globals['_SERVICE']._serialized_start=1522
+  _globals['_SERVICE']._serialized_end=1817
+  _globals['_SERVICEPORT']._serialized_start=1819
+  _globals['_SERVICEPORT']._serialized_end=1918
+  _globals['_ENDPOINTSLICE']._serialized_start=1921
+  _globals['_ENDPOINTSLICE']._serialized_end=2109
+  _globals['_ENDPOINTPORT']._serialized_start=2111
+  _globals['_ENDPOINTPORT']._serialized_end=2171
+  _globals['_SLICEENDPOINT']._serialized_start=2174
+  _globals['_SLICEENDPOINT']._serialized_end=2330
+  _globals['_ACKREQUEST']._serialized_start=2332
+  _globals['_ACKREQUEST']._serialized_end=2399
+  _globals['_ACKRESPONSE']._serialized_start=2401
+  _globals['_ACKRESPONSE']._serialized_end=2414
+  _globals['_STATESERVICE']._serialized_start=2417
+  _globals['_STATESERVICE']._serialized_end=2587
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,7 @@ class StateUpdate(_message.Message):
     def __init__(self, version: _Optional[int] = ..., stream_id: _Optional[str] = ..., type: _Optional[_Union[StateUpdate.Type, str]] = ..., more: bool = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("op", "endpoint", "identity", "policy", "node", "namespace")
+    __slots__ = ("op", "endpoint", "identity", "policy", "node", "namespace", "service", "endpoint_slice")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[Change.Op]
@@ -60,13 +60,17 @@ class Change(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_SLICE_FIELD_NUMBER: _ClassVar[int]
     op: Change.Op
     endpoint: Endpoint
     identity: Identity
     policy: Policy
     node: Node
     namespace: Namespace
-    def __init__(self, op: _Optional[_Union[Change.Op, str]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., namespace: _Optional[_Union[Namespace, _Mapping]] = ...) -> None: ...
+    service: Service
+    endpoint_slice: EndpointSlice
+    def __init__(self, op: _Optional[_Union[Change.Op, str]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., namespace: _Optional[_Union[Namespace, _Mapping]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., endpoint_slice: _Optional[_Union[EndpointSlice, _Mapping]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("namespace", "name", "ips", "identity", "node_name", "labels", "named_ports", "uid")
@@ -147,6 +151,92 @@ class Namespace(_message.Message):
     name: str
     labels: _containers.ScalarMap[str, str]
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Service(_message.Message):
+    __slots__ = ("namespace", "name", "type", "cluster_ips", "ports", "external_ips", "load_balancer_ips", "affinity_timeout", "external_traffic_local", "internal_traffic_local", "health_check_node_port")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_IPS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_IPS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_BALANCER_IPS_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_TRAFFIC_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_TRAFFIC_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECK_NODE_PORT_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    type: str
+    cluster_ips: _containers.RepeatedScalarFieldContainer[str]
+    ports: _containers.RepeatedCompositeFieldContainer[ServicePort]
+    external_ips: _containers.RepeatedScalarFieldContainer[str]
+    load_balancer_ips: _containers.RepeatedScalarFieldContainer[str]
+    affinity_timeout: int
+    external_traffic_local: bool
+    internal_traffic_local: bool
+    health_check_node_port: int
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., cluster_ips: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[_Union[ServicePort, _Mapping]]] = ..., external_ips: _Optional[_Iterable[str]] = ..., load_balancer_ips: _Optional[_Iterable[str]] = ..., affinity_timeout: _Optional[int] = ..., external_traffic_local: bool = ..., internal_traffic_local: bool = ..., health_check_node_port: _Optional[int] = ...) -> None: ...
+
+class ServicePort(_message.Message):
+    __slots__ = ("name", "protocol", "port", "target_port", "node_port")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_PORT_FIELD_NUMBER: _ClassVar[int]
+    NODE_PORT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    protocol: str
+    port: int
+    target_port: str
+    node_port: int
+    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ..., target_port: _Optional[str] = ..., node_port: _Optional[int] = ...) -> None: ...
+
+class EndpointSlice(_message.Message):
+    __slots__ = ("namespace", "name", "service", "address_type", "ports", "endpoints")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    service: str
+    address_type: str
+    ports: _containers.RepeatedCompositeFieldContainer[EndpointPort]
+    endpoints: _containers.RepeatedCompositeFieldContainer[SliceEndpoint]
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., service: _Optional[str] = ..., address_type: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[SliceEndpoint, _Mapping]]] = ...) -> None: ...
+
+class EndpointPort(_message.Message):
+    __slots__ = ("name", "protocol", "port")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    protocol: str
+    port: int
+    def __init__(self, name: _Optional[str] = ..., protocol: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class SliceEndpoint(_message.Message):
+    __slots__ = ("addresses", "ready", "serving", "terminating", "node_name", "zone", "hint_zones", "target")
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    TERMINATING_FIELD_NUMBER: _ClassVar[int]
+    NODE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    HINT_ZONES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str
+    zone: str
+    hint_zones: _containers.RepeatedScalarFieldContainer[str]
+    target: str
+    def __init__(self, addresses: _Optional[_Iterable[str]] = ..., ready: bool = ..., serving: bool = ..., terminating: bool = ..., node_name: _Optional[str] = ..., zone: _Optional[str] = ..., hint_zones: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("node_name", "version", "stream_id")
