@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from membrane.api.state_objects import (
+    CIDRDenyListState,
     EndpointState,
     IdentityState,
     Kind,
     NamedPortState,
     NamespaceState,
     NodeState,
+    PacketFilterState,
     PolicyState,
     StateKey,
     StateObject,
@@ -64,6 +66,10 @@ def object_from_json(data: dict[str, Any]) -> StateObject:
         return EndpointState(data["namespace"], data["name"], tuple(data.get("ips", ())), int(data.get("identity", 0)),
                              data.get("node_name", ""), tuple((k, v) for k, v in data.get("labels", ())),
                              tuple(NamedPortState(**p) for p in data.get("named_ports", ())), data.get("uid", ""))
+    if kind is Kind.PACKET_FILTER:
+        return PacketFilterState(data["name"], int(data.get("generation", 0)), data.get("spec_json", ""))
+    if kind is Kind.CIDR_DENY_LIST:
+        return CIDRDenyListState(data["name"], int(data.get("generation", 0)), tuple(data.get("cidrs", ())))
     return PolicyState(data["namespace"], data["name"], data.get("object_json", ""))
 
 

@@ -36,7 +36,8 @@ from membrane.operator.state_log import Delta, StateLog
 JSON = dict[str, Any]
 ObjectKey = tuple[str, str, str]  # kind, namespace, name (the store's key)
 LOCAL_STREAM = "local"
-_SETTERS = {"Namespace": "set_namespace", "Node": "set_node", "Pod": "set_pod", "NetworkPolicy": "set_policy"}
+_SETTERS = {"Namespace": "set_namespace", "Node": "set_node", "Pod": "set_pod", "NetworkPolicy": "set_policy",
+            "PacketFilter": "set_packet_filter", "CIDRDenyList": "set_cidr_deny_list"}
 
 
 def object_json(kind: str, key: ObjectKey, obj: BaseModel | JSON) -> JSON:

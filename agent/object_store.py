@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from membrane.k8s_models import ObjectValidationError, parse_object
+from membrane.k8s_models import PREFILTER_KINDS, ObjectValidationError, parse_object
 from membrane.labels import shown
 from membrane.strict_fields import strict_errors
 
@@ -42,7 +42,7 @@ from .persisting import open_private, remove, write_json
 from .state_files import ACCEPT_LOSS_FLAG, DamagedFile, StateDamaged, read_json_checked, set_aside
 
 ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
-CLUSTER_SCOPED = frozenset({"Namespace", "Node"})
+CLUSTER_SCOPED = frozenset({"Namespace", "Node", *PREFILTER_KINDS})
 Listener = Callable[[str, ObjectKey, BaseModel | None], None]
 
 

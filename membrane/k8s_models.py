@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -37,6 +37,9 @@ from membrane.labels import (
     port_name_errors,
     shown,
 )
+
+if TYPE_CHECKING:
+    from membrane.prefilter_objects import PrefilterObject
 
 DEFAULT_NAMESPACE = "default"
 Protocol = Literal["TCP", "UDP", "SCTP"]
@@ -552,6 +555,8 @@ class NetworkPolicy(_Model):
 # --- parsing -------------------------------------------------------------------------------
 
 KubeObject = Namespace | Node | Pod | NetworkPolicy
+# membrane.io's own kinds, checked against their CRD schema (membrane/prefilter_objects.py).
+PREFILTER_KINDS = ("PacketFilter", "CIDRDenyList")
 
 _KINDS: dict[str, tuple[str, type[Namespace] | type[Node] | type[Pod] | type[NetworkPolicy]]] = {
     "Namespace": ("v1", Namespace),
@@ -610,17 +615,21 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
     return errors
 
 
-def parse_object(data: Mapping[str, Any]) -> KubeObject:
+def parse_object(data: Mapping[str, Any]) -> KubeObject | PrefilterObject:
     """Validate a Kubernetes-format dict into its model, dispatching on `kind`."""
     if not isinstance(data, Mapping):
         raise ObjectValidationError("", "", [FieldError("", "object must be a mapping")])
     kind = data.get("kind")
+    if kind in PREFILTER_KINDS:
+        from membrane.prefilter_objects import parse_prefilter_object  # built on this module
+
+        return parse_prefilter_object(data)
     metadata = data.get("metadata")
     name = str(metadata.get("name", "")) if isinstance(metadata, Mapping) else ""
     if isinstance(metadata, Mapping) and metadata.get("namespace") and name:
         name = f"{metadata['namespace']}/{name}"
     if not isinstance(kind, str) or kind not in _KINDS:
-        known = ", ".join(sorted(_KINDS))
+        known = ", ".join(sorted((*_KINDS, *PREFILTER_KINDS)))
         reason = "required" if kind is None else f"unknown kind {shown(str(kind))} (supported: {known})"
         raise ObjectValidationError(str(kind or ""), name, [FieldError("kind", reason)])
     api_version, model = _KINDS[kind]

@@ -22,7 +22,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from membrane.k8s_models import FieldError
+from membrane.k8s_models import PREFILTER_KINDS, FieldError
 from membrane.labels import shown
 
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -120,8 +120,12 @@ def strict_errors(data: Mapping[str, Any]) -> list[FieldError]:
     """Unknown fields, wrong JSON types and missing required fields of an object, each with
     its path; empty when the object decodes strictly. Objects of a kind or apiVersion membrane
     does not accept are left to membrane.k8s_models.parse_object to name."""
-    kinds: dict[str, str] = _schema()["kinds"]
     api_version, kind = data.get("apiVersion"), data.get("kind")
+    if kind in PREFILTER_KINDS:  # membrane.io's own: the schema their CRD carries
+        from membrane.prefilter_objects import object_errors
+
+        return object_errors(data, strict=True)
+    kinds: dict[str, str] = _schema()["kinds"]
     roots = [root for gvk, root in kinds.items() if gvk.rpartition("/")[2] == kind
              and (api_version is None or gvk == f"{api_version}/{kind}")]
     if len(roots) != 1:

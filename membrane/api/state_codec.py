@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state_objects import (
     Change,
+    CIDRDenyListState,
     EndpointPortState,
     EndpointSliceState,
     EndpointState,
@@ -19,6 +20,7 @@ from membrane.api.state_objects import (
     NamedPortState,
     NamespaceState,
     NodeState,
+    PacketFilterState,
     PolicyState,
     ServicePortState,
     ServiceState,
@@ -50,6 +52,10 @@ def _key_object(key: StateKey) -> StateObject:
         return IdentityState(int(text))
     if kind is Kind.NODE:
         return NodeState(text)
+    if kind is Kind.PACKET_FILTER:
+        return PacketFilterState(text)
+    if kind is Kind.CIDR_DENY_LIST:
+        return CIDRDenyListState(text)
     return NamespaceState(text)
 
 
@@ -109,6 +115,12 @@ def change_to_pb(change: Change) -> pb.Change:
     elif isinstance(obj, NodeState):
         message.node.CopyFrom(pb.Node(name=obj.name, addresses=obj.addresses,
                                       pod_cidr=obj.pod_cidr))
+    elif isinstance(obj, PacketFilterState):
+        message.packet_filter.CopyFrom(pb.PacketFilter(name=obj.name, generation=obj.generation,
+                                                       spec_json=obj.spec_json))
+    elif isinstance(obj, CIDRDenyListState):
+        message.cidr_deny_list.CopyFrom(pb.CIDRDenyList(name=obj.name, generation=obj.generation,
+                                                        cidrs=obj.cidrs))
     else:
         message.namespace.CopyFrom(pb.Namespace(name=obj.name, labels=dict(obj.labels)))
     return message
@@ -137,6 +149,12 @@ def change_from_pb(message: pb.Change) -> Change:
         obj = NodeState(n.name, tuple(n.addresses), n.pod_cidr)
     elif which == "namespace":
         obj = NamespaceState(message.namespace.name, tuple(sorted(message.namespace.labels.items())))
+    elif which == "packet_filter":
+        f = message.packet_filter
+        obj = PacketFilterState(f.name, f.generation, f.spec_json)
+    elif which == "cidr_deny_list":
+        d = message.cidr_deny_list
+        obj = CIDRDenyListState(d.name, d.generation, tuple(d.cidrs))
     else:
         raise ValueError(f"change without an object: {message!r}")
     key = (obj.kind, obj.key)

@@ -22,6 +22,8 @@ class Kind(StrEnum):
     SERVICE = "service"
     ENDPOINTSLICE = "endpointslice"
     POLICY = "policy"
+    PACKET_FILTER = "packetfilter"
+    CIDR_DENY_LIST = "cidrdenylist"
 
 
 KIND_ORDER = {kind: index for index, kind in enumerate(Kind)}
@@ -181,8 +183,39 @@ class EndpointSliceState:
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass(frozen=True)
+class PacketFilterState:
+    """A valid PacketFilter (cluster-scoped): its spec as canonical JSON (membrane/
+    prefilter_objects.canonical_spec, sorted keys) and the generation that spec is."""
+
+    name: str
+    generation: int = 0
+    spec_json: str = ""
+
+    kind = Kind.PACKET_FILTER
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class CIDRDenyListState:
+    """A valid CIDRDenyList (cluster-scoped): its prefixes in network form, in the object's order."""
+
+    name: str
+    generation: int = 0
+    cidrs: tuple[str, ...] = ()
+
+    kind = Kind.CIDR_DENY_LIST
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
 StateObject = (NamespaceState | NodeState | IdentityState | EndpointState | ServiceState | EndpointSliceState
-               | PolicyState)
+               | PolicyState | PacketFilterState | CIDRDenyListState)
 StateKey = tuple[Kind, str]
 
 

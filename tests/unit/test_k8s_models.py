@@ -255,7 +255,7 @@ def test_duplicate_container_port_names_rejected() -> None:
 
 
 def test_unknown_kind_and_api_version() -> None:
-    with pytest.raises(ObjectValidationError, match="unknown kind 'Service'.*supported: Namespace, NetworkPolicy, Node, Pod"):
+    with pytest.raises(ObjectValidationError, match="unknown kind 'Service'.*supported: CIDRDenyList, Namespace, NetworkPolicy, Node, PacketFilter, Pod"):
         parse_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}})
     with pytest.raises(ObjectValidationError, match="kind: required"):
         parse_object({"metadata": {"name": "s"}})

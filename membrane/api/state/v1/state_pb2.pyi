@@ -45,7 +45,7 @@ class StateUpdate(_message.Message):
     def __init__(self, version: _Optional[int] = ..., stream_id: _Optional[str] = ..., type: _Optional[_Union[StateUpdate.Type, str]] = ..., more: bool = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("op", "endpoint", "identity", "policy", "node", "namespace", "service", "endpoint_slice")
+    __slots__ = ("op", "endpoint", "identity", "policy", "node", "namespace", "service", "endpoint_slice", "packet_filter", "cidr_deny_list")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[Change.Op]
@@ -62,6 +62,8 @@ class Change(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_SLICE_FIELD_NUMBER: _ClassVar[int]
+    PACKET_FILTER_FIELD_NUMBER: _ClassVar[int]
+    CIDR_DENY_LIST_FIELD_NUMBER: _ClassVar[int]
     op: Change.Op
     endpoint: Endpoint
     identity: Identity
@@ -70,7 +72,9 @@ class Change(_message.Message):
     namespace: Namespace
     service: Service
     endpoint_slice: EndpointSlice
-    def __init__(self, op: _Optional[_Union[Change.Op, str]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., namespace: _Optional[_Union[Namespace, _Mapping]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., endpoint_slice: _Optional[_Union[EndpointSlice, _Mapping]] = ...) -> None: ...
+    packet_filter: PacketFilter
+    cidr_deny_list: CIDRDenyList
+    def __init__(self, op: _Optional[_Union[Change.Op, str]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., namespace: _Optional[_Union[Namespace, _Mapping]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., endpoint_slice: _Optional[_Union[EndpointSlice, _Mapping]] = ..., packet_filter: _Optional[_Union[PacketFilter, _Mapping]] = ..., cidr_deny_list: _Optional[_Union[CIDRDenyList, _Mapping]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("namespace", "name", "ips", "identity", "node_name", "labels", "named_ports", "uid")
@@ -237,6 +241,26 @@ class SliceEndpoint(_message.Message):
     hint_zones: _containers.RepeatedScalarFieldContainer[str]
     target: str
     def __init__(self, addresses: _Optional[_Iterable[str]] = ..., ready: bool = ..., serving: bool = ..., terminating: bool = ..., node_name: _Optional[str] = ..., zone: _Optional[str] = ..., hint_zones: _Optional[_Iterable[str]] = ..., target: _Optional[str] = ...) -> None: ...
+
+class PacketFilter(_message.Message):
+    __slots__ = ("name", "generation", "spec_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    generation: int
+    spec_json: str
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., spec_json: _Optional[str] = ...) -> None: ...
+
+class CIDRDenyList(_message.Message):
+    __slots__ = ("name", "generation", "cidrs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CIDRS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    generation: int
+    cidrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("node_name", "version", "stream_id")
