@@ -123,6 +123,15 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 		mb_flow_trace_end(skb, &tuple, tcp_flags, ct, entry, src, MB_DIR_EGRESS, ifindex);
 	}
 
+	/* A flow that came out of the node's stack (MB_CT_F_VIA_STACK, set by
+	 * to_container) goes back through it, either way: netfilter may have
+	 * translated it (kube-proxy's ClusterIP DNAT, a portmap hostPort) and
+	 * only the stack can reverse that. Redirected around it, the reply of
+	 * a ClusterIP connection would reach the client from the backend's own
+	 * address. Pod-to-pod flows set up here keep the shortcut. */
+	if (entry && (entry->flags & MB_CT_F_VIA_STACK))
+		goto to_stack;
+
 	/* TTL 1 goes to the stack, which answers with ICMP time exceeded. */
 	if (local_dst && ip4->ttl > 1) {
 		__u32 dst_ifindex = local_dst->ifindex;
@@ -147,6 +156,7 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 		return mb_overlay_send(skb, tunnel, identity, bytes);
 	}
 
+to_stack:
 	mb_metrics_add(MB_FORWARDED, MB_DIR_EGRESS, bytes);
 	return TC_ACT_OK;
 }
@@ -207,17 +217,25 @@ static __always_inline int mb_to_container(struct __sk_buff *skb)
 		return drop;
 
 	if (ct == MB_CT_NEW) {
-		/* Host or outside towards the pod: the sender's identity comes
-		 * from the ipcache (the node's own addresses are HOST there),
-		 * its CIDR identity from its address. */
+		/* Out of the node's stack towards the pod: the host, the
+		 * outside, or a pod whose packet netfilter translated on the
+		 * way (a ClusterIP or hostPort connection, now addressed to its
+		 * backend). The sender's identity comes from the ipcache (the
+		 * node's own addresses are HOST there), its CIDR identity from
+		 * its address; a local pod sender's egress is judged too,
+		 * against the backend it reaches (as mb_flow_recheck will). The
+		 * entry is marked VIA_STACK: the flow's packets from the pod go
+		 * back through the stack, which reverses the translation. */
 		struct mb_ipcache_value *cached = mb_ipcache_lookup(tuple.saddr);
+		struct mb_endpoint_info *src_pod = mb_local_pod(tuple.saddr);
 		struct mb_flow_facts flow = {
 			.tuple = &tuple, .l4 = l4, .tcp_flags = tcp_flags, .hook_dir = MB_DIR_INGRESS,
-			.egress_ep = 0, .ingress_ep = dst, .hook_ep = dst,
+			.egress_ep = src_pod, .ingress_ep = dst, .hook_ep = dst,
 			.src_identity = cached ? cached->sec_identity : MB_IDENTITY_WORLD,
 			.dst_identity = dst->sec_identity,
-			.src_cidr = mb_cidr_identity_of(tuple.saddr, cached), .dst_cidr = 0,
-			.ifindex = ifindex,
+			.src_cidr = mb_cidr_identity_of(tuple.saddr, cached),
+			.dst_cidr = src_pod ? mb_cidr_identity(tuple.daddr) : 0,
+			.ifindex = ifindex, .ct_flags = MB_CT_F_VIA_STACK,
 		};
 
 		drop = mb_flow_new(skb, &flow);

@@ -83,6 +83,11 @@ struct mb_ct_tuple4 {
  * packet of the responder cannot open the flow anew in the other orientation. */
 #define MB_CT_F_DENIED_EGRESS 0x20
 #define MB_CT_F_DENIED_INGRESS 0x40
+/* The original direction came out of the node's stack (to_container): netfilter may have
+ * translated it (kube-proxy's Service DNAT, a portmap hostPort), so every packet of the flow
+ * goes back through the stack, which alone can reverse the translation. Flows the eBPF path set
+ * up itself (pod to pod) keep the redirect shortcut. */
+#define MB_CT_F_VIA_STACK 0x80
 
 /* "tx" is the original direction (initiator -> responder), "rx" the reply. */
 struct mb_ct_entry {

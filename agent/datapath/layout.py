@@ -67,6 +67,7 @@ class CtFlag(enum.IntFlag):
     POLICY_INGRESS = 0x10  # the responder's ingress policy allowed the flow
     DENIED_EGRESS = 0x20  # judged again after a policy change: denied, every packet dropped
     DENIED_INGRESS = 0x40
+    VIA_STACK = 0x80  # came out of the node's stack (netfilter may have translated it): never redirected
 
 
 MacBytes = ctypes.c_uint8 * 6

@@ -56,6 +56,7 @@ struct mb_flow_facts {
 	 * peer's identity (0: none; only read by the side judging). */
 	__u32 src_cidr, dst_cidr;
 	__u32 ifindex;                         /* reported in events */
+	__u16 ct_flags;                        /* MB_CT_F_* the new entry starts with (MB_CT_F_VIA_STACK) */
 };
 
 static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_flow_facts *f)
@@ -67,7 +68,7 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_fl
 	__u8 tcp_flags = f->tcp_flags, hook_dir = f->hook_dir;
 	int l4 = f->l4;
 	struct mb_flow_event *ev;
-	__u16 policy_flags = 0;
+	__u16 policy_flags = f->ct_flags;
 	/* Read before judging: a revision bumped meanwhile makes the next
 	 * packet judge the flow again, against maps that are complete. */
 	__u32 rule_ref, policy_rev = mb_policy_revision();
