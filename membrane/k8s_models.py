@@ -621,7 +621,7 @@ def parse_object(data: Mapping[str, Any]) -> KubeObject | PrefilterObject:
         raise ObjectValidationError("", "", [FieldError("", "object must be a mapping")])
     kind = data.get("kind")
     if kind in PREFILTER_KINDS:
-        from membrane.prefilter_objects import parse_prefilter_object  # built on this module
+        from membrane.prefilter_checking import parse_prefilter_object  # built on this module
 
         return parse_prefilter_object(data)
     metadata = data.get("metadata")

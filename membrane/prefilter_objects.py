@@ -19,22 +19,24 @@ operator, the agent's local store (`membranectl apply -f`) and the API stand-in 
 objects with the same field path and reason (membrane/schema_checking.py); a rule added to the
 schema without one fails at import.
 
-`canonical_spec` is what the state stream carries: the spec as the API server stores it
-(unknown fields pruned), CIDRs in network form (`10.1.2.3/8` -> `10.0.0.0/8`, a bare address
--> `/32`), so equal filters compare equal on every replica.
+Checks beyond the schema (a CIDR with host bits set, a protocol that contradicts the tcp/udp
+part, what the rule model refuses) are in membrane/prefilter_checking.py; the conversion to the
+datapath's rule model in membrane/prefilter_converting.py. `canonical_spec` is what the state
+stream carries: the spec as the API server stores it (unknown fields pruned), a bare address as
+`/32`, so equal filters compare equal on every replica.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from membrane.k8s_models import FieldError, ObjectMeta, ObjectValidationError
+from membrane.k8s_models import ObjectMeta
+from membrane.prefilter_rules import MAX_RULES as NODE_MAX_RULES
 from membrane.schema_checking import RuleCheck, SchemaChecker
 
 GROUP = "membrane.io"
@@ -44,8 +46,6 @@ PACKET_FILTER = "PacketFilter"
 CIDR_DENY_LIST = "CIDRDenyList"
 
 MAX_RULES = 64  # rules per PacketFilter
-MAX_RULE_CIDRS = 16  # sources (or destinations) per rule
-MAX_PAYLOAD_MATCHES = 4  # payload byte patterns per rule
 MAX_PAYLOAD_BYTES = 16  # bytes per payload pattern
 MAX_PAYLOAD_OFFSET = 1500  # from the start of the L4 payload
 MAX_DENY_CIDRS = 20000  # prefixes per CIDRDenyList (about 450 KiB of YAML)
@@ -54,7 +54,9 @@ MAX_RATE = 100_000_000  # packets per second per source
 ACTIONS = ("Drop", "Count", "RateLimit")
 SANITY_ACTIONS = ("Drop", "Count")
 TCP_FLAGS = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")
-PROTOCOL_NAMES = {"ICMP": 1, "TCP": 6, "UDP": 17}
+PROTOCOL_NAMES = {"ICMP": 1, "TCP": 6, "UDP": 17, "SCTP": 132}
+LENGTH_MISMATCHES = ("Shorter", "Longer", "Any")
+OFFSET_BASES = ("IPHeader", "L4Header", "Payload")
 
 _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 CIDR_PATTERN = rf"^({_OCTET}\.){{3}}{_OCTET}(/([0-9]|[12][0-9]|3[0-2]))?$"
@@ -84,102 +86,133 @@ def _range(description: str, minimum: int, maximum: int) -> dict[str, Any]:
 
 def _cidrs(description: str, max_items: int) -> dict[str, Any]:
     return {"type": "array", "description": description, "maxItems": max_items,
-            "x-kubernetes-list-type": "set",
-            "items": {"type": "string", "maxLength": 18, "pattern": CIDR_PATTERN}}
+            "x-kubernetes-list-type": "set", "items": _cidr("A prefix.")}
+
+
+def _cidr(description: str) -> dict[str, Any]:
+    return {"type": "string", "maxLength": 18, "pattern": CIDR_PATTERN, "description": description}
 
 
 def _bool(description: str) -> dict[str, Any]:
     return {"type": "boolean", "description": description}
 
 
-_FLAGS = {"type": "array", "maxItems": len(TCP_FLAGS), "x-kubernetes-list-type": "set",
-          "items": {"type": "string", "enum": list(TCP_FLAGS)}}
+def _flags(description: str) -> dict[str, Any]:
+    return {"type": "array", "maxItems": len(TCP_FLAGS), "x-kubernetes-list-type": "set", "description": description,
+            "items": {"type": "string", "enum": list(TCP_FLAGS)}}
+
+
+def _ports(truncated: str | None = None) -> dict[str, Any]:
+    properties = {"sourcePort": _range("Source port.", 0, 65535),
+                  "destinationPort": _range("Destination port.", 0, 65535)}
+    if truncated:
+        properties["truncated"] = _bool(f"true: a first fragment whose {truncated} header is cut short (no "
+                                        f"other field of the rule's L4 part is then given).")
+    return properties
+
 
 _TCP_FLAGS_RULE = "!has(self.value) || self.value.all(f, f in self.mask)"
 _PAYLOAD_SIZE_RULE = "!has(self.mask) || size(self.mask) == size(self.value)"
 _RATE_RULE = "(self.action == 'RateLimit') == has(self.rateLimit)"
-_ONE_L4_RULE = "!(has(self.tcp) && has(self.udp))"
+_ONE_L4_RULE = "(has(self.tcp) ? 1 : 0) + (has(self.udp) ? 1 : 0) + (has(self.sctp) ? 1 : 0) <= 1"
+_HEADER_LENGTH_RULE = "!(has(self.headerLength) && has(self.optionsPresent))"
 
 RULE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "One rule: every field given must match (fields left out match anything).",
+    "description": "One rule: every part given must match (parts left out match anything). Only IPv4 "
+                   "packets are looked at; L4 parts match first fragments only.",
     "required": ["name", "action"],
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": NAME_PATTERN,
-                 "description": "Unique within the filter; names the rule in counters, flows and metrics."},
+                 "description": "Unique within the filter; `<filter>.<rule>` names it in counters, flows "
+                                "and metrics."},
         "action": {"type": "string", "enum": list(ACTIONS),
-                   "description": "Drop the packet, Count it only (audit), or RateLimit: pass at most "
+                   "description": "Drop the packet; Count it only (audit) and go on; RateLimit: pass at most "
                                   "rateLimit.packetsPerSecond per source address and drop the rest."},
         "rateLimit": {"type": "object", "description": "Required with action RateLimit, and only then.",
                       "required": ["packetsPerSecond"],
-                      "properties": {"packetsPerSecond": _int("Packets per second passed per source "
-                                                              "address.", 1, MAX_RATE)}},
-        "sources": _cidrs("Source prefixes the rule applies to.", MAX_RULE_CIDRS),
-        "destinations": _cidrs("Destination prefixes the rule applies to.", MAX_RULE_CIDRS),
+                      "properties": {
+                          "packetsPerSecond": _int("Packets per second passed per source address.", 1, MAX_RATE),
+                          "burst": _int("Packets a quiet source may send at once (default: one second's "
+                                        "worth).", 1, MAX_RATE)}},
+        "source": _cidr("Source prefix (one; a bare address is a /32)."),
+        "destination": _cidr("Destination prefix (one; a bare address is a /32)."),
         "ipv4": {
             "type": "object", "description": "IPv4 header fields.",
             "properties": {
                 "protocol": {"x-kubernetes-int-or-string": True,
-                             "description": "IP protocol: a number 0-255, or ICMP, TCP, UDP.",
+                             "description": "IP protocol: a number 0-255, or ICMP, TCP, UDP, SCTP.",
                              "anyOf": [{"type": "integer", "minimum": 0, "maximum": 255},
                                        {"type": "string", "enum": list(PROTOCOL_NAMES)}]},
-                "ttl": _range("Time to live.", 0, 255),
                 "headerLength": _range("Header length in bytes (IHL x 4; 20 without options).", 0, 60),
+                "optionsPresent": _bool("true: the header carries options (IHL > 5); false: it does not. "
+                                        "Give this or headerLength."),
                 "totalLength": _range("The header's total length field, in bytes.", 0, 65535),
-                "lengthMismatch": _bool("true: the total length field differs from the packet's actual "
-                                        "length; false: they agree."),
-                "optionsPresent": _bool("true: the header carries options (IHL > 5)."),
+                "lengthMismatch": {"type": "string", "enum": list(LENGTH_MISMATCHES),
+                                   "description": "The frame holds fewer bytes than the total length "
+                                                  "says (Shorter), more beyond Ethernet padding "
+                                                  "(Longer), or either (Any)."},
+                "totalLengthBelowHeader": _bool("true: the total length is smaller than the header length."),
+                "ttl": _range("Time to live.", 0, 255),
                 "fragment": {
-                    "type": "object", "description": "Fragmentation fields.",
-                    "properties": {"dontFragment": _bool("The DF flag is set (true) or clear (false)."),
-                                   "moreFragments": _bool("The MF flag is set (true) or clear (false)."),
-                                   "offset": _range("Fragment offset in 8-byte units.", 0, 8191)}},
+                    "type": "object", "description": "Fragmentation: each flag required set (true) or "
+                                                     "clear (false), or not looked at (left out).",
+                    "properties": {"reserved": _bool("The reserved flag bit."),
+                                   "dontFragment": _bool("The DF flag."),
+                                   "moreFragments": _bool("The MF flag."),
+                                   "offset": _range("Fragment offset in 8-byte units.", 0, 8191),
+                                   "overflow": _bool("true: offset x 8 + payload reaches beyond 65535 "
+                                                     "bytes (the ping of death).")}},
+                "truncated": _bool("true: the frame is shorter than the IPv4 header (no other part of "
+                                   "the rule is then given)."),
             },
+            "x-kubernetes-validations": [{"rule": _HEADER_LENGTH_RULE,
+                                          "message": "give headerLength or optionsPresent, not both"}],
         },
         "tcp": {
-            "type": "object", "description": "TCP fields (the rule then matches TCP packets only).",
+            "type": "object", "description": "TCP fields: the rule then matches TCP only.",
             "properties": {
-                "sourcePort": _range("Source port.", 0, 65535),
-                "destinationPort": _range("Destination port.", 0, 65535),
-                "flags": {"type": "object", "description": "The flags in mask must be exactly those of "
-                                                           "value: mask [SYN, ACK], value [SYN] matches "
-                                                           "a SYN without ACK.",
+                **_ports("TCP"),
+                "flags": {"type": "object", "description": "The flags in mask must be exactly those of value: "
+                                                           "mask [SYN, ACK] and value [SYN] match a SYN "
+                                                           "without ACK.",
                           "required": ["mask"],
-                          "properties": {"mask": _FLAGS, "value": _FLAGS},
+                          "properties": {"mask": _flags("Flags looked at."),
+                                         "value": _flags("Those of mask that must be set.")},
                           "x-kubernetes-validations": [{"rule": _TCP_FLAGS_RULE,
                                                         "message": "every flag in value must be in mask"}]},
                 "dataOffset": _range("Data offset in 32-bit words (5 without options).", 0, 15),
             },
         },
         "udp": {
-            "type": "object", "description": "UDP fields (the rule then matches UDP packets only).",
-            "properties": {
-                "sourcePort": _range("Source port.", 0, 65535),
-                "destinationPort": _range("Destination port.", 0, 65535),
-                "lengthMismatch": _bool("true: the UDP length field differs from the IP payload length."),
-            },
+            "type": "object", "description": "UDP fields: the rule then matches UDP only.",
+            "properties": {**_ports("UDP"),
+                           "lengthMismatch": _bool("true: the UDP length differs from the IP payload length "
+                                                   "(unfragmented packets).")},
         },
+        "sctp": {"type": "object", "description": "SCTP ports: the rule then matches SCTP only.",
+                 "properties": _ports()},
         "payload": {
-            "type": "array", "maxItems": MAX_PAYLOAD_MATCHES,
-            "description": "Bytes of the L4 payload (after the TCP/UDP header; after the IP header for "
-                           "other protocols) at an offset, compared under a mask.",
-            "items": {
-                "type": "object", "required": ["offset", "value"],
-                "properties": {
-                    "offset": _int("Bytes from the start of the payload.", 0, MAX_PAYLOAD_OFFSET),
-                    "value": {"type": "string", "maxLength": 2 * MAX_PAYLOAD_BYTES, "pattern": HEX_PATTERN,
-                              "description": "The bytes, in hex."},
-                    "mask": {"type": "string", "maxLength": 2 * MAX_PAYLOAD_BYTES, "pattern": HEX_PATTERN,
-                             "description": "Which bits count, in hex, as long as value (default: all)."},
-                },
-                "x-kubernetes-validations": [{"rule": _PAYLOAD_SIZE_RULE,
-                                              "message": "mask must be as long as value"}],
+            "type": "object", "required": ["offset", "value"],
+            "description": "Bytes at an offset, compared under a mask. A packet too short to hold them "
+                           "does not match.",
+            "properties": {
+                "offsetFrom": {"type": "string", "enum": list(OFFSET_BASES),
+                               "description": "Where the offset counts from: the IPv4 header's first byte, "
+                                              "the L4 header's, or the L4 payload's (after the TCP/UDP "
+                                              "header; default)."},
+                "offset": _int("Bytes from offsetFrom.", 0, MAX_PAYLOAD_OFFSET),
+                "value": {"type": "string", "maxLength": 2 * MAX_PAYLOAD_BYTES, "pattern": HEX_PATTERN,
+                          "description": f"1 to {MAX_PAYLOAD_BYTES} bytes, in hex."},
+                "mask": {"type": "string", "maxLength": 2 * MAX_PAYLOAD_BYTES, "pattern": HEX_PATTERN,
+                         "description": "Which bits count, in hex, as long as value (default: all)."},
             },
+            "x-kubernetes-validations": [{"rule": _PAYLOAD_SIZE_RULE, "message": "mask must be as long as value"}],
         },
     },
     "x-kubernetes-validations": [
         {"rule": _RATE_RULE, "message": "rateLimit is required with action RateLimit and allowed only with it"},
-        {"rule": _ONE_L4_RULE, "message": "a rule matches tcp or udp fields, not both"},
+        {"rule": _ONE_L4_RULE, "message": "a rule has one of tcp, udp and sctp at most"},
     ],
 }
 
@@ -232,7 +265,10 @@ PACKET_FILTER_SCHEMA = _object_schema(
                                          "Left out: off. Several filters: Drop wins."},
          "rules": {"type": "array", "maxItems": MAX_RULES, "items": RULE_SCHEMA,
                    "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
-                   "description": "Evaluated in order on every node; the first rule that matches decides."},
+                   "description": f"Checked in order on every node (filters by name, after the sanity "
+                                  f"checks): Count and RateLimit rules with tokens left go on, the first "
+                                  f"matching Drop (or empty rate bucket) drops. At most {MAX_RULES} per "
+                                  f"filter; a node holds {NODE_MAX_RULES} rules in all, sanity checks included."},
      }})
 
 CIDR_DENY_LIST_SCHEMA = _object_schema(
@@ -252,7 +288,8 @@ RULE_CHECKS: dict[str, RuleCheck] = {
     _TCP_FLAGS_RULE: lambda v: all(f in (v.get("mask") or ()) for f in v.get("value") or ()),
     _PAYLOAD_SIZE_RULE: lambda v: "mask" not in v or len(v["mask"]) == len(v["value"]),
     _RATE_RULE: lambda v: (v.get("action") == "RateLimit") == ("rateLimit" in v),
-    _ONE_L4_RULE: lambda v: not ("tcp" in v and "udp" in v),
+    _ONE_L4_RULE: lambda v: sum(k in v for k in ("tcp", "udp", "sctp")) <= 1,
+    _HEADER_LENGTH_RULE: lambda v: not ("headerLength" in v and "optionsPresent" in v),
 }
 
 CHECKERS = {
@@ -276,64 +313,10 @@ class PrefilterObject(_Model):
     spec: dict[str, Any] = Field(default_factory=dict)
 
 
-def object_errors(data: Mapping[str, Any], strict: bool = True) -> list[FieldError]:
-    """What the API server would refuse in `data` (a PacketFilter or CIDRDenyList): schema,
-    CEL rules, the name, and what only this side can tell (a protocol that contradicts tcp/udp
-    fields). `strict`: unknown fields are errors too (what users apply)."""
-    kind = str(data.get("kind", ""))
-    errors = list(CHECKERS[kind].errors(dict(data), strict=strict))
-    if data.get("apiVersion", API_VERSION) != API_VERSION:
-        errors.insert(0, FieldError("apiVersion", f"{kind} must be {API_VERSION!r}, "
-                                                  f"got {str(data.get('apiVersion'))[:64]!r}"))
-    meta = data.get("metadata")
-    name = meta.get("name") if isinstance(meta, Mapping) else None
-    if not isinstance(name, str) or not name:
-        errors.append(FieldError("metadata.name", "Required value"))
-    elif len(name) > 253 or not all(_is_label(part) for part in name.split(".")):
-        errors.append(FieldError("metadata.name", "must be a DNS subdomain (lower-case letters, digits, '-' "
-                                                  "and '.', at most 253 characters)"))
-    if isinstance(meta, Mapping) and meta.get("namespace"):
-        errors.append(FieldError("metadata.namespace", f"{kind} is cluster-scoped: no namespace"))
-    if not errors and kind == PACKET_FILTER:
-        errors.extend(_protocol_errors(data["spec"]))
-    return errors
-
-
-def _is_label(text: str) -> bool:
-    return bool(re.match(NAME_PATTERN, text)) and len(text) <= 63
-
-
-def _protocol_errors(spec: Mapping[str, Any]) -> list[FieldError]:
-    errors = []
-    for index, rule in enumerate(spec.get("rules") or []):
-        l4 = "tcp" if "tcp" in rule else "udp" if "udp" in rule else None
-        protocol = (rule.get("ipv4") or {}).get("protocol")
-        if l4 is not None and protocol is not None and protocol_number(protocol) != PROTOCOL_NAMES[l4.upper()]:
-            errors.append(FieldError(f"spec.rules[{index}].ipv4.protocol",
-                                     f"Invalid value: {json.dumps(protocol)}: the rule has {l4} fields, so "
-                                     f"its protocol is {l4.upper()}"))
-    return errors
-
-
-def protocol_number(value: int | str) -> int:
-    return PROTOCOL_NAMES[value] if isinstance(value, str) else int(value)
-
-
-def parse_prefilter_object(data: Mapping[str, Any], strict: bool = False) -> PrefilterObject:
-    """The checked object; ObjectValidationError naming each field and reason otherwise."""
-    kind = str(data.get("kind", ""))
-    meta = data.get("metadata")
-    name = str(meta.get("name", "")) if isinstance(meta, Mapping) else ""
-    errors = object_errors(data, strict=strict)
-    if errors:
-        raise ObjectValidationError(kind, name, errors)
-    return PrefilterObject.model_validate(dict(data))
-
-
 # --- what the stream carries ----------------------------------------------------------------------
 def network(text: str) -> str:
-    """A CIDR in network form (host bits cleared, a bare address as /32)."""
-    return str(ipaddress.IPv4Network(text, strict=False))
+    """A checked CIDR in network form (a bare address as /32)."""
+    return str(ipaddress.IPv4Network(text))
 
 
 def _pruned(value: Any, schema: Mapping[str, Any]) -> Any:
@@ -346,22 +329,18 @@ def _pruned(value: Any, schema: Mapping[str, Any]) -> Any:
 
 
 def canonical_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The checked spec as the stream carries it: unknown fields pruned, CIDRs in network form
-    (duplicates that normalizing makes are dropped, order kept)."""
+    """A checked spec as the stream carries it: unknown fields pruned (as the API server
+    stores it), bare addresses as /32."""
     schema = (PACKET_FILTER_SCHEMA if kind == PACKET_FILTER else CIDR_DENY_LIST_SCHEMA)["properties"]["spec"]
     out: dict[str, Any] = _pruned(dict(spec), schema)
     if kind == CIDR_DENY_LIST:
-        out["cidrs"] = _networks(out.get("cidrs") or [])
+        out["cidrs"] = [network(c) for c in out.get("cidrs") or []]
         return out
     for rule in out.get("rules") or []:
-        for key in ("sources", "destinations"):
+        for key in ("source", "destination"):
             if key in rule:
-                rule[key] = _networks(rule[key])
+                rule[key] = network(rule[key])
     return out
-
-
-def _networks(cidrs: list[str]) -> list[str]:
-    return list(dict.fromkeys(network(c) for c in cidrs))
 
 
 def canonical_json(value: Any) -> str:

@@ -122,7 +122,7 @@ def strict_errors(data: Mapping[str, Any]) -> list[FieldError]:
     does not accept are left to membrane.k8s_models.parse_object to name."""
     api_version, kind = data.get("apiVersion"), data.get("kind")
     if kind in PREFILTER_KINDS:  # membrane.io's own: the schema their CRD carries
-        from membrane.prefilter_objects import object_errors
+        from membrane.prefilter_checking import object_errors
 
         return object_errors(data, strict=True)
     kinds: dict[str, str] = _schema()["kinds"]

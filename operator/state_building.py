@@ -32,7 +32,8 @@ from membrane.labels import namespace_labels
 from membrane.operator.cidr_pool import node_pod_cidr
 from membrane.operator.identity_objects import parse_identity
 from membrane.operator.pod_facts import _address, labels_of, meta, needs_identity, pod_identity_labels, pod_ips
-from membrane.prefilter_objects import CIDR_DENY_LIST, PACKET_FILTER, canonical_json, canonical_spec, object_errors
+from membrane.prefilter_checking import object_errors
+from membrane.prefilter_objects import CIDR_DENY_LIST, PACKET_FILTER, canonical_json, canonical_spec
 
 JSON = dict[str, Any]
 _ADDRESS_ORDER = {"InternalIP": 0, "ExternalIP": 1}

@@ -19,7 +19,8 @@ CORE = frozenset({
     "membrane.ipcache", "membrane.delta", "membrane.map_plan", "membrane.flows", "membrane.k8s_models",
     "membrane.servicemap", "membrane.bandwidth", "membrane.cni_types", "membrane.strict_fields",
     "membrane.api.state_objects", "membrane.prefilter_rules", "membrane.services", "membrane.maglev",
-    "membrane.prefilter_objects", "membrane.schema_checking",
+    "membrane.prefilter_objects", "membrane.schema_checking", "membrane.prefilter_checking",
+    "membrane.prefilter_converting",
 })
 # Third-party libraries the core may use: data modelling only.
 CORE_LIBRARIES = frozenset({"pydantic"})

@@ -21,6 +21,7 @@ from membrane.api.state_objects import Change, CIDRDenyListState, Kind, PacketFi
 from membrane.k8s_models import ObjectValidationError, parse_object
 from membrane.operator.crds import CIDR_DENY_LIST_CRD, PACKET_FILTER_CRD
 from membrane.operator.state_building import StateBuilder
+from membrane.prefilter_checking import object_errors
 from membrane.prefilter_objects import (
     CIDR_DENY_LIST_SCHEMA,
     MAX_DENY_CIDRS,
@@ -28,7 +29,6 @@ from membrane.prefilter_objects import (
     PATTERN_NAMES,
     RULE_CHECKS,
     canonical_spec,
-    object_errors,
 )
 from membrane.schema_checking import SchemaChecker, UnknownRule, rule_texts
 from membrane.strict_fields import strict_errors
@@ -47,19 +47,21 @@ def deny_list(name: str = "bad", cidrs: list[str] | None = None) -> JSON:
 
 
 FULL_RULES = [
-    {"name": "frag-of-death", "action": "Drop", "sources": ["198.51.100.7/16", "192.0.2.1"],
-     "destinations": ["10.0.0.0/8"],
+    {"name": "frag-of-death", "action": "Drop", "source": "198.51.0.0/16", "destination": "10.0.0.7",
      "ipv4": {"protocol": "UDP", "ttl": {"min": 1, "max": 3}, "headerLength": {"min": 24},
-              "totalLength": {"max": 100}, "lengthMismatch": True, "optionsPresent": True,
-              "fragment": {"dontFragment": False, "moreFragments": True, "offset": {"min": 1, "max": 8191}}},
+              "totalLength": {"max": 100}, "lengthMismatch": "Shorter", "totalLengthBelowHeader": False,
+              "fragment": {"reserved": False, "dontFragment": False, "moreFragments": True,
+                           "offset": {"min": 0, "max": 0}, "overflow": False}},
      "udp": {"sourcePort": {"min": 0, "max": 1023}, "destinationPort": {"min": 53, "max": 53},
              "lengthMismatch": True},
-     "payload": [{"offset": 0, "value": "DEADbeef", "mask": "ffff00ff"}, {"offset": 1500, "value": "00"}]},
-    {"name": "syn-flood", "action": "RateLimit", "rateLimit": {"packetsPerSecond": 1000},
-     "ipv4": {"protocol": 6},
+     "payload": {"offsetFrom": "L4Header", "offset": 8, "value": "DEAD00ef", "mask": "ffff00ff"}},
+    {"name": "syn-flood", "action": "RateLimit", "rateLimit": {"packetsPerSecond": 1000, "burst": 50},
+     "ipv4": {"protocol": 6, "optionsPresent": False},
      "tcp": {"destinationPort": {"min": 80, "max": 443}, "flags": {"mask": ["SYN", "ACK"], "value": ["SYN"]},
-             "dataOffset": {"max": 4}}},
+             "dataOffset": {"max": 15}}},
     {"name": "audit-icmp", "action": "Count", "ipv4": {"protocol": "ICMP"}},
+    {"name": "sctp-probe", "action": "Count", "sctp": {"destinationPort": {"min": 9}}},
+    {"name": "runt", "action": "Drop", "ipv4": {"truncated": True}},
 ]
 
 VALID = packet_filter(sanityChecks="Drop", rules=FULL_RULES)
@@ -75,30 +77,40 @@ def _rule(**changes: Any) -> JSON:
 INVALID: list[tuple[JSON, str, str]] = [
     (_rule(action="Reject"), "spec.rules[0].action", 'Unsupported value: "Reject": supported values: "Drop"'),
     (_rule(name="Bad_Name"), "spec.rules[0].name", 'Invalid value: "Bad_Name": must be a DNS label'),
-    (_rule(sources=["10.0.0.300/8"]), "spec.rules[0].sources[0]", 'Invalid value: "10.0.0.300/8": must be an IPv4'),
-    (_rule(sources=["10.0.0.0/33"]), "spec.rules[0].sources[0]", "Invalid value"),
-    (_rule(sources=["10.0.0.0/8", "10.0.0.0/8"]), "spec.rules[0].sources[1]", 'Duplicate value: "10.0.0.0/8"'),
-    (_rule(sources=[f"10.0.0.{i}" for i in range(17)]), "spec.rules[0].sources", "Too many: 17: must have at most 16"),
+    (_rule(source="10.0.0.300/8"), "spec.rules[0].source", 'Invalid value: "10.0.0.300/8": must be an IPv4'),
+    (_rule(source="10.0.0.0/33"), "spec.rules[0].source", "Invalid value"),
+    (_rule(source=["10.0.0.0/8"]), "spec.rules[0].source", "must be of type string, got array"),
+    (_rule(destination="10.1.2.3/8"), "spec.rules[0].destination",
+     "Invalid value: '10.1.2.3/8': host bits set (the prefix is 10.0.0.0/8: write that, or 10.1.2.3/32"),
     (_rule(ipv4={"protocol": 256}), "spec.rules[0].ipv4.protocol", "should be less than or equal to 255"),
     (_rule(ipv4={"protocol": "GRE"}), "spec.rules[0].ipv4.protocol", 'Unsupported value: "GRE"'),
     (_rule(ipv4={"protocol": True}), "spec.rules[0].ipv4.protocol", "must be of type integer or string, got boolean"),
     (_rule(ipv4={"ttl": {"min": 9, "max": 3}}), "spec.rules[0].ipv4.ttl", "min must not exceed max"),
     (_rule(ipv4={"headerLength": {"max": 64}}), "spec.rules[0].ipv4.headerLength.max", "should be less than or equal to 60"),
+    (_rule(ipv4={"headerLength": {"max": 20}, "optionsPresent": True}), "spec.rules[0].ipv4",
+     "give headerLength or optionsPresent, not both"),
     (_rule(ipv4={"fragment": {"offset": {"min": -1}}}), "spec.rules[0].ipv4.fragment.offset.min", "should be greater than or equal to 0"),
-    (_rule(ipv4={"lengthMismatch": "yes"}), "spec.rules[0].ipv4.lengthMismatch", "must be of type boolean, got string"),
+    (_rule(ipv4={"lengthMismatch": True}), "spec.rules[0].ipv4.lengthMismatch", "must be of type string, got boolean"),
+    (_rule(ipv4={"lengthMismatch": "Short"}), "spec.rules[0].ipv4.lengthMismatch", 'Unsupported value: "Short"'),
+    (_rule(ipv4={"truncated": True, "ttl": {"max": 1}}), "spec.rules[0].ipv4.truncated",
+     "a truncated header has no fields to match"),
     (_rule(tcp={"destinationPort": {"min": 70000}}), "spec.rules[0].tcp.destinationPort.min", "should be less than or equal to 65535"),
     (_rule(tcp={"flags": {"mask": ["SYN"], "value": ["ACK"]}}), "spec.rules[0].tcp.flags", "every flag in value must be in mask"),
     (_rule(tcp={"flags": {"value": ["SYN"]}}), "spec.rules[0].tcp.flags.mask", "Required value"),
     (_rule(tcp={"flags": {"mask": ["SYNN"]}}), "spec.rules[0].tcp.flags.mask[0]", 'Unsupported value: "SYNN"'),
-    (_rule(tcp={}, udp={}), "spec.rules[0]", "a rule matches tcp or udp fields, not both"),
-    (_rule(tcp={}, ipv4={"protocol": "UDP"}), "spec.rules[0].ipv4.protocol", 'Invalid value: "UDP": the rule has tcp fields'),
-    (_rule(payload=[{"offset": 0, "value": "abc"}]), "spec.rules[0].payload[0].value", "Invalid value: \"abc\": must be bytes in hex"),
-    (_rule(payload=[{"offset": 0, "value": "zz"}]), "spec.rules[0].payload[0].value", "Invalid value"),
-    (_rule(payload=[{"offset": 0, "value": "00" * 17}]), "spec.rules[0].payload[0].value", "may not be more than 32 chars long"),
-    (_rule(payload=[{"offset": 1501, "value": "00"}]), "spec.rules[0].payload[0].offset", "should be less than or equal to 1500"),
-    (_rule(payload=[{"offset": 0, "value": "0000", "mask": "ff"}]), "spec.rules[0].payload[0]", "mask must be as long as value"),
-    (_rule(payload=[{"value": "00"}]), "spec.rules[0].payload[0].offset", "Required value"),
-    (_rule(payload=[{"offset": 0, "value": "00"}] * 5), "spec.rules[0].payload", "Too many: 5: must have at most 4"),
+    (_rule(tcp={"truncated": True, "sourcePort": {"min": 1}}), "spec.rules[0].tcp.truncated",
+     "a truncated L4 header has no fields to match"),
+    (_rule(tcp={}, udp={}), "spec.rules[0]", "a rule has one of tcp, udp and sctp at most"),
+    (_rule(sctp={"truncated": True}), "spec.rules[0].sctp.truncated", "unknown field"),
+    (_rule(tcp={}, ipv4={"protocol": "UDP"}), "spec.rules[0].ipv4.protocol", 'Invalid value: "UDP": the rule has a tcp part'),
+    (_rule(payload={"offset": 0, "value": "abc"}), "spec.rules[0].payload.value", "Invalid value: \"abc\": must be bytes in hex"),
+    (_rule(payload={"offset": 0, "value": "zz"}), "spec.rules[0].payload.value", "Invalid value"),
+    (_rule(payload={"offset": 0, "value": "00" * 17}), "spec.rules[0].payload.value", "may not be more than 32 chars long"),
+    (_rule(payload={"offset": 1501, "value": "00"}), "spec.rules[0].payload.offset", "should be less than or equal to 1500"),
+    (_rule(payload={"offset": 0, "value": "0000", "mask": "ff"}), "spec.rules[0].payload", "mask must be as long as value"),
+    (_rule(payload={"offset": 0, "value": "0f", "mask": "f0"}), "spec.rules[0].payload.value", "sets bits outside the mask"),
+    (_rule(payload={"value": "00"}), "spec.rules[0].payload.offset", "Required value"),
+    (_rule(payload={"offset": 0, "value": "00", "offsetFrom": "Ethernet"}), "spec.rules[0].payload.offsetFrom", 'Unsupported value: "Ethernet"'),
     (_rule(action="RateLimit"), "spec.rules[0]", "rateLimit is required with action RateLimit"),
     (_rule(rateLimit={"packetsPerSecond": 5}), "spec.rules[0]", "rateLimit is required with action RateLimit and allowed only"),
     (_rule(action="RateLimit", rateLimit={"packetsPerSecond": 0}), "spec.rules[0].rateLimit.packetsPerSecond", "should be greater than or equal to 1"),
@@ -109,11 +121,15 @@ INVALID: list[tuple[JSON, str, str]] = [
     (packet_filter(rules=[{"action": "Drop"}]), "spec.rules[0].name", "Required value"),
     (packet_filter(sanityChecks="On"), "spec.sanityChecks", 'Unsupported value: "On": supported values: "Drop", "Count"'),
     (packet_filter(name="Upper"), "metadata.name", "must be a DNS subdomain"),
+    (packet_filter(name="sanity"), "metadata.name", "'sanity' is reserved for the built-in sanity checks"),
+    (packet_filter(name="a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 60, rules=[{"name": "rule", "action": "Drop"}]),
+     "spec.rules[0].name", "with the filter's name"),
     ({**packet_filter(), "metadata": {"name": "x", "namespace": "default"}}, "metadata.namespace", "PacketFilter is cluster-scoped"),
     ({**packet_filter(), "apiVersion": "membrane.io/v1"}, "apiVersion", "PacketFilter must be 'membrane.io/v1alpha1'"),
     ({k: v for k, v in packet_filter().items() if k != "spec"}, "spec", "Required value"),
     (deny_list(cidrs=["2001:db8::/32"]), "spec.cidrs[0]", "Invalid value: \"2001:db8::/32\": must be an IPv4"),
     (deny_list(cidrs=["10.0.0.0/8"] * 2), "spec.cidrs[1]", "Duplicate value"),
+    (deny_list(cidrs=["192.0.2.0/24", "198.51.100.1/24"]), "spec.cidrs[1]", "Invalid value: '198.51.100.1/24': host bits set"),
     (deny_list(cidrs=[f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(MAX_DENY_CIDRS + 1)]),
      "spec.cidrs", f"Too many: {MAX_DENY_CIDRS + 1}: must have at most {MAX_DENY_CIDRS}"),
     ({**deny_list(), "spec": {}}, "spec.cidrs", "Required value"),
@@ -192,10 +208,10 @@ def _path(parts: Any, error: Any) -> str:
     return out
 
 
-def test_canonical_spec_puts_cidrs_in_network_form() -> None:
+def test_canonical_spec_writes_a_bare_address_as_a_host_prefix() -> None:
     spec = canonical_spec("PacketFilter", VALID["spec"])
-    assert spec["rules"][0]["sources"] == ["198.51.0.0/16", "192.0.2.1/32"]
-    assert canonical_spec("CIDRDenyList", {"cidrs": ["10.1.2.3/8", "10.0.0.0/8", "192.0.2.9"]}) == \
+    assert (spec["rules"][0]["source"], spec["rules"][0]["destination"]) == ("198.51.0.0/16", "10.0.0.7/32")
+    assert canonical_spec("CIDRDenyList", {"cidrs": ["10.0.0.0/8", "192.0.2.9"]}) == \
         {"cidrs": ["10.0.0.0/8", "192.0.2.9/32"]}
 
 
@@ -203,7 +219,7 @@ def test_canonical_spec_puts_cidrs_in_network_form() -> None:
 def test_builder_streams_valid_filters_and_leaves_invalid_ones_out() -> None:
     builder = StateBuilder()
     builder.set_packet_filter("cve", VALID)
-    builder.set_cidr_deny_list("bad", deny_list(cidrs=["10.1.2.3/8"]))
+    builder.set_cidr_deny_list("bad", deny_list(cidrs=["10.0.0.0/8"]))
     changes = builder.take_changes()
     record = changes[(Kind.PACKET_FILTER, "cve")]
     assert isinstance(record, PacketFilterState) and record.generation == 1
