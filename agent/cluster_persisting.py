@@ -27,6 +27,8 @@ from typing import Any
 
 from membrane.api.state_objects import (
     CIDRDenyListState,
+    EndpointPortState,
+    EndpointSliceState,
     EndpointState,
     IdentityState,
     Kind,
@@ -35,6 +37,9 @@ from membrane.api.state_objects import (
     NodeState,
     PacketFilterState,
     PolicyState,
+    ServicePortState,
+    ServiceState,
+    SliceEndpointState,
     StateKey,
     StateObject,
 )
@@ -66,6 +71,20 @@ def object_from_json(data: dict[str, Any]) -> StateObject:
         return EndpointState(data["namespace"], data["name"], tuple(data.get("ips", ())), int(data.get("identity", 0)),
                              data.get("node_name", ""), tuple((k, v) for k, v in data.get("labels", ())),
                              tuple(NamedPortState(**p) for p in data.get("named_ports", ())), data.get("uid", ""))
+    if kind is Kind.SERVICE:
+        return ServiceState(
+            data["namespace"], data["name"], data.get("type", "ClusterIP"), tuple(data.get("cluster_ips", ())),
+            tuple(ServicePortState(**p) for p in data.get("ports", ())), tuple(data.get("external_ips", ())),
+            tuple(data.get("load_balancer_ips", ())), int(data.get("affinity_timeout", 0)),
+            bool(data.get("external_traffic_local")), bool(data.get("internal_traffic_local")),
+            int(data.get("health_check_node_port", 0)))
+    if kind is Kind.ENDPOINTSLICE:
+        return EndpointSliceState(
+            data["namespace"], data["name"], data.get("service", ""), data.get("address_type", "IPv4"),
+            tuple(EndpointPortState(**p) for p in data.get("ports", ())),
+            tuple(SliceEndpointState(**{**e, "addresses": tuple(e.get("addresses", ())),
+                                        "hint_zones": tuple(e.get("hint_zones", ()))})
+                  for e in data.get("endpoints", ())))
     if kind is Kind.PACKET_FILTER:
         return PacketFilterState(data["name"], int(data.get("generation", 0)), data.get("spec_json", ""))
     if kind is Kind.CIDR_DENY_LIST:

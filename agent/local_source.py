@@ -14,7 +14,12 @@ What the API server and the operator's leader add in a cluster, this source adds
 - identities: the allocator given (the node's own, persisted by the agent) numbers every label
   set a pod needs, and the number is fed to the builder as the same MembraneIdentity object
   the operator's leader writes (operator/identity_objects.py), so the builder reads identities
-  one way. One allocator: local here, the operator's in a cluster.
+  one way. One allocator: local here, the operator's in a cluster;
+- EndpointSlices: for every stored Service with a selector, the slices Kubernetes'
+  EndpointSlice controller would make from the stored Pods (operator/endpointslice_deriving.py),
+  fed to the builder like slices watched in a cluster (applied EndpointSlices go in as they are,
+  for services without a selector). A pod without a Ready condition counts as ready here: no
+  kubelet reports readiness in standalone mode.
 
 Pure: no I/O of its own; `commit` returns the delta the stream gained (None: nothing changed).
 """
@@ -29,6 +34,7 @@ from pydantic import BaseModel
 
 from membrane.api.state_objects import StateKey, StateObject
 from membrane.identities import IdentityAllocator, LabelSet
+from membrane.operator.endpointslice_deriving import EndpointSliceDeriver
 from membrane.operator.identity_objects import identity_object
 from membrane.operator.state_building import StateBuilder
 from membrane.operator.state_log import Delta, StateLog
@@ -37,7 +43,8 @@ JSON = dict[str, Any]
 ObjectKey = tuple[str, str, str]  # kind, namespace, name (the store's key)
 LOCAL_STREAM = "local"
 _SETTERS = {"Namespace": "set_namespace", "Node": "set_node", "Pod": "set_pod", "NetworkPolicy": "set_policy",
-            "PacketFilter": "set_packet_filter", "CIDRDenyList": "set_cidr_deny_list"}
+            "PacketFilter": "set_packet_filter", "CIDRDenyList": "set_cidr_deny_list",
+            "Service": "set_service", "EndpointSlice": "set_endpoint_slice"}
 
 
 def object_json(kind: str, key: ObjectKey, obj: BaseModel | JSON) -> JSON:
@@ -72,6 +79,7 @@ class LocalSource:
         self._addresses: dict[str, tuple[str, ...]] = {}  # builder key -> local endpoint IPs
         self._held: dict[str, LabelSet] = {}  # pod key -> labels it holds an identity for
         self._fed: dict[int, LabelSet] = {}  # identity objects fed to the builder
+        self.slices = EndpointSliceDeriver()  # the EndpointSlice controller's work, locally
 
     # --- feeding -------------------------------------------------------------------------------
     def on_object(self, kind: str, key: ObjectKey, obj: BaseModel | JSON | None) -> None:
@@ -87,6 +95,12 @@ class LocalSource:
                 self._pods[name] = data
             data = self._with_local_facts(name)
         getattr(self.builder, setter)(name, data)
+        if kind == "Pod":
+            self._derived(self.slices.set_pod(name, self._for_slices(name)))
+        elif kind == "Service":
+            self._derived(self.slices.set_service(name, data))
+        elif kind == "Node":
+            self._derived(self.slices.set_node(name, data))
 
     def load(self, objects: Iterable[tuple[str, ObjectKey, BaseModel | JSON]]) -> None:
         for kind, key, obj in objects:
@@ -101,6 +115,22 @@ class LocalSource:
             self._addresses.pop(name, None)
         if name in self._pods:
             self.builder.set_pod(name, self._with_local_facts(name))
+            self._derived(self.slices.set_pod(name, self._for_slices(name)))
+
+    def _for_slices(self, name: str) -> JSON | None:
+        """The pod as slices are derived from it: with no kubelet to report readiness, a pod
+        whose status has no Ready condition counts as ready (one with Ready False does not)."""
+        pod = self._with_local_facts(name)
+        if pod is None:
+            return None
+        conditions = list(pod["status"].get("conditions") or [])
+        if not any(c.get("type") == "Ready" for c in conditions):
+            conditions.append({"type": "Ready", "status": "True"})
+        return {**pod, "status": {**pod["status"], "conditions": conditions}}
+
+    def _derived(self, changes: dict[str, JSON | None]) -> None:
+        for key, obj in changes.items():
+            self.builder.set_endpoint_slice(key, obj)
 
     def _with_local_facts(self, name: str) -> JSON | None:
         pod = self._pods.get(name)

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from membrane.k8s_models import PREFILTER_KINDS, ObjectValidationError, parse_object
 from membrane.labels import shown
+from membrane.service_models import Service
 from membrane.strict_fields import strict_errors
 
 from .api_serving import RequestError
@@ -224,6 +225,9 @@ class ObjectStore:
                 continue
             except (ValueError, TypeError, KeyError) as exc:
                 problems.append(f"{label}: {exc}")
+                continue
+            if strict and isinstance(obj, Service) and obj.unallocated():
+                problems.extend(f"{label}: {err}" for err in obj.unallocated())  # nobody allocates them here
                 continue
             parsed.append((key, obj, data))
         if problems:

@@ -1,4 +1,5 @@
-"""Kubernetes-format objects membrane consumes: Namespace, Node, Pod, NetworkPolicy (pure).
+"""Kubernetes-format objects membrane consumes: Namespace, Node, Pod, NetworkPolicy (pure);
+Service and EndpointSlice live in membrane/service_models.py, dispatched from here.
 
 Pydantic v2 models that accept the JSON/YAML the API server (or `membranectl apply -f`)
 produces: camelCase aliases, snake_case Python names (`populate_by_name`), unknown fields
@@ -13,12 +14,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     StrictInt,
     StrictStr,
@@ -26,104 +25,31 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
+# Re-exported: these were defined here before membrane/k8s_meta.py, and are imported from here.
+from membrane.k8s_meta import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
+from membrane.k8s_meta import IPNetwork as IPNetwork
+from membrane.k8s_meta import Model as _Model
+from membrane.k8s_meta import ObjectMeta as ObjectMeta
+from membrane.k8s_meta import ObjectRef as ObjectRef
+from membrane.k8s_meta import Protocol as Protocol
+from membrane.k8s_meta import StrMap as StrMap
+from membrane.k8s_meta import named_as_dns_subdomain, none_as_empty_list, raise_errors
 from membrane.labels import (
     dns_label_errors,
-    dns_subdomain_errors,
     label_errors,
     label_key_errors,
     label_value_errors,
     port_name_errors,
     shown,
 )
+from membrane.service_models import EndpointSlice, Service
 
 if TYPE_CHECKING:
     from membrane.prefilter_objects import PrefilterObject
 
-DEFAULT_NAMESPACE = "default"
-Protocol = Literal["TCP", "UDP", "SCTP"]
 PolicyType = Literal["Ingress", "Egress"]
 Operator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ObjectRef(NamedTuple):
-    """Key of an object: (namespace, name); cluster-scoped objects have namespace ""."""
-
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}" if self.namespace else self.name
-
-    @classmethod
-    def parse(cls, text: str) -> ObjectRef:
-        """`ns/name` -> (ns, name); a bare `name` is cluster-scoped."""
-        namespace, _, name = text.rpartition("/")
-        return cls(namespace, name)
-
-
-def _none_as_empty(value: Any) -> Any:
-    # YAML `labels:` with nothing under it arrives as null; the API server treats it as empty.
-    return {} if value is None else value
-
-
-def _none_as_empty_list(value: Any) -> Any:
-    return [] if value is None else value
-
-
-StrMap = Annotated[dict[str, str], BeforeValidator(_none_as_empty)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="ignore",
-        frozen=True,
-    )
-
-
-def _raise(errors: list[str]) -> None:
-    if errors:
-        raise ValueError("; ".join(errors))
-
-
-def _named_as_dns_subdomain(metadata: ObjectMeta) -> ObjectMeta:
-    """The name check of kinds named as DNS subdomains (Node, NetworkPolicy)."""
-    if not metadata.name:
-        raise ValueError("name: required")
-    _raise([f"name: {shown(str(metadata.name))} {r}" for r in dns_subdomain_errors(metadata.name)][:1])
-    return metadata
-
-
-# --- metadata -----------------------------------------------------------------------------
-
-
-class ObjectMeta(_Model):
-    name: str = ""
-    namespace: str | None = None
-    labels: StrMap = Field(default_factory=dict)
-    annotations: StrMap = Field(default_factory=dict)
-    uid: str | None = None
-    resource_version: str | None = None
-    generation: int | None = None
-    creation_timestamp: str | None = None
-    deletion_timestamp: str | None = None
-
-    @field_validator("labels")
-    @classmethod
-    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        _raise(label_errors(labels))
-        return labels
-
-    @field_validator("namespace")
-    @classmethod
-    def _check_namespace(cls, namespace: str | None) -> str | None:
-        if namespace:
-            _raise(dns_label_errors(namespace))
-        return namespace
 
 
 # --- label selectors -----------------------------------------------------------------------
@@ -132,14 +58,14 @@ class ObjectMeta(_Model):
 class LabelSelectorRequirement(_Model):
     key: str
     operator: Operator
-    values: Annotated[list[str], BeforeValidator(_none_as_empty_list)] = Field(
+    values: Annotated[list[str], BeforeValidator(none_as_empty_list)] = Field(
         default_factory=list
     )
 
     @field_validator("key")
     @classmethod
     def _check_key(cls, key: str) -> str:
-        _raise(label_key_errors(key))
+        raise_errors(label_key_errors(key))
         return key
 
     @model_validator(mode="after")
@@ -153,7 +79,7 @@ class LabelSelectorRequirement(_Model):
             for i, value in enumerate(self.values)
             for reason in label_value_errors(value)
         ]
-        _raise(errors)
+        raise_errors(errors)
         return self
 
 
@@ -162,13 +88,13 @@ class LabelSelector(_Model):
 
     match_labels: StrMap = Field(default_factory=dict)
     match_expressions: Annotated[
-        list[LabelSelectorRequirement], BeforeValidator(_none_as_empty_list)
+        list[LabelSelectorRequirement], BeforeValidator(none_as_empty_list)
     ] = Field(default_factory=list)
 
     @field_validator("match_labels")
     @classmethod
     def _check_match_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        _raise(label_errors(labels))
+        raise_errors(label_errors(labels))
         return labels
 
 
@@ -185,7 +111,7 @@ class Namespace(_Model):
     def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
         if not metadata.name:
             raise ValueError("name: required")
-        _raise([f"name: {shown(str(metadata.name))} {r}" for r in dns_label_errors(metadata.name)][:1])
+        raise_errors([f"name: {shown(str(metadata.name))} {r}" for r in dns_label_errors(metadata.name)][:1])
         return metadata
 
     @property
@@ -214,13 +140,13 @@ class ContainerPort(_Model):
     @classmethod
     def _check_name(cls, name: str | None) -> str | None:
         if name is not None:
-            _raise([f"{shown(str(name))} {reason}" for reason in port_name_errors(name)])
+            raise_errors([f"{shown(str(name))} {reason}" for reason in port_name_errors(name)])
         return name
 
 
 class Container(_Model):
     name: str
-    ports: Annotated[list[ContainerPort], BeforeValidator(_none_as_empty_list)] = Field(
+    ports: Annotated[list[ContainerPort], BeforeValidator(none_as_empty_list)] = Field(
         default_factory=list
     )
     restart_policy: str | None = None
@@ -238,14 +164,16 @@ class Container(_Model):
 
 
 class PodSpec(_Model):
-    containers: Annotated[list[Container], BeforeValidator(_none_as_empty_list)] = Field(
+    containers: Annotated[list[Container], BeforeValidator(none_as_empty_list)] = Field(
         default_factory=list
     )
-    init_containers: Annotated[list[Container], BeforeValidator(_none_as_empty_list)] = (
+    init_containers: Annotated[list[Container], BeforeValidator(none_as_empty_list)] = (
         Field(default_factory=list)
     )
     host_network: bool = False
     node_name: str | None = None
+    hostname: str | None = None  # with subdomain: an EndpointSlice endpoint's hostname
+    subdomain: str | None = None
 
 
 class PodIP(_Model):
@@ -261,10 +189,17 @@ class PodIP(_Model):
         return ip
 
 
+class PodCondition(_Model):
+    type: str
+    status: str
+
+
 class PodStatus(_Model):
     phase: str | None = None
+    # The Ready condition: what a Service's EndpointSlices call ready/serving.
+    conditions: Annotated[list[PodCondition], BeforeValidator(none_as_empty_list)] = Field(default_factory=list)
     pod_ip: str | None = Field(default=None, alias="podIP")
-    pod_ips: Annotated[list[PodIP], BeforeValidator(_none_as_empty_list)] = Field(
+    pod_ips: Annotated[list[PodIP], BeforeValidator(none_as_empty_list)] = Field(
         default_factory=list, alias="podIPs"
     )
     host_ip: str | None = Field(default=None, alias="hostIP")
@@ -337,7 +272,7 @@ class NodeAddress(_Model):
 
 class NodeSpec(_Model):
     pod_cidr: str | None = Field(default=None, alias="podCIDR")
-    pod_cidrs: Annotated[list[str], BeforeValidator(_none_as_empty_list)] = Field(
+    pod_cidrs: Annotated[list[str], BeforeValidator(none_as_empty_list)] = Field(
         default_factory=list, alias="podCIDRs"
     )
 
@@ -357,7 +292,7 @@ class NodeSpec(_Model):
 
 
 class NodeStatus(_Model):
-    addresses: Annotated[list[NodeAddress], BeforeValidator(_none_as_empty_list)] = Field(
+    addresses: Annotated[list[NodeAddress], BeforeValidator(none_as_empty_list)] = Field(
         default_factory=list
     )
 
@@ -376,7 +311,7 @@ class Node(_Model):
     @field_validator("metadata")
     @classmethod
     def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
-        return _named_as_dns_subdomain(metadata)
+        return named_as_dns_subdomain(metadata)
 
     @property
     def ref(self) -> ObjectRef:
@@ -407,7 +342,7 @@ def _network(text: str) -> IPNetwork:
 
 class IPBlock(_Model):
     cidr: str
-    except_: Annotated[list[str], BeforeValidator(_none_as_empty_list)] = Field(
+    except_: Annotated[list[str], BeforeValidator(none_as_empty_list)] = Field(
         default_factory=list, alias="except"
     )
 
@@ -475,7 +410,7 @@ class NetworkPolicyPort(_Model):
         if isinstance(port, int) and not 1 <= port <= 65535:
             raise ValueError(f"{port} must be between 1 and 65535, inclusive")
         if isinstance(port, str):
-            _raise([f"named port {shown(str(port))} {reason}" for reason in port_name_errors(port)])
+            raise_errors([f"named port {shown(str(port))} {reason}" for reason in port_name_errors(port)])
         return port
 
     @model_validator(mode="after")
@@ -495,8 +430,8 @@ class NetworkPolicyPort(_Model):
         return self
 
 
-_Peers = Annotated[list[NetworkPolicyPeer], BeforeValidator(_none_as_empty_list)]
-_Ports = Annotated[list[NetworkPolicyPort], BeforeValidator(_none_as_empty_list)]
+_Peers = Annotated[list[NetworkPolicyPeer], BeforeValidator(none_as_empty_list)]
+_Ports = Annotated[list[NetworkPolicyPort], BeforeValidator(none_as_empty_list)]
 
 
 class NetworkPolicyIngressRule(_Model):
@@ -545,7 +480,7 @@ class NetworkPolicy(_Model):
     @field_validator("metadata")
     @classmethod
     def _check_name(cls, metadata: ObjectMeta) -> ObjectMeta:
-        return _named_as_dns_subdomain(metadata)
+        return named_as_dns_subdomain(metadata)
 
     @property
     def ref(self) -> ObjectRef:
@@ -554,15 +489,17 @@ class NetworkPolicy(_Model):
 
 # --- parsing -------------------------------------------------------------------------------
 
-KubeObject = Namespace | Node | Pod | NetworkPolicy
+KubeObject = Namespace | Node | Pod | NetworkPolicy | Service | EndpointSlice
 # membrane.io's own kinds, checked against their CRD schema (membrane/prefilter_objects.py).
 PREFILTER_KINDS = ("PacketFilter", "CIDRDenyList")
 
-_KINDS: dict[str, tuple[str, type[Namespace] | type[Node] | type[Pod] | type[NetworkPolicy]]] = {
+_KINDS: dict[str, tuple[str, type[KubeObject]]] = {
     "Namespace": ("v1", Namespace),
     "Node": ("v1", Node),
     "Pod": ("v1", Pod),
     "NetworkPolicy": ("networking.k8s.io/v1", NetworkPolicy),
+    "Service": ("v1", Service),
+    "EndpointSlice": ("discovery.k8s.io/v1", EndpointSlice),
 }
 
 

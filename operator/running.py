@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 LIVENESS_WINDOW = 60.0  # a controller pass must finish at least this often to be healthy
 FULL_REBUILD_SECONDS = 300.0  # rebuild the state from scratch this often (drift check)
 # What the state stream is made of; other resources' changes do not touch it.
-_BUILDER_INPUTS = (res.NAMESPACES, res.NODES, res.IDENTITIES, res.PODS, res.NETWORK_POLICIES)
+_BUILDER_INPUTS = (res.NAMESPACES, res.NODES, res.IDENTITIES, res.PODS, res.NETWORK_POLICIES, res.SERVICES,
+                   res.ENDPOINT_SLICES)
 
 
 def make_api_client(config: OperatorConfig) -> k8s_client.ApiClient:
@@ -259,7 +260,8 @@ class Operator:
         dirty, self._dirty = self._dirty, set()
         setters = {res.NAMESPACES: builder.set_namespace, res.NODES: builder.set_node,
                    res.IDENTITIES: builder.set_identity, res.PODS: builder.set_pod,
-                   res.NETWORK_POLICIES: builder.set_policy}
+                   res.NETWORK_POLICIES: builder.set_policy, res.SERVICES: builder.set_service,
+                   res.ENDPOINT_SLICES: builder.set_endpoint_slice}
         for resource in _BUILDER_INPUTS:  # namespaces and identities before the pods they label
             for changed, key in dirty:
                 if changed == resource:
@@ -269,7 +271,9 @@ class Operator:
     def _rebuild(self, policies: list[dict[str, Any]]) -> StateBuilder:
         builder = StateBuilder(lambda p: self.policies.verdict(p).valid)
         builder.load(self.cache.list(res.NAMESPACES), self.cache.list(res.NODES),
-                     self.cache.list(res.PODS), policies, self.cache.list(res.IDENTITIES))
+                     self.cache.list(res.PODS), policies, self.cache.list(res.IDENTITIES),
+                     services=self.cache.list(res.SERVICES),
+                     endpoint_slices=self.cache.list(res.ENDPOINT_SLICES))
         builder.take_changes()
         self._dirty.clear()
         self._last_full = time.monotonic()

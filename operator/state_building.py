@@ -32,6 +32,7 @@ from membrane.labels import namespace_labels
 from membrane.operator.cidr_pool import node_pod_cidr
 from membrane.operator.identity_objects import parse_identity
 from membrane.operator.pod_facts import _address, labels_of, meta, needs_identity, pod_identity_labels, pod_ips
+from membrane.operator.service_records import endpoint_slice_state, service_state
 from membrane.prefilter_checking import object_errors
 from membrane.prefilter_objects import CIDR_DENY_LIST, PACKET_FILTER, canonical_json, canonical_spec
 
@@ -93,10 +94,12 @@ def cidr_deny_list_state(obj: JSON) -> CIDRDenyListState:
 
 def build_state(namespaces: Iterable[JSON], nodes: Iterable[JSON], pods: Iterable[JSON],
                 valid_policies: Iterable[JSON],
-                identity_objects: Iterable[JSON]) -> dict[StateKey, StateObject]:
+                identity_objects: Iterable[JSON], services: Iterable[JSON] = (),
+                endpoint_slices: Iterable[JSON] = ()) -> dict[StateKey, StateObject]:
     """The whole desired state from scratch (what `StateBuilder` keeps up to date)."""
     builder = StateBuilder()
-    builder.load(namespaces, nodes, pods, valid_policies, identity_objects)
+    builder.load(namespaces, nodes, pods, valid_policies, identity_objects, services=services,
+                 endpoint_slices=endpoint_slices)
     return dict(builder.state)
 
 
@@ -111,7 +114,7 @@ class StateBuilder:
 
     A pod change recomputes that pod's endpoint; a namespace change, the pods of that
     namespace (their identity labels include the namespace's); an identity change, the pods
-    holding those labels; a node or policy change, that object. Indexes (pods by namespace, by
+    holding those labels; a node, policy, Service or EndpointSlice change, that object. Indexes (pods by namespace, by
     identity labels) make those lookups direct. `update` returns the keys it touched with
     their new objects (None: gone), which is what `StateLog.apply` takes; unchanged entries
     are dropped there. `load` from scratch gives the same result as any sequence of updates
@@ -146,7 +149,8 @@ class StateBuilder:
     # --- feeding ------------------------------------------------------------------------------
     def load(self, namespaces: Iterable[JSON], nodes: Iterable[JSON], pods: Iterable[JSON],
              policies: Iterable[JSON], identity_objects: Iterable[JSON],
-             packet_filters: Iterable[JSON] = (), cidr_deny_lists: Iterable[JSON] = ()) -> None:
+             packet_filters: Iterable[JSON] = (), cidr_deny_lists: Iterable[JSON] = (),
+             services: Iterable[JSON] = (), endpoint_slices: Iterable[JSON] = ()) -> None:
         for obj in namespaces:
             self.set_namespace(_key(obj), obj)
         for obj in nodes:
@@ -161,6 +165,10 @@ class StateBuilder:
             self.set_packet_filter(_key(obj), obj)
         for obj in cidr_deny_lists:
             self.set_cidr_deny_list(_key(obj), obj)
+        for obj in services:
+            self.set_service(_key(obj), obj)
+        for obj in endpoint_slices:
+            self.set_endpoint_slice(_key(obj), obj)
 
     def take_changes(self) -> dict[StateKey, StateObject | None]:
         """The keys touched since the last call, with their current object (None: deleted)."""
@@ -231,6 +239,18 @@ class StateBuilder:
             self._put(cidr_deny_list_state(obj))
         else:
             self._delete((Kind.CIDR_DENY_LIST, name))
+
+    def set_service(self, key: str, obj: JSON | None) -> None:
+        if obj is None:
+            self._delete((Kind.SERVICE, key))
+        else:
+            self._put(service_state(obj))
+
+    def set_endpoint_slice(self, key: str, obj: JSON | None) -> None:
+        if obj is None:
+            self._delete((Kind.ENDPOINTSLICE, key))
+        else:
+            self._put(endpoint_slice_state(obj))
 
     # --- internals ----------------------------------------------------------------------------
     def _put(self, obj: StateObject) -> None:

@@ -154,8 +154,8 @@ class EndpointPortState:
 
 @dataclass(frozen=True)
 class SliceEndpointState:
-    """One endpoint of a slice, with the API's unset conditions already defaulted:
-    ready unset = ready, serving unset = ready, terminating unset = not terminating."""
+    """One endpoint of a slice, with the API's unset conditions already defaulted as the API
+    documents them: ready unset = true, serving unset = true, terminating unset = false."""
 
     addresses: tuple[str, ...]
     ready: bool = True

@@ -4,7 +4,7 @@ that the `kubernetes-validate` test dependency ships).
 
 Kept per definition: what strict decoding needs (properties, additionalProperties, items,
 type, required, enum, oneOf, $ref); descriptions and Kubernetes extensions are dropped, and
-only definitions the four kinds reach are kept. Run `python -m membrane.testing.strict_schema_gen`
+only definitions the kinds reach are kept. Run `python -m membrane.testing.strict_schema_gen`
 after changing KUBERNETES_VERSION; a unit test checks the file is what this produces.
 """
 
@@ -18,7 +18,9 @@ from typing import Any
 KUBERNETES_VERSION = "1.37"
 KINDS = {"v1/Namespace": "io.k8s.api.core.v1.Namespace", "v1/Node": "io.k8s.api.core.v1.Node",
          "v1/Pod": "io.k8s.api.core.v1.Pod",
-         "networking.k8s.io/v1/NetworkPolicy": "io.k8s.api.networking.v1.NetworkPolicy"}
+         "networking.k8s.io/v1/NetworkPolicy": "io.k8s.api.networking.v1.NetworkPolicy",
+         "v1/Service": "io.k8s.api.core.v1.Service",
+         "discovery.k8s.io/v1/EndpointSlice": "io.k8s.api.discovery.v1.EndpointSlice"}
 KEEP = ("type", "properties", "additionalProperties", "items", "required", "enum", "oneOf", "$ref")
 TARGET = Path(__file__).resolve().parent.parent / "schemas" / "kubernetes-strict.json"
 

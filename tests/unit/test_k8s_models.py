@@ -255,8 +255,9 @@ def test_duplicate_container_port_names_rejected() -> None:
 
 
 def test_unknown_kind_and_api_version() -> None:
-    with pytest.raises(ObjectValidationError, match="unknown kind 'Service'.*supported: CIDRDenyList, Namespace, NetworkPolicy, Node, PacketFilter, Pod"):
-        parse_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}})
+    with pytest.raises(ObjectValidationError,
+                       match="unknown kind 'ConfigMap'.*supported: CIDRDenyList, EndpointSlice, Namespace, NetworkPolicy, Node, PacketFilter, Pod, Service"):
+        parse_object({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}})
     with pytest.raises(ObjectValidationError, match="kind: required"):
         parse_object({"metadata": {"name": "s"}})
     with pytest.raises(ObjectValidationError, match="apiVersion: NetworkPolicy must be 'networking.k8s.io/v1'"):

@@ -1,10 +1,13 @@
-"""Service and EndpointSlice records over the wire (membrane/api/state_codec.py): every field
-survives the round trip, and a delete carries the key only."""
+"""Service and EndpointSlice records over the wire (membrane/api/state_codec.py) and in the
+agent's state file (agent/cluster_persisting.py): every field survives the round trip, and a
+delete carries the key only."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
+from membrane.agent.cluster_persisting import object_from_json, object_to_json
 from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state_codec import change_from_pb, change_to_pb
 from membrane.api.state_objects import (
@@ -46,3 +49,8 @@ def test_delete_carries_the_key() -> None:
     for obj in (SERVICE, SLICE):
         change = roundtrip(None, (obj.kind, obj.key))
         assert change == Change((obj.kind, "shop/" + obj.name), None)
+
+
+def test_state_file_round_trip() -> None:
+    for obj in (SERVICE, SLICE):
+        assert object_from_json(json.loads(json.dumps(object_to_json(obj)))) == obj
