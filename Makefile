@@ -9,7 +9,7 @@ install:
 	@bash scripts/install.sh
 
 demo: install
-	$(PY) -m membrane.lab.demo
+	$(PY) -m membrane_testkit.lab.demo
 
 test: install
 	$(PY) -m pytest -q tests
@@ -22,4 +22,4 @@ bench: install
 
 # Removes whatever a crashed test or demo left behind (only objects named mbt-/mbdemo-).
 clean-lab:
-	$(PY) -m membrane.lab.cleanup
+	$(PY) -m membrane_testkit.lab.cleanup

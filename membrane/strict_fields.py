@@ -6,7 +6,7 @@ field's path (`spec.ingress[0].form: unknown field`). A misspelled field must ne
 dropped quietly: a NetworkPolicy rule whose `from` is misspelled would otherwise allow every
 source. The structure comes from Kubernetes' own OpenAPI schemas, cut down to the kinds
 membrane accepts (membrane/schemas/kubernetes-strict.json, see
-membrane.testing.strict_schema_gen), so fields membrane does not read (a container's image,
+membrane_testkit.strict_schema_gen), so fields membrane does not read (a container's image,
 volumes, ...) are accepted exactly when Kubernetes would accept them.
 
 Only what users hand in is checked this strictly; objects read back from the agent's own

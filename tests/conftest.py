@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import cleanup
-from membrane.lab.node import LAB_DIR
-from membrane.testing.waiting import WaitTimeout, wait_for
+from membrane_testkit.lab import cleanup
+from membrane_testkit.lab.node import LAB_DIR
+from membrane_testkit.waiting import WaitTimeout, wait_for
 
 _run_pids: set[int] = {os.getpid()}
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from membrane.ctl.client import request
-from membrane.lab import netns
-from membrane.lab.node import LabNode
-from membrane.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
 
 from .stats import median, percentile
 

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode, tool
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, tool
 
 from .stats import median, percentile, ratio
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from membrane.lab import netns
+from membrane_testkit.lab import netns
 
 from . import plugins
 from .plugins import CniPlugin, PluginCall

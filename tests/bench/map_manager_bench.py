@@ -73,7 +73,7 @@ def _maps() -> dict[str, Any]:
 
 
 def _ready() -> dict[str, Any]:
-    from membrane.lab.node import LabNode
+    from membrane_testkit.lab.node import LabNode
     from tests.bench import policy_scale as ps
 
     node = LabNode(f"mmb{os.getpid() % 100000}", pod_cidr="10.214.0.0/24")

@@ -11,7 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from membrane.lab import netns
+from membrane_testkit.lab import netns
 
 from .setups import Endpoint
 

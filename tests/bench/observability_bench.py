@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode
 
 from . import flows_rate, measuring
 from .setups import PREFIX, Endpoint

@@ -39,8 +39,8 @@ from typing import Any
 
 from kubernetes import client
 
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.kubeapi.messages import Request
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.kubeapi.messages import Request
 
 from .stats import median, percentile
 

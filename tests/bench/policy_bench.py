@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode, tool
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, tool
 
 from . import measuring, policy_scale
 from .plugins import CniPlugin

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from membrane.lab import netns
+from membrane_testkit.lab import netns
 
 from . import cni_timing, measuring, report
 from .cni_timing import CniTimer, Timings

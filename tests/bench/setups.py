@@ -14,8 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode, tool
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, tool
 
 from . import plugins
 from .plugins import CniPlugin

@@ -32,8 +32,8 @@ def ready_less_compile(log: Path) -> float:
 
 
 def worker(tag: str, pods: int) -> dict[str, Any]:
-    from membrane.lab import netns
-    from membrane.lab.node import LabNode
+    from membrane_testkit.lab import netns
+    from membrane_testkit.lab.node import LabNode
 
     node = LabNode(f"ss{os.getpid() % 10000}{tag}", pod_cidr="10.211.0.0/24", prefix="mbbench")
     out: dict[str, Any] = {"add_ms": [], "del_ms": []}

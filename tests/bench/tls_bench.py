@@ -32,8 +32,8 @@ from typing import Any
 
 from kubernetes import client
 
-from membrane.testing.kubeapi import KubeApiServer
 from membrane.tls.certificates import Authority
+from membrane_testkit.kubeapi import KubeApiServer
 
 from .operator_scale import Objects, OperatorProcess, SubscriberPool, single_changes, wait_metric
 from .stats import median

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from membrane.lab.node import LabNode
-from membrane.lab.reachability import ClusterModel, EngineCluster, ProbeCluster, Reachability, TruthTable
+from membrane_testkit.lab.node import LabNode
+from membrane_testkit.lab.reachability import ClusterModel, EngineCluster, ProbeCluster, Reachability, TruthTable
 
 DEADLINE = float(os.environ.get("MEMBRANE_CONFORMANCE_DEADLINE", "12"))
 TIMEOUT = float(os.environ.get("MEMBRANE_CONFORMANCE_TIMEOUT", "1.0"))

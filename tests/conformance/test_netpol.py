@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from membrane.lab.reachability import NS_NAME_LABEL, ProbeCluster, policy
+from membrane_testkit.lab.reachability import NS_NAME_LABEL, ProbeCluster, policy
 
 if TYPE_CHECKING:
     from conftest import Netpol

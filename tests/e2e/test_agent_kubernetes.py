@@ -19,11 +19,11 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.cluster import KubeLab
-from membrane.lab.node import LabNode
-from membrane.lab.traffic import CONNECT, OK_SERVER
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.node import LabNode
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 

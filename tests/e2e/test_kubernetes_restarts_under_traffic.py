@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from membrane.lab.cluster import KubeLab
-from membrane.lab.traffic import Stream
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.traffic import Stream
+from membrane_testkit.waiting import wait_for
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.cluster import KubeLab
-from membrane.lab.node import LabNode, tool
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.node import LabNode, tool
+from membrane_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 

@@ -15,9 +15,9 @@ from membrane.api.state_client import StateClient
 from membrane.api.state_objects import EndpointState, Kind, NodeState, StateUpdate, apply_update
 from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.tls import node_material
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.tls import node_material
+from membrane_testkit.waiting import wait_for
 
 NODES = ("n1", "n2", "n3")
 

@@ -26,11 +26,11 @@ from kubernetes import client
 from membrane.api.backoff import Backoff
 from membrane.api.state_client import StateClient
 from membrane.api.state_objects import Kind, StateUpdate, apply_update
-from membrane.testing import operator_process as membrane_operator
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.service_proxy import ServiceProxy
-from membrane.testing.tls import node_material
-from membrane.testing.waiting import wait_for
+from membrane_testkit import operator_process as membrane_operator
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.service_proxy import ServiceProxy
+from membrane_testkit.tls import node_material
+from membrane_testkit.waiting import wait_for
 
 NODES = ("n1", "n2", "n3")
 ENFORCED, GENERATION = "membrane.io/enforced", "membrane.io/enforced-generation"

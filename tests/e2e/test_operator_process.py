@@ -12,10 +12,10 @@ import urllib.request
 
 from kubernetes import client
 
-from membrane.lab.cluster import free_port
 from membrane.operator.config import parse_config
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.lab.cluster import free_port
+from membrane_testkit.waiting import wait_for
 
 
 def get(url: str) -> tuple[int, str]:

@@ -24,11 +24,11 @@ from kubernetes import client
 from membrane.api.backoff import Backoff
 from membrane.api.state_client import StateClient
 from membrane.api.state_objects import Kind, StateUpdate, apply_update
-from membrane.testing import operator_process as membrane_operator
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.kubeapi.messages import Request
-from membrane.testing.tls import node_material
-from membrane.testing.waiting import wait_for
+from membrane_testkit import operator_process as membrane_operator
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.kubeapi.messages import Request
+from membrane_testkit.tls import node_material
+from membrane_testkit.waiting import wait_for
 
 NODES = ("n1", "n2", "n3")
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.cluster import KubeLab
-from membrane.lab.node import LabNode, Pod
-from membrane.lab.underlay import Underlay
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.node import LabNode, Pod
+from membrane_testkit.lab.underlay import Underlay
+from membrane_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 

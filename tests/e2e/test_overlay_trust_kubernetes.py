@@ -30,13 +30,13 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import forging, netns
-from membrane.lab.cluster import KubeLab
-from membrane.lab.forging import VXLAN_PORT, UdpSink
-from membrane.lab.node import LabNode, Pod, tool
-from membrane.lab.probes import counters
-from membrane.lab.underlay import Underlay
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import forging, netns
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.forging import VXLAN_PORT, UdpSink
+from membrane_testkit.lab.node import LabNode, Pod, tool
+from membrane_testkit.lab.probes import counters
+from membrane_testkit.lab.underlay import Underlay
+from membrane_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.cluster import KubeLab
-from membrane.lab.traffic import CONNECT, OK_SERVER
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 

@@ -1,4 +1,4 @@
-"""Kubernetes mode: the cluster state cache x every damage (membrane/lab/corruption.py).
+"""Kubernetes mode: the cluster state cache x every damage (membrane_testkit/lab/corruption.py).
 
 One cluster, one node, pods a (app=db), b (role=trusted), c and a NetworkPolicy that lets only
 role=trusted reach a. For each case the agent restarts on a damaged copy of its cache while the
@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.cluster import KubeLab
-from membrane.lab.corruption import Case, Damage, Outcome, apply_case, matrix
-from membrane.lab.node import LabNode, Pod
-from membrane.lab.traffic import CONNECT, OK_SERVER
-from membrane.testing.waiting import wait_for as wait_once
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.corruption import Case, Damage, Outcome, apply_case, matrix
+from membrane_testkit.lab.node import LabNode, Pod
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.waiting import wait_for as wait_once
 
 # The agent may not answer yet while it starts: its errors count as "not yet".
 wait_for = functools.partial(wait_once, errors=(Exception,))

@@ -29,11 +29,11 @@ from membrane.api.state_objects import Kind, StateUpdate, apply_update
 from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
 from membrane.operator.state_serving import SERVICE
-from membrane.testing.kubeapi import KubeApiServer, User
-from membrane.testing.waiting import wait_for
 from membrane.tls.certificates import OPERATOR_NAME, Authority, new_key_pem, new_request
 from membrane.tls.grpc_credentials import channel_credentials, channel_options
 from membrane.tls.material import Material
+from membrane_testkit.kubeapi import KubeApiServer, User
+from membrane_testkit.waiting import wait_for
 
 LIFETIME = 10.0  # seconds: renewals at ~6.7 s, expiry of the old certificate at 10 s
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from membrane.operator.crds import CRDS
-from membrane.testing import chart
+from membrane_testkit import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 

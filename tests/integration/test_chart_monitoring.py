@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from membrane.testing import chart
+from membrane_testkit import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = {"MembraneUnexpectedDrops", "MembranePolicyDropsHigh", "MembraneBPFMapPressure", "MembraneBPFMapFull",

@@ -20,9 +20,9 @@ from kubernetes import client
 from membrane.operator.config import OperatorConfig
 from membrane.operator.crds import CRDS
 from membrane.operator.running import Operator
-from membrane.testing import chart
-from membrane.testing.kubeapi import KubeApiServer, RequestRecord
-from membrane.testing.waiting import wait_for
+from membrane_testkit import chart
+from membrane_testkit.kubeapi import KubeApiServer, RequestRecord
+from membrane_testkit.waiting import wait_for
 
 NS = chart.NAMESPACE
 # Granted but not exercised against the stand-in, with the reason.
@@ -169,8 +169,8 @@ def _agent_bootstrap(api: KubeApiServer, node: str) -> None:
     from pathlib import Path
 
     from membrane.agent import cert_requesting
-    from membrane.testing.kubeapi.messages import User
     from membrane.tls.certificates import new_key_pem, new_request
+    from membrane_testkit.kubeapi.messages import User
 
     api.add_token("agent-token", User(AGENT_USER, ("system:serviceaccounts", f"system:serviceaccounts:{NS}"),
                                       extra={"authentication.kubernetes.io/node-name": [node]}))

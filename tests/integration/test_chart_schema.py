@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from membrane.testing import chart
+from membrane_testkit import chart
 
 SCHEMA = json.loads((chart.CHART / "values.schema.json").read_text())
 VALUES = yaml.safe_load((chart.CHART / "values.yaml").read_text())

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from membrane.testing import chart
+from membrane_testkit import chart
 
 SUPPORTED = [f"1.{minor}" for minor in range(26, 38)]  # Chart.yaml kubeVersion >=1.26; 1.37 the newest tested
 # Kinds that come from CRDs (no schema in Kubernetes' own OpenAPI document).

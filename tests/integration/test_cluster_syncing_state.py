@@ -41,8 +41,8 @@ from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import StateServicer, serve, stop
 from membrane.policy import Direction, Protocol, lookup_flat
-from membrane.testing.fake_maps import FakePolicyMaps
-from membrane.testing.waiting import wait_for
+from membrane_testkit.fake_maps import FakePolicyMaps
+from membrane_testkit.waiting import wait_for
 
 NODE = "n1"
 

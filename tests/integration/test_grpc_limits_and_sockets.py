@@ -22,8 +22,8 @@ from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import SERVICE, StateServicer, serve, stop
-from membrane.testing.waiting import wait_for
 from membrane.unix_sockets import bind_private
+from membrane_testkit.waiting import wait_for
 
 
 @pytest.fixture

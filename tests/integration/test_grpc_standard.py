@@ -20,8 +20,8 @@ from membrane.operator.config import OperatorConfig
 from membrane.operator.crds import MEMBRANE_IDENTITY_CRD
 from membrane.operator.running import Operator
 from membrane.operator.state_serving import SERVICE as STATE_SERVICE
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

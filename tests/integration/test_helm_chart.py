@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from membrane.agent.config import load_config
-from membrane.testing import chart
+from membrane_testkit import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "membrane"

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from membrane.http_serving import HttpServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.waiting import wait_for
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from membrane.identities import LabelSet
 from membrane.operator.config import OperatorConfig
 from membrane.operator.identity_syncing import mirrored_labels
 from membrane.operator.running import Operator
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import wait_for
 
 
 @pytest.fixture

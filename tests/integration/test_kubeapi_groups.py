@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
-from membrane.testing.kubeapi import KubeApiServer
+from membrane_testkit.kubeapi import KubeApiServer
 
 
 @pytest.fixture

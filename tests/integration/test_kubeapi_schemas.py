@@ -12,8 +12,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.kubeapi.validating import supported_versions
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.kubeapi.validating import supported_versions
 
 POLICIES = "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies"
 

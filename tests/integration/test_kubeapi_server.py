@@ -11,7 +11,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 from urllib3.exceptions import MaxRetryError
 
-from membrane.testing.kubeapi import KubeApiServer, make_api_client
+from membrane_testkit.kubeapi import KubeApiServer, make_api_client
 
 
 def pod(name: str) -> dict[str, object]:
@@ -74,7 +74,7 @@ def test_state_file_survives_a_new_server(tmp_path: Path) -> None:
 
 
 def test_runs_as_a_subprocess(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "membrane.testing.kubeapi", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "membrane_testkit.kubeapi", "--port", "0",
                              "--state-file", str(tmp_path / "s.json")],
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:

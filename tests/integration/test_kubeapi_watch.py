@@ -12,8 +12,8 @@ from kubernetes import client, watch
 from kubernetes.client import ApiException
 from urllib3.exceptions import ProtocolError
 
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import wait_for
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from membrane.api.observer_codec import filter_from_pb, filter_to_pb, flow_from_
 from membrane.ctl.main import parse_args
 from membrane.ctl.observe import build_filters, fetch_flows, format_compact, run_observe
 from membrane.flows import Direction, FlowFilter, FlowType, Verdict
-from membrane.testing.waiting import wait_for
+from membrane_testkit.waiting import wait_for
 
 DIRECTORY = StaticDirectory(
     endpoints={"10.200.1.5": EndpointInfo("shop", "web-1", {"app": "web"}, 256),

@@ -10,8 +10,8 @@ from kubernetes import client
 
 from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import wait_for
 
 ANNOTATION = "membrane.io/pod-cidr"
 

@@ -14,8 +14,8 @@ from membrane.api.state_objects import Kind
 from membrane.operator.config import OperatorConfig
 from membrane.operator.policy_checking import serves_policy_status
 from membrane.operator.running import Operator
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import wait_for
 
 
 def make_operator(api: KubeApiServer) -> Operator:

@@ -12,8 +12,8 @@ from kubernetes import client
 from membrane.api.state_objects import EndpointSliceState, ServiceState, StateObject
 from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import wait_for
 
 SERVICE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "selector": {"app": "web"},

@@ -27,7 +27,7 @@ from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import CODEC, SERVICE, StateServicer, batched, serve, stop
-from membrane.testing.waiting import wait_for
+from membrane_testkit.waiting import wait_for
 
 SUBSCRIBE = f"/{SERVICE}/Subscribe"
 ACK = f"/{SERVICE}/Ack"

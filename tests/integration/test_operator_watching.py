@@ -15,8 +15,8 @@ from membrane.operator.cache import ObjectCache
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.resources import PODS
 from membrane.operator.watching import ResourceWatcher
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import wait_for
 
 
 class RecordingBackoff(Backoff):

@@ -23,7 +23,7 @@ from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import SERVICE, StateServicer, serve, stop
-from membrane.testing.waiting import wait_for
+from membrane_testkit.waiting import wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import probes
-from membrane.lab.node import LabNode
+from membrane_testkit.lab import probes
+from membrane_testkit.lab.node import LabNode
 
 _counter = itertools.count()
 

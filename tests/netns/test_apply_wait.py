@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from membrane.ctl.client import AgentError, request
-from membrane.lab.node import LabNode, tool
+from membrane_testkit.lab.node import LabNode, tool
 
 REPETITIONS = 1000
 TCP_PORT, UDP_PORT = 80, 9000

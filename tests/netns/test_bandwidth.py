@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from membrane import cni_types as c
-from membrane.lab import netns
-from membrane.lab.node import LabNode, Pod
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, Pod
+from membrane_testkit.waiting import wait_for
 
 RATE = 20_000_000  # bits/s
 BURST = 256_000  # bits (32 kB): small next to what a few seconds at RATE carry

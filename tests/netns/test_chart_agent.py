@@ -3,7 +3,7 @@
 The chart is rendered with its defaults; the agent container's command line and environment
 are built as kubelet builds them (downward API, the operator Service's environment variables,
 `$(VAR)` expansion), its volumes are bound at their mount paths, and it runs with only the
-container's capabilities and a read-only /proc/sys (membrane.lab.container). The operator
+container's capabilities and a read-only /proc/sys (membrane_testkit.lab.container). The operator
 Service's ClusterIP is reachable in the node as kube-proxy would make it (a forwarder on that
 address to the lab operator). The agent must reach ready against the operator and wire pods
 that talk to each other; its sysctls land through the mounted /proc/sys/net.
@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import container, netns
-from membrane.lab.cluster import KubeLab
-from membrane.lab.node import LabNode
-from membrane.lab.traffic import CONNECT, OK_SERVER
-from membrane.testing import chart
-from membrane.testing.waiting import wait_for
+from membrane_testkit import chart
+from membrane_testkit.lab import container, netns
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.node import LabNode
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
 

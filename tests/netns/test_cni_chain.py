@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode, tool
-from membrane.lab.probes import NODE_UPLINK
-from membrane.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, tool
+from membrane_testkit.lab.probes import NODE_UPLINK
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_SRC = Path(__file__).parent / "libcni-client"

@@ -15,8 +15,8 @@ from agent.endpoints import host_ifname_for
 from agent.failpoints import ADD_STEPS
 from agent.state_db import read_endpoint_rows
 from membrane import cni_types as c
-from membrane.lab import netns
-from membrane.lab.node import LabNode
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode
 
 BANDWIDTH = {"ingressRate": 50_000_000, "ingressBurst": 800_000, "egressRate": 50_000_000, "egressBurst": 800_000}
 ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p"

@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode
 
 CYCLES = int(os.environ.get("MEMBRANE_SOAK_CYCLES", "2000"))
 WARMUP = 100

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from membrane import cni_types as c
-from membrane.lab import netns
-from membrane.lab.node import LabNode
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode
 
 
 def pod_ns(node: LabNode, name: str) -> str:

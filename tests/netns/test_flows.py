@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode, tool
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, tool
+from membrane_testkit.waiting import wait_for
 
 
 def observe(node: LabNode, *args: str) -> list[dict[str, object]]:

@@ -8,9 +8,9 @@ import subprocess
 import sys
 import time
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode
+from membrane_testkit.waiting import wait_for
 
 # Opens N connections to the agent's HTTP port from inside the node, every other one with a
 # request head that never finishes, holds them until stdin closes.

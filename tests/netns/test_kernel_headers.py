@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from membrane.lab.node import LabNode
+from membrane_testkit.lab.node import LabNode
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = ROOT / "deploy" / "image" / "kernel-headers.sh"

@@ -1,7 +1,7 @@
 """membrane next to kube-proxy and hostPorts: flows the node's netfilter translated work both ways.
 
 A lab node with a real agent gets iptables rules laid out as kube-proxy lays them out
-(membrane/lab/kube_proxy.py: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* with `statistic`
+(membrane_testkit/lab/kube_proxy.py: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* with `statistic`
 probabilities, KUBE-MARK-MASQ / KUBE-POSTROUTING) and pods wired by a conflist chaining the
 reference `portmap` plugin after membrane (libcni, as container runtimes run it). Real packets:
 a client pod reaches a ClusterIP whose backends live on the same node over TCP and connected UDP
@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import kube_proxy, netns
-from membrane.lab.kube_proxy import ServicePort
-from membrane.lab.node import LabNode, Pod, tool
-from membrane.lab.probes import NODE_UPLINK, counters, forward_datagrams
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import kube_proxy, netns
+from membrane_testkit.lab.kube_proxy import ServicePort
+from membrane_testkit.lab.node import LabNode, Pod, tool
+from membrane_testkit.lab.probes import NODE_UPLINK, counters, forward_datagrams
+from membrane_testkit.waiting import wait_for
 
 CLUSTER_CIDR = "10.200.0.0/16"
 CLUSTER_IP = "10.96.0.10"

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from membrane.lab.node import LAB_DIR
+from membrane_testkit import child_env
+from membrane_testkit.lab.node import LAB_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 
 LEAVES = '''
 import os
-from membrane.lab.node import LAB_DIR
+from membrane_testkit.lab.node import LAB_DIR
 
 def test_leaves_a_work_dir():
     LAB_DIR.mkdir(parents=True, exist_ok=True)
@@ -28,7 +29,7 @@ def run(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess[st
     shutil.copy(ROOT / "tests/conftest.py", tmp_path / "conftest.py")
     (tmp_path / "test_case.py").write_text(body)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
 
 
 def test_a_run_that_leaves_a_work_dir_fails_naming_it(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ import subprocess
 import sys
 from typing import Any
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode, tool
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, tool
 
 PORTS = list(range(8000, 8200, 2))  # 100 allowed ports; the odd ones between are not
 SMALL, LARGE = 512, 32768

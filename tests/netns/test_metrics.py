@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode
+from membrane_testkit.waiting import wait_for
 
 # family (as exposed) -> labels each of its samples must carry
 FAMILIES: dict[str, set[str]] = {

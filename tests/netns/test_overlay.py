@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import forging, netns
-from membrane.lab.node import LabNode, Pod
-from membrane.lab.probes import counters
-from membrane.lab.underlay import Underlay
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab import forging, netns
+from membrane_testkit.lab.node import LabNode, Pod
+from membrane_testkit.lab.probes import counters
+from membrane_testkit.lab.underlay import Underlay
+from membrane_testkit.waiting import wait_for
 
 SERVER = r"""
 import socket, sys

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from membrane.lab import netns
-from membrane.lab.probes import NODE_UPLINK, WORLD_IP, counters, forward_datagrams
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.probes import NODE_UPLINK, WORLD_IP, counters, forward_datagrams
 
 ECHO_SERVER = r"""
 import socket, sys

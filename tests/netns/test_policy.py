@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode, tool
-from membrane.lab.probes import counters
-from membrane.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, tool
+from membrane_testkit.lab.probes import counters
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
 
 SERVER = OK_SERVER
 
@@ -151,7 +151,7 @@ def test_host_may_reach_isolated_pods_by_default(node: LabNode, shop, world) -> 
 
 def test_host_traffic_can_be_restricted(make_node) -> None:  # type: ignore[no-untyped-def]
     node = make_node(extra_args=["--no-allow-host-traffic"])
-    from membrane.lab import probes
+    from membrane_testkit.lab import probes
 
     with probes.world(node):
         node.api("apply", objects=[ns("shop"), pod("db", app="db")])

@@ -25,9 +25,9 @@ import pytest
 
 from membrane.agent.datapath.syscalls import bpf, map_info
 from membrane.ctl.client import AgentError, request
-from membrane.lab.node import LabNode
-from membrane.lab.traffic import Stream
-from membrane.testing.waiting import wait_for
+from membrane_testkit.lab.node import LabNode
+from membrane_testkit.lab.traffic import Stream
+from membrane_testkit.waiting import wait_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 HEADING = "### Start an agent as a node inside a network namespace of your choice"

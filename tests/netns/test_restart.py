@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 import time
 
-from membrane.lab import netns
-from membrane.lab.traffic import Stream
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.traffic import Stream
 
 
 def filters(node, ifname: str) -> int:  # type: ignore[no-untyped-def]

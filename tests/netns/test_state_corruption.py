@@ -1,4 +1,4 @@
-"""Every standalone state file x every damage (membrane/lab/corruption.py): rebuilt from the
+"""Every standalone state file x every damage (membrane_testkit/lab/corruption.py): rebuilt from the
 kernel with nothing lost, or refused with one line naming the file and the fix and nothing torn
 down. One node for the whole matrix: the agent is restarted on a damaged copy of a known-good
 state dir, pods and pinned maps stay as they are between cases.
@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.corruption import Case, Damage, Outcome, apply_case, damage_file, matrix
-from membrane.lab.node import LabNode, Pod, tool
-from membrane.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.corruption import Case, Damage, Outcome, apply_case, damage_file, matrix
+from membrane_testkit.lab.node import LabNode, Pod, tool
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
 
 CASES = matrix("standalone")
 REFUSED = [c for c in CASES if c.outcome is Outcome.REFUSED]

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from membrane.lab.node import LabNode
+from membrane_testkit.lab.node import LabNode
 
 
 def modes(root: Path) -> dict[str, int]:

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from membrane.lab import netns
-from membrane.lab.node import LabNode, Pod
-from membrane.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.node import LabNode, Pod
+from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_RELEASE = "d0c6da2ee63a7ed55318cba3910aeed3469aa85c"  # main just before state.db

@@ -1,5 +1,6 @@
 """Who imports what, read from the source (AST), with the package-dir mapping of pyproject.toml:
-membrane/ is `membrane`, agent/ `membrane.agent`, operator/ `membrane.operator`."""
+membrane/ is `membrane`, agent/ `membrane.agent`, operator/ `membrane.operator` (the shipped
+product); membrane_testkit/ (lab, API stand-in, fakes; not shipped) is `membrane_testkit`."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {"membrane": "membrane", "agent": "membrane.agent", "operator": "membrane.operator"}
+PRODUCT_FOLDERS = {"membrane": "membrane", "agent": "membrane.agent", "operator": "membrane.operator"}
+TESTKIT_FOLDERS = {"membrane_testkit": "membrane_testkit"}
 
 
-def module_files() -> dict[str, Path]:
-    """Module name -> file, for every module of the shipped package."""
+def module_files(folders: dict[str, str] | None = None) -> dict[str, Path]:
+    """Module name -> file, for every module under `folders` (default: product and testkit)."""
     found: dict[str, Path] = {}
-    for folder, package in FOLDERS.items():
+    for folder, package in (folders or PRODUCT_FOLDERS | TESTKIT_FOLDERS).items():
         for path in sorted((ROOT / folder).rglob("*.py")):
             parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -44,8 +46,8 @@ def imports_of(name: str, path: Path) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {name: imports_of(name, path) for name, path in module_files().items()}
+def import_graph(folders: dict[str, str] | None = None) -> dict[str, set[str]]:
+    return {name: imports_of(name, path) for name, path in module_files(folders).items()}
 
 
 def within(name: str, prefixes: set[str] | frozenset[str]) -> bool:

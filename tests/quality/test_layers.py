@@ -5,14 +5,16 @@
 - each I/O library is imported by its adapter modules only, listed here by name: a new import
   anywhere else fails, naming the module (add a module to a list only when it *is* that
   library's adapter);
-- the shipped product never imports the lab or the test-support packages.
+- the shipped product (membrane, agent, operator) never imports the test kit
+  (membrane_testkit: the namespace lab, the Kubernetes API stand-in, fakes), which is not
+  shipped (tests/quality/test_packaging.py checks the wheel).
 """
 
 from __future__ import annotations
 
 import sys
 
-from .imports import import_graph, module_files, within
+from .imports import PRODUCT_FOLDERS, import_graph, module_files, within
 
 CORE = frozenset({
     "membrane.policy", "membrane.selectors", "membrane.labels", "membrane.identities", "membrane.ipam",
@@ -48,7 +50,7 @@ ADAPTERS: dict[str, frozenset[str]] = {
     "kubernetes": frozenset({
         "membrane.operator.rest", "membrane.agent.cert_requesting",
         # test support: the API stand-in and the lab's cluster talk to an API server by design
-        "membrane.testing.kubeapi", "membrane.testing.tls", "membrane.lab.cluster",
+        "membrane_testkit.kubeapi", "membrane_testkit.tls", "membrane_testkit.lab.cluster",
     }) | KUBERNETES_SPREAD,
     "urllib3": frozenset({"membrane.operator.watching"}),  # the watch stream, below the client
     "grpc": GRPC,
@@ -60,9 +62,9 @@ ADAPTERS: dict[str, frozenset[str]] = {
     }),
     "sqlite3": frozenset({"membrane.agent.state_db"}),
     "cryptography": frozenset({"membrane.tls.certificates"}),
-    "scapy": frozenset({"membrane.lab.forging"}),
+    "scapy": frozenset({"membrane_testkit.lab.forging"}),
 }
-TEST_SUPPORT = frozenset({"membrane.lab", "membrane.testing"})
+TEST_SUPPORT = frozenset({"membrane_testkit"})
 
 
 def _top(name: str) -> str:
@@ -77,6 +79,9 @@ def test_the_graph_sees_every_folder_and_known_edges() -> None:
     assert "membrane.operator.state_log" in graph["membrane.operator.running"]
     assert "membrane.policy.rules" in graph["membrane.policy.cidrs"]
     assert within("membrane.agent.observing.events", {m for m in module_files() if m.startswith("membrane.agent.")})
+    assert "kubernetes" in graph["membrane_testkit.lab.cluster"]
+    assert "membrane_testkit.waiting" in graph["membrane_testkit.lab.node"]
+    assert not any(within(m, TEST_SUPPORT) for m in import_graph(PRODUCT_FOLDERS))
 
 
 def test_pure_core_imports_no_io_and_nothing_outside_the_core() -> None:
@@ -109,7 +114,7 @@ def test_each_library_is_imported_by_its_adapters_only() -> None:
         "\n".join(bad)
 
 
-def test_the_product_never_imports_the_lab_or_test_support() -> None:
-    bad = [f"{module} imports {name}" for module, imported in sorted(import_graph().items())
-           if not within(module, TEST_SUPPORT) for name in sorted(imported) if within(name, TEST_SUPPORT)]
+def test_the_product_never_imports_the_test_kit() -> None:
+    bad = [f"{module} imports {name}" for module, imported in sorted(import_graph(PRODUCT_FOLDERS).items())
+           for name in sorted(imported) if within(name, TEST_SUPPORT)]
     assert not bad, "the shipped product imports test support:\n" + "\n".join(bad)

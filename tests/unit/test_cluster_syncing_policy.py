@@ -27,7 +27,7 @@ from membrane.api.state_objects import (
 )
 from membrane.k8s_models import ObjectRef
 from membrane.policy import Direction, Protocol, lookup_flat
-from membrane.testing.fake_maps import FakePolicyMaps
+from membrane_testkit.fake_maps import FakePolicyMaps
 
 NODE = "n1"
 STREAM = "stream-a"

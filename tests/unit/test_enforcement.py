@@ -20,7 +20,7 @@ from membrane.api.state_objects import Change, Kind, PolicyState
 from membrane.identities import ReservedIdentity
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.operator.enforcement_book import ENFORCED, ENFORCED_GENERATION, EnforcementBook
-from membrane.testing.fake_maps import FakePolicyMaps
+from membrane_testkit.fake_maps import FakePolicyMaps
 
 
 # --- the agent's ledger -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
 from membrane.identities import ReservedIdentity
 from membrane.ipcache import IPCACHE_FLAG_NODE, NODE_ENTRY, IpcacheEntry, IpcacheInputs, IpcachePod, desired_ipcache
 from membrane.k8s_models import ObjectRef, parse_object
-from membrane.testing.fake_maps import FakePolicyMaps
+from membrane_testkit.fake_maps import FakePolicyMaps
 
 NODES = ["n1", "n2", "n3", "n4"]  # n1 is this node
 HOST_CHOICES = [["192.0.2.1"], ["192.0.2.1", "198.18.0.1"], ["192.0.2.1", "192.0.2.3"]]

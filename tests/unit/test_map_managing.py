@@ -10,7 +10,7 @@ import pytest
 
 from membrane.agent.map_managing import MapCapacityError, MapManager
 from membrane.delta import Delta
-from membrane.testing.fake_maps import FakePolicyMaps
+from membrane_testkit.fake_maps import FakePolicyMaps
 
 A, B, C = (IPv4Network(p) for p in ("10.0.0.1/32", "10.0.0.0/24", "10.1.0.0/16"))
 

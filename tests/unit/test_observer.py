@@ -26,7 +26,7 @@ from membrane.agent.observing import (
 )
 from membrane.agent.observing.events import _WIRE
 from membrane.flows import Direction, FlowFilter, FlowType, Verdict
-from membrane.testing.waiting import wait_for
+from membrane_testkit.waiting import wait_for
 
 WEB_IP, DB_IP = "10.200.1.5", "10.200.1.7"
 DIRECTORY = StaticDirectory(

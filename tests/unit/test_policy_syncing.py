@@ -15,7 +15,7 @@ from membrane.agent.state_storing import open_state
 from membrane.delta import diff
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat, lpm_lookup
-from membrane.testing.fake_maps import FakePolicyMaps
+from membrane_testkit.fake_maps import FakePolicyMaps
 
 FakeMaps = FakePolicyMaps
 

@@ -1,5 +1,5 @@
 """The corruption matrix's store cells without a kernel: the object store and the cluster cache
-against an in-memory witness, every damage of membrane/lab/corruption.py (milliseconds; the
+against an in-memory witness, every damage of membrane_testkit/lab/corruption.py (milliseconds; the
 netns and e2e tests run the same cells against real agents)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from membrane.agent.datapath.witness import MemoryWitness
 from membrane.agent.object_store import ObjectStore
 from membrane.agent.state_files import StateDamaged
 from membrane.api.state_objects import Kind, NamespaceState, PolicyState
-from membrane.lab.corruption import Case, Damage, Outcome, apply_case, matrix
+from membrane_testkit.lab.corruption import Case, Damage, Outcome, apply_case, matrix
 
 STORE_CASES = [c for c in matrix("standalone") if c.file.pattern.startswith("objects.json")]
 CACHE_CASES = matrix("kubernetes")

@@ -19,7 +19,7 @@ from membrane.agent.state_db import StateDb, db_path, open_db, read_endpoint_row
 from membrane.agent.state_storing import LEGACY_BACKUP, open_state
 from membrane.identities import CLUSTER_IDENTITY_MIN, IdentityAllocator, identity_labels
 from membrane.k8s_models import ObjectRef
-from membrane.lab.corruption import Damage, damage_file
+from membrane_testkit.lab.corruption import Damage, damage_file
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from agent.api_serving import RequestError
 from agent.object_store import ObjectStore
 from membrane.ctl.manifests import ManifestError, parse_manifests
 from membrane.strict_fields import kubernetes_version, strict_errors
-from membrane.testing import strict_schema_gen
+from membrane_testkit import strict_schema_gen
 
 
 def netpol(rule: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from membrane.testing.waiting import WaitTimeout, wait_for
+from membrane_testkit.waiting import WaitTimeout, wait_for
 
 
 def test_returns_as_soon_as_the_condition_holds() -> None:

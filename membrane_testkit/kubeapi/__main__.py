@@ -1,4 +1,4 @@
-"""Run the stand-in API server as a process: `python -m membrane.testing.kubeapi --port N`.
+"""Run the stand-in API server as a process: `python -m membrane_testkit.kubeapi --port N`.
 
 Prints `kubeapi listening on http://127.0.0.1:PORT` once it accepts connections (useful with
 `--port 0`), and stops cleanly (saving `--state-file`) on SIGTERM or SIGINT.
@@ -18,7 +18,7 @@ from .serving import KubeApiServer
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, serve until signalled."""
-    parser = argparse.ArgumentParser(prog="python -m membrane.testing.kubeapi", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m membrane_testkit.kubeapi", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--state-file", help="JSON file that keeps objects across runs")
     parser.add_argument("--history-limit", type=int, default=10_000, help="changes kept for watches")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from kubernetes import client
 
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import WaitTimeout, wait_for
 from membrane.tls.certificates import Authority
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import WaitTimeout, wait_for
 
 from .node import LAB_DIR, LabNode, Pod, tool
 

@@ -9,9 +9,9 @@ import datetime as dt
 
 from kubernetes import client
 
-from membrane.testing.kubeapi import KubeApiServer
 from membrane.tls.certificates import Authority
 from membrane.tls.material import Material
+from membrane_testkit.kubeapi import KubeApiServer
 
 CA_SECRET = ("kube-system", "membrane-ca")
 

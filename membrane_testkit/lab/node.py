@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from membrane.ctl.client import AgentError, request
-from membrane.testing.waiting import WaitTimeout, wait_for
+from membrane_testkit.waiting import WaitTimeout, wait_for
 
 from . import netns
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "helm" / "membrane"
 GET_HELM = ROOT / "scripts" / "get-helm.sh"
 NAMESPACE = "kube-system"

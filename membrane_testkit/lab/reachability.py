@@ -17,7 +17,7 @@ takes a moment to be enforced) or a deadline passes, and returns the last full o
 case can be checked against the engine and against packets with the same code.
 
 Reusable outside the tests (benchmarks: `ProbeCluster.probe` timing, propagation delay), and
-from the shell: `python -m membrane.lab.reachability [-f objects.yaml]` prints the matrices.
+from the shell: `python -m membrane_testkit.lab.reachability [-f objects.yaml]` prints the matrices.
 A full 9x9 round takes ~0.03 s when everything answers, the probe timeout (1 s) when some
 cell is dropped, ~0.4 s for SCTP (INITs are sent, then the destinations are asked).
 """
@@ -533,7 +533,7 @@ def policy(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m membrane.lab.reachability [-f policies.yaml]`: build the model on a fresh lab
+    """`python -m membrane_testkit.lab.reachability [-f policies.yaml]`: build the model on a fresh lab
     node, apply the given objects, print the observed matrix per protocol and port, remove all."""
     import argparse
 

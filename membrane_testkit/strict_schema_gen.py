@@ -4,7 +4,7 @@ that the `kubernetes-validate` test dependency ships).
 
 Kept per definition: what strict decoding needs (properties, additionalProperties, items,
 type, required, enum, oneOf, $ref); descriptions and Kubernetes extensions are dropped, and
-only definitions the kinds reach are kept. Run `python -m membrane.testing.strict_schema_gen`
+only definitions the kinds reach are kept. Run `python -m membrane_testkit.strict_schema_gen`
 after changing KUBERNETES_VERSION; a unit test checks the file is what this produces.
 """
 
@@ -22,7 +22,7 @@ KINDS = {"v1/Namespace": "io.k8s.api.core.v1.Namespace", "v1/Node": "io.k8s.api.
          "v1/Service": "io.k8s.api.core.v1.Service",
          "discovery.k8s.io/v1/EndpointSlice": "io.k8s.api.discovery.v1.EndpointSlice"}
 KEEP = ("type", "properties", "additionalProperties", "items", "required", "enum", "oneOf", "$ref")
-TARGET = Path(__file__).resolve().parent.parent / "schemas" / "kubernetes-strict.json"
+TARGET = Path(__file__).resolve().parents[1] / "membrane" / "schemas" / "kubernetes-strict.json"
 
 
 def _definitions(version: str) -> dict[str, Any]:

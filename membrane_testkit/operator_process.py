@@ -11,9 +11,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from membrane.lab.cluster import free_port
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.lab.cluster import free_port
+from membrane_testkit.waiting import wait_for
 
 
 class OperatorProcess:

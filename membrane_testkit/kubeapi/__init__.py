@@ -10,7 +10,7 @@ a built-in type against that version's real OpenAPI schemas, with fieldValidatio
     with KubeApiServer() as api:
         core = kubernetes.client.CoreV1Api(api.api_client())
 
-Run it as a process with `python -m membrane.testing.kubeapi --port N [--state-file F]`.
+Run it as a process with `python -m membrane_testkit.kubeapi --port N [--state-file F]`.
 """
 
 from __future__ import annotations
