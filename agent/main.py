@@ -13,7 +13,6 @@ import logging
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from ipaddress import IPv4Network
 from typing import Any
@@ -50,8 +49,11 @@ from .observing import FlowMetricsCollector, FlowObserver
 from .observing.grpc_serving import ObserverServer
 from .persisting import make_private
 from .pod_records import pod_record
+from .policy_records import POLICY_KINDS, PolicyRecords
 from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
 from .start_refusal import StartRefused
+from .state_consuming import Resyncing, StateConsumer
+from .state_driving import StateDriver
 from .state_storing import open_state
 
 log = logging.getLogger("membrane.agent")
@@ -89,16 +91,23 @@ class Agent:
                                     config.allow_host_traffic, node_name=config.node_name)
         # Which version of the desired state the datapath enforces (apply --wait, stream acks).
         self.ledger = EnforcementLedger(config.node_name)
-        # Store batches are applied one at a time, in order, by this thread: a waiting request
-        # can give up at its timeout while the batch still completes.
-        self.applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-applier")
+        # The one driver: stream updates, store batches, local endpoints and resyncs run on its
+        # thread, in order (a waiting request can give up at its timeout while its batch completes).
+        self.driver = StateDriver()
+        # The stream's consumer: records go to the managers registered for their kind.
+        self.consumer = StateConsumer(config.node_name, self.ledger, on_refused=self._refused)
         self.cluster: ClusterSyncer | None = None
+        self.policy_records: PolicyRecords | None = None
         if self.kubernetes:
             assert isinstance(self.identities, StreamIdentities)
-            self.cluster = ClusterSyncer(config.node_name, self.policy, self.identities, config.state_dir,
-                                         lambda: self._apply_policy("stream"), self._pod_cidr_learned,
-                                         self.ready.set, config.identity_wait_seconds, ledger=self.ledger,
-                                         on_refused=self._refused)
+            self.policy_records = PolicyRecords(config.node_name, self.policy, self.identities,
+                                                lambda: self._apply_policy("stream"))
+            for kind in POLICY_KINDS:
+                self.consumer.register(kind, self.policy_records)
+            self.cluster = ClusterSyncer(config.node_name, self.consumer, self.identities, config.state_dir,
+                                         self._pod_cidr_learned, config.identity_wait_seconds)
+            self.cluster.run = self.driver.call
+            self.consumer.on_synced.append(self.ready.set)
         self.observer = FlowObserver(config.node_name, PolicyDirectory(self.policy), capacity=config.flow_ring_size)
         self.metrics.registry.register(FlowMetricsCollector(self.observer))
         self.observer_server: ObserverServer | None = None
@@ -215,13 +224,14 @@ class Agent:
         self.api = ApiServer(cfg.api_socket, self._handlers())
         self.api.start()
         self._start_observer()
+        self.driver.start()  # from here on, every state change runs on the driver's thread
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         self.metrics.bootstrap.set(time.monotonic() - self.started)
         if self.cluster is not None:
             # Ready once a complete state is applied: the first snapshot, or the restored one.
             assert cfg.operator_address is not None
             self.cluster.start(cfg.operator_address, self.certs.current if self.certs is not None else None)
-            if self.cluster.synced.is_set():
+            if self.consumer.synced.is_set():
                 self.ready.set()
         else:
             self.ready.set()
@@ -250,7 +260,7 @@ class Agent:
             self.http.stop()
         if self.observer_server is not None:
             self.observer_server.stop()
-        self.applier.shutdown(wait=True)
+        self.driver.stop()
         self.observer.stop()
         self.endpoints.flush_ipam()
         self.state.db.close()  # checkpointed: at rest the state is one file
@@ -294,16 +304,27 @@ class Agent:
                         log.warning("endpoint map drift repaired", extra={"fields": {
                             "upserts": len(delta.upserts), "deletes": len(delta.deletes)}})
                         self.metrics.map_repairs.labels("endpoints").inc(len(delta.upserts) + len(delta.deletes))
-                    report = self.policy.resync() if not self.maps_held else {}
-                    for role in ("policy", "ipcache", "cidr"):
-                        self.metrics.map_repairs.labels(role).inc(report.get(f"repaired_{role}", 0))
-                    if any(report.values()):
-                        log.warning("policy maps resynced", extra={"fields": report})
-                    self.identities.gc()
+                    self.driver.call(self._resync)
                     next_resync = now + self.config.resync_seconds
                 self.endpoints.flush_ipam()  # the IPAM cursor; allocations live in the records
             except Exception:
                 log.exception("housekeeping failed")
+
+    def _resync(self) -> None:
+        """On the driver: every manager compares its maps with the kernel and repairs drift
+        (counted per map in membrane_map_resync_repairs_total); unused identities age out."""
+        if not self.maps_held:
+            managers: list[Resyncing] = [m for m in self.consumer.managers() if isinstance(m, Resyncing)]
+            if self.policy_records is None:
+                managers.insert(0, self.policy)
+            for manager in managers:
+                report = dict(manager.resync())
+                for key, count in report.items():
+                    if key.startswith("repaired_"):
+                        self.metrics.map_repairs.labels(key[len("repaired_"):]).inc(count)
+                if any(report.values()):
+                    log.warning("maps resynced", extra={"fields": {"manager": type(manager).__name__, **report}})
+        self.identities.gc()
 
     # --- glue ----------------------------------------------------------------------
     def _endpoint_states(self) -> dict[str, int]:
@@ -313,19 +334,23 @@ class Agent:
         """Endpoint manager hook: an ADD calls it before it writes the pod's map entry and uses
         the identity returned; the policy entries are in the maps when this returns."""
         local = LocalEndpoint(ep.key, ep.endpoint_id, ep.ip) if present else None
-        with self.policy.recording():
+
+        def record() -> int | None:
             self.policy.on_endpoint(ep.pod_ref, local)
-            recorded_at = self.policy.generation
-        if not present and self.cluster is not None:
-            self.cluster.endpoint_removed(ep.pod_ref)
-        if apply:
-            try:
-                self._apply_policy("endpoint", recorded_at)
-            except MapCapacityError as exc:
-                # The pod is wired; its policy entries are not written (no entry = drop): it stays
-                # cut off until the maps have room. Loud, counted, never half-applied.
-                self._refused(exc)
-        return self.identities.identity_of(ep.pod_ref) if present else None
+            if not present and self.policy_records is not None:
+                self.policy_records.endpoint_removed(ep.pod_ref)
+            return self.identities.identity_of(ep.pod_ref) if present else None
+
+        # Concurrent ADDs/DELs record on the driver one after the other and share one apply.
+        return self.driver.call(record, then=self._apply_endpoints if apply else None)
+
+    def _apply_endpoints(self) -> None:
+        try:
+            self._apply_policy("endpoint")
+        except MapCapacityError as exc:
+            # The pod is wired; its policy entries are not written (no entry = drop): it stays
+            # cut off until the maps have room. Loud, counted, never half-applied.
+            self._refused(exc)
 
     def _object_changed(self, kind: str, key: ObjectKey, obj: BaseModel | None) -> None:
         """Store listener: records only; the request handler applies once per batch."""
@@ -346,23 +371,18 @@ class Agent:
         log.error("policy change refused: a map would overflow", extra={"fields": {
             "map": exc.role, "needed": exc.needed, "capacity": exc.capacity, "reason": str(exc)}})
 
-    def _apply_policy(self, cause: str, recorded_at: int | None = None) -> dict[str, int]:
-        """Apply recorded changes. With `recorded_at` (the policy generation read when the
-        change was recorded), concurrent CNI requests coalesce: an apply that completed since
-        then already wrote this change, so the caller does not run another one. Raises
-        MapCapacityError (nothing written) when a map would overflow."""
+    def _apply_policy(self, cause: str) -> dict[str, int]:
+        """On the driver: write the recorded changes. Raises MapCapacityError (nothing
+        written) when a map would overflow."""
         started = time.perf_counter()
-        with self.policy.recording():
-            if self.maps_held:
-                if cause != "stream":
-                    return {}  # recorded; written with the operator's snapshot
-                report = self.policy.resync()
-                self.maps_held = False
-                log.info("policy maps rebuilt from the operator's snapshot", extra={"fields": report})
-            elif recorded_at is not None and self.policy.generation != recorded_at:
-                return {}
-            else:
-                report = self.policy.apply()
+        if self.maps_held:
+            if cause != "stream":
+                return {}  # recorded; written with the operator's snapshot
+            report = self.policy.resync()
+            self.maps_held = False
+            log.info("policy maps rebuilt from the operator's snapshot", extra={"fields": report})
+        else:
+            report = self.policy.apply()
         self.metrics.policy_delay.labels(cause).observe(time.perf_counter() - started)
         if any(report.values()):
             log.info("policy applied", extra={"fields": {"cause": cause, **report}})
@@ -391,12 +411,12 @@ class Agent:
 
     def _object_counts(self) -> dict[str, int]:
         if self.cluster is not None:
-            return {"Namespace": self.cluster.count(Kind.NAMESPACE), "Pod": self.cluster.count(Kind.ENDPOINT),
-                    "NetworkPolicy": self.cluster.count(Kind.POLICY)}
+            return {"Namespace": self.consumer.count(Kind.NAMESPACE), "Pod": self.consumer.count(Kind.ENDPOINT),
+                    "NetworkPolicy": self.consumer.count(Kind.POLICY)}
         return {k: self.store.count(k) for k in ("Namespace", "Pod", "NetworkPolicy")}
 
     def _store_op(self, req: dict[str, Any], verb: str) -> Any:
-        """apply/delete: the batch is stored, applied to the maps and enforced by the applier
+        """apply/delete: the batch is stored, applied to the maps and enforced on the driver
         thread. With `wait`, the answer says which version is enforced on which node, or the
         request fails with NOT_ENFORCED (naming the node) once `timeout` seconds passed."""
         if self.cluster is not None:
@@ -405,7 +425,7 @@ class Agent:
         wait = bool(req.get("wait"))
         timeout = _timeout(req.get("timeout_seconds"))
         started = time.perf_counter()
-        future = self.applier.submit(self._store_change, docs, verb)
+        future = self.driver.submit(lambda: self._store_change(docs, verb))
         try:
             outcome, version = future.result(timeout if wait else None)
         except FutureTimeout:
@@ -420,7 +440,7 @@ class Agent:
                 "seconds": round(time.perf_counter() - started, 6)}
 
     def _store_change(self, docs: list[Any], verb: str) -> tuple[list[dict[str, str]], int]:
-        """On the applier thread: store, write the maps, record the version as enforced. A
+        """On the driver thread: store, write the maps, record the version as enforced. A
         change a map cannot hold is rolled back (store and recorded state) and refused."""
         saved = self.store.saved(docs)
         outcome = self.store.apply(docs) if verb == "apply" else self.store.delete(docs)

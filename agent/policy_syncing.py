@@ -32,7 +32,6 @@ datapath judges alongside the peer's identity so that ipBlocks select pod addres
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -156,11 +155,6 @@ class PolicyManager:
     @property
     def written_cidrs(self) -> dict[IPv4Network, int]:
         return self.mapman.written["cidr"]
-
-    def recording(self) -> contextlib.AbstractContextManager[object]:
-        """Hold the manager for a batch of `on_*` calls and the apply that follows (a stream
-        update, a CNI endpoint): callers never take the lock itself."""
-        return self.lock
 
     # --- recording changes (cheap) ------------------------------------------------------
     def on_namespace(self, name: str, obj: Namespace | Mapping[str, str] | None) -> None:
@@ -524,6 +518,11 @@ class PolicyManager:
             for role, count in drift.items():  # membrane_map_resync_repairs_total{map}
                 report[f"repaired_{role}"] = count
             return report
+
+    def is_local(self, ref: ObjectRef) -> bool:
+        """Whether the pod has an endpoint on this node."""
+        with self.lock:
+            return ref in self.local
 
     # --- the read-only query interface (flows, membranectl, trace: agent/policy_queries.py) ----
     # Readers never take this manager's lock or read its fields: these answer from a consistent

@@ -21,7 +21,9 @@ from membrane.agent.cluster_syncing import (
 )
 from membrane.agent.config import load_config
 from membrane.agent.identity_sources import StreamIdentities
+from membrane.agent.policy_records import POLICY_KINDS, PolicyRecords
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
+from membrane.agent.state_consuming import StateConsumer
 from membrane.api.state_objects import (
     Change,
     EndpointState,
@@ -59,8 +61,12 @@ class Agent:
         self.endpoint_identity: dict[str, int] = {}
         self.policy = PolicyManager(self.identities, self.maps, self.endpoint_identity.__setitem__, list)
         self.cidrs: list[IPv4Network] = []
-        self.syncer = ClusterSyncer(NODE, self.policy, self.identities, state_dir, self.policy.apply,
-                                    self.cidrs.append, lambda: None, identity_wait=0.01)
+        self.consumer = StateConsumer(NODE)
+        self.records = PolicyRecords(NODE, self.policy, self.identities)
+        for kind in POLICY_KINDS:
+            self.consumer.register(kind, self.records)
+        self.syncer = ClusterSyncer(NODE, self.consumer, self.identities, state_dir, self.cidrs.append,
+                                    identity_wait=0.01)
 
     def start(self) -> Agent:
         """What the agent's start() does: restore, local endpoints, resync against the maps."""

@@ -13,7 +13,9 @@ import pytest
 
 from membrane.agent.cluster_syncing import ClusterSyncer
 from membrane.agent.identity_sources import INIT_IDENTITY, StreamIdentities
+from membrane.agent.policy_records import POLICY_KINDS, PolicyRecords
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
+from membrane.agent.state_consuming import StateConsumer
 from membrane.api.state_objects import (
     Change,
     EndpointState,
@@ -86,8 +88,12 @@ class Agent:
                                     lambda: ["198.18.0.1"])
         self.cidrs: list[IPv4Network] = []
         self.synced = 0
-        self.syncer = ClusterSyncer(NODE, self.policy, self.identities, tmp, self.policy.apply, self.cidrs.append,
-                                    self._synced, identity_wait)
+        self.consumer = StateConsumer(NODE)
+        self.records = PolicyRecords(NODE, self.policy, self.identities)
+        for kind in POLICY_KINDS:
+            self.consumer.register(kind, self.records)
+        self.consumer.on_synced.append(self._synced)
+        self.syncer = ClusterSyncer(NODE, self.consumer, self.identities, tmp, self.cidrs.append, identity_wait)
         self.version = 0
 
     def _synced(self) -> None:
@@ -99,7 +105,7 @@ class Agent:
 
     def gone(self, ref: ObjectRef) -> None:
         self.policy.on_endpoint(ref, None)
-        self.syncer.endpoint_removed(ref)
+        self.records.endpoint_removed(ref)
         self.policy.apply()
 
     def delta(self, *objs: StateObject, deletes: tuple[StateObject, ...] = ()) -> None:
@@ -250,10 +256,10 @@ def test_terminating_local_pod_keeps_its_identity_until_cni_del(tmp_path: Path) 
     a = reference(tmp_path)
     a.delta(deletes=(OBJECTS["web"],))  # the operator stops streaming a terminating pod
     assert a.allowed(WEB, DB) and a.endpoint_identity["c1/eth0"] == WEB_ID
-    assert a.syncer.status()["lingering_endpoints"] == 1
+    assert len(a.records.lingering) == 1
     a.gone(WEB)  # CNI DEL
     assert IPv4Network(f"{IPS[WEB]}/32") not in a.maps.ipcache
-    assert a.syncer.status()["lingering_endpoints"] == 0 and a.allowed(WEB2, DB)
+    assert not a.records.lingering and a.allowed(WEB2, DB)
 
 
 def test_remote_pod_delete_removes_its_ipcache_entry(tmp_path: Path) -> None:

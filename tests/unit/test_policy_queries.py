@@ -35,7 +35,8 @@ def test_the_policy_manager_implements_every_query() -> None:
 
 
 def test_no_module_takes_the_policy_managers_lock() -> None:
-    """Writers hold the manager through its own `recording()`, readers use the query interface."""
+    """Writers run on the one driver thread (agent/state_driving.py) and call the manager, which
+    takes its own lock; readers use the query interface."""
     for path in sorted(AGENT.rglob("*.py")):
         if path.name == "policy_syncing.py":
             continue
