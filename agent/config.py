@@ -52,6 +52,9 @@ class AgentConfig(BaseModel):
     tunnel_device: str = Field(default="membrane_vxlan", min_length=1, max_length=15)
     tunnel_port: int = Field(default=8472, ge=1, le=65535)  # Linux's VXLAN port, as Cilium and flannel use
     node_ip: IPv4Address | None = None  # underlay address; None: the source address of the default route
+    # cgroup v2 directory the Service socket hooks attach to (the node's cgroup v2 root in a
+    # cluster: pods and node processes alike). None: no socket load balancing.
+    cgroup_root: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     # A kernel header tree for bcc (BCC_KERNEL_SOURCE), e.g. the image's, laid out by
@@ -99,6 +102,15 @@ class AgentConfig(BaseModel):
         if value is not None and not (value.is_absolute() and (value / "include/linux/kconfig.h").is_file()):
             raise ValueError(f"kernel_headers {value} is not a kernel header tree (no include/linux/kconfig.h); "
                              "deploy/image/kernel-headers.sh lays one out")
+        return value
+
+    @field_validator("cgroup_root")
+    @classmethod
+    def _cgroup_root(cls, value: Path | None) -> Path | None:
+        # A cgroup v2 directory has cgroup.procs and no "tasks" file (v1 directories have both).
+        if value is not None and not (value.is_absolute() and (value / "cgroup.procs").is_file()
+                                      and not (value / "tasks").exists()):
+            raise ValueError(f"cgroup_root {value} is not a cgroup v2 directory")
         return value
 
     @model_validator(mode="after")
@@ -158,6 +170,7 @@ _FLAGS = {
     "tls_dir": "--tls-dir", "tls_server_name": "--tls-server-name", "tls_ca_configmap": "--tls-ca-configmap",
     "api_server": "--api-server", "kubeconfig": "--kubeconfig", "api_token_file": "--api-token-file",
     "tunnel": "--tunnel", "tunnel_device": "--tunnel-device", "tunnel_port": "--tunnel-port", "node_ip": "--node-ip",
+    "cgroup_root": "--cgroup-root",
 }
 
 
@@ -193,6 +206,8 @@ HELP: dict[str, str] = {
     "tunnel_device": "name of the VXLAN device",
     "tunnel_port": "UDP port of the VXLAN tunnel",
     "node_ip": "underlay address of this node (default: the source address of the default route)",
+    "cgroup_root": "cgroup v2 directory the Service socket hooks attach to (ClusterIP load balancing "
+                   "for every process below it; in a cluster the node's cgroup v2 root)",
     "log_level": "debug, info, warning or error",
     "log_format": "json or text",
     "kernel_headers": "kernel header tree for bcc (default: /lib/modules/$(uname -r)/build)",

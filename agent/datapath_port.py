@@ -16,6 +16,7 @@ from typing import Any
 from membrane.delta import Delta
 
 from .datapath import Datapath, EndpointEntry
+from .datapath.cgroup_attaching import SOCK_HOOKS, attach_sock_hooks
 from .datapath.ipcache import IpcacheEntry
 from .datapath.node_config import NodeConfig
 
@@ -61,6 +62,13 @@ class DatapathPort:
     def program(self, name: str) -> tuple[int, str]:
         """(fd, name) of one program, e.g. "from_overlay" for the tunnel device."""
         return self.dp.program_fd(name), name
+
+    def attach_sock_hooks(self, cgroup: Path) -> dict[str, str]:
+        """The Service socket hooks on a cgroup v2 directory (ours replaced in place)."""
+        return attach_sock_hooks(cgroup, {name: self.dp.program_fd(name) for name in SOCK_HOOKS})
+
+    def lb_stats(self) -> dict[str, int]:
+        return self.dp.lb_stats()
 
     def set_node_config(self, config: NodeConfig) -> None:
         self.dp.set_node_config(config)

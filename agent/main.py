@@ -33,6 +33,7 @@ from .cert_keeping import CertKeeper, TlsError
 from .cluster_syncing import ClusterSyncer, saved_pod_cidr
 from .cni_handling import CniHandler
 from .config import AgentConfig, load_config
+from .datapath.cgroup_attaching import CgroupAttachError
 from .datapath.witness import Witness
 from .datapath_port import DatapathPort
 from .endpoints import Endpoint, EndpointManager
@@ -211,6 +212,12 @@ class Agent:
         # cross-node flows of restored pods never stop.
         self.overlay = ready = overlay.setup(cfg, planned, self.netlink, self.datapath)
         log.info("overlay ready", extra={"fields": ready.to_json()})
+        if cfg.cgroup_root is not None:  # Services at the socket: after the maps are back, replaced in place
+            try:
+                hooks = self.datapath.attach_sock_hooks(cfg.cgroup_root)
+            except CgroupAttachError as exc:
+                raise StartRefused(str(exc)) from None
+            log.info("socket hooks attached", extra={"fields": {"cgroup": str(cfg.cgroup_root), **hooks}})
         if self.cluster is not None:
             self.cluster.restored_enforced()
         log.info("programs attached", extra={"fields": {"endpoints": self.endpoints.reattach()}})

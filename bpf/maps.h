@@ -38,6 +38,21 @@
 #ifndef MB_CIDR_MAX
 #define MB_CIDR_MAX 16384
 #endif
+#ifndef MB_LB_SERVICES_MAX
+#define MB_LB_SERVICES_MAX 65536
+#endif
+#ifndef MB_LB_BACKENDS_MAX
+#define MB_LB_BACKENDS_MAX 65536
+#endif
+#ifndef MB_LB_REV_NAT_MAX
+#define MB_LB_REV_NAT_MAX 65536
+#endif
+#ifndef MB_LB_AFFINITY_MAX
+#define MB_LB_AFFINITY_MAX 65536
+#endif
+#ifndef MB_LB_SOCK_MAX
+#define MB_LB_SOCK_MAX 131072
+#endif
 #ifndef MB_EVENTS_RINGBUF_BYTES
 #define MB_EVENTS_RINGBUF_BYTES (256 * 1024) /* power of two, page multiple: ~3600 events of backlog */
 #endif
@@ -90,6 +105,27 @@ BPF_TABLE_PINNED("array", __u32, struct mb_node_config,
 /* (endpoint, peer identity, direction, protocol, port prefix) -> verdict. */
 BPF_TABLE_PINNED("lpm_trie", struct mb_policy_key, struct mb_policy_value,
 		 mb_policy_v1, MB_POLICY_MAX, MB_PIN(mb_policy_v1), BPF_F_NO_PREALLOC);
+
+/*
+ * Services (lib/lb.h): frontend slots, backends, the frontends by id
+ * (reverse translation), which backend serves which frontend, remembered
+ * choices (ClientIP affinity, unconnected UDP sockets; LRU) and the
+ * sockets' reverse translations (LRU). Shared with the per-packet path.
+ */
+BPF_TABLE_PINNED("hash", struct mb_lb4_key, struct mb_lb4_service,
+		 mb_lb4_services_v1, MB_LB_SERVICES_MAX, MB_PIN(mb_lb4_services_v1));
+BPF_TABLE_PINNED("hash", struct mb_lb4_backend_key, struct mb_lb4_backend,
+		 mb_lb4_backends_v1, MB_LB_BACKENDS_MAX, MB_PIN(mb_lb4_backends_v1));
+BPF_TABLE_PINNED("hash", struct mb_lb4_rev_nat_key, struct mb_lb4_rev_nat,
+		 mb_lb4_rev_nat_v1, MB_LB_REV_NAT_MAX, MB_PIN(mb_lb4_rev_nat_v1));
+BPF_TABLE_PINNED("hash", struct mb_lb4_member_key, struct mb_lb4_member,
+		 mb_lb4_members_v1, MB_LB_SERVICES_MAX, MB_PIN(mb_lb4_members_v1));
+BPF_TABLE_PINNED("lru_hash", struct mb_lb4_affinity_key, struct mb_lb4_affinity,
+		 mb_lb4_affinity_v1, MB_LB_AFFINITY_MAX, MB_PIN(mb_lb4_affinity_v1));
+BPF_TABLE_PINNED("lru_hash", struct mb_lb4_sock_key, struct mb_lb4_sock_value,
+		 mb_lb4_sock_v1, MB_LB_SOCK_MAX, MB_PIN(mb_lb4_sock_v1));
+BPF_TABLE_PINNED("percpu_array", __u32, struct mb_lb_stats,
+		 mb_lb_stats_v1, MB_LB_STAT_COUNT, MB_PIN(mb_lb_stats_v1));
 
 /*
  * Flow events. Spelled out instead of BPF_RINGBUF_OUTPUT because that macro

@@ -35,6 +35,7 @@ enum mb_reason {
 	MB_DROP_POD_TO_TUNNEL_PORT = 11,  /* a pod sent UDP to the tunnel port of something that is no pod */
 	MB_DROP_UNKNOWN_TUNNEL_PEER = 12, /* VXLAN from an address the ipcache does not know as a node */
 	MB_DROP_TUNNEL_SOURCE_NOT_OWNED = 13, /* inner source is neither the sending node nor one of its pods */
+	MB_DROP_NO_SERVICE_BACKEND = 14, /* a service frontend without a usable backend: connection refused */
 	MB_REASON_MAX,
 };
 
@@ -268,6 +269,9 @@ struct mb_flow_event {
 	__u32 rule_ref;     /* policy rule that decided (0 = default / none) */
 	__u32 len;          /* packet length in bytes */
 	__u32 count;        /* packets this event stands for (>1 when aggregated) */
+	/* TRANSLATION events (socket hooks): the client's network namespace (bpf_get_netns_cookie),
+	 * which the agent maps to a pod; 0 in every other event. */
+	__u64 netns_cookie;
 };
 
 /* mb_event_config.flags */
@@ -311,6 +315,140 @@ struct mb_event_agg_value {
 struct mb_event_bucket {
 	__u64 last_ns;     /* last refill */
 	__u64 nano_tokens; /* one event costs 1e9 */
+};
+
+/* ---- load balancing (Services): lib/lb.h, bpf_sock.c ----------------------- */
+
+/*
+ * A frontend (service address, port, protocol) has a master entry (slot 0)
+ * saying how many backend slots it has, and one entry per slot (1..count)
+ * naming a backend by id. Backends live in their own map, so a backend
+ * shared by several frontends is written once, and a connection picks a
+ * slot with one lookup. The agent writes new backends, then slots, then
+ * masters, and deletes stale backends last: no lookup ever finds a slot
+ * whose backend is missing. TRANSLATION events carry: saddr/sport = the
+ * frontend the application asked for, daddr/dport = the backend (0 when
+ * refused), rule_ref = the frontend's rev_nat_index, netns_cookie.
+ */
+
+/* mb_lb4_key.scope: which set of backends (traffic from outside vs from this node). */
+#define MB_LB_SCOPE_EXTERNAL 0 /* the frontend's backends; the only set unless MB_LB_F_TWO_SCOPES */
+#define MB_LB_SCOPE_INTERNAL 1 /* backends for this node's own pods and processes, when they differ */
+
+struct mb_lb4_key {
+	__be32 address; /* ClusterIP, externalIP, LoadBalancer IP; NodePort: a node address */
+	__be16 dport;   /* frontend port */
+	__u16 slot;     /* 0: the master entry; 1..count: the backend slots */
+	__u8 proto;     /* MB_IPPROTO_TCP / MB_IPPROTO_UDP */
+	__u8 scope;     /* MB_LB_SCOPE_* */
+	__u8 pad[2];
+};
+
+/* mb_lb4_service.flags (master entry) */
+#define MB_LB_F_CLUSTER_IP 0x1
+#define MB_LB_F_NODE_PORT 0x2      /* per-packet path only: the socket hooks leave it alone */
+#define MB_LB_F_EXTERNAL_IP 0x4
+#define MB_LB_F_LOAD_BALANCER 0x8
+#define MB_LB_F_AFFINITY 0x10      /* sessionAffinity ClientIP, for affinity_timeout_s */
+#define MB_LB_F_TWO_SCOPES 0x20    /* this node's own traffic has its own slots (MB_LB_SCOPE_INTERNAL) */
+#define MB_LB_F_LOCAL_ONLY 0x40    /* a traffic policy Local chose the backends (informational) */
+#define MB_LB_F_TERMINATING 0x80   /* no ready endpoint: the slots hold serving-terminating ones */
+
+struct mb_lb4_service {
+	__u32 backend_id;         /* slot > 0: the backend of this slot */
+	__u32 affinity_timeout_s; /* master: ClientIP affinity timeout */
+	__u16 count;              /* master: backend slots (0: no usable backend, refuse) */
+	__u16 rev_nat_index;      /* the frontend's id (reverse translation, affinity, flows) */
+	__u16 flags;              /* master: MB_LB_F_* */
+	__u16 pad;
+};
+
+/* mb_lb4_backend.flags */
+#define MB_LB_BACKEND_F_TERMINATING 0x1 /* serving but terminating (used only when no ready one) */
+#define MB_LB_BACKEND_F_LOCAL 0x2       /* on this node */
+
+struct mb_lb4_backend_key {
+	__u32 backend_id; /* 1.. (0 is never a backend) */
+};
+
+struct mb_lb4_backend {
+	__be32 address;
+	__be16 port; /* the endpoint's port (named targetPorts resolved per endpoint) */
+	__u8 proto;
+	__u8 flags;  /* MB_LB_BACKEND_F_* */
+};
+
+/* rev_nat_index -> the frontend (replies and getpeername show the service address). */
+struct mb_lb4_rev_nat_key {
+	__u16 rev_nat_index;
+	__u16 pad;
+};
+
+struct mb_lb4_rev_nat {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* (backend, frontend) pairs that exist: a remembered choice (affinity, a UDP socket) is kept
+ * only while its backend still serves the frontend. */
+struct mb_lb4_member_key {
+	__u32 backend_id;
+	__u16 rev_nat_index;
+	__u16 pad;
+};
+
+struct mb_lb4_member {
+	__u16 slot; /* informational: the slot the backend holds */
+	__u16 pad;
+};
+
+/* mb_lb4_affinity_key.client_kind */
+#define MB_LB_CLIENT_NETNS 0  /* a network namespace cookie: ClientIP affinity at the socket */
+#define MB_LB_CLIENT_IP 1     /* an IPv4 address (network order): ClientIP affinity per packet */
+#define MB_LB_CLIENT_SOCKET 2 /* a socket cookie: the backend an unconnected UDP socket sends to */
+
+struct mb_lb4_affinity_key {
+	__u64 client;
+	__u16 rev_nat_index;
+	__u8 client_kind; /* MB_LB_CLIENT_* */
+	__u8 pad[5];
+};
+
+struct mb_lb4_affinity {
+	__u64 last_used_ns; /* bpf_ktime_get_ns() */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+/* (socket, backend address as the socket sees it) -> the frontend: recvmsg/getpeername. */
+struct mb_lb4_sock_key {
+	__u64 cookie; /* bpf_get_socket_cookie */
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct mb_lb4_sock_value {
+	__be32 address;
+	__be16 port;
+	__u16 rev_nat_index;
+};
+
+/* Index of the per-CPU counters in mb_lb_stats_v1. */
+enum mb_lb_stat {
+	MB_LB_STAT_TRANSLATED = 0,   /* a connect/sendmsg to a frontend got a backend */
+	MB_LB_STAT_REFUSED = 1,      /* a frontend without a usable backend: ECONNREFUSED */
+	MB_LB_STAT_REVERSED = 2,     /* recvmsg/getpeername showed the frontend again */
+	MB_LB_STAT_AFFINITY_HIT = 3, /* a remembered ClientIP choice was used */
+	MB_LB_STAT_FAILED = 4,       /* a slot or backend missing (never expected: write order) */
+	MB_LB_STAT_COUNT = 5,
+};
+
+struct mb_lb_stats {
+	__u64 count;
 };
 
 #endif /* MB_TYPES_H */

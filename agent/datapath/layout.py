@@ -43,6 +43,7 @@ class Reason(enum.IntEnum):
     DROP_POD_TO_TUNNEL_PORT = 11  # a pod sent UDP to the tunnel port of something that is no pod
     DROP_UNKNOWN_TUNNEL_PEER = 12  # VXLAN from an address the ipcache does not know as a node
     DROP_TUNNEL_SOURCE_NOT_OWNED = 13  # inner source is neither the sending node nor one of its pods
+    DROP_NO_SERVICE_BACKEND = 14  # a service frontend without a usable backend: connection refused
 
 
 class EndpointFlag(enum.IntFlag):
@@ -226,6 +227,7 @@ class FlowEvent(ctypes.Structure):
         ("rule_ref", ctypes.c_uint32),
         ("len", ctypes.c_uint32),
         ("count", ctypes.c_uint32),
+        ("netns_cookie", ctypes.c_uint64),  # TRANSLATION events: the client's network namespace
     ]
 
 
@@ -257,6 +259,144 @@ class PolicyRevValue(ctypes.Structure):
     """``struct mb_policy_rev``: bumped after every policy change lands (re-judges older flows)."""
 
     _fields_ = [("revision", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+# --- load balancing (types.h "load balancing"; lib/lb.h) ---------------------------------------
+
+class LbScope(enum.IntEnum):
+    """``mb_lb4_key.scope`` (``MB_LB_SCOPE_*``)."""
+
+    EXTERNAL = 0  # the frontend's backends (the only set unless TWO_SCOPES)
+    INTERNAL = 1  # this node's own traffic, when its backends differ
+
+
+class LbFlag(enum.IntFlag):
+    """``mb_lb4_service.flags`` of a master entry (``MB_LB_F_*``)."""
+
+    CLUSTER_IP = 0x1
+    NODE_PORT = 0x2  # per-packet path only
+    EXTERNAL_IP = 0x4
+    LOAD_BALANCER = 0x8
+    AFFINITY = 0x10  # sessionAffinity ClientIP
+    TWO_SCOPES = 0x20
+    LOCAL_ONLY = 0x40
+    TERMINATING = 0x80  # no ready endpoint: serving-terminating backends
+
+
+class LbBackendFlag(enum.IntFlag):
+    """``mb_lb4_backend.flags`` (``MB_LB_BACKEND_F_*``)."""
+
+    TERMINATING = 0x1
+    LOCAL = 0x2
+
+
+class LbClient(enum.IntEnum):
+    """``mb_lb4_affinity_key.client_kind`` (``MB_LB_CLIENT_*``)."""
+
+    NETNS = 0
+    IP = 1
+    SOCKET = 2
+
+
+class LbStat(enum.IntEnum):
+    """Index of ``mb_lb_stats_v1`` (``enum mb_lb_stat``)."""
+
+    TRANSLATED = 0
+    REFUSED = 1
+    REVERSED = 2
+    AFFINITY_HIT = 3
+    FAILED = 4
+
+
+class Lb4Key(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),  # network byte order
+        ("dport", ctypes.c_uint16),  # network byte order
+        ("slot", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("scope", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class Lb4Service(ctypes.Structure):
+    _fields_ = [
+        ("backend_id", ctypes.c_uint32),
+        ("affinity_timeout_s", ctypes.c_uint32),
+        ("count", ctypes.c_uint16),
+        ("rev_nat_index", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Lb4BackendKey(ctypes.Structure):
+    _fields_ = [("backend_id", ctypes.c_uint32)]
+
+
+class Lb4Backend(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),  # network byte order
+        ("port", ctypes.c_uint16),  # network byte order
+        ("proto", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+    ]
+
+
+class Lb4RevNatKey(ctypes.Structure):
+    _fields_ = [("rev_nat_index", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class Lb4RevNat(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),  # network byte order
+        ("port", ctypes.c_uint16),  # network byte order
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class Lb4MemberKey(ctypes.Structure):
+    _fields_ = [("backend_id", ctypes.c_uint32), ("rev_nat_index", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class Lb4Member(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class Lb4AffinityKey(ctypes.Structure):
+    _fields_ = [
+        ("client", ctypes.c_uint64),
+        ("rev_nat_index", ctypes.c_uint16),
+        ("client_kind", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 5),
+    ]
+
+
+class Lb4Affinity(ctypes.Structure):
+    _fields_ = [("last_used_ns", ctypes.c_uint64), ("backend_id", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class Lb4SockKey(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64),
+        ("address", ctypes.c_uint32),  # network byte order
+        ("port", ctypes.c_uint16),  # network byte order
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class Lb4SockValue(ctypes.Structure):
+    _fields_ = [
+        ("address", ctypes.c_uint32),  # network byte order
+        ("port", ctypes.c_uint16),  # network byte order
+        ("rev_nat_index", ctypes.c_uint16),
+    ]
+
+
+class LbStatsValue(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint64)]
 
 
 class ArrayIndex(ctypes.Structure):
@@ -313,8 +453,19 @@ NODE_CONFIG: Final = MapSpec(
     "node_config", "mb_node_config_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex, NodeConfigValue, 1
 )
 POLICY_REV: Final = MapSpec("policy_rev", "mb_policy_rev_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex, PolicyRevValue, 1)
+# Services (lib/lb.h): written by the LB manager, read by the socket hooks (and the per-packet path).
+LB_SERVICES: Final = MapSpec("lb_services", "mb_lb4_services_v1", BPF_MAP_TYPE_HASH, Lb4Key, Lb4Service, 65536)
+LB_BACKENDS: Final = MapSpec("lb_backends", "mb_lb4_backends_v1", BPF_MAP_TYPE_HASH, Lb4BackendKey, Lb4Backend,
+                             65536)
+LB_REV_NAT: Final = MapSpec("lb_rev_nat", "mb_lb4_rev_nat_v1", BPF_MAP_TYPE_HASH, Lb4RevNatKey, Lb4RevNat, 65536)
+LB_MEMBERS: Final = MapSpec("lb_members", "mb_lb4_members_v1", BPF_MAP_TYPE_HASH, Lb4MemberKey, Lb4Member, 65536)
+LB_AFFINITY: Final = MapSpec("lb_affinity", "mb_lb4_affinity_v1", BPF_MAP_TYPE_LRU_HASH, Lb4AffinityKey,
+                             Lb4Affinity, 65536)
+LB_SOCK: Final = MapSpec("lb_sock", "mb_lb4_sock_v1", BPF_MAP_TYPE_LRU_HASH, Lb4SockKey, Lb4SockValue, 131072)
+LB_STATS: Final = MapSpec("lb_stats", "mb_lb_stats_v1", BPF_MAP_TYPE_PERCPU_ARRAY, ArrayIndex, LbStatsValue,
+                          len(LbStat))
 MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG, NODE_CONFIG, CIDR,
-                    POLICY_REV)
+                    POLICY_REV, LB_SERVICES, LB_BACKENDS, LB_REV_NAT, LB_MEMBERS, LB_AFFINITY, LB_SOCK, LB_STATS)
 # Pins of older layout versions, removed at load (their programs are replaced by this build's).
 RETIRED_PINS: Final = ("mb_ct4_v1",)
 # Maps whose size comes from the agent's configuration: their whole content is rebuilt from

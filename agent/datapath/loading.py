@@ -1,7 +1,8 @@
 """Compile and load the datapath with bcc, and access its pinned maps.
 
-``Datapath`` is the agent's handle on ``bpf/bpf_lxc.c`` (pod veths) and
-``bpf/bpf_overlay.c`` (the VXLAN device), one compilation unit: compiled once per
+``Datapath`` is the agent's handle on ``bpf/bpf_lxc.c`` (pod veths),
+``bpf/bpf_overlay.c`` (the VXLAN device) and ``bpf/bpf_sock.c`` (cgroup socket
+hooks: Services), one compilation unit: compiled once per
 agent start, its maps pinned under ``pin_root`` so that a restarted agent
 (or a new build with the same layout versions) picks up the very same maps
 while the programs already attached keep forwarding.
@@ -23,6 +24,7 @@ from typing import Any, Final
 
 from bcc import BPF  # the one place bcc is imported
 
+from membrane.agent.datapath.cgroup_attaching import SOCK_HOOKS
 from membrane.agent.datapath.conntrack import ConntrackEntry, conntrack_cflags, is_expired
 from membrane.agent.datapath.encoding import struct_copy
 from membrane.agent.datapath.endpoints import EndpointEntry
@@ -37,6 +39,11 @@ from membrane.agent.datapath.layout import (
     EVENT_STATS,
     EVENTS,
     IPCACHE,
+    LB_AFFINITY,
+    LB_BACKENDS,
+    LB_SERVICES,
+    LB_SOCK,
+    LB_STATS,
     MAP_SPECS,
     METRICS,
     NODE_CONFIG,
@@ -50,6 +57,7 @@ from membrane.agent.datapath.layout import (
     CtTuple4,
     EventConfigValue,
     EventStatsValue,
+    LbStat,
     MapInfo,
     MapSpec,
     MetricsKey,
@@ -70,10 +78,11 @@ from membrane.delta import Delta
 from membrane.policy.flattening import FlatKey, FlatValue
 
 DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
-ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c")  # one per hook family, one compilation unit
+ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c", "bpf_sock.c")  # one per hook family, one compilation unit
 SHARED_HEADERS: Final = ("types.h", "lib/events.h")  # numbers checked against Python at load (shared_constants)
 ENTRY_FILE: Final = ENTRY_FILES[0]
 PROGRAMS: Final = ("from_container", "to_container", "from_overlay")
+SOCK_PROGRAMS: Final = SOCK_HOOKS  # cgroup sock_addr programs -> their (expected) attach type
 
 log = logging.getLogger("membrane.datapath")
 
@@ -156,6 +165,8 @@ class Datapath:
             self._check_layouts(bpf)
             started = time.perf_counter()
             fds = {name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in PROGRAMS}
+            fds.update({name: int(bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach).fd)
+                        for name, attach in SOCK_PROGRAMS.items()})
             self.load_seconds = time.perf_counter() - started
         except BaseException:
             bpf.cleanup()
@@ -219,7 +230,7 @@ class Datapath:
     # -- programs ------------------------------------------------------------
 
     def program_fd(self, name: str) -> int:
-        """fd of a loaded tc program ("from_container", "to_container", "from_overlay")."""
+        """fd of a loaded program ("from_container", "to_container", "from_overlay", "mb_sock4_*")."""
         self._loaded()
         try:
             return self._program_fds[name]
@@ -330,6 +341,17 @@ class Datapath:
         self.set_policy_revision(revision)
         return revision
 
+    # -- services: per-CPU counters of the socket hooks ------------------------
+
+    def lb_stats(self) -> dict[str, int]:
+        """Translations, refusals, reverse translations, affinity hits, failures (summed over CPUs)."""
+        table = self._table(LB_STATS)
+        out = {}
+        for stat in LbStat:
+            values = table[struct_copy(table.Key, ArrayIndex(int(stat)))]
+            out[stat.name.lower()] = sum(int(v.count) for v in values)
+        return out
+
     # -- node config ---------------------------------------------------------
 
     def node_config(self) -> NodeConfig:
@@ -426,7 +448,8 @@ class Datapath:
         even with a full conntrack map)."""
         bpf = self._loaded()
         counts = {}
-        for spec in (self.specs[s.role] for s in (ENDPOINTS, CONNTRACK, IPCACHE, POLICY, CIDR, METRICS)):
+        for spec in (self.specs[s.role] for s in (ENDPOINTS, CONNTRACK, IPCACHE, POLICY, CIDR, METRICS,
+                                                   LB_SERVICES, LB_BACKENDS, LB_AFFINITY, LB_SOCK)):
             fd = bpf.get_table(spec.name.encode()).map_fd
             counts[spec.role] = (map_count_entries(fd, spec.max_entries), spec.max_entries)
         return counts
@@ -442,6 +465,11 @@ class Datapath:
             f"-DMB_IPCACHE_MAX={self.specs['ipcache'].max_entries}",
             f"-DMB_POLICY_MAX={self.specs['policy'].max_entries}",
             f"-DMB_CIDR_MAX={self.specs['cidr'].max_entries}",
+            f"-DMB_LB_SERVICES_MAX={self.specs['lb_services'].max_entries}",
+            f"-DMB_LB_BACKENDS_MAX={self.specs['lb_backends'].max_entries}",
+            f"-DMB_LB_REV_NAT_MAX={self.specs['lb_rev_nat'].max_entries}",
+            f"-DMB_LB_AFFINITY_MAX={self.specs['lb_affinity'].max_entries}",
+            f"-DMB_LB_SOCK_MAX={self.specs['lb_sock'].max_entries}",
             f"-DMB_EVENTS_RINGBUF_BYTES={EVENTS.size_bytes}",
             *conntrack_cflags(),
             *([] if self.events_compiled else ["-DMB_EVENTS_OFF"]),

@@ -36,8 +36,30 @@ from membrane.agent.datapath.layout import (
     EndpointKey,
     IpcacheKey,
     IpcacheValue,
+    Lb4Backend,
+    Lb4BackendKey,
+    Lb4Key,
+    Lb4Member,
+    Lb4MemberKey,
+    Lb4RevNat,
+    Lb4RevNatKey,
+    Lb4Service,
     PolicyKey,
     PolicyValue,
+)
+from membrane.agent.datapath.lb import (
+    backend_key,
+    backend_of,
+    backend_value,
+    lb_key,
+    lb_key_of,
+    lb_service,
+    lb_service_of,
+    member_key,
+    member_key_of,
+    rev_nat_key,
+    rev_nat_of,
+    rev_nat_value,
 )
 from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
 from membrane.agent.datapath.syscalls import BatchUnsupported, map_delete_batch, map_update_batch
@@ -64,6 +86,14 @@ CODECS: Final[dict[str, MapCodec]] = {
                         ipcache_value, ipcache_entry),
     "policy": MapCodec(PolicyKey, PolicyValue, policy_key, flat_key, policy_value, flat_value),
     "cidr": MapCodec(CidrKey, CidrValue, cidr_key, prefix_from_cidr_key, cidr_value, lambda v: int(v.sec_identity)),
+    # Services (membrane.lb_maps): slots and masters share lb_services.
+    "lb_services": MapCodec(Lb4Key, Lb4Service, lb_key, lb_key_of, lb_service, lb_service_of),
+    "lb_backends": MapCodec(Lb4BackendKey, Lb4Backend, backend_key, lambda k: int(k.backend_id),
+                            backend_value, backend_of),
+    "lb_rev_nat": MapCodec(Lb4RevNatKey, Lb4RevNat, rev_nat_key, lambda k: int(k.rev_nat_index),
+                           rev_nat_value, rev_nat_of),
+    "lb_members": MapCodec(Lb4MemberKey, Lb4Member, member_key, member_key_of,
+                           lambda slot: Lb4Member(slot=slot), lambda v: int(v.slot)),
 }
 
 

@@ -28,6 +28,11 @@ from .layout import (
     EventType,
     EventVerdict,
     IpcacheFlag,
+    LbBackendFlag,
+    LbClient,
+    LbFlag,
+    LbScope,
+    LbStat,
     PolicyVerdict,
     Reason,
 )
@@ -43,6 +48,11 @@ FAMILIES: tuple[tuple[str, type[enum.IntEnum] | type[enum.IntFlag]], ...] = (
     ("MB_EVENT_", EventType),
     ("MB_VERDICT_", EventVerdict),
     ("MB_EVENTS_F_", EventConfigFlag),
+    ("MB_LB_SCOPE_", LbScope),
+    ("MB_LB_F_", LbFlag),
+    ("MB_LB_BACKEND_F_", LbBackendFlag),
+    ("MB_LB_CLIENT_", LbClient),
+    ("MB_LB_STAT_", LbStat),
 )
 
 
@@ -111,7 +121,7 @@ def drift(headers: Iterable[str], want: Mapping[str, int] | None = None) -> list
 
 def _known_c_only(name: str) -> bool:
     """C-side names that share a family prefix but are not numbers Python mirrors."""
-    return name in {"MB_REASON_MAX"} or name.startswith(("MB_EVENT_STAT_", "MB_POLICY_MAX", "MB_EVENTS_F_MASK"))
+    return name in {"MB_REASON_MAX", "MB_LB_STAT_COUNT"} or name.startswith(("MB_EVENT_STAT_", "MB_POLICY_MAX", "MB_EVENTS_F_MASK"))
 
 
 def static_asserts(want: Mapping[str, int] | None = None) -> str:

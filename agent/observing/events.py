@@ -25,9 +25,13 @@ VERDICT_DROPPED = EventVerdict.DROPPED
 
 
 # Little-endian host fields; addresses as raw bytes, ports as raw big-endian halves.
-_WIRE = struct.Struct("<Q4s4s2s2sBBBBBBBxIIIHxxIII")
+_WIRE = struct.Struct("<Q4s4s2s2sBBBBBBBxIIIHxxIIIQ")
 EVENT_SIZE = _WIRE.size
-assert EVENT_SIZE == ctypes.sizeof(FlowEventStruct) == 56, "mb_flow_event layout drifted"
+assert EVENT_SIZE == ctypes.sizeof(FlowEventStruct) == 64, "mb_flow_event layout drifted"
+# Records of the datapath before netns_cookie was appended (a restarted agent may read a few
+# from programs that are still attached): decoded with netns_cookie 0.
+_WIRE_V1 = struct.Struct("<Q4s4s2s2sBBBBBBBxIIIHxxIII")
+EVENT_SIZE_V1 = _WIRE_V1.size
 
 
 class DecodeError(ValueError):
@@ -56,18 +60,23 @@ class RawEvent(NamedTuple):
     rule_ref: int
     len: int
     count: int  # type: ignore[assignment]  # the C struct's field name; shadows tuple.count, never called
+    netns_cookie: int = 0  # TRANSLATION events: the client's network namespace
 
 
 def decode_event(data: bytes | bytearray | memoryview) -> RawEvent:
     """One ring buffer record -> RawEvent. Longer records are accepted (a newer datapath may
     append fields); shorter ones raise DecodeError."""
-    if len(data) < EVENT_SIZE:
+    if len(data) >= EVENT_SIZE:
+        (ts, sa, da, sp, dp, nh, typ, reason, direction, verdict, flags, reply,
+         sid, did, ifindex, epid, rule, length, count, cookie) = _WIRE.unpack_from(data)
+    elif len(data) >= EVENT_SIZE_V1:
+        (ts, sa, da, sp, dp, nh, typ, reason, direction, verdict, flags, reply,
+         sid, did, ifindex, epid, rule, length, count), cookie = _WIRE_V1.unpack_from(data), 0
+    else:
         raise DecodeError(f"flow event of {len(data)} bytes, expected {EVENT_SIZE}")
-    (ts, sa, da, sp, dp, nh, typ, reason, direction, verdict, flags, reply,
-     sid, did, ifindex, epid, rule, length, count) = _WIRE.unpack_from(data)
     ntoa = socket.inet_ntoa
     return RawEvent(ts, ntoa(sa), ntoa(da), int.from_bytes(sp, "big"), int.from_bytes(dp, "big"), nh, typ,
-                    reason, direction, verdict, flags, bool(reply), sid, did, ifindex, epid, rule, length, count)
+                    reason, direction, verdict, flags, bool(reply), sid, did, ifindex, epid, rule, length, count, cookie)
 
 
 def encode_event(**fields: int | str) -> bytes:

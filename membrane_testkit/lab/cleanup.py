@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
-from . import netns
+from . import cgroups, netns
 from .node import BPFFS_LAB, LAB_DIR
 
 PREFIXES = ("mbt-", "mbdemo-", "mbbench-")
@@ -14,7 +15,8 @@ PREFIXES = ("mbt-", "mbdemo-", "mbbench-")
 def leftovers() -> dict[str, list[str]]:
     return {"netns": [n for p in PREFIXES for n in netns.listed(p)],
             "pins": sorted(str(p) for p in BPFFS_LAB.iterdir()) if BPFFS_LAB.exists() else [],
-            "workdirs": sorted(str(p) for p in LAB_DIR.iterdir()) if LAB_DIR.exists() else []}
+            "workdirs": sorted(str(p) for p in LAB_DIR.iterdir()) if LAB_DIR.exists() else [],
+            "cgroups": cgroups.listed(PREFIXES)}
 
 
 def clean() -> dict[str, list[str]]:
@@ -23,6 +25,11 @@ def clean() -> dict[str, list[str]]:
         netns.delete(name)
     for path in found["pins"] + found["workdirs"]:
         shutil.rmtree(path, ignore_errors=True)
+    for path in found["cgroups"]:
+        try:
+            cgroups.remove(Path(path))
+        except OSError:
+            pass  # still busy: a live run's
     return found
 
 

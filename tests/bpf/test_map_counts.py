@@ -12,7 +12,8 @@ from membrane.policy import FlatKey, FlatValue, Verdict
 
 def test_counts_match_dumps(datapath: Any) -> None:
     before = datapath.map_entry_counts()
-    assert set(before) == {"endpoints", "conntrack", "ipcache", "policy", "cidr", "metrics"}
+    assert set(before) == {"endpoints", "conntrack", "ipcache", "policy", "cidr", "metrics", "lb_services",
+                           "lb_backends", "lb_affinity", "lb_sock"}
     added = []
     try:
         for i in range(300):  # more than one batch bucket, fewer than a chunk

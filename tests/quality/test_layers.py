@@ -23,6 +23,7 @@ CORE = frozenset({
     "membrane.api.state_objects", "membrane.prefilter_rules", "membrane.services", "membrane.maglev",
     "membrane.prefilter_objects", "membrane.schema_checking", "membrane.prefilter_checking",
     "membrane.prefilter_converting", "membrane.k8s_meta", "membrane.service_models",
+    "membrane.lb_maps",
 })
 # Third-party libraries the core may use: data modelling only.
 CORE_LIBRARIES = frozenset({"pydantic"})
