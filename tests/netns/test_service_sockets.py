@@ -27,9 +27,9 @@ from membrane.agent.datapath.layout import LB_AFFINITY, LbClient
 from membrane.agent.datapath.loading import Datapath
 from membrane.agent.lb_port import LbMapPort
 from membrane.agent.map_managing import MapManager
+from membrane.lb_maps import LB_ORDER, LB_ROLES, LbIds, desired_contents
 from membrane_testkit.lab import cgroups, netns
 from membrane_testkit.lab.node import BPFFS_LAB
-from membrane.lb_maps import LB_ORDER, LB_ROLES, LbIds, desired_contents
 
 PROBE = str(Path(__file__).resolve().parents[2] / "membrane_testkit" / "lab" / "service_probe.py")
 VIP = "10.96.0.10"
