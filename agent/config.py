@@ -55,6 +55,9 @@ class AgentConfig(BaseModel):
     # cgroup v2 directory the Service socket hooks attach to (the node's cgroup v2 root in a
     # cluster: pods and node processes alike). None: no socket load balancing.
     cgroup_root: Path | None = None
+    # Services: True, membrane is the cluster's Service load balancer (no kube-proxy); False (the
+    # default), kube-proxy translates Services and membrane keeps its translated flows working.
+    kube_proxy_replacement: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     # A kernel header tree for bcc (BCC_KERNEL_SOURCE), e.g. the image's, laid out by
@@ -229,6 +232,9 @@ HELP: dict[str, str] = {
     "api_token_file": "bearer token file for --tls-bootstrap's Kubernetes API calls",
     "conntrack_gc_seconds": "period of the expired-conntrack sweep",
     "resync_seconds": "period of the full resync that repairs drift between state and kernel",
+    "kube_proxy_replacement": "--no-kube-proxy-replacement: leave Service translation to kube-proxy and keep "
+                              "the flows it translates working (the default; --kube-proxy-replacement: membrane "
+                              "load-balances Services itself, for clusters without kube-proxy)",
     "accept_state_loss": "--no-accept-state-loss: refuse to start when the standalone object store is "
                          "damaged (the default; --accept-state-loss starts with an empty store instead)",
 }
@@ -266,7 +272,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="start with an empty object store when it is damaged (the damaged files are kept "
                              "as *.damaged) instead of refusing to start; Pods and policies must then be applied "
                              "again")
-    for key in ("tls_bootstrap", "insecure_plaintext", "accept_state_loss"):
+    parser.add_argument("--kube-proxy-replacement", dest="kube_proxy_replacement", action="store_true",
+                        default=None, help="membrane load-balances Services itself (socket hooks, NodePort in tc): "
+                                           "for clusters without kube-proxy")
+    for key in ("tls_bootstrap", "insecure_plaintext", "accept_state_loss", "kube_proxy_replacement"):
         parser.add_argument("--no-" + key.replace("_", "-"), dest=key, action="store_false", default=None,
                             help=_help(key))
     return parser

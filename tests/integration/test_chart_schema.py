@@ -44,7 +44,8 @@ def test_bad_values_are_refused_by_name(helm: str, sets: dict[str, Any], where: 
 
 
 @pytest.mark.parametrize("sets", [{"agent.mtu": 1450}, {"agent.mtu": None}, {"k8sServicePort": 6443},
-                                  {"image.tag": "1.2.3"}, {"agent.tunnel": "disabled"}])
+                                  {"image.tag": "1.2.3"}, {"agent.tunnel": "disabled"},
+                                  {"kubeProxyReplacement": True}])
 def test_good_values_pass(helm: str, sets: dict[str, Any]) -> None:
     proc = chart.template(helm, sets)
     assert proc.returncode == 0, proc.stderr

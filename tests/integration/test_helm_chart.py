@@ -366,6 +366,16 @@ def test_explicit_operator_address(helm: str, tmp_path: Path) -> None:
     assert _agent_config(docs, tmp_path).operator_address == "operator.example:4250"
 
 
+def test_kube_proxy_replacement_reaches_the_agent(default_docs: list[dict[str, Any]], helm: str,
+                                                  tmp_path: Path) -> None:
+    # Off by default: kube-proxy translates Services, membrane coexists.
+    assert "--no-kube-proxy-replacement" in container(pod_spec(agent_ds(default_docs)), "agent")["args"]
+    assert _agent_config(default_docs, tmp_path).kube_proxy_replacement is False
+    docs = render(helm, kubeProxyReplacement=True)
+    assert "--kube-proxy-replacement" in container(pod_spec(agent_ds(docs)), "agent")["args"]
+    assert _agent_config(docs, tmp_path).kube_proxy_replacement is True
+
+
 def test_operator_service_env_follows_name_override(helm: str, tmp_path: Path) -> None:
     docs = render(helm, nameOverride="mb")
     one(docs, "Service", "mb-operator")
