@@ -8,12 +8,12 @@ strict: unknown fields are errors as with `kubectl apply --validate=strict`), th
    refuses at admission, so there nothing changes);
 2. the metadata the API server checks itself (a DNS-subdomain name, no namespace);
 3. what no schema on Kubernetes 1.26 can say: a CIDR with host bits set (`10.1.2.3/8` is
-   refused, never widened to `10.0.0.0/8`: a deny rule must not drop more than was written),
-   a filter named `sanity` (the built-in checks' counter names), and what the datapath's rule
-   model refuses (membrane/prefilter_converting.py: a protocol that contradicts the tcp/udp
-   part, a truncated-header rule with fields to read, payload bits outside the mask, ...).
+   refused, never widened to `10.0.0.0/8`: a deny rule must not drop more than was written)
+   and what else the datapath's rule model refuses (membrane/prefilter_converting.py: payload
+   value bits outside the mask; the rest the CEL rules already refuse at admission).
    An object that fails only these passes a real API server; the operator then reports it on
-   the object (`Accepted=False` naming the field and the reason) and streams it to no node.
+   the object (`Accepted=False` naming the field and the reason) and streams it to no node, so
+   its earlier rules stop being enforced (the spec the API stores is the only one there is).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from membrane.k8s_models import FieldError, ObjectValidationError
-from membrane.prefilter_converting import SANITY_FILTER, RuleConversionError, spec_rules
+from membrane.prefilter_converting import RuleConversionError, spec_rules
 from membrane.prefilter_objects import API_VERSION, CHECKERS, NAME_PATTERN, PACKET_FILTER, PrefilterObject
 
 _LABEL = re.compile(NAME_PATTERN)
@@ -44,9 +44,6 @@ def object_errors(data: Mapping[str, Any], strict: bool = True) -> list[FieldErr
     elif len(name) > 253 or not all(_LABEL.match(part) and len(part) <= 63 for part in name.split(".")):
         errors.append(FieldError("metadata.name", "must be a DNS subdomain (lower-case letters, digits, '-' "
                                                   "and '.', at most 253 characters)"))
-    elif kind == PACKET_FILTER and name == SANITY_FILTER:
-        errors.append(FieldError("metadata.name", f"{SANITY_FILTER!r} is reserved for the built-in sanity "
-                                                  f"checks' counters"))
     if isinstance(meta, Mapping) and meta.get("namespace"):
         errors.append(FieldError("metadata.namespace", f"{kind} is cluster-scoped: no namespace"))
     if not errors:

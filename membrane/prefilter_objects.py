@@ -111,11 +111,34 @@ def _ports(truncated: str | None = None) -> dict[str, Any]:
     return properties
 
 
+def _truncated_alone(fields: tuple[str, ...]) -> str:
+    """CEL: `truncated: true` comes with none of `fields` (a cut-short header has none to read)."""
+    return "!has(self.truncated) || !self.truncated || !(" + " || ".join(f"has(self.{f})" for f in fields) + ")"
+
+
+def _protocol_of(part: str, number: int) -> str:
+    return f"!has(self.{part}) || self.ipv4.protocol == {number} || self.ipv4.protocol == '{part.upper()}'"
+
+
 _TCP_FLAGS_RULE = "!has(self.value) || self.value.all(f, f in self.mask)"
 _PAYLOAD_SIZE_RULE = "!has(self.mask) || size(self.mask) == size(self.value)"
 _RATE_RULE = "(self.action == 'RateLimit') == has(self.rateLimit)"
 _ONE_L4_RULE = "(has(self.tcp) ? 1 : 0) + (has(self.udp) ? 1 : 0) + (has(self.sctp) ? 1 : 0) <= 1"
 _HEADER_LENGTH_RULE = "!(has(self.headerLength) && has(self.optionsPresent))"
+_IPV4_FIELDS = ("protocol", "headerLength", "optionsPresent", "totalLength", "lengthMismatch",
+                "totalLengthBelowHeader", "ttl", "fragment")
+_RULE_READS = ("source", "destination", "payload", "tcp", "udp", "sctp")
+_IPV4_TRUNCATED_RULE = ("!has(self.ipv4) || !has(self.ipv4.truncated) || !self.ipv4.truncated || !("
+                        + " || ".join([f"has(self.{f})" for f in _RULE_READS] + [f"has(self.ipv4.{f})" for f in _IPV4_FIELDS])
+                        + ")")
+_TCP_FIELDS = ("sourcePort", "destinationPort", "flags", "dataOffset")
+_UDP_FIELDS = ("sourcePort", "destinationPort", "lengthMismatch")
+_TCP_TRUNCATED_RULE = _truncated_alone(_TCP_FIELDS)
+_UDP_TRUNCATED_RULE = _truncated_alone(_UDP_FIELDS)
+_L4_PROTOCOL_RULE = ("!has(self.ipv4) || !has(self.ipv4.protocol) || ("
+                     + ") && (".join(_protocol_of(p, n) for p, n in (("tcp", 6), ("udp", 17), ("sctp", 132))) + ")")
+_RESERVED_NAME_RULE = "self.metadata.name != 'sanity'"
+_NAME_LENGTH_RULE = "size(self.metadata.name) <= 189"
 
 RULE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -183,12 +206,16 @@ RULE_SCHEMA: dict[str, Any] = {
                                                         "message": "every flag in value must be in mask"}]},
                 "dataOffset": _range("Data offset in 32-bit words (5 without options).", 0, 15),
             },
+            "x-kubernetes-validations": [{"rule": _TCP_TRUNCATED_RULE, "message": "truncated matches a cut-short "
+                                                                                  "header: give no other tcp field"}],
         },
         "udp": {
             "type": "object", "description": "UDP fields: the rule then matches UDP only.",
             "properties": {**_ports("UDP"),
                            "lengthMismatch": _bool("true: the UDP length differs from the IP payload length "
                                                    "(unfragmented packets).")},
+            "x-kubernetes-validations": [{"rule": _UDP_TRUNCATED_RULE, "message": "truncated matches a cut-short "
+                                                                                  "header: give no other udp field"}],
         },
         "sctp": {"type": "object", "description": "SCTP ports: the rule then matches SCTP only.",
                  "properties": _ports()},
@@ -213,6 +240,10 @@ RULE_SCHEMA: dict[str, Any] = {
     "x-kubernetes-validations": [
         {"rule": _RATE_RULE, "message": "rateLimit is required with action RateLimit and allowed only with it"},
         {"rule": _ONE_L4_RULE, "message": "a rule has one of tcp, udp and sctp at most"},
+        {"rule": _L4_PROTOCOL_RULE, "message": "ipv4.protocol must be the protocol of the rule's tcp, udp or "
+                                               "sctp part"},
+        {"rule": _IPV4_TRUNCATED_RULE, "message": "ipv4.truncated matches frames too short for an IPv4 header: "
+                                                  "the rule can have no other part to read"},
     ],
 }
 
@@ -248,10 +279,14 @@ STATUS_SCHEMA: dict[str, Any] = {
 }
 
 
-def _object_schema(description: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "description": description, "required": ["spec"],
-            "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                           "metadata": {"type": "object"}, "spec": spec, "status": STATUS_SCHEMA}}
+def _object_schema(description: str, spec: dict[str, Any],
+                   rules: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    schema = {"type": "object", "description": description, "required": ["spec"],
+              "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                             "metadata": {"type": "object"}, "spec": spec, "status": STATUS_SCHEMA}}
+    if rules:
+        schema["x-kubernetes-validations"] = rules
+    return schema
 
 
 PACKET_FILTER_SCHEMA = _object_schema(
@@ -269,7 +304,11 @@ PACKET_FILTER_SCHEMA = _object_schema(
                                   f"checks): Count and RateLimit rules with tokens left go on, the first "
                                   f"matching Drop (or empty rate bucket) drops. At most {MAX_RULES} per "
                                   f"filter; a node holds {NODE_MAX_RULES} rules in all, sanity checks included."},
-     }})
+     }},
+    [{"rule": _RESERVED_NAME_RULE, "message": "the name 'sanity' is reserved for the built-in sanity checks' "
+                                              "counters"},
+     {"rule": _NAME_LENGTH_RULE, "message": "at most 189 characters: rules are named <filter>.<rule> in "
+                                            "253 at most"}])
 
 CIDR_DENY_LIST_SCHEMA = _object_schema(
     "Source prefixes the XDP prefilter of every node drops on arrival.",
@@ -290,11 +329,21 @@ RULE_CHECKS: dict[str, RuleCheck] = {
     _RATE_RULE: lambda v: (v.get("action") == "RateLimit") == ("rateLimit" in v),
     _ONE_L4_RULE: lambda v: sum(k in v for k in ("tcp", "udp", "sctp")) <= 1,
     _HEADER_LENGTH_RULE: lambda v: not ("headerLength" in v and "optionsPresent" in v),
+    _IPV4_TRUNCATED_RULE: lambda v: not (v.get("ipv4") or {}).get("truncated")
+    or not (any(f in v for f in _RULE_READS) or any(f in v["ipv4"] for f in _IPV4_FIELDS)),
+    _TCP_TRUNCATED_RULE: lambda v: not v.get("truncated") or not any(f in v for f in _TCP_FIELDS),
+    _UDP_TRUNCATED_RULE: lambda v: not v.get("truncated") or not any(f in v for f in _UDP_FIELDS),
+    _L4_PROTOCOL_RULE: lambda v: "protocol" not in (v.get("ipv4") or {})
+    or all(v["ipv4"]["protocol"] in (number, part.upper()) for part, number in (("tcp", 6), ("udp", 17), ("sctp", 132))
+           if part in v),
+    _RESERVED_NAME_RULE: lambda v: v["metadata"].get("name") != "sanity",
+    _NAME_LENGTH_RULE: lambda v: len(str(v["metadata"].get("name", ""))) <= 189,
 }
 
+_RULE_FIELDS = {_RESERVED_NAME_RULE: "metadata.name", _NAME_LENGTH_RULE: "metadata.name"}
 CHECKERS = {
-    PACKET_FILTER: SchemaChecker(PACKET_FILTER_SCHEMA, RULE_CHECKS, PATTERN_NAMES),
-    CIDR_DENY_LIST: SchemaChecker(CIDR_DENY_LIST_SCHEMA, RULE_CHECKS, PATTERN_NAMES),
+    PACKET_FILTER: SchemaChecker(PACKET_FILTER_SCHEMA, RULE_CHECKS, PATTERN_NAMES, _RULE_FIELDS),
+    CIDR_DENY_LIST: SchemaChecker(CIDR_DENY_LIST_SCHEMA, RULE_CHECKS, PATTERN_NAMES, _RULE_FIELDS),
 }
 KINDS = tuple(CHECKERS)
 

@@ -40,11 +40,14 @@ class UnknownRule(LookupError):
 @dataclass(frozen=True)
 class SchemaChecker:
     """Checks objects against one schema. `rules` maps each CEL rule text to its Python
-    equivalent; `pattern_names` says in words what a pattern accepts (for the error)."""
+    equivalent; `pattern_names` says in words what a pattern accepts (for the error);
+    `rule_fields` names the field a rule's error is about, below the rule's node (what a
+    rule's `fieldPath` says on Kubernetes 1.28+, which 1.26 does not take)."""
 
     schema: Schema
     rules: Mapping[str, RuleCheck] = field(default_factory=dict)
     pattern_names: Mapping[str, str] = field(default_factory=dict)
+    rule_fields: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = sorted(set(rule_texts(self.schema)) - set(self.rules))
@@ -77,7 +80,9 @@ class SchemaChecker:
         if len(out) == before:  # rules see only values the schema already accepts (as CEL does)
             for rule in schema.get("x-kubernetes-validations") or []:
                 if not self.rules[rule["rule"]](value):
-                    out.append(FieldError(path, str(rule.get("message") or f"failed rule: {rule['rule']}")))
+                    below = self.rule_fields.get(rule["rule"])
+                    where = (f"{path}.{below}" if path else below) if below else path
+                    out.append(FieldError(where, str(rule.get("message") or f"failed rule: {rule['rule']}")))
 
     def _one_of_choices(self, value: Any, choices: list[Schema], path: str, strict: bool,
                         out: list[FieldError]) -> bool:

@@ -9,7 +9,9 @@ API allows on every version (NetworkPolicy lost its status in 1.28) and do not b
 agents hold.
 
 One thread; wake-ups are coalesced (acks of a thousand agents become a few passes), and an
-annotation already written is not written again while the watch catches up.
+annotation already written is not written again while the watch catches up. Other objects
+whose enforcement is reported from the same acks join as `targets` (the prefilter's status:
+operator/prefilter_status_reporting.py) and run in the same passes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from kubernetes.client.rest import ApiException
 
@@ -34,6 +37,14 @@ COALESCE_SECONDS = 0.02  # after a wake-up, let the other acks of the same chang
 IDLE_SECONDS = 5.0  # a pass at least this often (a failed write is retried)
 
 
+class ReportTarget(Protocol):
+    def committed(self, version: int, changes: Iterable[Change]) -> None: ...
+
+    def forget(self) -> None: ...
+
+    def report(self, nodes: list[str], acked: dict[str, int]) -> int: ...
+
+
 class EnforcementReporter:
     def __init__(self, rest: Rest, cache: ObjectCache, tracker: PropagationTracker,
                  metrics: OperatorMetrics, is_leader: Callable[[], bool]) -> None:
@@ -48,11 +59,14 @@ class EnforcementReporter:
         self._stop = threading.Event()
         self._written: dict[str, dict[str, str]] = {}
         self._thread: threading.Thread | None = None
+        self.targets: list[ReportTarget] = []
         tracker.listeners.append(self._wake.set)
 
     def committed(self, version: int, changes: Iterable[Change]) -> None:
         with self._lock:
             self.book.committed(version, changes)
+        for target in self.targets:
+            target.committed(version, changes)
         self._wake.set()
 
     def wake(self) -> None:
@@ -76,6 +90,8 @@ class EnforcementReporter:
             self._wake.clear()
             if not self.is_leader():
                 self._written.clear()  # a new term starts from what the API says
+                for target in self.targets:
+                    target.forget()
                 continue
             try:
                 self.report()
@@ -112,4 +128,7 @@ class EnforcementReporter:
             written += 1
         for key in set(self._written) - set(wanted):
             del self._written[key]
+        acked = self.tracker.acked_versions()
+        for target in self.targets:
+            written += target.report(nodes, acked)
         return written

@@ -37,11 +37,14 @@ SERVICES = Resource("", "v1", "services", "Service", True)
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True)
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True)
 IDENTITIES = Resource("membrane.io", "v1alpha1", "membraneidentities", "MembraneIdentity", False)
+PACKET_FILTERS = Resource("membrane.io", "v1alpha1", "packetfilters", "PacketFilter", False)
+CIDR_DENY_LISTS = Resource("membrane.io", "v1alpha1", "cidrdenylists", "CIDRDenyList", False)
 
 CSRS = Resource("certificates.k8s.io", "v1", "certificatesigningrequests",
                 "CertificateSigningRequest", False)
 
-WATCHED = (NODES, NAMESPACES, PODS, NETWORK_POLICIES, SERVICES, ENDPOINT_SLICES, IDENTITIES)
+WATCHED = (NODES, NAMESPACES, PODS, NETWORK_POLICIES, SERVICES, ENDPOINT_SLICES, IDENTITIES, PACKET_FILTERS,
+           CIDR_DENY_LISTS)
 
 
 def object_key(obj: dict[str, Any]) -> str:

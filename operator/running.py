@@ -40,6 +40,7 @@ from membrane.operator.leader_labelling import LeaderLabeller
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.pod_cidr_syncing import PodCidrSyncer
 from membrane.operator.policy_checking import PolicyChecker
+from membrane.operator.prefilter_status_reporting import PrefilterStatusReporter, PrefilterVerdicts
 from membrane.operator.propagation import PropagationTracker
 from membrane.operator.rest import Rest
 from membrane.operator.state_building import StateBuilder
@@ -54,7 +55,7 @@ LIVENESS_WINDOW = 60.0  # a controller pass must finish at least this often to b
 FULL_REBUILD_SECONDS = 300.0  # rebuild the state from scratch this often (drift check)
 # What the state stream is made of; other resources' changes do not touch it.
 _BUILDER_INPUTS = (res.NAMESPACES, res.NODES, res.IDENTITIES, res.PODS, res.NETWORK_POLICIES, res.SERVICES,
-                   res.ENDPOINT_SLICES)
+                   res.ENDPOINT_SLICES, res.PACKET_FILTERS, res.CIDR_DENY_LISTS)
 
 
 def make_api_client(config: OperatorConfig) -> k8s_client.ApiClient:
@@ -98,6 +99,10 @@ class Operator:
         # Per policy: how many nodes enforce its current spec (annotations, leader only).
         self.enforcement = EnforcementReporter(self.rest, self.cache, self.tracker, self.metrics,
                                                lambda: self.is_leader)
+        # PacketFilter/CIDRDenyList: accepted or not, and how many nodes enforce which generation.
+        self.prefilter_verdicts = PrefilterVerdicts()
+        self.enforcement.targets.append(PrefilterStatusReporter(self.rest, self.cache, self.metrics,
+                                                                self.prefilter_verdicts))
         self.elector: LeaderElector | None = None
         self.labeller = LeaderLabeller(self.rest, config.pod_namespace, config.identity,
                                        self.metrics) if config.leader_label else None
@@ -261,7 +266,8 @@ class Operator:
         setters = {res.NAMESPACES: builder.set_namespace, res.NODES: builder.set_node,
                    res.IDENTITIES: builder.set_identity, res.PODS: builder.set_pod,
                    res.NETWORK_POLICIES: builder.set_policy, res.SERVICES: builder.set_service,
-                   res.ENDPOINT_SLICES: builder.set_endpoint_slice}
+                   res.ENDPOINT_SLICES: builder.set_endpoint_slice, res.PACKET_FILTERS: builder.set_packet_filter,
+                   res.CIDR_DENY_LISTS: builder.set_cidr_deny_list}
         for resource in _BUILDER_INPUTS:  # namespaces and identities before the pods they label
             for changed, key in dirty:
                 if changed == resource:
@@ -269,11 +275,13 @@ class Operator:
         return builder.take_changes()
 
     def _rebuild(self, policies: list[dict[str, Any]]) -> StateBuilder:
-        builder = StateBuilder(lambda p: self.policies.verdict(p).valid)
+        builder = StateBuilder(lambda p: self.policies.verdict(p).valid, self.prefilter_verdicts)
         builder.load(self.cache.list(res.NAMESPACES), self.cache.list(res.NODES),
                      self.cache.list(res.PODS), policies, self.cache.list(res.IDENTITIES),
                      services=self.cache.list(res.SERVICES),
-                     endpoint_slices=self.cache.list(res.ENDPOINT_SLICES))
+                     endpoint_slices=self.cache.list(res.ENDPOINT_SLICES),
+                     packet_filters=self.cache.list(res.PACKET_FILTERS),
+                     cidr_deny_lists=self.cache.list(res.CIDR_DENY_LISTS))
         builder.take_changes()
         self._dirty.clear()
         self._last_full = time.monotonic()
