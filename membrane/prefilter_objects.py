@@ -281,9 +281,9 @@ STATUS_SCHEMA: dict[str, Any] = {
 
 def _object_schema(description: str, spec: dict[str, Any],
                    rules: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    schema = {"type": "object", "description": description, "required": ["spec"],
-              "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                             "metadata": {"type": "object"}, "spec": spec, "status": STATUS_SCHEMA}}
+    schema: dict[str, Any] = {"type": "object", "description": description, "required": ["spec"],
+                              "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                             "metadata": {"type": "object"}, "spec": spec, "status": STATUS_SCHEMA}}
     if rules:
         schema["x-kubernetes-validations"] = rules
     return schema

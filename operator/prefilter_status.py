@@ -82,9 +82,9 @@ class PrefilterStatusBook:
         current = entry.history[-1][0] if entry is not None else None
         enforcing = sum(1 for node in names if current is not None and acked.get(node, 0) >= current)
         counts: dict[int, int] = {}
-        for generation in per_node.values():
-            if generation is not None:
-                counts[generation] = counts.get(generation, 0) + 1
+        for held in per_node.values():
+            if held is not None:
+                counts[held] = counts.get(held, 0) + 1
         out: JSON = {"enforced": f"{enforcing}/{len(names)}",
                      "nodesByGeneration": [{"generation": g, "nodes": n} for g, n in sorted(counts.items(), reverse=True)],
                      "enforcedGeneration": None}

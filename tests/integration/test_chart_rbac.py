@@ -146,6 +146,13 @@ def _scenario(install_crds: bool) -> set[Call]:
                     "metadata": {"name": "bad"}, "spec": {"podSelector": {}, "ingress": [
                         {"ports": [{"port": 80, "endPort": 10}]}]}})
                 assert wait_for(lambda: bool(core.list_namespaced_event("shop").items))
+                # The prefilter's objects: their status is written (accepted, 0/1 nodes enforce).
+                for plural, kind, spec in (("packetfilters", "PacketFilter", {"sanityChecks": "Drop"}),
+                                           ("cidrdenylists", "CIDRDenyList", {"cidrs": ["192.0.2.0/24"]})):
+                    custom.create_cluster_custom_object("membrane.io", "v1alpha1", plural, {
+                        "apiVersion": "membrane.io/v1alpha1", "kind": kind, "metadata": {"name": "f"}, "spec": spec})
+                    assert wait_for(lambda p=plural: (custom.get_cluster_custom_object(  # type: ignore[misc]
+                        "membrane.io", "v1alpha1", p, "f").get("status") or {}).get("enforced") == "0/1")
                 core.delete_namespaced_pod("web", "shop")
                 assert wait_for(lambda: not identities())  # garbage-collected
                 _agent_bootstrap(api, "n1")
@@ -202,6 +209,8 @@ def test_operator_rules_are_exactly_its_calls(helm: str, calls: dict[bool, set[C
     user_side = {("", "nodes", "create"), ("", "namespaces", "create"), ("", "pods", "create"),
                  ("", "pods/status", "patch"), ("", "pods", "delete"), ("", "nodes", "get"),
                  ("networking.k8s.io", "networkpolicies", "create"), ("", "events", "list"),
+                 ("membrane.io", "packetfilters", "create"), ("membrane.io", "cidrdenylists", "create"),
+                 ("membrane.io", "packetfilters", "get"), ("membrane.io", "cidrdenylists", "get"),
                  ("apiextensions.k8s.io", "customresourcedefinitions", "create") if not install_crds else ()}
     operator_calls = {c for c in made if c[:3] not in user_side}
     for group, resource, verb, namespace in sorted(operator_calls, key=str):
@@ -231,6 +240,7 @@ def test_the_scenario_covers_the_write_paths(calls: dict[bool, set[Call]]) -> No
                      ("agent:certificates.k8s.io", "certificatesigningrequests", "create"),
                      ("", "nodes", "patch"), ("membrane.io", "membraneidentities", "patch"), ("membrane.io", "membraneidentities", "create"),
                      ("membrane.io", "membraneidentities", "delete"), ("", "events", "create"),
+                     ("membrane.io", "packetfilters/status", "patch"), ("membrane.io", "cidrdenylists/status", "patch"),
                      ("coordination.k8s.io", "leases", "update"),
                      ("apiextensions.k8s.io", "customresourcedefinitions", "create")]:
         assert expected in made, expected

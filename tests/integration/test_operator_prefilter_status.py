@@ -24,8 +24,8 @@ from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
 from membrane.prefilter_converting import deny_lists, desired_rules
 from membrane.prefilter_rules import DenyList, Rule
-from membrane.testing.kubeapi import KubeApiServer
-from membrane.testing.waiting import wait_for
+from membrane_testkit.kubeapi import KubeApiServer
+from membrane_testkit.waiting import wait_for
 
 GROUP, VERSION = "membrane.io", "v1alpha1"
 
