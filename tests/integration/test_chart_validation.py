@@ -36,6 +36,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "cni.chainedPlugins[0].capabilities.portMappings": True, "agent.extraArgs[0]": "--no-flow-events",
         "agent.extraEnv[0].name": "EXTRA", "agent.extraEnv[0].value": "on", "commonLabels.team": "net",
         "agent.resources.limits.memory": "1Gi", "operator.replicas": 3, "agent.hostPID": True,
+        "kubeProxyReplacement": True,
     },
 }
 

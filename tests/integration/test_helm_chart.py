@@ -319,6 +319,14 @@ def _agent_config(docs: list[dict[str, Any]], tmp_path: Path, pod_cidr: str | No
                                        else "None"))
     env = chart.container_env(agent, {"spec.nodeName": "node-a", "status.hostIP": "192.0.2.7"}, links)
     args = [a for a in chart.command_line(agent, env)[1:] if not a.startswith("--config=")]
+    # The container's /host mounts, emulated under tmp_path (the agent checks the cgroup root).
+    mounted = {m["mountPath"] for m in agent.get("volumeMounts") or []}
+    for index, arg in enumerate(args):
+        flag_name, _, path = arg.partition("=")
+        if flag_name == "--cgroup-root" and path in mounted:
+            (tmp_path / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            (tmp_path / path.lstrip("/") / "cgroup.procs").touch()
+            args[index] = f"--cgroup-root={tmp_path / path.lstrip('/')}"
     membrane_env = {k: v for k, v in env.items() if k.startswith("MEMBRANE_")}
     return load_config(args + [f"--config={config_file}"], environ=membrane_env)
 
@@ -371,9 +379,18 @@ def test_kube_proxy_replacement_reaches_the_agent(default_docs: list[dict[str, A
     # Off by default: kube-proxy translates Services, membrane coexists.
     assert "--no-kube-proxy-replacement" in container(pod_spec(agent_ds(default_docs)), "agent")["args"]
     assert _agent_config(default_docs, tmp_path).kube_proxy_replacement is False
+    assert "cgroup-root" not in host_paths(pod_spec(agent_ds(default_docs)))
+    assert _agent_config(default_docs, tmp_path).cgroup_root is None
+    # On: the node's cgroup v2 root mounted read-only, the socket hooks attached there.
     docs = render(helm, kubeProxyReplacement=True)
-    assert "--kube-proxy-replacement" in container(pod_spec(agent_ds(docs)), "agent")["args"]
-    assert _agent_config(docs, tmp_path).kube_proxy_replacement is True
+    agent = container(pod_spec(agent_ds(docs)), "agent")
+    assert "--kube-proxy-replacement" in agent["args"]
+    assert flag(agent["args"], "--cgroup-root") == "/host/sys/fs/cgroup"
+    assert host_paths(pod_spec(agent_ds(docs)))["cgroup-root"] == "/sys/fs/cgroup"
+    assert mounts_by_volume(agent)["cgroup-root"] == {"name": "cgroup-root", "mountPath": "/host/sys/fs/cgroup",
+                                                      "readOnly": True}
+    cfg = _agent_config(docs, tmp_path)
+    assert cfg.kube_proxy_replacement is True and cfg.cgroup_root == tmp_path / "host/sys/fs/cgroup"
 
 
 def test_operator_service_env_follows_name_override(helm: str, tmp_path: Path) -> None:
