@@ -240,6 +240,13 @@ class Netlink:
 
     def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None:
         """Attach (or atomically replace) one program at tc ingress (the tunnel device)."""
+        self._attach_one(ifindex, program, INGRESS_PARENT)
+
+    def attach_egress(self, ifindex: int, program: tuple[int, str]) -> None:
+        """Attach (or atomically replace) one program at tc egress (the tunnel device)."""
+        self._attach_one(ifindex, program, EGRESS_PARENT)
+
+    def _attach_one(self, ifindex: int, program: tuple[int, str], parent: str) -> None:
         fd, name = program
 
         def attach(ipr: IPRoute) -> None:
@@ -248,9 +255,20 @@ class Netlink:
             except NetlinkError as exc:
                 if exc.code != 17:  # EEXIST: already there after an agent restart
                     raise
-            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name, parent=INGRESS_PARENT,
+            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fd, name=name, parent=parent,
                    classid=1, direct_action=True, prio=FILTER_PRIO)
         self._owned(attach)
+
+    def route_to_tunnel(self, ifindex: int, cidr: IPv4Network, source: IPv4Address | None) -> None:
+        """The node's stack routes `cidr` (the cluster's pods; local pods keep their /32 routes)
+        into the tunnel device, preferring `source` as its own address there. The device does no
+        ARP: the frame's addresses are never looked at by the receiver, whose from_overlay
+        delivers it. Idempotent (replace)."""
+        def route(ipr: IPRoute) -> None:
+            ipr.link("set", index=ifindex, arp=False)
+            ipr.route("replace", dst=str(cidr), oif=ifindex, scope=253,  # link: no gateway
+                      **({"prefsrc": str(source)} if source is not None else {}))
+        self._owned(route)
 
     def ensure_vxlan(self, name: str, port: int, mtu: int) -> int:
         """The node's VXLAN device in external (collect-metadata) mode, created if missing; its ifindex.

@@ -4,7 +4,10 @@ Cross-node pod traffic leaves through one VXLAN device per node in external
 (collect-metadata) mode: ``from_container`` stamps each packet with the remote
 node (from the ipcache) and the source pod's identity as VNI, and redirects it
 to the device; ``from_overlay`` at the device's tc ingress receives the other
-nodes' packets, from nodes only and for what they own (docs/trust-model.md). This module
+nodes' packets, from nodes only and for what they own (docs/trust-model.md).
+What the node's stack itself routes to other nodes' pods (the cluster CIDR's route
+points at the device: kube-proxy's DNAT to a remote backend, the node's own
+connections) gets its tunnel key from ``to_overlay`` at the device's tc egress. This module
 only wires that up at agent start; which remote prefixes live behind which node, and which
 addresses are nodes, is the policy manager's ipcache business.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Protocol
 
 from .config import AgentConfig
@@ -23,12 +26,15 @@ from .datapath.node_config import NodeConfig
 VXLAN_OVERHEAD = 50
 DEFAULT_UNDERLAY_MTU = 1500  # a node without a default route (bare lab node): assume Ethernet
 PROGRAM = "from_overlay"
+EGRESS_PROGRAM = "to_overlay"
 
 
 class OverlayNetlink(Protocol):
     def underlay(self, node_ip: IPv4Address | None) -> tuple[IPv4Address | None, int | None]: ...
     def ensure_vxlan(self, name: str, port: int, mtu: int) -> int: ...
     def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None: ...
+    def attach_egress(self, ifindex: int, program: tuple[int, str]) -> None: ...
+    def route_to_tunnel(self, ifindex: int, cidr: IPv4Network, source: IPv4Address | None) -> None: ...
 
 
 class OverlayDatapath(Protocol):
@@ -87,4 +93,20 @@ def setup(config: AgentConfig, planned: Overlay, netlink: OverlayNetlink, datapa
     # The port first: from_container refuses pods' datagrams to it before the device exists.
     datapath.set_node_config(NodeConfig(ifindex, planned.node_ip, config.tunnel_port))
     netlink.attach_ingress(ifindex, datapath.program(PROGRAM))
+    netlink.attach_egress(ifindex, datapath.program(EGRESS_PROGRAM))
+    stack_cidr = stack_route(config)
+    if stack_cidr is not None:
+        netlink.route_to_tunnel(ifindex, stack_cidr, planned.node_ip)
     return dataclasses.replace(planned, ifindex=ifindex)
+
+
+def stack_route(config: AgentConfig) -> IPv4Network | None:
+    """What the node's own stack routes into the tunnel: the cluster CIDR, when it is more than
+    this node's pod CIDR. Pods' packets to other nodes never need it (from_container sends
+    them); what the stack itself forwards does: a ClusterIP connection kube-proxy DNATed to a
+    backend on another node, the node's own connections to remote pods (to_overlay gives them
+    their tunnel key). Local pods keep their /32 routes, which are longer."""
+    cidr = config.cluster_cidr
+    if cidr is None or (config.pod_cidr is not None and cidr == config.pod_cidr):
+        return None
+    return cidr

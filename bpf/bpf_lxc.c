@@ -86,6 +86,12 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 		if (remote) {
 			dst_identity = remote->sec_identity;
 			tunnel = remote->tunnel_endpoint;
+			/* A reply to another node's own connection (it came
+			 * through the tunnel: that node's to_overlay) goes back
+			 * the same way; over the underlay it would reach that
+			 * node's stack as a stranger (and be masqueraded here). */
+			if (!tunnel && ct == MB_CT_REPLY && (remote->flags & MB_IPCACHE_F_NODE))
+				tunnel = ip4->daddr;
 		}
 		if (ct == MB_CT_NEW)
 			dst_cidr = mb_cidr_identity_of(ip4->daddr, remote);

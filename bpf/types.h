@@ -161,6 +161,7 @@ struct mb_ipcache_value {
 #define MB_IDENTITY_ANY 0   /* policy key wildcard: any peer */
 #define MB_IDENTITY_HOST 1
 #define MB_IDENTITY_WORLD 2
+#define MB_IDENTITY_REMOTE_NODE 6 /* the VNI of a node's own packets (to_overlay) */
 /* Node-local identities (CIDR identities of ipBlock prefixes) have bit 24 set. */
 #define MB_IDENTITY_LOCAL_FLAG (1U << 24)
 

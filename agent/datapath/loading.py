@@ -81,7 +81,7 @@ DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
 ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c", "bpf_sock.c")  # one per hook family, one compilation unit
 SHARED_HEADERS: Final = ("types.h", "lib/events.h")  # numbers checked against Python at load (shared_constants)
 ENTRY_FILE: Final = ENTRY_FILES[0]
-PROGRAMS: Final = ("from_container", "to_container", "from_overlay")
+PROGRAMS: Final = ("from_container", "to_container", "from_overlay", "to_overlay")
 SOCK_PROGRAMS: Final = SOCK_HOOKS  # cgroup sock_addr programs -> their (expected) attach type
 
 log = logging.getLogger("membrane.datapath")

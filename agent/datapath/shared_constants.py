@@ -65,6 +65,7 @@ def expected() -> dict[str, int]:
         "MB_IDENTITY_ANY": IDENTITY_ANY,
         "MB_IDENTITY_HOST": int(ReservedIdentity.HOST),
         "MB_IDENTITY_WORLD": int(ReservedIdentity.WORLD),
+        "MB_IDENTITY_REMOTE_NODE": int(ReservedIdentity.REMOTE_NODE),
         "MB_IDENTITY_LOCAL_FLAG": LOCAL_IDENTITY_FLAG,
         "MB_EVENTS_RATE": EVENTS_RATE_PER_SEC,
         "MB_EVENTS_BURST": EVENTS_BURST,

@@ -50,7 +50,7 @@ struct mb_flow_facts {
 	__u8 hook_dir;                         /* direction of the hook we run in */
 	const struct mb_endpoint_info *egress_ep;  /* sending local pod, judged on egress (or 0) */
 	const struct mb_endpoint_info *ingress_ep; /* receiving local pod, judged on ingress (or 0) */
-	const struct mb_endpoint_info *hook_ep;    /* the endpoint of the veth we run on */
+	const struct mb_endpoint_info *hook_ep;    /* the endpoint of the veth we run on (0: the tunnel, for the node's own packets) */
 	__u32 src_identity, dst_identity;
 	/* CIDR identities of the addresses (lib/ipcache.h), each judged with the
 	 * peer's identity (0: none; only read by the side judging). */
@@ -100,7 +100,7 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_fl
 		policy_flags |= MB_CT_F_POLICY_INGRESS;
 	}
 
-	mb_event_policy(ev, f->hook_ep->endpoint_id, 0, hook_dir);
+	mb_event_policy(ev, f->hook_ep ? f->hook_ep->endpoint_id : 0, 0, hook_dir);
 	if (l4 != MB_L4_TRACKED)
 		return 0;
 	if (mb_ct_create(tuple, tcp_flags, skb->len, src_identity, dst_identity, policy_flags,

@@ -21,6 +21,7 @@
 #include "ipcache.h"
 
 #define MB_TUNNEL_TTL 64
+#define MB_PACKET_HOST 0 /* skb->pkt_type for this host (linux/if_packet.h PACKET_HOST) */
 
 static __always_inline struct mb_node_config *mb_node_config(void)
 {

@@ -239,3 +239,75 @@ def test_hostport_from_another_pod_and_from_outside(node: LabNode, world: str, l
     assert ask(world, "udp", NODE_UPLINK, HOST_PORT) == f"echo {backend.ip}"
     assert wait_for(lambda: any(e["src"].startswith(client.ip + ":") and "VIA_STACK" in e["flags"]
                                 for e in node.api("bpf.ct")))
+
+
+# --- backends on another node: the stack's route into the tunnel and to_overlay ----------------
+
+
+def _pod_obj(name: str, node: LabNode, node_ip: str, pod_ip: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"hostIP": node_ip}
+    if pod_ip:
+        status.update(podIP=pod_ip, podIPs=[{"ip": pod_ip}])
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+            "spec": {"nodeName": node.name, "containers": [{"name": "c", "image": "i"}]}, "status": status}
+
+
+def _node_obj(node: LabNode, ip: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name},
+            "spec": {"podCIDR": node.pod_cidr}, "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+
+
+@pytest.fixture
+def two_nodes(make_node: Any, servers: list[subprocess.Popen[bytes]]) -> Iterator[dict[str, Any]]:
+    """n1 (client c1, backend b1) and n2 (client c2, backend b2) over a lab underlay, standalone
+    mode with the same objects on both (identities agree); each node's kube-proxy layout sends
+    the ClusterIP to the other node's backend."""
+    from membrane.lab.underlay import Underlay
+
+    underlay = Underlay(f"mbt-kpul{os.getpid() % 10000}").create()
+    try:
+        ip1, ip2 = "192.0.2.21", "192.0.2.22"
+        n1 = make_node("10.200.1.0/24", start=False, extra_args=["--cluster-cidr", CLUSTER_CIDR, "--node-ip", ip1])
+        n2 = make_node("10.200.2.0/24", start=False, extra_args=["--cluster-cidr", CLUSTER_CIDR, "--node-ip", ip2])
+        underlay.attach(n1.netns, ip1)
+        underlay.attach(n2.netns, ip2)
+        n1.start_agent()
+        n2.start_agent()
+        common = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+                  _node_obj(n1, ip1), _node_obj(n2, ip2), _pod_obj("c1", n1, ip1), _pod_obj("b1", n1, ip1),
+                  _pod_obj("c2", n2, ip2), _pod_obj("b2", n2, ip2)]
+        for node in (n1, n2):
+            node.api("apply", objects=common)
+        pods = {"c1": n1.add_pod("c1", "shop"), "b1": n1.add_pod("b1", "shop"),
+                "c2": n2.add_pod("c2", "shop"), "b2": n2.add_pod("b2", "shop")}
+        n1.api("apply", objects=[_pod_obj(p, n2, ip2, pods[p].ip) for p in ("c2", "b2")])
+        n2.api("apply", objects=[_pod_obj(p, n1, ip1, pods[p].ip) for p in ("c1", "b1")])
+        servers.extend([serve(pods["b1"]), serve(pods["b2"])])
+        kube_proxy.install(n1.netns, services(pods["b2"]), CLUSTER_CIDR)
+        kube_proxy.install(n2.netns, services(pods["b1"]), CLUSTER_CIDR)
+        yield {"n1": n1, "n2": n2, "ip1": ip1, "ip2": ip2, **pods}
+    finally:
+        underlay.destroy()
+
+
+def test_clusterip_with_the_backend_on_another_node(two_nodes: dict[str, Any]) -> None:
+    t = two_nodes
+    for client, backend, here in ((t["c1"], t["b2"], t["n1"]), (t["c2"], t["b1"], t["n2"])):
+        assert ask(client.netns, "tcp", CLUSTER_IP, 80) == f"ok {backend.ip}", (client.name, backend.name)
+        assert ask(client.netns, "udp", CLUSTER_IP, 53) == f"echo {backend.ip}", (client.name, backend.name)
+        # The client's node tracked the translated flow as its stack's (to_overlay): replies come back through it.
+        entries = [e for e in here.api("bpf.ct") if e["dst"] == f"{backend.ip}:8080"]
+        assert entries and all("VIA_STACK" in e["flags"] for e in entries), entries
+        # Plain pod to pod across the nodes still goes the direct way.
+        assert ask(client.netns, "tcp", backend.ip, 8080) == f"ok {backend.ip}"
+    for node in (t["n1"], t["n2"]):
+        drops = {k: v for k, v in counters(node).items() if k[0] != "forwarded"}
+        assert drops == {}, (node.name, drops)
+
+
+def test_the_node_itself_reaches_pods_of_another_node(two_nodes: dict[str, Any]) -> None:
+    """The node's own connections to another node's pod leave through to_overlay with the node's
+    address (the route's preferred source) and REMOTE_NODE as VNI; the reply comes back to the stack."""
+    t = two_nodes
+    assert ask(t["n1"].netns, "tcp", t["b2"].ip, 8080) == f"ok {t['b2'].ip}"
+    assert ask(t["n1"].netns, "udp", t["b2"].ip, 5353) == f"echo {t['b2'].ip}"

@@ -216,6 +216,12 @@ class FakeNetlink:
     def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None:
         self.calls.append(("attach", (ifindex, program[1])))
 
+    def attach_egress(self, ifindex: int, program: tuple[int, str]) -> None:
+        self.calls.append(("attach-egress", (ifindex, program[1])))
+
+    def route_to_tunnel(self, ifindex: int, cidr: object, source: object) -> None:
+        self.calls.append(("route", (ifindex, str(cidr), str(source))))
+
 
 class FakeDatapath:
     def __init__(self, calls: list[tuple[str, object]]) -> None:
@@ -241,7 +247,22 @@ def test_plan_touches_nothing_and_setup_writes_the_port_before_attaching(tmp_pat
     assert ready.ifindex == 42
     assert netlink.calls == [("vxlan", (config.tunnel_device, 4789, 1450)),
                              ("config", NodeConfig(42, IPv4Address("192.0.2.1"), 4789)),
-                             ("attach", (42, "from_overlay"))]
+                             ("attach", (42, "from_overlay")), ("attach-egress", (42, "to_overlay"))]
+
+
+def test_the_stack_routes_the_cluster_cidr_into_the_tunnel(tmp_path: Path) -> None:
+    """Only a cluster CIDR larger than the node's pod CIDR: the stack's route for other nodes' pods."""
+    from membrane.agent import overlay
+    from membrane.agent.config import AgentConfig
+
+    config = AgentConfig(node_name="n1", pod_cidr="10.200.1.0/24", cluster_cidr="10.200.0.0/16", state_dir=tmp_path)
+    netlink = FakeNetlink()
+    overlay.setup(config, overlay.plan(config, netlink), netlink, FakeDatapath(netlink.calls))
+    assert netlink.calls[-1] == ("route", (42, "10.200.0.0/16", "192.0.2.1"))
+    alone = AgentConfig(node_name="n1", pod_cidr="10.200.1.0/24", state_dir=tmp_path)  # cluster CIDR = pod CIDR
+    netlink = FakeNetlink()
+    overlay.setup(alone, overlay.plan(alone, netlink), netlink, FakeDatapath(netlink.calls))
+    assert not [c for c in netlink.calls if c[0] == "route"]
 
 
 def test_no_tunnel_means_no_port_and_no_device(tmp_path: Path) -> None:
