@@ -31,6 +31,7 @@ from membrane_testkit.lab import kube_proxy, netns
 from membrane_testkit.lab.kube_proxy import ServicePort
 from membrane_testkit.lab.node import LabNode, Pod, tool
 from membrane_testkit.lab.probes import NODE_UPLINK, counters, forward_datagrams
+from membrane_testkit.lab.underlay import Underlay
 from membrane_testkit.waiting import wait_for
 
 CLUSTER_CIDR = "10.200.0.0/16"
@@ -262,8 +263,6 @@ def two_nodes(make_node: Any, servers: list[subprocess.Popen[bytes]]) -> Iterato
     """n1 (client c1, backend b1) and n2 (client c2, backend b2) over a lab underlay, standalone
     mode with the same objects on both (identities agree); each node's kube-proxy layout sends
     the ClusterIP to the other node's backend."""
-    from membrane.lab.underlay import Underlay
-
     underlay = Underlay(f"mbt-kpul{os.getpid() % 10000}").create()
     try:
         ip1, ip2 = "192.0.2.21", "192.0.2.22"
