@@ -18,9 +18,11 @@ from membrane.delta import Delta
 from .datapath import Datapath, EndpointEntry
 from .datapath.cgroup_attaching import SOCK_HOOKS, attach_sock_hooks
 from .datapath.ipcache import IpcacheEntry
+from .datapath.layout import LbBackendFlag, LbFlag
 from .datapath.node_config import NodeConfig
 
 PROGRAMS = ("from_container", "to_container")
+_PROTO = {6: "TCP", 17: "UDP"}
 MAP_USAGE_MAX_AGE_S = 5.0  # map entry counts are cached this long (a scrape walks every key)
 
 
@@ -128,6 +130,32 @@ class DatapathPort:
 
     def dump_endpoints(self) -> list[dict[str, Any]]:
         return [{"ip": str(ip), **entry.to_json()} for ip, entry in sorted(self.dp.endpoints().items())]
+
+    def dump_lb(self) -> dict[str, Any]:
+        """The load balancer's maps as the kernel holds them (membranectl bpf lb)."""
+        services = self.dp.read_map("lb_services")
+        backends = self.dp.read_map("lb_backends")
+        rows = []
+        for key, master in sorted((k, v) for k, v in services.items() if not k.slot):
+            slots = [services.get(type(key)(key.address, key.port, key.protocol, s, key.scope))
+                     for s in range(1, master.count + 1)]
+            chosen = []
+            for slot in slots:
+                backend = backends.get(slot.backend_id) if slot is not None else None
+                chosen.append(f"{slot.backend_id if slot else '?'}={backend.address}:{backend.port}" if backend
+                              else f"{slot.backend_id if slot else '?'}=missing")
+            flags = [str(f.name).lower() for f in LbFlag if master.flags & f]
+            rows.append({"frontend": f"{key.address}:{key.port}/{_PROTO.get(key.protocol, key.protocol)}",
+                         "id": master.rev_nat_index, "scope": key.scope, "flags": ",".join(flags) or "-",
+                         "slots": master.count, "affinity_timeout_s": master.affinity_timeout_s,
+                         "backends": " ".join(chosen) or "(refuse)"})
+        return {"services": rows,
+                "backends": [{"id": i, "address": f"{b.address}:{b.port}", "protocol": _PROTO.get(b.protocol),
+                              "flags": ",".join(str(f.name).lower() for f in LbBackendFlag if b.flags & f) or "-"}
+                             for i, b in sorted(backends.items())],
+                "rev_nat": [{"id": i, "frontend": f"{f.address}:{f.port}/{_PROTO.get(f.protocol, f.protocol)}"}
+                            for i, f in sorted(self.dp.read_map("lb_rev_nat").items())],
+                "stats": self.dp.lb_stats()}
 
     def dump_conntrack(self) -> list[dict[str, Any]]:
         rows = []

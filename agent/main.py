@@ -41,9 +41,10 @@ from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .identity_book import IdentityBook
 from .identity_sources import IdentitySource, StreamIdentities, identity_count
+from .lb_syncing import LB_KINDS, LbManager, LbQueries
 from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
-from .metrics import AgentMetrics, DatapathCollector
+from .metrics import AgentMetrics, DatapathCollector, ServiceCollector
 from .netlinking import Netlink, write_sysctl
 from .object_store import ObjectKey, ObjectStore
 from .observing import FlowMetricsCollector, FlowObserver
@@ -97,6 +98,11 @@ class Agent:
         self.driver = StateDriver()
         # The stream's consumer: records go to the managers registered for their kind.
         self.consumer = StateConsumer(config.node_name, self.ledger, on_refused=self._refused)
+        # Services: Service and EndpointSlice records -> the lb4 maps (both modes, one registration).
+        self.lb = LbManager(self.datapath, config.node_name, lambda: [str(a) for a in self.netlink.host_addresses()])
+        for kind in LB_KINDS:
+            self.consumer.register(kind, self.lb)
+        self.lb_queries: LbQueries = self.lb
         self.cluster: ClusterSyncer | None = None
         self.policy_records: PolicyRecords | None = None
         if self.kubernetes:
@@ -182,6 +188,7 @@ class Agent:
         cfg.mtu = planned.pod_mtu
         self.metrics.add_datapath(DatapathCollector(self.datapath.counters, self._endpoint_states,
                                                     self.datapath.map_usage))
+        self.metrics.registry.register(ServiceCollector(self.lb_queries.summary, self.datapath.lb_stats))
         restored = self.endpoints.restore()
         log.info("endpoints restored", extra={"fields": restored})
         if isinstance(self.identities, IdentityBook):
@@ -496,6 +503,8 @@ class Agent:
                                 for o in self.store.list(str(req.get("kind")))],
             "bpf.endpoints": lambda req: self.datapath.dump_endpoints(),
             "bpf.ct": lambda req: self.datapath.dump_conntrack(),
+            "bpf.lb": lambda req: self.datapath.dump_lb(),
+            "service.list": lambda req: self.lb_queries.service_rows(),
             "bpf.metrics": lambda req: [{"reason": r, "direction": d, "packets": p, "bytes": b}
                                         for r, d, p, b in self.datapath.counters()],
         }

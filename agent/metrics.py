@@ -113,3 +113,31 @@ class AgentMetrics:
 
     def add_datapath(self, collector: DatapathCollector) -> None:
         self.registry.register(collector)
+
+
+class ServiceCollector(Collector):
+    """Services at a scrape: what the load balancer holds (its query interface) and what the
+    socket hooks did (per-CPU counters of mb_lb_stats_v1, summed)."""
+
+    def __init__(self, read_summary: Callable[[], dict[str, int]],
+                 read_stats: Callable[[], dict[str, int]]) -> None:
+        self.read_summary = read_summary
+        self.read_stats = read_stats
+
+    def collect(self) -> Iterable[Any]:
+        summary = self.read_summary()
+        for name, key, text in (
+                ("membrane_services", "services", "Services with at least one frontend on this node"),
+                ("membrane_service_frontends", "frontends", "Service frontends (address, port, protocol) in the "
+                                                            "load balancer"),
+                ("membrane_service_backends", "backends", "Distinct service backends in the load balancer"),
+                ("membrane_service_frontends_without_backend", "frontends_without_backend",
+                 "Frontends with no usable backend (connections refused)")):
+            yield GaugeMetricFamily(name, text, value=summary.get(key, 0))
+        translations = CounterMetricFamily(
+            "membrane_service_translations", "Socket-level service translations by outcome: translated, refused "
+            "(no usable backend), failed (a slot without its backend), reversed (replies/getpeername), "
+            "affinity_hit", labels=["outcome"])
+        for outcome, count in sorted(self.read_stats().items()):
+            translations.add_metric([outcome], count)
+        yield translations

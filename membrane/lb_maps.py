@@ -133,8 +133,11 @@ class LbBackend:
     flags: int = 0
 
     @property
-    def ident(self) -> tuple[IPv4Address, int, int]:
-        return (self.address, self.port, self.protocol)
+    def ident(self) -> tuple[IPv4Address, int, int, int]:
+        """What a backend id stands for. The flags are part of it: two services whose slices
+        disagree about an endpoint (one updated before the other) get two ids, never one entry
+        whose flags depend on which was written last."""
+        return (self.address, self.port, self.protocol, self.flags)
 
 
 @dataclass(frozen=True, order=True)
@@ -190,7 +193,7 @@ class _Ids:
 
 
 class LbIds:
-    """Stable ids: frontend -> rev_nat_index (u16), backend (address, port, protocol) -> id."""
+    """Stable ids: frontend -> rev_nat_index (u16), backend (address, port, protocol, flags) -> id."""
 
     def __init__(self) -> None:
         self.frontends = _Ids(MAX_FRONTEND_ID)

@@ -58,6 +58,10 @@ _COLUMNS["policy list"] = [("POLICY", "policy"), ("TYPES", "types"), ("INGRESS R
                            ("SELECTS (EG)", "selected_egress")]
 _COLUMNS["identity list"] = [("IDENTITY", "identity"), ("LABELS", "labels"), ("USED BY", "owners")]
 _COLUMNS["identity get"] = _COLUMNS["identity list"]
+_COLUMNS["service list"] = [("SERVICE", "service"), ("TYPE", "type"), ("FRONTEND", "frontend"), ("ID", "id"),
+                            ("BACKENDS", "backend_list")]
+_COLUMNS["bpf lb"] = [("FRONTEND", "frontend"), ("ID", "id"), ("FLAGS", "flags"), ("SLOTS", "slots"),
+                      ("AFFINITY S", "affinity_timeout_s"), ("BACKENDS (ID=ADDRESS)", "backends")]
 
 
 _EPILOG = ("-o/--output may be given anywhere on the command line. Exit codes: 0 success, 1 error, "
@@ -101,9 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     ident_sub = ident.add_subparsers(dest="action", required=True)
     ident_sub.add_parser("list")
     ident_sub.add_parser("get").add_argument("identity", type=int)
+    svc = sub.add_parser("service", help="Services as this node's load balancer holds them")
+    svc.add_argument("action", choices=["list"])
     add_observe_parser(sub)
     bpf = sub.add_parser("bpf", help="dump datapath maps")
-    bpf.add_argument("map", choices=["endpoints", "ct", "metrics"])
+    bpf.add_argument("map", choices=["endpoints", "ct", "metrics", "lb"])
     return parser
 
 
@@ -180,9 +186,15 @@ def run(argv: list[str] | None = None) -> int:
             result = request(f"identity.{args.action}", args.socket, **extra)
             if args.action == "get":
                 result = [result]
+        elif args.command == "service":
+            result, key = request("service.list", args.socket), "service list"
+            for row in result:
+                row["backend_list"] = " ".join(f"{b['address']}({b['state']})" for b in row["backends"]) or "(refuse)"
         else:
-            op = {"endpoints": "bpf.endpoints", "ct": "bpf.ct", "metrics": "bpf.metrics"}[args.map]
+            op = {"endpoints": "bpf.endpoints", "ct": "bpf.ct", "metrics": "bpf.metrics", "lb": "bpf.lb"}[args.map]
             result, key = request(op, args.socket), f"bpf {args.map}"
+            if args.map == "lb" and args.output == "table":
+                result = result["services"]
     except AgentError as exc:
         if exc.code == REJECTED and isinstance(exc.details, list) and exc.details:
             # "rejected: a; b" and then a and b: each problem on its own line, once

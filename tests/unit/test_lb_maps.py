@@ -87,9 +87,9 @@ def test_backends_are_shared_and_ids_survive_a_restart() -> None:
 
 def test_freed_ids_are_not_reused_at_once() -> None:
     ids = LbIds()
-    a = ids.backends.get((IPv4Address("10.1.0.1"), 80, 6))
-    ids.backends.release((IPv4Address("10.1.0.1"), 80, 6))
-    assert ids.backends.get((IPv4Address("10.1.0.2"), 80, 6)) != a
+    a = ids.backends.get((IPv4Address("10.1.0.1"), 80, 6, 0))
+    ids.backends.release((IPv4Address("10.1.0.1"), 80, 6, 0))
+    assert ids.backends.get((IPv4Address("10.1.0.2"), 80, 6, 0)) != a
 
 
 def _check_state(maps: dict[str, dict[Any, Any]]) -> None:
