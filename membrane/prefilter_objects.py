@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from membrane.k8s_models import ObjectMeta
 from membrane.prefilter_rules import MAX_RULES as NODE_MAX_RULES
-from membrane.schema_checking import RuleCheck, SchemaChecker
+from membrane.schema_checking import RuleCheck, SchemaChecker, pruned
 
 GROUP = "membrane.io"
 VERSION = "v1alpha1"
@@ -336,14 +336,14 @@ RULE_CHECKS: dict[str, RuleCheck] = {
     _L4_PROTOCOL_RULE: lambda v: "protocol" not in (v.get("ipv4") or {})
     or all(v["ipv4"]["protocol"] in (number, part.upper()) for part, number in (("tcp", 6), ("udp", 17), ("sctp", 132))
            if part in v),
-    _RESERVED_NAME_RULE: lambda v: v["metadata"].get("name") != "sanity",
-    _NAME_LENGTH_RULE: lambda v: len(str(v["metadata"].get("name", ""))) <= 189,
+    _RESERVED_NAME_RULE: lambda v: (v.get("metadata") or {}).get("name") != "sanity",
+    _NAME_LENGTH_RULE: lambda v: len(str((v.get("metadata") or {}).get("name", ""))) <= 189,
 }
 
-_RULE_FIELDS = {_RESERVED_NAME_RULE: "metadata.name", _NAME_LENGTH_RULE: "metadata.name"}
+RULE_FIELDS = {_RESERVED_NAME_RULE: "metadata.name", _NAME_LENGTH_RULE: "metadata.name"}
 CHECKERS = {
-    PACKET_FILTER: SchemaChecker(PACKET_FILTER_SCHEMA, RULE_CHECKS, PATTERN_NAMES, _RULE_FIELDS),
-    CIDR_DENY_LIST: SchemaChecker(CIDR_DENY_LIST_SCHEMA, RULE_CHECKS, PATTERN_NAMES, _RULE_FIELDS),
+    PACKET_FILTER: SchemaChecker(PACKET_FILTER_SCHEMA, RULE_CHECKS, PATTERN_NAMES, RULE_FIELDS),
+    CIDR_DENY_LIST: SchemaChecker(CIDR_DENY_LIST_SCHEMA, RULE_CHECKS, PATTERN_NAMES, RULE_FIELDS),
 }
 KINDS = tuple(CHECKERS)
 
@@ -368,20 +368,11 @@ def network(text: str) -> str:
     return str(ipaddress.IPv4Network(text))
 
 
-def _pruned(value: Any, schema: Mapping[str, Any]) -> Any:
-    if isinstance(value, dict):
-        properties = schema.get("properties") or {}
-        return {k: _pruned(v, properties[k]) for k, v in value.items() if k in properties}
-    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        return [_pruned(v, schema["items"]) for v in value]
-    return value
-
-
 def canonical_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """A checked spec as the stream carries it: unknown fields pruned (as the API server
     stores it), bare addresses as /32."""
     schema = (PACKET_FILTER_SCHEMA if kind == PACKET_FILTER else CIDR_DENY_LIST_SCHEMA)["properties"]["spec"]
-    out: dict[str, Any] = _pruned(dict(spec), schema)
+    out: dict[str, Any] = pruned(dict(spec), schema)
     if kind == CIDR_DENY_LIST:
         out["cidrs"] = [network(c) for c in out.get("cidrs") or []]
         return out

@@ -150,6 +150,27 @@ class SchemaChecker:
                         if isinstance(item, dict) else None, out, keys)
 
 
+def pruned(value: Any, schema: Schema, path: str = "", dropped: list[str] | None = None) -> Any:
+    """`value` as the API server stores it: fields the schema does not declare dropped (their
+    paths appended to `dropped`), as structural pruning does; metadata is left to the server."""
+    if isinstance(value, dict) and path != "metadata" and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        properties: Mapping[str, Schema] = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        out = {}
+        for key, sub in value.items():
+            where = _key_path(path, str(key))
+            if key in properties:
+                out[key] = pruned(sub, properties[key], where, dropped)
+            elif isinstance(extra, Mapping):
+                out[key] = pruned(sub, extra, where, dropped)
+            elif dropped is not None:
+                dropped.append(where)
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [pruned(item, schema["items"], f"{path}[{index}]", dropped) for index, item in enumerate(value)]
+    return value
+
+
 def rule_texts(schema: Any) -> list[str]:
     """Every CEL rule text in a schema, in document order."""
     found: list[str] = []

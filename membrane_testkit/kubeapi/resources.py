@@ -147,6 +147,9 @@ class Registry:
     kubernetes_version: str = DEFAULT_KUBERNETES_VERSION
     _types: dict[tuple[str, str, str], ResourceType] = field(default_factory=dict)
     _by_crd: dict[str, list[ResourceType]] = field(default_factory=dict)
+    # (group, version, plural) -> the openAPIV3Schema a CRD gives that version (custom resources
+    # are validated against it on every write).
+    _schemas: dict[tuple[str, str, str], JSON] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -182,12 +185,23 @@ class Registry:
         """Serve (or re-serve after an update) the resources a CRD declares."""
         name = crd["metadata"]["name"]
         types = crd_types(crd)
+        schemas = {version["name"]: (version.get("schema") or {}).get("openAPIV3Schema")
+                   for version in crd.get("spec", {}).get("versions", [])}
         with self._lock:
             for old in self._by_crd.pop(name, []):
                 self._types.pop((old.group, old.version, old.plural), None)
+                self._schemas.pop((old.group, old.version, old.plural), None)
             for rtype in types:
                 self._types[(rtype.group, rtype.version, rtype.plural)] = rtype
+                schema = schemas.get(rtype.version)
+                if schema:
+                    self._schemas[(rtype.group, rtype.version, rtype.plural)] = schema
             self._by_crd[name] = types
+
+    def schema_of(self, rtype: ResourceType) -> JSON | None:
+        """The CRD's schema for a custom resource's version (None: built-in, or none given)."""
+        with self._lock:
+            return self._schemas.get((rtype.group, rtype.version, rtype.plural))
 
     def remove_crd(self, name: str) -> list[ResourceType]:
         """Stop serving a CRD's resources; returns the types it served."""
@@ -195,4 +209,5 @@ class Registry:
             types = self._by_crd.pop(name, [])
             for old in types:
                 self._types.pop((old.group, old.version, old.plural), None)
+                self._schemas.pop((old.group, old.version, old.plural), None)
         return types

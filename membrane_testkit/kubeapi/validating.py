@@ -13,7 +13,12 @@ does with a write, and so what the stand-in does:
 - a required field that is missing: 422 Invalid naming the field.
 
 Semantic validation beyond the schema (port ranges, CIDR syntax, label syntax) is not modelled.
-Custom resources are not validated here (their schemas live in their CRDs).
+
+Custom resources are checked against the `openAPIV3Schema` of their CRD (`admit_custom`), as a
+real server does: unknown fields pruned (with a warning) or, under `Strict`, refused; every
+schema violation 422 Invalid naming the field. The CEL rules (`x-kubernetes-validations`) are
+evaluated through their Python equivalents where membrane has one (its own CRDs:
+membrane/prefilter_objects.RULE_CHECKS); other CRDs' rules are not evaluated.
 """
 
 from __future__ import annotations
@@ -248,3 +253,37 @@ def warning_header(warnings: list[str]) -> str:
     """RFC 7234 `Warning` values as kube-apiserver sends them (code 299, agent `-`)."""
     quoted = ['299 - "' + w.replace("\\", "\\\\").replace('"', '\\"') + '"' for w in warnings]
     return ", ".join(quoted)
+
+
+_REASONS = (("Required value", "FieldValueRequired"), ("Unsupported value", "FieldValueNotSupported"),
+            ("Too many", "FieldValueTooMany"), ("Duplicate value", "FieldValueDuplicate"))
+
+
+def _custom_checker(schema: JSON) -> Any:
+    from membrane.prefilter_objects import PATTERN_NAMES, RULE_CHECKS, RULE_FIELDS
+    from membrane.schema_checking import SchemaChecker, rule_texts
+
+    # A rule membrane has no Python equivalent for is not evaluated (the stand-in has no CEL).
+    rules = {text: RULE_CHECKS.get(text, lambda _value: True) for text in rule_texts(schema)}
+    return SchemaChecker(schema, rules, PATTERN_NAMES, RULE_FIELDS)
+
+
+def admit_custom(schema: JSON, obj: JSON, mode: str, name: str, plural: str, group: str) -> tuple[JSON, list[str]]:
+    """A custom resource as the server keeps it (unknown fields pruned) and the warnings; raises
+    the ApiError a real server answers for a schema violation or, under Strict, an unknown field."""
+    from membrane.schema_checking import pruned
+
+    dropped: list[str] = []
+    kept = pruned(obj, schema, "", dropped)
+    unknown = [f'unknown field "{path}"' for path in dropped]
+    kind = str(obj.get("kind", ""))
+    if unknown and mode == "Strict":
+        version = str(obj.get("apiVersion", "")).rpartition("/")[2]
+        raise bad_request(f'{kind} in version "{version}" cannot be handled as a {kind}: strict decoding error: '
+                          + ", ".join(unknown))
+    errors = _custom_checker(schema).errors(kept, strict=False)
+    if errors:
+        found = [(e.path, next((r for prefix, r in _REASONS if e.reason.startswith(prefix)), "FieldValueInvalid"),
+                  e.reason) for e in errors]
+        raise _invalid(kind, plural, group, name, found)
+    return kept, unknown if mode == "Warn" else []

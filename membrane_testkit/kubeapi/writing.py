@@ -30,7 +30,7 @@ from .resources import Registry, ResourceType
 from .routing import Route
 from .statuses import ApiError, already_exists, bad_request, conflict, invalid, not_found, success_body
 from .storing import Key, Store
-from .validating import CURRENT_WRITE, SchemaBook, admit
+from .validating import CURRENT_WRITE, SchemaBook, admit, admit_custom
 from .watching import present
 
 JSON = dict[str, Any]
@@ -83,12 +83,17 @@ class Writes:
     def _admit(self, rtype: ResourceType, body: JSON, name: str) -> JSON:
         """The body as the server keeps it after schema validation (see `validating`): unknown
         fields dropped (with a warning) or refused, undecodable or incomplete objects refused."""
-        if self.schemas is None or rtype.custom:
+        custom_schema = self.registry.schema_of(rtype) if rtype.custom else None
+        if (self.schemas is None or rtype.custom) and custom_schema is None:
             return body
         context = CURRENT_WRITE.get()
         mode = context.mode if context is not None else "Warn"
-        obj, warnings = admit(self.schemas, {**body, "apiVersion": rtype.api_version, "kind": rtype.kind},
-                              mode, name, rtype.plural, rtype.group)
+        typed = {**body, "apiVersion": rtype.api_version, "kind": rtype.kind}
+        if custom_schema is not None:
+            obj, warnings = admit_custom(custom_schema, typed, mode, name, rtype.plural, rtype.group)
+        else:
+            assert self.schemas is not None
+            obj, warnings = admit(self.schemas, typed, mode, name, rtype.plural, rtype.group)
         if context is not None:
             context.warnings.extend(warnings)
         return obj

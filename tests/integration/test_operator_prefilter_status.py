@@ -9,6 +9,7 @@ tests/e2e/test_prefilter_kubernetes.py)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -173,5 +174,42 @@ def test_a_spec_only_the_operator_can_refuse_is_reported_and_streamed_to_no_node
                                            {"spec": {"rules": [{**DROP_X, "source": "10.0.0.0/8"}]}})
         assert wait_for(lambda: condition().get("status") == "True"), condition()
         assert wait_for(lambda: agent.rule_names() == ["cve.x", "other.y"])
+    finally:
+        agent.stop()
+
+
+def test_the_api_refuses_an_invalid_rule_naming_the_field_and_nothing_changes(
+        cluster: tuple[KubeApiServer, Operator, Any]) -> None:
+    """The CRD's schema (with its CEL rules) at the API: a bad edit is refused with the field and
+    the reason, the stored filter and what every node enforces stay as they were."""
+    _api, operator, custom = cluster
+    agent = Agent(operator.grpc_port, "n1")
+    try:
+        custom.create_cluster_custom_object(GROUP, VERSION, "packetfilters", packet_filter([DROP_X]))
+        assert wait_for(lambda: agent.rule_names() == ["cve.x"])
+        version = operator.state.version
+        for bad, message in (
+                ({**DROP_X, "action": "Reject"},
+                 'spec.rules[0].action: Unsupported value: "Reject": supported values: "Drop", "Count", "RateLimit"'),
+                ({**DROP_X, "action": "RateLimit"},
+                 "spec.rules[0]: rateLimit is required with action RateLimit and allowed only with it"),
+                ({**DROP_X, "payload": {"offset": 0, "value": "abc"}},
+                 'spec.rules[0].payload.value: Invalid value: "abc": must be bytes in hex digits')):
+            with pytest.raises(client.ApiException) as caught:
+                custom.patch_cluster_custom_object(GROUP, VERSION, "packetfilters", "cve", {"spec": {"rules": [bad]}})
+            assert caught.value.status == 422
+            assert f'PacketFilter.membrane.io "cve" is invalid: {message}' in json.loads(caught.value.body)["message"]
+        stored = custom.get_cluster_custom_object(GROUP, VERSION, "packetfilters", "cve")
+        assert stored["spec"]["rules"] == [DROP_X] and stored["metadata"]["generation"] == 1
+        time.sleep(0.5)
+        assert operator.state.version == version and agent.rule_names() == ["cve.x"]
+        # Strict field validation (kubectl apply --validate=strict) refuses an unknown field.
+        with pytest.raises(client.ApiException) as caught:
+            custom.api_client.call_api(
+                "/apis/membrane.io/v1alpha1/packetfilters", "POST", body={**packet_filter([{**DROP_X, "actoin": "Drop"}]),
+                                                                          "metadata": {"name": "typo"}},
+                query_params=[("fieldValidation", "Strict")], header_params={"Content-Type": "application/json"},
+                _return_http_data_only=True, _preload_content=False)
+        assert caught.value.status == 400 and 'unknown field \\"spec.rules[0].actoin\\"' in caught.value.body.decode()
     finally:
         agent.stop()
