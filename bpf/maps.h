@@ -60,6 +60,13 @@
 #define MB_EVENTS_AGG_MAX 8192
 #endif
 
+#ifndef MB_PREFILTER_CIDR_MAX
+#define MB_PREFILTER_CIDR_MAX 131072
+#endif
+#ifndef MB_PREFILTER_RATE_MAX
+#define MB_PREFILTER_RATE_MAX 16384
+#endif
+
 #define MB_PIN(name) MB_PIN_ROOT "/" #name
 
 /* IPv4 pod address -> endpoint (only pods of this node). */
@@ -165,5 +172,29 @@ BPF_TABLE("lru_hash", struct mb_event_agg_key, struct mb_event_agg_value,
  * its Python mirror (ring buffer records have no type bcc would know).
  */
 BPF_TABLE("percpu_array", __u32, struct mb_flow_event, mb_event_scratch, 1);
+
+/* ---- XDP prefilter (bpf_xdp.c) ---- */
+
+/* Two banks of rules: [0, MAX) and [MAX, 2 MAX); mb_prefilter_config_v1 says which is in force. */
+BPF_TABLE_PINNED("array", __u32, struct mb_prefilter_rule,
+		 mb_prefilter_rules_v1, 2 * MB_PREFILTER_RULES_MAX, MB_PIN(mb_prefilter_rules_v1));
+
+BPF_TABLE_PINNED("array", __u32, struct mb_prefilter_config,
+		 mb_prefilter_config_v1, 1, MB_PIN(mb_prefilter_config_v1));
+
+/* Packets/bytes matched and dropped per rule or deny list (slot = rule_ref). */
+BPF_TABLE_PINNED("percpu_array", __u32, struct mb_prefilter_counter,
+		 mb_prefilter_counters_v1, MB_PREFILTER_REFS_MAX, MB_PIN(mb_prefilter_counters_v1));
+
+/* Source prefixes dropped on arrival (deny lists), LPM. */
+BPF_TABLE_PINNED("lpm_trie", struct mb_prefilter_cidr_key, struct mb_prefilter_cidr_value,
+		 mb_prefilter_cidr_v1, MB_PREFILTER_CIDR_MAX, MB_PIN(mb_prefilter_cidr_v1), BPF_F_NO_PREALLOC);
+
+/* Token buckets of ratelimit rules, per source; LRU: a flood of sources evicts idle ones. */
+BPF_TABLE_PINNED("lru_hash", struct mb_prefilter_rate_key, struct mb_prefilter_rate_value,
+		 mb_prefilter_rate_v1, MB_PREFILTER_RATE_MAX, MB_PIN(mb_prefilter_rate_v1));
+
+/* The packet being judged by the prefilter, per CPU (kept off the stack: lib/prefilter.h says why). */
+BPF_TABLE("percpu_array", __u32, struct mb_pf_packet, mb_pf_scratch, 1);
 
 #endif /* MB_MAPS_H */

@@ -36,6 +36,9 @@ enum mb_reason {
 	MB_DROP_UNKNOWN_TUNNEL_PEER = 12, /* VXLAN from an address the ipcache does not know as a node */
 	MB_DROP_TUNNEL_SOURCE_NOT_OWNED = 13, /* inner source is neither the sending node nor one of its pods */
 	MB_DROP_NO_SERVICE_BACKEND = 14, /* a service frontend without a usable backend: connection refused */
+	MB_DROP_PREFILTER_RULE = 15,    /* XDP prefilter: a drop rule matched (rule_ref names it) */
+	MB_DROP_PREFILTER_DENY = 16,  /* XDP prefilter: source in a CIDR deny list (rule_ref names the list) */
+	MB_DROP_PREFILTER_RATE = 17,  /* XDP prefilter: over a ratelimit rule's rate for its source */
 	MB_REASON_MAX,
 };
 
@@ -450,6 +453,151 @@ enum mb_lb_stat {
 
 struct mb_lb_stats {
 	__u64 count;
+};
+
+/* ---- XDP prefilter (bpf_xdp.c, lib/prefilter.h; membrane/prefilter_rules.py) ---- */
+
+#define MB_PREFILTER_RULES_MAX 256   /* rules in force at once: one bank of mb_prefilter_rules */
+#define MB_PREFILTER_REFS_MAX 4096   /* counter slots (rules and deny lists); slot 0 is unused */
+#define MB_PREFILTER_PAYLOAD_MAX 16  /* bytes a payload match compares */
+
+/* mb_prefilter_rule.action (membrane.prefilter_rules.Action) */
+enum mb_prefilter_action {
+	MB_PF_ACTION_DROP = 1,
+	MB_PF_ACTION_COUNT = 2,
+	MB_PF_ACTION_RATE_LIMIT = 3,
+};
+
+/* Facts the prefilter finds out about each IPv4 packet once (membrane.prefilter_rules.Fact). */
+#define MB_PF_F_TRUNCATED 0x1         /* fewer bytes than the IPv4 header needs (20, or its header length) */
+#define MB_PF_F_FRAG_RESERVED 0x8     /* the reserved flag bit */
+#define MB_PF_F_FRAG_DF 0x4
+#define MB_PF_F_FRAG_MF 0x2
+#define MB_PF_F_LEN_SHORTER 0x10      /* fewer bytes present than the total length says */
+#define MB_PF_F_LEN_LONGER 0x20       /* more bytes present than it says, beyond Ethernet padding */
+#define MB_PF_F_LEN_MISMATCH 0x40     /* either */
+#define MB_PF_F_LEN_BELOW_HEADER 0x80 /* total length < header length */
+#define MB_PF_F_FRAG_OVERFLOW 0x100   /* offset * 8 + payload > 65535 */
+#define MB_PF_F_L4 0x200              /* a complete TCP/UDP/SCTP header: its fields are valid */
+#define MB_PF_F_L4_TRUNCATED 0x400    /* TCP/UDP first fragment whose header (TCP: by data offset) is cut short */
+#define MB_PF_F_UDP_LEN_MISMATCH 0x800 /* UDP length != IP payload length (unfragmented UDP) */
+
+/* mb_prefilter_rule.flags */
+#define MB_PF_R_PROTOCOL 0x1 /* compare the protocol */
+
+/* mb_prefilter_rule.payload_base: where payload_offset counts from */
+enum mb_prefilter_payload_base {
+	MB_PF_BASE_IP = 0,      /* the IPv4 header */
+	MB_PF_BASE_L4 = 1,      /* the L4 header */
+	MB_PF_BASE_PAYLOAD = 2, /* after the TCP (by data offset) or UDP header; the L4 header otherwise */
+};
+
+/*
+ * One rule (array mb_prefilter_rules_v1: two banks of MB_PREFILTER_RULES_MAX,
+ * the agent writes the idle bank, then switches mb_prefilter_config_v1 to it).
+ * Every range is inclusive; a rule that does not look at a field has its full
+ * range. Addresses are network order, ports host order.
+ */
+struct mb_prefilter_rule {
+	__u32 rule_ref;      /* counter slot, and the flow events' rule_ref */
+	__u8 action;         /* enum mb_prefilter_action */
+	__u8 protocol;       /* compared when flags has MB_PF_R_PROTOCOL */
+	__u16 flags;         /* MB_PF_R_* */
+	__u32 facts_mask;    /* MB_PF_F_* this rule looks at ... */
+	__u32 facts_value;   /* ... and what they must be */
+	__be32 saddr;
+	__be32 smask;        /* 0: any source */
+	__be32 daddr;
+	__be32 dmask;        /* 0: any destination */
+	__u8 ihl_min;        /* header length in 32-bit words */
+	__u8 ihl_max;
+	__u8 ttl_min;
+	__u8 ttl_max;
+	__u16 tot_len_min;
+	__u16 tot_len_max;
+	__u16 frag_off_min;  /* 8-byte units */
+	__u16 frag_off_max;
+	__u16 sport_min;
+	__u16 sport_max;
+	__u16 dport_min;
+	__u16 dport_max;
+	__u8 tcp_flags_mask;
+	__u8 tcp_flags_value;
+	__u8 tcp_doff_min;   /* 32-bit words */
+	__u8 tcp_doff_max;
+	__u16 payload_offset;
+	__u8 payload_base;   /* enum mb_prefilter_payload_base */
+	__u8 payload_len;    /* 0: no payload match */
+	__u32 rate_pps;      /* ratelimit: packets per second per source */
+	__u32 rate_burst;    /* ratelimit: bucket size in packets */
+	__u8 payload_value[MB_PREFILTER_PAYLOAD_MAX]; /* already masked, zero beyond payload_len */
+	__u8 payload_mask[MB_PREFILTER_PAYLOAD_MAX];  /* zero beyond payload_len */
+};
+
+/* mb_prefilter_config.active: which bank is in force, and how many of its rules. */
+#define MB_PF_ACTIVE_BANK 0x80000000U
+#define MB_PF_ACTIVE_COUNT 0xffffU
+
+/*
+ * Which rules are in force (array, one entry). `active` is read once per
+ * packet and written in one store, so a packet sees the old set or the new
+ * one, never a half-written bank. All zero (a fresh map): no rules.
+ */
+struct mb_prefilter_config {
+	__u32 active;       /* MB_PF_ACTIVE_BANK bit | rule count */
+	__u32 generation;   /* the agent's number of the set in force (read back for status) */
+};
+
+/* Per-CPU counters per slot (rule or deny list). */
+struct mb_prefilter_counter {
+	__u64 packets;         /* matched */
+	__u64 bytes;
+	__u64 dropped_packets; /* of those, dropped */
+	__u64 dropped_bytes;
+};
+
+/* CIDR deny list: LPM trie of source prefixes. */
+struct mb_prefilter_cidr_key {
+	__u32 prefixlen;
+	__be32 ip4;
+};
+
+struct mb_prefilter_cidr_value {
+	__u32 rule_ref; /* the list's counter slot */
+};
+
+/* Kernel-internal (pinned, read by tests): token bucket per (ratelimit rule, source). */
+struct mb_prefilter_rate_key {
+	__u32 rule_ref;
+	__be32 saddr;
+};
+
+struct mb_prefilter_rate_value {
+	__u64 last_ns;     /* last refill */
+	__u64 nano_tokens; /* one packet costs 1e9 */
+};
+
+/* Kernel-internal: what the prefilter's parser found (a per-CPU scratch value, lib/prefilter.h). */
+struct mb_pf_packet {
+	__u32 facts;       /* MB_PF_F_* */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport_be;   /* for flow events */
+	__be16 dport_be;
+	__u16 sport;       /* host order, compared with rules */
+	__u16 dport;
+	__u16 tot_len;
+	__u16 frag_off;    /* 8-byte units */
+	__u16 l4_off;      /* from the start of the frame */
+	__u16 payload_off;
+	__u8 protocol;
+	__u8 ihl;
+	__u8 ttl;
+	__u8 tcp_flags;
+	__u8 tcp_doff;
+	__u8 ipv4;         /* 1: an IPv4 frame (the only kind the prefilter judges) */
+	__u16 pad;
+	__u32 len;         /* whole frame, all buffers */
 };
 
 #endif /* MB_TYPES_H */

@@ -104,9 +104,9 @@ class Fact(enum.IntFlag):
     """What the datapath finds out about each IPv4 packet once (``MB_PF_F_*``)."""
 
     TRUNCATED = 0x1  # the frame holds fewer bytes than the IPv4 header needs (20, or the header length)
-    FRAG_RESERVED = 0x2  # the reserved ("evil") flag bit
+    FRAG_MF = 0x2  # more fragments (the header's flag bits, shifted: MF, DF, reserved)
     FRAG_DF = 0x4  # don't fragment
-    FRAG_MF = 0x8  # more fragments
+    FRAG_RESERVED = 0x8  # the reserved ("evil") flag bit
     LEN_SHORTER = 0x10  # fewer bytes present than the total length says
     LEN_LONGER = 0x20  # more bytes present than the total length says (beyond Ethernet padding)
     LEN_MISMATCH = 0x40  # either of the two

@@ -14,6 +14,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Final
 
+from membrane.prefilter_rules import MAX_REFS, MAX_RULES, PAYLOAD_MAX
+
 
 class LayoutMismatch(RuntimeError):
     """The Python mirrors disagree with the compiled program or a pinned map."""
@@ -44,6 +46,9 @@ class Reason(enum.IntEnum):
     DROP_UNKNOWN_TUNNEL_PEER = 12  # VXLAN from an address the ipcache does not know as a node
     DROP_TUNNEL_SOURCE_NOT_OWNED = 13  # inner source is neither the sending node nor one of its pods
     DROP_NO_SERVICE_BACKEND = 14  # a service frontend without a usable backend: connection refused
+    DROP_PREFILTER_RULE = 15  # XDP prefilter: a drop rule matched (the event's rule_ref names it)
+    DROP_PREFILTER_DENY = 16  # XDP prefilter: source in a CIDR deny list (rule_ref names the list)
+    DROP_PREFILTER_RATE = 17  # XDP prefilter: over a ratelimit rule's rate for its source
 
 
 class EndpointFlag(enum.IntFlag):
@@ -399,6 +404,84 @@ class LbStatsValue(ctypes.Structure):
     _fields_ = [("count", ctypes.c_uint64)]
 
 
+PAYLOAD_BYTES = ctypes.c_uint8 * PAYLOAD_MAX
+
+
+class PrefilterRuleValue(ctypes.Structure):
+    """``struct mb_prefilter_rule`` (fields as ``membrane.prefilter_rules.EncodedRule``)."""
+
+    _fields_ = [
+        ("rule_ref", ctypes.c_uint32),
+        ("action", ctypes.c_uint8),
+        ("protocol", ctypes.c_uint8),
+        ("flags", ctypes.c_uint16),
+        ("facts_mask", ctypes.c_uint32),
+        ("facts_value", ctypes.c_uint32),
+        ("saddr", ctypes.c_uint32),  # network byte order, as the masks
+        ("smask", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("dmask", ctypes.c_uint32),
+        ("ihl_min", ctypes.c_uint8),
+        ("ihl_max", ctypes.c_uint8),
+        ("ttl_min", ctypes.c_uint8),
+        ("ttl_max", ctypes.c_uint8),
+        ("tot_len_min", ctypes.c_uint16),
+        ("tot_len_max", ctypes.c_uint16),
+        ("frag_off_min", ctypes.c_uint16),
+        ("frag_off_max", ctypes.c_uint16),
+        ("sport_min", ctypes.c_uint16),
+        ("sport_max", ctypes.c_uint16),
+        ("dport_min", ctypes.c_uint16),
+        ("dport_max", ctypes.c_uint16),
+        ("tcp_flags_mask", ctypes.c_uint8),
+        ("tcp_flags_value", ctypes.c_uint8),
+        ("tcp_doff_min", ctypes.c_uint8),
+        ("tcp_doff_max", ctypes.c_uint8),
+        ("payload_offset", ctypes.c_uint16),
+        ("payload_base", ctypes.c_uint8),
+        ("payload_len", ctypes.c_uint8),
+        ("rate_pps", ctypes.c_uint32),
+        ("rate_burst", ctypes.c_uint32),
+        ("payload_value", PAYLOAD_BYTES),
+        ("payload_mask", PAYLOAD_BYTES),
+    ]
+
+
+class PrefilterConfigValue(ctypes.Structure):
+    """``struct mb_prefilter_config``: the bank in force and its rule count in one word."""
+
+    _fields_ = [("active", ctypes.c_uint32), ("generation", ctypes.c_uint32)]
+
+
+class PrefilterCounterValue(ctypes.Structure):
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("dropped_packets", ctypes.c_uint64),
+        ("dropped_bytes", ctypes.c_uint64),
+    ]
+
+
+class PrefilterCidrKey(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("ip4", ctypes.c_uint32)]  # ip4 in network order
+
+
+class PrefilterCidrValue(ctypes.Structure):
+    _fields_ = [("rule_ref", ctypes.c_uint32)]
+
+
+class PrefilterRateKey(ctypes.Structure):
+    _fields_ = [("rule_ref", ctypes.c_uint32), ("saddr", ctypes.c_uint32)]  # saddr in network order
+
+
+class PrefilterRateValue(ctypes.Structure):
+    _fields_ = [("last_ns", ctypes.c_uint64), ("nano_tokens", ctypes.c_uint64)]
+
+
+PREFILTER_ACTIVE_BANK: Final = 0x80000000  # MB_PF_ACTIVE_BANK
+PREFILTER_ACTIVE_COUNT: Final = 0xFFFF  # MB_PF_ACTIVE_COUNT
+
+
 class ArrayIndex(ctypes.Structure):
     """The ``__u32`` key of array maps, as a struct so it is checked like the others."""
 
@@ -464,8 +547,21 @@ LB_AFFINITY: Final = MapSpec("lb_affinity", "mb_lb4_affinity_v1", BPF_MAP_TYPE_L
 LB_SOCK: Final = MapSpec("lb_sock", "mb_lb4_sock_v1", BPF_MAP_TYPE_LRU_HASH, Lb4SockKey, Lb4SockValue, 131072)
 LB_STATS: Final = MapSpec("lb_stats", "mb_lb_stats_v1", BPF_MAP_TYPE_PERCPU_ARRAY, ArrayIndex, LbStatsValue,
                           len(LbStat))
+# XDP prefilter (bpf_xdp.c): two banks of rules, the word saying which is in force, counters per rule or
+# deny list, the deny lists' prefixes, the ratelimit buckets.
+PREFILTER_RULES: Final = MapSpec("prefilter_rules", "mb_prefilter_rules_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex,
+                                 PrefilterRuleValue, 2 * MAX_RULES)
+PREFILTER_CONFIG: Final = MapSpec("prefilter_config", "mb_prefilter_config_v1", BPF_MAP_TYPE_ARRAY, ArrayIndex,
+                                  PrefilterConfigValue, 1)
+PREFILTER_COUNTERS: Final = MapSpec("prefilter_counters", "mb_prefilter_counters_v1", BPF_MAP_TYPE_PERCPU_ARRAY,
+                                    ArrayIndex, PrefilterCounterValue, MAX_REFS)
+PREFILTER_CIDR: Final = MapSpec("prefilter_cidr", "mb_prefilter_cidr_v1", BPF_MAP_TYPE_LPM_TRIE, PrefilterCidrKey,
+                                PrefilterCidrValue, 131072, BPF_F_NO_PREALLOC)
+PREFILTER_RATE: Final = MapSpec("prefilter_rate", "mb_prefilter_rate_v1", BPF_MAP_TYPE_LRU_HASH, PrefilterRateKey,
+                                PrefilterRateValue, 16384)
 MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG, NODE_CONFIG, CIDR,
-                    POLICY_REV, LB_SERVICES, LB_BACKENDS, LB_REV_NAT, LB_MEMBERS, LB_AFFINITY, LB_SOCK, LB_STATS)
+                    POLICY_REV, LB_SERVICES, LB_BACKENDS, LB_REV_NAT, LB_MEMBERS, LB_AFFINITY, LB_SOCK, LB_STATS,
+                    PREFILTER_RULES, PREFILTER_CONFIG, PREFILTER_COUNTERS, PREFILTER_CIDR, PREFILTER_RATE)
 # Pins of older layout versions, removed at load (their programs are replaced by this build's).
 RETIRED_PINS: Final = ("mb_ct4_v1",)
 # Maps whose size comes from the agent's configuration: their whole content is rebuilt from

@@ -1,8 +1,9 @@
 """Compile and load the datapath with bcc, and access its pinned maps.
 
 ``Datapath`` is the agent's handle on ``bpf/bpf_lxc.c`` (pod veths),
-``bpf/bpf_overlay.c`` (the VXLAN device) and ``bpf/bpf_sock.c`` (cgroup socket
-hooks: Services), one compilation unit: compiled once per
+``bpf/bpf_overlay.c`` (the VXLAN device), ``bpf/bpf_sock.c`` (cgroup socket
+hooks: Services) and ``bpf/bpf_xdp.c`` (the XDP prefilter on the node's devices),
+one compilation unit: compiled once per
 agent start, its maps pinned under ``pin_root`` so that a restarted agent
 (or a new build with the same layout versions) picks up the very same maps
 while the programs already attached keep forwarding.
@@ -16,7 +17,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +51,9 @@ from membrane.agent.datapath.layout import (
     PINNED_NAMES,
     POLICY,
     POLICY_REV,
+    PREFILTER_CONFIG,
+    PREFILTER_COUNTERS,
+    PREFILTER_RULES,
     RESIZABLE,
     RETIRED_PINS,
     ArrayIndex,
@@ -64,6 +68,9 @@ from membrane.agent.datapath.layout import (
     MetricsValue,
     NodeConfigValue,
     PolicyRevValue,
+    PrefilterConfigValue,
+    PrefilterCounterValue,
+    PrefilterRuleValue,
     RingSpec,
     check_map_info,
     check_struct,
@@ -71,18 +78,22 @@ from membrane.agent.datapath.layout import (
 from membrane.agent.datapath.metrics import MetricSample, summed_samples
 from membrane.agent.datapath.node_config import NodeConfig
 from membrane.agent.datapath.pinned_maps import CODECS, PinnedMap, write_delta
+from membrane.agent.datapath.prefilter import ActiveSet, RuleCounters, encoded_rule, rule_value
+from membrane.agent.datapath.prefilter import slot as prefilter_slot
 from membrane.agent.datapath.shared_constants import drift, static_asserts
-from membrane.agent.datapath.syscalls import map_count_entries, map_info, pinned_map_info
+from membrane.agent.datapath.syscalls import map_count_entries, map_info, map_update_batch, pinned_map_info
 from membrane.agent.datapath.witness import WITNESS_NAME
 from membrane.delta import Delta
 from membrane.policy.flattening import FlatKey, FlatValue
+from membrane.prefilter_rules import EncodedRule
 
 DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
-ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c", "bpf_sock.c")  # one per hook family, one compilation unit
+ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c", "bpf_sock.c", "bpf_xdp.c")  # one per hook family, one unit
 SHARED_HEADERS: Final = ("types.h", "lib/events.h")  # numbers checked against Python at load (shared_constants)
 ENTRY_FILE: Final = ENTRY_FILES[0]
-PROGRAMS: Final = ("from_container", "to_container", "from_overlay", "to_overlay")
+PROGRAMS: Final = ("from_container", "to_container", "from_overlay", "to_overlay")  # tc (SCHED_CLS)
 SOCK_PROGRAMS: Final = SOCK_HOOKS  # cgroup sock_addr programs -> their (expected) attach type
+XDP_PROGRAMS: Final = ("xdp_prefilter",)
 
 log = logging.getLogger("membrane.datapath")
 
@@ -167,6 +178,7 @@ class Datapath:
             fds = {name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in PROGRAMS}
             fds.update({name: int(bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach).fd)
                         for name, attach in SOCK_PROGRAMS.items()})
+            fds.update({name: int(bpf.load_func(name.encode(), BPF.XDP).fd) for name in XDP_PROGRAMS})
             self.load_seconds = time.perf_counter() - started
         except BaseException:
             bpf.cleanup()
@@ -352,6 +364,49 @@ class Datapath:
             out[stat.name.lower()] = sum(int(v.count) for v in values)
         return out
 
+    # -- XDP prefilter ---------------------------------------------------------
+
+    def prefilter_active(self) -> ActiveSet:
+        """Which bank of rules is in force, how many, and the set's generation."""
+        table = self._table(PREFILTER_CONFIG)
+        return ActiveSet.from_struct(struct_copy(PrefilterConfigValue, table[struct_copy(table.Key, ArrayIndex(0))]))
+
+    def set_prefilter_active(self, active: ActiveSet) -> None:
+        """Switch the rule set in force: one array write, whose `active` word the datapath reads once
+        per packet (the bank written before must be complete)."""
+        table = self._table(PREFILTER_CONFIG)
+        table[struct_copy(table.Key, ArrayIndex(0))] = struct_copy(table.Leaf, active.to_struct())
+
+    def write_prefilter_rules(self, bank: int, rules: Sequence[EncodedRule]) -> None:
+        """Write rules into a bank's first slots, in order (the bank not in force: see set_prefilter_active)."""
+        if bank not in (0, 1) or len(rules) > self.specs["prefilter_rules"].max_entries // 2:
+            raise DatapathError(f"bank {bank} with {len(rules)} rules: bank 0 or 1, "
+                                f"at most {self.specs['prefilter_rules'].max_entries // 2} rules")
+        if not rules:
+            return
+        table = self._table(PREFILTER_RULES)
+        keys = b"".join(bytes(ArrayIndex(prefilter_slot(bank, i))) for i in range(len(rules)))
+        values = b"".join(bytes(rule_value(rule)) for rule in rules)
+        map_update_batch(int(table.map_fd), keys, values, len(rules))
+
+    def prefilter_rules(self, bank: int, count: int) -> list[EncodedRule]:
+        table = self._table(PREFILTER_RULES)
+        return [encoded_rule(struct_copy(PrefilterRuleValue, table[struct_copy(table.Key, ArrayIndex(
+            prefilter_slot(bank, i)))])) for i in range(count)]
+
+    def prefilter_counters(self, refs: Iterable[int]) -> dict[int, RuleCounters]:
+        """Counters of the given slots (rules and deny lists), summed over CPUs."""
+        table = self._table(PREFILTER_COUNTERS)
+        return {ref: RuleCounters.summed(struct_copy(PrefilterCounterValue, value)
+                                         for value in table[struct_copy(table.Key, ArrayIndex(ref))])
+                for ref in refs}
+
+    def reset_prefilter_counters(self, refs: Iterable[int]) -> None:
+        """Zero slots on every CPU (before a slot counts for a new rule or list)."""
+        table = self._table(PREFILTER_COUNTERS)
+        for ref in refs:
+            table[struct_copy(table.Key, ArrayIndex(ref))] = table.Leaf()
+
     # -- node config ---------------------------------------------------------
 
     def node_config(self) -> NodeConfig:
@@ -470,6 +525,7 @@ class Datapath:
             f"-DMB_LB_REV_NAT_MAX={self.specs['lb_rev_nat'].max_entries}",
             f"-DMB_LB_AFFINITY_MAX={self.specs['lb_affinity'].max_entries}",
             f"-DMB_LB_SOCK_MAX={self.specs['lb_sock'].max_entries}",
+            f"-DMB_PREFILTER_CIDR_MAX={self.specs['prefilter_cidr'].max_entries}",
             f"-DMB_EVENTS_RINGBUF_BYTES={EVENTS.size_bytes}",
             *conntrack_cflags(),
             *([] if self.events_compiled else ["-DMB_EVENTS_OFF"]),

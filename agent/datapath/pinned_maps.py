@@ -46,6 +46,8 @@ from membrane.agent.datapath.layout import (
     Lb4Service,
     PolicyKey,
     PolicyValue,
+    PrefilterCidrKey,
+    PrefilterCidrValue,
 )
 from membrane.agent.datapath.lb import (
     backend_key,
@@ -62,6 +64,9 @@ from membrane.agent.datapath.lb import (
     rev_nat_value,
 )
 from membrane.agent.datapath.policy import flat_key, flat_value, policy_key, policy_value
+from membrane.agent.datapath.prefilter import cidr_key as prefilter_cidr_key
+from membrane.agent.datapath.prefilter import cidr_value as prefilter_cidr_value
+from membrane.agent.datapath.prefilter import prefix_of
 from membrane.agent.datapath.syscalls import BatchUnsupported, map_delete_batch, map_update_batch
 
 BATCH_CHUNK: Final = 4096  # elements per batch syscall (bounded buffers, bounded kernel time)
@@ -94,6 +99,9 @@ CODECS: Final[dict[str, MapCodec]] = {
                            rev_nat_value, rev_nat_of),
     "lb_members": MapCodec(Lb4MemberKey, Lb4Member, member_key, member_key_of,
                            lambda slot: Lb4Member(slot=slot), lambda v: int(v.slot)),
+    # XDP prefilter deny lists: source prefix -> the list's counter slot.
+    "prefilter_cidr": MapCodec(PrefilterCidrKey, PrefilterCidrValue, prefilter_cidr_key, prefix_of,
+                               prefilter_cidr_value, lambda v: int(v.rule_ref)),
 }
 
 

@@ -1,4 +1,4 @@
-"""BPF_PROG_TEST_RUN for tc programs: run a loaded program on a crafted packet.
+"""BPF_PROG_TEST_RUN for tc and XDP programs: run a loaded program on a crafted packet.
 
 For SCHED_CLS programs the kernel builds an skb from ``data`` (an Ethernet
 frame) on the device ``ifindex`` (loopback when 0) and takes a few fields
@@ -19,6 +19,9 @@ from membrane.agent.datapath.syscalls import BPF_PROG_TEST_RUN, BpfTestRunAttr, 
 TC_ACT_OK: Final = 0
 TC_ACT_SHOT: Final = 2
 TC_ACT_REDIRECT: Final = 7
+XDP_ABORTED: Final = 0
+XDP_DROP: Final = 1
+XDP_PASS: Final = 2
 
 _OUT_HEADROOM: Final = 512  # programs may grow the packet
 
@@ -90,3 +93,20 @@ def prog_test_run(
         data_out=data_out.raw[: attr.data_size_out],
         duration_ns=attr.duration,
     )
+
+
+def xdp_test_run(prog_fd: int, data: bytes, *, repeat: int = 1) -> ProgRunResult:
+    """Run an XDP program once (or ``repeat`` times) on a frame; the kernel's test device is loopback."""
+    data_in = ctypes.create_string_buffer(data, len(data))
+    data_out = ctypes.create_string_buffer(len(data) + _OUT_HEADROOM)
+    attr = BpfTestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(data),
+        data_size_out=ctypes.sizeof(data_out),
+        data_in=ctypes.addressof(data_in),
+        data_out=ctypes.addressof(data_out),
+        repeat=repeat,
+    )
+    bpf(BPF_PROG_TEST_RUN, attr)
+    return ProgRunResult(retval=attr.retval, data_out=data_out.raw[: attr.data_size_out],
+                         duration_ns=attr.duration)

@@ -17,10 +17,13 @@ import enum
 import re
 from collections.abc import Iterable, Mapping
 
+from membrane import prefilter_rules
 from membrane.identities import IDENTITY_ANY, LOCAL_IDENTITY_FLAG, ReservedIdentity
 
 from .events import EVENTS_AGGREGATE_MS, EVENTS_BURST, EVENTS_RATE_PER_SEC
 from .layout import (
+    PREFILTER_ACTIVE_BANK,
+    PREFILTER_ACTIVE_COUNT,
     CtFlag,
     Direction,
     EndpointFlag,
@@ -53,6 +56,10 @@ FAMILIES: tuple[tuple[str, type[enum.IntEnum] | type[enum.IntFlag]], ...] = (
     ("MB_LB_BACKEND_F_", LbBackendFlag),
     ("MB_LB_CLIENT_", LbClient),
     ("MB_LB_STAT_", LbStat),
+    ("MB_PF_ACTION_", prefilter_rules.Action),
+    ("MB_PF_F_", prefilter_rules.Fact),
+    ("MB_PF_R_", prefilter_rules.RuleFlag),
+    ("MB_PF_BASE_", prefilter_rules.PayloadBase),
 )
 
 
@@ -70,6 +77,11 @@ def expected() -> dict[str, int]:
         "MB_EVENTS_RATE": EVENTS_RATE_PER_SEC,
         "MB_EVENTS_BURST": EVENTS_BURST,
         "MB_EVENTS_AGGREGATE_MS": EVENTS_AGGREGATE_MS,
+        "MB_PREFILTER_RULES_MAX": prefilter_rules.MAX_RULES,
+        "MB_PREFILTER_REFS_MAX": prefilter_rules.MAX_REFS,
+        "MB_PREFILTER_PAYLOAD_MAX": prefilter_rules.PAYLOAD_MAX,
+        "MB_PF_ACTIVE_BANK": PREFILTER_ACTIVE_BANK,
+        "MB_PF_ACTIVE_COUNT": PREFILTER_ACTIVE_COUNT,
     })
     return want
 

@@ -20,7 +20,7 @@ CORE = frozenset({
     "membrane.policy", "membrane.selectors", "membrane.labels", "membrane.identities", "membrane.ipam",
     "membrane.ipcache", "membrane.delta", "membrane.map_plan", "membrane.flows", "membrane.k8s_models",
     "membrane.servicemap", "membrane.bandwidth", "membrane.cni_types", "membrane.strict_fields",
-    "membrane.api.state_objects", "membrane.prefilter_rules", "membrane.services", "membrane.maglev",
+    "membrane.api.state_objects", "membrane.prefilter_rules", "membrane.prefilter_model", "membrane.services", "membrane.maglev",
     "membrane.prefilter_objects", "membrane.schema_checking", "membrane.prefilter_checking",
     "membrane.prefilter_converting", "membrane.k8s_meta", "membrane.service_models",
     "membrane.lb_maps",
