@@ -1,95 +1,44 @@
-"""The applied cluster state on disk (Kubernetes mode): a base file plus an append-only journal.
+"""The applied cluster state at rest (Kubernetes mode): rows of state.db.
 
-A snapshot (or a compaction) writes `cluster-state.json` atomically (version, stream id, every
-object) and empties the journal; each applied delta appends one fsynced line to
-`cluster-journal.jsonl`. So a delta costs a line, not a rewrite of the whole cluster, and a
-`kill -9` at any moment loses at most the line being written (never acked: the operator sends
-it again). Loading replays the journal lines that follow the base in order and stops at the
-first torn or non-consecutive line.
+Each stream object is one row (`cluster_objects`, the object encoded as the stream's own
+protobuf Change, membrane/api/state_codec.py), the version and stream id applied are two `meta`
+values. A delta writes its changed rows and its version in one transaction, a snapshot replaces
+every row in one: a `kill -9` at any moment leaves the cache at the version before or after,
+never between. These transactions are not durable against a power loss (`synchronous=NORMAL`):
+the cache is only a cache, the operator holds the whole state and sends it again.
 
-The cache is only a cache: the operator holds the whole state. A damaged base (empty, garbage,
-truncated) or a cache that ends before the version the kernel's state witness recorded
-(a deleted or cut-short journal, an older copy) is set aside as `.damaged` and the agent starts
-with no cluster state: it keeps the maps exactly as they are (they hold the last applied
-state) and rewrites them only from the operator's next snapshot. Never an older or empty state
-in their place: that would drop pods or a deny policy until the operator answers.
+A cache that cannot be trusted (a row that does not parse, a state.db set aside as damaged, or a
+cache that ends before the version the kernel's state witness recorded: a lost log, an older
+copy) is emptied and reported as damaged: the agent keeps the maps exactly as they are (they
+hold the last applied state) and rewrites them only from the operator's next snapshot. Never an
+older or empty state in their place: that would drop pods or a deny policy until the operator
+answers.
+
+Upgrade: the first load on a state dir of an earlier release imports its `cluster-state.json`
+and `cluster-journal.jsonl` (agent/legacy_reading.py) in one transaction, then moves them to
+`pre-sqlite/`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from membrane.api.state_objects import (
-    CIDRDenyListState,
-    EndpointPortState,
-    EndpointSliceState,
-    EndpointState,
-    IdentityState,
-    Kind,
-    NamedPortState,
-    NamespaceState,
-    NodeState,
-    PacketFilterState,
-    PolicyState,
-    ServicePortState,
-    ServiceState,
-    SliceEndpointState,
-    StateKey,
-    StateObject,
-)
+from membrane.api.state_codec import object_bytes, object_from_bytes
+from membrane.api.state_objects import StateKey, StateObject
 
+from . import legacy_reading
 from .datapath.witness import Mark, MemoryWitness, Slot, Witness
-from .persisting import open_private, private_dir, write_json
-from .state_files import DamagedFile, read_json_checked, set_aside
+from .state_db import StateDb
+from .state_files import DamagedFile, set_aside
 
 log = logging.getLogger("membrane.cluster")
 
-STATE_FILE = "cluster-state.json"
-JOURNAL_FILE = "cluster-journal.jsonl"
-COMPACT_AFTER = 256  # journal lines before the base is rewritten
-
-
-def object_to_json(obj: StateObject) -> dict[str, Any]:
-    return {"kind": obj.kind.value, **asdict(obj)}
-
-
-def object_from_json(data: dict[str, Any]) -> StateObject:
-    kind = Kind(data["kind"])
-    if kind is Kind.NAMESPACE:
-        return NamespaceState(data["name"], tuple((k, v) for k, v in data.get("labels", ())))
-    if kind is Kind.NODE:
-        return NodeState(data["name"], tuple(data.get("addresses", ())), data.get("pod_cidr", ""))
-    if kind is Kind.IDENTITY:
-        return IdentityState(int(data["id"]), tuple(data.get("labels", ())))
-    if kind is Kind.ENDPOINT:
-        return EndpointState(data["namespace"], data["name"], tuple(data.get("ips", ())), int(data.get("identity", 0)),
-                             data.get("node_name", ""), tuple((k, v) for k, v in data.get("labels", ())),
-                             tuple(NamedPortState(**p) for p in data.get("named_ports", ())), data.get("uid", ""))
-    if kind is Kind.SERVICE:
-        return ServiceState(
-            data["namespace"], data["name"], data.get("type", "ClusterIP"), tuple(data.get("cluster_ips", ())),
-            tuple(ServicePortState(**p) for p in data.get("ports", ())), tuple(data.get("external_ips", ())),
-            tuple(data.get("load_balancer_ips", ())), int(data.get("affinity_timeout", 0)),
-            bool(data.get("external_traffic_local")), bool(data.get("internal_traffic_local")),
-            int(data.get("health_check_node_port", 0)))
-    if kind is Kind.ENDPOINTSLICE:
-        return EndpointSliceState(
-            data["namespace"], data["name"], data.get("service", ""), data.get("address_type", "IPv4"),
-            tuple(EndpointPortState(**p) for p in data.get("ports", ())),
-            tuple(SliceEndpointState(**{**e, "addresses": tuple(e.get("addresses", ())),
-                                        "hint_zones": tuple(e.get("hint_zones", ()))})
-                  for e in data.get("endpoints", ())))
-    if kind is Kind.PACKET_FILTER:
-        return PacketFilterState(data["name"], int(data.get("generation", 0)), data.get("spec_json", ""))
-    if kind is Kind.CIDR_DENY_LIST:
-        return CIDRDenyListState(data["name"], int(data.get("generation", 0)), tuple(data.get("cidrs", ())))
-    return PolicyState(data["namespace"], data["name"], data.get("object_json", ""))
+VERSION_META = "cluster-version"
+STREAM_META = "cluster-stream"
+MIGRATED_META = "cluster-migrated-from-json"
 
 
 @dataclass
@@ -105,99 +54,96 @@ def stream_tag(stream_id: str) -> int:
     return int.from_bytes(hashlib.sha256(stream_id.encode()).digest()[:8], "big") >> 1
 
 
-class StateFile:
-    def __init__(self, state_dir: Path, compact_after: int = COMPACT_AFTER,
-                 witness: Witness | MemoryWitness | None = None) -> None:
-        self.base = state_dir / STATE_FILE
-        self.journal = state_dir / JOURNAL_FILE
-        self.compact_after = compact_after
+class ClusterCache:
+    def __init__(self, db: StateDb, witness: Witness | MemoryWitness | None = None) -> None:
+        self.db = db
+        self.state_dir = db.path.parent
         self.witness: Witness | MemoryWitness = witness if witness is not None else MemoryWitness()
-        self.lines = 0
 
     def load(self, set_aside_damage: bool = True) -> SavedState:
-        """The saved state; an empty one with `damaged` set when the files cannot be trusted
-        (they are then set aside, unless `set_aside_damage` is False: a read-only peek)."""
+        """The saved state; an empty one with `damaged` set when it cannot be trusted (it is then
+        emptied, unless `set_aside_damage` is False: a read-only peek, which also leaves an
+        earlier release's files where they are)."""
         try:
-            return self._load()
+            if self.db.damaged_before is not None:
+                raise DamagedFile(self.db.path, f"set aside: {self.db.damaged_before}")
+            legacy = legacy_reading.cluster_files(self.state_dir)
+            if legacy and self.db.get_meta(MIGRATED_META) is None:
+                if not set_aside_damage:
+                    found = legacy_reading.read_cluster(self.state_dir)
+                    return SavedState(found.version, found.stream_id, found.objects)
+                self._migrate(legacy)
+            elif legacy and set_aside_damage:
+                from .state_storing import keep_legacy
+                keep_legacy(self.state_dir, legacy)  # imported before a crash stopped the move
+            state = self._read()
         except DamagedFile as exc:
             if set_aside_damage:
-                for path in (self.base, self.journal):
-                    set_aside(path)
-                self.lines = 0
+                self._set_aside()
             return SavedState(damaged=str(exc))
-
-    def _load(self) -> SavedState:
-        saved, salvaged = read_json_checked(self.base)
-        if saved is not None and not isinstance(saved, dict):
-            raise DamagedFile(self.base, "not a cluster state")
-        saved = saved or {}
-        try:
-            state = SavedState(int(saved.get("version", 0)), str(saved.get("stream_id", "")))
-            for data in saved.get("objects", []):
-                obj = object_from_json(data)
-                state.objects[(obj.kind, obj.key)] = obj
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise DamagedFile(self.base, f"an object does not parse: {exc}") from None
-        self.lines = 0
-        try:
-            lines = self.journal.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            lines = []
-        clean = not salvaged
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                version, stream_id = int(entry["version"]), str(entry["stream_id"])
-                changes = [(Kind(kind), key, object_from_json(obj) if obj is not None else None)
-                           for kind, key, obj in entry["changes"]]
-            except (ValueError, KeyError, TypeError):
-                log.warning("cluster journal: torn line ignored", extra={"fields": {"after": state.version}})
-                clean = False
-                break
-            if stream_id == state.stream_id and version <= state.version:
-                continue  # already in the base (a compaction interrupted before the truncate)
-            if stream_id != state.stream_id or version != state.version + 1:
-                clean = False
-                break
-            for kind, key, changed in changes:
-                if changed is None:
-                    state.objects.pop((kind, key), None)
-                else:
-                    state.objects[(kind, key)] = changed
-            state.version = version
-            self.lines += 1
-        mark = self.witness.get(Slot.CLUSTER_CACHE)
-        if mark is not None and (mark.tag != stream_tag(state.stream_id) or state.version < mark.seq):
-            where = self.base if not self.base.exists() else self.journal
-            raise DamagedFile(where, f"the cache ends at version {state.version}, the kernel's witness says "
-                                     f"version {mark.seq} of its stream was applied")
-        if not clean:  # later appends must not follow a torn line
-            self.write_base(state.version, state.stream_id, state.objects)
-        elif mark is None:
+        if set_aside_damage and self.witness.get(Slot.CLUSTER_CACHE) is None:
             self.witness.set(Slot.CLUSTER_CACHE, Mark(state.version, stream_tag(state.stream_id)))
         return state
 
-    def write_base(self, version: int, stream_id: str, objects: dict[StateKey, StateObject]) -> None:
-        write_json(self.base, {"version": version, "stream_id": stream_id,
-                               "objects": [object_to_json(o) for o in objects.values()]})
-        self.witness.set(Slot.CLUSTER_CACHE, Mark(version, stream_tag(stream_id)))
-        with open_private(self.journal) as handle:  # the base holds everything now
-            os.fsync(handle.fileno())
-        self.lines = 0
+    def _migrate(self, legacy: list[Path]) -> None:
+        from .state_storing import keep_legacy
+        try:
+            found = legacy_reading.read_cluster(self.state_dir)
+        except DamagedFile:
+            for path in legacy:
+                set_aside(path, keep_original=True)
+            self.db.put_meta(MIGRATED_META, "damaged")
+            keep_legacy(self.state_dir, legacy)
+            raise
+        with self.db.transaction():
+            self._replace(found.version, found.stream_id, found.objects)
+            self.db.put_meta(MIGRATED_META, legacy[0].name)
+        keep_legacy(self.state_dir, legacy)  # after the commit: a crash here imports nothing twice
+        log.warning("cluster cache imported from the previous release's files; they are kept as a backup",
+                    extra={"fields": {"version": found.version, "objects": len(found.objects)}})
 
-    def append(self, version: int, stream_id: str, changes: list[tuple[StateKey, StateObject | None]],
-               objects: dict[StateKey, StateObject]) -> None:
-        """Journal one applied delta (compacting into the base now and then)."""
-        if self.lines >= self.compact_after:
-            self.write_base(version, stream_id, objects)
-            return
-        line = json.dumps({"version": version, "stream_id": stream_id,
-                           "changes": [[key[0].value, key[1], object_to_json(obj) if obj is not None else None]
-                                       for key, obj in changes]}, sort_keys=True, separators=(",", ":"))
-        private_dir(self.journal.parent)
-        with open_private(self.journal, "a") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.lines += 1
+    def _read(self) -> SavedState:
+        state = SavedState(int(self.db.get_meta(VERSION_META) or 0), self.db.get_meta(STREAM_META) or "")
+        for kind, key, body in self.db.cluster_rows():
+            try:
+                obj = object_from_bytes(body)
+            except ValueError as exc:
+                raise DamagedFile(self.db.path, f"cluster object {kind}/{key}: {exc}") from None
+            if (obj.kind.value, obj.key) != (kind, key):
+                raise DamagedFile(self.db.path, f"cluster object {kind}/{key} holds {obj.kind.value}/{obj.key}")
+            state.objects[(obj.kind, obj.key)] = obj
+        mark = self.witness.get(Slot.CLUSTER_CACHE)
+        if mark is not None and (mark.tag != stream_tag(state.stream_id) or state.version < mark.seq):
+            raise DamagedFile(self.db.path, f"the cache ends at version {state.version}, the kernel's witness says "
+                                            f"version {mark.seq} of its stream was applied")
+        return state
+
+    def _set_aside(self) -> None:
+        with self.db.transaction():
+            self._replace(0, "", {})
+
+    def _replace(self, version: int, stream_id: str, objects: dict[StateKey, StateObject]) -> None:
+        self.db.clear_cluster_objects()
+        for (kind, key), obj in objects.items():
+            self.db.put_cluster_object(kind.value, key, object_bytes(obj))
+        self.db.put_meta(VERSION_META, str(version))
+        self.db.put_meta(STREAM_META, stream_id)
+
+    def write_snapshot(self, version: int, stream_id: str, objects: dict[StateKey, StateObject]) -> None:
+        """Every row replaced by `objects`, as of `version`, in one transaction."""
+        with self.db.transaction():
+            self._replace(version, stream_id, objects)
         self.witness.set(Slot.CLUSTER_CACHE, Mark(version, stream_tag(stream_id)))
+
+    def write_delta(self, version: int, stream_id: str, changes: list[tuple[StateKey, StateObject | None]]) -> None:
+        """The changed rows and the new version, in one transaction."""
+        with self.db.transaction():
+            for (kind, key), obj in changes:
+                if obj is None:
+                    self.db.delete_cluster_object(kind.value, key)
+                else:
+                    self.db.put_cluster_object(kind.value, key, object_bytes(obj))
+            self.db.put_meta(VERSION_META, str(version))
+            self.db.put_meta(STREAM_META, stream_id)
+        self.witness.set(Slot.CLUSTER_CACHE, Mark(version, stream_tag(stream_id)))
+

@@ -37,12 +37,14 @@ from membrane.cni_types import TRY_AGAIN_LATER, CniError
 from membrane.k8s_models import ObjectRef
 
 from .api_serving import RequestError
-from .cluster_persisting import StateFile, object_from_json, object_to_json  # noqa: F401 - re-exported
+from .cluster_persisting import ClusterCache
 from .datapath.witness import Witness
 from .enforcement_ledger import EnforcementLedger
 from .identity_sources import INIT_IDENTITY, StreamIdentities
 from .policy_records import NodeCidrs, policy_model  # noqa: F401 - re-exported
 from .state_consuming import Change, ResyncNeeded, StateConsumer, ordered, snapshot_changes  # noqa: F401 - re-exported
+from .state_db import StateDb
+from .state_storing import open_state
 
 log = logging.getLogger("membrane.cluster")
 
@@ -57,11 +59,11 @@ class ClusterSyncer:
 
     def __init__(self, node_name: str, consumer: StateConsumer, identities: StreamIdentities,
                  state_dir: Path, on_pod_cidr: Callable[[IPv4Network], None] = lambda cidr: None,
-                 identity_wait: float = 2.0) -> None:
+                 identity_wait: float = 2.0, db: StateDb | None = None) -> None:
         self.node_name = node_name
         self.consumer = consumer
         self.identities = identities
-        self.file = StateFile(state_dir)
+        self.cache = ClusterCache(db if db is not None else open_state(state_dir).db)
         self.identity_wait = identity_wait
         self.cidrs = NodeCidrs(node_name, on_pod_cidr)
         consumer.register(Kind.NODE, self.cidrs)
@@ -103,12 +105,12 @@ class ClusterSyncer:
     # --- restore and persistence ---------------------------------------------------------
     def load(self, witness: Witness) -> None:
         """The cache is read at `restore`, checked against the kernel's witness."""
-        self.file.witness = witness
+        self.cache.witness = witness
 
     def restore(self, endpoints: Iterable[tuple[ObjectRef, tuple[str, ...], int]] = ()) -> int:
         """Record the persisted state (no map writes: the agent's start-up resync does them).
         Local endpoints need nothing here: the stream carries their pods."""
-        saved = self.file.load()
+        saved = self.cache.load()
         if saved.damaged is not None:
             self.damaged = saved.damaged
             log.warning("cluster cache damaged and set aside: the maps keep the last applied state until the "
@@ -129,11 +131,10 @@ class ClusterSyncer:
             self.consumer.ledger.enforce(self.version)
 
     def _persist(self, update: StateUpdate, changes: list[Change], objects: dict[StateKey, StateObject]) -> None:
-        if update.snapshot or update.base_version != update.version - 1:
-            # the journal holds single versions; a batch (this agent lagged) compacts
-            self.file.write_base(update.version, update.stream_id, objects)
-        else:
-            self.file.append(update.version, update.stream_id, changes, objects)
+        if update.snapshot:  # every row rewritten: the cache cannot drift from what is held
+            self.cache.write_snapshot(update.version, update.stream_id, objects)
+        else:  # its rows and its version in one transaction (a batch of versions too)
+            self.cache.write_delta(update.version, update.stream_id, changes)
 
     # --- the stream ------------------------------------------------------------------------
     def apply_update(self, update: StateUpdate) -> int:
@@ -216,9 +217,9 @@ class ClusterSyncer:
                 "pod_cidr": str(self.pod_cidr) if self.pod_cidr else None, "cache_damaged": self.damaged}
 
 
-def saved_pod_cidr(state_dir: Path, node_name: str) -> IPv4Network | None:
+def saved_pod_cidr(db: StateDb, node_name: str) -> IPv4Network | None:
     """This node's PodCIDR as last persisted (read before IPAM restores its pool)."""
-    node = StateFile(state_dir).load(set_aside_damage=False).objects.get((Kind.NODE, node_name))
+    node = ClusterCache(db).load(set_aside_damage=False).objects.get((Kind.NODE, node_name))
     if isinstance(node, NodeState) and node.pod_cidr:
         try:
             return IPv4Network(node.pod_cidr)

@@ -1,4 +1,5 @@
-"""Failpoints: make one step of a CNI ADD fail on purpose, to test that nothing is left behind.
+"""Failpoints: make one step of a CNI ADD or a store batch fail on purpose, to test that nothing
+is left behind and that a crash leaves all or nothing.
 
 Off unless the agent runs with MEMBRANE_FAILPOINTS=1 (tests only; never in the chart). Then a
 request may arm one failpoint through its CNI_ARGS, `MEMBRANE_FAILPOINT=<name>[:<action>]`:
@@ -6,6 +7,9 @@ the step named raises (`error`, the default) or the agent exits at once without 
 (`exit`, as a crash or an OOM kill would). Armed per request (a context variable: each API
 request runs on its own thread), so concurrent requests are not affected. Without the
 environment switch the argument is ignored like any other unknown CNI_ARGS key.
+
+Steps that no CNI request carries (a store batch runs on the applier thread) are armed for the
+whole process by the same `MEMBRANE_FAILPOINT=<name>[:<action>]` in the agent's environment.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ ACTIONS = ("error", "exit")
 # Every step of an ADD, in order (see EndpointManager.add, Netlink.create_pod_link, CniHandler.add).
 ADD_STEPS = ("add.after-ipam", "add.after-veth", "add.after-pod-side", "add.after-host-side", "add.after-policy",
              "add.after-map", "add.after-attach", "add.after-save", "add.after-shape")
+# A store batch (ObjectStore._commit): half its rows written, not committed; committed, the
+# kernel's witness not yet moved and nothing enforced.
+STORE_STEPS = ("store.in-batch", "store.after-commit")
 
 _armed: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("failpoint", default=None)
 
@@ -42,8 +49,8 @@ def parse(value: str) -> tuple[str, str]:
     """`name[:action]` -> (name, action); ValueError for an unknown name or action."""
     name, _, action = value.partition(":")
     action = action or "error"
-    if name not in ADD_STEPS:
-        raise ValueError(f"unknown failpoint {name!r} (known: {', '.join(ADD_STEPS)})")
+    if name not in ADD_STEPS + STORE_STEPS:
+        raise ValueError(f"unknown failpoint {name!r} (known: {', '.join(ADD_STEPS + STORE_STEPS)})")
     if action not in ACTIONS:
         raise ValueError(f"unknown failpoint action {action!r} (known: {', '.join(ACTIONS)})")
     return name, action
@@ -64,9 +71,22 @@ def armed(args: dict[str, str]) -> Iterator[None]:
         _armed.reset(token)
 
 
+def process_point() -> tuple[str, str] | None:
+    """The failpoint armed for the whole process (its environment); ValueError if unknown."""
+    value = os.environ.get(ARG) if enabled() else None
+    return parse(value) if value else None
+
+
 def hit(name: str) -> None:
-    """A step boundary: fail here when this failpoint is armed for the current request."""
+    """A step boundary: fail here when this failpoint is armed for the current request or the
+    process."""
     current = _armed.get()
+    if current is None and enabled():
+        try:
+            current = process_point()
+        except ValueError as exc:  # a test's typo: said, and nothing armed
+            log.warning("failpoint not armed", extra={"fields": {"error": str(exc)}})
+            current = None
     if current is None or current[0] != name:
         return
     log.warning("failpoint hit", extra={"fields": {"failpoint": name, "action": current[1]}})

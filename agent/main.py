@@ -76,14 +76,15 @@ class Agent:
         self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
         self.netlink = Netlink(config.procfs)
         self.kubernetes = config.mode == "kubernetes"
+        # One transactional store for endpoints, IPAM, identities, the object store and the
+        # cluster cache (upgraded from the JSON files of earlier releases on first start; a
+        # damaged one is rebuilt from the kernel, or refused where it held the object store).
+        self.state = open_state(config.state_dir, keep_damaged=not self.kubernetes and not config.accept_state_loss)
         if self.kubernetes:  # IPAM restores its pool with the PodCIDR the operator last gave
-            config.pod_cidr = saved_pod_cidr(config.state_dir, config.node_name) or config.pod_cidr
-        # One transactional store for endpoints, IPAM and identities (upgraded from the JSON
-        # files of the previous release on first start; a damaged one is rebuilt from the kernel).
-        self.state = open_state(config.state_dir)
+            config.pod_cidr = saved_pod_cidr(self.state.db, config.node_name) or config.pod_cidr
         self.endpoints = EndpointManager(config, self.netlink, self.datapath, self._endpoint_changed,
                                          db=self.state.db)
-        self.store = ObjectStore(config.state_dir / "objects.json")
+        self.store = ObjectStore(self.state.db)
         self.store.listeners.append(self._object_changed)
         # Identities: allocated here (standalone) or streamed by the operator (Kubernetes mode).
         self.identities: IdentitySource = StreamIdentities() if self.kubernetes else \
@@ -112,7 +113,7 @@ class Agent:
             for kind in POLICY_KINDS:
                 self.consumer.register(kind, self.policy_records)
             self.cluster = ClusterSyncer(config.node_name, self.consumer, self.identities, config.state_dir,
-                                         self._pod_cidr_learned, config.identity_wait_seconds)
+                                         self._pod_cidr_learned, config.identity_wait_seconds, db=self.state.db)
             self.cluster.run = self.driver.call
             self.consumer.on_synced.append(self.ready.set)
         self.observer = FlowObserver(config.node_name, PolicyDirectory(self.policy), capacity=config.flow_ring_size)
@@ -179,7 +180,7 @@ class Agent:
         if self.cluster is None:
             log.info("object store loaded", extra={"fields": self.store.load(self.witness, cfg.accept_state_loss)})
         else:
-            self.cluster.file.witness = self.witness
+            self.cluster.cache.witness = self.witness
         self.datapath.load(pin_root)
         self.metrics.compile.set(self.datapath.compile_seconds)
         self.metrics.load.set(self.datapath.load_seconds)
@@ -550,11 +551,11 @@ def _timeout(value: Any) -> float:
 def main(argv: list[str] | None = None) -> None:
     config = load_config(argv)
     setup_logging(config.log_level, config.log_format, config.node_name)
-    agent = Agent(config)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     try:
+        agent = Agent(config)
         agent.start()
     except SystemExit:
         raise

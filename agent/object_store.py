@@ -5,26 +5,28 @@ anything is stored: one bad object rejects the batch with the field and the reas
 nothing already stored or enforced changes. Listeners hear about every change; the operator
 stream feeds the same listeners in Kubernetes mode.
 
-Persistence is a snapshot (`objects.json`: `{"seq": N, "objects": [...]}`) plus a journal
-(`objects.json.journal`, one JSON line per batch: its sequence number and the objects it changed,
-fsynced before the batch is acknowledged or enforced): a batch costs what it changes, not the
-size of the store (rewriting 10,000 Pods for one policy change took 100 ms). When the journal
-outgrows half the store, a new snapshot is written atomically and the journal removed. A torn
-last line (crash mid-write) is ignored: its batch was never acknowledged.
+Persistence: one row per object in state.db (agent/state_db.py), the object as it was applied.
+A batch writes the rows it changes and its batch number in ONE durable transaction
+(`synchronous=FULL`: applied objects exist nowhere else, and the answer says they are stored),
+before the batch is acknowledged or enforced: a crash at any point leaves all of the batch or
+none of it. The memory copy changes only after the commit.
 
-After each durable write the batch's sequence number goes to the kernel's state witness
-(datapath/witness.py). Loading checks it: a store that ends before the witness (a truncated,
-deleted or older file) is damaged, never read as fewer objects. Pods and policies exist only
-here, so a damaged store is set aside and the agent refuses to start, naming the file and the
-fix (`--accept-state-loss` starts empty instead); appended bytes after a complete snapshot
-are dropped when what remains reaches the witness.
+After each commit the batch number goes to the kernel's state witness (datapath/witness.py).
+Loading checks it: a store that ends before the witness (a lost log, an older copy of the
+database) is damaged, never read as fewer objects. Pods and policies exist only here, so a
+damaged store keeps a `.damaged` copy and the agent refuses to start, naming the file and the
+fix (`--accept-state-loss` starts empty instead).
+
+Upgrade: the first load on a state dir of an earlier release imports its `objects.json` and
+`objects.json.journal` (agent/legacy_reading.py) in one transaction with their batch number,
+then moves them to `pre-sqlite/`.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import os
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,19 +34,25 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from membrane.k8s_models import PREFILTER_KINDS, ObjectValidationError, parse_object
+from membrane.k8s_models import ObjectValidationError, parse_object
 from membrane.labels import shown
 from membrane.service_models import Service
 from membrane.strict_fields import strict_errors
 
+from . import failpoints, legacy_reading
 from .api_serving import RequestError
 from .datapath.witness import Mark, MemoryWitness, Slot, Witness
-from .persisting import open_private, remove, write_json
-from .state_files import ACCEPT_LOSS_FLAG, DamagedFile, StateDamaged, read_json_checked, set_aside
+from .state_db import StateDb
+from .state_files import ACCEPT_LOSS_FLAG, DamagedFile, StateDamaged, damaged_path, set_aside
+
+log = logging.getLogger("membrane.state")
 
 ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
-CLUSTER_SCOPED = frozenset({"Namespace", "Node", *PREFILTER_KINDS})
+CLUSTER_SCOPED = legacy_reading.CLUSTER_SCOPED
 Listener = Callable[[str, ObjectKey, BaseModel | None], None]
+SEQ_META = "objects-seq"  # the number of the last batch stored
+MIGRATED_META = "objects-migrated-from-json"
+Change = tuple[ObjectKey, dict[str, Any] | None]  # the object as applied, None: deleted
 
 
 def _describe(exc: ValidationError) -> list[str]:
@@ -55,122 +63,102 @@ def _describe(exc: ValidationError) -> list[str]:
     return reasons
 
 
-def _is_batch(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
-
-
 class ObjectStore:
-    """Load with `load()` (after the datapath: the witness is a pinned map)."""
+    """Load with `load()` (after the datapath: the witness is a pinned map). `db` is the
+    agent's state store, or a state dir (tests and tools: its store is opened)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, db: StateDb | Path) -> None:
+        if isinstance(db, Path):
+            from .state_storing import open_state
+            db = open_state(db).db
+        self.db = db
+        self.state_dir = db.path.parent
+        self.path = db.path
         self.lock = threading.RLock()
         self.objects: dict[ObjectKey, BaseModel] = {}
         self.raw: dict[ObjectKey, dict[str, Any]] = {}
         self.listeners: list[Listener] = []
-        self.journal_path = path.with_name(path.name + ".journal")
-        self.journal_entries = 0
         self.seq = 0  # batches stored so far (the witness holds the last durable one)
         self.witness: Witness | MemoryWitness = MemoryWitness()
         self._counts: dict[str, int] = {}
 
     def load(self, witness: Witness | MemoryWitness | None = None, accept_loss: bool = False) -> dict[str, Any]:
-        """Read snapshot and journal, check them against the witness; StateDamaged if damaged."""
+        """Read the store (importing an earlier release's files once), check it against the
+        witness; StateDamaged if damaged."""
         if witness is not None:
             self.witness = witness
         mark = self.witness.get(Slot.OBJECT_STORE)
+        migrated: int | None = None
         with self.lock:
             try:
-                repaired = self._read(mark)
+                migrated = self._migrate(mark)
+                self._read(mark)
             except DamagedFile as exc:
-                if not accept_loss:
-                    for path in (self.path, self.journal_path):
-                        if path.exists():
-                            set_aside(path, keep_original=True)
-                    raise StateDamaged(exc.path, exc.reason, (
-                        "the kernel cannot rebuild it (Pods and policies exist only in this store): restore "
-                        f"{self.path.name} and {self.journal_path.name} from a backup, or start once with "
-                        f"{ACCEPT_LOSS_FLAG} to begin with an empty store and apply your objects again")) from None
-                for path in (self.path, self.journal_path):
-                    set_aside(path)
-                self.objects, self.raw, self._counts, self.seq = {}, {}, {}, 0
-                repaired = True
-            if repaired:  # what was dropped is kept aside
-                for path in (self.path, self.journal_path):
-                    if path.exists():
-                        set_aside(path, keep_original=True)
-            if repaired or self.journal_entries:
-                self.compact()  # a clean snapshot per start; never append after a torn line
-            else:
-                self.witness.set(Slot.OBJECT_STORE, Mark(self.seq, 0))
+                self._damaged(exc, accept_loss)
+            self.witness.set(Slot.OBJECT_STORE, Mark(self.seq, 0))
         return {"objects": len(self.raw), "seq": self.seq, "witness": mark.seq if mark else None,
-                "repaired": repaired}
+                **({"migrated": migrated} if migrated is not None else {})}
 
-    def _read(self, mark: Mark | None) -> bool:
-        """Fill the store from disk; True when something was dropped (a torn or appended tail)."""
-        data, salvaged = read_json_checked(self.path)
-        if data is not None and not isinstance(data, (dict, list)):
-            raise DamagedFile(self.path, "not a store snapshot")
-        snapshot: dict[str, Any] = data if isinstance(data, dict) else {"seq": 0, "objects": data or []}
-        try:
-            self.seq = int(snapshot.get("seq", 0))
-            for item in snapshot.get("objects", []):
-                self._put(self.key_of(item), parse_object(item), item)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise DamagedFile(self.path, f"an object does not parse: {str(exc).splitlines()[0]}") from None
-        torn = self._replay_journal()
+    def _damaged(self, exc: DamagedFile, accept_loss: bool) -> None:
+        legacy = legacy_reading.objects_files(self.state_dir)
+        if not accept_loss:
+            for path in legacy:
+                set_aside(path, keep_original=True)
+            if exc.path == self.path:
+                self.db.copy_to(damaged_path(self.path))
+            files = " and ".join(p.name for p in legacy) if exc.path != self.path else self.path.name
+            raise StateDamaged(exc.path, exc.reason, (
+                "the kernel cannot rebuild it (Pods and policies exist only in this store): restore "
+                f"{files} from a backup, or start once with "
+                f"{ACCEPT_LOSS_FLAG} to begin with an empty store and apply your objects again")) from None
+        log.warning("object store damaged: starting empty (--accept-state-loss)",
+                    extra={"fields": {"file": str(exc.path), "error": exc.reason}})
+        for path in legacy:
+            set_aside(path)
+        if exc.path == self.path:
+            self.db.copy_to(damaged_path(self.path))
+        with self.db.transaction(durable=True):
+            self.db.clear_objects()
+            self.db.put_meta(SEQ_META, "0")
+            self.db.put_meta(MIGRATED_META, "accepted loss")
+        self.objects, self.raw, self._counts, self.seq = {}, {}, {}, 0
+
+    def _migrate(self, mark: Mark | None) -> int | None:
+        """Import an earlier release's snapshot + journal once; how many objects, None if none."""
+        legacy = legacy_reading.objects_files(self.state_dir)
+        if not legacy:
+            return None
+        found = None
+        if self.db.get_meta(MIGRATED_META) is None:
+            found = legacy_reading.read_objects(self.state_dir, mark)
+            with self.db.transaction(durable=True):
+                self.db.clear_objects()
+                for key, data in found.raw.items():
+                    self.db.put_object(key, data)
+                self.db.put_meta(SEQ_META, str(found.seq))
+                self.db.put_meta(MIGRATED_META, legacy[0].name)
+        from .state_storing import keep_legacy  # after the commit: a crash here imports nothing twice
+        keep_legacy(self.state_dir, legacy)
+        if found is None:
+            return 0
+        log.warning("object store imported from the previous release's files; they are kept as a backup",
+                    extra={"fields": {"objects": len(found.raw), "seq": found.seq, "salvaged": found.salvaged}})
+        return len(found.raw)
+
+    def _read(self, mark: Mark | None) -> None:
+        """Fill the store from state.db; DamagedFile when it ends before the witness's batch."""
+        self.objects, self.raw, self._counts = {}, {}, {}
+        for key, text in self.db.object_rows():
+            try:
+                data = json.loads(text)
+                self._put(key, parse_object(data), data)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise DamagedFile(self.path, f"object {'/'.join(key)} does not parse: "
+                                             f"{str(exc).splitlines()[0]}") from None
+        self.seq = int(self.db.get_meta(SEQ_META) or 0)
         if mark is not None and self.seq < mark.seq:
-            if not self.path.exists() and not self.journal_path.exists():
-                raise DamagedFile(self.path, f"missing, but the kernel's witness says {mark.seq} batches were stored")
-            where = self.journal_path if self.journal_path.exists() or self.path.exists() else self.path
-            raise DamagedFile(where, f"{'missing' if not where.exists() else 'cut short'}: the store ends at "
-                                     f"batch {self.seq}, the kernel's witness says {mark.seq} were stored")
-        return salvaged or torn
-
-    def _replay_journal(self) -> bool:
-        try:
-            raw = self.journal_path.read_bytes()
-        except FileNotFoundError:
-            return False
-        if not raw.strip():
-            raise DamagedFile(self.journal_path, "empty")
-        lines = raw.split(b"\n")
-        torn = False
-        self.journal_entries = 0
-        for number, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                if "key" in entry:  # a line of the format before batches had numbers
-                    changes, seq = [[entry["key"], entry.get("data")]], None
-                else:
-                    changes, seq = entry["changes"], int(entry["seq"])
-            except (ValueError, KeyError, TypeError):
-                if any(_is_batch(rest) for rest in lines[number + 1:]):
-                    raise DamagedFile(self.journal_path, f"line {number + 1} is garbage and batches follow it") from None
-                torn = True  # the torn tail of a batch that was never acknowledged
-                break
-            if seq is not None and seq <= self.seq:
-                continue  # already in the snapshot (a compaction interrupted before the removal)
-            if seq is not None and seq != self.seq + 1:
-                raise DamagedFile(self.path, f"batches {self.seq + 1}..{seq - 1} are missing before the journal")
-            try:
-                for key_parts, data in changes:
-                    key = (str(key_parts[0]), str(key_parts[1]), str(key_parts[2]))
-                    if data is None:
-                        self._pop(key)
-                    else:
-                        self._put(key, parse_object(data), data)
-            except (ValueError, TypeError, KeyError, IndexError) as exc:
-                raise DamagedFile(self.journal_path,
-                                  f"line {number + 1} does not parse: {str(exc).splitlines()[0]}") from None
-            self.seq = seq if seq is not None else self.seq
-            self.journal_entries += len(changes)
-        return torn
+            raise DamagedFile(self.path, f"cut short: the store ends at batch {self.seq}, the kernel's witness "
+                                         f"says {mark.seq} were stored")
 
     def _put(self, key: ObjectKey, obj: BaseModel, data: dict[str, Any]) -> None:
         if key not in self.objects:
@@ -187,12 +175,7 @@ class ObjectStore:
     def count(self, kind: str) -> int:
         return self._counts.get(kind, 0)
 
-    @staticmethod
-    def key_of(data: dict[str, Any]) -> ObjectKey:
-        meta = data.get("metadata") or {}
-        kind = str(data.get("kind", ""))
-        namespace = "" if kind in CLUSTER_SCOPED else str(meta.get("namespace") or "default")
-        return kind, namespace, str(meta.get("name", ""))
+    key_of = staticmethod(legacy_reading.object_key)  # the key the earlier formats used too
 
     def _validate(self, documents: list[Any], strict: bool = False) -> list[tuple[ObjectKey, BaseModel, dict[str, Any]]]:
         """Every document parsed, or RequestError(422) naming each problem with its field path.
@@ -237,33 +220,35 @@ class ObjectStore:
     def apply(self, documents: list[Any]) -> list[dict[str, str]]:
         with self.lock:
             parsed = self._validate(documents, strict=True)
-            outcome, changed = [], []
+            outcome: builtins.list[dict[str, str]] = []
+            pending: dict[ObjectKey, dict[str, Any]] = {}
+            models: dict[ObjectKey, BaseModel] = {}
             for key, obj, data in parsed:
-                before = self.raw.get(key)
+                before = pending.get(key, self.raw.get(key))
                 action = "created" if before is None else ("unchanged" if before == data else "configured")
                 outcome.append({"kind": key[0], "namespace": key[1], "name": key[2], "action": action})
                 if action != "unchanged":
-                    self._put(key, obj, data)
-                    changed.append((key, obj))
-            if changed:
-                self._persist([key for key, _ in changed])
-        for key, obj in changed:
-            self._notify(key, obj)
+                    pending[key], models[key] = data, obj
+            changes: builtins.list[Change] = list(pending.items())
+            self._commit(changes, models)
+        for key, _ in changes:
+            self._notify(key, models[key])
         return outcome
 
     def delete(self, documents: list[Any]) -> list[dict[str, str]]:
         with self.lock:
             keys = [self.key_of(d) for d in documents if isinstance(d, dict)]
-            outcome, gone = [], []
+            outcome: builtins.list[dict[str, str]] = []
+            gone: dict[ObjectKey, None] = {}
             for key in keys:
-                found = self._pop(key)
+                found = key in self.raw and key not in gone
                 outcome.append({"kind": key[0], "namespace": key[1], "name": key[2],
-                                "action": "deleted" if found is not None else "not found"})
-                if found is not None:
-                    gone.append(key)
-            if gone:
-                self._persist(gone)
-        for key in gone:
+                                "action": "deleted" if found else "not found"})
+                if found:
+                    gone[key] = None
+            changes: builtins.list[Change] = list(gone.items())
+            self._commit(changes, {})
+        for key, _ in changes:
             self._notify(key, None)
         return outcome
 
@@ -274,23 +259,13 @@ class ObjectStore:
             return {key: self.raw.get(key) for key in keys}
 
     def restore(self, saved: dict[ObjectKey, dict[str, Any] | None]) -> None:
-        """Put back what `saved` recorded (a change the datapath refused): persisted, listeners told."""
+        """Put back what `saved` recorded (a change the datapath refused): one batch, listeners told."""
         with self.lock:
-            changed: list[tuple[ObjectKey, BaseModel | None]] = []
-            for key, data in saved.items():
-                if self.raw.get(key) == data:
-                    continue
-                if data is None:
-                    self._pop(key)
-                    changed.append((key, None))
-                else:
-                    obj = parse_object(data)
-                    self._put(key, obj, data)
-                    changed.append((key, obj))
-            if changed:
-                self._persist([key for key, _ in changed])
-        for key, changed_obj in changed:
-            self._notify(key, changed_obj)
+            changes = [(key, data) for key, data in saved.items() if self.raw.get(key) != data]
+            models: dict[ObjectKey, BaseModel] = {key: parse_object(data) for key, data in changes if data is not None}
+            self._commit(changes, models)
+        for key, _ in changes:
+            self._notify(key, models.get(key))
 
     def get(self, kind: str, namespace: str, name: str) -> BaseModel | None:
         with self.lock:
@@ -300,30 +275,29 @@ class ObjectStore:
         with self.lock:
             return [obj for key, obj in sorted(self.objects.items(), key=lambda kv: kv[0]) if key[0] == kind]
 
-    def _persist(self, keys: builtins.list[ObjectKey]) -> None:
-        """Journal the current state of `keys` as one batch (durable on return, then witnessed);
-        compact when the journal is long."""
-        if self.journal_entries + len(keys) > max(256, len(self.raw) // 2):
-            self.seq += 1
-            self.compact()
+    def _commit(self, changes: builtins.list[Change], models: dict[ObjectKey, BaseModel]) -> None:
+        """Store `changes` as the next batch: its rows and its number in one durable transaction,
+        then the witness, then the memory copy (a failed commit changes nothing)."""
+        if not changes:
             return
-        line = json.dumps({"seq": self.seq + 1, "changes": [[list(key), self.raw.get(key)] for key in keys]},
-                          separators=(",", ":")) + "\n"
-        with open_private(self.journal_path, "a") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.seq += 1
-        self.journal_entries += len(keys)
-        self.witness.set(Slot.OBJECT_STORE, Mark(self.seq, 0))
-
-    def compact(self) -> None:
-        """Write the whole store as a snapshot and drop the journal."""
-        with self.lock:
-            write_json(self.path, {"seq": self.seq, "objects": [self.raw[key] for key in sorted(self.raw)]})
-            self.witness.set(Slot.OBJECT_STORE, Mark(self.seq, 0))
-            remove(self.journal_path, durable=True)
-            self.journal_entries = 0
+        seq = self.seq + 1
+        with self.db.transaction(durable=True):
+            for index, (key, data) in enumerate(changes):
+                if index == len(changes) // 2:
+                    failpoints.hit("store.in-batch")  # half the rows written, not committed
+                if data is None:
+                    self.db.delete_object(key)
+                else:
+                    self.db.put_object(key, data)
+            self.db.put_meta(SEQ_META, str(seq))
+        failpoints.hit("store.after-commit")  # committed, the witness not yet moved
+        self.seq = seq
+        self.witness.set(Slot.OBJECT_STORE, Mark(seq, 0))
+        for key, data in changes:
+            if data is None:
+                self._pop(key)
+            else:
+                self._put(key, models[key], data)
 
     def _notify(self, key: ObjectKey, obj: BaseModel | None) -> None:
         for listener in list(self.listeners):

@@ -1,19 +1,15 @@
-"""Crash-safe, private JSON files: write to a temporary file, fsync, rename.
+"""Private state: the state dir and what is in it are root-only.
 
-The agent persists IPAM and endpoint state before it answers kubelet, so a `kill -9` at any
-moment leaves either the old or the new file, never half of one. The state holds pod IPs,
-MACs, netns paths and identities: files are created 0600 and directories 0700 whatever the
-umask, and `make_private` repairs the modes a previous version (or an admin) left.
+The state holds pod IPs, MACs, netns paths, identities and the objects applied: directories are
+created 0700 (and state.db 0600, agent/state_db.py) whatever the umask, and `make_private`
+repairs the modes a previous version (or an admin) left.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-import threading
 from pathlib import Path
-from typing import IO, Any
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -32,18 +28,6 @@ def private_dir(path: Path) -> None:
     os.chmod(path, DIR_MODE)  # mkdir's mode is filtered through the umask
 
 
-def open_private(path: Path, mode: str = "w") -> IO[str]:
-    """open() for text that creates the file 0600 (an existing file is made 0600 too)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if mode == "a" else os.O_TRUNC)
-    fd = os.open(path, flags, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        return os.fdopen(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def make_private(root: Path) -> int:
     """Make `root` and every directory under it 0700 and every file 0600; returns how many
     modes were changed. Symlinks are not followed."""
@@ -58,45 +42,3 @@ def make_private(root: Path) -> int:
             os.chmod(entry, want)
             changed += 1
     return changed
-
-
-def write_json(path: Path, data: Any) -> None:
-    private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # writers may race
-    try:
-        with open_private(tmp) as handle:
-            # dumps, not dump: only the one-shot path uses the C encoder (dump is pure Python, ~10x slower)
-            handle.write(json.dumps(data, separators=(",", ":"), sort_keys=True))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk or a bad value leaves no temporary behind
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return default
-
-
-def remove(path: Path, durable: bool = False) -> None:
-    """Delete a file if it exists; `durable`: the removal survives a crash once this returns."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
-    if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

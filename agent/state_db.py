@@ -1,24 +1,33 @@
 """The agent's transactional state store: one SQLite database (`state.db`) in the state dir.
 
-The only module that imports sqlite3. It holds the endpoint records (one row each, the row
-owns its pod's address: `ip` is UNIQUE) and named JSON documents (the IPAM cursor, the identity
-numbering). A CNI ADD commits its endpoint row and the IPAM cursor in one transaction, so a
-crash at any moment leaves both or neither; IPAM allocations are derived from the rows and
-can never disagree with them.
+The only module that imports sqlite3. It holds everything the agent persists: the endpoint
+records (one row each, the row owns its pod's address: `ip` is UNIQUE), named JSON documents
+(the IPAM cursor, the identity numbering), the standalone object store (one row per Kubernetes
+object, its batch number in `meta`) and the Kubernetes-mode cluster cache (one row per stream
+object, its version and stream id in `meta`). A CNI ADD commits its endpoint row and the IPAM
+cursor in one transaction, a store batch all its objects and its number in one, a stream update
+all its changes and its version in one: a crash at any moment leaves all of it or none.
 
-Durability: WAL mode with `synchronous=NORMAL`. A commit is written to the WAL (the OS page
-cache) before it returns, so a killed agent (kill -9, OOM) loses nothing; only a power loss or
-kernel crash can lose the last commits before a checkpoint. That is safe for what this store
-holds: every row describes kernel objects (veths, pinned maps, the pods themselves) that a power
-loss destroys too, and after the reboot kubelet re-creates every sandbox. FULL (an fsync per
-commit) measured 1.2-1.3x slower for a burst of concurrent ADDs and DELs (commits serialise on
-one fsync each; bench-results/sqlite-store.md), for no gain here. Irreplaceable data (the
-standalone object store), if it moves in, needs FULL for its transactions. The WAL is
-checkpointed into the main file on a clean stop, so at rest the state is one file.
+Durability is chosen per transaction (WAL mode; `synchronous` is switched around a durable
+transaction, SQLite forbids changing it inside one):
+- `durable=True` (`synchronous=FULL`, the WAL fsynced before COMMIT returns) where losing an
+  acknowledged commit breaks a promise that outlives the kernel: a store batch. Pods and
+  policies given to a standalone agent exist only here, and `membranectl apply` has told the
+  user they are stored; a power loss after that answer must not take them back.
+- otherwise `synchronous=NORMAL`: a commit is in the WAL (the OS page cache) when it returns,
+  so a killed agent (kill -9, OOM) loses nothing; only a power loss or kernel crash can lose the
+  last commits before a checkpoint. That is safe for what those transactions hold: endpoint
+  rows, the IPAM cursor and identity numbers describe kernel objects (veths, pinned maps, the
+  pods themselves) that a power loss destroys too (after the reboot kubelet re-creates every
+  sandbox with a new ADD; the answer given for the lost one describes a pod that no longer
+  exists), and the cluster cache is refetched from the operator. FULL for a CNI ADD measured
+  1.2-1.3x slower on concurrent ADD bursts (bench-results/sqlite-store.md) for no such gain.
+A FULL commit also makes every NORMAL commit before it durable (one log, written in order). The
+WAL is checkpointed into the main file on a clean stop, so at rest the state is one file.
 
 Damage: a file SQLite cannot read (garbage, truncated pages, a malformed image) raises
-`DamagedFile` from `open_db`; the caller sets it aside and rebuilds from the kernel. The file is
-created 0600 in a 0700 directory whatever the umask (SQLite gives -wal/-shm the file's mode).
+`DamagedFile` from `open_db`; the caller decides (agent/state_storing.py). The file is created
+0600 in a 0700 directory whatever the umask (SQLite gives -wal/-shm the file's mode).
 """
 
 from __future__ import annotations
@@ -40,12 +49,18 @@ log = logging.getLogger("membrane.state")
 
 DB_NAME = "state.db"
 SIDE_FILES = ("-wal", "-shm")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the object store and the cluster cache moved in (1 is upgraded in place)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS endpoints (key TEXT PRIMARY KEY, ip TEXT NOT NULL UNIQUE, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+                                    body TEXT NOT NULL, PRIMARY KEY (kind, namespace, name));
+CREATE TABLE IF NOT EXISTS cluster_objects (kind TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL,
+                                            PRIMARY KEY (kind, key));
 """
+UPGRADABLE = ("1",)  # schema versions whose files this one reads (its tables are a subset)
+ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
 
 
 class StateDb:
@@ -55,32 +70,45 @@ class StateDb:
     def __init__(self, path: Path, conn: sqlite3.Connection, created: bool) -> None:
         self.path = path
         self.created = created  # a new file (first start, or upgrade from the JSON files)
+        self.damaged_before: str | None = None  # why the file found at open was set aside (its rows are lost)
         self._conn = conn
         self._lock = threading.RLock()
         self._depth = 0
+        self._durable = False
 
     # --- transactions ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[StateDb]:
-        """Everything written inside commits together (nested blocks join the outer one)."""
+    def transaction(self, durable: bool = False) -> Iterator[StateDb]:
+        """Everything written inside commits together (nested blocks join the outer one).
+        `durable`: on disk when the block ends (see the module docstring for which are). The
+        level is fixed when the outermost block begins (SQLite refuses to change it inside a
+        transaction), so a durable block inside a plain one is a programming error."""
         with self._lock:
             if self._depth:
+                if durable and not self._durable:
+                    raise RuntimeError("a durable transaction cannot join a plain one")
                 self._depth += 1
                 try:
                     yield self
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
+            if durable:
+                self._conn.execute("PRAGMA synchronous=FULL")
             try:
-                yield self
-            except BaseException:
-                self._depth = 0
-                self._conn.execute("ROLLBACK")
-                raise
-            self._depth = 0
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._depth, self._durable = 1, durable
+                try:
+                    yield self
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._depth = 0
+                self._conn.execute("COMMIT")
+            finally:
+                if durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
 
     # --- documents ---------------------------------------------------------------------------
     def get_doc(self, name: str) -> Any:
@@ -132,11 +160,66 @@ class StateDb:
         with self.transaction():
             self._conn.execute("DELETE FROM endpoints WHERE key = ?", (key,))
 
+    # --- the standalone object store ------------------------------------------------------
+    def object_rows(self) -> list[tuple[ObjectKey, str]]:
+        """(key, body text) of every stored object, in key order (parsed by the caller)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT kind, namespace, name, body FROM objects "
+                                      "ORDER BY kind, namespace, name").fetchall()
+        return [((str(k), str(ns), str(n)), str(body)) for k, ns, n, body in rows]
+
+    def put_object(self, key: ObjectKey, body: dict[str, Any]) -> None:
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+        with self.transaction():
+            self._conn.execute("INSERT INTO objects(kind, namespace, name, body) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT(kind, namespace, name) DO UPDATE SET body = excluded.body", (*key, text))
+
+    def delete_object(self, key: ObjectKey) -> None:
+        with self.transaction():
+            self._conn.execute("DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", key)
+
+    def clear_objects(self) -> None:
+        with self.transaction():
+            self._conn.execute("DELETE FROM objects")
+
+    # --- the Kubernetes-mode cluster cache ---------------------------------------------------
+    def cluster_rows(self) -> list[tuple[str, str, bytes]]:
+        """(kind, key, encoded object) of every cached stream object."""
+        with self._lock:
+            rows = self._conn.execute("SELECT kind, key, body FROM cluster_objects ORDER BY kind, key").fetchall()
+        return [(str(kind), str(key), bytes(body)) for kind, key, body in rows]
+
+    def put_cluster_object(self, kind: str, key: str, body: bytes) -> None:
+        with self.transaction():
+            self._conn.execute("INSERT INTO cluster_objects(kind, key, body) VALUES (?, ?, ?) "
+                               "ON CONFLICT(kind, key) DO UPDATE SET body = excluded.body", (kind, key, body))
+
+    def delete_cluster_object(self, kind: str, key: str) -> None:
+        with self.transaction():
+            self._conn.execute("DELETE FROM cluster_objects WHERE kind = ? AND key = ?", (kind, key))
+
+    def clear_cluster_objects(self) -> None:
+        with self.transaction():
+            self._conn.execute("DELETE FROM cluster_objects")
+
     # --- life cycle --------------------------------------------------------------------------
     def checkpoint(self) -> None:
         """Fold the WAL into the main file (clean stop): at rest the state is one file."""
         with self._lock:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def copy_to(self, target: Path) -> None:
+        """A consistent copy of the whole database (WAL included) as one file, 0600."""
+        with self._lock:
+            target.unlink(missing_ok=True)
+            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            os.close(fd)
+            copy = sqlite3.connect(target)
+            try:
+                self._conn.backup(copy)
+            finally:
+                copy.close()
+            os.chmod(target, FILE_MODE)
 
     def close(self) -> None:
         with self._lock:
@@ -213,8 +296,9 @@ def open_db(state_dir: Path) -> StateDb:
             raise DamagedFile(path, f"integrity check failed: {check[0]}")
         conn.executescript(_SCHEMA)
         version = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-        if version is None:
-            conn.execute("INSERT INTO meta(name, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        if version is None or version[0] in UPGRADABLE:
+            conn.execute("INSERT INTO meta(name, value) VALUES ('schema', ?) "
+                         "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
         elif version[0] != str(SCHEMA_VERSION):
             raise DamagedFile(path, f"schema version {version[0]}, this agent reads {SCHEMA_VERSION}")
     except sqlite3.DatabaseError as exc:

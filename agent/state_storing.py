@@ -1,16 +1,19 @@
 """Opening the agent's state store: damage handling and the one-time upgrade from JSON files.
 
 `state.db` holds what the kernel can rebuild (endpoint records from the veths' aliases and the
-endpoint map, the IPAM cursor, the identity numbering from the endpoint map and the store). So
-a database SQLite cannot read is set aside as `state.db.damaged` (its -wal/-shm with it) and a
-fresh one is started; the agent then rebuilds its contents from the kernel and no pod is torn
-down.
+endpoint map, the IPAM cursor, the identity numbering from the endpoint map and the store), the
+Kubernetes-mode cluster cache (refetched from the operator) and, in standalone mode, the object
+store, which nothing can rebuild. So in Kubernetes mode a database SQLite cannot read is set
+aside as `state.db.damaged` (its -wal/-shm with it) and a fresh one is started: the agent
+rebuilds its contents from the kernel and the operator, and no pod is torn down. In standalone
+mode the start is refused, naming the file and the fix, unless `--accept-state-loss`.
 
-Upgrade in place: an agent of the previous release left `endpoints/*.json`, `ipam.json` and
-`identities.json`. The first start imports them into `state.db` in one transaction (damaged
-ones are skipped: the kernel rebuilds them, as before) and then moves them into `pre-sqlite/`,
-kept as a backup, never deleted. A crash between the import and the move imports nothing twice
-(the import is recorded in the database).
+Upgrade in place: earlier releases left `endpoints/*.json`, `ipam.json` and `identities.json`
+(imported here), `objects.json` + `objects.json.journal` (agent/object_store.py) and
+`cluster-state.json` + `cluster-journal.jsonl` (agent/cluster_persisting.py). Each set is
+imported once, in one transaction (damaged endpoint files are skipped: the kernel rebuilds
+them), and then moved into `pre-sqlite/`, kept as a backup, never deleted. A crash between the
+import and the move imports nothing twice (the import is recorded in the database).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from membrane.identities import IdentityAllocator
 
 from .persisting import private_dir
 from .state_db import StateDb, db_path, open_db, side_paths
-from .state_files import DamagedFile, read_json_checked, set_aside
+from .state_files import ACCEPT_LOSS_FLAG, DamagedFile, StateDamaged, read_json_checked, set_aside
 
 log = logging.getLogger("membrane.state")
 
@@ -42,18 +45,32 @@ class OpenedState:
     migrated: dict[str, int] = field(default_factory=dict)
 
 
-def open_state(state_dir: Path) -> OpenedState:
+def open_state(state_dir: Path, keep_damaged: bool = False) -> OpenedState:
+    """Open state.db (importing an earlier release's endpoint/IPAM/identity files once).
+
+    A database SQLite cannot read is set aside (moved to `state.db.damaged`) and a fresh one
+    started: what the kernel holds rebuilds the endpoints and identities, the operator the
+    cluster cache. With `keep_damaged` (standalone mode: the database holds the object store,
+    which nothing can rebuild) it is left in place instead, a copy kept, and StateDamaged
+    refuses the start with the file and the fix (`--accept-state-loss` sets it aside)."""
     path = db_path(state_dir)
     damaged = None
     try:
         db = open_db(state_dir)
     except DamagedFile as exc:
         damaged = exc.reason
+        if keep_damaged:
+            set_aside(path, keep_original=True)
+            raise StateDamaged(path, exc.reason, (
+                "the kernel cannot rebuild it (Pods and policies given to this agent exist only in its "
+                f"object store): restore {path.name} from a backup, or start once with {ACCEPT_LOSS_FLAG} "
+                "to set it aside, rebuild the endpoints from the kernel and begin with an empty store")) from None
         log.warning("state database damaged: set aside, its contents are rebuilt from the kernel",
                     extra={"fields": {"file": str(path), "error": exc.reason}})
         for each in (path, *side_paths(path)):
             set_aside(each)
         db = open_db(state_dir)
+        db.damaged_before = damaged
     return OpenedState(db, damaged, migrate_legacy(state_dir, db))
 
 
@@ -69,16 +86,22 @@ def migrate_legacy(state_dir: Path, db: StateDb) -> dict[str, int]:
             _import_ipam(state_dir / "ipam.json", db, report)
             _import_identities(state_dir / "identities.json", db, report)
             db.put_meta(MIGRATED_META, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    backup = keep_legacy(state_dir, legacy)
+    log.warning("state imported from the previous release's files; they are kept as a backup",
+                extra={"fields": {"into": str(db.path), "backup": str(backup), **report}})
+    return report
+
+
+def keep_legacy(state_dir: Path, paths: list[Path]) -> Path:
+    """Move imported files into `pre-sqlite/` (kept as a backup, never deleted)."""
     backup = state_dir / LEGACY_BACKUP
     private_dir(backup)
-    for path in legacy:
+    for path in paths:
         target = backup / path.name
         if target.exists():  # an earlier backup: keep both
             target = backup / f"{path.name}.{int(time.time())}"
         os.replace(path, target)
-    log.warning("state imported from the previous release's files; they are kept as a backup",
-                extra={"fields": {"into": str(db.path), "backup": str(backup), **report}})
-    return report
+    return backup
 
 
 def _import_endpoints(directory: Path, db: StateDb, report: dict[str, int]) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from google.protobuf.message import DecodeError
+
 from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state_objects import (
     Change,
@@ -216,3 +218,21 @@ def snapshot_chunks(version: int, stream_id: str, encoded_changes: list[bytes],
     parts = [encoded_changes[i:i + chunk] for i in range(0, len(encoded_changes), chunk)] or [[]]
     return [update_bytes(version, stream_id, True, part, more=index < len(parts) - 1)
             for index, part in enumerate(parts)]
+
+
+# --- at rest (the agent's cluster cache in state.db) ----------------------------------------------
+def object_bytes(obj: StateObject) -> bytes:
+    """One object as a serialized upsert Change: the cache stores what the wire carries, so a
+    kind added to the stream is cached without a format of its own."""
+    return change_to_pb(Change((obj.kind, obj.key), obj)).SerializeToString()
+
+
+def object_from_bytes(body: bytes) -> StateObject:
+    """The object `object_bytes` stored; ValueError when the bytes are not one."""
+    try:
+        change = change_from_pb(pb.Change.FromString(body))
+    except (DecodeError, ValueError) as exc:
+        raise ValueError(f"not a stored object: {exc}") from None
+    if change.obj is None:
+        raise ValueError("not a stored object: a deletion")
+    return change.obj

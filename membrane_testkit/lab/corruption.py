@@ -56,16 +56,10 @@ def _all(outcome: Outcome) -> dict[Damage, Outcome]:
 _IRREPLACEABLE = {**_all(Outcome.REFUSED), Damage.APPENDED: Outcome.REBUILT}
 
 STATE_FILES: tuple[StateFile, ...] = (
-    StateFile("objects.json", "standalone", "object store snapshot (Namespaces, Pods, NetworkPolicies)",
-              _IRREPLACEABLE),
-    StateFile("objects.json.journal", "standalone", "object store journal (batches since the snapshot)",
-              _IRREPLACEABLE),
-    StateFile("state.db", "standalone", "state store: endpoint records (from veth aliases + the endpoint map), "
-              "IPAM cursor, identity numbering (from the endpoint map + the store)", _all(Outcome.REBUILT)),
-    StateFile("cluster-state.json", "kubernetes", "cluster cache base (refetched from the operator)",
-              _all(Outcome.REBUILT)),
-    StateFile("cluster-journal.jsonl", "kubernetes", "cluster cache journal (refetched from the operator)",
-              _all(Outcome.REBUILT)),
+    StateFile("state.db", "standalone", "state store: the object store (Namespaces, Nodes, Pods, NetworkPolicies: "
+              "irreplaceable), endpoint records, IPAM cursor, identity numbering", _IRREPLACEABLE),
+    StateFile("state.db", "kubernetes", "state store: the cluster cache (refetched from the operator), endpoint "
+              "records (from veth aliases + the endpoint map), IPAM cursor", _all(Outcome.REBUILT)),
 )
 
 

@@ -67,7 +67,7 @@ class Lab:
 
 
 def settle(lab: Lab) -> None:
-    """One more delta (a spare namespace) so the cache has a base and a journal line, then stop
+    """One more delta (a spare namespace) after the snapshot, then stop
     agent and operator and keep the state dir as the good copy: the kernel's witness matches it
     (each case's operator restart starts a new stream)."""
     lab.spares += 1
@@ -76,7 +76,7 @@ def settle(lab: Lab) -> None:
     assert wait_for(lambda: lab.node.api("status")["cluster"]["version"] > before)
     lab.node.stop_agent()
     lab.kube.stop_operator()
-    assert (lab.state / "cluster-state.json").exists() and (lab.state / "cluster-journal.jsonl").stat().st_size
+    assert (lab.state / "state.db").exists() and not (lab.state / "cluster-state.json").exists()
     shutil.rmtree(lab.good, ignore_errors=True)
     shutil.copytree(lab.state, lab.good)
 
@@ -142,7 +142,7 @@ def test_damaged_cluster_cache_holds_the_maps_then_refetches(lab: Lab, case: Cas
             assert wait_for(lambda: lab.endpoints() == lab.baseline["endpoints"]), lab.endpoints()
             assert lab.enforced()
             assert links(node) == lab.baseline["links"]
-            assert (lab.state / "cluster-state.json").exists()
+            assert (lab.state / "state.db").exists()
             settle(lab)
         finally:
             lab.kube.stop_operator()

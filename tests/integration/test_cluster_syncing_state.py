@@ -4,6 +4,7 @@ resumes on the real gRPC stream with only the missing deltas, survives an operat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from ipaddress import IPv4Address, IPv4Network
@@ -15,8 +16,6 @@ from membrane.agent.cluster_syncing import (
     ClusterSyncer,
     ResyncNeeded,
     grpc_target,
-    object_from_json,
-    object_to_json,
     saved_pod_cidr,
 )
 from membrane.agent.config import load_config
@@ -24,6 +23,8 @@ from membrane.agent.identity_sources import StreamIdentities
 from membrane.agent.policy_records import POLICY_KINDS, PolicyRecords
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
 from membrane.agent.state_consuming import StateConsumer
+from membrane.agent.state_storing import LEGACY_BACKUP, open_state
+from membrane.api.state_codec import object_bytes, object_from_bytes
 from membrane.api.state_objects import (
     Change,
     EndpointState,
@@ -101,9 +102,11 @@ def update(version: int, objs: list[StateObject], snapshot: bool = False, stream
     return StateUpdate(version, stream, snapshot, changes)
 
 
-def test_json_round_trip_of_every_kind() -> None:
+def test_stored_round_trip_of_every_kind() -> None:
     for obj in BASE:
-        assert object_from_json(json.loads(json.dumps(object_to_json(obj)))) == obj
+        assert object_from_bytes(object_bytes(obj)) == obj
+    with pytest.raises(ValueError, match="not a stored object"):
+        object_from_bytes(b"\xff\xff garbage")
 
 
 def test_restart_restores_state_version_and_pod_cidr(tmp_path: Path) -> None:
@@ -111,7 +114,8 @@ def test_restart_restores_state_version_and_pod_cidr(tmp_path: Path) -> None:
     first.syncer.apply_update(update(1, BASE, snapshot=True))
     first.syncer.apply_update(update(2, [IdentityState(302, ("k8s:app=x",))]))
     assert first.allowed_into_db(300) and not first.allowed_into_db(302)
-    assert saved_pod_cidr(tmp_path, NODE) == IPv4Network("10.0.1.0/24") and saved_pod_cidr(tmp_path, "n9") is None
+    db = open_state(tmp_path).db  # a second connection, as a restarted agent's
+    assert saved_pod_cidr(db, NODE) == IPv4Network("10.0.1.0/24") and saved_pod_cidr(db, "n9") is None
 
     second = Agent(tmp_path, first.maps)
     writes = first.maps.writes
@@ -142,7 +146,7 @@ def test_delta_that_does_not_follow_asks_for_a_snapshot(tmp_path: Path) -> None:
 
 def test_batched_delta_applies_as_one_step_and_persists(tmp_path: Path) -> None:
     """A lagging agent may get versions 2..4 in one delta (base_version 1): applied and
-    persisted as version 4 (the journal holds single versions, so a batch compacts)."""
+    persisted as version 4 (its rows and version in one transaction)."""
     a = Agent(tmp_path).start()
     a.syncer.apply_update(update(1, BASE, snapshot=True))
     batch = update(4, [IdentityState(302, ("k8s:app=x",))], deletes=[POLICY])
@@ -281,26 +285,28 @@ def test_real_stream_resume_and_operator_restart(tmp_path: Path) -> None:
         op.stop()
 
 
-def test_journal_appends_compacts_and_survives_a_torn_line(tmp_path: Path) -> None:
-    from membrane.agent.cluster_persisting import JOURNAL_FILE, StateFile
+def legacy_cache(state: Path) -> None:
+    """The JSON cache an earlier release wrote: a base (version 1) and a journal of two deltas,
+    the last line torn by a kill -9 mid-write (never acked)."""
+    def as_json(obj: StateObject) -> dict[str, object]:
+        return {"kind": obj.kind.value, **json.loads(json.dumps(dataclasses.asdict(obj)))}
+    (state / "cluster-state.json").write_text(json.dumps(
+        {"version": 1, "stream_id": "s1", "objects": [as_json(o) for o in BASE]}))
+    lines = [{"version": 2, "stream_id": "s1", "changes": [["identity", "302", as_json(IdentityState(302, ("k8s:app=x",)))]]},
+             {"version": 3, "stream_id": "s1", "changes": [["policy", "shop/db", None]]}]
+    (state / "cluster-journal.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines) + '{"version": 4, "stream_id": "s1", "chan')
 
+
+def test_an_earlier_releases_json_cache_is_imported_once(tmp_path: Path) -> None:
+    legacy_cache(tmp_path)
+    assert saved_pod_cidr(open_state(tmp_path).db, NODE) == IPv4Network("10.0.1.0/24")  # a peek moves nothing
+    assert (tmp_path / "cluster-state.json").exists()
     a = Agent(tmp_path).start()
-    a.syncer.file.compact_after = 3
-    a.syncer.apply_update(update(1, BASE, snapshot=True))
-    journal = tmp_path / JOURNAL_FILE
-    assert journal.read_text() == ""
-    for version in (2, 3, 4):
-        a.syncer.apply_update(update(version, [IdentityState(400 + version, ("k8s:app=x",))]))
-    assert len(journal.read_text().splitlines()) == 3
-    loaded = StateFile(tmp_path).load()
-    assert (loaded.version, loaded.objects) == (4, a.syncer.objects)
-    a.syncer.apply_update(update(5, [], deletes=[POLICY]))  # the 4th line: compacted into the base
-    assert journal.read_text() == "" and json.loads((tmp_path / "cluster-state.json").read_text())["version"] == 5
-
-    a.syncer.apply_update(update(6, [IdentityState(500, ())]))
-    with open(journal, "a") as handle:
-        handle.write('{"version": 7, "stream_id": "s1", "chan')  # kill -9 mid-write
-    b = Agent(tmp_path, a.maps).start()  # repairs the journal
-    assert b.syncer.version == 6 and b.syncer.objects == a.syncer.objects
-    b.syncer.apply_update(update(7, [IdentityState(501, ())]))
-    assert StateFile(tmp_path).load().version == 7
+    assert (a.syncer.version, a.syncer.stream_id) == (3, "s1") and a.syncer.synced.is_set()
+    assert a.allowed_into_db(302)  # the policy's deletion (version 3) came with it
+    assert sorted(p.name for p in (tmp_path / LEGACY_BACKUP).iterdir()) == ["cluster-journal.jsonl", "cluster-state.json"]
+    assert not (tmp_path / "cluster-state.json").exists()
+    a.syncer.apply_update(update(4, [IdentityState(303, ("k8s:app=y",))]))
+    b = Agent(tmp_path, a.maps).start()  # state.db alone from now on
+    assert (b.syncer.version, b.syncer.objects) == (4, a.syncer.objects)

@@ -32,7 +32,7 @@ spec:
 
 @pytest.fixture
 def agent_socket(tmp_path: Path) -> Iterator[tuple[str, ObjectStore]]:
-    store = ObjectStore(tmp_path / "state" / "objects.json")
+    store = ObjectStore(tmp_path / "state")
     server = ApiServer(tmp_path / "agent.sock", {"apply": lambda req: store.apply(req["objects"])})
     server.start()
     yield str(tmp_path / "agent.sock"), store

@@ -1,7 +1,9 @@
-"""Upgrade in place: the previous release's agent (the last commit before the SQLite store,
-taken from git history) writes its JSON state; the current agent starts on that state dir and
-keeps every pod, address, identity, object and the enforced policy, imports the files into
-state.db and keeps them in pre-sqlite/.
+"""Upgrade in place: an earlier release's agent (taken from git history) writes its state; the
+current agent starts on that state dir and keeps every pod, address, identity, object and the
+enforced policy, imports the JSON files into state.db and keeps them in pre-sqlite/. Two
+earlier releases: the last before state.db (everything in JSON files), and the last before the
+object store moved into state.db (state.db for endpoints/IPAM/identities, the object store as
+`objects.json` + `objects.json.journal`).
 
 The old agent runs from a `git archive` of that commit laid out as the installed package
 (membrane/, membrane/agent, membrane/operator, membrane/bpf), first on sys.path, with this
@@ -28,21 +30,26 @@ from membrane_testkit.lab.node import LabNode, Pod
 from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
 
 REPO = Path(__file__).resolve().parents[2]
-PREVIOUS_RELEASE = "d0c6da2ee63a7ed55318cba3910aeed3469aa85c"  # main just before state.db
+RELEASES = {
+    "all-json": "d0c6da2ee63a7ed55318cba3910aeed3469aa85c",  # main just before state.db
+    "json-object-store": "b4535fbbdcf68d41d2de1a120a66c7536069e7a0",  # main just before the store moved in
+}
+LEGACY_OBJECTS = ("objects.json", "objects.json.journal")
 LAYOUT = {"membrane": "membrane", "agent": "membrane/agent", "operator": "membrane/operator", "bpf": "membrane/bpf"}
 RUN_OLD = ("import sys; sys.path.insert(0, {root!r}); sys.argv = sys.argv[1:]; "
            "from membrane.agent.main import main; sys.exit(main())")
 
 
-@pytest.fixture
-def old_tree(tmp_path: Path) -> Path:
+@pytest.fixture(params=sorted(RELEASES))
+def old_tree(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    release = RELEASES[request.param]
     root = tmp_path / "previous"
     root.mkdir()
     for src, dst in LAYOUT.items():
-        done = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", PREVIOUS_RELEASE, src],
+        done = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", release, src],
                               capture_output=True, timeout=60)
         if done.returncode != 0:
-            pytest.skip(f"previous release {PREVIOUS_RELEASE[:10]} not in this clone's history: "
+            pytest.skip(f"release {release[:10]} not in this clone's history: "
                         f"{done.stderr.decode().strip()[:200]}")
         with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
             tar.extractall(tmp_path / "extract")  # our own history (Python 3.11: no filter=)
@@ -112,9 +119,10 @@ def test_upgrade_from_the_json_state_keeps_everything(old_tree: Path, node: LabN
         before = snapshot(node)
         node.stop_agent()
         legacy = sorted(str(p.relative_to(state)) for p in state.rglob("*") if p.is_file())
-        assert "ipam.json" in legacy and "identities.json" in legacy, legacy
-        assert len([p for p in legacy if p.startswith("endpoints/")]) == 3, legacy
-        assert not (state / "state.db").exists()
+        assert "objects.json.journal" in legacy, legacy  # the object store as that release kept it
+        if not (state / "state.db").exists():  # the release before state.db
+            assert "ipam.json" in legacy and "identities.json" in legacy, legacy
+            assert len([p for p in legacy if p.startswith("endpoints/")]) == 3, legacy
         wired = links(node)
 
         node.wrapper = []  # this installation's agent
@@ -124,11 +132,12 @@ def test_upgrade_from_the_json_state_keeps_everything(old_tree: Path, node: LabN
         assert connect(pods["b"], pods["a"]) and not connect(pods["c"], pods["a"], 0.5)
         kept = sorted(str(p.relative_to(state / "pre-sqlite")) for p in (state / "pre-sqlite").rglob("*")
                       if p.is_file())
-        moved = [p for p in legacy if p.startswith("endpoints/") or p in ("ipam.json", "identities.json")]
-        assert kept == moved, kept  # the old files, kept as they were
+        moved = [p for p in legacy if not p.startswith("state.db")]
+        assert kept == moved, kept  # every old file, kept as it was
         assert not (state / "endpoints").exists() and not (state / "ipam.json").exists()
+        assert not any((state / name).exists() for name in LEGACY_OBJECTS)
         assert stat.S_IMODE((state / "state.db").stat().st_mode) == 0o600
-        assert "state imported from the previous release's files" in node.log_path.read_text()
+        assert "object store imported from the previous release's files" in node.log_path.read_text()
         # The imported IPAM hands out no address in use; a restart reads state.db alone.
         extra = node.add_pod("d", namespace="shop")
         assert extra.ip not in {e[1] for e in before["endpoints"]}

@@ -133,7 +133,7 @@ def test_a_change_that_would_overflow_the_ipcache_is_refused(tmp_path: Path) -> 
 
 
 def test_store_restore_puts_back_what_a_refused_batch_changed(tmp_path: Path) -> None:
-    store = ObjectStore(tmp_path / "objects.json")
+    store = ObjectStore(tmp_path)
     store.load()
     heard: list[tuple[str, object]] = []
     store.listeners.append(lambda kind, key, obj: heard.append((key[2], obj)))
@@ -147,6 +147,6 @@ def test_store_restore_puts_back_what_a_refused_batch_changed(tmp_path: Path) ->
     store.restore(saved)
     assert store.raw == {("Namespace", "", "a"): old}
     assert sorted(name for name, _ in heard) == ["a", "b"] and dict(heard)["b"] is None
-    reloaded = ObjectStore(tmp_path / "objects.json")
+    reloaded = ObjectStore(tmp_path)
     reloaded.load(store.witness)
     assert reloaded.raw == store.raw  # persisted

@@ -71,7 +71,7 @@ class OperatorSide:
 
 
 def local_side(tmp_path: Path) -> tuple[ObjectStore, LocalSource]:
-    store = ObjectStore(tmp_path / "objects.json")
+    store = ObjectStore(tmp_path)
     store.load()
     source = LocalSource(NODE, clock=lambda: 0.0)
     store.listeners.append(source.on_object)

@@ -88,7 +88,7 @@ def test_the_vendored_schema_is_what_the_generator_makes_from_kubernetes_own() -
 
 
 def test_the_store_refuses_and_keeps_nothing(tmp_path: Path) -> None:
-    store = ObjectStore(tmp_path / "objects.json")
+    store = ObjectStore(tmp_path)
     with pytest.raises(RequestError) as caught:
         store.apply([netpol({"form": [{"podSelector": {}}]})])
     assert caught.value.code == 422
@@ -99,7 +99,7 @@ def test_the_store_refuses_and_keeps_nothing(tmp_path: Path) -> None:
 
 
 def test_a_1mb_label_is_named_not_echoed(tmp_path: Path) -> None:
-    store = ObjectStore(tmp_path / "objects.json")
+    store = ObjectStore(tmp_path)
     huge = "x" * (1 << 20)
     with pytest.raises(RequestError) as caught:
         store.apply([netpol({}, metadata={"name": "db", "namespace": "shop", "labels": {"app": huge}})])
