@@ -1,15 +1,16 @@
 """Service and EndpointSlice records over the wire (membrane/api/state_codec.py) and in the
-agent's state file (agent/cluster_persisting.py): every field survives the round trip, and a
-delete carries the key only."""
+agent's cluster cache (agent/cluster_persisting.py, state.db; an earlier release's JSON cache is
+read by agent/legacy_reading.py): every field survives the round trip, and a delete carries
+the key only."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 
-from membrane.agent.cluster_persisting import object_from_json, object_to_json
+from membrane.agent import legacy_reading
 from membrane.api.state.v1 import state_pb2 as pb
-from membrane.api.state_codec import change_from_pb, change_to_pb
+from membrane.api.state_codec import change_from_pb, change_to_pb, object_bytes, object_from_bytes
 from membrane.api.state_objects import (
     Change,
     EndpointPortState,
@@ -51,6 +52,8 @@ def test_delete_carries_the_key() -> None:
         assert change == Change((obj.kind, "shop/" + obj.name), None)
 
 
-def test_state_file_round_trip() -> None:
+def test_cache_round_trip_and_the_earlier_json_cache() -> None:
     for obj in (SERVICE, SLICE):
-        assert object_from_json(json.loads(json.dumps(object_to_json(obj)))) == obj
+        assert object_from_bytes(object_bytes(obj)) == obj  # a row of state.db's cluster cache
+        earlier = {"kind": obj.kind.value, **json.loads(json.dumps(dataclasses.asdict(obj)))}  # a JSON cache line
+        assert legacy_reading.object_from_json(earlier) == obj
