@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conc-pods", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
-                                                      "cni_startup", "overlay", "apply_wait", "state_store"),
+                                                      "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
                     help="python of an installation with the JSON state files: compare the SQLite store with it")
@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
 
         log("overlay trust benchmark (from_overlay per-packet cost, before vs after the trust checks)")
         print(overlay_trust_bench.write(overlay_trust_bench.run(), args.out))
+    if args.only in ("all", "kube_proxy"):
+        from . import kube_proxy_coexistence_bench  # from_container ns/packet before/after the coexistence fix
+
+        log("kube-proxy coexistence benchmark (from_container per-packet cost, before vs after)")
+        print(kube_proxy_coexistence_bench.write(kube_proxy_coexistence_bench.run(), args.out))
     if args.only in ("all", "apply_wait"):
         from . import apply_wait_bench  # apply --wait latency, small store and at scale
 
