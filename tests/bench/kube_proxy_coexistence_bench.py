@@ -38,8 +38,7 @@ from typing import Any
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from membrane.agent.datapath import Datapath, EndpointEntry
-from membrane.agent.datapath import loading
+from membrane.agent.datapath import Datapath, EndpointEntry, loading
 from membrane.agent.datapath.ipcache import IpcacheEntry
 from membrane.agent.datapath.prog_test_run import TC_ACT_OK, TC_ACT_REDIRECT, prog_test_run
 from membrane.policy import FlatKey, FlatValue, Verdict
