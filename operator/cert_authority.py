@@ -17,9 +17,8 @@ import threading
 import time
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
-from membrane.operator.rest import Rest
+from membrane.operator.kube_client import KubeClient, KubeError
+from membrane.operator.resources import CONFIG_MAPS, SECRETS
 from membrane.tls.certificates import OPERATOR_NAME, Authority, CertificateError
 from membrane.tls.material import Material
 from membrane.tls.renewal import due
@@ -38,13 +37,12 @@ def split_ref(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
-def load_or_create_ca(rest: Rest, ref: str) -> Authority:
+def load_or_create_ca(kube: KubeClient, ref: str) -> Authority:
     namespace, name = split_ref(ref)
-    path = f"/api/v1/namespaces/{namespace}/secrets"
     try:
-        secret = rest.get(f"{path}/{name}")
-    except ApiException as exc:
-        if exc.status != 404:
+        secret = kube.get(SECRETS, name, namespace)
+    except KubeError as exc:
+        if not exc.not_found:
             raise
         authority = Authority.create()
         body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -53,14 +51,14 @@ def load_or_create_ca(rest: Rest, ref: str) -> Authority:
                 "data": {CA_CERT_KEY: base64.b64encode(authority.cert_pem).decode(),
                          CA_KEY_KEY: base64.b64encode(authority.key_pem).decode()}}
         try:
-            rest.create(path, body)
+            kube.create(SECRETS, body, namespace)
             log.info("created the cluster CA in secret %s", ref)
-        except ApiException as exc2:
-            if exc2.status != 409:
+        except KubeError as exc2:
+            if not exc2.conflict:
                 raise
-            secret = rest.get(f"{path}/{name}")  # another replica was first: use its CA
+            secret = kube.get(SECRETS, name, namespace)  # another replica was first: use its CA
         else:
-            publish_ca(rest, ref, authority.cert_pem)
+            publish_ca(kube, ref, authority.cert_pem)
             return authority
     data = secret.get("data") or {}
     try:
@@ -68,31 +66,30 @@ def load_or_create_ca(rest: Rest, ref: str) -> Authority:
     except (KeyError, ValueError, CertificateError) as exc:
         raise SystemExit(f"membrane-operator: secret {ref} does not hold a usable CA "
                          f"({CA_CERT_KEY}, {CA_KEY_KEY}): {exc}") from None
-    publish_ca(rest, ref, authority.cert_pem)
+    publish_ca(kube, ref, authority.cert_pem)
     return authority
 
 
-def publish_ca(rest: Rest, ref: str, cert_pem: bytes) -> None:
+def publish_ca(kube: KubeClient, ref: str, cert_pem: bytes) -> None:
     """The CA certificate in the ConfigMap of the same name (created or brought up to date)."""
     namespace, name = split_ref(ref)
-    path = f"/api/v1/namespaces/{namespace}/configmaps"
     body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": namespace,
                          "labels": {"app.kubernetes.io/part-of": "membrane"}},
             "data": {CA_CERT_KEY: cert_pem.decode()}}
     try:
-        current = rest.get(f"{path}/{name}")
-    except ApiException as exc:
-        if exc.status != 404:
+        current = kube.get(CONFIG_MAPS, name, namespace)
+    except KubeError as exc:
+        if not exc.not_found:
             raise
         try:
-            rest.create(path, body)
-        except ApiException as exc2:
-            if exc2.status != 409:
+            kube.create(CONFIG_MAPS, body, namespace)
+        except KubeError as exc2:
+            if not exc2.conflict:
                 raise
         return
     if (current.get("data") or {}).get(CA_CERT_KEY) != body["data"][CA_CERT_KEY]:
-        rest.merge_patch(f"{path}/{name}", {"data": body["data"]})
+        kube.merge_patch(CONFIG_MAPS, name, {"data": body["data"]}, namespace)
 
 
 class ServingCertificate:

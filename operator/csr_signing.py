@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
+from membrane.operator.kube_client import KubeClient, KubeError
 from membrane.operator.metrics import OperatorMetrics
-from membrane.operator.rest import Rest
+from membrane.operator.resources import CSRS
 from membrane.tls.certificates import OPERATOR_NAME, Authority, CertificateError, request_name
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 SIGNER = "membrane.io/agent"
 NODE_EXTRA = "authentication.kubernetes.io/node-name"
 ALLOWED_USAGES = {"digital signature", "key encipherment", "client auth", "server auth"}
-PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
 
 
 @dataclass(frozen=True)
@@ -90,9 +88,9 @@ def decide(csr: dict[str, Any], node_exists: Callable[[str], bool], agent_accoun
 
 
 class CsrSigner:
-    def __init__(self, rest: Rest, authority: Authority, lifetime: float, agent_account: str,
+    def __init__(self, kube: KubeClient, authority: Authority, lifetime: float, agent_account: str,
                  metrics: OperatorMetrics) -> None:
-        self.rest = rest
+        self.kube = kube
         self.authority = authority
         self.lifetime = dt.timedelta(seconds=lifetime)
         self.agent_account = agent_account
@@ -110,7 +108,7 @@ class CsrSigner:
             try:
                 written += self._handle(csr, node_exists)
                 self._done.add(uid)
-            except ApiException as exc:
+            except KubeError as exc:
                 self.metrics.api_write_errors.labels("csr").inc()
                 log.warning("CSR %s: write failed (%s); retrying", csr["metadata"]["name"], exc.status)
         return written
@@ -129,7 +127,7 @@ class CsrSigner:
         pem = base64.b64decode(csr["spec"]["request"])
         cert = self.authority.sign_request(pem, decision.node, self.lifetime)
         status = {**(csr.get("status") or {}), "certificate": base64.b64encode(cert).decode()}
-        self.rest.replace(f"{PATH}/{name}/status", {**csr, "status": status})
+        self.kube.replace(CSRS, name, {**csr, "status": status}, subresource="status")
         self.metrics.csrs.labels("issued").inc()
         log.info("CSR %s: certificate issued to node %s", name, decision.node)
         return 1
@@ -139,4 +137,4 @@ class CsrSigner:
         status["conditions"] = [*(status.get("conditions") or []), {
             "type": kind, "status": "True", "reason": reason, "message": message,
             "lastUpdateTime": now, "lastTransitionTime": now}]
-        return self.rest.replace(f"{PATH}/{csr['metadata']['name']}/approval", {**csr, "status": status})
+        return self.kube.replace(CSRS, csr["metadata"]["name"], {**csr, "status": status}, subresource="approval")

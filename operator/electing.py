@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client import ApiClient, CoordinationV1Api
-from kubernetes.client.rest import ApiException
-
+from membrane.operator.kube_client import KubeClient, KubeError
 from membrane.operator.metrics import OperatorMetrics
+from membrane.operator.resources import LEASES
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +50,11 @@ class ElectionConfig:
 
 
 class LeaderElector:
-    def __init__(self, api: ApiClient, config: ElectionConfig, metrics: OperatorMetrics,
+    def __init__(self, kube: KubeClient, config: ElectionConfig, metrics: OperatorMetrics,
                  on_started: Callable[[], None] = lambda: None,
                  on_stopped: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.leases = CoordinationV1Api(api)
+        self.kube = kube
         self.config = config
         self.metrics = metrics
         self.on_started = on_started
@@ -123,9 +122,9 @@ class LeaderElector:
         cfg = self.config
         now = micro_time()
         try:
-            lease = self.leases.read_namespaced_lease(cfg.lease_name, cfg.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
+            lease = self.kube.get(LEASES, cfg.lease_name, cfg.namespace)
+        except KubeError as exc:
+            if not exc.not_found:
                 raise
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": cfg.lease_name, "namespace": cfg.namespace},
@@ -133,37 +132,37 @@ class LeaderElector:
                              "leaseDurationSeconds": round(cfg.lease_duration),
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                self.leases.create_namespaced_lease(cfg.namespace, body)
-            except ApiException as create_exc:
-                if create_exc.status == 409:
+                self.kube.create(LEASES, body, cfg.namespace)
+            except KubeError as create_exc:
+                if create_exc.conflict:
                     return False  # another candidate created it first
                 raise
             self.leader_identity = cfg.identity
             return True
-        spec = lease.spec
-        holder = spec.holder_identity or ""
-        record = (holder, spec.renew_time, spec.lease_transitions, spec.lease_duration_seconds)
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        record = (holder, spec.get("renewTime"), spec.get("leaseTransitions"), spec.get("leaseDurationSeconds"))
         if record != self._observed:
             self._observed, self._observed_at = record, self.clock()
         self.leader_identity = holder or None
-        duration = spec.lease_duration_seconds or cfg.lease_duration
+        duration = spec.get("leaseDurationSeconds") or cfg.lease_duration
         if holder and holder != cfg.identity and self.clock() < self._observed_at + duration:
             return False  # someone else holds a lease that has not expired
-        transitions = spec.lease_transitions or 0
+        transitions = spec.get("leaseTransitions") or 0
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": cfg.lease_name, "namespace": cfg.namespace,
-                             "resourceVersion": lease.metadata.resource_version},
+                             "resourceVersion": lease["metadata"]["resourceVersion"]},
                 "spec": {"holderIdentity": cfg.identity,
                          "leaseDurationSeconds": round(cfg.lease_duration),
                          "renewTime": now,
-                         "acquireTime": micro_time(spec.acquire_time) if holder == cfg.identity
-                         and spec.acquire_time else now,
+                         "acquireTime": spec.get("acquireTime") if holder == cfg.identity
+                         and spec.get("acquireTime") else now,
                          "leaseTransitions": transitions if holder == cfg.identity
                          else transitions + 1}}
         try:
-            self.leases.replace_namespaced_lease(cfg.lease_name, cfg.namespace, body)
-        except ApiException as exc:
-            if exc.status == 409:
+            self.kube.replace(LEASES, cfg.lease_name, body, cfg.namespace)
+        except KubeError as exc:
+            if exc.conflict:
                 return False  # lost the race (or the lease moved on under us)
             raise
         if holder != cfg.identity:
@@ -174,17 +173,18 @@ class LeaderElector:
     def _release(self) -> None:
         cfg = self.config
         try:
-            lease = self.leases.read_namespaced_lease(cfg.lease_name, cfg.namespace)
-            if lease.spec.holder_identity != cfg.identity:
+            lease = self.kube.get(LEASES, cfg.lease_name, cfg.namespace)
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") != cfg.identity:
                 return
             now = micro_time()
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": cfg.lease_name, "namespace": cfg.namespace,
-                                 "resourceVersion": lease.metadata.resource_version},
+                                 "resourceVersion": lease["metadata"]["resourceVersion"]},
                     "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
                              "acquireTime": now, "renewTime": now,
-                             "leaseTransitions": lease.spec.lease_transitions or 0}}
-            self.leases.replace_namespaced_lease(cfg.lease_name, cfg.namespace, body)
+                             "leaseTransitions": spec.get("leaseTransitions") or 0}}
+            self.kube.replace(LEASES, cfg.lease_name, body, cfg.namespace)
             log.info("lease %s released", cfg.lease_name)
         except Exception as exc:  # noqa: BLE001 - best effort; expiry covers a failed release
             log.warning("lease %s: release failed: %s", cfg.lease_name, exc)

@@ -21,15 +21,13 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from kubernetes.client.rest import ApiException
-
 from membrane.api.state_objects import Change
 from membrane.operator import resources as res
 from membrane.operator.cache import ObjectCache
 from membrane.operator.enforcement_book import EnforcementBook
+from membrane.operator.kube_client import KubeClient, KubeError
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.propagation import PropagationTracker
-from membrane.operator.rest import Rest
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +44,9 @@ class ReportTarget(Protocol):
 
 
 class EnforcementReporter:
-    def __init__(self, rest: Rest, cache: ObjectCache, tracker: PropagationTracker,
+    def __init__(self, kube: KubeClient, cache: ObjectCache, tracker: PropagationTracker,
                  metrics: OperatorMetrics, is_leader: Callable[[], bool]) -> None:
-        self.rest = rest
+        self.kube = kube
         self.cache = cache
         self.tracker = tracker
         self.metrics = metrics
@@ -115,12 +113,11 @@ class EnforcementReporter:
                 continue
             if self._written.get(key) == values:
                 continue  # written; the watch has not shown it yet
-            path = (f"/apis/networking.k8s.io/v1/namespaces/{meta.get('namespace')}"
-                    f"/networkpolicies/{meta.get('name')}")
             try:
-                self.rest.merge_patch(path, {"metadata": {"annotations": values}})
-            except ApiException as exc:
-                if exc.status != 404:  # deleted meanwhile: nothing to report on
+                self.kube.merge_patch(res.NETWORK_POLICIES, str(meta.get("name")), {"metadata": {"annotations": values}},
+                                      str(meta.get("namespace")))
+            except KubeError as exc:
+                if not exc.not_found:  # deleted meanwhile: nothing to report on
                     log.info("enforcement annotation on %s not written (%s)", key, exc.status)
                     self.metrics.api_write_errors.labels("policy_enforced").inc()
                 continue

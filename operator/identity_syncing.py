@@ -20,8 +20,6 @@ import logging
 import time
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
 from membrane.identities import (
     CLUSTER_IDENTITY_MAX,
     CLUSTER_IDENTITY_MIN,
@@ -29,7 +27,6 @@ from membrane.identities import (
     IdentityAllocator,
     LabelSet,
 )
-from membrane.operator.crds import GROUP, VERSION
 from membrane.operator.identity_objects import (  # noqa: F401 - re-exported
     MANAGED_BY,
     NAMESPACE_LABEL,
@@ -37,21 +34,21 @@ from membrane.operator.identity_objects import (  # noqa: F401 - re-exported
     mirrored_labels,
     parse_identity,
 )
+from membrane.operator.kube_client import KubeClient, KubeError
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.pod_facts import needs_identity, pod_identity_labels, pod_key
-from membrane.operator.rest import Rest
+from membrane.operator.resources import IDENTITIES
 
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
-IDENTITIES_PATH = f"/apis/{GROUP}/{VERSION}/membraneidentities"
 # A create we made is trusted this long before the watch must show it; then we check again.
 CREATE_SETTLE = 10.0
 
 
 class IdentitySyncer:
-    def __init__(self, rest: Rest, metrics: OperatorMetrics, grace: float = 300.0) -> None:
-        self.rest = rest
+    def __init__(self, kube: KubeClient, metrics: OperatorMetrics, grace: float = 300.0) -> None:
+        self.kube = kube
         self.metrics = metrics
         self.grace = grace
         self.allocator: IdentityAllocator | None = None
@@ -140,23 +137,23 @@ class IdentitySyncer:
             if all(have.get(k) == v for k, v in want.items()):
                 continue
             try:
-                self.rest.merge_patch(f"{IDENTITIES_PATH}/{identity}", {"metadata": {"labels": want}})
+                self.kube.merge_patch(IDENTITIES, str(identity), {"metadata": {"labels": want}})
                 patched += 1
-            except ApiException as exc:
-                if exc.status != 404:
+            except KubeError as exc:
+                if not exc.not_found:
                     log.warning("identity %d not relabelled (%s), will retry", identity, exc.status)
                     self.metrics.api_write_errors.labels("identity_labels").inc()
         return patched
 
     def _create(self, identity: int, labels: LabelSet, now: float) -> None:
         try:
-            self.rest.create(IDENTITIES_PATH, identity_object(identity, labels))
-        except ApiException as exc:
-            if exc.status != 409:
+            self.kube.create(IDENTITIES, identity_object(identity, labels))
+        except KubeError as exc:
+            if not exc.conflict:
                 log.warning("identity %d not created (%s), will retry", identity, exc.status)
                 self.metrics.api_write_errors.labels("identity").inc()
                 return
-            current = parse_identity(self.rest.get(f"{IDENTITIES_PATH}/{identity}"))
+            current = parse_identity(self.kube.get(IDENTITIES, str(identity)))
             if current is None or current[1] != labels:
                 # Someone else (a split-brain leader) wrote this number for other labels; ours
                 # must not alias it. Drop our state and reload from the API next pass.
@@ -170,9 +167,9 @@ class IdentitySyncer:
     def _delete(self, identity: int) -> None:
         self._created.pop(identity, None)
         try:
-            self.rest.delete(f"{IDENTITIES_PATH}/{identity}")
-        except ApiException as exc:
-            if exc.status != 404:
+            self.kube.delete(IDENTITIES, str(identity))
+        except KubeError as exc:
+            if not exc.not_found:
                 log.warning("identity %d not deleted (%s)", identity, exc.status)
                 self.metrics.api_write_errors.labels("identity_gc").inc()
                 return

@@ -17,8 +17,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from membrane.operator.kube_client import KubeClient, KubeError
 from membrane.operator.metrics import OperatorMetrics
-from membrane.operator.rest import ApiError, Rest
+from membrane.operator.resources import PODS
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,10 @@ RETRY_SECONDS = 5.0
 
 
 class LeaderLabeller:
-    def __init__(self, rest: Rest, namespace: str, pod: str, metrics: OperatorMetrics,
+    def __init__(self, kube: KubeClient, namespace: str, pod: str, metrics: OperatorMetrics,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.rest = rest
-        self.path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
+        self.kube = kube
+        self.namespace, self.pod = namespace, pod
         self.metrics = metrics
         self.clock = clock
         self.written: bool | None = None  # what the pod's label says as far as we know
@@ -45,11 +46,11 @@ class LeaderLabeller:
         # Merge patch: null removes the label.
         body = {"metadata": {"labels": {LABEL: "true" if leader else None}}}
         try:
-            self.rest.merge_patch(self.path, body)
-        except ApiError as exc:
+            self.kube.merge_patch(PODS, self.pod, body, self.namespace)
+        except KubeError as exc:
             self._failed_at = self.clock()
             self.metrics.api_write_errors.labels("leader_label").inc()
-            log.warning("leader label on %s not written (%s)", self.path, exc.status)
+            log.warning("leader label on %s/%s not written (%s)", self.namespace, self.pod, exc.status)
             return False
         self._failed_at = None
         self.written = leader

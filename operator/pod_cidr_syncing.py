@@ -12,8 +12,6 @@ import logging
 from ipaddress import IPv4Network
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
 from membrane.operator.cidr_pool import (  # noqa: F401 - re-exported
     POD_CIDR_ANNOTATION,
     CidrPool,
@@ -22,15 +20,16 @@ from membrane.operator.cidr_pool import (  # noqa: F401 - re-exported
     node_facts,
     node_pod_cidr,
 )
+from membrane.operator.kube_client import KubeClient, KubeError
 from membrane.operator.metrics import OperatorMetrics
-from membrane.operator.rest import Rest
+from membrane.operator.resources import NODES
 
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 class PodCidrSyncer:
-    def __init__(self, rest: Rest, pool: CidrPool, metrics: OperatorMetrics) -> None:
-        self.rest = rest
+    def __init__(self, kube: KubeClient, pool: CidrPool, metrics: OperatorMetrics) -> None:
+        self.kube = kube
         self.pool = pool
         self.metrics = metrics
 
@@ -50,8 +49,8 @@ class PodCidrSyncer:
             body = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
                                  "annotations": {POD_CIDR_ANNOTATION: str(cidr)}}}
             try:
-                self.rest.merge_patch(f"/api/v1/nodes/{name}", body)
-            except ApiException as exc:
+                self.kube.merge_patch(NODES, name, body)
+            except KubeError as exc:
                 # 409: the node changed since we planned; 404: it is gone. Replan next pass.
                 log.info("PodCIDR for %s not written (%s), will retry", name, exc.status)
                 self.metrics.api_write_errors.labels("pod_cidr").inc()

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from kubernetes.client.rest import ApiException
-
 from membrane.k8s_models import FieldError, NetworkPolicy, ObjectValidationError, parse_object
+from membrane.operator.kube_client import KubeClient, KubeError
 from membrane.operator.metrics import OperatorMetrics
-from membrane.operator.rest import Rest
+from membrane.operator.resources import EVENTS, NETWORK_POLICIES
 from membrane.policy import compile_policy
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,6 @@ def _our_condition(obj: JSON) -> JSON | None:
     return None
 
 
-NETWORKING_V1 = "/apis/networking.k8s.io/v1"
 
 
 def serves_policy_status(discovery: JSON) -> bool:
@@ -83,8 +81,8 @@ def serves_policy_status(discovery: JSON) -> bool:
 
 
 class PolicyChecker:
-    def __init__(self, rest: Rest, metrics: OperatorMetrics, instance: str) -> None:
-        self.rest = rest
+    def __init__(self, kube: KubeClient, metrics: OperatorMetrics, instance: str) -> None:
+        self.kube = kube
         self.metrics = metrics
         self.instance = instance
         self._status_served: bool | None = None  # None: discovery not answered yet
@@ -138,9 +136,9 @@ class PolicyChecker:
         """Whether this API server has `networkpolicies/status` (asked until it answers)."""
         if self._status_served is None:
             try:
-                self._status_served = serves_policy_status(self.rest.get(NETWORKING_V1))
-            except ApiException as exc:
-                log.info("discovery of %s failed (%s), will retry", NETWORKING_V1, exc.status)
+                self._status_served = serves_policy_status(self.kube.discover(NETWORK_POLICIES))
+            except KubeError as exc:
+                log.info("discovery of %s failed (%s), will retry", NETWORK_POLICIES.group_path, exc.status)
                 return False
         return self._status_served
 
@@ -151,13 +149,11 @@ class PolicyChecker:
         condition = {"type": CONDITION_TYPE, "status": status, "reason": reason,
                      "message": message, "lastTransitionTime": _now(),
                      "observedGeneration": meta.get("generation", 0)}
-        path = (f"/apis/networking.k8s.io/v1/namespaces/{meta['namespace']}"
-                f"/networkpolicies/{meta['name']}")
         body = {"status": {"conditions": [condition]}}
         try:
-            self.rest.merge_patch(path + "/status", body)
+            self.kube.merge_patch(NETWORK_POLICIES, meta["name"], body, meta["namespace"], subresource="status")
             self._written[meta.get("uid", "")] = (status, message)
-        except ApiException as exc:
+        except KubeError as exc:
             log.info("condition on %s not written (%s)", meta["name"], exc.status)
             self.metrics.api_write_errors.labels("policy_status").inc()
 
@@ -177,7 +173,7 @@ class PolicyChecker:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            self.rest.create(f"/api/v1/namespaces/{meta['namespace']}/events", event)
-        except ApiException as exc:
+            self.kube.create(EVENTS, event, meta["namespace"])
+        except KubeError as exc:
             log.info("event for %s not written (%s)", meta["name"], exc.status)
             self.metrics.api_write_errors.labels("event").inc()

@@ -20,9 +20,9 @@ from membrane.api.state_objects import Change, Kind, StateKey
 from membrane.k8s_models import FieldError
 from membrane.operator import resources as res
 from membrane.operator.cache import ObjectCache
+from membrane.operator.kube_client import KubeClient, KubeError
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.prefilter_status import JSON, PrefilterStatusBook, differs, status
-from membrane.operator.rest import ApiError, Rest
 from membrane.prefilter_checking import object_errors
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ def _now() -> str:
 
 
 class PrefilterStatusReporter:
-    def __init__(self, rest: Rest, cache: ObjectCache, metrics: OperatorMetrics,
+    def __init__(self, kube: KubeClient, cache: ObjectCache, metrics: OperatorMetrics,
                  errors: Callable[[JSON], list[FieldError]], now: Callable[[], str] = _now) -> None:
-        self.rest = rest
+        self.kube = kube
         self.cache = cache
         self.metrics = metrics
         self.errors = errors  # the verdict the state builder used (cached per object version)
@@ -106,9 +106,9 @@ class PrefilterStatusReporter:
                 if key in self._written and not differs(self._written[key], wanted):
                     continue  # written; the watch has not shown it yet
                 try:
-                    self.rest.merge_patch(f"{resource.path}/{name}/status", {"status": wanted})
-                except ApiError as exc:
-                    if exc.status != 404:  # deleted meanwhile: nothing to report on
+                    self.kube.merge_patch(resource, name, {"status": wanted}, subresource="status")
+                except KubeError as exc:
+                    if not exc.not_found:  # deleted meanwhile: nothing to report on
                         log.info("status of %s %s not written (%s)", resource.kind, name, exc.status)
                         self.metrics.api_write_errors.labels("prefilter_status").inc()
                     continue

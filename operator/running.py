@@ -19,10 +19,6 @@ import threading
 import time
 from typing import Any
 
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
-from kubernetes.client.rest import ApiException
-
 from membrane.api.backoff import Backoff
 from membrane.api.state_objects import Kind, StateKey, StateObject
 from membrane.http_serving import HttpServer
@@ -36,13 +32,13 @@ from membrane.operator.csr_signing import CsrSigner
 from membrane.operator.electing import ElectionConfig, LeaderElector
 from membrane.operator.enforcement_reporting import EnforcementReporter
 from membrane.operator.identity_syncing import IdentitySyncer
+from membrane.operator.kube_client import KubeClient, KubeError, connect
 from membrane.operator.leader_labelling import LeaderLabeller
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.pod_cidr_syncing import PodCidrSyncer
 from membrane.operator.policy_checking import PolicyChecker
 from membrane.operator.prefilter_status_reporting import PrefilterStatusReporter, PrefilterVerdicts
 from membrane.operator.propagation import PropagationTracker
-from membrane.operator.rest import Rest
 from membrane.operator.state_building import StateBuilder
 from membrane.operator.state_log import StateLog
 from membrane.operator.state_serving import StateServicer, serve
@@ -58,35 +54,18 @@ _BUILDER_INPUTS = (res.NAMESPACES, res.NODES, res.IDENTITIES, res.PODS, res.NETW
                    res.ENDPOINT_SLICES, res.PACKET_FILTERS, res.CIDR_DENY_LISTS)
 
 
-def make_api_client(config: OperatorConfig) -> k8s_client.ApiClient:
-    if config.api_server:
-        configuration = k8s_client.Configuration()
-        configuration.host = config.api_server
-        configuration.verify_ssl = False
-        configuration.api_key = {}
-    elif config.kubeconfig:
-        configuration = k8s_client.Configuration()
-        k8s_config.load_kube_config(config.kubeconfig, client_configuration=configuration)
-    else:
-        configuration = k8s_client.Configuration()
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    # Seven long-lived watches plus writes share the pool.
-    configuration.connection_pool_maxsize = 32
-    return k8s_client.ApiClient(configuration)
-
-
 class Operator:
-    def __init__(self, config: OperatorConfig, api: k8s_client.ApiClient | None = None,
+    def __init__(self, config: OperatorConfig, kube: KubeClient | None = None,
                  backoff: type[Backoff] | None = None) -> None:
         self.config = config
-        self.api = api or make_api_client(config)
+        # The one client every controller, watch and the election share (its connection pool).
+        self.kube = kube or connect(config.api_server, config.kubeconfig)
         self.metrics = OperatorMetrics()
         self.cache = ObjectCache()
-        self.rest = Rest(self.api)
-        self.cidrs = PodCidrSyncer(self.rest, CidrPool(config.cluster_cidr,
+        self.cidrs = PodCidrSyncer(self.kube, CidrPool(config.cluster_cidr,
                                                        config.node_cidr_prefix), self.metrics)
-        self.identities = IdentitySyncer(self.rest, self.metrics, config.identity_gc_seconds)
-        self.policies = PolicyChecker(self.rest, self.metrics, config.identity)
+        self.identities = IdentitySyncer(self.kube, self.metrics, config.identity_gc_seconds)
+        self.policies = PolicyChecker(self.kube, self.metrics, config.identity)
         self.state = StateLog(config.state_log_size)
         self.tracker = PropagationTracker(self.metrics.propagation.observe)
         self.tls = not config.insecure_plaintext
@@ -97,23 +76,23 @@ class Operator:
         self.serving_cert: ServingCertificate | None = None
         self.csr_signer: CsrSigner | None = None
         # Per policy: how many nodes enforce its current spec (annotations, leader only).
-        self.enforcement = EnforcementReporter(self.rest, self.cache, self.tracker, self.metrics,
+        self.enforcement = EnforcementReporter(self.kube, self.cache, self.tracker, self.metrics,
                                                lambda: self.is_leader)
         # PacketFilter/CIDRDenyList: accepted or not, and how many nodes enforce which generation.
         self.prefilter_verdicts = PrefilterVerdicts()
-        self.enforcement.targets.append(PrefilterStatusReporter(self.rest, self.cache, self.metrics,
+        self.enforcement.targets.append(PrefilterStatusReporter(self.kube, self.cache, self.metrics,
                                                                 self.prefilter_verdicts))
         self.elector: LeaderElector | None = None
-        self.labeller = LeaderLabeller(self.rest, config.pod_namespace, config.identity,
+        self.labeller = LeaderLabeller(self.kube, config.pod_namespace, config.identity,
                                        self.metrics) if config.leader_label else None
         if config.leader_election:
-            self.elector = LeaderElector(self.api, ElectionConfig(
+            self.elector = LeaderElector(self.kube, ElectionConfig(
                 config.lease_name, config.lease_namespace, config.identity,
                 config.lease_duration_seconds, config.renew_deadline_seconds,
                 config.retry_period_seconds), self.metrics,
                 on_started=self._leadership_changed, on_stopped=self._leadership_changed)
         self.watched = res.WATCHED + ((res.CSRS,) if self.tls else ())
-        self.watchers = [ResourceWatcher(self.api, r, self.cache, self.metrics,
+        self.watchers = [ResourceWatcher(self.kube, r, self.cache, self.metrics,
                                          backoff or Backoff,
                                          read_timeout=config.watch_read_timeout_seconds)
                          for r in self.watched]
@@ -158,10 +137,10 @@ class Operator:
         if self.tls:
             from membrane.tls.grpc_credentials import server_credentials
 
-            authority = load_or_create_ca(self.rest, self.config.tls_ca_secret)
+            authority = load_or_create_ca(self.kube, self.config.tls_ca_secret)
             lifetime = self.config.tls_cert_lifetime_seconds
             self.serving_cert = ServingCertificate(authority, lifetime)
-            self.csr_signer = CsrSigner(self.rest, authority, lifetime,
+            self.csr_signer = CsrSigner(self.kube, authority, lifetime,
                                         self.config.tls_agent_service_account, self.metrics)
             credentials = server_credentials(self.serving_cert.current)
         for watcher in self.watchers:
@@ -197,7 +176,7 @@ class Operator:
             watcher.stop()
         if self._http is not None:
             self._http.stop()
-        self.api.close()
+        self.kube.close()
 
     def __enter__(self) -> Operator:
         return self.start()
@@ -215,12 +194,11 @@ class Operator:
 
     def _install_crds(self) -> None:
         for crd in CRDS:
-            path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
             try:
-                self.rest.create(path, crd)
+                self.kube.create(res.CUSTOM_RESOURCE_DEFINITIONS, crd)
                 log.info("installed CRD %s", crd["metadata"]["name"])
-            except ApiException as exc:
-                if exc.status != 409:
+            except KubeError as exc:
+                if not exc.conflict:
                     raise
 
     # --- the controller -----------------------------------------------------------------------

@@ -8,8 +8,9 @@
 - Any other failure (connection refused, 5xx, 429): exponential backoff with jitter, honouring
   Retry-After; the backoff resets once a list or watch succeeds.
 
-Uses the official client's `ApiClient.call_api` on raw paths with `_preload_content=False`:
-one code path for built-in and custom resources, raw JSON dicts instead of generated models.
+Requests go through operator/kube_client.py (raw JSON on the resource's path, one code path for
+built-in and custom resources); its `KubeError` is an answer with an error status, its
+`KubeUnreachable` no answer at all.
 """
 
 from __future__ import annotations
@@ -20,13 +21,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import urllib3
-from kubernetes.client import ApiClient
-from kubernetes.client.rest import ApiException
-from kubernetes.watch.watch import iter_resp_lines
-
 from membrane.api.backoff import Backoff
 from membrane.operator.cache import ObjectCache
+from membrane.operator.kube_client import KubeClient, KubeError, KubeUnreachable, WatchStream
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.resources import Resource
 
@@ -47,21 +44,13 @@ class WatchFailed(Exception):
         self.retry_after = retry_after
 
 
-def _retry_after(exc: ApiException) -> float | None:
-    value = (exc.headers or {}).get("Retry-After") if exc.headers else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 class ResourceWatcher:
     """Keeps `cache` in sync with one resource until `stop()`; runs in its own thread."""
 
-    def __init__(self, api: ApiClient, resource: Resource, cache: ObjectCache,
+    def __init__(self, kube: KubeClient, resource: Resource, cache: ObjectCache,
                  metrics: OperatorMetrics, backoff: Callable[[], Backoff] = Backoff,
                  watch_timeout: int = 300, read_timeout: float = 90.0) -> None:
-        self.api = api
+        self.kube = kube
         self.resource = resource
         self.cache = cache
         self.metrics = metrics
@@ -72,7 +61,7 @@ class ResourceWatcher:
         self.read_timeout = read_timeout
         self.resource_version: str | None = None
         self._stop = threading.Event()
-        self._response: urllib3.BaseHTTPResponse | None = None
+        self._stream: WatchStream | None = None
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -83,12 +72,9 @@ class ResourceWatcher:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        response = self._response
-        if response is not None:
-            try:
-                response.shutdown()  # wakes the thread blocked reading the stream
-            except Exception:  # noqa: BLE001 - best effort: the read timeout ends it anyway
-                pass
+        stream = self._stream
+        if stream is not None:
+            stream.shutdown()  # wakes the thread blocked reading the stream
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -111,15 +97,16 @@ class ResourceWatcher:
                 self.resource_version, reason = None, "expired"
             except WatchFailed as exc:
                 self._failed(exc.code, str(exc), exc.retry_after)
-            except ApiException as exc:
-                if exc.status == 410:
+            except KubeError as exc:
+                if exc.gone:
                     self.resource_version, reason = None, "expired"
                     continue
-                self._failed(exc.status or 0, f"{exc.status} {exc.reason}", _retry_after(exc))
-            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                self._failed(exc.status, str(exc), exc.retry_after)
+            except (KubeUnreachable, ValueError) as exc:
                 if self._stop.is_set():
                     break
-                self._failed(0, f"{type(exc).__name__}: {exc}", None)
+                self._failed(0, str(exc) if isinstance(exc, KubeUnreachable) else f"{type(exc).__name__}: {exc}",
+                             None)
 
     def _failed(self, code: int, message: str, retry_after: float | None) -> None:
         self.metrics.watch_errors.labels(str(self.resource), str(code)).inc()
@@ -130,24 +117,12 @@ class ResourceWatcher:
         self._stop.wait(delay)
 
     # --- requests -----------------------------------------------------------------------------
-    def _get(self, query: list[tuple[str, str]], timeout: Any) -> urllib3.BaseHTTPResponse:
-        response: urllib3.BaseHTTPResponse = self.api.call_api(
-            self.resource.path, "GET", query_params=query,
-            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-            _preload_content=False, _return_http_data_only=True, _request_timeout=timeout)
-        return response
-
     def _list(self, reason: str) -> str:
         """List every page; replace the cache content; return the list's resourceVersion."""
         items: list[JSON] = []
         token = ""
         while True:
-            query = [("limit", str(LIST_PAGE))] + ([("continue", token)] if token else [])
-            response = self._get(query, (5, 60))
-            try:
-                body = json.loads(response.data)
-            finally:
-                response.release_conn()
+            body = self.kube.list_page(self.resource, LIST_PAGE, token)
             for item in body.get("items") or []:
                 item.setdefault("apiVersion", self.resource.api_version)
                 item.setdefault("kind", self.resource.kind)
@@ -164,23 +139,21 @@ class ResourceWatcher:
 
     def _watch(self, resource_version: str) -> bool:
         """Stream events until the server ends the watch; returns whether any arrived."""
-        query = [("watch", "true"), ("resourceVersion", resource_version),
-                 ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(self.watch_timeout))]
         self.metrics.watch_restarts.labels(str(self.resource)).inc()
-        response = self._get(query, (5, self.read_timeout))
-        self._response = response
+        stream = self.kube.watch(self.resource, resource_version, self.watch_timeout, self.read_timeout)
+        self._stream = stream
         got = False
         try:
             if self._stop.is_set():
                 return got
-            for line in iter_resp_lines(response):
+            for line in stream.lines():
                 got = True
                 self._handle(json.loads(line))
                 if self._stop.is_set():
                     break
         finally:
-            self._response = None
-            response.release_conn()
+            self._stream = None
+            stream.close()
         return got
 
     def _handle(self, event: JSON) -> None:

@@ -72,7 +72,7 @@ def test_one_leader_and_takeover_after_lease_expiry(api: KubeApiServer,
         assert wait_for(lambda: standby.is_leader, timeout=10)
         took = time.monotonic() - killed_at
         assert took >= 1.5, f"took over after {took:.2f}s, before the lease expired"
-        lease = client.CoordinationV1Api(standby.api).read_namespaced_lease(
+        lease = client.CoordinationV1Api(core.api_client).read_namespaced_lease(
             "membrane-operator", "kube-system")
         assert lease.spec.holder_identity == standby.config.identity
         assert lease.spec.lease_transitions >= 1

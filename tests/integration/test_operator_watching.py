@@ -12,6 +12,7 @@ from kubernetes import client
 
 from membrane.api.backoff import Backoff
 from membrane.operator.cache import ObjectCache
+from membrane.operator.kube_client import KubeClient
 from membrane.operator.metrics import OperatorMetrics
 from membrane.operator.resources import PODS
 from membrane.operator.watching import ResourceWatcher
@@ -51,7 +52,7 @@ def core(api: KubeApiServer) -> Iterator[client.CoreV1Api]:
 
 def start_watcher(api: KubeApiServer) -> tuple[ResourceWatcher, ObjectCache, OperatorMetrics]:
     cache, metrics = ObjectCache(), OperatorMetrics()
-    watcher = ResourceWatcher(api.api_client(), PODS, cache, metrics, RecordingBackoff,
+    watcher = ResourceWatcher(KubeClient(api.api_client()), PODS, cache, metrics, RecordingBackoff,
                               read_timeout=10)
     watcher.start()
     assert wait_for(lambda: cache.synced(PODS))
@@ -124,7 +125,7 @@ def test_backoff_on_injected_500s(api: KubeApiServer, core: client.CoreV1Api) ->
     api.inject_error(r"^/api/v1/pods\?limit", 500, count=4)
     core.create_namespaced_pod("default", pod("a"))
     cache, metrics = ObjectCache(), OperatorMetrics()
-    watcher = ResourceWatcher(api.api_client(), PODS, cache, metrics, RecordingBackoff)
+    watcher = ResourceWatcher(KubeClient(api.api_client()), PODS, cache, metrics, RecordingBackoff)
     started = time.monotonic()
     watcher.start()
     try:
@@ -149,7 +150,7 @@ def test_backoff_on_injected_500s(api: KubeApiServer, core: client.CoreV1Api) ->
 def test_retry_after_is_honoured(api: KubeApiServer) -> None:
     api.inject_error(r"^/api/v1/pods\?limit", 429, count=1, retry_after=1)
     cache, metrics = ObjectCache(), OperatorMetrics()
-    watcher = ResourceWatcher(api.api_client(), PODS, cache, metrics, RecordingBackoff)
+    watcher = ResourceWatcher(KubeClient(api.api_client()), PODS, cache, metrics, RecordingBackoff)
     started = time.monotonic()
     watcher.start()
     try:

@@ -36,24 +36,16 @@ GRPC = frozenset({
     "membrane.ctl.observe", "membrane.agent.observing.grpc_serving", "membrane.operator.state_serving",
     "membrane.api.state.v1.state_pb2_grpc", "membrane.api.observer.v1.observer_pb2_grpc",  # generated
 })
-# Known exception (issue 10.4, not done yet): the operator's use of the Kubernetes client should go
-# through one module with its own error type; today these controllers call it directly. Listed so
-# the set can only shrink.
-KUBERNETES_SPREAD = frozenset({
-    "membrane.operator.cert_authority", "membrane.operator.csr_signing", "membrane.operator.electing",
-    "membrane.operator.enforcement_reporting", "membrane.operator.identity_syncing",
-    "membrane.operator.pod_cidr_syncing", "membrane.operator.policy_checking", "membrane.operator.running",
-    "membrane.operator.watching",
-})
 ADAPTERS: dict[str, frozenset[str]] = {
     "bcc": frozenset({"membrane.agent.datapath.loading"}),
     "pyroute2": frozenset({"membrane.agent.netlinking"}),
     "kubernetes": frozenset({
-        "membrane.operator.rest", "membrane.agent.cert_requesting",
+        # the operator's one door to the API (its own error types), and the agent's CSR client
+        "membrane.operator.kube_client", "membrane.agent.cert_requesting",
         # test support: the API stand-in and the lab's cluster talk to an API server by design
         "membrane_testkit.kubeapi", "membrane_testkit.tls", "membrane_testkit.lab.cluster",
-    }) | KUBERNETES_SPREAD,
-    "urllib3": frozenset({"membrane.operator.watching"}),  # the watch stream, below the client
+    }),
+    "urllib3": frozenset({"membrane.operator.kube_client"}),  # transport errors, below the client
     "grpc": GRPC,
     "grpc_health": frozenset({"membrane.grpc_standard"}),
     "grpc_reflection": frozenset({"membrane.grpc_standard"}),

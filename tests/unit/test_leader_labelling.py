@@ -6,26 +6,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
+from membrane.operator.kube_client import KubeError
 from membrane.operator.leader_labelling import LABEL, RETRY_SECONDS, LeaderLabeller
 from membrane.operator.metrics import OperatorMetrics
+from membrane.operator.resources import Resource
 
 
-class FakeRest:
+class FakeKube:
     def __init__(self) -> None:
         self.patches: list[tuple[str, Any]] = []
         self.fail = False
 
-    def merge_patch(self, path: str, body: Any) -> Any:
+    def merge_patch(self, resource: Resource, name: str, body: Any, namespace: str | None = None) -> Any:
         if self.fail:
-            raise ApiException(status=500)
-        self.patches.append((path, body))
+            raise KubeError(500, "Internal Server Error")
+        self.patches.append((resource.object_path(name, namespace), body))
         return {}
 
 
 def test_label_follows_leadership_and_is_written_once() -> None:
-    rest, now = FakeRest(), [0.0]
+    rest, now = FakeKube(), [0.0]
     labeller = LeaderLabeller(rest, "kube-system", "op-a", OperatorMetrics(),  # type: ignore[arg-type]
                               clock=lambda: now[0])
     assert labeller.sync(False)  # first pass as standby: any stale label removed
@@ -39,7 +39,7 @@ def test_label_follows_leadership_and_is_written_once() -> None:
 
 
 def test_failed_write_is_retried_after_a_pause() -> None:
-    rest, now, metrics = FakeRest(), [0.0], OperatorMetrics()
+    rest, now, metrics = FakeKube(), [0.0], OperatorMetrics()
     labeller = LeaderLabeller(rest, "ns", "op", metrics, clock=lambda: now[0])  # type: ignore[arg-type]
     rest.fail = True
     assert not labeller.sync(True)
