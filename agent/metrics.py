@@ -14,6 +14,8 @@ from prometheus_client.registry import Collector
 
 from membrane.standard_metrics import add_standard_metrics
 
+from .prefilter_queries import PrefilterCounters, PrefilterQueries
+
 Sample = tuple[str, str, int, int]  # reason, direction, packets, bytes
 # (map, op) pairs of membrane_bpf_map_operation_errors_total (agent/datapath_port.py counts them)
 MAP_OPERATIONS = (("endpoints", "update"), ("endpoints", "delete"), ("policy", "update"), ("policy", "delete"),
@@ -58,6 +60,43 @@ class DatapathCollector(Collector):
         yield entries
         yield pressure
         yield capacity
+
+
+class PrefilterCollector(Collector):
+    """Per-rule counters of the XDP prefilter (PacketFilter rules, the sanity checks, CIDR deny
+    lists), read from its per-CPU counter map through the read-only query interface at scrape
+    time. Labels: `rule` (`<filter>.<rule>`, `sanity.<check>` or the deny list's name), `kind`
+    (rule | deny-list), `action` (drop | count | ratelimit)."""
+
+    def __init__(self, queries: PrefilterQueries) -> None:
+        self.queries = queries
+
+    def collect(self) -> Iterable[Any]:
+        labels = ["rule", "kind", "action"]
+        families = {
+            "packets": CounterMetricFamily("membrane_prefilter_matched_packets", "Packets the XDP prefilter "
+                                           "matched, by rule or deny list", labels=labels),
+            "bytes": CounterMetricFamily("membrane_prefilter_matched_bytes", "Bytes of the packets the XDP "
+                                         "prefilter matched, by rule or deny list", labels=labels),
+            "dropped_packets": CounterMetricFamily("membrane_prefilter_dropped_packets", "Packets the XDP "
+                                                   "prefilter dropped, by rule or deny list", labels=labels),
+            "dropped_bytes": CounterMetricFamily("membrane_prefilter_dropped_bytes", "Bytes of the packets the "
+                                                 "XDP prefilter dropped, by rule or deny list", labels=labels),
+        }
+        entries = self.queries.prefilter_entries()
+        counters = self.queries.prefilter_counters()
+        in_force = GaugeMetricFamily("membrane_prefilter_entries", "Rules and deny lists the XDP prefilter "
+                                     "enforces on this node", labels=["kind"])
+        kinds: dict[str, int] = {"rule": 0, "deny-list": 0}
+        for entry in entries:
+            kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
+            found = counters.get(entry.name, PrefilterCounters())
+            for field, family in families.items():
+                family.add_metric([entry.name, entry.kind, entry.action], getattr(found, field))
+        for kind, count in sorted(kinds.items()):
+            in_force.add_metric([kind], count)
+        yield from families.values()
+        yield in_force
 
 
 class AgentMetrics:
@@ -113,6 +152,9 @@ class AgentMetrics:
 
     def add_datapath(self, collector: DatapathCollector) -> None:
         self.registry.register(collector)
+
+    def add_prefilter(self, queries: PrefilterQueries) -> None:
+        self.registry.register(PrefilterCollector(queries))
 
 
 class ServiceCollector(Collector):

@@ -58,6 +58,11 @@ _COLUMNS["policy list"] = [("POLICY", "policy"), ("TYPES", "types"), ("INGRESS R
                            ("SELECTS (EG)", "selected_egress")]
 _COLUMNS["identity list"] = [("IDENTITY", "identity"), ("LABELS", "labels"), ("USED BY", "owners")]
 _COLUMNS["identity get"] = _COLUMNS["identity list"]
+_COLUMNS["prefilter list"] = [("#", "order"), ("NAME", "name"), ("KIND", "kind"), ("ACTION", "action"),
+                              ("FROM", "origin"), ("MATCHES", "matches")]
+_COLUMNS["prefilter stats"] = [("NAME", "name"), ("KIND", "kind"), ("ACTION", "action"), ("PACKETS", "packets"),
+                               ("BYTES", "bytes"), ("DROPPED PKTS", "dropped_packets"),
+                               ("DROPPED BYTES", "dropped_bytes")]
 _COLUMNS["service list"] = [("SERVICE", "service"), ("TYPE", "type"), ("FRONTEND", "frontend"), ("ID", "id"),
                             ("BACKENDS", "backend_list")]
 _COLUMNS["bpf lb"] = [("FRONTEND", "frontend"), ("ID", "id"), ("FLAGS", "flags"), ("SLOTS", "slots"),
@@ -107,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     ident_sub.add_parser("get").add_argument("identity", type=int)
     svc = sub.add_parser("service", help="Services as this node's load balancer holds them")
     svc.add_argument("action", choices=["list"])
+    pre = sub.add_parser("prefilter", help="the XDP prefilter on this node (PacketFilters, CIDR deny lists)")
+    pre_sub = pre.add_subparsers(dest="action", required=True)
+    pre_sub.add_parser("list", help="rules and deny lists in force, in the order a packet meets them")
+    pre_sub.add_parser("stats", help="packets and bytes each rule and deny list matched and dropped")
     add_observe_parser(sub)
     bpf = sub.add_parser("bpf", help="dump datapath maps")
     bpf.add_argument("map", choices=["endpoints", "ct", "metrics", "lb"])
@@ -180,6 +189,9 @@ def run(argv: list[str] | None = None) -> int:
             extra = {"name": args.name} if args.action == "get" else \
                 {"src": args.src, "dst": args.dst, "port": args.port} if args.action == "trace" else {}
             result = request(f"policy.{args.action}", args.socket, **extra)
+        elif args.command == "prefilter":
+            key = f"prefilter {args.action}"
+            result = request(f"prefilter.{args.action}", args.socket)
         elif args.command == "identity":
             key = f"identity {args.action}"
             extra = {"identity": args.identity} if args.action == "get" else {}

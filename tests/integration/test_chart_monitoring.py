@@ -18,7 +18,7 @@ from membrane_testkit import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = {"MembraneUnexpectedDrops", "MembranePolicyDropsHigh", "MembraneBPFMapPressure", "MembraneBPFMapFull",
-          "MembranePolicyChangeRefused",
+          "MembranePolicyChangeRefused", "MembranePrefilterDropping",
           "MembranePolicyPropagationSlow", "MembraneOperatorNoLeader"}
 
 
@@ -81,6 +81,14 @@ def test_alerts_fire_on_the_conditions_they_name(monitored: list[dict[str, Any]]
                            "direction": "egress"}, "0+30000x40"),
             _series(pkts, {"instance": "n1", "verdict": "forwarded", "reason": "forwarded",
                            "direction": "egress"}, "0+60000x40"),
+            # The prefilter drops 2000/s by one rule on n2 (its drops are no unexpected drop):
+            # above the 1000/s threshold; another rule 10/s, below it.
+            _series(pkts, {"instance": "n2", "verdict": "dropped", "reason": "drop_prefilter_rule",
+                           "direction": "ingress"}, "0+120000x40"),
+            _series("membrane_prefilter_dropped_packets_total", {"instance": "n2", "rule": "cve.frag",
+                                                                 "kind": "rule", "action": "drop"}, "0+120000x40"),
+            _series("membrane_prefilter_dropped_packets_total", {"instance": "n2", "rule": "bad",
+                                                                 "kind": "deny-list", "action": "drop"}, "0+600x40"),
             _series("membrane_bpf_map_pressure", {"instance": "n1", "map": "conntrack"}, "0.5x5 0.95x35"),
             _series("membrane_bpf_map_pressure", {"instance": "n2", "map": "policy"}, "0.99x40"),
             # Propagation: every change takes 2.5-5 s (all observations in the 5 s bucket).
@@ -96,6 +104,13 @@ def test_alerts_fire_on_the_conditions_they_name(monitored: list[dict[str, Any]]
                      "description": "10 packets/s dropped for drop_spoofed_ip over 10 minutes: not NetworkPolicy. "
                                     "See `membranectl observe --verdict dropped` on that node."}}]},
             {"eval_time": "5m", "alertname": "MembraneUnexpectedDrops", "exp_alerts": []},  # not for 10m yet
+            {"eval_time": "30m", "alertname": "MembranePrefilterDropping", "exp_alerts": [
+                {"exp_labels": {"severity": "info", "instance": "n2", "rule": "cve.frag"},
+                 "exp_annotations": {
+                     "summary": "The XDP prefilter drops 2k packets/s on n2 (cve.frag)",
+                     "description": "For 5 minutes. `membranectl prefilter stats` on that node shows every rule's "
+                                    "counters; a Count rule with the same match audits without dropping."}}]},
+            {"eval_time": "3m", "alertname": "MembranePrefilterDropping", "exp_alerts": []},  # not for 5m yet
             {"eval_time": "30m", "alertname": "MembranePolicyDropsHigh", "exp_alerts": [
                 {"exp_labels": {"severity": "info", "instance": "n3"},
                  "exp_annotations": {"summary": "Many NetworkPolicy drops on n3",

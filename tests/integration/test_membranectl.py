@@ -39,6 +39,15 @@ def answer(op: str, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "result": {"node": "n1", "ready": True, "endpoints": 2}}
     if op == "endpoint.list":
         return {"ok": True, "result": ENDPOINTS}
+    if op == "prefilter.list":
+        return {"ok": True, "result": [
+            {"order": 1, "name": "bad", "kind": "deny-list", "action": "drop", "origin": "bad",
+             "matches": "source in 2 prefix(es)"},
+            {"order": 2, "name": "cve.x", "kind": "rule", "action": "drop", "origin": "cve",
+             "matches": "udp dport 4242"}]}
+    if op == "prefilter.stats":
+        return {"ok": True, "result": [{"name": "cve.x", "kind": "rule", "action": "drop", "packets": 7,
+                                        "bytes": 420, "dropped_packets": 7, "dropped_bytes": 420}]}
     if op == "policy.trace":
         verdict = "allow" if args.get("src") == "shop/web" else "deny"
         return {"ok": True, "result": {"verdict": verdict, "lines": [f"verdict: {verdict}"]}}
@@ -203,3 +212,14 @@ def test_observe_into_head(tmp_path: Path) -> None:
                 assert done.stdout.startswith("---\n")
     finally:
         server.stop(0.1)
+
+
+def test_prefilter_list_and_stats(agent: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--socket", agent, "prefilter", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["#", "NAME", "KIND", "ACTION", "FROM", "MATCHES"]
+    assert lines[2].split() == ["2", "cve.x", "rule", "drop", "cve", "udp", "dport", "4242"]
+    assert run(["--socket", agent, "prefilter", "stats", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["dropped_packets"] == 7
+    assert run(["--socket", agent, "prefilter", "stats"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["cve.x", "rule", "drop", "7", "420", "7", "420"]

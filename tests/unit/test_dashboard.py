@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from membrane.agent.metrics import AgentMetrics, DatapathCollector
 from membrane.agent.observing import FlowMetricsCollector, FlowObserver
+from membrane.agent.prefilter_queries import PrefilterCounters, PrefilterEntry
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "membrane-agent.json"
 
@@ -33,7 +34,18 @@ def agent_registry() -> CollectorRegistry:
     if hasattr(metrics, "watch_state"):  # identities / policies gauges (policy wiring)
         metrics.watch_state(lambda: 0, lambda: 0, dict)
     metrics.registry.register(FlowMetricsCollector(FlowObserver("node1")))
+    metrics.add_prefilter(_NoPrefilter())
     return metrics.registry
+
+
+class _NoPrefilter:
+    """A prefilter with nothing in force: the families are exported all the same."""
+
+    def prefilter_entries(self) -> list[PrefilterEntry]:
+        return []
+
+    def prefilter_counters(self) -> dict[str, PrefilterCounters]:
+        return {}
 
 
 def exported_names(registry: CollectorRegistry) -> set[str]:
@@ -96,7 +108,9 @@ def test_every_panel_uses_only_exported_metrics(dashboard: dict) -> None:
     assert not unknown, f"panels query metrics the agent does not export: {unknown}"
     # the issue's metrics are on the dashboard
     for name in ("membrane_datapath_packets_total", "membrane_flows_processed_total",
-                 "membrane_flow_events_lost_total", "membrane_policy_verdicts_total"):
+                 "membrane_flow_events_lost_total", "membrane_policy_verdicts_total",
+                 "membrane_prefilter_dropped_packets_total", "membrane_prefilter_matched_packets_total",
+                 "membrane_prefilter_dropped_bytes_total", "membrane_prefilter_entries"):
         assert name in seen
 
 
