@@ -96,11 +96,11 @@ class LocalSource:
             data = self._with_local_facts(name)
         getattr(self.builder, setter)(name, data)
         if kind == "Pod":
-            self._derived(self.slices.set_pod(name, self._for_slices(name)))
+            self.slices.set_pod(name, self._for_slices(name))
         elif kind == "Service":
-            self._derived(self.slices.set_service(name, data))
+            self.slices.set_service(name, data)
         elif kind == "Node":
-            self._derived(self.slices.set_node(name, data))
+            self.slices.set_node(name, data)
 
     def load(self, objects: Iterable[tuple[str, ObjectKey, BaseModel | JSON]]) -> None:
         for kind, key, obj in objects:
@@ -115,7 +115,7 @@ class LocalSource:
             self._addresses.pop(name, None)
         if name in self._pods:
             self.builder.set_pod(name, self._with_local_facts(name))
-            self._derived(self.slices.set_pod(name, self._for_slices(name)))
+            self.slices.set_pod(name, self._for_slices(name))
 
     def _for_slices(self, name: str) -> JSON | None:
         """The pod as slices are derived from it: with no kubelet to report readiness, a pod
@@ -128,9 +128,6 @@ class LocalSource:
             conditions.append({"type": "Ready", "status": "True"})
         return {**pod, "status": {**pod["status"], "conditions": conditions}}
 
-    def _derived(self, changes: dict[str, JSON | None]) -> None:
-        for key, obj in changes.items():
-            self.builder.set_endpoint_slice(key, obj)
 
     def _with_local_facts(self, name: str) -> JSON | None:
         pod = self._pods.get(name)
@@ -147,6 +144,8 @@ class LocalSource:
     # --- the stream ----------------------------------------------------------------------------
     def commit(self) -> Delta | None:
         """Number what the recorded pods need, then append the changes as one delta."""
+        for key, obj in self.slices.take_changes().items():  # the services this batch touched, once each
+            self.builder.set_endpoint_slice(key, obj)
         self._allocate()
         return self.log.apply(self.builder.take_changes(), self.clock())
 

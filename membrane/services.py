@@ -36,6 +36,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from membrane.api.state_objects import EndpointSliceState, ServicePortState, ServiceState
@@ -109,12 +110,12 @@ class ServiceFrontend:
 
 
 def _family(ip: str) -> int:
-    try:
-        return ipaddress.ip_address(ip).version
-    except ValueError:
-        return 0
+    """4 or 6. The records' addresses were validated at the source (the API server, the local
+    store); parsing each with ipaddress again would dominate a 10,000-service table."""
+    return 6 if ":" in ip else 4
 
 
+@lru_cache(maxsize=1 << 16)
 def _ip_sort(ip: str) -> tuple[int, int]:
     try:
         parsed = ipaddress.ip_address(ip)

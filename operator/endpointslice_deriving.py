@@ -59,6 +59,8 @@ def selects(selector: Mapping[str, str], pod: JSON) -> bool:
 
 
 def _family(ip: str) -> str:
+    if ":" not in ip and ip.count(".") == 3:
+        return "IPv4"  # the common case without a full parse (pods' and services' addresses were validated)
     try:
         return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
     except ValueError:
@@ -195,58 +197,109 @@ def _zone(node: JSON | None) -> str:
 class EndpointSliceDeriver:
     """Keeps the derived slices of every Service up to date, object by object (pure).
 
-    Each setter returns the derived slices it changed: slice key (`namespace/name`) -> the
-    slice, or None when it is gone. A pod change re-derives the services of its namespace
-    whose selector matches the pod before or after; a service change, that service; a node's
-    zone change, the services with an endpoint on that node.
+    Setters record; `take_changes()` re-derives the services touched since its last call (once
+    each, however many of their pods changed: a batch of 300 pods costs one derivation per
+    service) and returns the derived slices that changed: slice key (`namespace/name`) -> the
+    slice, or None when it is gone. Each service keeps the set of pods its selector matches, so
+    a pod change costs the services of its namespace (a selector check each) plus re-deriving
+    the ones it enters, leaves or stays in, from their own pods only; a service change
+    re-selects among its namespace's pods; a node's zone change re-derives the services with an
+    endpoint on that node.
     """
 
     def __init__(self) -> None:
         self._services: dict[str, JSON] = {}  # "namespace/name" -> Service
+        self._selectors: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)  # ns -> service key -> selector
+        # ns -> one (label, value) pair of each selector -> service keys: the services a pod may
+        # match are found through its labels, not by trying every selector of the namespace.
+        self._by_pair: dict[str, dict[tuple[str, str], set[str]]] = defaultdict(lambda: defaultdict(set))
+        self._members: dict[str, dict[str, JSON]] = {}  # service key -> pod key -> the selected Pod
         self._pods: dict[str, dict[str, JSON]] = defaultdict(dict)  # namespace -> pod key -> Pod
+        self._pods_by_pair: dict[str, dict[tuple[str, str], set[str]]] = defaultdict(lambda: defaultdict(set))
         self._zones: dict[str, str] = {}  # node name -> zone label
         self._derived: dict[str, dict[str, JSON]] = {}  # service key -> slice key -> slice
         self._nodes: dict[str, set[str]] = {}  # service key -> nodes of its endpoints
+        self._dirty: set[str] = set()  # service keys to re-derive
 
     def slices(self) -> dict[str, JSON]:
         return {key: s for derived in self._derived.values() for key, s in derived.items()}
 
-    def set_service(self, key: str, obj: JSON | None) -> dict[str, JSON | None]:
+    def take_changes(self) -> dict[str, JSON | None]:
+        dirty, self._dirty = self._dirty, set()
+        return self._rederive(sorted(dirty))
+
+    def set_service(self, key: str, obj: JSON | None) -> None:
+        namespace = key.partition("/")[0]
+        selectors = self._selectors[namespace]
+        self._members.pop(key, None)
+        old_selector = selectors.pop(key, None)
+        if old_selector:
+            pair = min(old_selector.items())
+            self._by_pair[namespace][pair].discard(key)
+            if not self._by_pair[namespace][pair]:
+                del self._by_pair[namespace][pair]
         if obj is None:
             self._services.pop(key, None)
         else:
             self._services[key] = obj
-        return self._rederive([key])
+            selector = selectors[key] = selector_of(obj)
+            if selector:
+                pair = min(selector.items())
+                self._by_pair[namespace][pair].add(key)
+                pods = self._pods.get(namespace, {})
+                self._members[key] = {k: pods[k] for k in sorted(self._pods_by_pair[namespace].get(pair, ()))
+                                      if selects(selector, pods[k])}
+        if not selectors:
+            del self._selectors[namespace]
+        self._dirty.add(key)
 
-    def set_pod(self, key: str, obj: JSON | None) -> dict[str, JSON | None]:
+    def set_pod(self, key: str, obj: JSON | None) -> None:
         namespace = key.partition("/")[0]
         pods = self._pods[namespace]
         old = pods.pop(key, None)
+        pod_pairs = self._pods_by_pair[namespace]
+        for pair in (_meta(old).get("labels") or {}).items() if old is not None else ():
+            pod_pairs[pair].discard(key)
+            if not pod_pairs[pair]:
+                del pod_pairs[pair]
         if obj is not None:
             pods[key] = obj
+            for pair in (_meta(obj).get("labels") or {}).items():
+                pod_pairs[pair].add(key)
         if not pods:
             del self._pods[namespace]
-        affected = [skey for skey, svc in self._services.items()
-                    if skey.partition("/")[0] == namespace
-                    and any(p is not None and selects(selector_of(svc), p) for p in (old, obj))]
-        return self._rederive(affected)
+            del self._pods_by_pair[namespace]
+        by_pair = self._by_pair.get(namespace, {})
+        candidates: set[str] = set()
+        for pod in (old, obj):
+            for pair in ((_meta(pod).get("labels") or {}).items() if pod is not None else ()):
+                candidates |= by_pair.get(pair, set())
+        for skey in candidates:
+            selector = self._selectors[namespace][skey]
+            members = self._members[skey]
+            if obj is not None and selects(selector, obj):
+                members[key] = obj
+                self._dirty.add(skey)
+            elif members.pop(key, None) is not None:
+                self._dirty.add(skey)
 
-    def set_node(self, name: str, obj: JSON | None) -> dict[str, JSON | None]:
+    def set_node(self, name: str, obj: JSON | None) -> None:
         zone = _zone(obj)
         if self._zones.get(name, "") == zone:
-            return {}
+            return
         if zone:
             self._zones[name] = zone
         else:
             self._zones.pop(name, None)
-        return self._rederive([key for key, nodes in self._nodes.items() if name in nodes])
+        self._dirty.update(key for key, nodes in self._nodes.items() if name in nodes)
 
     def _rederive(self, service_keys: Iterable[str]) -> dict[str, JSON | None]:
         changes: dict[str, JSON | None] = {}
         for skey in service_keys:
             svc = self._services.get(skey)
             namespace = skey.partition("/")[0]
-            fresh = derive_endpoint_slices(svc, self._pods.get(namespace, {}).values(), self._zones) if svc else []
+            members = self._members.get(skey, {})
+            fresh = derive_endpoint_slices(svc, members.values(), self._zones) if svc else []
             new = {f"{namespace}/{s['metadata']['name']}": s for s in fresh}
             old = self._derived.pop(skey, {})
             if new:

@@ -3,12 +3,13 @@ Kubernetes EndpointSlice controller would make from a Service and its Pods."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import kubernetes_validate
 
 from membrane.k8s_models import parse_object
-from membrane.operator.endpointslice_deriving import derive_endpoint_slices
+from membrane.operator.endpointslice_deriving import EndpointSliceDeriver, derive_endpoint_slices
 from membrane.operator.service_records import endpoint_slice_state, service_state
 from membrane.services import service_table
 from membrane.strict_fields import kubernetes_version, strict_errors
@@ -188,3 +189,65 @@ def test_through_records_into_the_service_table() -> None:
     slices = [endpoint_slice_state(s) for s in derive_endpoint_slices(svc, gone_terminating, {})]
     (entry,) = service_table([service_state(svc)], slices, "node-a").values()
     assert [(b.ip, b.state) for b in entry.backends] == [("10.1.0.3", "terminating")]
+
+
+def test_incremental_deriver_matches_deriving_from_scratch() -> None:
+    """Random sequences of pod, service and node changes: what the deriver has emitted equals
+    deriving every service anew from the final objects (its indexes miss nothing)."""
+    rng = random.Random(7)
+    deriver = EndpointSliceDeriver()
+    emitted: dict[str, JSON] = {}
+    services: dict[str, JSON] = {}
+    pods: dict[str, JSON] = {}
+    zones: dict[str, str] = {}
+    for step in range(600):
+        roll = rng.random()
+        ns = rng.choice(["shop", "dev"])
+        if roll < 0.2:
+            name = rng.choice(["web", "api", "db"])
+            key = f"{ns}/{name}"
+            if key in services and rng.random() < 0.3:
+                del services[key]
+                deriver.set_service(key, None)
+            else:
+                selector = {"app": rng.choice(["web", "api", "db"])}
+                if rng.random() < 0.3:
+                    selector["tier"] = rng.choice(["a", "b"])
+                svc = service(selector=selector)
+                svc["metadata"].update(name=name, namespace=ns)
+                services[key] = svc
+                deriver.set_service(key, svc)
+        elif roll < 0.9:
+            name = f"p{rng.randrange(12)}"
+            key = f"{ns}/{name}"
+            if key in pods and rng.random() < 0.25:
+                del pods[key]
+                deriver.set_pod(key, None)
+            else:
+                labels = {"app": rng.choice(["web", "api", "db"]), "tier": rng.choice(["a", "b"])}
+                p = pod(name, f"10.1.{step // 250}.{step % 250 + 1}", ready=rng.random() < 0.8,
+                        node=rng.choice(["node-a", "node-b"]), http=rng.choice([8080, 9090, None]),
+                        labels=labels, namespace=ns, deleting=rng.random() < 0.1)
+                pods[key] = p
+                deriver.set_pod(key, p)
+        else:
+            node = rng.choice(["node-a", "node-b"])
+            zone = rng.choice(["", "z1", "z2"])
+            zones[node] = zone
+            deriver.set_node(node, {"metadata": {"name": node, "labels": {"topology.kubernetes.io/zone": zone}}})
+        if rng.random() < 0.3:  # commits at random points: changes between them are batched
+            for key, obj in deriver.take_changes().items():
+                if obj is None:
+                    emitted.pop(key, None)
+                else:
+                    emitted[key] = obj
+    for key, obj in deriver.take_changes().items():
+        if obj is None:
+            emitted.pop(key, None)
+        else:
+            emitted[key] = obj
+    known = {n: z for n, z in zones.items() if z}
+    expected = {f"{s['metadata']['namespace']}/{s['metadata']['name']}": s
+                for svc in services.values() for s in derive_endpoint_slices(svc, pods.values(), known)}
+    assert emitted == expected
+    assert len(expected) > 3  # the sequence did make slices

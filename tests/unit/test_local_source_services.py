@@ -110,6 +110,8 @@ def test_a_selector_change_moves_the_endpoints(tmp_path: Path) -> None:
 def test_node_zone_reaches_the_endpoints(tmp_path: Path) -> None:
     store, source = setup(tmp_path)
     store.apply([service(selector={"app": "web"}), pod("web-0", "10.1.0.1")])
+    _, slices = records(source)
+    assert [e.zone for s in slices for e in s.endpoints] == [""]  # the node is not known yet
     store.apply([{"apiVersion": "v1", "kind": "Node",
                   "metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "zone-1"}}}])
     _, slices = records(source)
