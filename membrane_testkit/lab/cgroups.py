@@ -1,8 +1,10 @@
 """cgroup v2 directories for the lab: where the Service socket hooks attach, and where pod and
 node processes run so the hooks see them.
 
-Always below `CGROUP2_LAB_PARENT` (the machine's cgroup v2 mount) with a lab prefix, never the
-machine's root cgroup itself. A cgroup can only be removed once no process is left in it:
+Always below `CGROUP2_LAB_PARENT` with a lab prefix, never the machine's root cgroup itself.
+`CGROUP2_LAB_PARENT` is the machine's cgroup v2 hierarchy mounted once more outside /sys: an
+agent started with `ip netns exec` gets a fresh sysfs there, which hides /sys/fs/cgroup, so its
+--cgroup-root must be a path that survives (the same cgroups, another mount point). A cgroup can only be removed once no process is left in it:
 `remove` moves stragglers to the parent first (they were started by the test, which ends them).
 """
 
@@ -13,12 +15,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-CGROUP2_LAB_PARENT = Path("/sys/fs/cgroup/unified")
+CGROUP2_LAB_PARENT = Path("/run/membrane-lab-cgroup2")
 
 
-def create(name: str, parent: Path = CGROUP2_LAB_PARENT) -> Path:
-    if not name.startswith(("mbt-", "mbdemo-", "mbbench-")) and parent == CGROUP2_LAB_PARENT:
-        raise ValueError(f"lab cgroups carry a lab prefix, not {name!r}")
+def ensure_mount() -> Path:
+    """The cgroup v2 hierarchy at CGROUP2_LAB_PARENT (mounted once; left mounted for the next run)."""
+    if not (CGROUP2_LAB_PARENT / "cgroup.procs").exists():
+        CGROUP2_LAB_PARENT.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "cgroup2", "none", str(CGROUP2_LAB_PARENT)], capture_output=True,
+                              text=True)
+        if done.returncode != 0 and not (CGROUP2_LAB_PARENT / "cgroup.procs").exists():
+            raise RuntimeError(f"mounting cgroup2 at {CGROUP2_LAB_PARENT}: {done.stderr.strip()}")
+    return CGROUP2_LAB_PARENT
+
+
+def create(name: str, parent: Path | None = None) -> Path:
+    if parent is None:
+        parent = ensure_mount()
+        if not name.startswith(("mbt-", "mbdemo-", "mbbench-")):
+            raise ValueError(f"lab cgroups carry a lab prefix, not {name!r}")
     path = parent / name
     path.mkdir(exist_ok=True)
     return path
@@ -76,7 +91,7 @@ def _rmdir(path: Path, timeout: float) -> None:
 
 
 def listed(prefixes: tuple[str, ...]) -> list[str]:
-    if not CGROUP2_LAB_PARENT.exists():
+    if not (CGROUP2_LAB_PARENT / "cgroup.procs").exists():
         return []
     return sorted(str(p) for p in CGROUP2_LAB_PARENT.iterdir() if p.is_dir() and p.name.startswith(prefixes))
 
