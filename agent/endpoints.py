@@ -165,6 +165,8 @@ class EndpointManager:
         with self.lock:
             cursor = self._ipam_doc()
             self._ipam_dirty = False
+        # Not durable=True: a commit lost to a power loss describes a pod the power loss took too
+        # (the veth, the maps, the sandbox); a killed agent loses nothing (agent/state_db.py).
         with self.db.transaction():
             self.db.put_endpoint(ep.key, str(ep.ip), ep.model_dump(mode="json"))
             self.db.put_doc(IPAM_DOC, cursor)

@@ -48,7 +48,6 @@ from .state_files import ACCEPT_LOSS_FLAG, DamagedFile, StateDamaged, damaged_pa
 log = logging.getLogger("membrane.state")
 
 ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
-CLUSTER_SCOPED = legacy_reading.CLUSTER_SCOPED
 Listener = Callable[[str, ObjectKey, BaseModel | None], None]
 SEQ_META = "objects-seq"  # the number of the last batch stored
 MIGRATED_META = "objects-migrated-from-json"

@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conc-pods", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
-                                                      "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store"),
+                                                      "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
+                                                      "object_store"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
                     help="python of an installation with the JSON state files: compare the SQLite store with it")
@@ -250,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
             state_store_bench.main(["--before", args.state_store_before, "--out", str(args.out)])
         else:
             log("state store benchmark skipped: it needs --state-store-before PYTHON (an older installation)")
+    if args.only in ("all", "object_store"):
+        from . import object_store_bench  # JSON journal vs state.db: apply of 1/100 objects, CNI ADD
+
+        log("object store benchmark (JSON snapshot + journal vs state.db, side by side)")
+        object_store_bench.main(["--out", str(args.out)])
     if args.only in ("all", "tls"):
         from . import tls_bench  # mutual TLS vs plaintext at 1,000 subscribers: bench-results/tls.*
 

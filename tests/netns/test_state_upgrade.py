@@ -12,6 +12,7 @@ installation's dependencies and CNI plugin (the plugin protocol did not change).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -28,6 +29,10 @@ import pytest
 from membrane_testkit.lab import netns
 from membrane_testkit.lab.node import LabNode, Pod
 from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.waiting import wait_for as wait_once
+
+# The agent may not answer yet while it starts: its errors count as "not yet".
+wait_for = functools.partial(wait_once, errors=(Exception,))
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASES = {
@@ -40,9 +45,8 @@ RUN_OLD = ("import sys; sys.path.insert(0, {root!r}); sys.argv = sys.argv[1:]; "
            "from membrane.agent.main import main; sys.exit(main())")
 
 
-@pytest.fixture(params=sorted(RELEASES))
-def old_tree(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    release = RELEASES[request.param]
+def extract(release: str, tmp_path: Path) -> Path:
+    """The release's package laid out as installed, under tmp_path/previous."""
     root = tmp_path / "previous"
     root.mkdir()
     for src, dst in LAYOUT.items():
@@ -55,6 +59,11 @@ def old_tree(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
             tar.extractall(tmp_path / "extract")  # our own history (Python 3.11: no filter=)
         shutil.move(str(tmp_path / "extract" / src), root / dst)
     return root
+
+
+@pytest.fixture(params=sorted(RELEASES))
+def old_tree(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return extract(RELEASES[request.param], tmp_path)
 
 
 @pytest.fixture
@@ -151,3 +160,58 @@ def test_upgrade_from_the_json_state_keeps_everything(old_tree: Path, node: LabN
     finally:
         server.kill()
         server.wait()
+
+
+def test_kubernetes_mode_upgrade_from_the_json_cluster_cache(tmp_path: Path) -> None:
+    """The release with the JSON cluster cache runs a Kubernetes-mode node; the current agent
+    starts on its state dir with the operator DOWN: the imported cache alone gives it the same
+    version, endpoints, identities and enforced policy, nothing re-created."""
+    from membrane_testkit.lab.cluster import KubeLab
+
+    root = extract(RELEASES["json-object-store"], tmp_path)
+    kube = KubeLab(identity_wait=1.0)
+    server = None
+    try:
+        kube.start()
+        kube.create_namespace("shop", team="a")
+        node = kube.add_node(start=False)
+        node.wrapper = [sys.executable, "-c", RUN_OLD.format(root=str(root))]
+        node.start_agent()
+        pods = {"a": kube.run_pod(node, "shop", "a", app="db"), "b": kube.run_pod(node, "shop", "b", role="trusted"),
+                "c": kube.run_pod(node, "shop", "c", role="other")}
+        server = netns.popen_in(pods["a"].netns, [sys.executable, "-c", OK_SERVER, pods["a"].ip],
+                                stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        assert wait_for(lambda: all(e[2] >= 256 for e in endpoints(node))), endpoints(node)
+        policy = objects()[1][0]
+        kube.networking.create_namespaced_network_policy("shop", policy)
+        assert wait_for(lambda: connect(pods["b"], pods["a"]) and not connect(pods["c"], pods["a"], 0.5))
+        cluster = node.api("status")["cluster"]
+        before = {"endpoints": endpoints(node), "version": cluster["version"], "stream_id": cluster["stream_id"],
+                  "objects": cluster["objects"]}
+        wired = links(node)
+        node.stop_agent()
+        kube.stop_operator()
+        state = node.workdir / "state"
+        legacy = sorted(p.name for p in state.iterdir() if p.name.startswith("cluster-"))
+        assert "cluster-state.json" in legacy, sorted(p.name for p in state.iterdir())
+
+        node.wrapper = []  # this installation's agent, the operator still down
+        node.start_agent()
+        cluster = node.api("status")["cluster"]
+        assert {"endpoints": endpoints(node), "version": cluster["version"], "stream_id": cluster["stream_id"],
+                "objects": cluster["objects"]} == before
+        assert cluster["cache_damaged"] is None
+        assert links(node) == wired
+        assert connect(pods["b"], pods["a"]) and not connect(pods["c"], pods["a"], 0.5)
+        assert sorted(p.name for p in (state / "pre-sqlite").iterdir()) == legacy
+        assert not any(p.name.startswith("cluster-") for p in state.iterdir())
+        assert "cluster cache imported from the previous release's files" in node.log_path.read_text()
+        node.stop_agent()
+        node.start_agent()  # from state.db alone
+        assert node.api("status")["cluster"]["version"] == before["version"] and endpoints(node) == before["endpoints"]
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        kube.close()
