@@ -76,8 +76,13 @@ class LbManager:
     """Desired lb4 map contents, kept incrementally per service; written through a MapManager."""
 
     def __init__(self, port: MapPort, node_name: str,
-                 node_addresses: Callable[[], Iterable[str]] = lambda: ()) -> None:
+                 node_addresses: Callable[[], Iterable[str]] = lambda: (),
+                 complete: Callable[[], bool] = lambda: True) -> None:
         self.port = port
+        # Whether the records held are a complete state (the consumer synced: a snapshot, or a
+        # restored one). Until then nothing is written: the pinned maps keep serving what they
+        # hold, rather than a partial table (or an empty one) replacing them.
+        self.complete = complete
         self.node_name = node_name
         self.node_addresses = node_addresses
         self.maps = MapManager(LbMapPort(port), LB_ROLES, order=LB_ORDER)
@@ -122,6 +127,8 @@ class LbManager:
     def apply(self) -> dict[str, int]:
         """Write what changed since the last apply; returns entries written per map.
         MapCapacityError: nothing written, retried at the next apply."""
+        if not self.complete():
+            return {}
         if not self.seeded:
             self._seed()
         with self.lock:
@@ -132,6 +139,8 @@ class LbManager:
 
     def resync(self) -> dict[str, int]:
         """Read the kernel maps back (drift is rewritten by the next apply) and apply."""
+        if not self.complete():
+            return {}
         self._seed()
         drift = self.maps.resync()
         self.apply()

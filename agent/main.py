@@ -100,7 +100,8 @@ class Agent:
         # The stream's consumer: records go to the managers registered for their kind.
         self.consumer = StateConsumer(config.node_name, self.ledger, on_refused=self._refused)
         # Services: Service and EndpointSlice records -> the lb4 maps (both modes, one registration).
-        self.lb = LbManager(self.datapath, config.node_name, lambda: [str(a) for a in self.netlink.host_addresses()])
+        self.lb = LbManager(self.datapath, config.node_name, lambda: [str(a) for a in self.netlink.host_addresses()],
+                            complete=self.consumer.synced.is_set)
         for kind in LB_KINDS:
             self.consumer.register(kind, self.lb)
         self.lb_queries: LbQueries = self.lb

@@ -9,7 +9,7 @@
         {"op": "udp_sendto", "ip", "port", "count", "gap"} -> {"replies": [...], "sources": [...]}
           (one unconnected socket for every datagram; "gap" seconds between them)
         {"op": "sleep", "seconds"}
-        {"op": "udp_hold", "ip", "port"} keeps a connected UDP socket for later steps
+        {"op": "udp_hold", "ip", "port"} keeps a connected UDP socket for later steps (one exchange)
         {"op": "udp_hold_send"} -> {"reply"} or {"error", "errno"} on the held socket
 """
 
@@ -102,7 +102,8 @@ def client(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 held.settimeout(timeout)
                 held.connect((step["ip"], step["port"]))
-                out.append({"peer": list(held.getpeername())})
+                held.send(b"hello")
+                out.append({"peer": list(held.getpeername()), "reply": held.recv(256).decode()})
             elif op == "udp_hold_send":
                 assert held is not None
                 held.send(b"hello")

@@ -13,6 +13,7 @@ import errno
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from membrane.api.state_objects import (
 )
 from membrane_testkit.lab import cgroups, probes
 from membrane_testkit.lab.node import LabNode, Pod
+from membrane_testkit.lab.underlay import Underlay
 
 PROBE = str(Path(__file__).resolve().parents[2] / "membrane_testkit" / "lab" / "service_probe.py")
 VIP = "10.96.0.10"
@@ -106,31 +108,34 @@ WEB_PORTS = (("http", "TCP", 80, "8080"), ("dns", "UDP", 53, "5353"))
 SLICE_PORTS = (("http", "TCP", 8080), ("dns", "UDP", 5353))
 
 
+def service_feed(node: LabNode) -> ServiceFeed:
+    """A consumer with the LB manager on the node's pinned maps (close `feed.port` after)."""
+    port = DatapathPort(node.pin_root)
+    port.load()  # the node's pinned maps, reopened in this process
+    consumer = StateConsumer(node.name)
+    consumer.stream_id = "test"  # deltas from version 1 on
+    lb = LbManager(port, node.name, lambda: ())
+    for kind in LB_KINDS:
+        consumer.register(kind, lb)
+    return ServiceFeed(node, port, consumer, lb)
+
+
 @pytest.fixture
 def svc_lab(make_node: Any) -> Iterator[ServiceLab]:
     name = f"mbt-sv{os.getpid() % 10000}x{next(_counter)}"
     cgroup = cgroups.create(name)
     lab: ServiceLab | None = None
-    port: DatapathPort | None = None
     try:
         cgroups.child(cgroup, "node")
         node = make_node(extra_args=["--cgroup-root", str(cgroup), "--resync-seconds", "3600"])
-        port = DatapathPort(node.pin_root)
-        port.load()  # the node's pinned maps, reopened in this process
-        consumer = StateConsumer(node.name)
-        consumer.stream_id = "test"  # deltas from version 1 on
-        lb = LbManager(port, node.name, lambda: ())
-        for kind in LB_KINDS:
-            consumer.register(kind, lb)
-        lab = ServiceLab(node, cgroup, ServiceFeed(node, port, consumer, lb))
+        lab = ServiceLab(node, cgroup, service_feed(node))
         yield lab
     finally:
         if lab is not None:
             for proc in lab.servers:
                 proc.kill()
                 proc.wait()
-        if port is not None:
-            port.close()
+            lab.feed.port.close()
         cgroups.remove(cgroup)
 
 
@@ -286,3 +291,107 @@ def test_udp_flows_leave_a_removed_backend(svc_lab: ServiceLab) -> None:
     replies = result["replies"]
     assert len(replies) == 30, result  # none lost
     assert replies[-10:] == ["web2:5353"] * 10, replies  # after the removal: the live one
+
+
+def test_agent_kill_9_under_service_traffic(svc_lab: ServiceLab) -> None:
+    """kill -9 and restart of the agent while a client keeps connecting and holds a connected
+    UDP socket: no connection fails, the held socket keeps its backend, and a restarted load
+    balancer (same records, ids read back from the pinned maps) writes nothing."""
+    pods = _shop(svc_lab, "web1", "web2", "client1")
+    for pod in (pods["web1"], pods["web2"]):
+        svc_lab.serve(pod)
+    svc = service("web", VIP, *WEB_PORTS)
+    node = svc_lab.node
+    sl = endpoint_slice("web-a", "web", SLICE_PORTS, ready(pods["web1"], node), ready(pods["web2"], node))
+    svc_lab.feed.apply((key(svc), svc), (key(sl), sl))
+    before = node.api("bpf.lb")
+    steps: list[dict[str, Any]] = [{"op": "udp_hold", "ip": VIP, "port": 53}]
+    for _ in range(60):
+        steps += [{"op": "tcp", "ip": VIP, "port": 80}, {"op": "sleep", "seconds": 0.15}]
+    steps.append({"op": "udp_hold_send"})
+    group = cgroups.child(svc_lab.cgroup, "client1")
+    proc = cgroups.popen_in(group, pods["client1"].netns, [sys.executable, "-S", "-u", PROBE, "client",
+                                                           json.dumps(steps)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        assert node.stop_agent(signal.SIGKILL) == -signal.SIGKILL
+        node.start_agent()
+        # The load balancer restarts too: same records, nothing to write.
+        svc_lab.feed.port.close()
+        svc_lab.feed = service_feed(node)
+        port_writes: list[str] = []
+        original = svc_lab.feed.port.update_map
+        svc_lab.feed.port.update_map = lambda role, entries: (port_writes.append(role), original(role, entries))[1]  # type: ignore[method-assign]  # count writes
+        svc_lab.feed.apply((key(svc), svc), (key(sl), sl))
+        assert port_writes == []
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    results = [r for r in json.loads(out) if r]
+    held, connects, again = results[0], results[1:-1], results[-1]
+    assert len(connects) == 60 and all(r.get("reply") in ("web1:8080", "web2:8080") for r in connects), \
+        [r for r in connects if "reply" not in r]
+    assert again.get("reply") == held["reply"], (held, again)  # the established socket kept its backend
+    after = node.api("bpf.lb")
+    assert after["services"] == before["services"] and after["backends"] == before["backends"]
+    assert after["rev_nat"] == before["rev_nat"]
+
+
+@pytest.fixture
+def two_node_lab(make_node: Any) -> Iterator[tuple[ServiceLab, LabNode, Pod]]:
+    """n1 (client side, socket hooks) and n2 (the backend) over the VXLAN overlay."""
+    name = f"mbt-sv{os.getpid() % 10000}x{next(_counter)}"
+    underlay = Underlay(f"mbt-ul{os.getpid() % 10000}x{next(_counter)}").create()
+    cgroup = cgroups.create(name)
+    lab: ServiceLab | None = None
+    try:
+        ip1, ip2 = "192.0.2.21", "192.0.2.22"
+        common = ["--cluster-cidr", "10.200.0.0/16"]
+        n1 = make_node("10.200.1.0/24", start=False,
+                       extra_args=[*common, "--node-ip", ip1, "--cgroup-root", str(cgroup), "--resync-seconds", "3600"])
+        n2 = make_node("10.200.2.0/24", start=False, extra_args=[*common, "--node-ip", ip2])
+        underlay.attach(n1.netns, ip1)
+        underlay.attach(n2.netns, ip2)
+        n1.start_agent()
+        n2.start_agent()
+
+        def pod_obj(pod: str, node: LabNode, node_ip: str, ip: str | None = None) -> dict[str, Any]:
+            status: dict[str, Any] = {"hostIP": node_ip, **({"podIP": ip, "podIPs": [{"ip": ip}]} if ip else {})}
+            return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": "shop",
+                                                                    "labels": {"app": pod.rstrip("0123456789")}},
+                    "spec": {"nodeName": node.name, "containers": [{"name": "c", "image": "i"}]}, "status": status}
+        for node in (n1, n2):
+            node.api("apply", objects=[{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+                                       pod_obj("client1", n1, ip1), pod_obj("web1", n2, ip2)])
+        client, web = n1.add_pod("client1", "shop"), n2.add_pod("web1", "shop")
+        n1.api("apply", objects=[pod_obj("web1", n2, ip2, web.ip)])
+        n2.api("apply", objects=[pod_obj("client1", n1, ip1, client.ip)])
+        lab = ServiceLab(n1, cgroup, service_feed(n1))
+        proc = subprocess.Popen(["ip", "netns", "exec", web.netns, sys.executable, "-S", "-u", PROBE, "serve",
+                                 "web1", web.ip, "8080", "5353"], stdout=subprocess.PIPE, text=True)
+        lab.servers.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        lab.node.pods["client1"] = client
+        yield lab, n2, web
+    finally:
+        if lab is not None:
+            for server in lab.servers:
+                server.kill()
+                server.wait()
+            lab.feed.port.close()
+        cgroups.remove(cgroup)
+        underlay.destroy()
+
+
+def test_cluster_ip_with_the_backend_on_another_node(two_node_lab: tuple[ServiceLab, LabNode, Pod]) -> None:
+    lab, n2, web = two_node_lab
+    svc = service("web", VIP, *WEB_PORTS)
+    sl = endpoint_slice("web-a", "web", SLICE_PORTS, SliceEndpointState((web.ip,), node_name=n2.name))
+    lab.feed.apply((key(svc), svc), (key(sl), sl))
+    client = lab.node.pods["client1"]
+    tcp, udp = lab.client(client, {"op": "tcp", "ip": VIP, "port": 80}, {"op": "udp_connected", "ip": VIP, "port": 53})
+    assert tcp.get("reply") == "web1:8080" and tcp["peer"] == [VIP, 80], tcp
+    assert udp.get("replies") == ["web1:5353"] and udp["sources"] == [[VIP, 53]], udp
+    # Each node tracked the flow between the pods themselves (the overlay carried the backend's address).
+    assert any(f["dst"] == f"{web.ip}:8080" for f in n2.api("bpf.ct"))
