@@ -14,6 +14,12 @@ server prunes them), `items`, `enum`, `minimum`/`maximum`, `minLength`/`maxLengt
 form (`x-kubernetes-int-or-string` with `anyOf`), and `x-kubernetes-validations`: the CEL rules
 cannot be evaluated here, so each rule text must have a Python equivalent in the `rules`
 table given (a rule without one is a programming error, raised at once, never skipped).
+
+The same walk checks the built-in kinds `membranectl apply` accepts (membrane.strict_fields)
+against Kubernetes' own OpenAPI schemas converted to strict JSON Schema, in the `DECODING`
+dialect: `$ref`s resolved through `definitions`, `oneOf` for int-or-string, nullable types
+as `["string", "null"]`, only `additionalProperties: false` closing an object, and errors
+worded as the API server's strict decoding words them. One walk, two dialects.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from membrane.k8s_models import FieldError
+from membrane.labels import shown
 
 Schema = Mapping[str, Any]
 # A CEL rule's Python equivalent: True when `self` (the value at the rule's node) passes.
@@ -35,6 +42,26 @@ MAX_ERRORS = 20  # a file of garbage is named by its first problems, not thousan
 
 class UnknownRule(LookupError):
     """A schema carries a validation rule that has no Python equivalent."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a schema's silences read, and how errors are worded."""
+
+    # An object schema without `additionalProperties` admits no other keys (a CRD's structural
+    # schema); else only `additionalProperties: false` closes it (JSON Schema).
+    closed_objects: bool
+    # The root's `metadata` is the API server's own, checked apart (CRDs say only `type: object`).
+    server_metadata: bool
+    type_error: str  # .format(wanted=..., got=...)
+    required: str
+
+
+# A CustomResourceDefinition's OpenAPI v3 schema, worded as kube-apiserver's CRD validation.
+CRD = Dialect(True, True, "must be of type {wanted}, got {got}", "Required value")
+# Kubernetes' built-in types as strict JSON Schema (membrane/schemas/kubernetes-strict.json),
+# worded as strict decoding errors.
+DECODING = Dialect(False, False, "expected {wanted}, got {got}", "required field missing")
 
 
 @dataclass(frozen=True)
@@ -48,6 +75,8 @@ class SchemaChecker:
     rules: Mapping[str, RuleCheck] = field(default_factory=dict)
     pattern_names: Mapping[str, str] = field(default_factory=dict)
     rule_fields: Mapping[str, str] = field(default_factory=dict)
+    definitions: Mapping[str, Schema] = field(default_factory=dict)  # what `$ref`s name
+    dialect: Dialect = CRD
 
     def __post_init__(self) -> None:
         missing = sorted(set(rule_texts(self.schema)) - set(self.rules))
@@ -63,13 +92,15 @@ class SchemaChecker:
     def _walk(self, value: Any, schema: Schema, path: str, strict: bool, out: list[FieldError]) -> None:
         if len(out) >= MAX_ERRORS:
             return
+        schema = self._resolved(schema)
         if value is None and schema.get("nullable"):
             return
-        if schema.get("x-kubernetes-int-or-string"):
-            if not self._one_of_choices(value, schema.get("anyOf") or [], path, strict, out):
+        if schema.get("x-kubernetes-int-or-string") or "oneOf" in schema:
+            choices = [self._resolved(c) for c in schema.get("anyOf") or schema.get("oneOf") or []]
+            if not self._one_of_choices(value, choices, path, strict, out):
                 return
         elif not _type_fits(value, schema.get("type")):
-            out.append(FieldError(path, f"must be of type {schema.get('type')}, got {json_type(value)}"))
+            out.append(FieldError(path, self._type_error(schema.get("type"), value)))
             return
         before = len(out)
         self._values(value, schema, path, out)
@@ -88,8 +119,7 @@ class SchemaChecker:
                         out: list[FieldError]) -> bool:
         fitting = [c for c in choices if _type_fits(value, c.get("type"))]
         if not fitting:
-            wanted = " or ".join(str(c.get("type")) for c in choices)
-            out.append(FieldError(path, f"must be of type {wanted}, got {json_type(value)}"))
+            out.append(FieldError(path, self._type_error([c.get("type") for c in choices], value)))
             return False
         self._walk(value, fitting[0], path, strict, out)
         return True
@@ -124,12 +154,27 @@ class SchemaChecker:
                 self._walk(sub, properties[key], where, strict, out)
             elif isinstance(extra, Mapping):
                 self._walk(sub, extra, where, strict, out)
-            elif strict and not schema.get("x-kubernetes-preserve-unknown-fields") and path != "metadata":
-                # (metadata is the API server's own, checked apart: `type: object` in every CRD)
+            elif strict and self._closed(schema, path):
                 out.append(FieldError(where, "unknown field"))
         for key in schema.get("required") or ():
             if key not in value:
-                out.append(FieldError(_key_path(path, key), "Required value"))
+                out.append(FieldError(_key_path(path, key), self.dialect.required))
+
+    def _closed(self, schema: Schema, path: str) -> bool:
+        """Whether a key the schema does not declare is unknown (else: accepted as it is)."""
+        if schema.get("additionalProperties") is False:
+            return True
+        if not self.dialect.closed_objects or schema.get("x-kubernetes-preserve-unknown-fields"):
+            return False
+        return not (self.dialect.server_metadata and path == "metadata")
+
+    def _resolved(self, schema: Schema) -> Schema:
+        while "$ref" in schema:
+            schema = self.definitions[schema["$ref"]]
+        return schema
+
+    def _type_error(self, wanted: Any, value: Any) -> str:
+        return self.dialect.type_error.format(wanted=_wanted(wanted), got=json_type(value))
 
     def _array(self, value: list[Any], schema: Schema, path: str, strict: bool, out: list[FieldError]) -> None:
         if "minItems" in schema and len(value) < schema["minItems"]:
@@ -210,7 +255,7 @@ _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 def _key_path(path: str, key: str) -> str:
     if _SIMPLE_KEY.match(key):
         return f"{path}.{key}" if path else key
-    return f"{path}[{json.dumps(key[:64])}]"
+    return f"{path}[{json.dumps(shown(key, quote=False))}]"
 
 
 def _shown(value: Any) -> str:
@@ -237,8 +282,20 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+def _types(wanted: Any) -> list[str]:
+    """A schema's `type` (one name, or a list: JSON Schema's nullable form) as a list."""
+    return [str(t) for t in (wanted if isinstance(wanted, list) else [wanted]) if t is not None]
+
+
 def _type_fits(value: Any, wanted: Any) -> bool:
     if wanted is None:
         return True
+    kinds = _types(wanted)
     actual = json_type(value)
-    return actual == wanted or (wanted == "number" and actual == "integer")
+    return actual in kinds or (actual == "integer" and "number" in kinds)
+
+
+def _wanted(wanted: Any) -> str:
+    """`integer or string`: the types a value may have (choices flattened; null not named)."""
+    kinds = [k for w in (wanted if isinstance(wanted, list) else [wanted]) for k in _types(w)]
+    return " or ".join(k for k in kinds if k != "null")
