@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
-                                                      "object_store"),
+                                                      "object_store", "service_objects"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
                     help="python of an installation with the JSON state files: compare the SQLite store with it")
@@ -238,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
 
         log("apply --wait latency (small store, 2,000 pods + 200 policies)")
         print(apply_wait_bench.write(apply_wait_bench.run(), args.out))
+    if args.only in ("all", "service_objects"):
+        from . import service_objects_bench  # Maglev disruption, service table, standalone derivation at scale
+
+        log("services' pure core (Maglev disruption, 10,000-service table, standalone EndpointSlice derivation)")
+        print(service_objects_bench.write(service_objects_bench.run(), args.out))
     if args.only in ("all", "cni_startup"):
         from . import cni_startup  # Go plugin vs the Python plugin it replaced: bench-results/cni_startup.*
 
