@@ -1,0 +1,96 @@
+"""Kubernetes mode, end to end (root): a PacketFilter applied through the API reaches every node,
+and its status says so.
+
+The API stand-in (validating custom resources against the CRD's schema as a real server does),
+a real `membrane-operator` and two real agents. Checked: a new filter shows `2/2` at its
+generation once both agents ack the stream version that carries it; with one agent down an
+edit shows `1/2`, the generation every node enforces stays the old one and `nodesByGeneration`
+tells them apart; the agent's return brings `2/2` at the new generation; an invalid edit is
+refused by the API naming the field and the reason, and nothing else changes (the stored
+object, the stream, the status); writing the status is no state change (no loop)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from membrane_testkit.lab import netns
+from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.waiting import wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
+
+GROUP, VERSION, PLURAL = "membrane.io", "v1alpha1", "packetfilters"
+RULE = {"name": "udp-4242", "action": "Drop", "udp": {"destinationPort": {"min": 4242, "max": 4242}}}
+
+
+@pytest.fixture
+def lab() -> Iterator[KubeLab]:
+    kube = KubeLab(identity_wait=1.0)
+    try:
+        kube.start()
+        yield kube
+    finally:
+        nodes = [n.netns for n in kube.nodes.values()]
+        kube.close()
+        assert not [n for prefix in nodes for n in netns.listed(prefix)], "lab namespaces left behind"
+
+
+def test_a_filter_applied_through_the_api_is_enforced_on_both_nodes(lab: KubeLab) -> None:
+    custom = client.CustomObjectsApi(lab.api_client)
+    node1, node2 = lab.add_node(), lab.add_node()
+    assert node1 and node2
+
+    def status() -> dict[str, Any]:
+        return dict(custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, "cve").get("status") or {})
+
+    started = time.monotonic()
+    custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "PacketFilter", "metadata": {"name": "cve"},
+        "spec": {"rules": [RULE]}})
+    assert wait_for(lambda: status().get("enforced") == "2/2", interval=0.01), status()
+    elapsed = time.monotonic() - started
+    got = status()
+    assert got["enforcedGeneration"] == 1 and got["nodesByGeneration"] == [{"generation": 1, "nodes": 2}]
+    assert got["conditions"][0]["status"] == "True"
+    assert elapsed < 5, f"applied to enforced on both nodes took {elapsed:.2f}s"
+
+    # No loop: the status writes are no state change for the agents.
+    version = lab.operator_metric("membrane_operator_state_version")
+    time.sleep(1.0)
+    assert lab.operator_metric("membrane_operator_state_version") == version
+
+    # node2's agent is down: generation 2 reaches node1 only.
+    node2.stop_agent()
+    custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, "cve", {"spec": {
+        "sanityChecks": "Drop", "rules": [RULE, {**RULE, "name": "udp-4343", "udp": {
+            "destinationPort": {"min": 4343, "max": 4343}}}]}})
+    assert wait_for(lambda: status().get("nodesByGeneration") == [
+        {"generation": 2, "nodes": 1}, {"generation": 1, "nodes": 1}]), status()
+    assert status()["enforced"] == "1/2" and status()["enforcedGeneration"] == 1
+
+    # An invalid edit: refused by the API with the field and the reason; nothing else changes.
+    version = lab.operator_metric("membrane_operator_state_version")
+    with pytest.raises(client.ApiException) as caught:
+        custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, "cve", {"spec": {
+            "rules": [{**RULE, "udp": {"destinationPort": {"min": 4242, "max": 70000}}}]}})
+    assert caught.value.status == 422
+    assert "spec.rules[0].udp.destinationPort.max: should be less than or equal to 65535" in \
+        json.loads(caught.value.body)["message"]
+    stored = custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, "cve")
+    assert stored["metadata"]["generation"] == 2 and len(stored["spec"]["rules"]) == 2
+    time.sleep(0.5)
+    assert lab.operator_metric("membrane_operator_state_version") == version
+
+    # node2 is back: both enforce generation 2.
+    node2.start_agent()
+    assert wait_for(lambda: status().get("enforced") == "2/2" and status().get("enforcedGeneration") == 2), status()
+    assert status()["nodesByGeneration"] == [{"generation": 2, "nodes": 2}]
+    log = lab.operator_log.read_text()
+    assert "status of PacketFilter" not in log, log[-2000:]
