@@ -120,6 +120,8 @@ static __always_inline int mb_from_container_ipv4(struct __sk_buff *skb, struct 
 			.src_identity = src->sec_identity, .dst_identity = dst_identity,
 			.src_cidr = local_dst ? mb_cidr_identity(ip4->saddr) : 0, .dst_cidr = dst_cidr,
 			.ifindex = ifindex,
+			.path = ip4->ttl <= 1 ? MB_PATH_STACK :
+				local_dst ? MB_PATH_REDIRECT : tunnel ? MB_PATH_TUNNEL : MB_PATH_STACK,
 		};
 
 		drop = mb_flow_new(skb, &flow);
@@ -241,7 +243,7 @@ static __always_inline int mb_to_container(struct __sk_buff *skb)
 			.dst_identity = dst->sec_identity,
 			.src_cidr = mb_cidr_identity_of(tuple.saddr, cached),
 			.dst_cidr = src_pod ? mb_cidr_identity(tuple.daddr) : 0,
-			.ifindex = ifindex, .ct_flags = MB_CT_F_VIA_STACK,
+			.ifindex = ifindex, .ct_flags = MB_CT_F_VIA_STACK, .path = MB_PATH_STACK,
 		};
 
 		drop = mb_flow_new(skb, &flow);

@@ -111,7 +111,7 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 			.egress_ep = 0, .ingress_ep = dst, .hook_ep = dst,
 			.src_identity = src_identity, .dst_identity = dst->sec_identity,
 			.src_cidr = mb_cidr_identity(tuple.saddr), .dst_cidr = 0,
-			.ifindex = dst_ifindex,
+			.ifindex = dst_ifindex, .path = MB_PATH_REDIRECT,
 		};
 
 		drop = mb_flow_new(skb, &flow);
@@ -214,7 +214,7 @@ static __always_inline int mb_to_overlay(struct __sk_buff *skb)
 			.egress_ep = src, .ingress_ep = 0, .hook_ep = src,
 			.src_identity = identity, .dst_identity = remote->sec_identity,
 			.src_cidr = 0, .dst_cidr = src ? mb_cidr_identity_of(tuple.daddr, remote) : 0,
-			.ifindex = ifindex, .ct_flags = MB_CT_F_VIA_STACK,
+			.ifindex = ifindex, .ct_flags = MB_CT_F_VIA_STACK, .path = MB_PATH_STACK,
 		};
 
 		drop = mb_flow_new(skb, &flow);

@@ -247,6 +247,11 @@ enum mb_event_type {
 	MB_EVENT_TRANSLATION = 5,    /* service address translated (services issue) */
 };
 
+/* mb_flow_event.path: the way the datapath forwards a new flow (the field was padding, always 0) */
+#define MB_PATH_REDIRECT 1 /* straight into the destination pod, around the node's stack (pod to pod) */
+#define MB_PATH_STACK 2    /* through the node's stack, where netfilter may translate it (kube-proxy, hostPorts) */
+#define MB_PATH_TUNNEL 3   /* straight into the VXLAN tunnel (pod to a pod of another node) */
+
 /* mb_flow_event.verdict */
 #define MB_VERDICT_FORWARDED 0
 #define MB_VERDICT_DROPPED 1
@@ -264,7 +269,7 @@ struct mb_flow_event {
 	__u8 verdict;       /* MB_VERDICT_* */
 	__u8 tcp_flags;     /* flags of this packet (FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10) */
 	__u8 is_reply;      /* 1 when the packet goes the reply way of its connection */
-	__u8 pad;
+	__u8 path;          /* MB_PATH_*: how a new flow crosses this node (0 in other events) */
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 ifindex;      /* host-side veth the packet was seen on */

@@ -103,6 +103,10 @@ class Flow(BaseModel):
     bytes: int = 0
     ifindex: int = 0
     endpoint_id: int = 0
+    # How a new flow crosses the node: "redirect" (straight into the pod, around the node's stack:
+    # pod to pod), "stack" (through the node's stack, where kube-proxy or a hostPort may translate
+    # it), "tunnel" (straight to another node); empty when the event does not say.
+    path: str = ""
 
 
 def tcp_flag_names(bits: int) -> tuple[str, ...]:

@@ -207,6 +207,14 @@ class EventVerdict(enum.IntEnum):
     DROPPED = 1
 
 
+class FlowPath(enum.IntEnum):
+    """``mb_flow_event.path`` (``MB_PATH_*``): how a new flow crosses the node (0: not said)."""
+
+    REDIRECT = 1  # straight into the destination pod, around the node's stack
+    STACK = 2  # through the node's stack (netfilter may translate it: kube-proxy, hostPorts)
+    TUNNEL = 3  # straight into the VXLAN tunnel
+
+
 class FlowEvent(ctypes.Structure):
     """One ring buffer record (``struct mb_flow_event``); addresses and ports in network order."""
 
@@ -223,7 +231,7 @@ class FlowEvent(ctypes.Structure):
         ("verdict", ctypes.c_uint8),
         ("tcp_flags", ctypes.c_uint8),
         ("is_reply", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("path", ctypes.c_uint8),
         ("src_identity", ctypes.c_uint32),
         ("dst_identity", ctypes.c_uint32),
         ("ifindex", ctypes.c_uint32),

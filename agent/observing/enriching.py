@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-from membrane.agent.datapath.layout import EventType
+from membrane.agent.datapath.layout import EventType, FlowPath
 from membrane.flows import (
     Direction,
     Endpoint,
@@ -120,6 +120,8 @@ class MonotonicClock:
 
 _POLICY_DROPS = (7, 8)  # enum mb_reason: DROP_POLICY_INGRESS, DROP_POLICY_EGRESS
 
+_PATHS: dict[int, str] = {int(p): p.name.lower() for p in FlowPath}
+
 _FLOW_TYPES: dict[int, tuple[FlowType, str]] = {
     EventType.DROP: (FlowType.DROP, ""),
     EventType.POLICY_VERDICT: (FlowType.POLICY_VERDICT, ""),
@@ -219,4 +221,5 @@ class Enricher:
             bytes=ev.len,
             ifindex=ev.ifindex,
             endpoint_id=ev.endpoint_id,
+            path=_PATHS.get(ev.path, ""),
         )

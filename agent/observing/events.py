@@ -25,12 +25,12 @@ VERDICT_DROPPED = EventVerdict.DROPPED
 
 
 # Little-endian host fields; addresses as raw bytes, ports as raw big-endian halves.
-_WIRE = struct.Struct("<Q4s4s2s2sBBBBBBBxIIIHxxIIIQ")
+_WIRE = struct.Struct("<Q4s4s2s2sBBBBBBBBIIIHxxIIIQ")
 EVENT_SIZE = _WIRE.size
 assert EVENT_SIZE == ctypes.sizeof(FlowEventStruct) == 64, "mb_flow_event layout drifted"
 # Records of the datapath before netns_cookie was appended (a restarted agent may read a few
 # from programs that are still attached): decoded with netns_cookie 0.
-_WIRE_V1 = struct.Struct("<Q4s4s2s2sBBBBBBBxIIIHxxIII")
+_WIRE_V1 = struct.Struct("<Q4s4s2s2sBBBBBBBBIIIHxxIII")
 EVENT_SIZE_V1 = _WIRE_V1.size
 
 
@@ -61,22 +61,24 @@ class RawEvent(NamedTuple):
     len: int
     count: int  # type: ignore[assignment]  # the C struct's field name; shadows tuple.count, never called
     netns_cookie: int = 0  # TRANSLATION events: the client's network namespace
+    path: int = 0  # layout.FlowPath of a new flow's events (was padding: 0 from older datapaths)
 
 
 def decode_event(data: bytes | bytearray | memoryview) -> RawEvent:
     """One ring buffer record -> RawEvent. Longer records are accepted (a newer datapath may
     append fields); shorter ones raise DecodeError."""
     if len(data) >= EVENT_SIZE:
-        (ts, sa, da, sp, dp, nh, typ, reason, direction, verdict, flags, reply,
+        (ts, sa, da, sp, dp, nh, typ, reason, direction, verdict, flags, reply, path,
          sid, did, ifindex, epid, rule, length, count, cookie) = _WIRE.unpack_from(data)
     elif len(data) >= EVENT_SIZE_V1:
-        (ts, sa, da, sp, dp, nh, typ, reason, direction, verdict, flags, reply,
+        (ts, sa, da, sp, dp, nh, typ, reason, direction, verdict, flags, reply, path,
          sid, did, ifindex, epid, rule, length, count), cookie = _WIRE_V1.unpack_from(data), 0
     else:
         raise DecodeError(f"flow event of {len(data)} bytes, expected {EVENT_SIZE}")
     ntoa = socket.inet_ntoa
     return RawEvent(ts, ntoa(sa), ntoa(da), int.from_bytes(sp, "big"), int.from_bytes(dp, "big"), nh, typ,
-                    reason, direction, verdict, flags, bool(reply), sid, did, ifindex, epid, rule, length, count, cookie)
+                    reason, direction, verdict, flags, bool(reply), sid, did, ifindex, epid, rule, length, count, cookie,
+                    path)
 
 
 def encode_event(**fields: int | str) -> bytes:

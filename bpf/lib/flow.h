@@ -57,6 +57,7 @@ struct mb_flow_facts {
 	__u32 src_cidr, dst_cidr;
 	__u32 ifindex;                         /* reported in events */
 	__u16 ct_flags;                        /* MB_CT_F_* the new entry starts with (MB_CT_F_VIA_STACK) */
+	__u8 path;                             /* MB_PATH_* the flow's packets take, for its events */
 };
 
 static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_flow_facts *f)
@@ -77,6 +78,7 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_fl
 	if (ev) {
 		ev->src_identity = src_identity;
 		ev->dst_identity = dst_identity;
+		ev->path = f->path;
 	}
 
 	if (egress_ep) {

@@ -151,6 +151,8 @@ def format_compact(flow: Flow) -> str:
     if flow.tcp_flags:
         parts.append(",".join(flow.tcp_flags))
     parts.append(flow.verdict.value)
+    if flow.path == "stack":  # the node's netfilter may translate it (kube-proxy, hostPorts)
+        parts.append("via-stack")
     if flow.drop_reason:
         parts.append(f"({flow.drop_reason})")
     if flow.policies:

@@ -163,6 +163,34 @@ def test_plain_pod_to_pod_keeps_the_redirect(node: LabNode, servers: list[subpro
     assert entries and not any("VIA_STACK" in e["flags"] for e in entries), entries
 
 
+def observe(node: LabNode, *args: str) -> list[dict[str, Any]]:
+    done = subprocess.run([tool("membranectl"), "--socket", node.socket, "observe", "-o", *args],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) if args[0] == "json" else {"line": line} for line in done.stdout.splitlines() if line]
+
+
+def test_flows_say_which_path_a_connection_takes(node: LabNode, servers: list[subprocess.Popen[bytes]]) -> None:
+    """A ClusterIP connection is reported as going through the node's stack (where kube-proxy
+    translates it), on the client's veth and on the backend's; pod to pod as redirected."""
+    client, b1 = node.add_pod("client", "shop"), node.add_pod("b1", "shop")
+    servers.append(serve(b1))
+    kube_proxy.install(node.netns, services(b1), CLUSTER_CIDR)
+    assert ask(client.netns, "tcp", CLUSTER_IP, 80) == f"ok {b1.ip}"
+    assert ask(client.netns, "tcp", b1.ip, 8080) == f"ok {b1.ip}"
+
+    def new_flows() -> list[dict[str, Any]]:
+        return [f for f in observe(node, "json", "--last", "1000", "--from-pod", "shop/client")
+                if f["trace_event"] == "new" and f["protocol"] == "TCP"]
+    assert wait_for(lambda: len(new_flows()) >= 3)
+    paths = {(f["destination_ip"], f["destination_port"], f["direction"]): f["path"] for f in new_flows()}
+    assert paths == {(CLUSTER_IP, 80, "egress"): "stack",  # client's veth: to the stack
+                     (b1.ip, 8080, "ingress"): "stack",  # backend's veth: out of the stack, translated
+                     (b1.ip, 8080, "egress"): "redirect"}, paths  # pod to pod: the shortcut
+    lines = [f["line"] for f in observe(node, "compact", "--last", "1000", "--from-pod", "shop/client")]
+    assert any(CLUSTER_IP in line and "via-stack" in line for line in lines), lines
+
+
 def test_clusterip_hairpin_to_the_client_itself(node: LabNode, world: str, servers: list[subprocess.Popen[bytes]]) -> None:
     """The backend reaches itself through the Service: kube-proxy masquerades it (KUBE-SEP's -s rule) to an
     address of the node (the uplink's: a node without any address could not masquerade)."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'membrane/api/observer/v1/observer.proto\x12\x14membrane.observer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x08\x45ndpoint\x12\x10\n\x08identity\x18\x01 \x01(\r\x12\x15\n\ridentity_name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08pod_name\x18\x04 \x01(\t\x12:\n\x06labels\x18\x05 \x03(\x0b\x32*.membrane.observer.v1.Endpoint.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe6\x04\n\x04\x46low\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12,\n\x04type\x18\x03 \x01(\x0e\x32\x1e.membrane.observer.v1.FlowType\x12\x13\n\x0btrace_event\x18\x04 \x01(\t\x12.\n\x07verdict\x18\x05 \x01(\x0e\x32\x1d.membrane.observer.v1.Verdict\x12\x13\n\x0b\x64rop_reason\x18\x06 \x01(\t\x12\x39\n\tdirection\x18\x07 \x01(\x0e\x32&.membrane.observer.v1.TrafficDirection\x12\x10\n\x08is_reply\x18\x08 \x01(\x08\x12\x12\n\nip_version\x18\t \x01(\r\x12\x11\n\tsource_ip\x18\n \x01(\t\x12\x16\n\x0e\x64\x65stination_ip\x18\x0b \x01(\t\x12\x10\n\x08protocol\x18\x0c \x01(\t\x12\x13\n\x0bsource_port\x18\r \x01(\r\x12\x18\n\x10\x64\x65stination_port\x18\x0e \x01(\r\x12\x11\n\ttcp_flags\x18\x0f \x03(\t\x12.\n\x06source\x18\x10 \x01(\x0b\x32\x1e.membrane.observer.v1.Endpoint\x12\x33\n\x0b\x64\x65stination\x18\x11 \x01(\x0b\x32\x1e.membrane.observer.v1.Endpoint\x12\x10\n\x08policies\x18\x12 \x03(\t\x12\r\n\x05\x63ount\x18\x13 \x01(\r\x12\r\n\x05\x62ytes\x18\x14 \x01(\x04\x12\x0f\n\x07ifindex\x18\x15 \x01(\r\x12\x13\n\x0b\x65ndpoint_id\x18\x16 \x01(\r\"\xe2\x04\n\nFlowFilter\x12\x11\n\tnamespace\x18\x01 \x03(\t\x12\x18\n\x10source_namespace\x18\x02 \x03(\t\x12\x1d\n\x15\x64\x65stination_namespace\x18\x03 \x03(\t\x12\x0b\n\x03pod\x18\x04 \x03(\t\x12\x12\n\nsource_pod\x18\x05 \x03(\t\x12\x17\n\x0f\x64\x65stination_pod\x18\x06 \x03(\t\x12\r\n\x05label\x18\x07 \x03(\t\x12\x14\n\x0csource_label\x18\x08 \x03(\t\x12\x19\n\x11\x64\x65stination_label\x18\t \x03(\t\x12\x10\n\x08identity\x18\n \x03(\r\x12\x17\n\x0fsource_identity\x18\x0b \x03(\r\x12\x1c\n\x14\x64\x65stination_identity\x18\x0c \x03(\r\x12\n\n\x02ip\x18\r \x03(\t\x12\x11\n\tsource_ip\x18\x0e \x03(\t\x12\x16\n\x0e\x64\x65stination_ip\x18\x0f \x03(\t\x12\x0c\n\x04port\x18\x10 \x03(\r\x12\x13\n\x0bsource_port\x18\x11 \x03(\r\x12\x18\n\x10\x64\x65stination_port\x18\x12 \x03(\r\x12\x10\n\x08protocol\x18\x13 \x03(\t\x12.\n\x07verdict\x18\x14 \x03(\x0e\x32\x1d.membrane.observer.v1.Verdict\x12\x13\n\x0b\x64rop_reason\x18\x15 \x03(\t\x12\x39\n\tdirection\x18\x16 \x03(\x0e\x32&.membrane.observer.v1.TrafficDirection\x12\x11\n\tnode_name\x18\x17 \x03(\t\x12,\n\x04type\x18\x18 \x03(\x0e\x32\x1e.membrane.observer.v1.FlowType\"\x80\x02\n\x0fGetFlowsRequest\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\twhitelist\x18\x05 \x03(\x0b\x32 .membrane.observer.v1.FlowFilter\x12\x33\n\tblacklist\x18\x06 \x03(\x0b\x32 .membrane.observer.v1.FlowFilter\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\x08\"6\n\tFlowBatch\x12)\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x1a.membrane.observer.v1.Flow\"\x1b\n\nLostEvents\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\xf8\x01\n\x10GetFlowsResponse\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12*\n\x04\x66low\x18\x03 \x01(\x0b\x32\x1a.membrane.observer.v1.FlowH\x00\x12\x37\n\x0blost_events\x18\x04 \x01(\x0b\x32 .membrane.observer.v1.LostEventsH\x00\x12\x30\n\x05\x66lows\x18\x05 \x01(\x0b\x32\x1f.membrane.observer.v1.FlowBatchH\x00\x42\x10\n\x0eresponse_types\"\x15\n\x13ServerStatusRequest\"\xa9\x02\n\x14ServerStatusResponse\x12\x11\n\tnum_flows\x18\x01 \x01(\x04\x12\x11\n\tmax_flows\x18\x02 \x01(\x04\x12\x12\n\nseen_flows\x18\x03 \x01(\x04\x12\x13\n\x0blost_events\x18\x04 \x01(\x04\x12\x61\n\x15lost_events_by_reason\x18\x05 \x03(\x0b\x32\x42.membrane.observer.v1.ServerStatusResponse.LostEventsByReasonEntry\x12\x11\n\tuptime_ns\x18\x06 \x01(\x04\x12\x11\n\tnode_name\x18\x07 \x01(\t\x1a\x39\n\x17LostEventsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*N\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x15\n\x11VERDICT_FORWARDED\x10\x01\x12\x13\n\x0fVERDICT_DROPPED\x10\x02*l\n\x08\x46lowType\x12\x19\n\x15\x46LOW_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46LOW_TYPE_DROP\x10\x01\x12\x1c\n\x18\x46LOW_TYPE_POLICY_VERDICT\x10\x02\x12\x13\n\x0f\x46LOW_TYPE_TRACE\x10\x03*r\n\x10TrafficDirection\x12!\n\x1dTRAFFIC_DIRECTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRAFFIC_DIRECTION_INGRESS\x10\x01\x12\x1c\n\x18TRAFFIC_DIRECTION_EGRESS\x10\x02\x32\xce\x01\n\x08Observer\x12[\n\x08GetFlows\x12%.membrane.observer.v1.GetFlowsRequest\x1a&.membrane.observer.v1.GetFlowsResponse0\x01\x12\x65\n\x0cServerStatus\x12).membrane.observer.v1.ServerStatusRequest\x1a*.membrane.observer.v1.ServerStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'membrane/api/observer/v1/observer.proto\x12\x14membrane.observer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x08\x45ndpoint\x12\x10\n\x08identity\x18\x01 \x01(\r\x12\x15\n\ridentity_name\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08pod_name\x18\x04 \x01(\t\x12:\n\x06labels\x18\x05 \x03(\x0b\x32*.membrane.observer.v1.Endpoint.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf4\x04\n\x04\x46low\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12,\n\x04type\x18\x03 \x01(\x0e\x32\x1e.membrane.observer.v1.FlowType\x12\x13\n\x0btrace_event\x18\x04 \x01(\t\x12.\n\x07verdict\x18\x05 \x01(\x0e\x32\x1d.membrane.observer.v1.Verdict\x12\x13\n\x0b\x64rop_reason\x18\x06 \x01(\t\x12\x39\n\tdirection\x18\x07 \x01(\x0e\x32&.membrane.observer.v1.TrafficDirection\x12\x10\n\x08is_reply\x18\x08 \x01(\x08\x12\x12\n\nip_version\x18\t \x01(\r\x12\x11\n\tsource_ip\x18\n \x01(\t\x12\x16\n\x0e\x64\x65stination_ip\x18\x0b \x01(\t\x12\x10\n\x08protocol\x18\x0c \x01(\t\x12\x13\n\x0bsource_port\x18\r \x01(\r\x12\x18\n\x10\x64\x65stination_port\x18\x0e \x01(\r\x12\x11\n\ttcp_flags\x18\x0f \x03(\t\x12.\n\x06source\x18\x10 \x01(\x0b\x32\x1e.membrane.observer.v1.Endpoint\x12\x33\n\x0b\x64\x65stination\x18\x11 \x01(\x0b\x32\x1e.membrane.observer.v1.Endpoint\x12\x10\n\x08policies\x18\x12 \x03(\t\x12\r\n\x05\x63ount\x18\x13 \x01(\r\x12\r\n\x05\x62ytes\x18\x14 \x01(\x04\x12\x0f\n\x07ifindex\x18\x15 \x01(\r\x12\x13\n\x0b\x65ndpoint_id\x18\x16 \x01(\r\x12\x0c\n\x04path\x18\x17 \x01(\t\"\xe2\x04\n\nFlowFilter\x12\x11\n\tnamespace\x18\x01 \x03(\t\x12\x18\n\x10source_namespace\x18\x02 \x03(\t\x12\x1d\n\x15\x64\x65stination_namespace\x18\x03 \x03(\t\x12\x0b\n\x03pod\x18\x04 \x03(\t\x12\x12\n\nsource_pod\x18\x05 \x03(\t\x12\x17\n\x0f\x64\x65stination_pod\x18\x06 \x03(\t\x12\r\n\x05label\x18\x07 \x03(\t\x12\x14\n\x0csource_label\x18\x08 \x03(\t\x12\x19\n\x11\x64\x65stination_label\x18\t \x03(\t\x12\x10\n\x08identity\x18\n \x03(\r\x12\x17\n\x0fsource_identity\x18\x0b \x03(\r\x12\x1c\n\x14\x64\x65stination_identity\x18\x0c \x03(\r\x12\n\n\x02ip\x18\r \x03(\t\x12\x11\n\tsource_ip\x18\x0e \x03(\t\x12\x16\n\x0e\x64\x65stination_ip\x18\x0f \x03(\t\x12\x0c\n\x04port\x18\x10 \x03(\r\x12\x13\n\x0bsource_port\x18\x11 \x03(\r\x12\x18\n\x10\x64\x65stination_port\x18\x12 \x03(\r\x12\x10\n\x08protocol\x18\x13 \x03(\t\x12.\n\x07verdict\x18\x14 \x03(\x0e\x32\x1d.membrane.observer.v1.Verdict\x12\x13\n\x0b\x64rop_reason\x18\x15 \x03(\t\x12\x39\n\tdirection\x18\x16 \x03(\x0e\x32&.membrane.observer.v1.TrafficDirection\x12\x11\n\tnode_name\x18\x17 \x03(\t\x12,\n\x04type\x18\x18 \x03(\x0e\x32\x1e.membrane.observer.v1.FlowType\"\x80\x02\n\x0fGetFlowsRequest\x12\x0e\n\x06number\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\twhitelist\x18\x05 \x03(\x0b\x32 .membrane.observer.v1.FlowFilter\x12\x33\n\tblacklist\x18\x06 \x03(\x0b\x32 .membrane.observer.v1.FlowFilter\x12\r\n\x05\x62\x61tch\x18\x07 \x01(\x08\"6\n\tFlowBatch\x12)\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x1a.membrane.observer.v1.Flow\"\x1b\n\nLostEvents\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\"\xf8\x01\n\x10GetFlowsResponse\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12*\n\x04\x66low\x18\x03 \x01(\x0b\x32\x1a.membrane.observer.v1.FlowH\x00\x12\x37\n\x0blost_events\x18\x04 \x01(\x0b\x32 .membrane.observer.v1.LostEventsH\x00\x12\x30\n\x05\x66lows\x18\x05 \x01(\x0b\x32\x1f.membrane.observer.v1.FlowBatchH\x00\x42\x10\n\x0eresponse_types\"\x15\n\x13ServerStatusRequest\"\xa9\x02\n\x14ServerStatusResponse\x12\x11\n\tnum_flows\x18\x01 \x01(\x04\x12\x11\n\tmax_flows\x18\x02 \x01(\x04\x12\x12\n\nseen_flows\x18\x03 \x01(\x04\x12\x13\n\x0blost_events\x18\x04 \x01(\x04\x12\x61\n\x15lost_events_by_reason\x18\x05 \x03(\x0b\x32\x42.membrane.observer.v1.ServerStatusResponse.LostEventsByReasonEntry\x12\x11\n\tuptime_ns\x18\x06 \x01(\x04\x12\x11\n\tnode_name\x18\x07 \x01(\t\x1a\x39\n\x17LostEventsByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*N\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x15\n\x11VERDICT_FORWARDED\x10\x01\x12\x13\n\x0fVERDICT_DROPPED\x10\x02*l\n\x08\x46lowType\x12\x19\n\x15\x46LOW_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46LOW_TYPE_DROP\x10\x01\x12\x1c\n\x18\x46LOW_TYPE_POLICY_VERDICT\x10\x02\x12\x13\n\x0f\x46LOW_TYPE_TRACE\x10\x03*r\n\x10TrafficDirection\x12!\n\x1dTRAFFIC_DIRECTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRAFFIC_DIRECTION_INGRESS\x10\x01\x12\x1c\n\x18TRAFFIC_DIRECTION_EGRESS\x10\x02\x32\xce\x01\n\x08Observer\x12[\n\x08GetFlows\x12%.membrane.observer.v1.GetFlowsRequest\x1a&.membrane.observer.v1.GetFlowsResponse0\x01\x12\x65\n\x0cServerStatus\x12).membrane.observer.v1.ServerStatusRequest\x1a*.membrane.observer.v1.ServerStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_SERVERSTATUSRESPONSE_LOSTEVENTSBYREASONENTRY']._loaded_options = None
   _globals['_SERVERSTATUSRESPONSE_LOSTEVENTSBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_VERDICT']._serialized_start=2444
-  _globals['_VERDICT']._serialized_end=2522
-  _globals['_FLOWTYPE']._serialized_start=2524
-  _globals['_FLOWTYPE']._serialized_end=2632
-  _globals['_TRAFFICDIRECTION']._serialized_start=2634
-  _globals['_TRAFFICDIRECTION']._serialized_end=2748
+  _globals['_VERDICT']._serialized_start=2458
+  _globals['_VERDICT']._serialized_end=2536
+  _globals['_FLOWTYPE']._serialized_start=2538
+  _globals['_FLOWTYPE']._serialized_end=2646
+  _globals['_TRAFFICDIRECTION']._serialized_start=2648
+  _globals['_TRAFFICDIRECTION']._serialized_end=2762
   _globals['_ENDPOINT']._serialized_start=99
   _globals['_ENDPOINT']._serialized_end=294
   _globals['_ENDPOINT_LABELSENTRY']._serialized_start=249
   _globals['_ENDPOINT_LABELSENTRY']._serialized_end=294
   _globals['_FLOW']._serialized_start=297
-  _globals['_FLOW']._serialized_end=911
-  _globals['_FLOWFILTER']._serialized_start=914
-  _globals['_FLOWFILTER']._serialized_end=1524
-  _globals['_GETFLOWSREQUEST']._serialized_start=1527
-  _globals['_GETFLOWSREQUEST']._serialized_end=1783
-  _globals['_FLOWBATCH']._serialized_start=1785
-  _globals['_FLOWBATCH']._serialized_end=1839
-  _globals['_LOSTEVENTS']._serialized_start=1841
-  _globals['_LOSTEVENTS']._serialized_end=1868
-  _globals['_GETFLOWSRESPONSE']._serialized_start=1871
-  _globals['_GETFLOWSRESPONSE']._serialized_end=2119
-  _globals['_SERVERSTATUSREQUEST']._serialized_start=2121
-  _globals['_SERVERSTATUSREQUEST']._serialized_end=2142
-  _globals['_SERVERSTATUSRESPONSE']._serialized_start=2145
-  _globals['_SERVERSTATUSRESPONSE']._serialized_end=2442
-  _globals['_SERVERSTATUSRESPONSE_LOSTEVENTSBYREASONENTRY']._serialized_start=2385
-  _globals['_SERVERSTATUSRESPONSE_LOSTEVENTSBYREASONENTRY']._serialized_end=2442
-  _globals['_OBSERVER']._serialized_start=2751
-  _globals['_OBSERVER']._serialized_end=2957
+  _globals['_FLOW']._serialized_end=925
+  _globals['_FLOWFILTER']._serialized_start=928
+  _globals['_FLOWFILTER']._serialized_end=1538
+  _globals['_GETFLOWSREQUEST']._serialized_start=1541
+  _globals['_GETFLOWSREQUEST']._serialized_end=1797
+  _globals['_FLOWBATCH']._serialized_start=1799
+  _globals['_FLOWBATCH']._serialized_end=1853
+  _globals['_LOSTEVENTS']._serialized_start=1855
+  _globals['_LOSTEVENTS']._serialized_end=1882
+  _globals['_GETFLOWSRESPONSE']._serialized_start=1885
+  _globals['_GETFLOWSRESPONSE']._serialized_end=2133
+  _globals['_SERVERSTATUSREQUEST']._serialized_start=2135
+  _globals['_SERVERSTATUSREQUEST']._serialized_end=2156
+  _globals['_SERVERSTATUSRESPONSE']._serialized_start=2159
+  _globals['_SERVERSTATUSRESPONSE']._serialized_end=2456
+  _globals['_SERVERSTATUSRESPONSE_LOSTEVENTSBYREASONENTRY']._serialized_start=2399
+  _globals['_SERVERSTATUSRESPONSE_LOSTEVENTSBYREASONENTRY']._serialized_end=2456
+  _globals['_OBSERVER']._serialized_start=2765
+  _globals['_OBSERVER']._serialized_end=2971
 # @@protoc_insertion_point(module_scope)
