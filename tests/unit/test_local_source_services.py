@@ -12,7 +12,14 @@ import pytest
 from membrane.agent.api_serving import RequestError
 from membrane.agent.local_source import LocalSource
 from membrane.agent.object_store import ObjectStore
-from membrane.api.state_objects import EndpointSliceState, Kind, ServiceState, StateObject
+from membrane.api.state_objects import (
+    EndpointSliceState,
+    Kind,
+    ServicePortState,
+    ServiceState,
+    SliceEndpointState,
+    StateObject,
+)
 from membrane.operator.endpointslice_deriving import derive_endpoint_slices
 from membrane.operator.state_building import StateBuilder
 from membrane.services import service_table
@@ -164,3 +171,40 @@ def test_apply_refuses_naming_field_and_reason_and_keeps_nothing(tmp_path: Path,
     assert any(d.startswith(expected) for d in caught.value.details or []), caught.value.details
     assert store.list("Service") == [] and store.list("Pod") == []
     assert records(source) == ([], [])
+
+
+def test_every_service_field_survives_the_store(tmp_path: Path) -> None:
+    """The store keeps models and hands the local source their dump: every field a record
+    reads must come back under its API name (clusterIPs, externalIPs, clientIP, ...)."""
+    svc = service(selector={"app": "web"}, type="LoadBalancer", clusterIPs=["10.96.0.10"],
+                  externalIPs=["192.0.2.7"], sessionAffinity="ClientIP",
+                  sessionAffinityConfig={"clientIP": {"timeoutSeconds": 600}}, externalTrafficPolicy="Local",
+                  internalTrafficPolicy="Local", healthCheckNodePort=32000,
+                  ports=[{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080, "protocol": "UDP"}])
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}
+    store, source = setup(tmp_path)
+    store.apply([svc])
+    (record,) = records(source)[0]
+    builder = StateBuilder()
+    builder.set_service("shop/web", svc)
+    assert record == builder.state[(Kind.SERVICE, "shop/web")]
+    assert record == ServiceState("shop", "web", "LoadBalancer", ("10.96.0.10",),
+                                  (ServicePortState("http", "UDP", 80, "http", 30080),), ("192.0.2.7",),
+                                  ("203.0.113.5",), 600, True, True, 32000)
+
+
+def test_every_slice_field_survives_the_store(tmp_path: Path) -> None:
+    eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "ext-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "ext"}},
+           "addressType": "IPv6", "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}],
+           "endpoints": [{"addresses": ["fd00::7"], "conditions": {"ready": False, "serving": True, "terminating": True},
+                          "nodeName": "node-b", "zone": "z1", "hints": {"forZones": [{"name": "z1"}]},
+                          "targetRef": {"kind": "Pod", "namespace": "shop", "name": "dns-0"}}]}
+    store, source = setup(tmp_path)
+    store.apply([eps])
+    (record,) = records(source)[1]
+    builder = StateBuilder()
+    builder.set_endpoint_slice("shop/ext-1", eps)
+    assert record == builder.state[(Kind.ENDPOINTSLICE, "shop/ext-1")]
+    assert (record.address_type, record.ports[0].port, record.endpoints[0]) == (
+        "IPv6", 5353, SliceEndpointState(("fd00::7",), False, True, True, "node-b", "z1", ("z1",), "shop/dns-0"))
