@@ -45,7 +45,7 @@ from .lb_syncing import LB_KINDS, LbManager, LbQueries
 from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
 from .metrics import AgentMetrics, DatapathCollector, ServiceCollector
-from .netlinking import Netlink, write_sysctl
+from .netlinking import Netlink, in_netns, write_sysctl
 from .object_store import ObjectKey, ObjectStore
 from .observing import FlowMetricsCollector, FlowObserver
 from .observing.grpc_serving import ObserverServer
@@ -53,6 +53,7 @@ from .persisting import make_private
 from .pod_records import pod_record
 from .policy_records import POLICY_KINDS, PolicyRecords
 from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
+from .service_flows import ServiceFlows, netns_cookie
 from .start_refusal import StartRefused
 from .state_consuming import Resyncing, StateConsumer
 from .state_driving import StateDriver
@@ -118,6 +119,9 @@ class Agent:
             self.cluster.run = self.driver.call
             self.consumer.on_synced.append(self.ready.set)
         self.observer = FlowObserver(config.node_name, PolicyDirectory(self.policy), capacity=config.flow_ring_size)
+        # Flows name the Service a socket hook translated them for (its translation event).
+        self.service_flows = ServiceFlows(self.lb_queries, self._netns_clients)
+        self.observer.enricher.services = self.service_flows.describe
         self.metrics.registry.register(FlowMetricsCollector(self.observer))
         self.observer_server: ObserverServer | None = None
         self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set,
@@ -343,6 +347,16 @@ class Agent:
         self.identities.gc()
 
     # --- glue ----------------------------------------------------------------------
+    def _netns_clients(self) -> dict[int, str]:
+        """netns cookie -> address of each local endpoint (read in its namespace; flows only)."""
+        found = {}
+        for ep in self.endpoints.list():
+            try:
+                found[in_netns(ep.netns, netns_cookie)] = str(ep.ip)
+            except OSError:
+                continue  # gone meanwhile
+        return found
+
     def _endpoint_states(self) -> dict[str, int]:
         return dict(self.endpoints.summary()["states"])
 

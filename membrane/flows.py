@@ -107,6 +107,8 @@ class Flow(BaseModel):
     # pod to pod), "stack" (through the node's stack, where kube-proxy or a hostPort may translate
     # it), "tunnel" (straight to another node); empty when the event does not say.
     path: str = ""
+    service: str = ""  # namespace/name of the Service the connection went through ("" unknown / none)
+    translation: str = ""  # "service address:port -> backend address:port"
 
 
 def tcp_flag_names(bits: int) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ the `Endpoint` records it builds per (ip, identity) and drops the cache whenever
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -143,6 +143,9 @@ class Enricher:
         self._endpoints: dict[tuple[str, int], Endpoint] = {}
         self._rules: dict[int, tuple[str, ...]] = {}
         self._generation: object = None
+        # The Service of an event (its translation event, or a flow of a connection a socket hook
+        # translated): (service, translation) or None. Set by the agent when it balances Services.
+        self.services: Callable[[RawEvent], tuple[str, str] | None] = lambda ev: None
 
     def invalidate(self) -> None:
         """Forget cached endpoints and rule names (pods, identities or policies changed)."""
@@ -197,6 +200,7 @@ class Enricher:
         self._check_generation()
         ftype, trace_event = _FLOW_TYPES.get(ev.type, (FlowType.TRACE, f"unknown-{ev.type}"))
         dropped = ev.verdict == VERDICT_DROPPED
+        service = self.services(ev)
         # Trusted, already-typed values: model_construct skips validation (the hot path).
         return Flow.model_construct(
             time=self.clock.to_datetime(ev.ts_ns),
@@ -222,4 +226,6 @@ class Enricher:
             ifindex=ev.ifindex,
             endpoint_id=ev.endpoint_id,
             path=_PATHS.get(ev.path, ""),
+            service=service[0] if service else "",
+            translation=service[1] if service else "",
         )

@@ -62,6 +62,7 @@ def flow_to_pb(flow: Flow) -> pb.Flow:
         destination_ip=flow.destination_ip, protocol=flow.protocol, source_port=flow.source_port,
         destination_port=flow.destination_port, tcp_flags=flow.tcp_flags, policies=flow.policies,
         count=flow.count, bytes=flow.bytes, ifindex=flow.ifindex, endpoint_id=flow.endpoint_id, path=flow.path,
+        service=flow.service, translation=flow.translation,
     )
     msg.time.CopyFrom(timestamp(flow.time))
     endpoint_to_pb(flow.source, msg.source)
@@ -79,7 +80,7 @@ def flow_from_pb(msg: pb.Flow) -> Flow:
         destination_port=msg.destination_port, tcp_flags=tuple(msg.tcp_flags),
         source=endpoint_from_pb(msg.source), destination=endpoint_from_pb(msg.destination),
         policies=tuple(msg.policies), count=msg.count, bytes=msg.bytes, ifindex=msg.ifindex,
-        endpoint_id=msg.endpoint_id, path=msg.path,
+        endpoint_id=msg.endpoint_id, path=msg.path, service=msg.service, translation=msg.translation,
     )
 
 

@@ -157,6 +157,8 @@ def format_compact(flow: Flow) -> str:
         parts.append(f"({flow.drop_reason})")
     if flow.policies:
         parts.append("by " + ", ".join(flow.policies))
+    if flow.service:
+        parts.append(f"service {flow.service} ({flow.translation})" if flow.translation else f"service {flow.service}")
     if flow.count > 1:
         parts.append(f"x{flow.count}")
     return " ".join(parts)

@@ -58,7 +58,7 @@ class Endpoint(_message.Message):
     def __init__(self, identity: _Optional[int] = ..., identity_name: _Optional[str] = ..., namespace: _Optional[str] = ..., pod_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Flow(_message.Message):
-    __slots__ = ("time", "node_name", "type", "trace_event", "verdict", "drop_reason", "direction", "is_reply", "ip_version", "source_ip", "destination_ip", "protocol", "source_port", "destination_port", "tcp_flags", "source", "destination", "policies", "count", "bytes", "ifindex", "endpoint_id", "path")
+    __slots__ = ("time", "node_name", "type", "trace_event", "verdict", "drop_reason", "direction", "is_reply", "ip_version", "source_ip", "destination_ip", "protocol", "source_port", "destination_port", "tcp_flags", "source", "destination", "policies", "count", "bytes", "ifindex", "endpoint_id", "path", "service", "translation")
     TIME_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,8 @@ class Flow(_message.Message):
     IFINDEX_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    TRANSLATION_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     node_name: str
     type: FlowType
@@ -105,7 +107,9 @@ class Flow(_message.Message):
     ifindex: int
     endpoint_id: int
     path: str
-    def __init__(self, time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., node_name: _Optional[str] = ..., type: _Optional[_Union[FlowType, str]] = ..., trace_event: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., drop_reason: _Optional[str] = ..., direction: _Optional[_Union[TrafficDirection, str]] = ..., is_reply: bool = ..., ip_version: _Optional[int] = ..., source_ip: _Optional[str] = ..., destination_ip: _Optional[str] = ..., protocol: _Optional[str] = ..., source_port: _Optional[int] = ..., destination_port: _Optional[int] = ..., tcp_flags: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., bytes: _Optional[int] = ..., ifindex: _Optional[int] = ..., endpoint_id: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
+    service: str
+    translation: str
+    def __init__(self, time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., node_name: _Optional[str] = ..., type: _Optional[_Union[FlowType, str]] = ..., trace_event: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., drop_reason: _Optional[str] = ..., direction: _Optional[_Union[TrafficDirection, str]] = ..., is_reply: bool = ..., ip_version: _Optional[int] = ..., source_ip: _Optional[str] = ..., destination_ip: _Optional[str] = ..., protocol: _Optional[str] = ..., source_port: _Optional[int] = ..., destination_port: _Optional[int] = ..., tcp_flags: _Optional[_Iterable[str]] = ..., source: _Optional[_Union[Endpoint, _Mapping]] = ..., destination: _Optional[_Union[Endpoint, _Mapping]] = ..., policies: _Optional[_Iterable[str]] = ..., count: _Optional[int] = ..., bytes: _Optional[int] = ..., ifindex: _Optional[int] = ..., endpoint_id: _Optional[int] = ..., path: _Optional[str] = ..., service: _Optional[str] = ..., translation: _Optional[str] = ...) -> None: ...
 
 class FlowFilter(_message.Message):
     __slots__ = ("namespace", "source_namespace", "destination_namespace", "pod", "source_pod", "destination_pod", "label", "source_label", "destination_label", "identity", "source_identity", "destination_identity", "ip", "source_ip", "destination_ip", "port", "source_port", "destination_port", "protocol", "verdict", "drop_reason", "direction", "node_name", "type")
