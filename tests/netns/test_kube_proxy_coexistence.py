@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from membrane_testkit.lab import kube_proxy, netns
+from membrane_testkit.lab import kube_proxy, netns, probes
 from membrane_testkit.lab.kube_proxy import ServicePort
 from membrane_testkit.lab.node import LabNode, Pod, tool
 from membrane_testkit.lab.probes import NODE_UPLINK, counters, forward_datagrams
@@ -338,3 +338,13 @@ def test_the_node_itself_reaches_pods_of_another_node(two_nodes: dict[str, Any])
     t = two_nodes
     assert ask(t["n1"].netns, "tcp", t["b2"].ip, 8080) == f"ok {t['b2'].ip}"
     assert ask(t["n1"].netns, "udp", t["b2"].ip, 5353) == f"echo {t['b2'].ip}"
+
+
+def test_nodeport_from_outside_to_a_backend_on_another_node(two_nodes: dict[str, Any]) -> None:
+    """kube-proxy masquerades NodePort traffic to the node's address: it leaves through to_overlay
+    with REMOTE_NODE as VNI, the backend's reply comes back through the tunnel and the stack."""
+    t = two_nodes
+    with probes.world(t["n1"]) as world:
+        assert ask(world, "tcp", NODE_UPLINK, 30080) == f"ok {t['b2'].ip}"
+    entries = [e for e in t["n1"].api("bpf.ct") if e["dst"] == f"{t['b2'].ip}:8080"]
+    assert any(e["src"].startswith(t["ip1"] + ":") and "VIA_STACK" in e["flags"] for e in entries), entries
