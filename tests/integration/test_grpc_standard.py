@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from membrane.agent.observing import FlowObserver, ObserverServer, StaticDirectory
 from membrane.grpc_standard import HEALTH_SERVICE, REFLECTION_SERVICE, StandardServices
 from membrane.operator.config import OperatorConfig
-from membrane.operator.crds import MEMBRANE_IDENTITY_CRD
+from membrane.operator.crds import CRDS
 from membrane.operator.running import Operator
 from membrane.operator.state_serving import SERVICE as STATE_SERVICE
 from membrane_testkit.kubeapi import KubeApiServer
@@ -51,12 +51,13 @@ def test_operator_state_stream_has_health_and_reflection() -> None:
         try:
             with grpc.insecure_channel(f"127.0.0.1:{operator.grpc_port}") as channel:
                 assert check(channel, "") == SERVING
-                # No MembraneIdentity CRD yet: no full state, so the stream is not serving.
+                # No membrane CRDs yet: their watches cannot list, no full state, so the stream is
+                # not serving.
                 time.sleep(0.5)  # observation window: several resync passes, still not serving
                 assert check(channel, STATE_SERVICE) == NOT_SERVING
                 with api.api_client() as apis:
-                    apis.call_api("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "POST",
-                                  body=MEMBRANE_IDENTITY_CRD)
+                    for crd in CRDS:  # every kind the operator watches (identities, packet filters, ...)
+                        apis.call_api("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "POST", body=crd)
                 assert wait_for(lambda: check(channel, STATE_SERVICE) == SERVING, timeout=30)
                 with pytest.raises(grpc.RpcError) as err:
                     check(channel, "no.such.Service")
