@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
-                                                      "object_store", "service_objects"),
+                                                      "object_store", "service_objects", "services"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
                     help="python of an installation with the JSON state files: compare the SQLite store with it")
@@ -243,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
 
         log("services' pure core (Maglev disruption, 10,000-service table, standalone EndpointSlice derivation)")
         print(service_objects_bench.write(service_objects_bench.run(), args.out))
+    if args.only in ("all", "services"):
+        from . import services_bench  # socket-level ClusterIP vs kube-proxy's iptables layout
+
+        log("services (ClusterIP at the socket vs kube-proxy iptables: 1/1,000/10,000 services, throughput, "
+            "apply-to-enforced, memory)")
+        print(services_bench.write(services_bench.run(), args.out))
     if args.only in ("all", "cni_startup"):
         from . import cni_startup  # Go plugin vs the Python plugin it replaced: bench-results/cni_startup.*
 
