@@ -25,7 +25,7 @@ from typing import Any
 
 from membrane.k8s_models import FieldError, ObjectValidationError
 from membrane.prefilter_converting import RuleConversionError, spec_rules
-from membrane.prefilter_objects import API_VERSION, CHECKERS, NAME_PATTERN, PACKET_FILTER, PrefilterObject
+from membrane.prefilter_objects import API_VERSION, CHECKERS, NAME_PATTERN, PACKET_FILTER, PrefilterObject, cidr_parts
 
 _LABEL = re.compile(NAME_PATTERN)
 
@@ -52,12 +52,13 @@ def object_errors(data: Mapping[str, Any], strict: bool = True) -> list[FieldErr
 
 
 def _host_bits(text: str, path: str) -> FieldError | None:
-    network = ipaddress.IPv4Network(text, strict=False)
-    if str(network.network_address) == text.partition("/")[0]:
+    address, length = cidr_parts(text)
+    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+    if not address & ~mask:
         return None
-    address = text.partition("/")[0]
-    return FieldError(path, f"Invalid value: {text!r}: host bits set (the prefix is {network}: write that, "
-                            f"or {address}/32 for the one address)")
+    prefix = ipaddress.IPv4Network((address & mask, length))
+    return FieldError(path, f"Invalid value: {text!r}: host bits set (the prefix is {prefix}: write that, "
+                            f"or {text.partition('/')[0]}/32 for the one address)")
 
 
 def _beyond_schema(kind: str, name: str, spec: Mapping[str, Any]) -> list[FieldError]:

@@ -27,7 +27,7 @@ from ipaddress import IPv4Network
 from typing import Any
 
 from membrane.api.state_objects import CIDRDenyListState, PacketFilterState
-from membrane.prefilter_objects import OFFSET_BASES, PROTOCOL_NAMES, TCP_FLAGS
+from membrane.prefilter_objects import OFFSET_BASES, PROTOCOL_NAMES, TCP_FLAGS, cidr_parts
 from membrane.prefilter_rules import (
     SANITY,
     SANITY_PREFIX,
@@ -179,7 +179,7 @@ def desired_rules(filters: Iterable[PacketFilterState]) -> list[Rule]:
 
 
 def deny_list(record: CIDRDenyListState) -> DenyList:
-    return DenyList(record.name, frozenset(IPv4Network(c) for c in record.cidrs))
+    return DenyList(record.name, frozenset(IPv4Network(cidr_parts(c)) for c in record.cidrs))
 
 
 def deny_lists(records: Iterable[CIDRDenyListState]) -> list[DenyList]:

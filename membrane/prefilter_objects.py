@@ -28,7 +28,6 @@ stream carries: the spec as the API server stores it (unknown fields pruned), a 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -363,9 +362,18 @@ class PrefilterObject(_Model):
 
 
 # --- what the stream carries ----------------------------------------------------------------------
+def cidr_parts(text: str) -> tuple[int, int]:
+    """A checked CIDR (CIDR_PATTERN) as (address, prefix length); a bare address is a /32.
+    Integer arithmetic: ipaddress takes ~10x longer, which a 20,000-prefix list feels."""
+    address, _, length = text.partition("/")
+    a, b, c, d = address.split(".")
+    return (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), int(length or 32)
+
+
 def network(text: str) -> str:
-    """A checked CIDR in network form (a bare address as /32)."""
-    return str(ipaddress.IPv4Network(text))
+    """A checked CIDR in the stream's form: a bare address as /32 (the pattern admits no other
+    spelling of the same prefix: no leading zeros, no spaces)."""
+    return text if "/" in text else f"{text}/32"
 
 
 def canonical_spec(kind: str, spec: Mapping[str, Any]) -> dict[str, Any]:

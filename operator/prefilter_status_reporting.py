@@ -31,8 +31,10 @@ WATCHED = ((res.PACKET_FILTERS, Kind.PACKET_FILTER), (res.CIDR_DENY_LISTS, Kind.
 
 
 class PrefilterVerdicts:
-    """Each object version's problems (membrane/prefilter_checking.py, lenient: the API server
-    pruned unknown fields), checked once per resourceVersion; an invalid one is logged once."""
+    """Each object's problems (membrane/prefilter_checking.py, lenient: the API server pruned
+    unknown fields), checked once per generation (the status subresource's writes change the
+    resourceVersion, never the spec or the generation: a 20,000-prefix list is not checked again
+    for each); an invalid one is logged once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -40,8 +42,9 @@ class PrefilterVerdicts:
 
     def __call__(self, obj: JSON) -> list[FieldError]:
         meta = obj.get("metadata") or {}
+        generation = meta.get("generation")
         key = (str(obj.get("kind", "")), str(meta.get("uid") or meta.get("name", "")),
-               str(meta.get("resourceVersion") or ""))
+               f"g{generation}" if generation else f"rv{meta.get('resourceVersion') or ''}")
         with self._lock:
             found = self._seen.get(key)
         if found is None:

@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
-                                                      "object_store", "service_objects", "services"),
+                                                      "object_store", "service_objects", "services",
+                                                      "prefilter_propagation"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
                     help="python of an installation with the JSON state files: compare the SQLite store with it")
@@ -249,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         log("services (ClusterIP at the socket vs kube-proxy iptables: 1/1,000/10,000 services, throughput, "
             "apply-to-enforced, memory)")
         print(services_bench.write(services_bench.run(), args.out))
+    if args.only in ("all", "prefilter_propagation"):
+        from . import prefilter_propagation  # PacketFilter/CIDRDenyList apply-to-enforced at 100 nodes
+
+        log("prefilter apply-to-enforced on every node (100 simulated nodes)")
+        print(prefilter_propagation.write(prefilter_propagation.run(prefilter_propagation.parser().parse_args(
+            ["--out", str(args.out)])), args.out))
     if args.only in ("all", "cni_startup"):
         from . import cni_startup  # Go plugin vs the Python plugin it replaced: bench-results/cni_startup.*
 

@@ -13,6 +13,10 @@ decoded with protobuf. It reports on stdout, one JSON object per line:
   bytes received for it summed over subscriptions, and the changed keys (`U:kind:key` or
   `D:kind:key`);
 - `{"event": "stats", ...}` when asked (a line `stats` on stdin): process CPU and RSS.
+
+An update that carries PacketFilter or CIDRDenyList records is turned into the datapath's rules
+and deny-list prefixes before it is acked (membrane/prefilter_converting.py and the rule
+encoder: the pure part of what an agent's prefilter manager does; the map writes are left out).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ import grpc
 from grpc import aio
 
 from membrane.api.state.v1 import state_pb2 as pb
+from membrane.api.state_codec import change_from_pb
+from membrane.api.state_objects import CIDRDenyListState, PacketFilterState
+from membrane.prefilter_converting import deny_list, desired_rules
+from membrane.prefilter_rules import encode_rule
+
+_PREFILTER_KINDS = ("packet_filter", "cidr_deny_list")
 
 SUBSCRIBE = "/membrane.state.v1.StateService/Subscribe"
 ACK = "/membrane.state.v1.StateService/Ack"
@@ -69,6 +79,8 @@ class Subscribers:
         self.reconnects = 0
         self.errors: list[str] = []
         self.synced_reported = False
+        self.prefilter: dict[str, dict[tuple[str, str], PacketFilterState | CIDRDenyListState]] = {}
+        self.prefilter_s = 0.0  # CPU spent turning prefilter records into the datapath's rules
 
     def emit(self, **fields: object) -> None:
         sys.stdout.write(json.dumps(fields) + "\n")
@@ -122,6 +134,9 @@ class Subscribers:
             if message.type == pb.StateUpdate.TYPE_SNAPSHOT and message.more:
                 continue
             size, pending_bytes = pending_bytes, 0
+            started = time.process_time()
+            self._prefilter(name, message)
+            self.prefilter_s += time.process_time() - started
             if on_stream:
                 await call.write(pb.SubscribeRequest(acked_version=message.version))
             else:
@@ -138,6 +153,31 @@ class Subscribers:
                               snapshot_bytes=self.snapshot_bytes, at=done)
                 continue
             self._delta_acked(message, received, done, size)
+
+    def _prefilter(self, name: str, message: pb.StateUpdate) -> None:
+        """What the agent computes before it can ack a prefilter change: every rule in force
+        encoded, each changed deny list's prefixes converted (unchanged ones are not touched)."""
+        held = self.prefilter.setdefault(name, {})
+        if message.type == pb.StateUpdate.TYPE_SNAPSHOT:
+            held.clear()
+        touched = False
+        for change in message.changes:
+            which = change.WhichOneof("object")
+            if which not in _PREFILTER_KINDS:
+                continue
+            touched = True
+            decoded = change_from_pb(change)
+            if isinstance(decoded.obj, CIDRDenyListState):
+                held[(which, decoded.key[1])] = decoded.obj
+                deny_list(decoded.obj)
+            elif isinstance(decoded.obj, PacketFilterState):
+                held[(which, decoded.key[1])] = decoded.obj
+            else:
+                held.pop((which, decoded.key[1]), None)
+        if touched:
+            rules = desired_rules(o for o in held.values() if isinstance(o, PacketFilterState))
+            for ref, rule in enumerate(rules, start=1):
+                encode_rule(rule, ref)
 
     def _delta_acked(self, message: pb.StateUpdate, received: float, done: float,
                      size: int) -> None:
@@ -171,7 +211,7 @@ class Subscribers:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 self.emit(event="stats", cpu_s=usage.ru_utime + usage.ru_stime,
                           maxrss_kib=usage.ru_maxrss, reconnects=self.reconnects,
-                          errors=self.errors[:5], pending=len(self.versions))
+                          errors=self.errors[:5], pending=len(self.versions), prefilter_s=self.prefilter_s)
 
     async def main(self) -> None:
         tasks = [asyncio.create_task(self.run_one(name)) for name in self.names]

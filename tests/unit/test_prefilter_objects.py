@@ -276,3 +276,17 @@ def test_the_local_store_and_the_watch_give_the_same_records(tmp_path: Path) -> 
     store.delete([deny_list()])
     delta = source.commit()
     assert delta is not None and [(c.key, c.obj) for c in delta.changes] == [((Kind.CIDR_DENY_LIST, "bad"), None)]
+
+
+def test_the_readme_examples_are_accepted() -> None:
+    import textwrap
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("### Packet filters and CIDR deny lists", 1)[1]
+    block = next(part for part in section.split("\n\n") if part.startswith("    apiVersion:"))
+    documents = list(yaml.safe_load_all(textwrap.dedent(block)))
+    assert [d["kind"] for d in documents] == ["PacketFilter", "CIDRDenyList"]
+    for document in documents:
+        assert object_errors(document) == [], document
