@@ -58,6 +58,15 @@ class AgentConfig(BaseModel):
     # Services: True, membrane is the cluster's Service load balancer (no kube-proxy); False (the
     # default), kube-proxy translates Services and membrane keeps its translated flows working.
     kube_proxy_replacement: bool = False
+    # The node's devices (names in its network namespace): the XDP prefilter attaches to them (and
+    # Services' NodePort will serve on them). Empty: no prefilter attached.
+    devices: tuple[str, ...] = ()
+    # XDP on --devices: auto (native where the driver has it, else generic), native or generic.
+    xdp_mode: Literal["auto", "native", "generic"] = "auto"
+    # A plain deny list for this node (one IPv4 prefix per line, '#' comments): sources dropped by
+    # the prefilter, next to the cluster's CIDRDenyLists. Re-read at every resync when it changed.
+    prefilter_cidrs: Path | None = None
+    prefilter_cidr_map_entries: int = Field(default=131072, ge=64, le=1 << 24)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     # A kernel header tree for bcc (BCC_KERNEL_SOURCE), e.g. the image's, laid out by
@@ -95,6 +104,22 @@ class AgentConfig(BaseModel):
     def _node_name(cls, value: str) -> str:
         if not value or len(value) > 253:
             raise ValueError("node name must be 1..253 characters")
+        return value
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: object) -> object:
+        # A flag or environment variable gives "eth0,eth1"; a config file may give a list.
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            for name in value:
+                if not (isinstance(name, str) and 0 < len(name) <= 15 and "/" not in name
+                        and not any(c.isspace() for c in name)):
+                    raise ValueError(f"devices: {name!r} is not a network device name (1-15 characters, "
+                                     "no '/' or spaces)")
+            if len(set(value)) != len(value):
+                raise ValueError("devices: a device is named twice")
         return value
 
     @field_validator("kernel_headers")
@@ -146,7 +171,7 @@ class AgentConfig(BaseModel):
     def map_sizes(self) -> dict[str, int]:
         """Max entries of the resizable datapath maps, by role."""
         return {"policy": self.policy_map_entries, "ipcache": self.ipcache_map_entries,
-                "cidr": self.cidr_map_entries}
+                "cidr": self.cidr_map_entries, "prefilter_cidr": self.prefilter_cidr_map_entries}
 
     @property
     def tls_path(self) -> Path:
@@ -173,7 +198,8 @@ _FLAGS = {
     "tls_dir": "--tls-dir", "tls_server_name": "--tls-server-name", "tls_ca_configmap": "--tls-ca-configmap",
     "api_server": "--api-server", "kubeconfig": "--kubeconfig", "api_token_file": "--api-token-file",
     "tunnel": "--tunnel", "tunnel_device": "--tunnel-device", "tunnel_port": "--tunnel-port", "node_ip": "--node-ip",
-    "cgroup_root": "--cgroup-root",
+    "cgroup_root": "--cgroup-root", "devices": "--devices", "xdp_mode": "--xdp-mode",
+    "prefilter_cidrs": "--prefilter-cidrs", "prefilter_cidr_map_entries": "--prefilter-cidr-map-entries",
 }
 
 
@@ -211,6 +237,12 @@ HELP: dict[str, str] = {
     "node_ip": "underlay address of this node (default: the source address of the default route)",
     "cgroup_root": "cgroup v2 directory the Service socket hooks attach to (ClusterIP load balancing "
                    "for every process below it; in a cluster the node's cgroup v2 root)",
+    "devices": "the node's network devices, comma-separated: the XDP prefilter attaches to each (names in "
+               "the agent's network namespace)",
+    "xdp_mode": "XDP on --devices: auto (native where the driver supports it, else generic), native or generic",
+    "prefilter_cidrs": "a file of IPv4 prefixes (one per line, # comments) whose sources the XDP prefilter "
+                       "drops on this node, next to the cluster's CIDRDenyLists; re-read at each resync",
+    "prefilter_cidr_map_entries": "capacity of the prefilter's CIDR deny map (a change applies at the next start)",
     "log_level": "debug, info, warning or error",
     "log_format": "json or text",
     "kernel_headers": "kernel header tree for bcc (default: /lib/modules/$(uname -r)/build)",

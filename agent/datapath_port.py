@@ -7,19 +7,21 @@ metrics exporter and membranectl use, so none of them needs to know about ctypes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from membrane.delta import Delta
+from membrane.prefilter_rules import EncodedRule
 
 from .datapath import Datapath, EndpointEntry
 from .datapath.cgroup_attaching import SOCK_HOOKS, attach_sock_hooks
 from .datapath.ipcache import IpcacheEntry
 from .datapath.layout import LbBackendFlag, LbFlag
 from .datapath.node_config import NodeConfig
+from .datapath.prefilter import ActiveSet, RuleCounters
 
 PROGRAMS = ("from_container", "to_container")
 _PROTO = {6: "TCP", 17: "UDP"}
@@ -110,6 +112,28 @@ class DatapathPort:
     def delete_map(self, role: str, keys: Sequence[Any]) -> int:
         with self._counted(role, "delete"):
             return self.dp.delete_map(role, keys)
+
+    # XDP prefilter (agent/prefilter_syncing.py writes through these).
+    def prefilter_active(self) -> ActiveSet:
+        return self.dp.prefilter_active()
+
+    def set_prefilter_active(self, active: ActiveSet) -> None:
+        with self._counted("prefilter_config", "update"):
+            self.dp.set_prefilter_active(active)
+
+    def write_prefilter_rules(self, bank: int, rules: Sequence[EncodedRule]) -> None:
+        with self._counted("prefilter_rules", "update"):
+            self.dp.write_prefilter_rules(bank, rules)
+
+    def prefilter_rules(self, bank: int, count: int) -> list[EncodedRule]:
+        return self.dp.prefilter_rules(bank, count)
+
+    def prefilter_counters(self, refs: Iterable[int]) -> dict[int, RuleCounters]:
+        return self.dp.prefilter_counters(refs)
+
+    def reset_prefilter_counters(self, refs: Iterable[int]) -> None:
+        with self._counted("prefilter_counters", "update"):
+            self.dp.reset_prefilter_counters(refs)
 
     def counters(self) -> list[tuple[str, str, int, int]]:
         return [(s.reason.lower(), s.direction.lower(), s.packets, s.bytes) for s in self.dp.metrics()]

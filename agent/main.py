@@ -25,6 +25,7 @@ from membrane.flows import observer_socket_for
 from membrane.http_serving import HttpServer
 from membrane.identities import CLUSTER_IDENTITY_MIN, LabelSet, identity_labels
 from membrane.k8s_models import Node, ObjectRef, Pod
+from membrane.prefilter_rules import PrefilterRuleError, parse_cidr_file
 
 from . import cni_conf_writing, overlay, policy_api
 from .api_serving import ApiServer, RequestError
@@ -34,6 +35,7 @@ from .cluster_syncing import ClusterSyncer, saved_pod_cidr
 from .cni_handling import CniHandler
 from .config import AgentConfig, load_config
 from .datapath.cgroup_attaching import CgroupAttachError
+from .datapath.syscalls import prog_name
 from .datapath.witness import Witness
 from .datapath_port import DatapathPort
 from .endpoints import Endpoint, EndpointManager
@@ -53,11 +55,13 @@ from .persisting import make_private
 from .pod_records import pod_record
 from .policy_records import POLICY_KINDS, PolicyRecords
 from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
+from .prefilter_syncing import PREFILTER_KINDS, PrefilterManager
 from .service_flows import ServiceFlows, netns_cookie
 from .start_refusal import StartRefused
 from .state_consuming import Resyncing, StateConsumer
 from .state_driving import StateDriver
 from .state_storing import open_state
+from .xdp_attaching import XdpAttacher, XdpAttachError
 
 log = logging.getLogger("membrane.agent")
 
@@ -106,6 +110,13 @@ class Agent:
         for kind in LB_KINDS:
             self.consumer.register(kind, self.lb)
         self.lb_queries: LbQueries = self.lb
+        # XDP prefilter: PacketFilter and CIDRDenyList records (and --prefilter-cidrs) -> its maps;
+        # the program on --devices (both modes, one registration).
+        self.prefilter = PrefilterManager(self.datapath)
+        for kind in PREFILTER_KINDS:
+            self.consumer.register(kind, self.prefilter)
+        self.xdp = XdpAttacher(self.netlink, config.devices, config.xdp_mode, prog_name)
+        self._prefilter_file_stamp: tuple[float, int] | None = None
         self.cluster: ClusterSyncer | None = None
         self.policy_records: PolicyRecords | None = None
         if self.kubernetes:
@@ -225,6 +236,7 @@ class Agent:
         # cross-node flows of restored pods never stop.
         self.overlay = ready = overlay.setup(cfg, planned, self.netlink, self.datapath)
         log.info("overlay ready", extra={"fields": ready.to_json()})
+        self._start_prefilter()
         if cfg.cgroup_root is not None:  # Services at the socket: after the maps are back, replaced in place
             try:
                 hooks = self.datapath.attach_sock_hooks(cfg.cgroup_root)
@@ -259,6 +271,51 @@ class Agent:
             "pod_cidr": str(cfg.pod_cidr), "api_socket": str(cfg.api_socket), "http": f"{host}:{self.http.port}",
             "bootstrap_seconds": round(time.monotonic() - self.started, 3),
             "compile_seconds": round(self.datapath.compile_seconds, 3)}})
+
+    def _start_prefilter(self) -> None:
+        """The node's deny file, the rules held (written now only when the state is complete: a
+        restored cluster cache or standalone; else the operator's first snapshot writes them, and
+        the pinned maps keep enforcing what they hold until then), then the program on --devices,
+        replacing the previous agent's in place."""
+        self._reload_prefilter_file(at_start=True)
+        if self.cluster is None or self.consumer.synced.is_set():
+            try:
+                self.prefilter.apply()
+            except MapCapacityError as exc:
+                self._refused(exc)
+        if not self.config.devices:
+            return
+        try:
+            attached = self.xdp.attach(self.datapath.program("xdp_prefilter")[0])
+            detached = self.xdp.detach_others()
+        except XdpAttachError as exc:
+            raise StartRefused(str(exc)) from None
+        for found in attached:
+            self.metrics.xdp_attached.labels(found.device, found.mode).set(1)
+        if detached:
+            log.info("XDP prefilter detached from devices no longer listed", extra={"fields": {"devices": detached}})
+
+    def _reload_prefilter_file(self, at_start: bool = False) -> None:
+        """--prefilter-cidrs: read at start (a bad file stops the start) and again when it changed
+        (a bad edit is logged and the last good list stays)."""
+        path = self.config.prefilter_cidrs
+        if path is None:
+            return
+        try:
+            stat = path.stat()
+            stamp = (stat.st_mtime, stat.st_size)
+            if stamp == self._prefilter_file_stamp:
+                return
+            prefixes = parse_cidr_file(path.read_text(), str(path))
+        except (OSError, PrefilterRuleError) as exc:
+            if at_start:
+                raise StartRefused(f"--prefilter-cidrs: {exc}") from None
+            log.error("prefilter deny file not reloaded: the last good list stays", extra={"fields": {
+                "file": str(path), "reason": str(exc)}})
+            return
+        self._prefilter_file_stamp = stamp
+        self.prefilter.set_file_list(str(path), prefixes)
+        log.info("prefilter deny file read", extra={"fields": {"file": str(path), "prefixes": len(prefixes)}})
 
     def _cni_conf_done(self) -> bool:
         dest = self.config.write_cni_conf_when_ready
@@ -333,6 +390,7 @@ class Agent:
     def _resync(self) -> None:
         """On the driver: every manager compares its maps with the kernel and repairs drift
         (counted per map in membrane_map_resync_repairs_total); unused identities age out."""
+        self._reload_prefilter_file()
         if not self.maps_held:
             managers: list[Resyncing] = [m for m in self.consumer.managers() if isinstance(m, Resyncing)]
             if self.policy_records is None:
@@ -548,6 +606,7 @@ class Agent:
                 "store": self._object_counts(),
                 "enforcement": self.ledger.status(),
                 **({"overlay": self.overlay.to_json()} if self.overlay is not None else {}),
+                "prefilter": {**self.prefilter.status(), "devices": self.xdp.status()},
                 **({"cluster": self.cluster.status()} if self.cluster is not None else {})}
 
 

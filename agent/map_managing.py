@@ -30,7 +30,7 @@ class MapCapacityError(RuntimeError):
     def __init__(self, role: str, needed: int, capacity: int, current: int) -> None:
         super().__init__(f"the {role} map would need {needed} entries at the peak of this update "
                          f"(it holds {current}, capacity {capacity}): change refused, the old policy "
-                         f"stays enforced; raise --{role}-map-entries or make the change smaller")
+                         f"stays enforced; raise --{role.replace('_', '-')}-map-entries or make the change smaller")
         self.role, self.needed, self.capacity, self.current = role, needed, capacity, current
 
 

@@ -130,6 +130,9 @@ class AgentMetrics:
                                    registry=self.registry)
         for map_name in ("endpoints", "policy", "ipcache", "cidr"):
             self.map_repairs.labels(map_name)
+        self.xdp_attached = Gauge("membrane_xdp_attached", "The XDP prefilter is attached to a device (--devices), "
+                                  "in mode native (driver) or generic (stack)", ["device", "mode"],
+                                  registry=self.registry)
         self.enforced_version = Gauge("membrane_enforced_version", "Newest version of the desired state (store "
                                       "batch or stream version) whose map writes have all landed",
                                       registry=self.registry)

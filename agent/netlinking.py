@@ -47,6 +47,9 @@ _CLONE_NEWNET = 0x40000000
 _EEXIST, _EINVAL = 17, 22
 _ETH_P_ALL = 0x0003
 _ROOT_HANDLE, _INGRESS_HANDLE = 0x10000, 0xFFFF0000  # "1:" and "ffff:"
+# IFLA_XDP_ATTACHED as pyroute2 names it -> ours; our modes -> XDP_FLAGS_DRV_MODE / XDP_FLAGS_SKB_MODE.
+_XDP_ATTACHED = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload", "xdpmulti": "native"}
+_XDP_FLAGS = {"native": 1 << 2, "generic": 1 << 1}
 IFB_PREFIX = "mb-ifb-"  # the pod's ingress shaper device, in the pod namespace
 
 _NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): which kind of namespace a file descriptor is
@@ -318,6 +321,27 @@ class Netlink:
                 return (IPv4Address(src) if src else None), mtu
             return None, None
         return self._owned(find)
+
+    # --- XDP (the prefilter on the node's devices) ----------------------------------------------
+    def xdp_program(self, ifindex: int) -> tuple[str | None, int]:
+        """(mode, program id) of the XDP program on a device: mode "native", "generic",
+        "offload" or None when there is none."""
+        def look(ipr: IPRoute) -> tuple[str | None, int]:
+            link = ipr.get_links(ifindex)[0]
+            xdp = link.get_attr("IFLA_XDP")
+            if xdp is None:
+                return None, 0
+            mode = _XDP_ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED"))
+            return mode, int(xdp.get_attr("IFLA_XDP_PROG_ID") or 0) if mode else 0
+        return self._owned(look)
+
+    def set_xdp(self, ifindex: int, fd: int, mode: str) -> None:
+        """Attach, or atomically replace, the device's XDP program in `mode` ("native" or
+        "generic"); fd -1 detaches. The kernel swaps the program pointer: no packet goes
+        unjudged or is lost by a replacement. NetlinkError when the mode is refused."""
+        # The nested attribute spelled out: pyroute2's xdp_fd= shorthand would drop the flags.
+        xdp = {"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", _XDP_FLAGS[mode])]}
+        self._owned(lambda ipr: ipr.link("set", index=ifindex, xdp=xdp))
 
     def attached_programs(self, ifindex: int) -> dict[str, list[str]]:
         """Names of bpf filters per hook ("ingress"/"egress"), to check and to count."""

@@ -574,7 +574,7 @@ MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS,
 RETIRED_PINS: Final = ("mb_ct4_v1",)
 # Maps whose size comes from the agent's configuration: their whole content is rebuilt from
 # the agent's state at every start, so a pin of another size is replaced (resized) at load.
-RESIZABLE: Final = ("policy", "ipcache", "cidr")
+RESIZABLE: Final = ("policy", "ipcache", "cidr", "prefilter_cidr")
 
 
 @dataclass(frozen=True)

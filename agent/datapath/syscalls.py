@@ -19,6 +19,7 @@ BPF_MAP_DELETE_BATCH: Final = 27
 BPF_PROG_TEST_RUN: Final = 10
 BPF_OBJ_GET_INFO_BY_FD: Final = 15
 BPF_OBJ_GET: Final = 7
+BPF_PROG_GET_FD_BY_ID: Final = 13
 
 _SYSCALL_NR_BPF: Final = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
@@ -87,6 +88,53 @@ def map_info(fd: int) -> BpfMapInfo:
     attr = BpfObjInfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
     bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
     return info
+
+
+class BpfProgInfo(ctypes.Structure):
+    """Leading part of ``struct bpf_prog_info`` (up to its name)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class BpfGetIdAttr(ctypes.Structure):
+    """The id member of ``union bpf_attr`` (BPF_PROG_GET_FD_BY_ID)."""
+
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+def prog_id(fd: int) -> int:
+    """The kernel's id of the program behind fd."""
+    info = BpfProgInfo()
+    bpf(BPF_OBJ_GET_INFO_BY_FD, BpfObjInfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)))
+    return int(info.id)
+
+
+def prog_name(program_id: int) -> str | None:
+    """The name of a loaded program by id (None when it is gone)."""
+    try:
+        fd = bpf(BPF_PROG_GET_FD_BY_ID, BpfGetIdAttr(id=program_id))
+    except OSError:
+        return None
+    try:
+        info = BpfProgInfo()
+        bpf(BPF_OBJ_GET_INFO_BY_FD, BpfObjInfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info),
+                                                   info=ctypes.addressof(info)))
+        return bytes(info.name).decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 class BpfObjGetAttr(ctypes.Structure):
