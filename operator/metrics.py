@@ -51,6 +51,11 @@ class OperatorMetrics:
                                    registry=r)
         self.invalid_policies = Gauge(PREFIX + "invalid_policies",
                                       "NetworkPolicies rejected by validation", registry=r)
+        self.invalid_prefilter_objects = Gauge(
+            PREFIX + "invalid_prefilter_objects", "PacketFilters and CIDRDenyLists the operator refused (streamed "
+            "to no node: their status names the field and the reason), by kind", ["kind"], registry=r)
+        for kind in ("PacketFilter", "CIDRDenyList"):
+            self.invalid_prefilter_objects.labels(kind)
         self.api_write_errors = Counter(PREFIX + "api_write_errors_total",
                                         "Failed writes to the API server", ["what"], registry=r)
         self.state_version = Gauge(PREFIX + "state_version", "Current state stream version",

@@ -270,6 +270,9 @@ class Operator:
             return
         policies = self.cache.list(res.NETWORK_POLICIES)
         self.policies.valid_policies(policies)  # the metric; forgets verdicts of old versions
+        for resource in (res.PACKET_FILTERS, res.CIDR_DENY_LISTS):  # verdicts are cached per generation
+            self.metrics.invalid_prefilter_objects.labels(resource.kind).set(
+                sum(1 for obj in self.cache.list(resource) if self.prefilter_verdicts(obj)))
         changed_identities = {key for resource, key in self._dirty if resource == res.IDENTITIES}
         changes = self._update_builder(policies)
         full = changes is None

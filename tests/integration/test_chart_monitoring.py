@@ -18,7 +18,7 @@ from membrane_testkit import chart
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = {"MembraneUnexpectedDrops", "MembranePolicyDropsHigh", "MembraneBPFMapPressure", "MembraneBPFMapFull",
-          "MembranePolicyChangeRefused", "MembranePrefilterDropping",
+          "MembranePolicyChangeRefused", "MembranePrefilterDropping", "MembranePrefilterObjectRefused",
           "MembranePolicyPropagationSlow", "MembraneOperatorNoLeader"}
 
 
@@ -94,6 +94,12 @@ def test_alerts_fire_on_the_conditions_they_name(monitored: list[dict[str, Any]]
             # Propagation: every change takes 2.5-5 s (all observations in the 5 s bucket).
             _series(bucket, {"le": "0.5"}, "0x40"), _series(bucket, {"le": "1"}, "0x40"),
             _series(bucket, {"le": "5"}, "0+10x40"), _series(bucket, {"le": "+Inf"}, "0+10x40"),
+            # One PacketFilter refused from minute 10 on (both replicas report it).
+            _series("membrane_operator_invalid_prefilter_objects", {"pod": "op-a", "kind": "PacketFilter"},
+                    "0x10 1x30"),
+            _series("membrane_operator_invalid_prefilter_objects", {"pod": "op-b", "kind": "PacketFilter"},
+                    "0x10 1x30"),
+            _series("membrane_operator_invalid_prefilter_objects", {"pod": "op-a", "kind": "CIDRDenyList"}, "0x40"),
             _series("membrane_operator_is_leader", {"pod": "op-a"}, "1x10 0x30"),
             _series("membrane_operator_is_leader", {"pod": "op-b"}, "0x40"),
         ], "alert_rule_test": [
@@ -134,6 +140,13 @@ def test_alerts_fire_on_the_conditions_they_name(monitored: list[dict[str, Any]]
                  "exp_annotations": {"summary": "Cluster changes take 4.96s to reach every agent (p99)",
                                      "description": "From a change seen on the API to its ack by every subscribed "
                                                     "agent, 99th percentile over 10 minutes."}}]},
+            {"eval_time": "12m", "alertname": "MembranePrefilterObjectRefused", "exp_alerts": []},  # not 5m yet
+            {"eval_time": "30m", "alertname": "MembranePrefilterObjectRefused", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "kind": "PacketFilter"},
+                 "exp_annotations": {
+                     "summary": "1 PacketFilter object(s) refused by membrane-operator: enforced on no node",
+                     "description": "`kubectl get packetfilters` shows Accepted False; the condition's message "
+                                    "names the field and the reason."}}]},
             {"eval_time": "8m", "alertname": "MembraneOperatorNoLeader", "exp_alerts": []},
             {"eval_time": "30m", "alertname": "MembraneOperatorNoLeader", "exp_alerts": [
                 {"exp_labels": {"severity": "critical"},

@@ -165,6 +165,11 @@ def test_a_spec_only_the_operator_can_refuse_is_reported_and_streamed_to_no_node
         assert condition()["reason"] == "Invalid"
         assert condition()["message"].startswith("spec.rules[0].source: Invalid value: '10.1.2.3/8': host bits set")
         assert (Kind.PACKET_FILTER, "cve") not in operator.state.objects()
+        def refused() -> float | None:
+            return operator.metrics.registry.get_sample_value("membrane_operator_invalid_prefilter_objects",
+                                                              {"kind": "PacketFilter"})
+
+        assert wait_for(lambda: refused() == 1)
         assert wait_for(lambda: agent.rule_names() == ["other.y"])
         obj = custom.get_cluster_custom_object(GROUP, VERSION, "packetfilters", "cve")
         assert obj["status"]["enforced"] == "0/2" and obj["status"]["nodesByGeneration"] == []
@@ -174,6 +179,7 @@ def test_a_spec_only_the_operator_can_refuse_is_reported_and_streamed_to_no_node
                                            {"spec": {"rules": [{**DROP_X, "source": "10.0.0.0/8"}]}})
         assert wait_for(lambda: condition().get("status") == "True"), condition()
         assert wait_for(lambda: agent.rule_names() == ["cve.x", "other.y"])
+        assert wait_for(lambda: refused() == 0)
     finally:
         agent.stop()
 
