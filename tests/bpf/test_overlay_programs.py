@@ -235,3 +235,58 @@ def test_production_build_never_reads_the_mark(datapath) -> None:  # type: ignor
         assert counter(datapath, "DROP_TUNNEL_KEY", "INGRESS") == 1
     finally:
         datapath.delete_map("endpoints", [POD_A])
+
+
+# -- what the node's stack routes into the tunnel: to_overlay ------------------------------
+
+
+NODE_SELF = IPv4Address("192.168.77.1")  # this node's address (the node config's)
+
+
+def leave(dp, payload):  # type: ignore[no-untyped-def]
+    """A frame the node's stack routes into the tunnel device (its tc egress, no tunnel key yet)."""
+    frame = bytes(Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:02") / payload)
+    return prog_test_run(dp.program_fd("to_overlay"), frame, ifindex=1)  # skb->ifindex must exist: lo
+
+
+def test_to_overlay_keys_the_stacks_packets_and_their_replies_return_to_the_stack(dp) -> None:  # type: ignore[no-untyped-def]
+    """kube-proxy DNATed A's ClusterIP connection to REMOTE: the stack routes it into the tunnel,
+    to_overlay gives it its key and a VIA_STACK entry; the reply goes to the stack (which reverses
+    the DNAT), not straight into A."""
+    write(dp, {key(EGRESS, 0): FlatValue(ALLOW, 1)})
+    port = next(_ports)
+    assert leave(dp, syn(POD_A, REMOTE, port, 8080)).retval == TC_ACT_OK
+    (flow,) = [f for f in dp.conntrack() if f.sport == port]
+    assert "VIA_STACK" in flow.flags and (flow.src_identity, flow.dst_identity) == (ID_A, ID_R)
+    synack = IP(src=str(REMOTE), dst=str(POD_A)) / TCP(sport=8080, dport=port, flags="SA")
+    assert arrive(dp, synack, vni=ID_R).retval == TC_ACT_OK
+    # A's own connection to REMOTE, set up by from_container, keeps the redirect both ways.
+    direct = next(_ports)
+    assert send_from_a(dp, syn(POD_A, REMOTE, direct)).retval == TC_ACT_REDIRECT
+    synack = IP(src=str(REMOTE), dst=str(POD_A)) / TCP(sport=80, dport=direct, flags="SA")
+    assert arrive(dp, synack, vni=ID_R).retval == TC_ACT_REDIRECT
+
+
+def test_to_overlay_speaks_only_for_this_node_and_its_pods(dp) -> None:  # type: ignore[no-untyped-def]
+    own = next(_ports)
+    assert leave(dp, syn(NODE_SELF, REMOTE, own)).retval == TC_ACT_OK  # the node's own connection
+    (flow,) = [f for f in dp.conntrack() if f.sport == own]
+    assert flow.src_identity == int(ReservedIdentity.REMOTE_NODE) and "VIA_STACK" in flow.flags
+    reply = IP(src=str(REMOTE), dst=str(NODE_SELF)) / TCP(sport=80, dport=own, flags="SA")
+    assert arrive(dp, reply, vni=ID_R).retval == TC_ACT_OK  # to the node's stack, though no pod has the address
+    before = counter(dp, "DROP_TUNNEL_SOURCE_NOT_OWNED", "EGRESS")
+    assert leave(dp, syn(OUTSIDE, REMOTE, next(_ports))).retval == TC_ACT_SHOT  # the receiver would refuse it
+    assert counter(dp, "DROP_TUNNEL_SOURCE_NOT_OWNED", "EGRESS") == before + 1
+    before = counter(dp, "DROP_NO_ROUTE", "EGRESS")
+    assert leave(dp, syn(POD_A, OUTSIDE, next(_ports))).retval == TC_ACT_SHOT  # no node behind it
+    assert counter(dp, "DROP_NO_ROUTE", "EGRESS") == before + 1
+    stray = IP(src=str(REMOTE), dst=str(NODE_SELF)) / TCP(sport=80, dport=next(_ports), flags="SA")
+    assert arrive(dp, stray, vni=ID_R).retval == TC_ACT_SHOT  # not a reply of ours: no endpoint
+
+
+def test_a_reply_to_another_nodes_own_connection_goes_back_through_the_tunnel(dp) -> None:  # type: ignore[no-untyped-def]
+    write(dp, {key(INGRESS, 0): FlatValue(ALLOW, 1)})
+    port = next(_ports)
+    assert arrive(dp, syn(REMOTE_NODE, POD_A, port), vni=int(ReservedIdentity.REMOTE_NODE)).retval == TC_ACT_REDIRECT
+    synack = IP(src=str(POD_A), dst=str(REMOTE_NODE)) / TCP(sport=80, dport=port, flags="SA")
+    assert send_from_a(dp, synack).retval == TC_ACT_REDIRECT  # into the tunnel, not the underlay
