@@ -27,7 +27,7 @@ from membrane.identities import CLUSTER_IDENTITY_MIN, LabelSet, identity_labels
 from membrane.k8s_models import Node, ObjectRef, Pod
 from membrane.prefilter_rules import PrefilterRuleError, parse_cidr_file
 
-from . import cni_conf_writing, overlay, policy_api
+from . import cni_conf_writing, overlay, policy_api, prefilter_api
 from .api_serving import ApiServer, RequestError
 from .bpffs import ensure_bpffs
 from .cert_keeping import CertKeeper, TlsError
@@ -55,6 +55,7 @@ from .persisting import make_private
 from .pod_records import pod_record
 from .policy_records import POLICY_KINDS, PolicyRecords
 from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
+from .prefilter_queries import PrefilterQueries
 from .prefilter_syncing import PREFILTER_KINDS, PrefilterManager
 from .service_flows import ServiceFlows, netns_cookie
 from .start_refusal import StartRefused
@@ -113,6 +114,7 @@ class Agent:
         # XDP prefilter: PacketFilter and CIDRDenyList records (and --prefilter-cidrs) -> its maps;
         # the program on --devices (both modes, one registration).
         self.prefilter = PrefilterManager(self.datapath)
+        self.prefilter_queries: PrefilterQueries = self.prefilter  # readers: membranectl prefilter, metrics
         for kind in PREFILTER_KINDS:
             self.consumer.register(kind, self.prefilter)
         self.xdp = XdpAttacher(self.netlink, config.devices, config.xdp_mode, prog_name)
@@ -206,6 +208,7 @@ class Agent:
         self.metrics.add_datapath(DatapathCollector(self.datapath.counters, self._endpoint_states,
                                                     self.datapath.map_usage))
         self.metrics.registry.register(ServiceCollector(self.lb_queries.summary, self.datapath.lb_stats))
+        self.metrics.add_prefilter(self.prefilter_queries)
         restored = self.endpoints.restore()
         log.info("endpoints restored", extra={"fields": restored})
         if isinstance(self.identities, IdentityBook):
@@ -579,6 +582,8 @@ class Agent:
             "bpf.ct": lambda req: self.datapath.dump_conntrack(),
             "bpf.lb": lambda req: self.datapath.dump_lb(),
             "service.list": lambda req: self.lb_queries.service_rows(),
+            "prefilter.list": lambda req: prefilter_api.prefilter_list(self.prefilter_queries),
+            "prefilter.stats": lambda req: prefilter_api.prefilter_stats(self.prefilter_queries),
             "bpf.metrics": lambda req: [{"reason": r, "direction": d, "packets": p, "bytes": b}
                                         for r, d, p, b in self.datapath.counters()],
         }

@@ -40,6 +40,7 @@ from membrane.prefilter_rules import MAX_REFS, MAX_RULES, EncodedRule, Rule, enc
 
 from .datapath.prefilter import ActiveSet, RuleCounters
 from .map_managing import MapCapacityError, MapManager, MapPort
+from .prefilter_queries import PrefilterCounters, PrefilterEntry
 
 log = logging.getLogger("membrane.prefilter")
 
@@ -104,6 +105,9 @@ class PrefilterManager:
         self.restored = False
         self.dirty = True
         self.skipped: dict[str, str] = {}  # filter -> why it is not enforced (a record the model refuses)
+        # What the last successful apply put in force (readers: prefilter_entries).
+        self.in_force: list[Rule] = []
+        self.list_sizes: dict[Owner, int] = {}
 
     # --- records -------------------------------------------------------------------------------
     def on_update(self, kind: Kind, key: str, obj: StateObject | None) -> None:
@@ -197,6 +201,7 @@ class PrefilterManager:
             prefixes = sum(len(d.upserts) + len(d.deletes) for d in self.maps.apply().values())
             self._release([owner for owner in self.refs if owner not in owners])
             self.actions = owners
+            self.in_force, self.list_sizes = list(rules), {owner: len(lists[owner]) for owner in sorted(lists)}
             self.dirty = False
             if written_rules or prefixes:
                 log.info("prefilter applied", extra={"fields": {
@@ -293,6 +298,20 @@ class PrefilterManager:
         return [CounterRow(kind, name, actions.get((kind, name), "drop"), ref, c.packets, c.bytes,
                            c.dropped_packets, c.dropped_bytes)
                 for (kind, name), ref in sorted(refs.items()) for c in (values[ref],)]
+
+    # --- the read-only query interface (agent/prefilter_queries.PrefilterQueries) ---------------
+    def prefilter_entries(self) -> list[PrefilterEntry]:
+        """Deny lists, then the rules in force, as the last apply left them (copies)."""
+        with self.lock:
+            lists = [PrefilterEntry(name, "deny-list", "drop", name if kind != FILE_LIST else FILE_LIST, prefixes=size)
+                     for (kind, name), size in self.list_sizes.items()]
+            rules = [PrefilterEntry(rule.name, "rule", rule.action.word, rule.name.rpartition(".")[0], rule)
+                     for rule in self.in_force]
+        return lists + rules
+
+    def prefilter_counters(self) -> dict[str, PrefilterCounters]:
+        return {row.name: PrefilterCounters(row.packets, row.bytes, row.dropped_packets, row.dropped_bytes)
+                for row in self.counters()}
 
     def status(self) -> dict[str, Any]:
         with self.lock:

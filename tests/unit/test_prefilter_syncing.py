@@ -83,8 +83,9 @@ def deny(name: str, *cidrs: str) -> CIDRDenyListState:
     return CIDRDenyListState(name, 1, cidrs)
 
 
-WEB = packet_filter("web", [{"name": "no-telnet", "action": "Drop", "tcp": {"destinationPort": {"min": 23, "max": 23}}},
-                            {"name": "audit-dns", "action": "Count", "udp": {"destinationPort": {"min": 53, "max": 53}}}])
+WEB_RULES = [{"name": "no-telnet", "action": "Drop", "tcp": {"destinationPort": {"min": 23, "max": 23}}},
+             {"name": "audit-dns", "action": "Count", "udp": {"destinationPort": {"min": 53, "max": 53}}}]
+WEB = packet_filter("web", WEB_RULES)
 
 
 def test_rules_go_to_the_idle_bank_then_one_switch() -> None:
@@ -206,3 +207,34 @@ def test_a_record_the_model_refuses_leaves_that_filter_out() -> None:
     assert [r.rule_ref for r in port.in_force()] == [manager.refs[("rule", "web.no-telnet")],
                                                      manager.refs[("rule", "web.audit-dns")]]
     assert "bad" in manager.status()["not_enforced"]
+
+
+def test_readers_see_what_is_in_force_through_the_query_interface() -> None:
+    """membranectl prefilter list|stats and the metrics read PrefilterQueries: the deny lists, then
+    the rules in the order a packet meets them, with counters from the datapath."""
+    from membrane.agent.metrics import PrefilterCollector
+    from membrane.agent.prefilter_api import prefilter_list, prefilter_stats
+
+    port = FakePrefilter()
+    manager = PrefilterManager(port)
+    assert manager.prefilter_entries() == [] and prefilter_stats(manager) == []
+    manager.on_update(Kind.PACKET_FILTER, "web.example", packet_filter("web.example", WEB_RULES))
+    manager.on_update(Kind.CIDR_DENY_LIST, "bad", deny("bad", "203.0.113.0/24", "198.51.100.7/32"))
+    manager.apply()
+    port.counters[manager.refs[("rule", "web.example.no-telnet")]] = RuleCounters(3, 180, 3, 180)
+    port.counters[manager.refs[("denylist", "bad")]] = RuleCounters(7, 420, 7, 420)
+    rows = prefilter_list(manager)
+    assert [(r["name"], r["kind"], r["action"], r["origin"]) for r in rows] == [
+        ("bad", "deny-list", "drop", "bad"), ("web.example.no-telnet", "rule", "drop", "web.example"),
+        ("web.example.audit-dns", "rule", "count", "web.example")]
+    assert rows[0]["matches"] == "source in 2 prefix(es)" and rows[1]["matches"] == "tcp dport 23"
+    stats = {r["name"]: r for r in prefilter_stats(manager)}
+    assert stats["web.example.no-telnet"]["dropped_packets"] == 3 and stats["bad"]["bytes"] == 420
+    assert stats["web.example.audit-dns"]["packets"] == 0
+    families = {f.name: f for f in PrefilterCollector(manager).collect()}
+    dropped = {s.labels["rule"]: s.value for s in families["membrane_prefilter_dropped_packets"].samples
+               if s.name.endswith("_total")}
+    assert dropped == {"bad": 7, "web.example.no-telnet": 3, "web.example.audit-dns": 0}
+    manager.on_update(Kind.PACKET_FILTER, "web.example", None)
+    manager.apply()
+    assert [e.name for e in manager.prefilter_entries()] == ["bad"]
