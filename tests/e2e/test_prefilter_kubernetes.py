@@ -1,5 +1,5 @@
 """Kubernetes mode, end to end (root): a PacketFilter applied through the API reaches every node,
-and its status says so.
+and its status says so, and its rules drop real packets on every node.
 
 The API stand-in (validating custom resources against the CRD's schema as a real server does),
 a real `membrane-operator` and two real agents. Checked: a new filter shows `2/2` at its
@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from kubernetes import client
 
 from membrane_testkit.lab import netns
 from membrane_testkit.lab.cluster import KubeLab
+from membrane_testkit.lab.probes import NODE_UPLINK, world
 from membrane_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, eBPF)")
@@ -94,3 +98,50 @@ def test_a_filter_applied_through_the_api_is_enforced_on_both_nodes(lab: KubeLab
     assert status()["nodesByGeneration"] == [{"generation": 2, "nodes": 2}]
     log = lab.operator_log.read_text()
     assert "status of PacketFilter" not in log, log[-2000:]
+
+
+SEND = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    for port in sys.argv[3:]:
+        sock.sendto(b"membrane", (sys.argv[1], int(port)))
+"""
+
+
+def test_a_filter_applied_through_the_api_drops_real_packets_on_both_nodes(lab: KubeLab) -> None:
+    """Each node's XDP prefilter on its uplink (--devices): datagrams from outside to the port
+    the filter names are dropped before the stack on both nodes, other ports pass, and each
+    node counts the drops under the rule's name (membranectl prefilter stats)."""
+    custom = client.CustomObjectsApi(lab.api_client)
+    nodes = [lab.add_node(start=False, extra_args=["--devices", "uplink"]) for _ in range(2)]
+    with ExitStack() as stack:
+        worlds = {node.name: stack.enter_context(world(node)) for node in nodes}
+        for node in nodes:
+            node.start_agent()
+        custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "PacketFilter", "metadata": {"name": "cve"},
+            "spec": {"rules": [RULE]}})
+
+        def status() -> dict[str, Any]:
+            return dict(custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, "cve").get("status") or {})
+
+        assert wait_for(lambda: status().get("enforced") == "2/2" and status().get("enforcedGeneration") == 1), status()
+        for node in nodes:
+            listed = node.api("prefilter.list")
+            assert [(r["name"], r["action"], r["matches"]) for r in listed] == [("cve.udp-4242", "drop", "udp dport 4242")]
+            receiver = netns.popen_in(node.netns, [sys.executable, "-m", "membrane_testkit.lab.flooding", "count",
+                                                   NODE_UPLINK, "4242,7002"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+                netns.exec_in(worlds[node.name], [sys.executable, "-c", SEND, NODE_UPLINK, "50", "4242", "7002"])
+                time.sleep(0.5)
+                out, _ = receiver.communicate("", timeout=30)
+            finally:
+                if receiver.poll() is None:
+                    receiver.kill()
+                    receiver.wait()
+            assert {int(k): v for k, v in json.loads(out).items()} == {4242: 0, 7002: 50}, node.name
+            stats = {r["name"]: r for r in node.api("prefilter.stats")}
+            assert stats["cve.udp-4242"]["dropped_packets"] == 50, stats
