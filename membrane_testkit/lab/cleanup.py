@@ -12,15 +12,19 @@ from .node import BPFFS_LAB, LAB_DIR
 PREFIXES = ("mbt-", "mbdemo-", "mbbench-")
 
 
-def leftovers() -> dict[str, list[str]]:
-    return {"netns": [n for p in PREFIXES for n in netns.listed(p)],
-            "pins": sorted(str(p) for p in BPFFS_LAB.iterdir()) if BPFFS_LAB.exists() else [],
-            "workdirs": sorted(str(p) for p in LAB_DIR.iterdir()) if LAB_DIR.exists() else [],
-            "cgroups": cgroups.listed(PREFIXES)}
+def leftovers(prefixes: tuple[str, ...] = PREFIXES) -> dict[str, list[str]]:
+    return {"netns": [n for p in prefixes for n in netns.listed(p)],
+            "pins": sorted(str(p) for p in BPFFS_LAB.iterdir() if p.name.startswith(prefixes))
+            if BPFFS_LAB.exists() else [],
+            "workdirs": sorted(str(p) for p in LAB_DIR.iterdir() if p.name.startswith(prefixes))
+            if LAB_DIR.exists() else [],
+            "cgroups": cgroups.listed(prefixes)}
 
 
-def clean() -> dict[str, list[str]]:
-    found = leftovers()
+def clean(prefixes: tuple[str, ...] = PREFIXES) -> dict[str, list[str]]:
+    """Remove every lab object named with one of `prefixes`, live or not: with the default, also
+    other runs' (tests, benches) on this machine. Callers that only mean their own pass theirs."""
+    found = leftovers(prefixes)
     for name in found["netns"]:
         netns.delete(name)
     for path in found["pins"] + found["workdirs"]:

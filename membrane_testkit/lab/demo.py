@@ -125,7 +125,9 @@ def run_demo() -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    cleanup.clean()
+    # What an interrupted demo left, and nothing else: a plain clean() would also remove the live
+    # namespaces and work dirs of tests running beside it (their agents lose their sockets).
+    cleanup.clean(("mbdemo-",))
     try:
         run_demo()
     except KeyboardInterrupt:

@@ -132,7 +132,26 @@ class LabNode:
         return code
 
     def api(self, op: str, **args: Any) -> Any:
-        return request(op, self.socket, **args)
+        try:
+            return request(op, self.socket, **args)
+        except AgentError as exc:
+            if exc.code != 11:  # the agent answered: its error is the whole story
+                raise
+            # Unreachable: say whether the agent died or its socket went (a run that wiped the
+            # lab's work dirs), with the agent's own last words.
+            raise AgentError(exc.code, f"{exc.msg} [{self.agent_state()}]", exc.details) from exc
+
+    def agent_state(self) -> str:
+        """One line for a failure message: process alive or exit code, socket present, log tail."""
+        if self.process is None:
+            running = "no agent started"
+        elif self.process.poll() is None:
+            running = f"agent pid {self.process.pid} still running"
+        else:
+            running = f"agent exited {self.process.returncode}"
+        where = "socket present" if os.path.exists(self.socket) else (
+            "socket gone" if self.workdir.exists() else f"work dir {self.workdir} gone")
+        return f"{running}; {where}; agent log tail:\n{self.log_tail()}"
 
     def cni(self, command: str, container_id: str = "", pod_netns: str = "", ifname: str = "eth0",
             args: str = "", conf: dict[str, Any] | None = None, env: dict[str, str] | None = None,
