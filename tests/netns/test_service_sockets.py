@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from membrane.agent.map_managing import MapManager
 from membrane.lb_maps import LB_ORDER, LB_ROLES, LbIds, desired_contents
 from membrane_testkit.lab import cgroups, netns
 from membrane_testkit.lab.node import BPFFS_LAB
+from membrane_testkit.waiting import wait_for
 
 PROBE = str(Path(__file__).resolve().parents[2] / "membrane_testkit" / "lab" / "service_probe.py")
 VIP = "10.96.0.10"
@@ -167,13 +167,14 @@ def test_unconnected_udp_keeps_its_backend_and_moves_when_it_is_removed(sock_lab
     assert first["sources"] == [[VIP, 53]] * 10  # recvfrom shows the service address
     # A socket sends for 2 s; its backend is removed from the service meanwhile.
     script = [{"op": "udp_sendto", "ip": VIP, "port": 53, "count": 40, "gap": 0.05}]
+    earlier = set(_socket_backends(sock_lab))  # the first socket's entry stays: not the one to follow
     proc = cgroups.popen_in(sock_lab.client_cgroup, sock_lab.name,
                             [sys.executable, "-S", "-u", PROBE, "client", json.dumps(script)],
                             stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.6)
-        used = _socket_backend(sock_lab)
-        assert used is not None
+        # Its first datagram made its entry (a fixed sleep may end before the client even started).
+        wait_for(lambda: set(_socket_backends(sock_lab)) - earlier, timeout=30, message="the new socket's entry")
+        (used,) = [ip for key, ip in _socket_backends(sock_lab).items() if key not in earlier]
         survivors = tuple(n for n, ip in BACKENDS.items() if ip != used)
         sock_lab.write(Entry(Front(VIP, 53, "UDP"), backends(*survivors, port=5353)))
         out, _ = proc.communicate(timeout=30)
@@ -189,18 +190,13 @@ def test_unconnected_udp_keeps_its_backend_and_moves_when_it_is_removed(sock_lab
     assert len(set(replies[cut:])) == 1, replies  # and it stays on its new backend
 
 
-def _socket_backend(lab: SockLab) -> str | None:
-    """The backend address the newest unconnected UDP socket uses (its SOCKET entry in
-    mb_lb4_affinity_v1)."""
-    table = lab.dp._table(LB_AFFINITY)
-    newest: tuple[int, int] | None = None
-    for key, value in table.items():
-        if key.client_kind == LbClient.SOCKET and (newest is None or value.last_used_ns > newest[0]):
-            newest = (int(value.last_used_ns), int(value.backend_id))
+def _socket_backends(lab: SockLab) -> dict[bytes, str]:
+    """The backend address each unconnected UDP socket uses, by its SOCKET entry's key in
+    mb_lb4_affinity_v1."""
     backends_by_id = lab.dp.read_map("lb_backends")
-    if newest is None or newest[1] not in backends_by_id:
-        return None
-    return str(backends_by_id[newest[1]].address)
+    return {bytes(key): str(backends_by_id[int(value.backend_id)].address)
+            for key, value in lab.dp._table(LB_AFFINITY).items()
+            if key.client_kind == LbClient.SOCKET and int(value.backend_id) in backends_by_id}
 
 
 def test_client_ip_affinity_sticks_until_its_timeout(sock_lab: SockLab) -> None:

@@ -23,6 +23,7 @@ import pytest
 from membrane_testkit.lab import netns
 from membrane_testkit.lab.node import LabNode, Pod
 from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
+from membrane_testkit.waiting import wait_for
 
 
 def pod(name: str, **labels: str) -> dict[str, Any]:
@@ -141,7 +142,10 @@ def test_kill_9_while_batches_are_applied_keeps_all_or_none_of_each(lab: Lab) ->
 
     thread = threading.Thread(target=applier)
     thread.start()
-    time.sleep(random.uniform(0.5, 1.5))
+    # Killed at a random moment once batches flow (a fixed delay alone may end before the first
+    # ack on a loaded machine, and `acked` below would be empty).
+    wait_for(lambda: acked or not thread.is_alive(), timeout=60, message="a first acknowledged batch")
+    time.sleep(random.uniform(0.0, 1.0))  # where the kill lands, not synchronisation
     assert node.stop_agent(signal.SIGKILL) == -signal.SIGKILL
     stop.set()
     thread.join(30)

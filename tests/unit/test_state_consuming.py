@@ -4,7 +4,6 @@ manager applies once per update) and the one driver (in order, batched applies).
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -107,9 +106,10 @@ def test_the_driver_runs_work_in_order_on_one_thread_and_batches_the_finish() ->
         def finish() -> None:
             finishes.append(list(seen))
 
-        driver.submit(gate.wait)  # holds the driver while the ADDs queue up
+        held = threading.Event()
+        driver.submit(lambda: held.set() or gate.wait())  # holds the driver while the ADDs queue up
+        assert held.wait(5)  # the driver is inside the hold: the ADDs below queue behind it
         futures = [driver.submit(lambda i=i: seen.append(f"add{i}") or i, then=finish) for i in range(5)]
-        time.sleep(0.05)
         gate.set()
         assert [f.result(5) for f in futures] == [0, 1, 2, 3, 4]
         assert finishes == [["add0", "add1", "add2", "add3", "add4"]]  # one finish for the queued batch
