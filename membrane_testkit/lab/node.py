@@ -83,7 +83,9 @@ class LabNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         return self
 
-    def start_agent(self, timeout: float = 60, wait_ready: bool = True) -> None:
+    # 180 s: a loaded 2-core machine compiling BPF took over 60 s to start an agent (a wait on a
+    # condition: it only decides how late a real failure is reported).
+    def start_agent(self, timeout: float = 180, wait_ready: bool = True) -> None:
         cmd = [tool("membrane-agent"), "--node-name", self.name, "--pod-cidr", self.pod_cidr,
                "--state-dir", str(self.workdir / "state"), "--bpffs-root", str(self.pin_root),
                "--api-socket", self.socket, "--http-addr", "127.0.0.1:9962", *self.extra_args]
@@ -95,7 +97,7 @@ class LabNode:
             return
         self.wait_ready(timeout)
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 180) -> None:
         process = self.process
         assert process is not None
 

@@ -3,6 +3,7 @@ and only for objects of that run (not another run's, which may be alive on a sha
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -67,3 +68,19 @@ def test_under_xdist_the_controller_checks_the_workers_leftovers(tmp_path: Path)
         for path in (set(LAB_DIR.iterdir()) if LAB_DIR.exists() else set()) - before:
             if path.name.startswith("mbt-left"):
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def test_clean_with_prefixes_leaves_other_runs_work_dirs() -> None:
+    """`make demo` cleans only its own leftovers: a plain clean() removed the work dir (and so the
+    socket) of every live lab agent on the machine, failing tests running beside it (ENOENT)."""
+    from membrane_testkit.lab import cleanup
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    ours, other = LAB_DIR / f"mbt-gone{os.getpid()}", LAB_DIR / f"mbt-kept{os.getpid()}"
+    try:
+        ours.mkdir()
+        other.mkdir()
+        removed = cleanup.clean((ours.name,))
+        assert removed["workdirs"] == [str(ours)] and not ours.exists() and other.exists()
+    finally:
+        shutil.rmtree(ours, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)
