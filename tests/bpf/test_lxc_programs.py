@@ -242,3 +242,30 @@ def test_conntrack_gc_uses_each_flows_lifetime(datapath) -> None:  # type: ignor
     assert ("TCP", 40004) in live()  # established TCP lives much longer
     datapath.conntrack_gc(now + (CT_LIFETIME_TCP_S + 1) * 10**9)
     assert datapath.conntrack(now) == []
+
+
+def from_lo(payload) -> bytes:  # type: ignore[no-untyped-def]
+    return bytes(Ether(src=EP_LO.pod_mac, dst=EP_LO.host_mac) / payload)
+
+
+def test_a_flow_out_of_the_stack_goes_back_through_it(datapath) -> None:  # type: ignore[no-untyped-def]
+    """kube-proxy coexistence: A's ClusterIP connection, DNATed by the node's netfilter to LO,
+    arrives at LO's to_container (entry VIA_STACK, A's egress judged against LO); LO's reply goes
+    to the stack untouched, which reverses the DNAT, instead of being redirected into A."""
+    fd = datapath.program_fd("to_container")
+    translated = bytes(Ether(dst=EP_LO.pod_mac, src=EP_LO.host_mac) /
+                       IP(src=str(POD_A), dst=str(POD_LO), ttl=63) / TCP(sport=40100, dport=8080, flags="S"))
+    assert prog_test_run(fd, translated).retval == TC_ACT_OK  # runs on lo (ifindex 1)
+    entry = flow(datapath, POD_A, 40100, POD_LO, 8080, "TCP")
+    assert {"VIA_STACK", "POLICY_EGRESS", "POLICY_INGRESS"} <= set(entry.flags)
+    reply = from_lo(IP(src=str(POD_LO), dst=str(POD_A), ttl=64) / TCP(sport=8080, dport=40100, flags="SA"))
+    result = run_from(datapath, reply, EP_LO.ifindex)
+    assert (result.retval, result.data_out) == (TC_ACT_OK, reply)
+    assert flow(datapath, POD_A, 40100, POD_LO, 8080, "TCP").seen_reply
+
+    # The same two pods without translation: from_container's flow keeps the redirect both ways.
+    direct = from_a(IP(src=str(POD_A), dst=str(POD_LO)) / TCP(sport=40101, dport=8080, flags="S"))
+    assert run_from(datapath, direct, EP_A.ifindex).retval == TC_ACT_REDIRECT
+    assert "VIA_STACK" not in flow(datapath, POD_A, 40101, POD_LO, 8080, "TCP").flags
+    back = from_lo(IP(src=str(POD_LO), dst=str(POD_A)) / TCP(sport=8080, dport=40101, flags="SA"))
+    assert run_from(datapath, back, EP_LO.ifindex).retval == TC_ACT_REDIRECT

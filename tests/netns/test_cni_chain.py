@@ -7,7 +7,6 @@ portmap's iptables rules land there and nowhere else."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,15 +16,11 @@ from typing import Any
 
 import pytest
 
-from membrane_testkit.lab import netns
+from membrane_testkit.lab import libcni, netns
 from membrane_testkit.lab.node import LabNode, tool
 from membrane_testkit.lab.probes import NODE_UPLINK
 from membrane_testkit.lab.traffic import CONNECT, OK_SERVER
 
-ROOT = Path(__file__).resolve().parents[2]
-CLIENT_SRC = Path(__file__).parent / "libcni-client"
-CLIENT = ROOT / "build" / "libcni-client"
-REFERENCE_PLUGINS = Path("/usr/lib/cni")
 HOST_PORT = 18080
 LIMITS = {"ingressRate": 20_000_000, "ingressBurst": 256_000, "egressRate": 10_000_000, "egressBurst": 256_000}
 # The reference bandwidth plugin with a static ingress limit and no capability: a TBF on the
@@ -37,16 +32,7 @@ BANDWIDTH = {"type": "bandwidth", "ingressRate": 100_000_000, "ingressBurst": 1_
 
 @pytest.fixture(scope="module")
 def client() -> Path:
-    """Built from Debian's libcni sources (golang-github-appc-cni-dev), offline: GOPATH mode."""
-    if not CLIENT.exists() or CLIENT.stat().st_mtime < (CLIENT_SRC / "main.go").stat().st_mtime:
-        CLIENT.parent.mkdir(exist_ok=True)
-        env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOFLAGS": "",
-               "CGO_ENABLED": "0", "GOPROXY": "off"}
-        env.setdefault("GOCACHE", str(Path(env.get("HOME", "/tmp")) / ".cache" / "go-build"))
-        done = subprocess.run(["go", "build", "-o", str(CLIENT), "."], cwd=CLIENT_SRC, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    return CLIENT
+    return libcni.client()
 
 
 @pytest.fixture
@@ -61,7 +47,7 @@ def chain(node: LabNode, tmp_path: Path) -> Iterator[Any]:
     tools = tmp_path / "tools"
     tools.mkdir()
     (tools / "iptables").symlink_to(shutil.which("iptables") or "/usr/sbin/iptables")
-    environ = {"PATH": str(tools), "CNI_PATH": f"{bins}:{REFERENCE_PLUGINS}",
+    environ = {"PATH": str(tools), "CNI_PATH": f"{bins}:{libcni.REFERENCE_PLUGINS}",
                "CNI_CACHE_DIR": str(tmp_path / "cache")}
 
     def run(command: str, pod: str, caps: dict[str, Any] | None = None,
@@ -75,7 +61,7 @@ def chain(node: LabNode, tmp_path: Path) -> Iterator[Any]:
         conflist = tmp_path / "chain.conflist"
         conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "membrane-chain", "plugins": plugins}))
         path = str(netns.NETNS_DIR / f"{node.netns}-{pod}")
-        argv = [str(CLIENT), command, str(conflist), pod, path, "eth0", json.dumps(caps or {})]
+        argv = [str(libcni.CLIENT), command, str(conflist), pod, path, "eth0", json.dumps(caps or {})]
         return netns.exec_in(node.netns, ["env", "-i", *(f"{k}={v}" for k, v in environ.items()), *argv],
                              check=False, timeout=120)
 

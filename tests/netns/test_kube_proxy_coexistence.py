@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from membrane_testkit.lab import kube_proxy, netns, probes
+from membrane_testkit.lab import kube_proxy, libcni, netns, probes
 from membrane_testkit.lab.kube_proxy import ServicePort
 from membrane_testkit.lab.node import LabNode, Pod, tool
 from membrane_testkit.lab.probes import NODE_UPLINK, counters, forward_datagrams
@@ -37,9 +37,6 @@ from membrane_testkit.waiting import wait_for
 CLUSTER_CIDR = "10.200.0.0/16"
 CLUSTER_IP = "10.96.0.10"
 HOST_PORT = 18080
-REFERENCE_PLUGINS = Path("/usr/lib/cni")
-CLIENT_SRC = Path(__file__).parent / "libcni-client"
-CLIENT = Path(__file__).resolve().parents[2] / "build" / "libcni-client"
 
 # In a backend pod: TCP 8080 answers "ok <its own address>", UDP 5353 echoes "echo <own address>".
 SERVER = r"""
@@ -213,16 +210,7 @@ def test_nodeport_from_outside_the_node(node: LabNode, world: str, servers: list
 
 @pytest.fixture(scope="module")
 def libcni_client() -> Path:
-    """Built from Debian's libcni sources (golang-github-appc-cni-dev), offline: GOPATH mode."""
-    if not CLIENT.exists() or CLIENT.stat().st_mtime < (CLIENT_SRC / "main.go").stat().st_mtime:
-        CLIENT.parent.mkdir(exist_ok=True)
-        env = {**os.environ, "GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOFLAGS": "",
-               "CGO_ENABLED": "0", "GOPROXY": "off"}
-        env.setdefault("GOCACHE", str(Path(env.get("HOME", "/tmp")) / ".cache" / "go-build"))
-        done = subprocess.run(["go", "build", "-o", str(CLIENT), "."], cwd=CLIENT_SRC, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    return CLIENT
+    return libcni.client()
 
 
 def chained_add(node: LabNode, client: Path, tmp: Path, pod: str, host_port: int) -> Pod:
@@ -238,7 +226,7 @@ def chained_add(node: LabNode, client: Path, tmp: Path, pod: str, host_port: int
     conflist.write_text(json.dumps({"cniVersion": "1.0.0", "name": "membrane-chain", "plugins": [
         {"type": "membrane-cni", "agentSocket": node.socket},
         {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}]}))
-    environ = {"PATH": str(tools), "CNI_PATH": f"{bins}:{REFERENCE_PLUGINS}", "CNI_CACHE_DIR": str(tmp / "cache")}
+    environ = {"PATH": str(tools), "CNI_PATH": f"{bins}:{libcni.REFERENCE_PLUGINS}", "CNI_CACHE_DIR": str(tmp / "cache")}
     pod_ns = f"{node.netns}-{pod}"
     netns.create(pod_ns)
     caps = {"portMappings": [{"hostPort": host_port, "containerPort": 8080, "protocol": "tcp"},
