@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from membrane.maglev import check_size
+
 
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -58,8 +60,8 @@ class AgentConfig(BaseModel):
     # Services: True, membrane is the cluster's Service load balancer (no kube-proxy); False (the
     # default), kube-proxy translates Services and membrane keeps its translated flows working.
     kube_proxy_replacement: bool = False
-    # The node's devices (names in its network namespace): the XDP prefilter attaches to them (and
-    # Services' NodePort will serve on them). Empty: no prefilter attached.
+    # The node's devices (names in its network namespace): the XDP prefilter attaches to them, and
+    # bpf_host.c load-balances NodePort/externalIP/LoadBalancer traffic arriving on them. Empty: neither.
     devices: tuple[str, ...] = ()
     # XDP on --devices: auto (native where the driver has it, else generic), native or generic.
     xdp_mode: Literal["auto", "native", "generic"] = "auto"
@@ -67,6 +69,9 @@ class AgentConfig(BaseModel):
     # the prefilter, next to the cluster's CIDRDenyLists. Re-read at every resync when it changed.
     prefilter_cidrs: Path | None = None
     prefilter_cidr_map_entries: int = Field(default=131072, ge=64, le=1 << 24)
+    # Entries of each per-packet frontend's Maglev table (NodePort, externalIP, LoadBalancer on
+    # --devices): a prime, at least ~100x its backends.
+    lb_maglev_table_size: int = Field(default=1021, ge=3, le=131071)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     # A kernel header tree for bcc (BCC_KERNEL_SOURCE), e.g. the image's, laid out by
@@ -130,6 +135,12 @@ class AgentConfig(BaseModel):
         if value is not None and not (value.is_absolute() and (value / "include/linux/kconfig.h").is_file()):
             raise ValueError(f"kernel_headers {value} is not a kernel header tree (no include/linux/kconfig.h); "
                              "deploy/image/kernel-headers.sh lays one out")
+        return value
+
+    @field_validator("lb_maglev_table_size")
+    @classmethod
+    def _maglev_size(cls, value: int) -> int:
+        check_size(value)
         return value
 
     @field_validator("cgroup_root")
@@ -200,6 +211,7 @@ _FLAGS = {
     "tunnel": "--tunnel", "tunnel_device": "--tunnel-device", "tunnel_port": "--tunnel-port", "node_ip": "--node-ip",
     "cgroup_root": "--cgroup-root", "devices": "--devices", "xdp_mode": "--xdp-mode",
     "prefilter_cidrs": "--prefilter-cidrs", "prefilter_cidr_map_entries": "--prefilter-cidr-map-entries",
+    "lb_maglev_table_size": "--lb-maglev-table-size",
 }
 
 
@@ -237,12 +249,15 @@ HELP: dict[str, str] = {
     "node_ip": "underlay address of this node (default: the source address of the default route)",
     "cgroup_root": "cgroup v2 directory the Service socket hooks attach to (ClusterIP load balancing "
                    "for every process below it; in a cluster the node's cgroup v2 root)",
-    "devices": "the node's network devices, comma-separated: the XDP prefilter attaches to each (names in "
-               "the agent's network namespace)",
+    "devices": "the node's network devices, comma-separated: the XDP prefilter attaches to each, and "
+               "NodePort, externalIP and LoadBalancer traffic arriving on them is load-balanced per packet "
+               "in tc (names in the agent's network namespace)",
     "xdp_mode": "XDP on --devices: auto (native where the driver supports it, else generic), native or generic",
     "prefilter_cidrs": "a file of IPv4 prefixes (one per line, # comments) whose sources the XDP prefilter "
                        "drops on this node, next to the cluster's CIDRDenyLists; re-read at each resync",
     "prefilter_cidr_map_entries": "capacity of the prefilter's CIDR deny map (a change applies at the next start)",
+    "lb_maglev_table_size": "entries of each NodePort/externalIP/LoadBalancer frontend's Maglev table "
+                            "(a prime, ~100x the backends)",
     "log_level": "debug, info, warning or error",
     "log_format": "json or text",
     "kernel_headers": "kernel header tree for bcc (default: /lib/modules/$(uname -r)/build)",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from membrane.delta import Delta
+from membrane.lb_maps import DEFAULT_MAGLEV_SIZE
 from membrane.prefilter_rules import EncodedRule
 
 from .datapath import Datapath, EndpointEntry
@@ -30,10 +31,11 @@ MAP_USAGE_MAX_AGE_S = 5.0  # map entry counts are cached this long (a scrape wal
 
 class DatapathPort:
     def __init__(self, pin_root: Path, kernel_headers: Path | None = None,
-                 sizes: dict[str, int] | None = None) -> None:
+                 sizes: dict[str, int] | None = None, maglev_size: int = DEFAULT_MAGLEV_SIZE) -> None:
         self.kernel_headers = kernel_headers
         self.sizes = dict(sizes or {})  # max entries of the resizable maps (policy, ipcache, cidr)
-        self.dp = Datapath(pin_root, kernel_headers=kernel_headers, sizes=self.sizes)
+        self.maglev_size = maglev_size  # per-packet frontends' Maglev tables (compiled in: MB_LB_MAGLEV_SIZE)
+        self.dp = Datapath(pin_root, kernel_headers=kernel_headers, sizes=self.sizes, maglev_size=maglev_size)
         self.compile_seconds = 0.0
         self.load_seconds = 0.0
         # Called with (map role, operation) when a map write fails (membrane_bpf_map_operation_errors_total).
@@ -51,7 +53,8 @@ class DatapathPort:
     def load(self, pin_root: Path | None = None) -> None:
         """Compile and load; `pin_root` overrides where maps are pinned (see bpffs.py)."""
         if pin_root is not None and pin_root != self.dp.pin_root:
-            self.dp = Datapath(pin_root, kernel_headers=self.kernel_headers, sizes=self.sizes)
+            self.dp = Datapath(pin_root, kernel_headers=self.kernel_headers, sizes=self.sizes,
+                               maglev_size=self.maglev_size)
         self.dp.load()
         self.compile_seconds = self.dp.compile_seconds or 0.0
         self.load_seconds = self.dp.load_seconds or 0.0

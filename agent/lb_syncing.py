@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from membrane.api.state_objects import EndpointSliceState, Kind, ServiceState, StateObject
 from membrane.lb_maps import (
+    DEFAULT_MAGLEV_SIZE,
     LB_ORDER,
     LB_ROLES,
     PROTOCOL_NAMES,
@@ -77,7 +78,7 @@ class LbManager:
 
     def __init__(self, port: MapPort, node_name: str,
                  node_addresses: Callable[[], Iterable[str]] = lambda: (),
-                 complete: Callable[[], bool] = lambda: True) -> None:
+                 complete: Callable[[], bool] = lambda: True, maglev_size: int = DEFAULT_MAGLEV_SIZE) -> None:
         self.port = port
         # Whether the records held are a complete state (the consumer synced: a snapshot, or a
         # restored one). Until then nothing is written: the pinned maps keep serving what they
@@ -85,6 +86,7 @@ class LbManager:
         self.complete = complete
         self.node_name = node_name
         self.node_addresses = node_addresses
+        self.maglev_size = maglev_size  # entries of each per-packet frontend's Maglev table (a prime)
         self.maps = MapManager(LbMapPort(port), LB_ROLES, order=LB_ORDER)
         self.ids = LbIds()
         self.lock = threading.Lock()  # this manager's: readers take it briefly for copies
@@ -211,7 +213,7 @@ class LbManager:
     def _rewrite(self, where: Address, winner: ServiceFrontend | None) -> None:
         maps = self.maps
         old = self.entries.pop(where, None)
-        new = frontend_entries(winner, self.ids, self.node_name) if winner is not None else None
+        new = frontend_entries(winner, self.ids, self.node_name, self.maglev_size) if winner is not None else None
         if winner is None:
             self.table.pop(where, None)
         else:
@@ -222,7 +224,8 @@ class LbManager:
                 self.backend_users[backend_id] = self.backend_users.get(backend_id, 0) + 1
                 maps.set("lb_backends", backend_id, backend)
             maps.set("lb_rev_nat", new.rev_nat_index, new.front)
-            for role, contents in (("lb_members", new.members), ("lb_slots", new.slots), ("lb_masters", new.masters)):
+            for role, contents in (("lb_members", new.members), ("lb_slots", new.slots), ("lb_maglev", new.maglev),
+                                   ("lb_masters", new.masters)):
                 for key, value in contents.items():
                     maps.set(role, key, value)
             assert winner is not None
@@ -232,6 +235,7 @@ class LbManager:
             return
         for role, old_keys, new_keys in (("lb_members", old.members, new.members if new else {}),
                                          ("lb_slots", old.slots, new.slots if new else {}),
+                                         ("lb_maglev", old.maglev, new.maglev if new else {}),
                                          ("lb_masters", old.masters, new.masters if new else {})):
             for key in old_keys.keys() - new_keys.keys():
                 maps.remove(role, key)

@@ -78,7 +78,8 @@ class Agent:
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.metrics = AgentMetrics()
-        self.datapath = DatapathPort(config.bpffs_root, config.kernel_headers, config.map_sizes)
+        self.datapath = DatapathPort(config.bpffs_root, config.kernel_headers, config.map_sizes,
+                                     config.lb_maglev_table_size)
         self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
         self.netlink = Netlink(config.procfs)
         self.kubernetes = config.mode == "kubernetes"
@@ -107,7 +108,7 @@ class Agent:
         self.consumer = StateConsumer(config.node_name, self.ledger, on_refused=self._refused)
         # Services: Service and EndpointSlice records -> the lb4 maps (both modes, one registration).
         self.lb = LbManager(self.datapath, config.node_name, lambda: [str(a) for a in self.netlink.host_addresses()],
-                            complete=self.consumer.synced.is_set)
+                            complete=self.consumer.synced.is_set, maglev_size=config.lb_maglev_table_size)
         for kind in LB_KINDS:
             self.consumer.register(kind, self.lb)
         self.lb_queries: LbQueries = self.lb
@@ -239,6 +240,13 @@ class Agent:
         # cross-node flows of restored pods never stop.
         self.overlay = ready = overlay.setup(cfg, planned, self.netlink, self.datapath)
         log.info("overlay ready", extra={"fields": ready.to_json()})
+        for device in cfg.devices:  # per-packet Services from outside (NodePort, externalIP, LoadBalancer)
+            ifindex = self.netlink.ifindex(device)
+            if ifindex is None:
+                raise StartRefused(f"--devices: no device {device!r} in this network namespace")
+            self.netlink.attach_ingress(ifindex, self.datapath.program("from_netdev"))
+            self.netlink.attach_egress(ifindex, self.datapath.program("to_netdev"))
+            log.info("device programs attached", extra={"fields": {"device": device, "ifindex": ifindex}})
         self._start_prefilter()
         if cfg.cgroup_root is not None:  # Services at the socket: after the maps are back, replaced in place
             try:

@@ -29,6 +29,7 @@
 #include "lib/drop.h"
 #include "lib/flow.h"
 #include "lib/overlay.h"
+#include "lib/nodeport.h"
 
 /*
  * A packet the overlay's trust rules refuse: counted and reported with the
@@ -66,7 +67,7 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 	struct iphdr *ip4 = mb_ipv4_header(skb);
 	__u32 bytes = skb->len, dst_ifindex;
 	__u8 tcp_flags, trust, closed = 0;
-	int l4, drop, ct = MB_CT_NEW;
+	int l4, drop, rev, ct = MB_CT_NEW;
 
 	if (!ip4)
 		return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
@@ -82,6 +83,15 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 	 * node itself for replies of what its stack sent (to_overlay). */
 	dst = mb_lookup_endpoint(tuple.daddr);
 	if (!dst || !mb_endpoint_is_local_pod(dst)) {
+		/* A backend's reply to a flow this node SNATed (bpf_host.c): shown as the
+		 * frontend's and sent out to the client. */
+		rev = mb_np_reverse(skb);
+		if (rev < 0)
+			return mb_drop(MB_DROP_INVALID_PACKET, MB_DIR_INGRESS);
+		if (rev > 0) {
+			mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);
+			return mb_np_send_out(skb);
+		}
 		drop = mb_flow_classify(skb, ip4, &tuple, l4, tcp_flags, bytes, MB_DIR_INGRESS,
 					skb->ingress_ifindex, &ct, &closed, &entry);
 		if (drop)

@@ -50,6 +50,15 @@
 #ifndef MB_LB_AFFINITY_MAX
 #define MB_LB_AFFINITY_MAX 65536
 #endif
+#ifndef MB_LB_MAGLEV_MAX
+#define MB_LB_MAGLEV_MAX 262144
+#endif
+#ifndef MB_LB_MAGLEV_SIZE
+#define MB_LB_MAGLEV_SIZE 1021
+#endif
+#ifndef MB_LB_NAT_MAX
+#define MB_LB_NAT_MAX 131072
+#endif
 #ifndef MB_LB_SOCK_MAX
 #define MB_LB_SOCK_MAX 131072
 #endif
@@ -131,6 +140,11 @@ BPF_TABLE_PINNED("lru_hash", struct mb_lb4_affinity_key, struct mb_lb4_affinity,
 		 mb_lb4_affinity_v1, MB_LB_AFFINITY_MAX, MB_PIN(mb_lb4_affinity_v1));
 BPF_TABLE_PINNED("lru_hash", struct mb_lb4_sock_key, struct mb_lb4_sock_value,
 		 mb_lb4_sock_v1, MB_LB_SOCK_MAX, MB_PIN(mb_lb4_sock_v1));
+/* The per-packet path's Maglev tables and NAT entries (bpf_host.c, lib/nodeport.h). */
+BPF_TABLE_PINNED("hash", struct mb_lb4_maglev_key, struct mb_lb4_maglev,
+		 mb_lb4_maglev_v1, MB_LB_MAGLEV_MAX, MB_PIN(mb_lb4_maglev_v1));
+BPF_TABLE_PINNED("lru_hash", struct mb_lb4_nat_key, struct mb_lb4_nat,
+		 mb_lb4_nat_v1, MB_LB_NAT_MAX, MB_PIN(mb_lb4_nat_v1));
 BPF_TABLE_PINNED("percpu_array", __u32, struct mb_lb_stats,
 		 mb_lb_stats_v1, MB_LB_STAT_COUNT, MB_PIN(mb_lb_stats_v1));
 

@@ -460,6 +460,59 @@ struct mb_lb_stats {
 	__u64 count;
 };
 
+/* ---- per-packet load balancing on the node's devices (bpf_host.c, lib/nodeport.h) ---- */
+
+/*
+ * Maglev lookup table of a per-packet frontend (NodePort, externalIP,
+ * LoadBalancer IP): (frontend id, index 0..M-1) -> backend id, M the
+ * configured prime (MB_LB_MAGLEV_SIZE). A new flow takes the entry of its
+ * 5-tuple's hash, so every node (and a restarted agent) sends it to the
+ * same backend, and removing one of N backends moves about 1/N of flows.
+ */
+struct mb_lb4_maglev_key {
+	__u16 rev_nat_index;
+	__u16 pad;
+	__u32 index;
+};
+
+struct mb_lb4_maglev {
+	__u32 backend_id;
+};
+
+/* mb_lb4_nat_key.dir */
+#define MB_LB_NAT_FORWARD 0 /* the packet as it arrives from the client: where it goes */
+#define MB_LB_NAT_REPLY 1   /* the backend's reply as the node sees it: what the client must see */
+
+/*
+ * One entry per direction of a translated flow (LRU): the forward entry
+ * keeps an established flow on its backend while that backend serves the
+ * frontend, the reply entry turns the backend's answer back into the
+ * frontend's. A backend on another node sees the node's address as source
+ * (SNAT, flags MB_LB_NAT_F_SNAT); a local one the client's own.
+ */
+struct mb_lb4_nat_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir; /* MB_LB_NAT_* */
+	__u8 pad[2];
+};
+
+#define MB_LB_NAT_F_SNAT 0x1
+
+struct mb_lb4_nat {
+	__be32 saddr; /* the addresses and ports the packet gets */
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;    /* forward: the backend chosen */
+	__u16 rev_nat_index; /* the frontend */
+	__u8 flags;          /* MB_LB_NAT_F_* */
+	__u8 pad;
+};
+
 /* ---- XDP prefilter (bpf_xdp.c, lib/prefilter.h; membrane/prefilter_rules.py) ---- */
 
 #define MB_PREFILTER_RULES_MAX 256   /* rules in force at once: one bank of mb_prefilter_rules */

@@ -11,15 +11,19 @@ Output, per frontend, the entries of the maps `bpf/lib/lb.h` reads:
 - `lb_backends`: backend id -> address, port, protocol, flags (shared by every frontend using it);
 - `lb_rev_nat`: frontend id -> the frontend (replies and getpeername show it again);
 - `lb_members`: (backend id, frontend id) -> slot: a remembered choice (ClientIP affinity, an
-  unconnected UDP socket's backend) is kept only while its backend still serves the frontend.
+  unconnected UDP socket's backend) is kept only while its backend still serves the frontend;
+- `lb_maglev`: (frontend id, index 0..M-1) -> backend id, the Maglev table (`membrane.maglev`,
+  M a prime, `--lb-maglev-table-size`) of each frontend the per-packet path serves (NodePort,
+  externalIP, LoadBalancer IP; `bpf/lib/nodeport.h`). It depends only on the backends' keys, so a
+  restarted agent (and every node) computes the same table.
 
 Ids are stable: a frontend keeps its id and a backend its id while they exist (`LbIds`), and a
 restarted agent reads them back from the pinned maps (`LbIds.seed`), so it computes exactly the
 contents the maps already hold and writes nothing. A freed id is not handed out again before
 the counter wraps, so one apply never turns an id that old slots still name into another backend.
 
-`LB_ORDER` is the write plan: new backends, frontends, members, slots, masters; then deletes in
-the reverse order. No lookup in between ever finds a slot whose backend is missing.
+`LB_ORDER` is the write plan: new backends, frontends, members, slots, Maglev entries, masters;
+then deletes in the reverse order. No lookup in between ever finds a slot whose backend is missing.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any, Final, Protocol
 
+from membrane.maglev import maglev_table
 from membrane.map_plan import Op
 
 PROTOCOLS: Final = {"TCP": 6, "UDP": 17, "SCTP": 132}
@@ -52,7 +57,9 @@ KIND_FLAGS: Final = {"ClusterIP": F_CLUSTER_IP, "NodePort": F_NODE_PORT, "Extern
 B_TERMINATING: Final = 0x1
 B_LOCAL: Final = 0x2
 
-LB_ROLES: Final = ("lb_backends", "lb_rev_nat", "lb_members", "lb_slots", "lb_masters")
+LB_ROLES: Final = ("lb_backends", "lb_rev_nat", "lb_members", "lb_slots", "lb_maglev", "lb_masters")
+DEFAULT_MAGLEV_SIZE: Final = 1021  # prime: ~100 entries per backend up to 10 backends per frontend
+PER_PACKET_KINDS: Final = frozenset({"NodePort", "ExternalIP", "LoadBalancer"})  # served by bpf_host.c
 LB_ORDER: Final[tuple[tuple[str, Op], ...]] = (
     *((role, Op.UPDATE) for role in LB_ROLES),
     *((role, Op.DELETE) for role in reversed(LB_ROLES)),
@@ -150,6 +157,14 @@ class LbFrontendAddr:
 
 
 @dataclass(frozen=True, order=True)
+class LbMaglevKey:
+    """`struct mb_lb4_maglev_key`: one entry of a frontend's Maglev table."""
+
+    rev_nat_index: int
+    index: int
+
+
+@dataclass(frozen=True, order=True)
 class LbMemberKey:
     backend_id: int
     rev_nat_index: int
@@ -221,9 +236,11 @@ class FrontendEntries:
     slots: dict[LbKey, LbService]
     members: dict[LbMemberKey, int]
     backends: dict[int, LbBackend]  # the ids it uses (shared: the manager counts users)
+    maglev: dict[LbMaglevKey, int] = field(default_factory=dict)  # per-packet frontends only
 
 
-def frontend_entries(entry: ServiceFrontendLike, ids: LbIds, node_name: str) -> FrontendEntries | None:
+def frontend_entries(entry: ServiceFrontendLike, ids: LbIds, node_name: str,
+                     maglev_size: int = DEFAULT_MAGLEV_SIZE) -> FrontendEntries | None:
     """The entries of one service frontend (None when the maps cannot hold it: IPv6, SCTP)."""
     front = frontend_addr(entry.frontend)
     if front is None:
@@ -251,7 +268,15 @@ def frontend_entries(entry: ServiceFrontendLike, ids: LbIds, node_name: str) -> 
         slots[LbKey(front.address, front.port, front.protocol, slot)] = LbService(backend_id, 0, index)
         members.setdefault(LbMemberKey(backend_id, index), slot)
     master = LbService(0, len(slots), index, flags, entry.affinity_timeout if entry.affinity_timeout else 0)
-    return FrontendEntries(front, index, {master_key: master}, slots, members, backends)
+    maglev: dict[LbMaglevKey, int] = {}
+    if entry.frontend.kind in PER_PACKET_KINDS and slots:
+        ordered = [slots[LbKey(front.address, front.port, front.protocol, n)].backend_id
+                   for n in range(1, len(slots) + 1)]
+        # The backends' addresses name them (the same on every node); ids are this node's.
+        names = [f"{backends[b].address}:{backends[b].port}" for b in ordered]
+        maglev = {LbMaglevKey(index, i): ordered[owner]
+                  for i, owner in enumerate(maglev_table(names, maglev_size))}
+    return FrontendEntries(front, index, {master_key: master}, slots, members, backends, maglev)
 
 
 def _ipv4(ip: str) -> IPv4Address | None:
@@ -262,15 +287,16 @@ def _ipv4(ip: str) -> IPv4Address | None:
 
 
 def desired_contents(table: Iterable[ServiceFrontendLike], node_name: str,
-                     ids: LbIds | None = None) -> dict[str, dict[Any, Any]]:
+                     ids: LbIds | None = None, maglev_size: int = DEFAULT_MAGLEV_SIZE) -> dict[str, dict[Any, Any]]:
     """Every map's content for a whole service table (the oracle the incremental manager is
     checked against; also what a test compares the kernel maps with)."""
     ids = ids or LbIds()
     out: dict[str, dict[Any, Any]] = {role: {} for role in LB_ROLES}
     for entry in table:
-        entries = frontend_entries(entry, ids, node_name)
+        entries = frontend_entries(entry, ids, node_name, maglev_size)
         if entries is None:
             continue
+        out["lb_maglev"].update(entries.maglev)
         out["lb_masters"].update(entries.masters)
         out["lb_slots"].update(entries.slots)
         out["lb_members"].update(entries.members)

@@ -408,6 +408,52 @@ class Lb4SockValue(ctypes.Structure):
     ]
 
 
+class LbNatDir(enum.IntEnum):
+    """``mb_lb4_nat_key.dir`` (``MB_LB_NAT_*``)."""
+
+    FORWARD = 0
+    REPLY = 1
+
+
+class LbNatFlag(enum.IntFlag):
+    """``mb_lb4_nat.flags`` (``MB_LB_NAT_F_*``)."""
+
+    SNAT = 0x1
+
+
+class Lb4MaglevKey(ctypes.Structure):
+    _fields_ = [("rev_nat_index", ctypes.c_uint16), ("pad", ctypes.c_uint16), ("index", ctypes.c_uint32)]
+
+
+class Lb4Maglev(ctypes.Structure):
+    _fields_ = [("backend_id", ctypes.c_uint32)]
+
+
+class Lb4NatKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),  # network byte order
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proto", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+    ]
+
+
+class Lb4Nat(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),  # network byte order
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("backend_id", ctypes.c_uint32),
+        ("rev_nat_index", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
 class LbStatsValue(ctypes.Structure):
     _fields_ = [("count", ctypes.c_uint64)]
 
@@ -553,6 +599,10 @@ LB_MEMBERS: Final = MapSpec("lb_members", "mb_lb4_members_v1", BPF_MAP_TYPE_HASH
 LB_AFFINITY: Final = MapSpec("lb_affinity", "mb_lb4_affinity_v1", BPF_MAP_TYPE_LRU_HASH, Lb4AffinityKey,
                              Lb4Affinity, 65536)
 LB_SOCK: Final = MapSpec("lb_sock", "mb_lb4_sock_v1", BPF_MAP_TYPE_LRU_HASH, Lb4SockKey, Lb4SockValue, 131072)
+# The per-packet path (bpf_host.c, lib/nodeport.h): Maglev tables of per-packet frontends, written by
+# the LB manager; NAT entries of translated flows, written by the datapath (LRU).
+LB_MAGLEV: Final = MapSpec("lb_maglev", "mb_lb4_maglev_v1", BPF_MAP_TYPE_HASH, Lb4MaglevKey, Lb4Maglev, 262144)
+LB_NAT: Final = MapSpec("lb_nat", "mb_lb4_nat_v1", BPF_MAP_TYPE_LRU_HASH, Lb4NatKey, Lb4Nat, 131072)
 LB_STATS: Final = MapSpec("lb_stats", "mb_lb_stats_v1", BPF_MAP_TYPE_PERCPU_ARRAY, ArrayIndex, LbStatsValue,
                           len(LbStat))
 # XDP prefilter (bpf_xdp.c): two banks of rules, the word saying which is in force, counters per rule or
@@ -569,6 +619,7 @@ PREFILTER_RATE: Final = MapSpec("prefilter_rate", "mb_prefilter_rate_v1", BPF_MA
                                 PrefilterRateValue, 16384)
 MAP_SPECS: Final = (ENDPOINTS, CONNTRACK, METRICS, IPCACHE, POLICY, EVENT_STATS, EVENT_CONFIG, NODE_CONFIG, CIDR,
                     POLICY_REV, LB_SERVICES, LB_BACKENDS, LB_REV_NAT, LB_MEMBERS, LB_AFFINITY, LB_SOCK, LB_STATS,
+                    LB_MAGLEV, LB_NAT,
                     PREFILTER_RULES, PREFILTER_CONFIG, PREFILTER_COUNTERS, PREFILTER_CIDR, PREFILTER_RATE)
 # Pins of older layout versions, removed at load (their programs are replaced by this build's).
 RETIRED_PINS: Final = ("mb_ct4_v1",)

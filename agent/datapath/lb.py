@@ -10,12 +10,14 @@ from membrane.agent.datapath.layout import (
     Lb4Backend,
     Lb4BackendKey,
     Lb4Key,
+    Lb4Maglev,
+    Lb4MaglevKey,
     Lb4MemberKey,
     Lb4RevNat,
     Lb4RevNatKey,
     Lb4Service,
 )
-from membrane.lb_maps import LbBackend, LbFrontendAddr, LbKey, LbMemberKey, LbService
+from membrane.lb_maps import LbBackend, LbFrontendAddr, LbKey, LbMaglevKey, LbMemberKey, LbService
 
 
 def lb_key(key: LbKey) -> Lb4Key:
@@ -71,3 +73,15 @@ def member_key(key: LbMemberKey) -> Lb4MemberKey:
 
 def member_key_of(raw: Lb4MemberKey) -> LbMemberKey:
     return LbMemberKey(raw.backend_id, raw.rev_nat_index)
+
+
+def maglev_key(key: LbMaglevKey) -> Lb4MaglevKey:
+    return Lb4MaglevKey(rev_nat_index=key.rev_nat_index, index=key.index)
+
+
+def maglev_key_of(raw: Lb4MaglevKey) -> LbMaglevKey:
+    return LbMaglevKey(raw.rev_nat_index, raw.index)
+
+
+def maglev_value(backend_id: int) -> Lb4Maglev:
+    return Lb4Maglev(backend_id=backend_id)

@@ -1,7 +1,8 @@
 """Compile and load the datapath with bcc, and access its pinned maps.
 
 ``Datapath`` is the agent's handle on ``bpf/bpf_lxc.c`` (pod veths),
-``bpf/bpf_overlay.c`` (the VXLAN device), ``bpf/bpf_sock.c`` (cgroup socket
+``bpf/bpf_overlay.c`` (the VXLAN device), ``bpf/bpf_host.c`` (the node's
+devices: per-packet Services), ``bpf/bpf_sock.c`` (cgroup socket
 hooks: Services) and ``bpf/bpf_xdp.c`` (the XDP prefilter on the node's devices),
 one compilation unit: compiled once per
 agent start, its maps pinned under ``pin_root`` so that a restarted agent
@@ -84,14 +85,17 @@ from membrane.agent.datapath.shared_constants import drift, static_asserts
 from membrane.agent.datapath.syscalls import map_count_entries, map_info, map_update_batch, pinned_map_info
 from membrane.agent.datapath.witness import WITNESS_NAME
 from membrane.delta import Delta
+from membrane.lb_maps import DEFAULT_MAGLEV_SIZE
+from membrane.maglev import check_size
 from membrane.policy.flattening import FlatKey, FlatValue
 from membrane.prefilter_rules import EncodedRule
 
 DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
-ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c", "bpf_sock.c", "bpf_xdp.c")  # one per hook family, one unit
+ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c", "bpf_host.c", "bpf_sock.c", "bpf_xdp.c")  # one per hook family, one unit
 SHARED_HEADERS: Final = ("types.h", "lib/events.h")  # numbers checked against Python at load (shared_constants)
 ENTRY_FILE: Final = ENTRY_FILES[0]
-PROGRAMS: Final = ("from_container", "to_container", "from_overlay", "to_overlay")  # tc (SCHED_CLS)
+PROGRAMS: Final = ("from_container", "to_container", "from_overlay", "to_overlay",  # tc (SCHED_CLS)
+                   "from_netdev", "to_netdev")
 SOCK_PROGRAMS: Final = SOCK_HOOKS  # cgroup sock_addr programs -> their (expected) attach type
 XDP_PROGRAMS: Final = ("xdp_prefilter",)
 
@@ -110,7 +114,7 @@ class Datapath:
 
     def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR, *, events: bool = True,
                  test_hooks: bool = False, kernel_headers: Path | None = None,
-                 sizes: Mapping[str, int] | None = None) -> None:
+                 sizes: Mapping[str, int] | None = None, maglev_size: int = DEFAULT_MAGLEV_SIZE) -> None:
         """events=False compiles flow events out entirely (benchmarks: cost of events).
 
         sizes: max entries by map role, for the maps in ``layout.RESIZABLE`` (policy, ipcache,
@@ -121,7 +125,12 @@ class Datapath:
         has no tunnel metadata, which BPF_PROG_TEST_RUN cannot attach.
 
         kernel_headers: a header tree to compile against instead of the node's /lib/modules.
+
+        maglev_size: entries of each per-packet frontend's Maglev table (a prime; the LB
+        manager writes tables of this size).
         """
+        check_size(maglev_size)
+        self.maglev_size = maglev_size
         self.pin_root = Path(pin_root)
         self.bpf_dir = Path(bpf_dir)
         self.events_compiled = events
@@ -525,6 +534,9 @@ class Datapath:
             f"-DMB_LB_REV_NAT_MAX={self.specs['lb_rev_nat'].max_entries}",
             f"-DMB_LB_AFFINITY_MAX={self.specs['lb_affinity'].max_entries}",
             f"-DMB_LB_SOCK_MAX={self.specs['lb_sock'].max_entries}",
+            f"-DMB_LB_MAGLEV_MAX={self.specs['lb_maglev'].max_entries}",
+            f"-DMB_LB_MAGLEV_SIZE={self.maglev_size}",
+            f"-DMB_LB_NAT_MAX={self.specs['lb_nat'].max_entries}",
             f"-DMB_PREFILTER_CIDR_MAX={self.specs['prefilter_cidr'].max_entries}",
             f"-DMB_EVENTS_RINGBUF_BYTES={EVENTS.size_bytes}",
             *conntrack_cflags(),

@@ -1,7 +1,8 @@
 """Service traffic for the lab: a backend server and a client, real sockets, standard library only.
 
-    python -S -u service_probe.py serve NAME IP TCPPORTS UDPPORTS
+    python -S -u service_probe.py serve NAME IP TCPPORTS UDPPORTS [peer]
         TCP: accept, send NAME:PORT, close. UDP: answer every datagram with NAME:PORT. Prints "ready".
+        With "peer": the answer is NAME:PORT@CLIENTIP (the source address the backend saw).
     python -S -u service_probe.py client JSON
         JSON is a list of steps; prints one JSON list of results. Steps:
         {"op": "tcp", "ip", "port", "timeout"}      -> {"reply", "peer", "ms"} or {"error", "errno", "ms"}
@@ -23,37 +24,37 @@ import time
 from typing import Any
 
 
-def serve(name: str, ip: str, tcp_ports: str, udp_ports: str) -> None:
+def serve(name: str, ip: str, tcp_ports: str, udp_ports: str, peer: str = "") -> None:
     for port in [int(p) for p in tcp_ports.split(",") if p]:
         reply = f"{name}:{port}".encode()
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((ip, port))
         listener.listen(128)
-        threading.Thread(target=_tcp, args=(listener, reply), daemon=True).start()
+        threading.Thread(target=_tcp, args=(listener, reply, peer == "peer"), daemon=True).start()
     for port in [int(p) for p in udp_ports.split(",") if p]:
         reply = f"{name}:{port}".encode()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((ip, port))
-        threading.Thread(target=_udp, args=(sock, reply), daemon=True).start()
+        threading.Thread(target=_udp, args=(sock, reply, peer == "peer"), daemon=True).start()
     print("ready", flush=True)
     threading.Event().wait()
 
 
-def _tcp(listener: socket.socket, reply: bytes) -> None:
+def _tcp(listener: socket.socket, reply: bytes, tell_peer: bool) -> None:
     while True:
-        conn, _ = listener.accept()
+        conn, client = listener.accept()
         try:
-            conn.sendall(reply)
+            conn.sendall(reply + (b"@" + client[0].encode() if tell_peer else b""))
         except OSError:
             pass
         conn.close()
 
 
-def _udp(sock: socket.socket, reply: bytes) -> None:
+def _udp(sock: socket.socket, reply: bytes, tell_peer: bool) -> None:
     while True:
         _, peer = sock.recvfrom(2048)
-        sock.sendto(reply, peer)
+        sock.sendto(reply + (b"@" + peer[0].encode() if tell_peer else b""), peer)
 
 
 def _ms(started: float) -> float:
@@ -117,6 +118,6 @@ def client(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(*sys.argv[2:6])
+        serve(*sys.argv[2:7])
     else:
         print(json.dumps(client(json.loads(sys.argv[2]))), flush=True)

@@ -31,7 +31,7 @@ class FakeLbMaps:
 
     def __init__(self, capacity: int | None = None) -> None:
         self.tables: dict[str, dict[Any, Any]] = {r: {} for r in ("lb_services", "lb_backends", "lb_rev_nat",
-                                                                   "lb_members")}
+                                                                   "lb_members", "lb_maglev")}
         self.cap = capacity
         self.writes = 0
 
@@ -66,8 +66,11 @@ def _normalised(maps: Mapping[str, Mapping[Any, Any]]) -> dict[str, Any]:
                                                        tuple(chosen))
     members = {(backends[m.backend_id].ident, (fronts[m.rev_nat_index].address, fronts[m.rev_nat_index].port,
                                                 fronts[m.rev_nat_index].protocol)) for m in maps["lb_members"]}
+    maglev: dict[Any, dict[int, Any]] = {}
+    for mkey, backend_id in maps.get("lb_maglev", {}).items():
+        maglev.setdefault(fronts[mkey.rev_nat_index], {})[mkey.index] = backends[backend_id].ident
     return {"frontends": out, "members": members, "backends": set(backends.values()),
-            "fronts": set(fronts.values())}
+            "fronts": set(fronts.values()), "maglev": maglev}
 
 
 def _service(rng: random.Random, i: int) -> ServiceState:
