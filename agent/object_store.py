@@ -103,7 +103,7 @@ class ObjectStore:
         if not accept_loss:
             for path in legacy:
                 set_aside(path, keep_original=True)
-            if exc.path == self.path:
+            if exc.path == self.path and self.db.damaged_before is None:
                 self.db.copy_to(damaged_path(self.path))
             files = " and ".join(p.name for p in legacy) if exc.path != self.path else self.path.name
             raise StateDamaged(exc.path, exc.reason, (
@@ -114,7 +114,7 @@ class ObjectStore:
                     extra={"fields": {"file": str(exc.path), "error": exc.reason}})
         for path in legacy:
             set_aside(path)
-        if exc.path == self.path:
+        if exc.path == self.path and self.db.damaged_before is None:  # else the damaged file itself is kept
             self.db.copy_to(damaged_path(self.path))
         with self.db.transaction(durable=True):
             self.db.clear_objects()

@@ -105,7 +105,12 @@ class StateDb:
                     raise
                 finally:
                     self._depth = 0
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except BaseException:  # a COMMIT that failed (disk full) may leave it open: never half
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
             finally:
                 if durable:
                     self._conn.execute("PRAGMA synchronous=NORMAL")

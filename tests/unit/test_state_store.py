@@ -72,6 +72,25 @@ def test_a_transaction_commits_all_or_nothing(tmp_path: Path) -> None:
     assert read_endpoint_rows(tmp_path) == [("c1/eth0", "10.9.0.2")]
 
 
+def test_a_durable_transaction_is_synchronous_full_and_only_it(tmp_path: Path) -> None:
+    """Store batches are fsynced before they return (FULL); everything else stays NORMAL."""
+    db = open_state(tmp_path).db
+    level = lambda: db._conn.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731 - 1 NORMAL, 2 FULL
+    assert level() == 1
+    with db.transaction(durable=True):
+        assert level() == 2
+        with db.transaction():  # joins the durable one
+            db.put_doc("a", 1)
+    assert level() == 1 and db.get_doc("a") == 1
+    with pytest.raises(RuntimeError, match="durable"), db.transaction(), db.transaction(durable=True):
+        db.put_doc("b", 1)
+    assert db.get_doc("b") is None and level() == 1  # rolled back, nothing left open
+    with pytest.raises(ValueError), db.transaction(durable=True):
+        db.put_doc("c", 1)
+        raise ValueError("crash inside")
+    assert db.get_doc("c") is None and level() == 1
+
+
 def test_an_address_has_one_owner(tmp_path: Path) -> None:
     db = open_state(tmp_path).db
     db.put_endpoint("c1/eth0", "10.9.0.2", {})
