@@ -74,6 +74,10 @@ class DatapathPort:
         """The Service socket hooks on a cgroup v2 directory (ours replaced in place)."""
         return attach_sock_hooks(cgroup, {name: self.dp.program_fd(name) for name in SOCK_HOOKS})
 
+    def sock_translated(self, cookie: int, address: IPv4Address, port: int) -> bool:
+        """A UDP socket the hooks translated to this backend (connected UDP termination)."""
+        return self.dp.sock_translated(cookie, address, port, 17)
+
     def lb_stats(self) -> dict[str, int]:
         return self.dp.lb_stats()
 

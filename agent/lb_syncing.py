@@ -24,6 +24,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any, Protocol
 
 from membrane.api.state_objects import EndpointSliceState, Kind, ServiceState, StateObject
@@ -103,6 +104,10 @@ class LbManager:
         self.node_addrs: tuple[str, ...] = ()
         self.seeded = False
         self.refused = 0
+        # Called after an apply with the UDP backends (address, port) that left a frontend: the
+        # agent closes connected sockets the hooks sent there (agent/sock_terminating.py).
+        self.on_udp_backends_removed: Callable[[list[tuple[IPv4Address, int]]], None] = lambda gone: None
+        self._removed: set[tuple[IPv4Address, int]] = set()
 
     # --- records -------------------------------------------------------------------------------
     def on_update(self, kind: Kind, key: str, obj: StateObject | None) -> None:
@@ -137,6 +142,12 @@ class LbManager:
             self._settle()
             self._check_capacity()
         written = self.maps.apply()
+        if self._removed:
+            gone, self._removed = sorted(self._removed), set()
+            try:
+                self.on_udp_backends_removed(gone)
+            except OSError as exc:  # best effort: the maps are right, sockets are the application's
+                log.warning("closing UDP sockets of removed backends failed", extra={"fields": {"error": str(exc)}})
         return {role: len(d.upserts) + len(d.deletes) for role, d in written.items() if d}
 
     def resync(self) -> dict[str, int]:
@@ -239,6 +250,9 @@ class LbManager:
                                          ("lb_masters", old.masters, new.masters if new else {})):
             for key in old_keys.keys() - new_keys.keys():
                 maps.remove(role, key)
+        kept = {(b.address, b.port) for b in new.backends.values()} if new is not None else set()
+        self._removed.update((b.address, b.port) for b in old.backends.values()
+                             if b.protocol == 17 and (b.address, b.port) not in kept)
         for backend_id, backend in old.backends.items():
             users = self.backend_users.get(backend_id, 0) - 1
             if users > 0:

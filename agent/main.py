@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from pydantic import BaseModel
@@ -58,6 +58,7 @@ from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
 from .prefilter_queries import PrefilterQueries
 from .prefilter_syncing import PREFILTER_KINDS, PrefilterManager
 from .service_flows import ServiceFlows, netns_cookie
+from .sock_terminating import terminate_udp
 from .start_refusal import StartRefused
 from .state_consuming import Resyncing, StateConsumer
 from .state_driving import StateDriver
@@ -112,6 +113,7 @@ class Agent:
         for kind in LB_KINDS:
             self.consumer.register(kind, self.lb)
         self.lb_queries: LbQueries = self.lb
+        self.lb.on_udp_backends_removed = self._terminate_udp
         # XDP prefilter: PacketFilter and CIDRDenyList records (and --prefilter-cidrs) -> its maps;
         # the program on --devices (both modes, one registration).
         self.prefilter = PrefilterManager(self.datapath)
@@ -416,6 +418,20 @@ class Agent:
         self.identities.gc()
 
     # --- glue ----------------------------------------------------------------------
+    def _terminate_udp(self, gone: list[tuple[IPv4Address, int]]) -> None:
+        """Connected UDP sockets translated to backends that left their Service: closed, in every
+        local pod and on the node itself (their applications connect anew, to a live backend)."""
+        translated = self.datapath.sock_translated
+        closed = terminate_udp(gone, translated)
+        for ep in self.endpoints.list():
+            try:
+                closed += in_netns(ep.netns, lambda: terminate_udp(gone, translated))
+            except OSError:
+                continue  # the pod is going away
+        if closed:
+            log.info("UDP sockets of removed backends closed", extra={"fields": {"sockets": closed,
+                                                                                 "backends": len(gone)}})
+
     def _netns_clients(self) -> dict[int, str]:
         """netns cookie -> address of each local endpoint (read in its namespace; flows only)."""
         found = {}

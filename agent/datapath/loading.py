@@ -28,7 +28,7 @@ from bcc import BPF  # the one place bcc is imported
 
 from membrane.agent.datapath.cgroup_attaching import SOCK_HOOKS
 from membrane.agent.datapath.conntrack import ConntrackEntry, conntrack_cflags, is_expired
-from membrane.agent.datapath.encoding import struct_copy
+from membrane.agent.datapath.encoding import ip_to_field, port_to_field, struct_copy
 from membrane.agent.datapath.endpoints import EndpointEntry
 from membrane.agent.datapath.events import EventConfig, EventStats
 from membrane.agent.datapath.flattening import flatten_sources
@@ -415,6 +415,16 @@ class Datapath:
         table = self._table(PREFILTER_COUNTERS)
         for ref in refs:
             table[struct_copy(table.Key, ArrayIndex(ref))] = table.Leaf()
+
+    def sock_translated(self, cookie: int, address: IPv4Address, port: int, protocol: int) -> bool:
+        """Did the socket hooks translate socket `cookie` to this backend (mb_lb4_sock_v1)?"""
+        table = self._table(LB_SOCK)
+        key = table.Key(cookie=cookie, address=ip_to_field(address), port=port_to_field(port), proto=protocol)
+        try:
+            table[key]
+        except KeyError:
+            return False
+        return True
 
     # -- node config ---------------------------------------------------------
 

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import pytest
 
 from membrane.agent.datapath_port import DatapathPort
 from membrane.agent.lb_syncing import LB_KINDS, LbManager
+from membrane.agent.netlinking import in_netns
+from membrane.agent.sock_terminating import terminate_udp
 from membrane.agent.state_consuming import StateConsumer
 from membrane.api.state_objects import (
     Change,
@@ -36,7 +39,7 @@ from membrane.api.state_objects import (
     SliceEndpointState,
     StateUpdate,
 )
-from membrane_testkit.lab import cgroups, probes
+from membrane_testkit.lab import cgroups, netns, probes
 from membrane_testkit.lab.node import LabNode, Pod
 from membrane_testkit.lab.underlay import Underlay
 
@@ -117,6 +120,11 @@ def service_feed(node: LabNode) -> ServiceFeed:
     lb = LbManager(port, node.name, lambda: ())
     for kind in LB_KINDS:
         consumer.register(kind, lb)
+
+    def terminate(gone: list[tuple[IPv4Address, int]]) -> None:  # what the agent does, in each pod
+        for pod in node.pods.values():
+            in_netns(str(netns.NETNS_DIR / pod.netns), lambda: terminate_udp(gone, port.sock_translated))
+    lb.on_udp_backends_removed = terminate
     return ServiceFeed(node, port, consumer, lb)
 
 
@@ -395,3 +403,38 @@ def test_cluster_ip_with_the_backend_on_another_node(two_node_lab: tuple[Service
     assert udp.get("replies") == ["web1:5353"] and udp["sources"] == [[VIP, 53]], udp
     # Each node tracked the flow between the pods themselves (the overlay carried the backend's address).
     assert any(f["dst"] == f"{web.ip}:8080" for f in n2.api("bpf.ct"))
+
+
+def test_connected_udp_sockets_of_a_removed_backend_are_closed(svc_lab: ServiceLab) -> None:
+    """A connected UDP socket keeps its backend; when that backend leaves the Service the socket
+    is destroyed (the application gets an error) and a new one reaches a live backend."""
+    pods = _shop(svc_lab, "web1", "web2", "client1")
+    for pod in (pods["web1"], pods["web2"]):
+        svc_lab.serve(pod)
+    svc = service("web", VIP, *WEB_PORTS)
+    node = svc_lab.node
+    both = endpoint_slice("web-a", "web", SLICE_PORTS, ready(pods["web1"], node), ready(pods["web2"], node))
+    svc_lab.feed.apply((key(svc), svc), (key(both), both))
+    steps = [{"op": "udp_hold", "ip": VIP, "port": 53}, {"op": "sleep", "seconds": 2.5}, {"op": "udp_hold_send"},
+             {"op": "udp_connected", "ip": VIP, "port": 53}]
+    group = cgroups.child(svc_lab.cgroup, "client1")
+    proc = cgroups.popen_in(group, pods["client1"].netns, [sys.executable, "-S", "-u", PROBE, "client",
+                                                           json.dumps(steps)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        # Remove whichever backend the held socket uses: find it from the socket's peer after translation.
+        used = next(s for s in subprocess.run(["ip", "netns", "exec", pods["client1"].netns, "ss", "-Hun"],
+                                              capture_output=True, text=True).stdout.split() if s.endswith(":5353"))
+        keep = "web2" if used.startswith(pods["web1"].ip + ":") else "web1"
+        only = endpoint_slice("web-a", "web", SLICE_PORTS, ready(pods[keep], node))
+        svc_lab.feed.apply((key(only), only))
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    held, _, after, fresh = json.loads(out)
+    assert held["reply"] != f"{keep}:5353", held
+    # Destroyed (the kernel disconnects it: ECONNABORTED, or EDESTADDRREQ for a send on the now
+    # unconnected socket), never silently sending into nothing.
+    assert after.get("errno") in (errno.ECONNABORTED, errno.EDESTADDRREQ), after
+    assert fresh.get("replies") == [f"{keep}:5353"], fresh
