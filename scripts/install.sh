@@ -10,7 +10,7 @@ stamp=$venv/.membrane-installed
 apt_pkgs=(clang llvm python3-bpfcc python3-cryptography bpfcc-tools libbpf-dev iproute2 iptables nftables
           python3-venv python3-dev linux-headers-amd64 containernetworking-plugins golang-go
           golang-github-appc-cni-dev
-          iperf3 sockperf tcpdump ethtool procps psmisc curl iputils-ping util-linux prometheus)
+          iperf3 sockperf netsniff-ng tcpdump ethtool procps psmisc curl iputils-ping util-linux prometheus)
 
 need_apt=0
 for p in "${apt_pkgs[@]}"; do

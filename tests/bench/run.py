@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
                                                       "object_store", "service_objects", "services",
-                                                      "prefilter_propagation"),
+                                                      "prefilter_propagation", "prefilter"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
                     help="python of an installation with the JSON state files: compare the SQLite store with it")
@@ -256,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         log("prefilter apply-to-enforced on every node (100 simulated nodes)")
         print(prefilter_propagation.write(prefilter_propagation.run(prefilter_propagation.parser().parse_args(
             ["--out", str(args.out)])), args.out))
+    if args.only in ("all", "prefilter"):
+        from . import prefilter_bench  # XDP vs tc vs iptables raw under a flood, cost per rule
+
+        log("XDP prefilter (flood: XDP native/generic vs tc vs iptables raw vs none; cost per rule)")
+        print(prefilter_bench.write(prefilter_bench.run(), args.out))
     if args.only in ("all", "cni_startup"):
         from . import cni_startup  # Go plugin vs the Python plugin it replaced: bench-results/cni_startup.*
 
