@@ -294,7 +294,8 @@ def markdown(r: dict[str, Any]) -> str:
               f"backend) of the {a['services']:,}-service layout took {r['kube_proxy_restore_s'][str(a['services'])]} s "
               f"(1,000 services: {r['kube_proxy_restore_s'].get('1000')} s; the restore alone, kube-proxy's own "
               "computation not included);",
-              f"- first apply of all {a['services']:,} services: {a['membrane_first_apply_s']} s.", "",
+              f"- first apply of all {a['services']:,} services: {a['membrane_first_apply_s']} s (measured under "
+              "tracemalloc, which slows Python several times; a restarted agent writes nothing, see the tests).", "",
               "## Memory", "",
               f"The load balancer's Python heap (records, frontends, desired and written map contents; tracemalloc): "
               f"{a['manager_heap_kib_per_1000_services']} KiB per 1,000 services (2 backends each).", ""]
