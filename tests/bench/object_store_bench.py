@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for name, root in roots.items():
                 alone[name].append(store_alone(root, LAB_DIR, args.applies))
-        commits = commit_costs(Path(tempfile.mkdtemp(dir=LAB_DIR, prefix="mbbench-commit-")), args.applies * args.rounds)
+        with tempfile.TemporaryDirectory(dir=LAB_DIR, prefix="mbbench-commit-") as where:
+            commits = commit_costs(Path(where), args.applies * args.rounds)
     keys = ("apply1_ms", "apply100_ms", "add_ms")
     summary: dict[str, dict[str, float]] = {
         name: {key: med([x for r in rs for x in r[key]]) for key in keys} for name, rs in runs.items()}
