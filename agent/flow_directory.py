@@ -7,7 +7,7 @@ address index is rebuilt only when the manager applied something since the last 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from membrane.identities import LabelSet
 from membrane.k8s_models import ObjectRef
@@ -18,8 +18,10 @@ from .policy_queries import PolicyQueries
 
 
 class PolicyDirectory:
-    def __init__(self, queries: PolicyQueries) -> None:
+    def __init__(self, queries: PolicyQueries,
+                 prefilter: Callable[[int], tuple[str, str] | None] = lambda _ref: None) -> None:
         self.queries = queries
+        self.prefilter = prefilter  # counter slot -> (kind, name) of a prefilter rule or deny list
         self._seen = -1
         self._by_ip: dict[str, EndpointInfo] = {}
 
@@ -51,6 +53,11 @@ class PolicyDirectory:
             return []
         wanted = Direction.INGRESS if direction == "ingress" else Direction.EGRESS
         return sorted(str(ref) for ref in self.queries.isolating(ObjectRef(info.namespace, info.pod), wanted))
+
+    def describe_prefilter(self, rule_ref: int) -> list[str]:
+        """A prefilter drop's rule or deny list, by its counter slot ([] when it is gone)."""
+        owner = self.prefilter(rule_ref)
+        return [f"prefilter/{owner[1]}"] if owner is not None else []
 
     def describe_rule(self, rule_ref: int) -> list[str]:
         if rule_ref == 0:

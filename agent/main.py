@@ -134,7 +134,8 @@ class Agent:
                                          self._pod_cidr_learned, config.identity_wait_seconds, db=self.state.db)
             self.cluster.run = self.driver.call
             self.consumer.on_synced.append(self.ready.set)
-        self.observer = FlowObserver(config.node_name, PolicyDirectory(self.policy), capacity=config.flow_ring_size)
+        self.observer = FlowObserver(config.node_name, PolicyDirectory(self.policy, self.prefilter.owner_of),
+                                     capacity=config.flow_ring_size)
         # Flows name the Service a socket hook translated them for (its translation event).
         self.service_flows = ServiceFlows(self.lb_queries, self._netns_clients)
         self.observer.enricher.services = self.service_flows.describe

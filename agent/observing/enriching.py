@@ -119,6 +119,9 @@ class MonotonicClock:
 
 
 _POLICY_DROPS = (7, 8)  # enum mb_reason: DROP_POLICY_INGRESS, DROP_POLICY_EGRESS
+# enum mb_reason: DROP_PREFILTER_RULE, _DENY, _RATE. Their rule_ref is the prefilter's counter slot
+# (a rule or a deny list), never a policy rule: named through describe_prefilter.
+_PREFILTER_DROPS = (15, 16, 17)
 
 _PATHS: dict[int, str] = {int(p): p.name.lower() for p in FlowPath}
 
@@ -188,6 +191,11 @@ class Enricher:
             names = self._rules[rule_ref] = tuple(self.directory.describe_rule(rule_ref))
         return names
 
+    def prefilter(self, rule_ref: int) -> tuple[str, ...]:
+        """The prefilter rule or deny list a drop counts against ("prefilter/cve.frag-of-death")."""
+        ask = getattr(self.directory, "describe_prefilter", None)
+        return tuple(ask(rule_ref)) if ask is not None and rule_ref else ()
+
     def isolating(self, ev: RawEvent, dropped: bool) -> tuple[str, ...]:
         """A default-deny drop matches no rule: name the policies that isolate the pod instead."""
         ask = getattr(self.directory, "isolating_policies", None)
@@ -220,7 +228,8 @@ class Enricher:
             tcp_flags=tcp_flag_names(ev.tcp_flags) if ev.nexthdr == 6 else (),
             source=self.endpoint(ev.saddr, ev.src_identity),
             destination=self.endpoint(ev.daddr, ev.dst_identity),
-            policies=self.policies(ev.rule_ref) or self.isolating(ev, dropped),
+            policies=(self.prefilter(ev.rule_ref) if ev.reason in _PREFILTER_DROPS and dropped
+                      else self.policies(ev.rule_ref) or self.isolating(ev, dropped)),
             count=max(ev.count, 1),
             bytes=ev.len,
             ifindex=ev.ifindex,

@@ -238,3 +238,34 @@ def test_readers_see_what_is_in_force_through_the_query_interface() -> None:
     manager.on_update(Kind.PACKET_FILTER, "web.example", None)
     manager.apply()
     assert [e.name for e in manager.prefilter_entries()] == ["bad"]
+
+
+def test_a_prefilter_drop_flow_names_its_rule_never_a_policy() -> None:
+    from membrane.agent.flow_directory import PolicyDirectory
+    from membrane.agent.observing import Enricher
+    from membrane.agent.observing.events import EventType, decode_event, encode_event
+
+    port = FakePrefilter()
+    manager = PrefilterManager(port)
+    manager.on_update(Kind.PACKET_FILTER, "web", WEB)
+    manager.on_update(Kind.CIDR_DENY_LIST, "bad", deny("bad", "203.0.113.0/24"))
+    manager.apply()
+
+    class Policies:  # a policy rule table that would answer any slot: the prefilter's must not ask it
+        generation = 1
+
+        def rule_policies(self, ref: int) -> list[str]:
+            return ["default/some-policy"]
+
+        def peer_pods(self) -> list[object]:
+            return []
+
+        def identity_labels(self, identity: int) -> None:
+            return None
+
+    enricher = Enricher("n1", PolicyDirectory(Policies(), manager.owner_of))  # type: ignore[arg-type]  # the methods flows use
+    telnet, bad = manager.refs[("rule", "web.no-telnet")], manager.refs[("denylist", "bad")]
+    for reason, ref, name in ((15, telnet, "prefilter/web.no-telnet"), (16, bad, "prefilter/bad")):
+        flow = enricher.flow(decode_event(encode_event(type=EventType.DROP, saddr="203.0.113.9", daddr="10.0.0.5",
+                                                       nexthdr=6, dport=23, verdict=1, reason=reason, rule_ref=ref)))
+        assert flow.policies == (name,) and flow.drop_reason.startswith("DROP_PREFILTER"), flow
