@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from membrane.agent.datapath.layout import LB_AFFINITY, LbClient
 from membrane.agent.datapath_port import DatapathPort
 from membrane.agent.lb_syncing import LB_KINDS, LbManager
 from membrane.agent.netlinking import in_netns
@@ -42,6 +43,7 @@ from membrane.api.state_objects import (
 from membrane_testkit.lab import cgroups, netns, probes
 from membrane_testkit.lab.node import LabNode, Pod
 from membrane_testkit.lab.underlay import Underlay
+from membrane_testkit.waiting import wait_for
 
 PROBE = str(Path(__file__).resolve().parents[2] / "membrane_testkit" / "lab" / "service_probe.py")
 VIP = "10.96.0.10"
@@ -109,6 +111,12 @@ def key(obj: ServiceState | EndpointSliceState) -> tuple[Any, str]:
 
 WEB_PORTS = (("http", "TCP", 80, "8080"), ("dns", "UDP", 53, "5353"))
 SLICE_PORTS = (("http", "TCP", 8080), ("dns", "UDP", 5353))
+
+
+def _socket_entries(lab: ServiceLab) -> set[bytes]:
+    """Keys of the unconnected UDP sockets' entries (SOCKET kind) in mb_lb4_affinity_v1."""
+    return {bytes(key) for key, _ in lab.feed.port.dp._table(LB_AFFINITY).items()
+            if key.client_kind == LbClient.SOCKET}
 
 
 def service_feed(node: LabNode) -> ServiceFeed:
@@ -284,10 +292,13 @@ def test_udp_flows_leave_a_removed_backend(svc_lab: ServiceLab) -> None:
     svc_lab.feed.apply((key(svc), svc), (key(both), both))
     script = [{"op": "udp_sendto", "ip": VIP, "port": 53, "count": 30, "gap": 0.05}]
     group = cgroups.child(svc_lab.cgroup, "client1")
+    earlier = _socket_entries(svc_lab)
     proc = cgroups.popen_in(group, pods["client1"].netns, [sys.executable, "-S", "-u", PROBE, "client",
                                                            json.dumps(script)], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        # Its first datagram went (its socket's entry exists): a fixed sleep may end before the
+        # client even started on a loaded machine, and the removal would test nothing.
+        wait_for(lambda: _socket_entries(svc_lab) - earlier, timeout=30, message="the client socket's entry")
         # Whichever backend the socket uses, web1 goes: its datagrams must move (or stay on web2).
         only2 = endpoint_slice("web-a", "web", SLICE_PORTS, ready(pods["web2"], node))
         svc_lab.feed.apply((key(only2), only2))
