@@ -1,14 +1,18 @@
-"""The node's identity allocations (standalone mode): pods -> security identities, persisted.
+"""The node's identity numbering (standalone mode): the one local allocator, persisted.
 
-Same labels give the same number, across restarts too: the allocator's numbering is written
-to the state store (one document) when numbers were handed out (once per batch, `flush`) or freed, before they are
-used in a BPF map.
-Who holds an identity is not persisted: a restarted agent re-assigns every pod it knows, and
-numbers nobody claims again age out after the grace period.
+Standalone mode's source (agent/local_source.py, through agent/store_syncing.py) numbers the
+label sets its pods need with this allocator, as the operator's leader does cluster-wide; the
+agent's policy side reads the numbers from the stream's identity records, never from here.
 
-A missing or unreadable document is rebuilt from the kernel: the endpoint
-map holds the identity of every local pod, the store its labels (`recover`), so every pod
-keeps its number and no map entry changes.
+Same labels give the same number, across restarts too: the numbering is written to the state
+store (one document) whenever it changed, before a new number reaches a BPF map (`save`, called
+by the source once per delta that carries identity changes), and when numbers are freed.
+Who holds an identity is not persisted: a restarted agent's source acquires again for every
+pod it knows, and numbers nobody claims again age out after the grace period (`gc`).
+
+A missing or unreadable document is rebuilt from the kernel: the endpoint map holds the
+identity of every local pod, the store its labels (`recover`), so every pod keeps its number
+and no map entry changes.
 """
 
 from __future__ import annotations
@@ -16,15 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from membrane.identities import (
-    CLUSTER_IDENTITY_MIN,
-    IdentityAllocator,
-    LabelSet,
-    ReservedIdentity,
-    identity_labels,
-    reserved_labels,
-)
-from membrane.k8s_models import ObjectRef
+from membrane.identities import CLUSTER_IDENTITY_MIN, IdentityAllocator, LabelSet
 
 from .state_db import StateDb
 
@@ -47,12 +43,10 @@ class IdentityBook:
             self.damaged = str(exc).splitlines()[0]
             saved, self.allocator = None, self._fresh()
         self.loaded = bool(saved)  # False: missing or damaged, `recover` rebuilds it
-        self.held: dict[ObjectRef, LabelSet] = {}
-        self.unsaved = False  # numbers handed out since the last save (`flush`)
         now = time.time()
         for identity, labels in self.allocator.items().items():
             for owner in self.allocator.owners_of(identity):
-                self.allocator.release(labels, owner, now)  # re-claimed by assign() at start-up
+                self.allocator.release(labels, owner, now)  # acquired again by the source at start-up
 
     @staticmethod
     def _fresh() -> IdentityAllocator:
@@ -64,57 +58,16 @@ class IdentityBook:
         restored = sum(1 for labels, number in sorted(in_use.items(), key=lambda kv: kv[1])
                        if self.allocator.claim(number, labels))
         if restored or not self.loaded:
-            self._save()
+            self.save()
         self.loaded = True
         return restored
 
-    def assign(self, ref: ObjectRef, pod_labels: dict[str, str], ns_labels: dict[str, str]) -> int:
-        """The identity of a pod with these labels; moves the pod off its old one."""
-        labels = identity_labels(pod_labels, ref.namespace, ns_labels)
-        old = self.held.get(ref)
-        if old == labels:
-            number = self.allocator.lookup(labels)
-            assert number is not None
-            return number
-        fresh = self.allocator.lookup(labels) is None
-        number = self.allocator.acquire(labels, str(ref))
-        if old is not None:
-            self.allocator.release(old, str(ref), time.time())
-        self.held[ref] = labels
-        if fresh:
-            self.unsaved = True  # saved by `flush()`, once per batch, before any map uses it
-        return number
-
-    def flush(self) -> None:
-        """Persist the numbering if new numbers were handed out (the policy manager calls
-        this before writing maps: one write per batch instead of one per new identity)."""
-        if self.unsaved:
-            self._save()
-
-    def release(self, ref: ObjectRef) -> None:
-        old = self.held.pop(ref, None)
-        if old is not None:
-            self.allocator.release(old, str(ref), time.time())
-
     def gc(self) -> list[int]:
+        """Numbers no pod held for the grace period are freed (persisted)."""
         freed = self.allocator.gc(time.time())
         if freed:
-            self._save()
+            self.save()
         return freed
 
-    def identity_of(self, ref: ObjectRef) -> int | None:
-        labels = self.held.get(ref)
-        return self.allocator.lookup(labels) if labels is not None else None
-
-    def listing(self) -> list[dict[str, object]]:
-        rows: list[dict[str, object]] = [
-            {"identity": int(r), "labels": reserved_labels(r).to_strings(), "owners": [], "reserved": True}
-            for r in ReservedIdentity]
-        for number, labels in sorted(self.allocator.items().items()):
-            rows.append({"identity": number, "labels": labels.to_strings(),
-                         "owners": sorted(self.allocator.owners_of(number)), "reserved": False})
-        return rows
-
-    def _save(self) -> None:
+    def save(self) -> None:
         self.db.put_doc(DOC, self.allocator.to_dict())
-        self.unsaved = False

@@ -1,12 +1,12 @@
-"""Where the policy manager gets a pod's security identity from.
+"""Where the policy manager gets a pod's security identity from: the stream's records.
 
-Two sources answer the same question ("the identity of this pod"):
-
-- standalone mode: the node's own `IdentityBook` allocates numbers from labels (it satisfies
-  `IdentitySource` as is);
-- Kubernetes mode: `StreamIdentities` holds what the operator streamed. The operator is the
-  one writer of identities cluster-wide; the agent never allocates. A local pod whose endpoint
-  has not been streamed yet gets the reserved INIT identity until it arrives.
+`StreamIdentities` holds what the stream carries, in both modes: the identity records and each
+endpoint's number, allocated by the source's one allocator (the operator's leader in a cluster,
+the node's own in standalone: agent/local_source.py with agent/identity_book.py). The agent
+never allocates on the policy side. A local pod whose endpoint has not been streamed yet gets
+the reserved INIT identity until it arrives (Kubernetes mode: the CNI ADD waits briefly).
+`IdentitySource` is what the policy manager needs of it (tests give it a stand-in numbering
+pods from their labels, membrane_testkit/label_identities.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,14 @@ What the API server and the operator's leader add in a cluster, this source adds
 - a stored Pod without `spec.nodeName` is this node's pod (standalone has one node), and a
   pod without addresses in its status gets the ones its local endpoint holds (CNI ADD), which
   is what the kubelet reports in a cluster;
+- a local endpoint whose pod is not stored (wired by CNI without `membranectl apply`, or whose
+  object was deleted while it runs) is a pod of its namespace without labels: it gets the
+  identity of that namespace's unlabelled pods, as a pod of no stored object always had;
+- a pod whose namespace is not stored takes empty namespace labels (`implicit_namespaces`):
+  no API server makes the namespace exist first;
+- a pod of another node that is not stored says where that node is (`status.hostIP`): the
+  node's record is made from it, so the node's pods are reached through the overlay (a
+  stored Node object wins);
 - identities: the allocator given (the node's own, persisted by the agent) numbers every label
   set a pod needs, and the number is fed to the builder as the same MembraneIdentity object
   the operator's leader writes (operator/identity_objects.py), so the builder reads identities
@@ -45,6 +53,7 @@ LOCAL_STREAM = "local"
 _SETTERS = {"Namespace": "set_namespace", "Node": "set_node", "Pod": "set_pod", "NetworkPolicy": "set_policy",
             "PacketFilter": "set_packet_filter", "CIDRDenyList": "set_cidr_deny_list",
             "Service": "set_service", "EndpointSlice": "set_endpoint_slice"}
+STREAMED_KINDS = tuple(_SETTERS)  # the store kinds the stream carries
 
 
 def object_json(kind: str, key: ObjectKey, obj: BaseModel | JSON) -> JSON:
@@ -73,13 +82,16 @@ class LocalSource:
         self.node_name = node_name
         self.allocator = allocator if allocator is not None else IdentityAllocator()
         self.log = log if log is not None else StateLog(stream_id=LOCAL_STREAM)
-        self.builder = StateBuilder()
+        self.builder = StateBuilder(implicit_namespaces=True)
         self.clock = clock
         self._pods: dict[str, JSON] = {}  # builder key -> the stored pod (before local facts)
         self._addresses: dict[str, tuple[str, ...]] = {}  # builder key -> local endpoint IPs
         self._held: dict[str, LabelSet] = {}  # pod key -> labels it holds an identity for
         self._fed: dict[int, LabelSet] = {}  # identity objects fed to the builder
         self.slices = EndpointSliceDeriver()  # the EndpointSlice controller's work, locally
+        self._stored_nodes: set[str] = set()
+        self._host_ips: dict[str, dict[str, str]] = {}  # node not stored -> its pods' hostIP
+        self._implicit_nodes: set[str] = set()  # node records made from pods' hostIP
 
     # --- feeding -------------------------------------------------------------------------------
     def on_object(self, kind: str, key: ObjectKey, obj: BaseModel | JSON | None) -> None:
@@ -89,12 +101,21 @@ class LocalSource:
         name = builder_key(key)
         data = object_json(kind, key, obj) if obj is not None else None
         if kind == "Pod":
+            self._pod_host(name, data)
             if data is None:
                 self._pods.pop(name, None)
             else:
                 self._pods[name] = data
             data = self._with_local_facts(name)
+        elif kind == "Node":
+            if data is None:
+                self._stored_nodes.discard(name)
+            else:
+                self._stored_nodes.add(name)
+                self._implicit_nodes.discard(name)
         getattr(self.builder, setter)(name, data)
+        if kind == "Node" and data is None:
+            self._implicit_node(name)
         if kind == "Pod":
             self.slices.set_pod(name, self._for_slices(name))
         elif kind == "Service":
@@ -113,9 +134,39 @@ class LocalSource:
             self._addresses[name] = tuple(ips)
         else:
             self._addresses.pop(name, None)
-        if name in self._pods:
-            self.builder.set_pod(name, self._with_local_facts(name))
-            self.slices.set_pod(name, self._for_slices(name))
+        self.builder.set_pod(name, self._with_local_facts(name))
+        self.slices.set_pod(name, self._for_slices(name))
+
+    def _pod_host(self, name: str, pod: JSON | None) -> None:
+        """Where another node's pod says its node is (a node with no stored object)."""
+        old = self._pods.get(name)
+        nodes = set()
+        for obj, keep in ((old, False), (pod, True)):
+            node = str(((obj or {}).get("spec") or {}).get("nodeName") or "")
+            host = str(((obj or {}).get("status") or {}).get("hostIP") or "")
+            if not node or node == self.node_name:
+                continue
+            nodes.add(node)
+            if not keep:
+                self._host_ips.get(node, {}).pop(name, None)
+            elif host:
+                self._host_ips.setdefault(node, {})[name] = host
+        for node in nodes:
+            self._implicit_node(node)
+
+    def _implicit_node(self, node: str) -> None:
+        if node in self._stored_nodes:
+            return
+        hosts = self._host_ips.get(node) or {}
+        if not hosts:
+            self._host_ips.pop(node, None)
+            if node in self._implicit_nodes:
+                self._implicit_nodes.discard(node)
+                self.builder.set_node(node, None)
+            return
+        self._implicit_nodes.add(node)
+        self.builder.set_node(node, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}, "status": {
+            "addresses": [{"type": "InternalIP", "address": min(hosts.values())}]}})
 
     def _for_slices(self, name: str) -> JSON | None:
         """The pod as slices are derived from it: with no kubelet to report readiness, a pod
@@ -132,7 +183,10 @@ class LocalSource:
     def _with_local_facts(self, name: str) -> JSON | None:
         pod = self._pods.get(name)
         if pod is None:
-            return None
+            if name not in self._addresses:
+                return None
+            namespace, _, pod_name = name.partition("/")  # a local endpoint no object describes
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "namespace": namespace}}
         spec = dict(pod.get("spec") or {})
         status = dict(pod.get("status") or {})
         if not spec.get("nodeName"):
@@ -150,17 +204,19 @@ class LocalSource:
         return self.log.apply(self.builder.take_changes(), self.clock())
 
     def _allocate(self) -> None:
-        wanted = dict(self.builder.pod_labels)
+        wanted = self.builder.pod_labels
+        # Only what changed since the last commit (C-level set differences: a store of thousands
+        # of pods costs little per CNI ADD), in key order: numbering independent of arrival order.
+        changed = sorted(pod for pod, _ in wanted.items() - self._held.items())
+        gone = sorted(self._held.keys() - wanted.keys())
         now = self.clock()
-        for pod, labels in sorted(wanted.items()):  # in key order: numbering independent of arrival order
-            old = self._held.get(pod)
-            if old == labels:
-                continue
+        for pod in changed:
+            labels, old = wanted[pod], self._held.get(pod)
             self.allocator.acquire(labels, pod)
             if old is not None:
                 self.allocator.release(old, pod, now)
             self._held[pod] = labels
-        for pod in [p for p in self._held if p not in wanted]:
+        for pod in gone:
             self.allocator.release(self._held.pop(pod), pod, now)
         self.sync_identities()
 

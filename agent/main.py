@@ -17,14 +17,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pydantic import BaseModel
-
-from membrane.api.state_objects import Kind
 from membrane.cni_types import CniError
 from membrane.flows import observer_socket_for
 from membrane.http_serving import HttpServer
-from membrane.identities import CLUSTER_IDENTITY_MIN, LabelSet, identity_labels
-from membrane.k8s_models import Node, ObjectRef, Pod
 from membrane.prefilter_rules import PrefilterRuleError, parse_cidr_file
 
 from . import cni_conf_writing, overlay, policy_api, prefilter_api
@@ -42,17 +37,16 @@ from .endpoints import Endpoint, EndpointManager
 from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .identity_book import IdentityBook
-from .identity_sources import IdentitySource, StreamIdentities, identity_count
+from .identity_sources import StreamIdentities, identity_count
 from .lb_syncing import LB_KINDS, LbManager, LbQueries
 from .logging_setup import setup_logging
 from .masquerading import ensure_masquerade
 from .metrics import AgentMetrics, DatapathCollector, ServiceCollector
 from .netlinking import Netlink, in_netns, write_sysctl
-from .object_store import ObjectKey, ObjectStore
+from .object_store import ObjectStore
 from .observing import FlowMetricsCollector, FlowObserver
 from .observing.grpc_serving import ObserverServer
 from .persisting import make_private
-from .pod_records import pod_record
 from .policy_records import POLICY_KINDS, PolicyRecords
 from .policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
 from .prefilter_queries import PrefilterQueries
@@ -60,16 +54,16 @@ from .prefilter_syncing import PREFILTER_KINDS, PrefilterManager
 from .service_flows import ServiceFlows, netns_cookie
 from .sock_terminating import terminate_udp
 from .start_refusal import StartRefused
-from .state_consuming import Resyncing, StateConsumer
+from .state_consuming import Resyncing, StateConsumer, StateSource
 from .state_driving import StateDriver
 from .state_storing import open_state
+from .store_syncing import StoreSyncer
 from .xdp_attaching import XdpAttacher, XdpAttachError
 
 log = logging.getLogger("membrane.agent")
 
 DEFAULT_WAIT_SECONDS = 30.0  # `apply --wait` without --timeout
 NOT_ENFORCED = 504  # API error code: not enforced within the timeout (membranectl exits 3)
-REFUSED = 507  # API error code: a map would overflow, the change was rolled back
 
 
 class Agent:
@@ -83,23 +77,12 @@ class Agent:
                                      config.lb_maglev_table_size)
         self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
         self.netlink = Netlink(config.procfs)
-        self.kubernetes = config.mode == "kubernetes"
         # One transactional store for endpoints, IPAM, identities, the object store and the
         # cluster cache (upgraded from the JSON files of earlier releases on first start; a
-        # damaged one is rebuilt from the kernel, or refused where it held the object store).
-        self.state = open_state(config.state_dir, keep_damaged=not self.kubernetes and not config.accept_state_loss)
-        if self.kubernetes:  # IPAM restores its pool with the PodCIDR the operator last gave
-            config.pod_cidr = saved_pod_cidr(self.state.db, config.node_name) or config.pod_cidr
-        self.endpoints = EndpointManager(config, self.netlink, self.datapath, self._endpoint_changed,
-                                         db=self.state.db)
-        self.store = ObjectStore(self.state.db)
-        self.store.listeners.append(self._object_changed)
-        # Identities: allocated here (standalone) or streamed by the operator (Kubernetes mode).
-        self.identities: IdentitySource = StreamIdentities() if self.kubernetes else \
-            IdentityBook(self.state.db)
-        self.policy = PolicyManager(self.identities, self.datapath, self.endpoints.update_identity,
-                                    self.netlink.host_addresses,  # read at every apply: never stale
-                                    config.allow_host_traffic, node_name=config.node_name)
+        # damaged one is rebuilt from the kernel, or refused where it held the object store:
+        # standalone, whose objects exist nowhere else).
+        standalone = config.mode != "kubernetes"
+        self.state = open_state(config.state_dir, keep_damaged=standalone and not config.accept_state_loss)
         # Which version of the desired state the datapath enforces (apply --wait, stream acks).
         self.ledger = EnforcementLedger(config.node_name)
         # The one driver: stream updates, store batches, local endpoints and resyncs run on its
@@ -107,7 +90,21 @@ class Agent:
         self.driver = StateDriver()
         # The stream's consumer: records go to the managers registered for their kind.
         self.consumer = StateConsumer(config.node_name, self.ledger, on_refused=self._refused)
-        # Services: Service and EndpointSlice records -> the lb4 maps (both modes, one registration).
+        # Identities as the stream numbers them (the operator's allocator, or the local one).
+        self.identities = StreamIdentities()
+        # The one place the mode matters: where the stream comes from.
+        self.source = self._source()
+        self.endpoints = EndpointManager(config, self.netlink, self.datapath, self._endpoint_changed,
+                                         db=self.state.db)
+        self.policy = PolicyManager(self.identities, self.datapath, self.endpoints.update_identity,
+                                    self.netlink.host_addresses,  # read at every apply: never stale
+                                    config.allow_host_traffic, node_name=config.node_name)
+        self.apply_cause = "stream"  # the metric label of the next policy apply (driver thread only)
+        self.policy_records = PolicyRecords(config.node_name, self.policy, self.identities, self._apply_policy)
+        # Managers by kind. A new kind plugs in here, one line each: register(Kind.X, manager).
+        for kind in POLICY_KINDS:
+            self.consumer.register(kind, self.policy_records)
+        # Services: Service and EndpointSlice records -> the lb4 maps.
         self.lb = LbManager(self.datapath, config.node_name, lambda: [str(a) for a in self.netlink.host_addresses()],
                             complete=self.consumer.synced.is_set, maglev_size=config.lb_maglev_table_size)
         for kind in LB_KINDS:
@@ -115,25 +112,14 @@ class Agent:
         self.lb_queries: LbQueries = self.lb
         self.lb.on_udp_backends_removed = self._terminate_udp
         # XDP prefilter: PacketFilter and CIDRDenyList records (and --prefilter-cidrs) -> its maps;
-        # the program on --devices (both modes, one registration).
+        # the program on --devices.
         self.prefilter = PrefilterManager(self.datapath)
         self.prefilter_queries: PrefilterQueries = self.prefilter  # readers: membranectl prefilter, metrics
         for kind in PREFILTER_KINDS:
             self.consumer.register(kind, self.prefilter)
         self.xdp = XdpAttacher(self.netlink, config.devices, config.xdp_mode, prog_name)
         self._prefilter_file_stamp: tuple[float, int] | None = None
-        self.cluster: ClusterSyncer | None = None
-        self.policy_records: PolicyRecords | None = None
-        if self.kubernetes:
-            assert isinstance(self.identities, StreamIdentities)
-            self.policy_records = PolicyRecords(config.node_name, self.policy, self.identities,
-                                                lambda: self._apply_policy("stream"))
-            for kind in POLICY_KINDS:
-                self.consumer.register(kind, self.policy_records)
-            self.cluster = ClusterSyncer(config.node_name, self.consumer, self.identities, config.state_dir,
-                                         self._pod_cidr_learned, config.identity_wait_seconds, db=self.state.db)
-            self.cluster.run = self.driver.call
-            self.consumer.on_synced.append(self.ready.set)
+        self.consumer.on_synced.append(self.ready.set)
         self.observer = FlowObserver(config.node_name, PolicyDirectory(self.policy, self.prefilter.owner_of),
                                      capacity=config.flow_ring_size)
         # Flows name the Service a socket hook translated them for (its translation event).
@@ -141,18 +127,31 @@ class Agent:
         self.observer.enricher.services = self.service_flows.describe
         self.metrics.registry.register(FlowMetricsCollector(self.observer))
         self.observer_server: ObserverServer | None = None
-        self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set,
-                              self.cluster.before_add if self.cluster is not None else None)
-        self.metrics.watch_state(lambda: identity_count(self.identities), lambda: self._object_counts()["NetworkPolicy"],
-                                 self._object_counts)
+        self.cni = CniHandler(self.endpoints, self.netlink, self.ready.is_set, self.source.before_add)
+        self.metrics.watch_state(lambda: identity_count(self.identities),
+                                 lambda: self.source.object_counts()["NetworkPolicy"], self.source.object_counts)
         self.api: ApiServer | None = None
         self.http: HttpServer | None = None
         self.certs: CertKeeper | None = None
         self.overlay: overlay.Overlay | None = None
         self.witness: Witness | None = None
-        # Kubernetes mode with a damaged cluster cache: the maps keep what they enforce until the
-        # operator's snapshot arrives (that apply is a full resync against the kernel).
+        # A source whose restored state is incomplete (Kubernetes mode, damaged cluster cache):
+        # the maps keep what they enforce until its snapshot arrives (that apply is a full resync).
         self.maps_held = False
+
+    def _source(self) -> StateSource:
+        """Kubernetes mode: the operator's stream (IPAM restores its pool with the PodCIDR the
+        operator last gave). Standalone: the local store through the operator's state logic,
+        identities numbered by the node's allocator."""
+        cfg = self.config
+        if cfg.mode == "kubernetes":
+            cfg.pod_cidr = saved_pod_cidr(self.state.db, cfg.node_name) or cfg.pod_cidr
+            cluster = ClusterSyncer(cfg.node_name, self.consumer, self.identities, cfg.state_dir,
+                                    self._pod_cidr_learned, cfg.identity_wait_seconds, db=self.state.db)
+            cluster.run = self.driver.call
+            return cluster
+        return StoreSyncer(cfg.node_name, self.consumer, ObjectStore(self.state.db),
+                           IdentityBook(self.state.db), cfg.pod_cidr, self._pod_cidr_learned, cfg.accept_state_loss)
 
     # --- lifecycle -----------------------------------------------------------------
     def _start_tls(self) -> None:
@@ -199,10 +198,7 @@ class Agent:
         # compiled): a store that cannot be trusted stops the start here, every pod still wired.
         pin_root.mkdir(parents=True, exist_ok=True)
         self.witness = Witness(pin_root)
-        if self.cluster is None:
-            log.info("object store loaded", extra={"fields": self.store.load(self.witness, cfg.accept_state_loss)})
-        else:
-            self.cluster.cache.witness = self.witness
+        self.source.load(self.witness)
         self.datapath.load(pin_root)
         self.metrics.compile.set(self.datapath.compile_seconds)
         self.metrics.load.set(self.datapath.load_seconds)
@@ -215,29 +211,17 @@ class Agent:
         self.metrics.add_prefilter(self.prefilter_queries)
         restored = self.endpoints.restore()
         log.info("endpoints restored", extra={"fields": restored})
-        if isinstance(self.identities, IdentityBook):
-            # Also when the numbering was read: a state store that lost its last commits (its
-            # log deleted after a crash) may lack numbers the endpoint map already uses.
-            loaded = self.identities.loaded
-            reclaimed = self.identities.recover(self._identities_in_use())
-            if reclaimed or not loaded:
-                log.info("identities rebuilt from the endpoint map", extra={"fields": {
-                    "restored": reclaimed, "damaged": self.identities.damaged}})
-        # Policy state is rebuilt from the store and the restored endpoints, then compared
-        # with the pinned maps: only differences are written, nothing is flushed.
-        if self.cluster is not None:  # the state applied before the restart, as it was
-            self.cluster.restore()
-        for kind in ("Namespace", "Node", "Pod", "NetworkPolicy") if self.cluster is None else ():
-            for obj in self.store.list(kind):
-                meta = obj.metadata  # type: ignore[attr-defined]  # store objects are the k8s models, all with metadata
-                self._object_changed(kind, (kind, meta.namespace or "", meta.name), obj)
-        for ep in self.endpoints.list():
-            self._endpoint_changed(ep, True, apply=False)
-        if self.cluster is not None and self.cluster.damaged is not None:
+        # Policy state is rebuilt from the source's state and the restored endpoints, then
+        # compared with the pinned maps: only differences are written, nothing is flushed.
+        local = self.endpoints.list()
+        for ep in local:
+            self.policy.on_endpoint(ep.pod_ref, LocalEndpoint(ep.key, ep.endpoint_id, ep.ip))
+        self.source.restore([(ep.pod_ref, (str(ep.ip),), ep.identity) for ep in local])
+        if self.source.damaged is not None:
             self.maps_held = True
-            log.warning("policy maps held as they are until the operator's snapshot (cluster cache set aside)")
+            log.warning("policy maps held as they are until the source's snapshot (its state was set aside)")
         else:
-            log.info("policy restored", extra={"fields": self.policy.resync()})
+            log.info("policy restored", extra={"fields": self._resync(start=True)})
         # Only now that the ipcache knows the nodes again (from_overlay trusts no one else); the
         # device is kept over restarts (created only if missing, program replaced in place), so
         # cross-node flows of restored pods never stop.
@@ -257,12 +241,8 @@ class Agent:
             except CgroupAttachError as exc:
                 raise StartRefused(str(exc)) from None
             log.info("socket hooks attached", extra={"fields": {"cgroup": str(cfg.cgroup_root), **hooks}})
-        if self.cluster is not None:
-            self.cluster.restored_enforced()
+        self.source.restored_enforced()
         log.info("programs attached", extra={"fields": {"endpoints": self.endpoints.reattach()}})
-        if cfg.masquerade and self.cluster is None:  # Kubernetes mode: once the PodCIDR is known
-            assert cfg.cluster_cidr is not None
-            ensure_masquerade(cfg.pod_cidr, cfg.cluster_cidr)
         host, port = cfg.http_host_port
         self.http = HttpServer(host, port, self.metrics.registry, lambda: not self.stopping.is_set(),
                                self.ready.is_set)
@@ -273,13 +253,8 @@ class Agent:
         self.driver.start()  # from here on, every state change runs on the driver's thread
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         self.metrics.bootstrap.set(time.monotonic() - self.started)
-        if self.cluster is not None:
-            # Ready once a complete state is applied: the first snapshot, or the restored one.
-            assert cfg.operator_address is not None
-            self.cluster.start(cfg.operator_address, self.certs.current if self.certs is not None else None)
-            if self.consumer.synced.is_set():
-                self.ready.set()
-        else:
+        self.source.start(cfg.operator_address, self.certs.current if self.certs is not None else None)
+        if self.consumer.synced.is_set():  # ready once a complete state is applied: restored, or the first snapshot
             self.ready.set()
         log.info("agent ready", extra={"fields": {
             "pod_cidr": str(cfg.pod_cidr), "api_socket": str(cfg.api_socket), "http": f"{host}:{self.http.port}",
@@ -292,7 +267,7 @@ class Agent:
         the pinned maps keep enforcing what they hold until then), then the program on --devices,
         replacing the previous agent's in place."""
         self._reload_prefilter_file(at_start=True)
-        if self.cluster is None or self.consumer.synced.is_set():
+        if self.consumer.synced.is_set():
             try:
                 self.prefilter.apply()
             except MapCapacityError as exc:
@@ -343,8 +318,7 @@ class Agent:
             cni_conf_writing.remove_conf(self.config.write_cni_conf_when_ready)
         if self.certs is not None:
             self.certs.stop()
-        if self.cluster is not None:
-            self.cluster.stop()  # nothing is flushed: the maps keep the last applied state
+        self.source.stop()  # nothing is flushed: the maps keep the last applied state
         if self.api:
             self.api.stop()
         if self.http:
@@ -401,22 +375,27 @@ class Agent:
             except Exception:
                 log.exception("housekeeping failed")
 
-    def _resync(self) -> None:
-        """On the driver: every manager compares its maps with the kernel and repairs drift
-        (counted per map in membrane_map_resync_repairs_total); unused identities age out."""
-        self._reload_prefilter_file()
+    def _resync(self, start: bool = False) -> dict[str, int]:
+        """On the driver: every manager with a resync compares its maps with the kernel and
+        repairs drift (counted per map in membrane_map_resync_repairs_total; not at start,
+        when the maps are read for the first time). Then unused identities age out."""
+        total: dict[str, int] = {}
+        if not start:
+            self._reload_prefilter_file()
         if not self.maps_held:
-            managers: list[Resyncing] = [m for m in self.consumer.managers() if isinstance(m, Resyncing)]
-            if self.policy_records is None:
-                managers.insert(0, self.policy)
-            for manager in managers:
+            for manager in self.consumer.managers():
+                if not isinstance(manager, Resyncing):
+                    continue
                 report = dict(manager.resync())
                 for key, count in report.items():
-                    if key.startswith("repaired_"):
+                    total[key] = total.get(key, 0) + count
+                    if key.startswith("repaired_") and not start:
                         self.metrics.map_repairs.labels(key[len("repaired_"):]).inc(count)
-                if any(report.values()):
+                if any(report.values()) and not start:
                     log.warning("maps resynced", extra={"fields": {"manager": type(manager).__name__, **report}})
-        self.identities.gc()
+        if not start:
+            self.source.gc()
+        return total
 
     # --- glue ----------------------------------------------------------------------
     def _terminate_udp(self, gone: list[tuple[IPv4Address, int]]) -> None:
@@ -446,97 +425,65 @@ class Agent:
     def _endpoint_states(self) -> dict[str, int]:
         return dict(self.endpoints.summary()["states"])
 
-    def _endpoint_changed(self, ep: Endpoint, present: bool, apply: bool = True) -> int | None:
+    def _endpoint_changed(self, ep: Endpoint, present: bool) -> int | None:
         """Endpoint manager hook: an ADD calls it before it writes the pod's map entry and uses
         the identity returned; the policy entries are in the maps when this returns."""
         local = LocalEndpoint(ep.key, ep.endpoint_id, ep.ip) if present else None
 
         def record() -> int | None:
             self.policy.on_endpoint(ep.pod_ref, local)
-            if not present and self.policy_records is not None:
+            if not present:
                 self.policy_records.endpoint_removed(ep.pod_ref)
+            self.source.endpoint_changed(ep.pod_ref, (str(ep.ip),) if present else None)
             return self.identities.identity_of(ep.pod_ref) if present else None
 
         # Concurrent ADDs/DELs record on the driver one after the other and share one apply.
-        return self.driver.call(record, then=self._apply_endpoints if apply else None)
+        return self.driver.call(record, then=self._apply_endpoints)
 
     def _apply_endpoints(self) -> None:
+        """Every manager writes what the endpoints changed. A change a map cannot hold: the pod
+        is wired, its policy entries are not written (no entry = drop): it stays cut off until
+        the maps have room. Loud, counted (the consumer's refusal), never half-applied."""
+        self.apply_cause = "endpoint"
         try:
-            self._apply_policy("endpoint")
-        except MapCapacityError as exc:
-            # The pod is wired; its policy entries are not written (no entry = drop): it stays
-            # cut off until the maps have room. Loud, counted, never half-applied.
-            self._refused(exc)
-
-    def _object_changed(self, kind: str, key: ObjectKey, obj: BaseModel | None) -> None:
-        """Store listener: records only; the request handler applies once per batch."""
-        ref = ObjectRef(key[1], key[2])
-        if kind == "Namespace":
-            self.policy.on_namespace(key[2], obj)  # type: ignore[arg-type]  # the store's kind names the model class
-        elif kind == "Node":  # another node's tunnel endpoint and pod CIDR (the overlay's peers)
-            node = obj if isinstance(obj, Node) else None
-            self.policy.on_node(key[2], node.tunnel_addresses if node else (),
-                                next((c for c in node.pod_cidr_list if ":" not in c), None) if node else None)
-        elif kind == "Pod":
-            self.policy.on_pod(ref, pod_record(obj) if isinstance(obj, Pod) else None)
-        elif kind == "NetworkPolicy":
-            self.policy.on_policy(ref, obj)  # type: ignore[arg-type]  # the store's kind names the model class
+            self.consumer.apply_recorded()
+        finally:
+            self.apply_cause = "stream"
 
     def _refused(self, exc: MapCapacityError) -> None:
         self.metrics.changes_refused.labels(exc.role).inc()
         log.error("policy change refused: a map would overflow", extra={"fields": {
             "map": exc.role, "needed": exc.needed, "capacity": exc.capacity, "reason": str(exc)}})
 
-    def _apply_policy(self, cause: str) -> dict[str, int]:
-        """On the driver: write the recorded changes. Raises MapCapacityError (nothing
-        written) when a map would overflow."""
+    def _apply_policy(self) -> dict[str, int]:
+        """On the driver (the policy manager's apply, as the consumer calls it): write the
+        recorded changes. Raises MapCapacityError (nothing written) when a map would overflow."""
         started = time.perf_counter()
         if self.maps_held:
-            if cause != "stream":
-                return {}  # recorded; written with the operator's snapshot
+            if not self.consumer.counts["snapshots"]:
+                return {}  # recorded; written with the source's snapshot
             report = self.policy.resync()
             self.maps_held = False
-            log.info("policy maps rebuilt from the operator's snapshot", extra={"fields": report})
+            log.info("policy maps rebuilt from the source's snapshot", extra={"fields": report})
         else:
             report = self.policy.apply()
-        self.metrics.policy_delay.labels(cause).observe(time.perf_counter() - started)
+        self.metrics.policy_delay.labels(self.apply_cause).observe(time.perf_counter() - started)
         if any(report.values()):
-            log.info("policy applied", extra={"fields": {"cause": cause, **report}})
+            log.info("policy applied", extra={"fields": {"cause": self.apply_cause, **report}})
         return report
 
-    def _identities_in_use(self) -> dict[LabelSet, int]:
-        """labels -> identity of every local pod, as the endpoint map holds it (standalone)."""
-        found: dict[LabelSet, int] = {}
-        for ep in self.endpoints.list():
-            if ep.identity < CLUSTER_IDENTITY_MIN:
-                continue
-            pod = self.store.get("Pod", ep.pod_ref.namespace, ep.pod_ref.name)
-            ns = self.store.get("Namespace", "", ep.pod_ref.namespace)
-            pod_labels = dict(pod.metadata.labels) if pod is not None else {}  # type: ignore[attr-defined]  # store objects are the k8s models, all with metadata
-            ns_labels = dict(ns.metadata.labels) if ns is not None else {}  # type: ignore[attr-defined]  # store objects are the k8s models, all with metadata
-            labels = identity_labels(pod_labels, ep.pod_ref.namespace, ns_labels)
-            found.setdefault(labels, ep.identity)
-        return found
-
     def _pod_cidr_learned(self, cidr: IPv4Network) -> None:
-        """Kubernetes mode: the operator assigned (or restored) this node's PodCIDR."""
+        """This node's PodCIDR: the operator's (Kubernetes mode, also as restored), the one
+        configured (standalone), or a Node object's for this node."""
         self.endpoints.set_pod_cidr(cidr)
         if self.config.masquerade:
             ensure_masquerade(cidr, self.config.cluster_cidr or cidr)
-        log.info("pod CIDR from the operator", extra={"fields": {"pod_cidr": str(cidr)}})
-
-    def _object_counts(self) -> dict[str, int]:
-        if self.cluster is not None:
-            return {"Namespace": self.consumer.count(Kind.NAMESPACE), "Pod": self.consumer.count(Kind.ENDPOINT),
-                    "NetworkPolicy": self.consumer.count(Kind.POLICY)}
-        return {k: self.store.count(k) for k in ("Namespace", "Pod", "NetworkPolicy")}
+        log.info("pod CIDR set", extra={"fields": {"pod_cidr": str(cidr)}})
 
     def _store_op(self, req: dict[str, Any], verb: str) -> Any:
         """apply/delete: the batch is stored, applied to the maps and enforced on the driver
         thread. With `wait`, the answer says which version is enforced on which node, or the
         request fails with NOT_ENFORCED (naming the node) once `timeout` seconds passed."""
-        if self.cluster is not None:
-            raise RequestError("this agent runs in kubernetes mode: apply objects to the Kubernetes API", code=409)
         docs = self._documents(req)
         wait = bool(req.get("wait"))
         timeout = _timeout(req.get("timeout_seconds"))
@@ -556,23 +503,15 @@ class Agent:
                 "seconds": round(time.perf_counter() - started, 6)}
 
     def _store_change(self, docs: list[Any], verb: str) -> tuple[list[dict[str, str]], int]:
-        """On the driver thread: store, write the maps, record the version as enforced. A
-        change a map cannot hold is rolled back (store and recorded state) and refused."""
-        saved = self.store.saved(docs)
-        outcome = self.store.apply(docs) if verb == "apply" else self.store.delete(docs)
-        version = self.ledger.next_version()
+        """On the driver thread: the source stores the objects and the consumer writes the maps;
+        a change a map cannot hold is rolled back by the source and refused."""
+        self.apply_cause = "store"
         try:
-            self._apply_policy("store")
-        except MapCapacityError as exc:
-            self._refused(exc)
-            self.ledger.refuse(version, str(exc))
-            self.store.restore(saved)  # the listeners record the old objects again
-            self._apply_policy("rollback")  # writes only what differs from the maps: nothing
+            outcome, version = self.source.change_objects(docs, verb)
+        finally:
+            self.apply_cause = "stream"
             self.metrics.refresh_store()
-            raise RequestError(f"{verb} refused: {exc}", code=REFUSED) from None
-        self.ledger.enforce(version)
         self.metrics.enforced_version.set(version)
-        self.metrics.refresh_store()
         return outcome, version
 
     def _cni(self, req: dict[str, Any]) -> Any:
@@ -595,14 +534,13 @@ class Agent:
             "endpoint.list": lambda req: [self._endpoint_row(ep) for ep in self.endpoints.list()],
             "apply": lambda req: self._store_op(req, "apply"),
             "delete": lambda req: self._store_op(req, "delete"),
-            "policy.list": lambda req: policy_api.policy_list(self.policy, self.store),
-            "policy.get": lambda req: policy_api.policy_get(self.policy, self.store, str(req.get("name"))),
+            "policy.list": lambda req: policy_api.policy_list(self.policy, self.consumer),
+            "policy.get": lambda req: policy_api.policy_get(self.policy, self.consumer, str(req.get("name"))),
             "policy.trace": lambda req: policy_api.policy_trace(self.policy, str(req.get("src")), str(req.get("dst")),
                                                                 str(req.get("port", "80/TCP"))),
             "identity.list": lambda req: policy_api.identity_list(self.policy),
             "identity.get": lambda req: policy_api.identity_get(self.policy, int(req.get("identity", -1))),
-            "get": lambda req: [o.model_dump(mode="json", by_alias=True, exclude_none=True)
-                                for o in self.store.list(str(req.get("kind")))],
+            "get": lambda req: self.source.stored_objects(str(req.get("kind"))),
             "bpf.endpoints": lambda req: self.datapath.dump_endpoints(),
             "bpf.ct": lambda req: self.datapath.dump_conntrack(),
             "bpf.lb": lambda req: self.datapath.dump_lb(),
@@ -633,11 +571,11 @@ class Agent:
                 "datapath": {"compile_seconds": round(self.datapath.compile_seconds, 3),
                              "load_seconds": round(self.datapath.load_seconds, 3),
                              "pin_root": str(self.datapath.dp.pin_root)},
-                "store": self._object_counts(),
+                "store": self.source.object_counts(),
                 "enforcement": self.ledger.status(),
                 **({"overlay": self.overlay.to_json()} if self.overlay is not None else {}),
                 "prefilter": {**self.prefilter.status(), "devices": self.xdp.status()},
-                **({"cluster": self.cluster.status()} if self.cluster is not None else {})}
+                **self.source.report()}
 
 
 def _timeout(value: Any) -> float:

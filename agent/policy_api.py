@@ -1,5 +1,6 @@
 """membranectl's policy and identity questions, answered through the policy state's read-only
-query interface (agent/policy_queries.py).
+query interface (agent/policy_queries.py) and the policy records the agent enforces (the
+consumer's, in either mode).
 
 `policy trace` runs the same engine output the datapath is fed from, so its answer is what
 the kernel decides for a new connection.
@@ -7,14 +8,25 @@ the kernel decides for a new connection.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from membrane.k8s_models import NetworkPolicy, ObjectRef
+from membrane.api.state_objects import Kind, PolicyState, StateKey, StateObject
+from membrane.k8s_models import ObjectRef
 from membrane.policy import Direction
 
 from .api_serving import RequestError
-from .object_store import ObjectStore
 from .policy_queries import PolicyQueries
+from .policy_records import policy_model
+
+
+class Records(Protocol):
+    """The records the agent holds (the consumer), read under their owner's lock."""
+
+    def get(self, kind: Kind, key: str) -> StateObject | None: ...
+
+    def listing(self, kind: Kind) -> Mapping[StateKey, StateObject]: ...
 
 
 def _selected(manager: PolicyQueries, ref: ObjectRef) -> dict[str, list[str]]:
@@ -25,10 +37,15 @@ def _selected(manager: PolicyQueries, ref: ObjectRef) -> dict[str, list[str]]:
     return found
 
 
-def policy_list(manager: PolicyQueries, store: ObjectStore) -> list[dict[str, Any]]:
+def policy_list(manager: PolicyQueries, records: Records) -> list[dict[str, Any]]:
     rows = []
-    for obj in store.list("NetworkPolicy"):
-        assert isinstance(obj, NetworkPolicy)
+    for _, state in sorted(records.listing(Kind.POLICY).items()):
+        if not isinstance(state, PolicyState):
+            continue
+        try:
+            obj = policy_model(state)
+        except ValueError:
+            continue  # a record the models refuse is not enforced either
         selected = _selected(manager, obj.ref)
         rows.append({"policy": str(obj.ref), "types": ",".join(str(getattr(t, "value", t)).lower() for t in obj.spec.effective_policy_types()),
                      "ingress_rules": len(obj.spec.ingress or []), "egress_rules": len(obj.spec.egress or []),
@@ -36,13 +53,12 @@ def policy_list(manager: PolicyQueries, store: ObjectStore) -> list[dict[str, An
     return rows
 
 
-def policy_get(manager: PolicyQueries, store: ObjectStore, name: str) -> dict[str, Any]:
+def policy_get(manager: PolicyQueries, records: Records, name: str) -> dict[str, Any]:
     ref = ObjectRef.parse(name if "/" in name else f"default/{name}")
-    obj = store.get("NetworkPolicy", ref.namespace, ref.name)
-    if obj is None:
+    state = records.get(Kind.POLICY, str(ref))
+    if not isinstance(state, PolicyState):
         raise RequestError(f"no NetworkPolicy {ref}", code=404)
-    return {"policy": str(ref), "selected": _selected(manager, ref),
-            "object": store.raw[("NetworkPolicy", ref.namespace, ref.name)]}
+    return {"policy": str(ref), "selected": _selected(manager, ref), "object": json.loads(state.object_json)}
 
 
 def _party(text: str) -> ObjectRef | str:

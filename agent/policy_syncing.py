@@ -216,7 +216,6 @@ class PolicyManager:
             self.dirty.add(ref)
             identity = self._refresh_pod(ref)
             self._record(self.resolver.set_interest(ref, endpoint is not None))
-            self._save_identities()  # the caller may use the number at once
             return identity
 
     def _record(self, delta: PolicyDelta) -> None:
@@ -227,12 +226,6 @@ class PolicyManager:
             if isinstance(net, IPv4Network):
                 self._ip_dirty_nets.add(net)
                 self._cidr_dirty_nets.add(net)
-
-    def _save_identities(self) -> None:
-        """Persist new identity numbers (batched) before anything uses them in a map."""
-        save = getattr(self.identities, "flush", None)
-        if save is not None:
-            save()
 
     def _refresh_pod(self, ref: ObjectRef) -> int | None:
         self._ip_dirty_pods.add(ref)
@@ -450,7 +443,6 @@ class PolicyManager:
             started = time.perf_counter()
             self.resolver.flush()
             self.dirty.update(self.resolver.take_changed())
-            self._save_identities()
             new_written = {}
             for ref in sorted(self.dirty):
                 want = self.desired_endpoint(ref)

@@ -26,7 +26,7 @@ from membrane.api.state_objects import (
     StateKey,
     StateObject,
 )
-from membrane.identities import LabelSet, filter_pod_labels
+from membrane.identities import LabelSet, filter_pod_labels, identity_labels
 from membrane.k8s_models import FieldError
 from membrane.labels import namespace_labels
 from membrane.operator.cidr_pool import node_pod_cidr
@@ -122,14 +122,20 @@ class StateBuilder:
 
     Two MembraneIdentity objects with the same labels (a split-brain leader wrote a second
     one) resolve to the lowest number, on every replica alike.
+
+    `implicit_namespaces` (standalone's local source, where no API server makes a namespace
+    exist before its pods): a pod whose namespace is not known takes empty namespace labels
+    instead of waiting for the namespace.
     """
 
     def __init__(self, policy_valid: Callable[[JSON], bool] = lambda _p: True,
-                 prefilter_errors: Callable[[JSON], list[FieldError]] = _lenient_errors) -> None:
+                 prefilter_errors: Callable[[JSON], list[FieldError]] = _lenient_errors,
+                 implicit_namespaces: bool = False) -> None:
         self.policy_valid = policy_valid
         # PacketFilter/CIDRDenyList problems (the API server's schema, checked again: an object
         # written before the schema tightened is left out, never streamed half-understood).
         self.prefilter_errors = prefilter_errors
+        self.implicit_namespaces = implicit_namespaces
         self.state: dict[StateKey, StateObject] = {}
         self.counts: Counter[Kind] = Counter()
         self._namespaces: dict[str, JSON] = {}
@@ -277,6 +283,8 @@ class StateBuilder:
         endpoint = None
         if pod is not None and needs_identity(pod):
             labels = pod_identity_labels(pod, self._namespaces)
+            if labels is None and self.implicit_namespaces:
+                labels = identity_labels(labels_of(pod), meta(pod).get("namespace", ""), {})
             if labels is not None and labels == old_labels:
                 labels = old_labels  # keep one object per label set: cheap `is` checks
             if labels is not None:

@@ -30,9 +30,9 @@ from typing import Any
 
 def _maps() -> dict[str, Any]:
     from membrane.agent.datapath_port import DatapathPort
-    from membrane.agent.identity_book import IdentityBook
     from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
     from membrane.k8s_models import ObjectRef, parse_object
+    from membrane_testkit.label_identities import LabelIdentities
     from tests.bench import policy_scale as ps
 
     pin_root = Path(f"/sys/fs/bpf/mbt-mmbench-{os.getpid()}")
@@ -40,8 +40,8 @@ def _maps() -> dict[str, Any]:
     port.load()
     out: dict[str, Any] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="mbt-mmbench-") as tmp:
-            mgr = PolicyManager(IdentityBook(Path(tmp) / "ids.json"), port, lambda _k, _i: None, list)
+        with tempfile.TemporaryDirectory(prefix="mbt-mmbench-"):
+            mgr = PolicyManager(LabelIdentities(), port, lambda _k, _i: None, list)
             for n in range(ps.NAMESPACES):
                 mgr.on_namespace(f"ns{n}", parse_object(ps.namespace_obj(n)))  # type: ignore[arg-type]
             pods = [parse_object(ps.pod_obj(i)) for i in range(2000)]

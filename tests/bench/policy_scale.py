@@ -20,7 +20,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import Any
 
 from membrane.k8s_models import ObjectRef, parse_object
@@ -131,13 +130,12 @@ def engine(pods: int = PODS, policies: int = POLICIES) -> dict[str, Any]:
 
 def agent(pods: int = PODS, policies: int = POLICIES, changes: int = 7) -> dict[str, Any]:
     """The agent's manager with fake maps: 20 local endpoints among `pods`."""
-    from membrane.agent.identity_book import IdentityBook
     from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
-    from membrane.agent.state_storing import open_state
+    from membrane_testkit.label_identities import LabelIdentities
     out: dict[str, Any] = {"pods": pods, "policies": policies, "local_endpoints": LOCAL}
-    with tempfile.TemporaryDirectory(prefix="mbbench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mbbench-"):
         maps = FakeMaps()
-        mgr = PolicyManager(IdentityBook(open_state(Path(tmp)).db), maps, lambda key, ident: None, list)
+        mgr = PolicyManager(LabelIdentities(), maps, lambda key, ident: None, list)
         ns_objs = [parse_object(namespace_obj(n)) for n in range(NAMESPACES)]
         pod_objs = [parse_object(pod_obj(i)) for i in range(pods)]
         pol_objs = [parse_object(policy_obj(j)) for j in range(policies)]

@@ -198,11 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
+                                                      "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
                                                       "object_store", "service_objects", "services",
-                                                      "prefilter_propagation", "prefilter"),
+                                                      "prefilter_propagation", "prefilter", "pipeline"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
                     help="python of an installation with the JSON state files: compare the SQLite store with it")
+    ap.add_argument("--pipeline-base", metavar="REV",
+                    help="an older commit: compare agent start, CNI ADD and apply --wait with it, side by side")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces)", file=sys.stderr)
@@ -279,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
 
         log("object store benchmark (JSON snapshot + journal vs state.db, side by side)")
         object_store_bench.main(["--out", str(args.out)])
+    if args.only in ("all", "pipeline"):
+        from . import pipeline_bench  # agent start, CNI ADD, apply --wait: this tree vs an older commit
+
+        if args.pipeline_base:
+            log("state pipeline benchmark (agent start, CNI ADD, apply --wait; old vs new side by side)")
+            pipeline_bench.main(["--base", args.pipeline_base, "--out", str(args.out)])
+        else:
+            log("state pipeline benchmark skipped: it needs --pipeline-base REV (an older commit)")
     if args.only in ("all", "tls"):
         from . import tls_bench  # mutual TLS vs plaintext at 1,000 subscribers: bench-results/tls.*
 

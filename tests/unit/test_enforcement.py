@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 
 from membrane.agent.enforcement_ledger import EnforcementLedger
-from membrane.agent.identity_book import IdentityBook
 from membrane.agent.object_store import ObjectStore
 from membrane.agent.policy_syncing import LocalEndpoint, MapCapacityError, PolicyManager
-from membrane.agent.state_storing import open_state
 from membrane.api.state_objects import Change, Kind, PolicyState
 from membrane.identities import ReservedIdentity
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.operator.enforcement_book import ENFORCED, ENFORCED_GENERATION, EnforcementBook
 from membrane_testkit.fake_maps import FakePolicyMaps
+from membrane_testkit.label_identities import LabelIdentities
 
 
 # --- the agent's ledger -------------------------------------------------------------------------
@@ -78,7 +77,7 @@ def many_ports_policy(count: int, first: int = 1000) -> object:
 
 
 def manager(tmp_path: Path, maps: FakePolicyMaps) -> PolicyManager:
-    mgr = PolicyManager(IdentityBook(open_state(tmp_path).db), maps, lambda key, identity: None,
+    mgr = PolicyManager(LabelIdentities(), maps, lambda key, identity: None,
                         lambda: ["192.0.2.1"])
     mgr.on_namespace("shop", parse_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))  # type: ignore[arg-type]
     ref = ObjectRef("shop", "db")

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from membrane.agent.datapath.layout import IpcacheFlag
-from membrane.agent.identity_book import IdentityBook
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
 from membrane.identities import ReservedIdentity
 from membrane.ipcache import IPCACHE_FLAG_NODE, NODE_ENTRY, IpcacheEntry, IpcacheInputs, IpcachePod, desired_ipcache
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane_testkit.fake_maps import FakePolicyMaps
+from membrane_testkit.label_identities import LabelIdentities
 
 NODES = ["n1", "n2", "n3", "n4"]  # n1 is this node
 HOST_CHOICES = [["192.0.2.1"], ["192.0.2.1", "198.18.0.1"], ["192.0.2.1", "192.0.2.3"]]
@@ -67,7 +67,7 @@ def test_incremental_ipcache_equals_the_oracle_on_random_changes(tmp_path: Path,
     rng = random.Random(seed)
     maps = FakePolicyMaps()
     host = list(HOST_CHOICES[0])
-    mgr = PolicyManager(IdentityBook(tmp_path / "ids.json"), maps, lambda _k, _i: None, lambda: list(host),
+    mgr = PolicyManager(LabelIdentities(), maps, lambda _k, _i: None, lambda: list(host),
                         node_name="n1")
     locals_: dict[ObjectRef, IPv4Address] = {}
     applies = 0

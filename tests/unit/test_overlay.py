@@ -6,12 +6,11 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from membrane.agent.datapath.ipcache import IpcacheEntry
-from membrane.agent.identity_book import IdentityBook
 from membrane.agent.overlay import VXLAN_OVERHEAD, pod_mtu
 from membrane.agent.policy_syncing import NODE_ENTRY, LocalEndpoint, PolicyManager
-from membrane.agent.state_storing import open_state
 from membrane.identities import ReservedIdentity
 from membrane.k8s_models import ObjectRef, Pod, parse_object
+from membrane_testkit.label_identities import LabelIdentities
 
 OWN_IP = "192.0.2.1"
 
@@ -52,7 +51,7 @@ def pod(name: str, ip: str, node: str | None = None, host_ip: str | None = None)
 
 def manager(tmp_path: Path) -> tuple[PolicyManager, Maps]:
     maps = Maps()
-    pm = PolicyManager(IdentityBook(open_state(tmp_path).db), maps, lambda key, identity: None, lambda: [OWN_IP],
+    pm = PolicyManager(LabelIdentities(), maps, lambda key, identity: None, lambda: [OWN_IP],
                        node_name="n1")
     return pm, maps
 

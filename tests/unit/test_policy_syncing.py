@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from membrane.agent.identity_book import IdentityBook
 from membrane.agent.policy_syncing import LocalEndpoint, PolicyManager
-from membrane.agent.state_storing import open_state
 from membrane.delta import diff
 from membrane.k8s_models import ObjectRef, parse_object
 from membrane.policy import Direction, FlatKey, FlatValue, Protocol, lookup_flat, lpm_lookup
 from membrane_testkit.fake_maps import FakePolicyMaps
+from membrane_testkit.label_identities import LabelIdentities
 
 FakeMaps = FakePolicyMaps
 
@@ -42,7 +41,7 @@ class Cluster:
     def __init__(self, tmp: Path) -> None:
         self.maps = FakeMaps()
         self.identities: dict[str, int] = {}
-        self.mgr = PolicyManager(IdentityBook(open_state(tmp).db), self.maps,
+        self.mgr = PolicyManager(LabelIdentities(), self.maps,
                                  lambda key, ident: self.identities.__setitem__(key, ident), lambda: ["198.18.0.1"])
         self.ips = {}
 

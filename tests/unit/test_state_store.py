@@ -18,7 +18,6 @@ from membrane.agent.identity_book import IdentityBook
 from membrane.agent.state_db import StateDb, db_path, open_db, read_endpoint_rows, side_paths
 from membrane.agent.state_storing import LEGACY_BACKUP, open_state
 from membrane.identities import CLUSTER_IDENTITY_MIN, IdentityAllocator, identity_labels
-from membrane.k8s_models import ObjectRef
 from membrane_testkit.lab.corruption import Damage, damage_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +158,7 @@ def test_upgrade_imports_the_json_files_once_and_keeps_them(tmp_path: Path) -> N
     assert [Endpoint.model_validate(r) for _, _, r in opened.db.endpoint_rows()] == sorted(eps, key=lambda e: e.key)
     assert opened.db.get_doc("ipam")["cursor"] == 9
     book = IdentityBook(opened.db)
-    assert book.loaded and book.assign(ObjectRef("shop", "p0"), {"app": "db"}, {}) == CLUSTER_IDENTITY_MIN
+    assert book.loaded and book.allocator.lookup(identity_labels({"app": "db"}, "shop", {})) == CLUSTER_IDENTITY_MIN
     backup = state / LEGACY_BACKUP
     assert sorted(p.name for p in backup.iterdir()) == ["endpoints", "identities.json", "ipam.json"]
     assert len(list((backup / "endpoints").iterdir())) == 3
