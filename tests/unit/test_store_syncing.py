@@ -75,9 +75,10 @@ class Side:
 class Standalone(Side):
     def __init__(self, tmp: Path) -> None:
         super().__init__()
-        self.store = ObjectStore(tmp / "objects.json")
+        db = open_state(tmp).db
+        self.store = ObjectStore(db)
         self.store.load()
-        self.book = IdentityBook(open_state(tmp).db)
+        self.book = IdentityBook(db)
         self.cidrs: list[IPv4Network] = []
         self.syncer = StoreSyncer(NODE, self.consumer, self.store, self.book, IPv4Network("10.1.1.0/24"),
                                   self.cidrs.append)
