@@ -37,7 +37,7 @@ from membrane.lb_maps import (
     LbIds,
     frontend_entries,
 )
-from membrane.services import _KIND_RANK, ServiceFrontend, service_frontends
+from membrane.services import _KIND_RANK, HealthCheck, ServiceFrontend, health_checks, service_frontends
 
 from .lb_port import LbMapPort
 from .map_managing import MapCapacityError, MapManager, MapPort
@@ -79,7 +79,8 @@ class LbManager:
 
     def __init__(self, port: MapPort, node_name: str,
                  node_addresses: Callable[[], Iterable[str]] = lambda: (),
-                 complete: Callable[[], bool] = lambda: True, maglev_size: int = DEFAULT_MAGLEV_SIZE) -> None:
+                 complete: Callable[[], bool] = lambda: True, maglev_size: int = DEFAULT_MAGLEV_SIZE,
+                 on_health: Callable[[dict[int, HealthCheck]], None] | None = None) -> None:
         self.port = port
         # Whether the records held are a complete state (the consumer synced: a snapshot, or a
         # restored one). Until then nothing is written: the pinned maps keep serving what they
@@ -88,6 +89,10 @@ class LbManager:
         self.node_name = node_name
         self.node_addresses = node_addresses
         self.maglev_size = maglev_size  # entries of each per-packet frontend's Maglev table (a prime)
+        # healthCheckNodePort -> its answer on this node, given to on_health after an apply that
+        # changed any (the health check server follows it).
+        self.on_health = on_health
+        self.health: dict[int, HealthCheck] = {}
         self.maps = MapManager(LbMapPort(port), LB_ROLES, order=LB_ORDER)
         self.ids = LbIds()
         self.lock = threading.Lock()  # this manager's: readers take it briefly for copies
@@ -139,6 +144,7 @@ class LbManager:
         if not self.seeded:
             self._seed()
         with self.lock:
+            changed = bool(self.dirty)
             self._settle()
             self._check_capacity()
         written = self.maps.apply()
@@ -148,6 +154,8 @@ class LbManager:
                 self.on_udp_backends_removed(gone)
             except OSError as exc:  # best effort: the maps are right, sockets are the application's
                 log.warning("closing UDP sockets of removed backends failed", extra={"fields": {"error": str(exc)}})
+        if changed and self.on_health is not None:
+            self._report_health()
         return {role: len(d.upserts) + len(d.deletes) for role, d in written.items() if d}
 
     def resync(self) -> dict[str, int]:
@@ -265,6 +273,16 @@ class LbManager:
             maps.remove("lb_rev_nat", old.rev_nat_index)
             self.ids.frontends.release(old.front)
             self.by_index.pop(old.rev_nat_index, None)
+
+    def _report_health(self) -> None:
+        with self.lock:
+            services = [svc for svc in self.services.values() if svc.health_check_node_port]
+            slices = [sl for svc in services for sl in self.slices.get((svc.namespace, svc.name), {}).values()]
+            checks = health_checks(services, slices, self.node_name)
+        if checks != self.health:
+            self.health = checks
+            assert self.on_health is not None
+            self.on_health(dict(checks))
 
     # --- reading (LbQueries) ------------------------------------------------------------------
     def frontend_info(self, rev_nat_index: int) -> FrontendInfo | None:

@@ -21,6 +21,7 @@ from membrane.cni_types import CniError
 from membrane.flows import observer_socket_for
 from membrane.http_serving import HttpServer
 from membrane.prefilter_rules import PrefilterRuleError, parse_cidr_file
+from membrane.services import HealthCheck
 
 from . import cni_conf_writing, overlay, policy_api, prefilter_api
 from .api_serving import ApiServer, RequestError
@@ -36,6 +37,7 @@ from .datapath_port import DatapathPort
 from .endpoints import Endpoint, EndpointManager
 from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
+from .health_check_serving import HealthCheckServer
 from .identity_book import IdentityBook
 from .identity_sources import StreamIdentities, identity_count
 from .lb_syncing import LB_KINDS, LbManager, LbQueries
@@ -106,11 +108,13 @@ class Agent:
             self.consumer.register(kind, self.policy_records)
         # Services: Service and EndpointSlice records -> the lb4 maps.
         self.lb = LbManager(self.datapath, config.node_name, lambda: [str(a) for a in self.netlink.host_addresses()],
-                            complete=self.consumer.synced.is_set, maglev_size=config.lb_maglev_table_size)
+                            complete=self.consumer.synced.is_set, maglev_size=config.lb_maglev_table_size,
+                            on_health=self._health_checks)
         for kind in LB_KINDS:
             self.consumer.register(kind, self.lb)
         self.lb_queries: LbQueries = self.lb
         self.lb.on_udp_backends_removed = self._terminate_udp
+        self.health_server: HealthCheckServer | None = None
         # XDP prefilter: PacketFilter and CIDRDenyList records (and --prefilter-cidrs) -> its maps;
         # the program on --devices.
         self.prefilter = PrefilterManager(self.datapath)
@@ -306,6 +310,14 @@ class Agent:
         self.prefilter.set_file_list(str(path), prefixes)
         log.info("prefilter deny file read", extra={"fields": {"file": str(path), "prefixes": len(prefixes)}})
 
+    def _health_checks(self, checks: dict[int, HealthCheck]) -> None:
+        """The LB manager's healthCheckNodePorts (a server only once a service has one)."""
+        if self.health_server is None:
+            if not checks:
+                return
+            self.health_server = HealthCheckServer()
+        self.health_server.update(checks)
+
     def _cni_conf_done(self) -> bool:
         dest = self.config.write_cni_conf_when_ready
         return dest is None or dest.exists()
@@ -325,6 +337,8 @@ class Agent:
             self.http.stop()
         if self.observer_server is not None:
             self.observer_server.stop()
+        if self.health_server is not None:
+            self.health_server.close()
         self.driver.stop()
         self.observer.stop()
         self.endpoints.flush_ipam()

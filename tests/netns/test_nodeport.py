@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 
 from membrane.agent.datapath_port import DatapathPort
+from membrane.agent.health_check_serving import HealthCheckServer, listen_any
 from membrane.agent.lb_syncing import LB_KINDS, LbManager
+from membrane.agent.netlinking import in_netns
 from membrane.agent.state_consuming import StateConsumer
 from membrane.api.state_objects import (
     EndpointPortState,
@@ -43,6 +45,7 @@ IP1, IP2, OUTSIDE = "192.0.2.31", "192.0.2.32", "192.0.2.50"
 EXTERNAL = "198.51.100.10"
 VIP = "10.96.0.20"
 NODE_PORT, NODE_PORT_UDP = 30080, 30053
+HEALTH_PORT = 32100
 _counter = itertools.count()
 
 
@@ -172,18 +175,51 @@ def test_no_backend_is_refused_at_once(np_lab: NodePortLab) -> None:
         assert result["ms"] < 1000, result  # refused, not a 5 s timeout
 
 
+_HTTP_GET = """
+import http.client, json, sys
+conn = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
+conn.request("GET", "/healthz")
+reply = conn.getresponse()
+print(json.dumps({"status": reply.status, "body": json.loads(reply.read())}))
+"""
+
+
+def _health(lab: NodePortLab, port: int) -> dict[str, Any]:
+    done = netns.run(["ip", "netns", "exec", lab.outside, sys.executable, "-c", _HTTP_GET, IP1, str(port)])
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
 def test_external_traffic_policy_local_keeps_the_client_address(np_lab: NodePortLab) -> None:
     lab = np_lab
-    svc = nodeport_service(external_local=True)
-    sl = web_slice(lab, lab.web1, lab.web2)
-    lab.feed.apply((key(svc), svc), (key(sl), sl))
-    got = lab.client(*[{"op": "tcp", "ip": IP1, "port": NODE_PORT}] * 12)
-    assert {r.get("reply") for r in got} == {"web1:8080@" + OUTSIDE}, got  # only the local one, source kept
-    # No local endpoint: refused, never sent to the other node.
-    only_remote = web_slice(lab, lab.web2)
-    lab.feed.apply((key(only_remote), only_remote))
-    (refused,) = lab.client({"op": "tcp", "ip": IP1, "port": NODE_PORT, "timeout": 5})
-    assert refused.get("errno") == errno.ECONNREFUSED and refused["ms"] < 1000, refused
+    # The health check server of node 1, fed by the LB manager, listening in node 1's namespace
+    # (where the agent's would).
+    path = f"/run/netns/{lab.n1.netns}"
+    server = HealthCheckServer(lambda port: in_netns(path, lambda: listen_any(port)))
+    lab.feed.lb.on_health = server.update
+    try:
+        svc = nodeport_service(external_local=True, health=HEALTH_PORT, external_ips=(EXTERNAL,))
+        sl = web_slice(lab, lab.web1, lab.web2)
+        lab.feed.apply((key(svc), svc), (key(sl), sl))
+        got = lab.client(*[{"op": "tcp", "ip": IP1, "port": NODE_PORT}] * 12,
+                         *[{"op": "tcp", "ip": EXTERNAL, "port": 80}] * 4)
+        assert {r.get("reply") for r in got} == {"web1:8080@" + OUTSIDE}, got  # only the local one, source kept
+        assert _health(lab, HEALTH_PORT) == {"status": 200, "body": {"service": {"namespace": "shop", "name": "web"},
+                                                                     "localEndpoints": 1}}
+        # No local endpoint: refused, never sent to the other node; the health check says 503.
+        only_remote = web_slice(lab, lab.web2)
+        lab.feed.apply((key(only_remote), only_remote))
+        (refused,) = lab.client({"op": "tcp", "ip": IP1, "port": NODE_PORT, "timeout": 5})
+        assert refused.get("errno") == errno.ECONNREFUSED and refused["ms"] < 1000, refused
+        assert _health(lab, HEALTH_PORT)["status"] == 503
+        # Back, and the port closes with the service.
+        lab.feed.apply((key(sl), sl))
+        assert _health(lab, HEALTH_PORT)["status"] == 200
+        lab.feed.apply((key(svc), None))
+        done = netns.run(["ip", "netns", "exec", lab.outside, sys.executable, "-c", _HTTP_GET, IP1,
+                          str(HEALTH_PORT)], check=False)
+        assert done.returncode != 0 and "ConnectionRefused" in done.stderr, done
+    finally:
+        server.close()
 
 
 def test_maglev_tables_and_flows_survive_a_restart(np_lab: NodePortLab) -> None:
