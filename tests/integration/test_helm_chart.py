@@ -44,6 +44,8 @@ def _set_args(sets: dict[str, Any]) -> list[str]:
     for key, value in sets.items():
         if isinstance(value, bool):
             value = str(value).lower()
+        elif isinstance(value, list):  # helm's list syntax
+            value = "{" + ",".join(value) + "}"
         args += ["--set-string" if isinstance(value, str) and key.startswith("image.tag") else "--set",
                  f"{key}={value}"]
     return args
@@ -391,6 +393,32 @@ def test_kube_proxy_replacement_reaches_the_agent(default_docs: list[dict[str, A
                                                       "readOnly": True}
     cfg = _agent_config(docs, tmp_path)
     assert cfg.kube_proxy_replacement is True and cfg.cgroup_root == tmp_path / "host/sys/fs/cgroup"
+
+
+def test_devices_prefilter_and_maglev_reach_the_agent(default_docs: list[dict[str, Any]], helm: str,
+                                                      tmp_path: Path) -> None:
+    # Default: no devices (no XDP prefilter, no per-packet Service translation), no deny file.
+    for sub in ("default", "set"):
+        (tmp_path / sub).mkdir()
+    cfg = _agent_config(default_docs, tmp_path / "default")
+    assert cfg.devices == () and cfg.prefilter_cidrs is None
+    assert cfg.xdp_mode == "auto" and cfg.lb_maglev_table_size == 1021
+    docs = render(helm, agent__devices=["eth0", "bond0"], prefilter__xdpMode="generic",
+                  prefilter__denyCIDRs=["198.51.100.0/24", "203.0.113.7/32"], loadBalancer__maglevTableSize=16381)
+    cfg = _agent_config(docs, tmp_path / "set")
+    assert cfg.devices == ("eth0", "bond0") and cfg.xdp_mode == "generic" and cfg.lb_maglev_table_size == 16381
+    assert cfg.prefilter_cidrs is not None
+    config_map = one(docs, "ConfigMap", "membrane-config")
+    deny = config_map["data"][cfg.prefilter_cidrs.name].split()
+    assert deny == ["198.51.100.0/24", "203.0.113.7/32"]
+
+
+def test_devices_and_prefilter_values_are_checked(helm: str) -> None:
+    for sets in ({"prefilter.xdpMode": "fast"}, {"agent.devices": ["eth0/1"]},
+                 {"prefilter.denyCIDRs": ["not-a-cidr"]}, {"loadBalancer.maglevTableSize": 1}):
+        proc = subprocess.run([helm, "template", "m", str(CHART), *_set_args(sets)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "values don't meet the specifications" in proc.stderr, sets
 
 
 def test_operator_service_env_follows_name_override(helm: str, tmp_path: Path) -> None:

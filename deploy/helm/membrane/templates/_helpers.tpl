@@ -66,7 +66,15 @@ app.kubernetes.io/component: {{ .component }}
   "log_format" $a.logFormat
   "conntrack_gc_seconds" $a.conntrackGCSeconds
   "resync_seconds" $a.resyncSeconds
+  "xdp_mode" .Values.prefilter.xdpMode
+  "lb_maglev_table_size" (int .Values.loadBalancer.maglevTableSize)
 -}}
+{{- if $a.devices -}}
+{{- $_ := set $cfg "devices" $a.devices -}}
+{{- end -}}
+{{- if .Values.prefilter.denyCIDRs -}}
+{{- $_ := set $cfg "prefilter_cidrs" "/etc/membrane/config/prefilter-cidrs.txt" -}}
+{{- end -}}
 {{- if not (kindIs "invalid" $a.mtu) -}}
 {{- $_ := set $cfg "mtu" (int $a.mtu) -}}
 {{- end -}}
