@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="all", choices=("all", "foundation", "policy", "observability", "operator", "tls",
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
-                                                      "object_store", "service_objects", "services",
+                                                      "object_store", "service_objects", "services", "nodeport",
                                                       "prefilter_propagation", "prefilter", "pipeline"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
@@ -253,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         log("services (ClusterIP at the socket vs kube-proxy iptables: 1/1,000/10,000 services, throughput, "
             "apply-to-enforced, memory)")
         print(services_bench.write(services_bench.run(), args.out))
+    if args.only in ("all", "nodeport"):
+        from . import nodeport_bench  # NodePort per packet: tc (bpf_host.c) vs kube-proxy's iptables layout
+
+        log("NodePort per packet (membrane tc vs kube-proxy iptables, same run)")
+        print(nodeport_bench.write(nodeport_bench.run(), args.out))
     if args.only in ("all", "prefilter_propagation"):
         from . import prefilter_propagation  # PacketFilter/CIDRDenyList apply-to-enforced at 100 nodes
 
