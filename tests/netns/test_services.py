@@ -3,8 +3,9 @@ agent to its --cgroup-root, pod and node processes run inside that cgroup, real 
 
 The Service and EndpointSlice records reach the load balancer through the state consumer, as
 the stream delivers them (`ServiceFeed`: a consumer with the LB manager registered, in the test
-process, on the node's pinned maps). Standalone `membranectl apply` of Services goes through
-the same consumer once the standalone agent consumes its local stream (issue 10, points 1-2).
+process, on the node's pinned maps), so each test controls slice conditions exactly. Standalone
+`membranectl apply` of Services, with slices derived from the stored Pods, goes through the
+agent's own consumer: tests/netns/test_services_standalone.py.
 """
 
 from __future__ import annotations
