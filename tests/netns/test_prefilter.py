@@ -281,7 +281,7 @@ def test_deny_file_of_100k_prefixes_survives_kill_and_restart(outside: Outside) 
     assert after["devices"][0]["program_id"] != program and after["prefixes"] == 100_000
     # The file changes: the next resync writes the difference (one prefix), the source passes.
     _deny_file(deny, [], count=99_999)
-    _wait(lambda: _status(node)["prefixes"] == 99_999, 20, "the deny file's change enforced")
+    _wait(lambda: _status(node)["prefixes"] == 99_999, 120, "the deny file's change enforced")
     ping = netns.exec_in(outside.world, ["ping", "-c", "2", "-W", "1", "-I", OTHER_IP, NODE_UPLINK], check=False)
     assert ping.returncode == 0, ping.stdout
     assert '"prefix_changes": 1' in node.log_tail(200)  # by difference: the one prefix gone
