@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from membrane.delta import Delta
 from membrane.lb_maps import DEFAULT_MAGLEV_SIZE
@@ -26,6 +26,7 @@ from .datapath.prefilter import ActiveSet, RuleCounters
 
 PROGRAMS = ("from_container", "to_container")
 _PROTO = {6: "TCP", 17: "UDP"}
+NAT_ROWS_MAX: Final = 256  # `membranectl bpf lb` lists at most this many NAT entries (and the total)
 MAP_USAGE_MAX_AGE_S = 5.0  # map entry counts are cached this long (a scrape walks every key)
 
 
@@ -186,7 +187,26 @@ class DatapathPort:
                              for i, b in sorted(backends.items())],
                 "rev_nat": [{"id": i, "frontend": f"{f.address}:{f.port}/{_PROTO.get(f.protocol, f.protocol)}"}
                             for i, f in sorted(self.dp.read_map("lb_rev_nat").items())],
+                "maglev": self._maglev_summary(), **self._nat_rows(),
                 "stats": self.dp.lb_stats()}
+
+    def _maglev_summary(self) -> list[dict[str, Any]]:
+        """Per frontend id: its Maglev table's size and how many entries each backend holds."""
+        tables: dict[int, dict[int, int]] = {}
+        for key, backend_id in self.dp.read_map("lb_maglev").items():
+            counts = tables.setdefault(key.rev_nat_index, {})
+            counts[backend_id] = counts.get(backend_id, 0) + 1
+        return [{"id": i, "size": sum(c.values()),
+                 "backends": " ".join(f"{b}={n}" for b, n in sorted(c.items()))}
+                for i, c in sorted(tables.items())]
+
+    def _nat_rows(self) -> dict[str, Any]:
+        """The per-packet path's NAT entries, the first NAT_ROWS_MAX of them (the map holds 131072)."""
+        entries = self.dp.read_map("lb_nat")
+        rows = [{"dir": "reply" if key[5] else "forward",
+                 "tuple": f"{key[0]}:{key[1]} -> {key[2]}:{key[3]}/{_PROTO.get(key[4], key[4])}", **value}
+                for key, value in sorted(entries.items())[:NAT_ROWS_MAX]]
+        return {"nat": rows, "nat_total": len(entries)}
 
     def dump_conntrack(self) -> list[dict[str, Any]]:
         rows = []

@@ -9,7 +9,9 @@ read once, SO_NETNS_COOKIE), and (client, backend, port, protocol) is remembered
 the connection's flows, both ways, name the Service and the translation too. A pod reaching
 the same backend directly within that window is named as well: its packets cannot be told apart.
 Connections of the node's own processes get the translation event only (their source address is
-the stack's choice).
+the stack's choice). The per-packet path on the node's devices (NodePort, externalIP,
+LoadBalancer) emits the same event when it creates a flow's NAT entries, with the device in
+`ifindex` and the client's address (not a namespace) in `netns_cookie`'s low 32 bits.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ def netns_cookie() -> int:
     """The cookie of the calling thread's network namespace."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def _device_client(value: int) -> str:
+    """The client address a device hook's TRANSLATION event carries (network order, low 32 bits)."""
+    return socket.inet_ntoa((value & 0xFFFFFFFF).to_bytes(4, "little"))
 
 
 class ServiceFlows:
@@ -60,7 +67,8 @@ class ServiceFlows:
                 return None
             refused = ev.daddr == "0.0.0.0"
             translation = f"{ev.saddr}:{ev.sport} -> " + ("refused" if refused else f"{ev.daddr}:{ev.dport}")
-            client = None if refused else self._client(ev.netns_cookie)
+            client = None if refused else (
+                _device_client(ev.netns_cookie) if ev.ifindex else self._client(ev.netns_cookie))
             if client is not None:
                 if len(self._recent) >= self.max_entries:
                     self._expire(time.monotonic(), everything=True)

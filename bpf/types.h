@@ -278,8 +278,9 @@ struct mb_flow_event {
 	__u32 rule_ref;     /* policy rule that decided (0 = default / none) */
 	__u32 len;          /* packet length in bytes */
 	__u32 count;        /* packets this event stands for (>1 when aggregated) */
-	/* TRANSLATION events (socket hooks): the client's network namespace (bpf_get_netns_cookie),
-	 * which the agent maps to a pod; 0 in every other event. */
+	/* TRANSLATION events: of the socket hooks (ifindex 0), the client's network namespace
+	 * (bpf_get_netns_cookie), which the agent maps to a pod; of the device hooks (ifindex set),
+	 * the client's IPv4 address in the low 32 bits; 0 in every other event. */
 	__u64 netns_cookie;
 };
 
@@ -337,7 +338,8 @@ struct mb_event_bucket {
  * masters, and deletes stale backends last: no lookup ever finds a slot
  * whose backend is missing. TRANSLATION events carry: saddr/sport = the
  * frontend the application asked for, daddr/dport = the backend (0 when
- * refused), rule_ref = the frontend's rev_nat_index, netns_cookie.
+ * refused), rule_ref = the frontend's rev_nat_index, netns_cookie (the socket
+ * hooks' client namespace; the device hooks' client address, with ifindex).
  */
 
 /* mb_lb4_key.scope: which set of backends (traffic from outside vs from this node). */

@@ -13,6 +13,8 @@ from membrane.agent.datapath.layout import (
     Lb4Maglev,
     Lb4MaglevKey,
     Lb4MemberKey,
+    Lb4Nat,
+    Lb4NatKey,
     Lb4RevNat,
     Lb4RevNatKey,
     Lb4Service,
@@ -85,3 +87,22 @@ def maglev_key_of(raw: Lb4MaglevKey) -> LbMaglevKey:
 
 def maglev_value(backend_id: int) -> Lb4Maglev:
     return Lb4Maglev(backend_id=backend_id)
+
+
+# mb_lb4_nat_v1 is written by the datapath only (bpf/lib/nodeport.h): read for `membranectl bpf lb`.
+NatKey = tuple[str, int, str, int, int, int]  # (saddr, sport, daddr, dport, proto, dir)
+
+
+def nat_key_of(raw: Lb4NatKey) -> NatKey:
+    return (str(field_to_ip(raw.saddr)), field_to_port(raw.sport), str(field_to_ip(raw.daddr)),
+            field_to_port(raw.dport), int(raw.proto), int(raw.dir))
+
+
+def nat_of(raw: Lb4Nat) -> dict[str, int | str]:
+    return {"to": f"{field_to_ip(raw.saddr)}:{field_to_port(raw.sport)} -> "
+                  f"{field_to_ip(raw.daddr)}:{field_to_port(raw.dport)}",
+            "backend_id": int(raw.backend_id), "id": int(raw.rev_nat_index), "flags": int(raw.flags)}
+
+
+def nat_read_only(_: object) -> Lb4NatKey:
+    raise ValueError("lb_nat is written by the datapath only")

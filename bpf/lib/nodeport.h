@@ -22,6 +22,7 @@
 #include "ipv4.h"
 #include "lb.h"
 #include "overlay.h"
+#include "events.h"
 #include "../maps.h"
 
 #define MB_NP_PER_PACKET (MB_LB_F_NODE_PORT | MB_LB_F_EXTERNAL_IP | MB_LB_F_LOAD_BALANCER)
@@ -310,6 +311,41 @@ static __always_inline __be16 mb_np_snat_port(struct mb_lb4_nat_key *reply, __u3
 }
 
 /*
+ * The TRANSLATION event of a new per-packet flow (rate-limited like every
+ * event): frontend (source fields) -> backend (destination fields), as the
+ * socket hooks emit it, the frontend's id in rule_ref, the device in
+ * ifindex and the client's address in netns_cookie (its low 32 bits, network
+ * order: no client namespace here), so the agent names the Service for the
+ * connection's later flows too. On the stack (a few tens of bytes) rather
+ * than in the per-CPU scratch record, which nothing else here uses.
+ */
+static __always_inline void mb_np_event(const struct mb_lb4_nat_key *key, const struct mb_lb4_nat *fwd,
+					__u32 ifindex, __u32 len)
+{
+	struct mb_flow_event ev = {};
+	struct mb_event_config *cfg = mb_events_on();
+
+	if (!cfg)
+		return;
+	ev.ts_ns = bpf_ktime_get_ns();
+	ev.saddr = key->daddr;
+	ev.sport = key->dport;
+	ev.daddr = fwd->daddr;
+	ev.dport = fwd->dport;
+	ev.nexthdr = key->proto;
+	ev.type = MB_EVENT_TRANSLATION;
+	ev.direction = MB_DIR_INGRESS;
+	ev.verdict = MB_VERDICT_FORWARDED;
+	ev.reason = MB_FORWARDED;
+	ev.rule_ref = fwd->rev_nat_index;
+	ev.ifindex = ifindex;
+	ev.len = len;
+	ev.count = 1;
+	ev.netns_cookie = (__u32)key->saddr;
+	mb_event_submit(cfg, &ev);
+}
+
+/*
  * Device ingress: a packet for a per-packet frontend goes to its backend.
  * Anything else passes untouched. Returns a tc verdict.
  */
@@ -397,6 +433,7 @@ static __always_inline int mb_np_forward(struct __sk_buff *skb)
 	if (mb_lb4_nat_v1.update(&reply, &back) < 0 || mb_lb4_nat_v1.update(&key, &fwd) < 0)
 		return TC_ACT_SHOT;
 	mb_lb_count(MB_LB_STAT_TRANSLATED);
+	mb_np_event(&key, &fwd, skb->ifindex, skb->len);
 	if (mb_np_apply(skb, l4_off, &key, &fwd) < 0)
 		return TC_ACT_SHOT;
 	if (remote)

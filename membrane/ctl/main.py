@@ -67,6 +67,9 @@ _COLUMNS["service list"] = [("SERVICE", "service"), ("TYPE", "type"), ("FRONTEND
                             ("BACKENDS", "backend_list")]
 _COLUMNS["bpf lb"] = [("FRONTEND", "frontend"), ("ID", "id"), ("FLAGS", "flags"), ("SLOTS", "slots"),
                       ("AFFINITY S", "affinity_timeout_s"), ("BACKENDS (ID=ADDRESS)", "backends")]
+_COLUMNS["bpf lb maglev"] = [("ID", "id"), ("SIZE", "size"), ("ENTRIES PER BACKEND (ID=N)", "backends")]
+_COLUMNS["bpf lb nat"] = [("DIR", "dir"), ("TUPLE", "tuple"), ("REWRITTEN TO", "to"), ("ID", "id"),
+                          ("BACKEND", "backend_id"), ("FLAGS", "flags")]
 
 
 _EPILOG = ("-o/--output may be given anywhere on the command line. Exit codes: 0 success, 1 error, "
@@ -206,7 +209,7 @@ def run(argv: list[str] | None = None) -> int:
             op = {"endpoints": "bpf.endpoints", "ct": "bpf.ct", "metrics": "bpf.metrics", "lb": "bpf.lb"}[args.map]
             result, key = request(op, args.socket), f"bpf {args.map}"
             if args.map == "lb" and args.output == "table":
-                result = result["services"]
+                key = "bpf lb all"
     except AgentError as exc:
         if exc.code == REJECTED and isinstance(exc.details, list) and exc.details:
             # "rejected: a; b" and then a and b: each problem on its own line, once
@@ -235,6 +238,12 @@ def run(argv: list[str] | None = None) -> int:
     elif key == "policy get":
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
+    elif key == "bpf lb all":
+        sys.stdout.write(render_table(result["services"], _COLUMNS["bpf lb"]))
+        print(f"\nMaglev tables ({len(result['maglev'])}):")
+        sys.stdout.write(render_table(result["maglev"], _COLUMNS["bpf lb maglev"]))
+        print(f"\nNAT entries ({len(result['nat'])} of {result['nat_total']} shown):")
+        sys.stdout.write(render_table(result["nat"], _COLUMNS["bpf lb nat"]))
     elif key == "status":
         for name, value in result.items():
             print(f"{name + ':':<16}{json.dumps(value) if isinstance(value, (dict, list)) else value}")

@@ -53,3 +53,18 @@ def test_refusals_and_unknown_frontends() -> None:
                                  verdict=1, reason=14))
     assert refused == ("shop/web", "10.96.0.10:80 -> refused")
     assert flows.describe(raw(type=EventType.TRANSLATION, saddr="10.96.0.11", sport=80, rule_ref=8)) is None
+
+
+def test_a_device_translation_names_the_outside_clients_connection() -> None:
+    """NodePort at the node's device: the client's address rides in the event, no namespace to map."""
+    flows = ServiceFlows(FakeLb(), dict)
+    enricher = Enricher("n1")
+    enricher.services = flows.describe
+    client = int.from_bytes(bytes([192, 0, 2, 60]), "little")  # network order, as the datapath stores it
+    translation = enricher.flow(raw(type=EventType.TRANSLATION, saddr="192.0.2.41", sport=30081,
+                                    daddr="10.200.1.5", dport=8080, nexthdr=6, rule_ref=7, ifindex=3,
+                                    netns_cookie=client))
+    assert (translation.service, translation.translation) == ("shop/web", "192.0.2.41:30081 -> 10.200.1.5:8080")
+    inside = enricher.flow(raw(type=EventType.TRACE_NEW, saddr="192.0.2.60", sport=41000, daddr="10.200.1.5",
+                               dport=8080, nexthdr=6))
+    assert inside.service == "shop/web" and inside.translation == translation.translation
