@@ -24,10 +24,6 @@ from typing import Any
 import pytest
 
 from membrane.agent.datapath_port import DatapathPort
-from membrane.agent.health_check_serving import HealthCheckServer, listen_any
-from membrane.agent.lb_syncing import LB_KINDS, LbManager
-from membrane.agent.netlinking import in_netns
-from membrane.agent.state_consuming import StateConsumer
 from membrane.api.state_objects import (
     EndpointPortState,
     EndpointSliceState,
@@ -72,15 +68,11 @@ def _serve(pod: Pod, name: str) -> subprocess.Popen[str]:
     return proc
 
 
-def _feed(node: LabNode, address: str, maglev_size: int = 1021) -> ServiceFeed:
-    port = DatapathPort(node.pin_root, maglev_size=maglev_size)
+def _feed(node: LabNode) -> ServiceFeed:
+    """Applies Services to the node's agent; its pinned maps opened for reading."""
+    port = DatapathPort(node.pin_root)
     port.load()
-    consumer = StateConsumer(node.name)
-    consumer.stream_id = "test"
-    lb = LbManager(port, node.name, lambda: (address,), maglev_size=maglev_size)
-    for kind in LB_KINDS:
-        consumer.register(kind, lb)
-    return ServiceFeed(node, port, consumer, lb)
+    return ServiceFeed(node, port)
 
 
 @pytest.fixture
@@ -114,7 +106,7 @@ def np_lab(make_node: Any) -> Iterator[NodePortLab]:
         n1.api("apply", objects=[pod_obj("web2", n2, IP2, web2.ip)])
         n2.api("apply", objects=[pod_obj("web1", n1, IP1, web1.ip)])
         servers += [_serve(web1, "web1"), _serve(web2, "web2")]
-        lab = NodePortLab(n1, n2, outside, _feed(n1, IP1), web1, web2, servers)
+        lab = NodePortLab(n1, n2, outside, _feed(n1), web1, web2, servers)
         yield lab
     finally:
         for proc in servers:
@@ -191,35 +183,28 @@ def _health(lab: NodePortLab, port: int) -> dict[str, Any]:
 
 def test_external_traffic_policy_local_keeps_the_client_address(np_lab: NodePortLab) -> None:
     lab = np_lab
-    # The health check server of node 1, fed by the LB manager, listening in node 1's namespace
-    # (where the agent's would).
-    path = f"/run/netns/{lab.n1.netns}"
-    server = HealthCheckServer(lambda port: in_netns(path, lambda: listen_any(port)))
-    lab.feed.lb.on_health = server.update
-    try:
-        svc = nodeport_service(external_local=True, health=HEALTH_PORT, external_ips=(EXTERNAL,))
-        sl = web_slice(lab, lab.web1, lab.web2)
-        lab.feed.apply((key(svc), svc), (key(sl), sl))
-        got = lab.client(*[{"op": "tcp", "ip": IP1, "port": NODE_PORT}] * 12,
-                         *[{"op": "tcp", "ip": EXTERNAL, "port": 80}] * 4)
-        assert {r.get("reply") for r in got} == {"web1:8080@" + OUTSIDE}, got  # only the local one, source kept
-        assert _health(lab, HEALTH_PORT) == {"status": 200, "body": {"service": {"namespace": "shop", "name": "web"},
-                                                                     "localEndpoints": 1}}
-        # No local endpoint: refused, never sent to the other node; the health check says 503.
-        only_remote = web_slice(lab, lab.web2)
-        lab.feed.apply((key(only_remote), only_remote))
-        (refused,) = lab.client({"op": "tcp", "ip": IP1, "port": NODE_PORT, "timeout": 5})
-        assert refused.get("errno") == errno.ECONNREFUSED and refused["ms"] < 1000, refused
-        assert _health(lab, HEALTH_PORT)["status"] == 503
-        # Back, and the port closes with the service.
-        lab.feed.apply((key(sl), sl))
-        assert _health(lab, HEALTH_PORT)["status"] == 200
-        lab.feed.apply((key(svc), None))
-        done = netns.run(["ip", "netns", "exec", lab.outside, sys.executable, "-c", _HTTP_GET, IP1,
-                          str(HEALTH_PORT)], check=False)
-        assert done.returncode != 0 and "ConnectionRefused" in done.stderr, done
-    finally:
-        server.close()
+    # The agent's own health check server answers in node 1's namespace.
+    svc = nodeport_service(external_local=True, health=HEALTH_PORT, external_ips=(EXTERNAL,))
+    sl = web_slice(lab, lab.web1, lab.web2)
+    lab.feed.apply((key(svc), svc), (key(sl), sl))
+    got = lab.client(*[{"op": "tcp", "ip": IP1, "port": NODE_PORT}] * 12,
+                     *[{"op": "tcp", "ip": EXTERNAL, "port": 80}] * 4)
+    assert {r.get("reply") for r in got} == {"web1:8080@" + OUTSIDE}, got  # only the local one, source kept
+    assert _health(lab, HEALTH_PORT) == {"status": 200, "body": {"service": {"namespace": "shop", "name": "web"},
+                                                                 "localEndpoints": 1}}
+    # No local endpoint: refused, never sent to the other node; the health check says 503.
+    only_remote = web_slice(lab, lab.web2)
+    lab.feed.apply((key(only_remote), only_remote))
+    (refused,) = lab.client({"op": "tcp", "ip": IP1, "port": NODE_PORT, "timeout": 5})
+    assert refused.get("errno") == errno.ECONNREFUSED and refused["ms"] < 1000, refused
+    assert _health(lab, HEALTH_PORT)["status"] == 503
+    # Back, and the port closes with the service.
+    lab.feed.apply((key(sl), sl))
+    assert _health(lab, HEALTH_PORT)["status"] == 200
+    lab.feed.apply((key(svc), None))
+    done = netns.run(["ip", "netns", "exec", lab.outside, sys.executable, "-c", _HTTP_GET, IP1,
+                      str(HEALTH_PORT)], check=False)
+    assert done.returncode != 0 and "ConnectionRefused" in done.stderr, done
 
 
 def test_maglev_tables_and_flows_survive_a_restart(np_lab: NodePortLab) -> None:
@@ -242,10 +227,7 @@ def test_maglev_tables_and_flows_survive_a_restart(np_lab: NodePortLab) -> None:
         assert lab.n1.process is not None
         lab.n1.process.send_signal(signal.SIGKILL)
         lab.n1.process.wait()
-        lab.n1.start_agent()
-        lab.feed.port.close()
-        lab.feed = _feed(lab.n1, IP1)
-        lab.feed.apply((key(svc), svc), (key(sl), sl))
+        lab.n1.start_agent()  # its load balancer: records from its store, ids from the pinned maps
         assert lab.feed.port.read_map("lb_maglev") == before
         # A third backend changes about a third of the table, yet every held flow keeps its backend.
         grown = web_slice(lab, lab.web1, lab.web2)

@@ -1,11 +1,11 @@
 """Services through a real agent: pods wired by the CNI plugin, the socket hooks attached by the
 agent to its --cgroup-root, pod and node processes run inside that cgroup, real sockets.
 
-The Service and EndpointSlice records reach the load balancer through the state consumer, as
-the stream delivers them (`ServiceFeed`: a consumer with the LB manager registered, in the test
-process, on the node's pinned maps), so each test controls slice conditions exactly. Standalone
-`membranectl apply` of Services, with slices derived from the stored Pods, goes through the
-agent's own consumer: tests/netns/test_services_standalone.py.
+Services and EndpointSlices are applied to the agent (`ServiceFeed`: the records a test
+writes become the Kubernetes objects they stand for, stored with `membranectl apply`), so the
+agent's own consumer and LB manager write the maps, and each test controls slice conditions
+exactly; the node's pinned maps are opened in the test process for reading only. Slices derived
+from stored Pods: tests/netns/test_services_standalone.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,15 @@ import pytest
 
 from membrane.agent.datapath.layout import LB_AFFINITY, LbClient
 from membrane.agent.datapath_port import DatapathPort
-from membrane.agent.lb_syncing import LB_KINDS, LbManager
-from membrane.agent.netlinking import in_netns
-from membrane.agent.sock_terminating import terminate_udp
-from membrane.agent.state_consuming import StateConsumer
 from membrane.api.state_objects import (
-    Change,
     EndpointPortState,
     EndpointSliceState,
+    Kind,
     ServicePortState,
     ServiceState,
     SliceEndpointState,
-    StateUpdate,
 )
-from membrane_testkit.lab import cgroups, netns, probes
+from membrane_testkit.lab import cgroups, probes
 from membrane_testkit.lab.node import LabNode, Pod
 from membrane_testkit.lab.underlay import Underlay
 from membrane_testkit.waiting import wait_for
@@ -51,21 +45,83 @@ VIP = "10.96.0.10"
 _counter = itertools.count()
 
 
+def _service_object(svc: ServiceState) -> dict[str, Any]:
+    ports = []
+    for p in svc.ports:
+        target: int | str = int(p.target_port) if p.target_port.isdigit() else (p.target_port or p.port)
+        ports.append({**({"name": p.name} if p.name else {}), "protocol": p.protocol, "port": p.port,
+                      "targetPort": target, **({"nodePort": p.node_port} if p.node_port else {})})
+    spec: dict[str, Any] = {"type": svc.type, "clusterIP": svc.cluster_ips[0], "clusterIPs": list(svc.cluster_ips),
+                            "ports": ports}
+    if svc.external_ips:
+        spec["externalIPs"] = list(svc.external_ips)
+    if svc.affinity_timeout:
+        spec["sessionAffinity"] = "ClientIP"
+        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": svc.affinity_timeout}}
+    if svc.type in ("NodePort", "LoadBalancer"):
+        spec["externalTrafficPolicy"] = "Local" if svc.external_traffic_local else "Cluster"
+    if svc.internal_traffic_local:
+        spec["internalTrafficPolicy"] = "Local"
+    if svc.health_check_node_port:
+        spec["healthCheckNodePort"] = svc.health_check_node_port
+    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Service",
+                           "metadata": {"name": svc.name, "namespace": svc.namespace}, "spec": spec}
+    if svc.load_balancer_ips:
+        obj["status"] = {"loadBalancer": {"ingress": [{"ip": ip} for ip in svc.load_balancer_ips]}}
+    return obj
+
+
+def _slice_object(sl: EndpointSliceState) -> dict[str, Any]:
+    endpoints = []
+    for e in sl.endpoints:
+        endpoint: dict[str, Any] = {"addresses": list(e.addresses),
+                                    "conditions": {"ready": e.ready, "serving": e.serving,
+                                                   "terminating": e.terminating}}
+        if e.node_name:
+            endpoint["nodeName"] = e.node_name
+        if e.zone:
+            endpoint["zone"] = e.zone
+        if e.target:
+            namespace, _, name = e.target.partition("/")
+            endpoint["targetRef"] = {"kind": "Pod", "namespace": namespace, "name": name}
+        endpoints.append(endpoint)
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": sl.name, "namespace": sl.namespace,
+                         "labels": {"kubernetes.io/service-name": sl.service}},
+            "addressType": sl.address_type,
+            "ports": [{**({"name": p.name} if p.name else {}), "protocol": p.protocol, "port": p.port}
+                      for p in sl.ports],
+            "endpoints": endpoints}
+
+
+def stored_object(record: ServiceState | EndpointSliceState) -> dict[str, Any]:
+    """The Kubernetes object a Service or EndpointSlice record stands for (what a user applies)."""
+    return _service_object(record) if isinstance(record, ServiceState) else _slice_object(record)
+
+
 @dataclass
 class ServiceFeed:
-    """The stream's records for Services, applied through a state consumer with the LB manager."""
+    """Service and EndpointSlice records applied to the agent as the objects they stand for
+    (`membranectl apply` / `delete`, one call each); `port` opens the pinned maps for reading."""
 
     node: LabNode
     port: DatapathPort
-    consumer: StateConsumer
-    lb: LbManager
-    version: int = 0
+    removed: dict[tuple[Any, str], dict[str, Any]] = field(default_factory=dict)
 
     def apply(self, *changes: tuple[Any, Any]) -> None:
-        """(kind key, record or None) pairs in one update."""
-        self.version += 1
-        update = StateUpdate(self.version, "test", False, [Change(key, obj) for key, obj in changes])
-        self.consumer.apply_update(update)
+        """(kind key, record or None) pairs; None deletes the object of that key."""
+        applied = [stored_object(obj) for _, obj in changes if obj is not None]
+        deleted = []
+        for (kind, name), obj in changes:
+            if obj is None:
+                namespace, _, short = name.partition("/")
+                deleted.append({"apiVersion": "v1" if kind == Kind.SERVICE else "discovery.k8s.io/v1",
+                                "kind": "Service" if kind == Kind.SERVICE else "EndpointSlice",
+                                "metadata": {"name": short, "namespace": namespace}})
+        if applied:
+            self.node.api("apply", objects=applied)
+        if deleted:
+            self.node.api("delete", objects=deleted)
 
 
 @dataclass
@@ -121,20 +177,10 @@ def _socket_entries(lab: ServiceLab) -> set[bytes]:
 
 
 def service_feed(node: LabNode) -> ServiceFeed:
-    """A consumer with the LB manager on the node's pinned maps (close `feed.port` after)."""
+    """Applies to the node's agent; the node's pinned maps opened for reading (close `feed.port` after)."""
     port = DatapathPort(node.pin_root)
     port.load()  # the node's pinned maps, reopened in this process
-    consumer = StateConsumer(node.name)
-    consumer.stream_id = "test"  # deltas from version 1 on
-    lb = LbManager(port, node.name, lambda: ())
-    for kind in LB_KINDS:
-        consumer.register(kind, lb)
-
-    def terminate(gone: list[tuple[IPv4Address, int]]) -> None:  # what the agent does, in each pod
-        for pod in node.pods.values():
-            in_netns(str(netns.NETNS_DIR / pod.netns), lambda: terminate_udp(gone, port.sock_translated))
-    lb.on_udp_backends_removed = terminate
-    return ServiceFeed(node, port, consumer, lb)
+    return ServiceFeed(node, port)
 
 
 @pytest.fixture
@@ -254,7 +300,7 @@ def test_named_ports_per_endpoint_and_several_ports(svc_lab: ServiceLab) -> None
     assert {r.get("reply") for r in dns_tcp} <= {"web1:5353", "web2:5353"} and all("reply" in r for r in dns_tcp)
     (dns_udp,) = svc_lab.client(client, {"op": "udp_sendto", "ip": VIP, "port": 53})
     assert dns_udp["replies"][0] in ("web1:5353", "web2:5353") and dns_udp["sources"] == [[VIP, 53]]
-    rows = {row["frontend"]: row for row in svc_lab.feed.lb.service_rows()}
+    rows = {row["frontend"]: row for row in svc_lab.node.api("service.list")}
     assert set(rows) == {f"{VIP}:80/TCP", f"{VIP}:53/UDP", f"{VIP}:53/TCP"}
     assert {b["address"] for b in rows[f"{VIP}:80/TCP"]["backends"]} == {f"{pods['web1'].ip}:8080",
                                                                         f"{pods['web2'].ip}:8081"}
@@ -333,17 +379,14 @@ def test_agent_kill_9_under_service_traffic(svc_lab: ServiceLab) -> None:
     proc = cgroups.popen_in(group, pods["client1"].netns, [sys.executable, "-S", "-u", PROBE, "client",
                                                            json.dumps(steps)], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
+        # Kill once the client is connecting through the service (its held socket has a backend).
+        client_ip = pods["client1"].ip + ":"
+        wait_for(lambda: any(f["src"].startswith(client_ip) for f in node.api("bpf.ct")), timeout=30,
+                 message="the client's traffic started")
         assert node.stop_agent(signal.SIGKILL) == -signal.SIGKILL
         node.start_agent()
-        # The load balancer restarts too: same records, nothing to write.
-        svc_lab.feed.port.close()
-        svc_lab.feed = service_feed(node)
-        port_writes: list[str] = []
-        original = svc_lab.feed.port.update_map
-        svc_lab.feed.port.update_map = lambda role, entries: (port_writes.append(role), original(role, entries))[1]  # type: ignore[method-assign]  # count writes
-        svc_lab.feed.apply((key(svc), svc), (key(sl), sl))
-        assert port_writes == []
+        # The restarted agent's load balancer (records restored from its store, ids read back
+        # from the pinned maps) computes what the maps hold: nothing changed (compared below).
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
