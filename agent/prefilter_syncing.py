@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Network
 from typing import Any, Protocol
 
-from membrane.api.state_objects import CIDRDenyListState, Kind, PacketFilterState, StateObject
+from membrane.api.state_objects import CIDRDenyChunkState, CIDRDenyListState, Kind, PacketFilterState, StateObject
 from membrane.map_plan import Op
-from membrane.prefilter_converting import deny_list, desired_rules, filter_rules
+from membrane.prefilter_converting import deny_prefixes, desired_rules, filter_rules
 from membrane.prefilter_rules import MAX_REFS, MAX_RULES, EncodedRule, Rule, encode_rule
 
 from .datapath.prefilter import ActiveSet, RuleCounters
@@ -44,7 +44,7 @@ from .prefilter_queries import PrefilterCounters, PrefilterEntry
 
 log = logging.getLogger("membrane.prefilter")
 
-PREFILTER_KINDS = (Kind.PACKET_FILTER, Kind.CIDR_DENY_LIST)
+PREFILTER_KINDS = (Kind.PACKET_FILTER, Kind.CIDR_DENY_LIST, Kind.CIDR_DENY_CHUNK)
 CIDR_ROLE = "prefilter_cidr"
 FILE_LIST = "file"  # the kind of the node's own deny list (--prefilter-cidrs)
 
@@ -95,7 +95,10 @@ class PrefilterManager:
         self.maps = MapManager(port, (CIDR_ROLE,), order=((CIDR_ROLE, Op.UPDATE), (CIDR_ROLE, Op.DELETE)))
         self.lock = threading.Lock()  # this manager's; readers take it briefly for copies
         self.filters: dict[str, PacketFilterState] = {}
+        # Deny lists: each list's head, and its chunks converted once when they arrive, so an
+        # edit re-converts only the chunks it changed (membrane/prefilter_chunking.py).
         self.deny_records: dict[str, CIDRDenyListState] = {}
+        self.deny_chunks: dict[str, dict[int, frozenset[IPv4Network]]] = {}
         self.file_prefixes: tuple[str, frozenset[IPv4Network]] | None = None
         self.refs: dict[Owner, int] = {}
         self.actions: dict[Owner, str] = {}
@@ -120,11 +123,27 @@ class PrefilterManager:
             elif kind is Kind.CIDR_DENY_LIST:
                 if isinstance(obj, CIDRDenyListState):
                     self.deny_records[key] = obj
+                    # An older operator's head carries the whole list: read it as one more chunk.
+                    self._set_chunk(key, -1, deny_prefixes(obj.cidrs) if obj.cidrs else None)
                 else:
                     self.deny_records.pop(key, None)
+                    self._set_chunk(key, -1, None)
+            elif kind is Kind.CIDR_DENY_CHUNK:
+                name, _, bucket = key.rpartition("/")
+                chunk = deny_prefixes(obj.cidrs) if isinstance(obj, CIDRDenyChunkState) else None
+                self._set_chunk(name, int(bucket), chunk)
             else:
                 return
             self.dirty = True
+
+    def _set_chunk(self, name: str, bucket: int, prefixes: frozenset[IPv4Network] | None) -> None:
+        chunks = self.deny_chunks.setdefault(name, {})
+        if prefixes is None:
+            chunks.pop(bucket, None)
+        else:
+            chunks[bucket] = prefixes
+        if not chunks:
+            del self.deny_chunks[name]
 
     def set_file_list(self, source: str, prefixes: frozenset[IPv4Network] | None) -> None:
         """The node's own deny list (--prefilter-cidrs FILE); None removes it."""
@@ -152,7 +171,8 @@ class PrefilterManager:
 
     def _deny(self) -> dict[Owner, frozenset[IPv4Network]]:
         lists: dict[Owner, frozenset[IPv4Network]] = {
-            ("denylist", name): deny_list(record).prefixes for name, record in sorted(self.deny_records.items())}
+            ("denylist", name): frozenset().union(*self.deny_chunks.get(name, {}).values())
+            for name in sorted(self.deny_records)}
         if self.file_prefixes is not None:
             lists[(FILE_LIST, self.file_prefixes[0])] = self.file_prefixes[1]
         return lists

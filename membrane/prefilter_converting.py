@@ -26,7 +26,7 @@ from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import Any
 
-from membrane.api.state_objects import CIDRDenyListState, PacketFilterState
+from membrane.api.state_objects import CIDRDenyChunkState, CIDRDenyListState, PacketFilterState
 from membrane.prefilter_objects import OFFSET_BASES, PROTOCOL_NAMES, TCP_FLAGS, cidr_parts
 from membrane.prefilter_rules import (
     SANITY,
@@ -178,9 +178,23 @@ def desired_rules(filters: Iterable[PacketFilterState]) -> list[Rule]:
     return rules
 
 
+def deny_prefixes(cidrs: Iterable[str]) -> frozenset[IPv4Network]:
+    """One chunk's (or an old whole-list record's) prefixes in the model's form."""
+    return frozenset(IPv4Network(cidr_parts(c)) for c in cidrs)
+
+
 def deny_list(record: CIDRDenyListState) -> DenyList:
-    return DenyList(record.name, frozenset(IPv4Network(cidr_parts(c)) for c in record.cidrs))
+    return DenyList(record.name, deny_prefixes(record.cidrs))
 
 
-def deny_lists(records: Iterable[CIDRDenyListState]) -> list[DenyList]:
-    return [deny_list(r) for r in sorted(records, key=lambda r: r.name)]
+def deny_lists(records: Iterable[CIDRDenyListState | CIDRDenyChunkState]) -> list[DenyList]:
+    """Each list whose head is among `records`, with the prefixes of its chunks among them."""
+    heads: dict[str, CIDRDenyListState] = {}
+    chunks: dict[str, list[str]] = {}
+    for record in records:
+        if isinstance(record, CIDRDenyChunkState):
+            chunks.setdefault(record.list, []).extend(record.cidrs)
+        else:
+            heads[record.name] = record
+    return [DenyList(name, deny_prefixes((*head.cidrs, *chunks.get(name, ()))))
+            for name, head in sorted(heads.items())]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from membrane.api.state_objects import (
-    CIDRDenyListState,
+    CIDRDenyChunkState,
     EndpointState,
     IdentityState,
     Kind,
@@ -34,6 +34,8 @@ from membrane.operator.identity_objects import parse_identity
 from membrane.operator.pod_facts import _address, labels_of, meta, needs_identity, pod_identity_labels, pod_ips
 from membrane.operator.service_records import endpoint_slice_state, service_state
 from membrane.prefilter_checking import object_errors
+from membrane.prefilter_chunking import BUCKETS
+from membrane.prefilter_chunking import split as split_deny_list
 from membrane.prefilter_objects import CIDR_DENY_LIST, PACKET_FILTER, canonical_json, canonical_spec
 
 JSON = dict[str, Any]
@@ -86,10 +88,8 @@ def packet_filter_state(obj: JSON) -> PacketFilterState:
                              canonical_json(canonical_spec(PACKET_FILTER, obj.get("spec") or {})))
 
 
-def cidr_deny_list_state(obj: JSON) -> CIDRDenyListState:
-    m = meta(obj)
-    cidrs = canonical_spec(CIDR_DENY_LIST, obj.get("spec") or {})["cidrs"]
-    return CIDRDenyListState(m.get("name", ""), int(m.get("generation") or 0), tuple(cidrs))
+def cidr_deny_list_cidrs(obj: JSON) -> tuple[str, ...]:
+    return tuple(canonical_spec(CIDR_DENY_LIST, obj.get("spec") or {})["cidrs"])
 
 
 def build_state(namespaces: Iterable[JSON], nodes: Iterable[JSON], pods: Iterable[JSON],
@@ -241,10 +241,21 @@ class StateBuilder:
             self._delete((Kind.PACKET_FILTER, name))
 
     def set_cidr_deny_list(self, name: str, obj: JSON | None) -> None:
+        # Streamed as a head and up to BUCKETS chunks (membrane/prefilter_chunking.py): an edit
+        # changes the head and the chunks whose prefixes changed, nothing else.
+        chunks: list[CIDRDenyChunkState] = []
         if obj is not None and not self.prefilter_errors(obj):
-            self._put(cidr_deny_list_state(obj))
+            head, chunks = split_deny_list(name, int(meta(obj).get("generation") or 0), cidr_deny_list_cidrs(obj))
+            self._put(head)
         else:
             self._delete((Kind.CIDR_DENY_LIST, name))
+        kept = {chunk.bucket for chunk in chunks}
+        for bucket in range(BUCKETS):
+            key = (Kind.CIDR_DENY_CHUNK, f"{name}/{bucket}")
+            if bucket not in kept and key in self.state:
+                self._delete(key)
+        for chunk in chunks:
+            self._put(chunk)
 
     def set_service(self, key: str, obj: JSON | None) -> None:
         if obj is None:

@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state_objects import (
     Change,
+    CIDRDenyChunkState,
     CIDRDenyListState,
     EndpointPortState,
     EndpointSliceState,
@@ -58,6 +59,9 @@ def _key_object(key: StateKey) -> StateObject:
         return PacketFilterState(text)
     if kind is Kind.CIDR_DENY_LIST:
         return CIDRDenyListState(text)
+    if kind is Kind.CIDR_DENY_CHUNK:
+        name, _, bucket = text.rpartition("/")
+        return CIDRDenyChunkState(name, int(bucket))
     return NamespaceState(text)
 
 
@@ -122,7 +126,9 @@ def change_to_pb(change: Change) -> pb.Change:
                                                        spec_json=obj.spec_json))
     elif isinstance(obj, CIDRDenyListState):
         message.cidr_deny_list.CopyFrom(pb.CIDRDenyList(name=obj.name, generation=obj.generation,
-                                                        cidrs=obj.cidrs))
+                                                        cidrs=obj.cidrs, digest=obj.digest))
+    elif isinstance(obj, CIDRDenyChunkState):
+        message.cidr_deny_chunk.CopyFrom(pb.CIDRDenyChunk(list=obj.list, bucket=obj.bucket, cidrs=obj.cidrs))
     else:
         message.namespace.CopyFrom(pb.Namespace(name=obj.name, labels=dict(obj.labels)))
     return message
@@ -156,7 +162,10 @@ def change_from_pb(message: pb.Change) -> Change:
         obj = PacketFilterState(f.name, f.generation, f.spec_json)
     elif which == "cidr_deny_list":
         d = message.cidr_deny_list
-        obj = CIDRDenyListState(d.name, d.generation, tuple(d.cidrs))
+        obj = CIDRDenyListState(d.name, d.generation, tuple(d.cidrs), d.digest)
+    elif which == "cidr_deny_chunk":
+        c = message.cidr_deny_chunk
+        obj = CIDRDenyChunkState(c.list, c.bucket, tuple(c.cidrs))
     else:
         raise ValueError(f"change without an object: {message!r}")
     key = (obj.kind, obj.key)

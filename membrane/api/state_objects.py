@@ -24,6 +24,7 @@ class Kind(StrEnum):
     POLICY = "policy"
     PACKET_FILTER = "packetfilter"
     CIDR_DENY_LIST = "cidrdenylist"
+    CIDR_DENY_CHUNK = "cidrdenychunk"
 
 
 KIND_ORDER = {kind: index for index, kind in enumerate(Kind)}
@@ -201,11 +202,15 @@ class PacketFilterState:
 
 @dataclass(frozen=True)
 class CIDRDenyListState:
-    """A valid CIDRDenyList (cluster-scoped): its prefixes in network form, in the object's order."""
+    """A valid CIDRDenyList (cluster-scoped). The operator streams its prefixes in
+    `CIDRDenyChunkState`s and this record as the list's head: its generation and a digest of the
+    whole contents, so each edit is one small version the status counts acks of. `cidrs` is only
+    set by an operator from before chunking (a cached record: agents read it as one more chunk)."""
 
     name: str
     generation: int = 0
     cidrs: tuple[str, ...] = ()
+    digest: str = ""
 
     kind = Kind.CIDR_DENY_LIST
 
@@ -214,8 +219,25 @@ class CIDRDenyListState:
         return self.name
 
 
+@dataclass(frozen=True)
+class CIDRDenyChunkState:
+    """The prefixes of one CIDRDenyList that hash into one bucket (membrane/prefilter_chunking.py):
+    a one-prefix edit changes one chunk, so it streams and converts as one small record."""
+
+    list: str
+    bucket: int
+    cidrs: tuple[str, ...] = ()
+
+    kind = Kind.CIDR_DENY_CHUNK
+
+    @property
+    def key(self) -> str:
+        return f"{self.list}/{self.bucket}"
+
+
 StateObject = (NamespaceState | NodeState | IdentityState | EndpointState | ServiceState | EndpointSliceState
-               | PolicyState | PacketFilterState | CIDRDenyListState)
+               | PolicyState | PacketFilterState | CIDRDenyListState
+               | CIDRDenyChunkState)
 StateKey = tuple[Kind, str]
 
 

@@ -28,6 +28,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import grpc
@@ -35,11 +36,11 @@ from grpc import aio
 
 from membrane.api.state.v1 import state_pb2 as pb
 from membrane.api.state_codec import change_from_pb
-from membrane.api.state_objects import CIDRDenyListState, PacketFilterState
-from membrane.prefilter_converting import deny_list, desired_rules
+from membrane.api.state_objects import CIDRDenyChunkState, CIDRDenyListState, PacketFilterState
+from membrane.prefilter_converting import deny_prefixes, desired_rules
 from membrane.prefilter_rules import encode_rule
 
-_PREFILTER_KINDS = ("packet_filter", "cidr_deny_list")
+_PREFILTER_KINDS = ("packet_filter", "cidr_deny_list", "cidr_deny_chunk")
 
 SUBSCRIBE = "/membrane.state.v1.StateService/Subscribe"
 ACK = "/membrane.state.v1.StateService/Ack"
@@ -79,7 +80,10 @@ class Subscribers:
         self.reconnects = 0
         self.errors: list[str] = []
         self.synced_reported = False
-        self.prefilter: dict[str, dict[tuple[str, str], PacketFilterState | CIDRDenyListState]] = {}
+        self.prefilter: dict[str, dict[tuple[str, str], PacketFilterState | CIDRDenyListState
+                                       | CIDRDenyChunkState]] = {}
+        # Deny-list prefixes as converted: list -> chunk key ("" for the head) -> prefixes.
+        self.deny: dict[str, dict[str, dict[str, frozenset[IPv4Network]]]] = {}
         self.prefilter_s = 0.0  # CPU spent turning prefilter records into the datapath's rules
 
     def emit(self, **fields: object) -> None:
@@ -156,24 +160,38 @@ class Subscribers:
 
     def _prefilter(self, name: str, message: pb.StateUpdate) -> None:
         """What the agent computes before it can ack a prefilter change: every rule in force
-        encoded, each changed deny list's prefixes converted (unchanged ones are not touched)."""
+        encoded, each changed deny-list chunk's prefixes converted (unchanged ones are not
+        touched) and each changed list's prefixes joined from its chunks."""
         held = self.prefilter.setdefault(name, {})
+        deny = self.deny.setdefault(name, {})
         if message.type == pb.StateUpdate.TYPE_SNAPSHOT:
             held.clear()
+            deny.clear()
         touched = False
+        lists: set[str] = set()
         for change in message.changes:
             which = change.WhichOneof("object")
             if which not in _PREFILTER_KINDS:
                 continue
             touched = True
             decoded = change_from_pb(change)
-            if isinstance(decoded.obj, CIDRDenyListState):
-                held[(which, decoded.key[1])] = decoded.obj
-                deny_list(decoded.obj)
-            elif isinstance(decoded.obj, PacketFilterState):
-                held[(which, decoded.key[1])] = decoded.obj
-            else:
+            obj = decoded.obj
+            if isinstance(obj, PacketFilterState):
+                held[(which, decoded.key[1])] = obj
+            elif which == "packet_filter":
                 held.pop((which, decoded.key[1]), None)
+            else:
+                # A chunk's key is list/bucket; a head (key: the list) is held as chunk "".
+                is_chunk = which == "cidr_deny_chunk"
+                list_name = decoded.key[1].rpartition("/")[0] if is_chunk else decoded.key[1]
+                lists.add(list_name)
+                chunks = deny.setdefault(list_name, {})
+                if isinstance(obj, (CIDRDenyListState, CIDRDenyChunkState)):
+                    chunks[decoded.key[1] if is_chunk else ""] = deny_prefixes(obj.cidrs)
+                else:
+                    chunks.pop(decoded.key[1] if is_chunk else "", None)
+        for list_name in lists:
+            frozenset().union(*deny.get(list_name, {}).values())
         if touched:
             rules = desired_rules(o for o in held.values() if isinstance(o, PacketFilterState))
             for ref, rule in enumerate(rules, start=1):

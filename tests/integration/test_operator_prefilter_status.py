@@ -19,7 +19,14 @@ from kubernetes import client
 
 from membrane.api.backoff import Backoff
 from membrane.api.state_client import StateClient
-from membrane.api.state_objects import CIDRDenyListState, Kind, PacketFilterState, StateUpdate, apply_update
+from membrane.api.state_objects import (
+    CIDRDenyChunkState,
+    CIDRDenyListState,
+    Kind,
+    PacketFilterState,
+    StateUpdate,
+    apply_update,
+)
 from membrane.operator.config import OperatorConfig
 from membrane.operator.running import Operator
 from membrane.prefilter_converting import deny_lists, desired_rules
@@ -56,7 +63,7 @@ class Agent:
         with self.lock:
             apply_update(self.state, update)
             self.rules = desired_rules(o for o in self.state.values() if isinstance(o, PacketFilterState))
-            self.lists = deny_lists(o for o in self.state.values() if isinstance(o, CIDRDenyListState))
+            self.lists = deny_lists(o for o in self.state.values() if isinstance(o, (CIDRDenyListState, CIDRDenyChunkState)))
         return update.version
 
     def rule_names(self) -> list[str]:

@@ -16,11 +16,12 @@ from membrane.agent.api_serving import RequestError
 from membrane.agent.local_source import LocalSource
 from membrane.agent.object_store import ObjectStore
 from membrane.api.state_codec import change_from_pb, change_to_pb, object_bytes, object_from_bytes
-from membrane.api.state_objects import Change, CIDRDenyListState, Kind, PacketFilterState
+from membrane.api.state_objects import Change, CIDRDenyChunkState, CIDRDenyListState, Kind, PacketFilterState
 from membrane.k8s_models import ObjectValidationError, parse_object
 from membrane.operator.crds import CIDR_DENY_LIST_CRD, PACKET_FILTER_CRD
 from membrane.operator.state_building import StateBuilder
 from membrane.prefilter_checking import object_errors
+from membrane.prefilter_chunking import bucket_of
 from membrane.prefilter_objects import (
     CIDR_DENY_LIST_SCHEMA,
     MAX_DENY_CIDRS,
@@ -226,18 +227,23 @@ def test_builder_streams_valid_filters_and_leaves_invalid_ones_out() -> None:
     record = changes[(Kind.PACKET_FILTER, "cve")]
     assert isinstance(record, PacketFilterState) and record.generation == 1
     assert json.loads(record.spec_json) == canonical_spec("PacketFilter", VALID["spec"])
-    assert changes[(Kind.CIDR_DENY_LIST, "bad")] == CIDRDenyListState("bad", 0, ("10.0.0.0/8",))
+    head = changes[(Kind.CIDR_DENY_LIST, "bad")]
+    assert isinstance(head, CIDRDenyListState) and (head.name, head.generation, head.cidrs) == ("bad", 0, ())
+    bucket = bucket_of("10.0.0.0/8")
+    assert changes[(Kind.CIDR_DENY_CHUNK, f"bad/{bucket}")] == CIDRDenyChunkState("bad", bucket, ("10.0.0.0/8",))
     broken = copy.deepcopy(VALID)
     broken["spec"]["rules"][0]["action"] = "Reject"
     builder.set_packet_filter("cve", broken)
     assert builder.take_changes() == {(Kind.PACKET_FILTER, "cve"): None}
     builder.set_cidr_deny_list("bad", None)
-    assert builder.take_changes() == {(Kind.CIDR_DENY_LIST, "bad"): None}
+    assert builder.take_changes() == {(Kind.CIDR_DENY_LIST, "bad"): None, (Kind.CIDR_DENY_CHUNK, f"bad/{bucket}"): None}
 
 
 @pytest.mark.parametrize("record", [
-    PacketFilterState("cve", 7, '{"rules":[]}'), CIDRDenyListState("bad", 3, ("10.0.0.0/8", "192.0.2.1/32"))])
-def test_records_cross_the_wire_and_the_state_file_unchanged(record: PacketFilterState | CIDRDenyListState) -> None:
+    PacketFilterState("cve", 7, '{"rules":[]}'), CIDRDenyListState("bad", 3, ("10.0.0.0/8", "192.0.2.1/32")),
+    CIDRDenyListState("bad", 3, (), "0123456789abcdef"), CIDRDenyChunkState("bad/x", 63, ("192.0.2.1/32",))])
+def test_records_cross_the_wire_and_the_state_file_unchanged(
+        record: PacketFilterState | CIDRDenyListState | CIDRDenyChunkState) -> None:
     key = (record.kind, record.key)
     assert change_from_pb(change_to_pb(Change(key, record))) == Change(key, record)
     assert change_from_pb(change_to_pb(Change(key, None))) == Change(key, None)
@@ -275,7 +281,9 @@ def test_the_local_store_and_the_watch_give_the_same_records(tmp_path: Path) -> 
     assert {c.key: c.obj for c in delta.changes} == builder.take_changes()
     store.delete([deny_list()])
     delta = source.commit()
-    assert delta is not None and [(c.key, c.obj) for c in delta.changes] == [((Kind.CIDR_DENY_LIST, "bad"), None)]
+    assert delta is not None and {c.key: c.obj for c in delta.changes} == {
+        (Kind.CIDR_DENY_LIST, "bad"): None,
+        **{(Kind.CIDR_DENY_CHUNK, f"bad/{bucket_of(c)}"): None for c in deny_list()["spec"]["cidrs"]}}
 
 
 def test_the_readme_examples_are_accepted() -> None:

@@ -45,7 +45,7 @@ class StateUpdate(_message.Message):
     def __init__(self, version: _Optional[int] = ..., stream_id: _Optional[str] = ..., type: _Optional[_Union[StateUpdate.Type, str]] = ..., more: bool = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., base_version: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("op", "endpoint", "identity", "policy", "node", "namespace", "service", "endpoint_slice", "packet_filter", "cidr_deny_list")
+    __slots__ = ("op", "endpoint", "identity", "policy", "node", "namespace", "service", "endpoint_slice", "packet_filter", "cidr_deny_list", "cidr_deny_chunk")
     class Op(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OP_UNSPECIFIED: _ClassVar[Change.Op]
@@ -64,6 +64,7 @@ class Change(_message.Message):
     ENDPOINT_SLICE_FIELD_NUMBER: _ClassVar[int]
     PACKET_FILTER_FIELD_NUMBER: _ClassVar[int]
     CIDR_DENY_LIST_FIELD_NUMBER: _ClassVar[int]
+    CIDR_DENY_CHUNK_FIELD_NUMBER: _ClassVar[int]
     op: Change.Op
     endpoint: Endpoint
     identity: Identity
@@ -74,7 +75,8 @@ class Change(_message.Message):
     endpoint_slice: EndpointSlice
     packet_filter: PacketFilter
     cidr_deny_list: CIDRDenyList
-    def __init__(self, op: _Optional[_Union[Change.Op, str]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., namespace: _Optional[_Union[Namespace, _Mapping]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., endpoint_slice: _Optional[_Union[EndpointSlice, _Mapping]] = ..., packet_filter: _Optional[_Union[PacketFilter, _Mapping]] = ..., cidr_deny_list: _Optional[_Union[CIDRDenyList, _Mapping]] = ...) -> None: ...
+    cidr_deny_chunk: CIDRDenyChunk
+    def __init__(self, op: _Optional[_Union[Change.Op, str]] = ..., endpoint: _Optional[_Union[Endpoint, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., node: _Optional[_Union[Node, _Mapping]] = ..., namespace: _Optional[_Union[Namespace, _Mapping]] = ..., service: _Optional[_Union[Service, _Mapping]] = ..., endpoint_slice: _Optional[_Union[EndpointSlice, _Mapping]] = ..., packet_filter: _Optional[_Union[PacketFilter, _Mapping]] = ..., cidr_deny_list: _Optional[_Union[CIDRDenyList, _Mapping]] = ..., cidr_deny_chunk: _Optional[_Union[CIDRDenyChunk, _Mapping]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("namespace", "name", "ips", "identity", "node_name", "labels", "named_ports", "uid")
@@ -253,14 +255,26 @@ class PacketFilter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., spec_json: _Optional[str] = ...) -> None: ...
 
 class CIDRDenyList(_message.Message):
-    __slots__ = ("name", "generation", "cidrs")
+    __slots__ = ("name", "generation", "cidrs", "digest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CIDRS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     generation: int
     cidrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    digest: str
+    def __init__(self, name: _Optional[str] = ..., generation: _Optional[int] = ..., cidrs: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class CIDRDenyChunk(_message.Message):
+    __slots__ = ("list", "bucket", "cidrs")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    CIDRS_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    bucket: int
+    cidrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, list: _Optional[str] = ..., bucket: _Optional[int] = ..., cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("node_name", "version", "stream_id")
