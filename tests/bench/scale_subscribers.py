@@ -55,6 +55,8 @@ def change_key(change: pb.Change) -> str:
         key = f"{obj.namespace}/{obj.name}"
     elif which == "identity":
         key = str(obj.id)
+    elif which == "cidr_deny_chunk":
+        key = f"{obj.list}/{obj.bucket}"
     else:
         key = obj.name
     return f"{'U' if change.op == pb.Change.OP_UPSERT else 'D'}:{which}:{key}"
