@@ -15,6 +15,7 @@ addresses are nodes, is the policy manager's ipcache business.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Protocol
@@ -29,12 +30,15 @@ PROGRAM = "from_overlay"
 EGRESS_PROGRAM = "to_overlay"
 
 
+log = logging.getLogger("membrane.agent")
+
 class OverlayNetlink(Protocol):
     def underlay(self, node_ip: IPv4Address | None) -> tuple[IPv4Address | None, int | None]: ...
     def ensure_vxlan(self, name: str, port: int, mtu: int) -> int: ...
     def attach_ingress(self, ifindex: int, program: tuple[int, str]) -> None: ...
     def attach_egress(self, ifindex: int, program: tuple[int, str]) -> None: ...
     def route_to_tunnel(self, ifindex: int, cidr: IPv4Network, source: IPv4Address | None) -> None: ...
+    def host_addresses(self) -> list[str]: ...
 
 
 class OverlayDatapath(Protocol):
@@ -96,7 +100,15 @@ def setup(config: AgentConfig, planned: Overlay, netlink: OverlayNetlink, datapa
     netlink.attach_egress(ifindex, datapath.program(EGRESS_PROGRAM))
     stack_cidr = stack_route(config)
     if stack_cidr is not None:
-        netlink.route_to_tunnel(ifindex, stack_cidr, planned.node_ip)
+        # The node's address as the route's preferred source only where the node holds it: the
+        # kernel refuses (EINVAL) a prefsrc that is no local address (a node IP given by the
+        # downward API before the address is up, a lab node without an uplink); the stack then
+        # picks the source itself.
+        local = planned.node_ip is not None and str(planned.node_ip) in netlink.host_addresses()
+        if planned.node_ip is not None and not local:
+            log.warning("node IP is not an address of this node: the route into the tunnel has no preferred source",
+                        extra={"fields": {"node_ip": str(planned.node_ip), "cidr": str(stack_cidr)}})
+        netlink.route_to_tunnel(ifindex, stack_cidr, planned.node_ip if local else None)
     return dataclasses.replace(planned, ifindex=ifindex)
 
 

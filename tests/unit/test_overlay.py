@@ -202,8 +202,12 @@ def test_a_tunnel_endpoint_is_always_a_node_even_without_a_node_object(tmp_path:
 
 
 class FakeNetlink:
-    def __init__(self) -> None:
+    def __init__(self, addresses: tuple[str, ...] = ("192.0.2.1",)) -> None:
         self.calls: list[tuple[str, object]] = []
+        self.addresses = list(addresses)
+
+    def host_addresses(self) -> list[str]:
+        return self.addresses
 
     def underlay(self, node_ip: IPv4Address | None) -> tuple[IPv4Address | None, int | None]:
         return node_ip or IPv4Address("192.0.2.1"), 1500
@@ -258,6 +262,10 @@ def test_the_stack_routes_the_cluster_cidr_into_the_tunnel(tmp_path: Path) -> No
     netlink = FakeNetlink()
     overlay.setup(config, overlay.plan(config, netlink), netlink, FakeDatapath(netlink.calls))
     assert netlink.calls[-1] == ("route", (42, "10.200.0.0/16", "192.0.2.1"))
+    # A node IP the node does not hold (yet) is no preferred source: the kernel would refuse it.
+    absent = FakeNetlink(addresses=("198.51.100.9",))
+    overlay.setup(config, overlay.plan(config, absent), absent, FakeDatapath(absent.calls))
+    assert absent.calls[-1] == ("route", (42, "10.200.0.0/16", "None"))
     alone = AgentConfig(node_name="n1", pod_cidr="10.200.1.0/24", state_dir=tmp_path)  # cluster CIDR = pod CIDR
     netlink = FakeNetlink()
     overlay.setup(alone, overlay.plan(alone, netlink), netlink, FakeDatapath(netlink.calls))
