@@ -58,7 +58,8 @@ class Cluster:
             api_server=api.url, identity="op-1", http_addr="127.0.0.1:0", grpc_addr="127.0.0.1:0",
             install_crds=True, lease_duration_seconds=2.0, renew_deadline_seconds=1.5,
             retry_period_seconds=0.2, resync_seconds=0.2, tls_cert_lifetime_seconds=LIFETIME)).start()
-        assert wait_for(self.operator.ready)
+        # Only the leader serves the stream: wait until this replica leads, not only until it is ready.
+        assert wait_for(lambda: self.operator.ready() and self.operator.is_leader)
         self.target = f"127.0.0.1:{self.operator.grpc_port}"
         secret = self.core.read_namespaced_secret("membrane-ca", "kube-system")
         self.authority = Authority(base64.b64decode(secret.data["ca.key"]), base64.b64decode(secret.data["ca.crt"]))
