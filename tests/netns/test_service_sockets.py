@@ -29,38 +29,13 @@ from membrane.agent.map_managing import MapManager
 from membrane.lb_maps import LB_ORDER, LB_ROLES, LbIds, desired_contents
 from membrane_testkit.lab import cgroups, netns
 from membrane_testkit.lab.node import BPFFS_LAB
+from membrane_testkit.lb_entries import Back, Entry, Front
 from membrane_testkit.waiting import wait_for
 
 PROBE = str(Path(__file__).resolve().parents[2] / "membrane_testkit" / "lab" / "service_probe.py")
 VIP = "10.96.0.10"
 BACKENDS = {"b1": "10.99.0.1", "b2": "10.99.0.2", "b3": "10.99.0.3"}
 _counter = itertools.count()
-
-
-@dataclass(frozen=True)
-class Front:
-    ip: str
-    port: int
-    protocol: str = "TCP"
-    kind: str = "ClusterIP"
-
-
-@dataclass(frozen=True)
-class Back:
-    ip: str
-    port: int
-    node: str = ""
-    ready: bool = True
-    terminating: bool = False
-
-
-@dataclass(frozen=True)
-class Entry:
-    frontend: Front
-    backends: tuple[Back, ...] = ()
-    affinity_timeout: int = 0
-    external_local: bool = False
-    internal_local: bool = False
 
 
 @dataclass

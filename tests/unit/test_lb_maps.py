@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -18,32 +17,7 @@ from membrane.lb_maps import (
     desired_contents,
 )
 from membrane.map_plan import Op, plan_update
-
-
-@dataclass(frozen=True)
-class Front:
-    ip: str
-    port: int
-    protocol: str = "TCP"
-    kind: str = "ClusterIP"
-
-
-@dataclass(frozen=True)
-class Back:
-    ip: str
-    port: int
-    node: str = ""
-    ready: bool = True
-    terminating: bool = False
-
-
-@dataclass(frozen=True)
-class Entry:
-    frontend: Front
-    backends: tuple[Back, ...] = ()
-    affinity_timeout: int = 0
-    external_local: bool = False
-    internal_local: bool = False
+from membrane_testkit.lb_entries import Back, Entry, Front
 
 
 def test_one_frontend_entries() -> None:
