@@ -8,11 +8,9 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from membrane_testkit.lab import netns
 from membrane_testkit.lab.cluster import KubeLab
 from membrane_testkit.lab.node import LabNode, tool
 from membrane_testkit.waiting import wait_for
@@ -35,18 +33,6 @@ def wait_flows(node: LabNode, *args: str, timeout: float = 10.0) -> list[dict[st
         return bool(found)
     wait_for(some, timeout, 0.2, f"flows matching {' '.join(args)}")
     return found
-
-
-@pytest.fixture
-def lab() -> Iterator[KubeLab]:
-    kube = KubeLab(identity_wait=1.0)
-    try:
-        kube.start()
-        yield kube
-    finally:
-        nodes = [n.netns for n in kube.nodes.values()]
-        kube.close()
-        assert not [n for prefix in nodes for n in netns.listed(prefix)], "lab namespaces left behind"
 
 
 def test_observe_in_kubernetes_mode(lab: KubeLab, tmp_path) -> None:  # type: ignore[no-untyped-def]

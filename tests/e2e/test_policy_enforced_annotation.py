@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,18 +38,6 @@ def db_policy(ports: list[int]) -> dict[str, Any]:
             "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
                                   "ports": [{"port": p, "protocol": "TCP"} for p in ports]}]}}
-
-
-@pytest.fixture
-def lab() -> Iterator[KubeLab]:
-    kube = KubeLab(identity_wait=1.0)
-    try:
-        kube.start()
-        yield kube
-    finally:
-        nodes = [n.netns for n in kube.nodes.values()]
-        kube.close()
-        assert not [n for prefix in nodes for n in netns.listed(prefix)], "lab namespaces left behind"
 
 
 def test_policy_shows_how_many_nodes_enforce_it(lab: KubeLab) -> None:

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -40,18 +39,6 @@ def after_passes(lab: KubeLab, passes: int) -> None:
     start = lab.operator_metric(name)
     wait_for(lambda: lab.operator_metric(name) >= start + passes, timeout=60,
              message=f"{passes} more operator controller passes")
-
-
-@pytest.fixture
-def lab() -> Iterator[KubeLab]:
-    kube = KubeLab(identity_wait=1.0)
-    try:
-        kube.start()
-        yield kube
-    finally:
-        nodes = [n.netns for n in kube.nodes.values()]
-        kube.close()
-        assert not [n for prefix in nodes for n in netns.listed(prefix)], "lab namespaces left behind"
 
 
 def test_a_filter_applied_through_the_api_is_enforced_on_both_nodes(lab: KubeLab) -> None:

@@ -138,6 +138,13 @@ class ServiceLab:
         self.servers.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
 
+    def close(self) -> None:
+        """Stop the servers it started; close the maps opened for reading."""
+        for proc in self.servers:
+            proc.kill()
+            proc.wait()
+        self.feed.port.close()
+
     def client(self, where: Pod | None, *steps: dict[str, Any], timeout: float = 60) -> list[dict[str, Any]]:
         """Steps run by a process of pod `where` (None: a process of the node itself)."""
         group = cgroups.child(self.cgroup, where.name if where else "node")
@@ -195,10 +202,7 @@ def svc_lab(make_node: Any) -> Iterator[ServiceLab]:
         yield lab
     finally:
         if lab is not None:
-            for proc in lab.servers:
-                proc.kill()
-                proc.wait()
-            lab.feed.port.close()
+            lab.close()
         cgroups.remove(cgroup)
 
 
@@ -439,10 +443,7 @@ def two_node_lab(make_node: Any) -> Iterator[tuple[ServiceLab, LabNode, Pod]]:
         yield lab, n2, web
     finally:
         if lab is not None:
-            for server in lab.servers:
-                server.kill()
-                server.wait()
-            lab.feed.port.close()
+            lab.close()
         cgroups.remove(cgroup)
         underlay.destroy()
 
