@@ -21,6 +21,7 @@ from .datapath import Datapath, EndpointEntry
 from .datapath.cgroup_attaching import SOCK_HOOKS, attach_sock_hooks
 from .datapath.ipcache import IpcacheEntry
 from .datapath.layout import LbBackendFlag, LbFlag
+from .datapath.loading import ALL_FAMILIES
 from .datapath.node_config import NodeConfig
 from .datapath.prefilter import ActiveSet, RuleCounters
 
@@ -32,11 +33,14 @@ MAP_USAGE_MAX_AGE_S = 5.0  # map entry counts are cached this long (a scrape wal
 
 class DatapathPort:
     def __init__(self, pin_root: Path, kernel_headers: Path | None = None,
-                 sizes: dict[str, int] | None = None, maglev_size: int = DEFAULT_MAGLEV_SIZE) -> None:
+                 sizes: dict[str, int] | None = None, maglev_size: int = DEFAULT_MAGLEV_SIZE,
+                 families: Iterable[str] = ALL_FAMILIES) -> None:
         self.kernel_headers = kernel_headers
         self.sizes = dict(sizes or {})  # max entries of the resizable maps (policy, ipcache, cidr)
         self.maglev_size = maglev_size  # per-packet frontends' Maglev tables (compiled in: MB_LB_MAGLEV_SIZE)
-        self.dp = Datapath(pin_root, kernel_headers=kernel_headers, sizes=self.sizes, maglev_size=maglev_size)
+        self.families = frozenset(families)  # program families compiled (loading.families_for)
+        self.dp = Datapath(pin_root, kernel_headers=kernel_headers, sizes=self.sizes, maglev_size=maglev_size,
+                           families=self.families)
         self.compile_seconds = 0.0
         self.load_seconds = 0.0
         # Called with (map role, operation) when a map write fails (membrane_bpf_map_operation_errors_total).
@@ -55,7 +59,7 @@ class DatapathPort:
         """Compile and load; `pin_root` overrides where maps are pinned (see bpffs.py)."""
         if pin_root is not None and pin_root != self.dp.pin_root:
             self.dp = Datapath(pin_root, kernel_headers=self.kernel_headers, sizes=self.sizes,
-                               maglev_size=self.maglev_size)
+                               maglev_size=self.maglev_size, families=self.families)
         self.dp.load()
         self.compile_seconds = self.dp.compile_seconds or 0.0
         self.load_seconds = self.dp.load_seconds or 0.0

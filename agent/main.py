@@ -31,6 +31,7 @@ from .cluster_syncing import ClusterSyncer, saved_pod_cidr
 from .cni_handling import CniHandler
 from .config import AgentConfig, load_config
 from .datapath.cgroup_attaching import CgroupAttachError
+from .datapath.loading import families_for
 from .datapath.syscalls import prog_name
 from .datapath.witness import Witness
 from .datapath_port import DatapathPort
@@ -75,8 +76,10 @@ class Agent:
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.metrics = AgentMetrics()
+        # Only the program families this node attaches are compiled (maps are all there).
         self.datapath = DatapathPort(config.bpffs_root, config.kernel_headers, config.map_sizes,
-                                     config.lb_maglev_table_size)
+                                     config.lb_maglev_table_size,
+                                     families_for(bool(config.devices), config.cgroup_root is not None))
         self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
         self.netlink = Netlink(config.procfs)
         # One transactional store for endpoints, IPAM, identities, the object store and the

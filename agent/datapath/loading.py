@@ -8,6 +8,13 @@ one compilation unit: compiled once per
 agent start, its maps pinned under ``pin_root`` so that a restarted agent
 (or a new build with the same layout versions) picks up the very same maps
 while the programs already attached keep forwarding.
+
+Program families (``FAMILIES``): the unit holds the entry files of the families asked for
+only (the pod family always; the agent adds ``host`` and ``xdp`` with --devices, ``sock``
+with --cgroup-root), so a node compiles what it attaches. Every map is declared in
+``bpf/maps.h``, which each entry file includes: all maps are created (or reopened), pinned
+and layout-checked whatever the families, so the managers work unchanged and a later start
+with more families reuses the same pins.
 """
 
 from __future__ import annotations
@@ -91,13 +98,44 @@ from membrane.policy.flattening import FlatKey, FlatValue
 from membrane.prefilter_rules import EncodedRule
 
 DEFAULT_BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
-ENTRY_FILES: Final = ("bpf_lxc.c", "bpf_overlay.c", "bpf_host.c", "bpf_sock.c", "bpf_xdp.c")  # one per hook family, one unit
 SHARED_HEADERS: Final = ("types.h", "lib/events.h")  # numbers checked against Python at load (shared_constants)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """Entry files compiled together for one kind of attach point, and the programs they define."""
+
+    entry_files: tuple[str, ...]
+    tc_programs: tuple[str, ...] = ()  # SCHED_CLS
+    sock_programs: Mapping[str, int] = dataclasses.field(default_factory=dict)  # CGROUP_SOCK_ADDR -> attach type
+    xdp_programs: tuple[str, ...] = ()
+
+    @property
+    def programs(self) -> tuple[str, ...]:
+        return (*self.tc_programs, *self.sock_programs, *self.xdp_programs)
+
+
+POD_FAMILY: Final = "pod"
+FAMILIES: Final[Mapping[str, Family]] = {
+    POD_FAMILY: Family(("bpf_lxc.c", "bpf_overlay.c"),  # pod veths and the VXLAN device: always
+                       tc_programs=("from_container", "to_container", "from_overlay", "to_overlay")),
+    "host": Family(("bpf_host.c",), tc_programs=("from_netdev", "to_netdev")),  # --devices
+    "sock": Family(("bpf_sock.c",), sock_programs=SOCK_HOOKS),  # --cgroup-root
+    "xdp": Family(("bpf_xdp.c",), xdp_programs=("xdp_prefilter",)),  # --devices
+}
+ALL_FAMILIES: Final = frozenset(FAMILIES)
+ENTRY_FILES: Final = tuple(name for family in FAMILIES.values() for name in family.entry_files)  # all of them
 ENTRY_FILE: Final = ENTRY_FILES[0]
-PROGRAMS: Final = ("from_container", "to_container", "from_overlay", "to_overlay",  # tc (SCHED_CLS)
-                   "from_netdev", "to_netdev")
+PROGRAMS: Final = tuple(name for family in FAMILIES.values() for name in family.tc_programs)  # tc (SCHED_CLS)
 SOCK_PROGRAMS: Final = SOCK_HOOKS  # cgroup sock_addr programs -> their (expected) attach type
-XDP_PROGRAMS: Final = ("xdp_prefilter",)
+XDP_PROGRAMS: Final = FAMILIES["xdp"].xdp_programs
+_FAMILY_OF: Final = {program: name for name, family in FAMILIES.items() for program in family.programs}
+
+
+def families_for(devices: bool, cgroup_root: bool) -> frozenset[str]:
+    """The families an agent attaches: pods always; node devices (per-packet Services and
+    the XDP prefilter) with --devices; socket hooks with --cgroup-root."""
+    return frozenset({POD_FAMILY, *(("host", "xdp") if devices else ()), *(("sock",) if cgroup_root else ())})
 
 log = logging.getLogger("membrane.datapath")
 
@@ -114,7 +152,8 @@ class Datapath:
 
     def __init__(self, pin_root: Path, bpf_dir: Path = DEFAULT_BPF_DIR, *, events: bool = True,
                  test_hooks: bool = False, kernel_headers: Path | None = None,
-                 sizes: Mapping[str, int] | None = None, maglev_size: int = DEFAULT_MAGLEV_SIZE) -> None:
+                 sizes: Mapping[str, int] | None = None, maglev_size: int = DEFAULT_MAGLEV_SIZE,
+                 families: Iterable[str] = ALL_FAMILIES) -> None:
         """events=False compiles flow events out entirely (benchmarks: cost of events).
 
         sizes: max entries by map role, for the maps in ``layout.RESIZABLE`` (policy, ipcache,
@@ -128,8 +167,15 @@ class Datapath:
 
         maglev_size: entries of each per-packet frontend's Maglev table (a prime; the LB
         manager writes tables of this size).
+
+        families: the program families to compile and load (``FAMILIES``; the pod family is
+        always in). Maps are the same whatever the families.
         """
         check_size(maglev_size)
+        unknown_families = sorted(set(families) - ALL_FAMILIES)
+        if unknown_families:
+            raise DatapathError(f"no program family {unknown_families}; have {sorted(ALL_FAMILIES)}")
+        self.families = frozenset({POD_FAMILY, *families})
         self.maglev_size = maglev_size
         self.pin_root = Path(pin_root)
         self.bpf_dir = Path(bpf_dir)
@@ -169,7 +215,8 @@ class Datapath:
         if problems:
             raise DatapathError(f"{', '.join(str(h) for h in headers)} and the agent's Python constants disagree: "
                                 f"{'; '.join(problems)}")
-        text = flatten_sources([self.bpf_dir / name for name in ENTRY_FILES]) + "\n" + static_asserts()
+        entry_files = self.entry_files()
+        text = flatten_sources([self.bpf_dir / name for name in entry_files]) + "\n" + static_asserts()
         if self.kernel_headers is not None:
             # bcc reads it from the environment at each compile; nothing else compiles in the agent.
             os.environ["BCC_KERNEL_SOURCE"] = str(self.kernel_headers)
@@ -177,17 +224,19 @@ class Datapath:
         try:
             bpf = BPF(text=text.encode(), cflags=self._cflags())
         except Exception as exc:  # bcc raises bare Exception; clang's diagnostics went to stderr
-            raise DatapathError(f"compiling {', '.join(ENTRY_FILES)} in {self.bpf_dir} failed: {exc}") from exc
+            raise DatapathError(f"compiling {', '.join(entry_files)} in {self.bpf_dir} failed: {exc}") from exc
         self.compile_seconds = time.perf_counter() - started
         try:
             # Before any program is loaded: a stale pin with another layout
             # would otherwise be silently reused by bcc.
             self._check_layouts(bpf)
             started = time.perf_counter()
-            fds = {name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in PROGRAMS}
-            fds.update({name: int(bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach).fd)
-                        for name, attach in SOCK_PROGRAMS.items()})
-            fds.update({name: int(bpf.load_func(name.encode(), BPF.XDP).fd) for name in XDP_PROGRAMS})
+            fds: dict[str, int] = {}
+            for family in (FAMILIES[name] for name in FAMILIES if name in self.families):
+                fds.update({name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in family.tc_programs})
+                fds.update({name: int(bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach).fd)
+                            for name, attach in family.sock_programs.items()})
+                fds.update({name: int(bpf.load_func(name.encode(), BPF.XDP).fd) for name in family.xdp_programs})
             self.load_seconds = time.perf_counter() - started
         except BaseException:
             bpf.cleanup()
@@ -213,6 +262,11 @@ class Datapath:
                 log.warning("map resized: its content is rebuilt before the programs are replaced",
                             extra={"fields": {"map": spec.name, "old_entries": int(info.max_entries),
                                               "new_entries": spec.max_entries}})
+
+    def entry_files(self) -> tuple[str, ...]:
+        """The entry files of the families this datapath compiles, in ``FAMILIES`` order."""
+        return tuple(name for family, found in FAMILIES.items() if family in self.families
+                     for name in found.entry_files)
 
     def capacity(self, role: str) -> int:
         """Max entries of a map, by role ("policy", "ipcache", "cidr", ...)."""
@@ -256,6 +310,10 @@ class Datapath:
         try:
             return self._program_fds[name]
         except KeyError:
+            family = _FAMILY_OF.get(name)
+            if family is not None:
+                raise DatapathError(f"program {name!r} is in the {family!r} family, which this datapath did not "
+                                    f"load (families {sorted(self.families)})") from None
             raise DatapathError(f"no program {name!r}; have {sorted(self._program_fds)}") from None
 
     # -- keyed maps (endpoints, ipcache, cidr, policy): one generic path ------------

@@ -73,17 +73,15 @@ class _Baseline(Datapath):
 
 @contextlib.contextmanager
 def _older_loader() -> Iterator[None]:
-    saved = (loading.ENTRY_FILES, loading.PROGRAMS, loading.SOCK_PROGRAMS, loading.drift, loading.static_asserts)
-    loading.ENTRY_FILES = ("bpf_lxc.c", "bpf_overlay.c")  # type: ignore[misc]
-    loading.PROGRAMS = ("from_container", "to_container", "from_overlay")  # type: ignore[misc]
-    loading.SOCK_PROGRAMS = {}  # type: ignore[misc]
+    saved = (loading.FAMILIES, loading.drift, loading.static_asserts)
+    loading.FAMILIES = {loading.POD_FAMILY: loading.Family(  # type: ignore[misc]
+        ("bpf_lxc.c", "bpf_overlay.c"), tc_programs=("from_container", "to_container", "from_overlay"))}
     loading.drift = lambda headers, want=None: []  # type: ignore[assignment]
     loading.static_asserts = lambda: ""  # type: ignore[assignment]
     try:
         yield
     finally:
-        (loading.ENTRY_FILES, loading.PROGRAMS, loading.SOCK_PROGRAMS, loading.drift,  # type: ignore[misc]
-         loading.static_asserts) = saved
+        loading.FAMILIES, loading.drift, loading.static_asserts = saved  # type: ignore[misc]
 
 
 def frame(src: EndpointEntry, dst: EndpointEntry, payload: Any) -> bytes:
@@ -98,7 +96,7 @@ def run(rounds: int = 300, repeat: int = 250, before: str = BEFORE) -> dict[str,
     try:
         new.load()
         commit = baseline_sources(before, src_dir)
-        old = _Baseline(root, src_dir / "bpf")
+        old = _Baseline(root, src_dir / "bpf", families=())
         old.load()
         prog = {"before": old.program_fd("from_container"), "current": new.program_fd("from_container")}
         to_container = new.program_fd("to_container")
