@@ -25,13 +25,14 @@ NETLINK_ROUTE = 0
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR = 20
+RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE = 24
 RTM_NEWNEIGH = 28
 RTM_NEWQDISC = 36
 RTM_NEWTFILTER = 44
 # flags
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 ADD = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 REPLACE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
@@ -58,6 +59,7 @@ ETH_P_ALL = 0x0003
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 
 
 class RtnlError(OSError):
@@ -154,6 +156,29 @@ class RtnlSocket:
             raise failure
         return replies
 
+    def dump(self, request: Request) -> list[bytes]:
+        """One dump request: the body of every message of its (multipart) answer."""
+        self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
+        seq = self.seq
+        self.sock.sendall(_HDR.pack(_HDR.size + len(request.body), request.type, request.flags, seq, 0)
+                          + request.body)
+        found: list[bytes] = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + _HDR.size <= len(data):
+                length, kind, _flags, got, _pid = _HDR.unpack_from(data, offset)
+                if length < _HDR.size:
+                    break
+                if got == seq:
+                    if kind == NLMSG_DONE:
+                        return found
+                    if kind == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, offset + _HDR.size)[0]
+                        raise RtnlError(code or errno.EIO, request.what)
+                    found.append(data[offset + _HDR.size:offset + length])
+                offset += (length + 3) & ~3
+
     # --- requests -----------------------------------------------------------------
     @staticmethod
     def get_link(name: str) -> Request:
@@ -176,6 +201,20 @@ class RtnlSocket:
             raise
         assert reply is not None
         return self.parse_link(reply)
+
+    @staticmethod
+    def dump_ipv4_addresses() -> Request:
+        return Request(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, _IFADDR.pack(socket.AF_INET, 0, 0, 0, 0),
+                       "dump IPv4 addresses")
+
+    @staticmethod
+    def parse_address(reply: bytes) -> IPv4Address | None:
+        """IFA_ADDRESS of an RTM_NEWADDR message (the peer's on a point-to-point address, as
+        `ip addr` shows after `peer`); None for another family."""
+        if reply[0] != socket.AF_INET:
+            return None
+        found = _attrs(reply, _IFADDR.size).get(IFA_ADDRESS)
+        return IPv4Address(found) if found is not None and len(found) == 4 else None
 
     @staticmethod
     def add_veth(name: str, peer: str, peer_netns_fd: int, mtu: int) -> Request:
@@ -261,6 +300,19 @@ class SocketPool:
             raise
         self._put(sock)
         return replies
+
+    def dump(self, request: Request) -> list[bytes]:
+        with self._lock:
+            sock = self._idle.pop() if self._idle else None
+        if sock is None:
+            sock = RtnlSocket()
+        try:
+            found = sock.dump(request)
+        except BaseException:
+            sock.close()  # the rest of a dump might still be queued on it
+            raise
+        self._put(sock)
+        return found
 
     def link(self, name: str) -> tuple[int, str] | None:
         try:

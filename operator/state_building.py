@@ -146,6 +146,9 @@ class StateBuilder:
         self._identities: dict[str, tuple[int, LabelSet]] = {}  # object name -> parsed
         self._numbers: dict[LabelSet, set[int]] = {}
         self._touched: set[StateKey] = set()
+        # Pods whose entry in `pod_labels` may have changed since the last `take_changes()`: an
+        # identity allocator that reads them first compares only these, not every pod.
+        self.labels_touched: set[str] = set()
 
     # --- reading ------------------------------------------------------------------------------
     def identities(self) -> dict[int, LabelSet]:
@@ -179,6 +182,7 @@ class StateBuilder:
     def take_changes(self) -> dict[StateKey, StateObject | None]:
         """The keys touched since the last call, with their current object (None: deleted)."""
         touched, self._touched = self._touched, set()
+        self.labels_touched = set()
         return {key: self.state.get(key) for key in touched}
 
     def set_namespace(self, name: str, obj: JSON | None) -> None:
@@ -283,6 +287,7 @@ class StateBuilder:
         self._touched.add(key)
 
     def _pod_changed(self, key: str) -> None:
+        self.labels_touched.add(key)
         old_labels = self.pod_labels.pop(key, None)
         if old_labels is not None:
             holders = self._pods_by_labels.get(old_labels)

@@ -220,3 +220,86 @@ def test_the_local_stream_through_the_kubernetes_consumer_enforces_the_same_poli
     agent.syncer.apply_update(StateUpdate(delta.version, local.log.stream_id, False, list(delta.changes),
                                           base_version=delta.version - 1))
     assert not agent.allowed(k8s.WEB2, k8s.DB) and agent.allowed(k8s.WEB, k8s.DB)
+
+
+class FullDiffSource(LocalSource):
+    """The oracle: allocation from a comparison of every pod's labels with those held (what
+    `_allocate` did before it compared only the pods the builder touched)."""
+
+    def _allocate(self) -> None:
+        wanted = self.builder.pod_labels
+        changed = sorted(p for p, _ in wanted.items() - self._held.items())
+        gone = sorted(self._held.keys() - wanted.keys())
+        now = self.clock()
+        for p in changed:
+            labels, old = wanted[p], self._held.get(p)
+            self.allocator.acquire(labels, p)
+            if old is not None:
+                self.allocator.release(old, p, now)
+            self._held[p] = labels
+        for p in gone:
+            self.allocator.release(self._held.pop(p), p, now)
+        self.sync_identities()
+
+
+def _random_step(rng: Any, sources: list[LocalSource]) -> None:
+    """One store change or local endpoint event, the same to every source."""
+    choice, ns, name = rng.randrange(6), rng.choice(["prod", "dev", "ops"]), f"p{rng.randrange(12)}"
+    ip = f"10.1.{rng.randrange(3)}.{rng.randrange(1, 200)}"
+    where, app, team = rng.choice([NODE, "node-b", ""]), rng.choice(["web", "db", "client"]), rng.choice(["a", "b"])
+    for source in sources:
+        if choice == 0:  # a pod applied (maybe relabelled, maybe another node's)
+            source.on_object("Pod", ("Pod", ns, name), pod(ns, name, ip, node=where, app=app))
+        elif choice == 1:  # a pod deleted
+            source.on_object("Pod", ("Pod", ns, name), None)
+        elif choice == 2:  # a namespace relabelled: every pod of it changes labels
+            source.on_object("Namespace", ("Namespace", "", ns), namespace(ns, team=team))
+        elif choice == 3:  # a namespace deleted
+            source.on_object("Namespace", ("Namespace", "", ns), None)
+        elif choice == 4:  # CNI ADD of a pod (stored or not)
+            source.on_endpoint(ns, name, (ip,))
+        else:  # CNI DEL
+            source.on_endpoint(ns, name, None)
+
+
+def test_allocating_only_touched_pods_numbers_like_comparing_every_pod() -> None:
+    import random
+
+    for seed in range(20):
+        rng = random.Random(seed)
+        fast, oracle = LocalSource(NODE, clock=lambda: 0.0), FullDiffSource(NODE, clock=lambda: 0.0)
+        for step in range(120):
+            for _ in range(rng.randrange(1, 4)):
+                _random_step(rng, [fast, oracle])
+            if rng.random() < 0.2:  # an identity released long ago is freed (housekeeping)
+                for source in (fast, oracle):
+                    source.allocator.gc(now=1e9)
+                    source.sync_identities()
+            got, want = fast.commit(), oracle.commit()
+            assert (got.changes if got else None) == (want.changes if want else None), (seed, step)
+            assert fast.allocator.items() == oracle.allocator.items(), (seed, step)
+            assert fast._held == dict(fast.builder.pod_labels), (seed, step)
+            assert not fast.builder.labels_touched  # forgotten once committed
+
+
+def test_a_failed_allocation_is_retried_by_the_next_commit() -> None:
+    source = LocalSource(NODE, clock=lambda: 0.0)
+    source.on_object("Pod", ("Pod", "prod", "a"), pod("prod", "a", "10.1.1.5", app="web"))
+    source.commit()
+    real = source.allocator.acquire
+
+    def refuse(labels: Any, owner: str) -> int:
+        raise RuntimeError("allocator refused")
+    source.allocator.acquire = refuse  # type: ignore[method-assign]  # one refusal, then the real one
+    source.on_object("Pod", ("Pod", "prod", "b"), pod("prod", "b", "10.1.1.6", app="db"))
+    try:
+        source.commit()
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the refusal was not raised")
+    assert "prod/b" not in source._held
+    source.allocator.acquire = real  # type: ignore[method-assign]
+    delta = source.commit()  # nothing new recorded: the refused pod is compared again
+    assert delta is not None and source._held == dict(source.builder.pod_labels)
+    assert any(c.key[0] is Kind.ENDPOINT and c.key[1] == "prod/b" for c in delta.changes)
