@@ -106,7 +106,10 @@ class LbManager:
         self.entries: dict[Address, FrontendEntries] = {}
         self.by_index: dict[int, FrontendInfo] = {}
         self.backend_users: dict[int, int] = {}
-        self.node_addrs: tuple[str, ...] = ()
+        self.node_addrs: tuple[str, ...] = ()  # as last read (only while a NodePort service is held)
+        # Services with a node port: the only frontends that depend on the node's addresses.
+        # With none held, `apply` reads no addresses (a netlink dump per apply otherwise).
+        self.node_port_services: set[ServiceRef] = set()
         self.seeded = False
         self.refused = 0
         # Called after an apply with the UDP backends (address, port) that left a frontend: the
@@ -123,6 +126,10 @@ class LbManager:
                     self.services[ref] = obj
                 else:
                     self.services.pop(ref, None)
+                if isinstance(obj, ServiceState) and any(p.node_port for p in obj.ports):
+                    self.node_port_services.add(ref)
+                else:
+                    self.node_port_services.discard(ref)
                 self.dirty.add(ref)
             elif kind is Kind.ENDPOINTSLICE:
                 old = self.slice_owner.pop(key, None)
@@ -194,10 +201,12 @@ class LbManager:
             raise MapCapacityError("lb_services", current + added, capacity, current)
 
     def _settle(self) -> None:
-        addrs = tuple(dict.fromkeys(self.node_addresses()))
-        if addrs != self.node_addrs:
-            self.node_addrs = addrs
-            self.dirty.update(ref for ref, svc in self.services.items() if any(p.node_port for p in svc.ports))
+        if self.node_port_services:  # read at every apply while they exist: never stale
+            addrs = tuple(dict.fromkeys(self.node_addresses()))
+            if addrs != self.node_addrs:
+                self.node_addrs = addrs
+                self.dirty.update(self.node_port_services)
+        addrs = self.node_addrs  # else no frontend uses them: nothing read
         touched: set[Address] = set()
         for ref in self.dirty:
             service = self.services.get(ref)

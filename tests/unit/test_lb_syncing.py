@@ -175,3 +175,49 @@ def test_queries() -> None:
     info = manager.frontend_info(row["id"])
     assert info is not None and info.service == "ns/web"
     assert manager.summary() == {"services": 1, "frontends": 1, "backends": 3, "frontends_without_backend": 0}
+
+
+def test_node_addresses_followed_and_read_only_for_node_ports() -> None:
+    """NodePort frontends follow the node's addresses at every apply (also one that changed no
+    record), checked against the oracle; with no NodePort service held, no address is read."""
+    rng = random.Random(11)
+    addresses: list[tuple[str, ...]] = [("192.168.1.10",)]
+    reads: list[int] = []
+
+    def node_addresses() -> tuple[str, ...]:
+        reads.append(1)
+        return addresses[0]
+
+    maps = FakeLbMaps()
+    manager = LbManager(maps, NODE, node_addresses)
+    svc, sl = _small()
+    manager.on_update(Kind.SERVICE, svc.key, svc)
+    manager.on_update(Kind.ENDPOINTSLICE, sl.key, sl)
+    manager.apply()
+    manager.apply()
+    assert reads == []  # only a ClusterIP service: its frontends do not depend on the addresses
+    services: dict[str, ServiceState] = {svc.key: svc}
+    slices: dict[str, EndpointSliceState] = {sl.key: sl}
+    for step in range(40):
+        if step % 3 == 0:  # records change (NodePort services come and go)
+            i = rng.randint(0, 5)
+            new = _service(rng, i)
+            if rng.random() < 0.3:
+                services.pop(f"ns/s{i}", None)
+                manager.on_update(Kind.SERVICE, f"ns/s{i}", None)
+            else:
+                services[new.key] = new
+                manager.on_update(Kind.SERVICE, new.key, new)
+                one = _slice(rng, i, 0)
+                slices[one.key] = one
+                manager.on_update(Kind.ENDPOINTSLICE, one.key, one)
+        else:  # only the node's addresses move: an apply that changed no record
+            addresses[0] = tuple(rng.sample(["192.168.1.10", "192.168.1.11", "10.0.5.1"], rng.randint(1, 3)))
+        before = len(reads)
+        manager.apply()
+        node_ports = any(p.node_port for s in services.values() for p in s.ports)
+        assert len(reads) - before == (1 if node_ports else 0)
+        table = service_table(services.values(), slices.values(), NODE, addresses[0])
+        oracle = desired_contents(table.values(), NODE)
+        assert _normalised(maps.tables) == _normalised(oracle)
+    assert any(p.node_port for s in services.values() for p in s.ports)  # the seed exercised NodePorts
