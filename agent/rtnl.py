@@ -6,7 +6,7 @@ needs by hand and sends each side's messages as one batch (the kernel processes 
 order and answers each with an ACK), so wiring a pod takes a handful of syscalls.
 
 A socket acts on the network namespace it was created in: `RtnlSocket()` made in a thread
-that joined a pod's namespace (netlinking.in_netns) configures that pod. Not thread-safe:
+that joined a pod's namespace (netlinking.pod_socket) configures that pod. Not thread-safe:
 one socket per thread at a time (`SocketPool` for the agent's own namespace).
 """
 
