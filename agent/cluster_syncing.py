@@ -107,6 +107,9 @@ class ClusterSyncer:
         """The cache is read at `restore`, checked against the kernel's witness."""
         self.cache.witness = witness
 
+    def prepare(self) -> None:
+        """Nothing ahead of the restore: the cache is read there (a damaged one holds the maps)."""
+
     def restore(self, endpoints: Iterable[tuple[ObjectRef, tuple[str, ...], int]] = ()) -> int:
         """Record the persisted state (no map writes: the agent's start-up resync does them).
         Local endpoints need nothing here: the stream carries their pods."""

@@ -78,6 +78,9 @@ class StateSource(Protocol):
     def load(self, witness: Witness) -> None:
         """Read its persisted state (checked against the kernel's witness)."""
 
+    def prepare(self) -> None:
+        """What of the restore needs neither maps nor endpoints (runs while the datapath compiles)."""
+
     def restore(self, endpoints: list[tuple[ObjectRef, tuple[str, ...], int]]) -> int:
         """Record the state to enforce at start (no map writes); the local endpoints are given
         as (pod, addresses, identity in the endpoint map)."""

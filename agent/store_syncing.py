@@ -49,8 +49,12 @@ class StoreSyncer:
 
     def __init__(self, node_name: str, consumer: StateConsumer, store: ObjectStore, book: IdentityBook,
                  pod_cidr: IPv4Network, on_pod_cidr: Callable[[IPv4Network], None],
-                 accept_state_loss: bool = False) -> None:
+                 accept_state_loss: bool = False, loaded: dict[str, Any] | None = None) -> None:
+        """loaded: the store's load report when it was read (and checked against the witness)
+        before the datapath compile (agent/starting_ahead.py); `load` then reads nothing."""
         self.node_name = node_name
+        self.loaded = loaded
+        self._prepared = False
         self.consumer = consumer
         self.store = store
         self.book = book
@@ -67,7 +71,20 @@ class StoreSyncer:
 
     # --- start-up ----------------------------------------------------------------------------
     def load(self, witness: Witness) -> None:
-        log.info("object store loaded", extra={"fields": self.store.load(witness, self.accept_state_loss)})
+        if self.loaded is None:
+            self.loaded = self.store.load(witness, self.accept_state_loss)
+            log.info("object store loaded", extra={"fields": self.loaded})
+
+    def prepare(self) -> None:
+        """The stored objects into the state logic (no identity numbered, no map read: it may
+        run while the datapath compiles); `restore` adds the endpoints and takes the snapshot."""
+        if self._prepared:
+            return
+        self._prepared = True
+        for kind in STREAMED_KINDS:
+            for obj in self.store.list(kind):
+                meta = obj.metadata  # type: ignore[attr-defined]  # store objects are the k8s models, all with metadata
+                self.source.on_object(kind, (kind, meta.namespace or "", meta.name), obj)
 
     def restore(self, endpoints: Iterable[tuple[ObjectRef, tuple[str, ...], int]] = ()) -> int:
         """Record the stored objects and the restored endpoints (ref, addresses, identity in
@@ -80,10 +97,7 @@ class StoreSyncer:
         if reclaimed or not loaded:
             log.info("identities rebuilt from the endpoint map", extra={"fields": {
                 "restored": reclaimed, "damaged": self.book.damaged}})
-        for kind in STREAMED_KINDS:
-            for obj in self.store.list(kind):
-                meta = obj.metadata  # type: ignore[attr-defined]  # store objects are the k8s models, all with metadata
-                self.source.on_object(kind, (kind, meta.namespace or "", meta.name), obj)
+        self.prepare()  # numbering happens at the commit below, after the recovery
         for ref, ips, _ in endpoints:
             self.source.on_endpoint(ref.namespace, ref.name, ips)
         self._commit()

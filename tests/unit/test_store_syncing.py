@@ -237,3 +237,33 @@ def test_store_batches_are_the_local_streams_versions_and_a_refused_one_is_rolle
     status = local.consumer.ledger.status()
     assert status["last_refused"]["version"] == again + 1 and status["enforced_version"] == again + 2
     assert not [k for k in local.maps.policy if k.port == 1000]
+
+
+def test_prepared_ahead_the_restore_records_the_same_snapshot_and_numbering(tmp_path: Path) -> None:
+    """The agent feeds the stored objects while the datapath compiles (`prepare`) and restores
+    the endpoints after: the same snapshot, versions and identity numbers as one `restore`."""
+    first = Standalone(tmp_path / "state")
+    first.apply(LS.namespace("shop"), pod("a", "10.1.1.5", app="web"), pod("b", None, app="db"),
+                pod("peer", "10.2.0.7", node="n2", app="web"), policy("db", "web"))
+    first.wire("shop", "b", "10.1.1.9", 7)
+    first.wire("shop", "c", "10.1.1.10", 8)  # no object describes it
+    restored = [(ObjectRef("shop", "b"), ("10.1.1.9",), first.identities.identity_of(ObjectRef("shop", "b")) or 0),
+                (ObjectRef("shop", "c"), ("10.1.1.10",), first.identities.identity_of(ObjectRef("shop", "c")) or 0)]
+    first.store.db.close()
+
+    def restart(ahead: bool) -> tuple[object, ...]:
+        side = Side()
+        db = open_state(tmp_path / "state").db
+        store = ObjectStore(db)
+        loaded = store.load()
+        syncer = StoreSyncer(NODE, side.consumer, store, IdentityBook(db), IPv4Network("10.1.1.0/24"),
+                             lambda _cidr: None, loaded=loaded)
+        if ahead:
+            syncer.prepare()
+            syncer.prepare()  # once only
+        count = syncer.restore(restored)
+        version, objects = syncer.source.log.snapshot()
+        db.close()
+        return count, version, sorted((o.kind, o.key, repr(o)) for o in objects), dict(syncer.book.allocator.items())
+
+    assert restart(ahead=True) == restart(ahead=False)
