@@ -191,6 +191,10 @@ class Datapath:
         self._events_open = False
         self._events_table: Any = None
         self._maps: dict[str, PinnedMap] = {}
+        # bcc's get_table() decodes the map's key and value types from JSON into new ctypes
+        # classes at every call (~0.1 ms): a table is made once per load and reused (it holds
+        # only the fd and those types; every operation is a syscall on the fd).
+        self._tables: dict[str, Any] = {}
         self._event_errors: list[BaseException] = []
         unknown = sorted(set(sizes or {}) - set(RESIZABLE))
         if unknown:
@@ -276,7 +280,7 @@ class Datapath:
         """Close program and map fds. Pins (and attached programs) stay."""
         if self._bpf is not None:
             self._bpf.cleanup()
-        self._bpf, self._program_fds, self._maps = None, {}, {}
+        self._bpf, self._program_fds, self._maps, self._tables = None, {}, {}, {}
         self._events_open, self._events_table = False, None
 
     def unpin(self) -> None:
@@ -629,7 +633,10 @@ class Datapath:
         return self._bpf
 
     def _table(self, spec: MapSpec) -> Any:
-        return self._loaded().get_table(spec.name.encode())
+        found = self._tables.get(spec.name)
+        if found is None:
+            found = self._tables[spec.name] = self._loaded().get_table(spec.name.encode())
+        return found
 
 
 def _kernel_map_info(bpf: BPF, spec: MapSpec | RingSpec) -> MapInfo:

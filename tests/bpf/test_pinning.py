@@ -39,3 +39,34 @@ def test_endpoint_survives_a_restart(pin_root: Path) -> None:
         second.close()
         second.unpin()
     assert not pin_root.exists()
+
+
+def test_policy_revision_through_reused_tables_and_after_a_reload(pin_root: Path) -> None:
+    """The loader keeps one bcc table per map while loaded (no type decoding per call): bumps
+    land in the pinned map, a reload of the same object gets fresh tables on the new fds, and
+    another agent's loader reads the same revision."""
+    from membrane.agent.datapath import Datapath
+
+    dp = Datapath(pin_root)
+    dp.load()
+    try:
+        start = dp.policy_revision()
+        assert [dp.bump_policy_revision() for _ in range(3)] == [start + 1, start + 2, start + 3]
+        dp.close()
+        held = [os.open("/dev/null", os.O_RDONLY) for _ in range(64)]  # the first load's fd numbers
+        try:
+            dp.load()  # its maps on new fds: a table of the first load would act on /dev/null
+        finally:
+            for fd in held:
+                os.close(fd)
+        assert dp.policy_revision() == start + 3
+        assert dp.bump_policy_revision() == start + 4
+        other = Datapath(pin_root)
+        other.load()
+        try:
+            assert other.policy_revision() == start + 4
+        finally:
+            other.close()
+    finally:
+        dp.close()
+        dp.unpin()
