@@ -448,7 +448,7 @@ class Agent:
             return self.identities.identity_of(ep.pod_ref) if present else None
 
         # Concurrent ADDs/DELs record on the driver one after the other and share one apply.
-        return self.driver.call(record, then=self._apply_endpoints)
+        return self.driver.call_here(record, then=self._apply_endpoints)
 
     def _apply_endpoints(self) -> None:
         """Every manager writes what the endpoints changed. A change a map cannot hold: the pod

@@ -1,16 +1,19 @@
-"""The one driver: every change to the agent's desired state runs on one thread, in order.
+"""The one driver: every change to the agent's desired state runs one at a time, in order.
 
 Stream updates (the operator's, or the local store's), local endpoints (CNI ADD/DEL), identity
-garbage collection and the periodic resync are all handed to this thread, which runs them one
-after the other; so managers are only ever written by one thread, nobody holds another
-module's lock, and readers take each manager's own lock through its query interface.
+garbage collection and the periodic resync are all handed to the driver, which runs them one
+after the other; so managers are only ever written by one thread at a time, nobody holds
+another module's lock, and readers take each manager's own lock through its query interface.
 
 `call(fn)` runs `fn` on the driver thread and returns its result (or raises its exception);
 `submit(fn)` returns a future. Work given with `then=finish` is batched: consecutive queued
 items with the same `finish` all run, then `finish()` runs once, then their callers get their
 results. Concurrent CNI ADDs thus record their endpoints and share one policy apply.
-Called from the driver thread itself, or before `start()` (the agent's start-up, single
-threaded), work runs inline.
+`call_here(fn)` is `call` for the CNI hot path: when the driver is idle (nothing queued,
+nothing running) the calling thread runs the work itself and holds the driver meanwhile
+(whatever is handed over queues behind it, in order), so an ADD does not pay two thread
+switches; otherwise it queues like `call`. Called from the thread running driver work, or
+before `start()` (the agent's start-up, single threaded), work runs inline.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class StateDriver:
         self._cond = threading.Condition()
         self._queue: deque[_Work] = deque()
         self._thread: threading.Thread | None = None
+        self._runner: threading.Thread | None = None  # the thread running a batch now, if any
         self._stopping = False
         self.batches = 0  # finishes run (a metric of coalescing: items / batches)
         self.items = 0
@@ -63,7 +67,8 @@ class StateDriver:
             thread.join(timeout)
 
     def on_driver(self) -> bool:
-        return threading.current_thread() is self._thread
+        current = threading.current_thread()
+        return current is self._thread or current is self._runner
 
     # --- handing work over ---------------------------------------------------------------------
     def submit(self, fn: Callable[[], T], then: Callable[[], object] | None = None) -> Future[T]:
@@ -83,19 +88,41 @@ class StateDriver:
              timeout: float | None = None) -> T:
         return self.submit(fn, then).result(timeout)
 
+    def call_here(self, fn: Callable[[], T], then: Callable[[], object] | None = None) -> T:
+        """`call`, run by the calling thread itself when the driver is idle (see the module)."""
+        with self._cond:
+            idle = self._thread is not None and not self._stopping and not self._queue and self._runner is None
+            if idle:
+                self._runner = threading.current_thread()
+        if not idle:
+            return self.call(fn, then)
+        future: Future[T] = Future()
+        try:
+            self._run_batch([_Work(fn, then, future)])
+        finally:
+            with self._cond:
+                self._runner = None
+                self._cond.notify_all()  # what queued meanwhile: the driver thread's now
+        return future.result()
+
     # --- the thread ----------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self._queue or self._runner is not None:
+                    if self._stopping and not self._queue:
+                        return  # stopping, nothing left
                     self._cond.wait()
-                if not self._queue:
-                    return  # stopping, nothing left
                 batch = [self._queue.popleft()]
                 then = batch[0].then
                 while then is not None and self._queue and self._queue[0].then == then:
                     batch.append(self._queue.popleft())
-            self._run_batch(batch)
+                self._runner = self._thread
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._runner = None
 
     def _run_batch(self, batch: list[_Work]) -> None:
         results: list[tuple[bool, Any]] = []
