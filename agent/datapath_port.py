@@ -57,11 +57,23 @@ class DatapathPort:
 
     def load(self, pin_root: Path | None = None) -> None:
         """Compile and load; `pin_root` overrides where maps are pinned (see bpffs.py)."""
+        self.compile(pin_root)
+        try:
+            self.load_programs()
+        except BaseException:
+            self.dp.close()
+            raise
+
+    def compile(self, pin_root: Path | None = None) -> None:
+        """Compile, maps created or reopened and checked: usable from here on (programs not yet)."""
         if pin_root is not None and pin_root != self.dp.pin_root:
             self.dp = Datapath(pin_root, kernel_headers=self.kernel_headers, sizes=self.sizes,
                                maglev_size=self.maglev_size, families=self.families)
-        self.dp.load()
+        self.dp.compile()
         self.compile_seconds = self.dp.compile_seconds or 0.0
+
+    def load_programs(self) -> None:
+        self.dp.load_programs()
         self.load_seconds = self.dp.load_seconds or 0.0
 
     def close(self) -> None:

@@ -199,9 +199,8 @@ class Agent:
         started = time.perf_counter()
         self.source.prepare()  # the stored state into the source's state logic: no map involved
         prepared = time.perf_counter() - started
-        self.ahead.loading.wait()  # from here on the maps are there (a compile error ends the start here)
+        self.ahead.loading.wait_maps()  # from here on the maps are there (a compile error ends the start here)
         self.metrics.compile.set(self.datapath.compile_seconds)
-        self.metrics.load.set(self.datapath.load_seconds)
         started = time.perf_counter()
         restored = self.endpoints.restore()
         log.info("endpoints restored", extra={"fields": restored})
@@ -217,6 +216,8 @@ class Agent:
         else:
             log.info("policy restored", extra={"fields": self._resync(start=True)})
         self.restore_seconds = prepared + time.perf_counter() - started
+        self.ahead.loading.wait()  # the programs, loaded meanwhile: attached from here on
+        self.metrics.load.set(self.datapath.load_seconds)
         # Only now that the ipcache knows the nodes again (from_overlay trusts no one else); the
         # device is kept over restarts (created only if missing, program replaced in place), so
         # cross-node flows of restored pods never stop.

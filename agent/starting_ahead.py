@@ -4,7 +4,9 @@ compile itself on a thread of its own, while the agent's main thread goes on.
 Compiling the C datapath (clang, inside bcc) is the longest step of a start, and bcc's compile
 and program loads are ctypes calls that release the GIL: so the main thread imports the rest of
 the agent, opens its servers' state and computes the restored state meanwhile, and waits for the
-compile (`DatapathLoading.wait`) only right before anything reads or writes a map.
+compile (`DatapathLoading.wait_maps`) only right before anything reads or writes a map. The
+programs are loaded (the kernel's verifier) after the compile on the same thread, while the
+main thread restores the maps; it waits for them (`wait`) before anything is attached.
 
 Kept in order, before the compile starts (it creates or reopens the pinned maps, retires old
 layouts and resized maps):
@@ -16,7 +18,9 @@ layouts and resized maps):
   trusted refuses the start, nothing in the kernel changed, every pod still wired).
 
 Kept as it was: one compile per start; a compile error ends the start with the same one-line
-error and exit code; nothing is attached before the compile is waited for.
+error and exit code, before any map is read or written; nothing is attached before the programs
+loaded. (A program the verifier refuses ends the start the same way, after the restore wrote the
+maps the state the attached programs should enforce anyway.)
 """
 
 from __future__ import annotations
@@ -41,29 +45,45 @@ log = logging.getLogger("membrane.agent")
 
 
 class DatapathLoading:
-    """`datapath.load(pin_root)` (compile, maps, program loads) on its own thread, started at once."""
+    """The datapath compiled (maps), then its programs loaded, on its own thread, started at once."""
 
     def __init__(self, datapath: DatapathPort, pin_root: Path) -> None:
         self.datapath = datapath
         self.pin_root = pin_root
         self.waited_seconds = 0.0  # how long the main thread waited for it (not overlapped)
         self._error: BaseException | None = None
+        self._maps = threading.Event()  # compiled (or failed)
         self._done = False
         self._thread = threading.Thread(target=self._run, name="datapath-compile", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self.datapath.load(self.pin_root)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by wait()
+            self.datapath.compile(self.pin_root)
+            self._maps.set()
+            self.datapath.load_programs()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by the waits
             self._error = exc
+        finally:
+            self._maps.set()
+
+    def wait_maps(self) -> DatapathPort:
+        """Compiled: the maps can be read and written (the programs may still be loading). The
+        compile's error, raised here in the caller's thread."""
+        if not self._maps.is_set():
+            started = time.perf_counter()
+            self._maps.wait()
+            self.waited_seconds += time.perf_counter() - started
+        if self._error is not None and not self.datapath.dp.loaded:
+            raise self._error
+        return self.datapath
 
     def wait(self) -> DatapathPort:
-        """The loaded datapath; the compile's or load's error, raised here in the caller's thread."""
+        """Compiled and programs loaded; their error, raised here in the caller's thread."""
         if not self._done:
             started = time.perf_counter()
             self._thread.join()
-            self.waited_seconds = time.perf_counter() - started
+            self.waited_seconds += time.perf_counter() - started
             self._done = True
         if self._error is not None:
             raise self._error

@@ -188,6 +188,7 @@ class Datapath:
         self.load_seconds: float | None = None  # verifier, both programs
         self._bpf: BPF | None = None
         self._program_fds: dict[str, int] = {}
+        self._programs_loaded = False
         self._events_open = False
         self._events_table: Any = None
         self._maps: dict[str, PinnedMap] = {}
@@ -208,6 +209,16 @@ class Datapath:
 
     def load(self) -> None:
         """Compile the entry files, create or reopen the pinned maps, load the programs."""
+        self.compile()
+        try:
+            self.load_programs()
+        except BaseException:
+            self.close()
+            raise
+
+    def compile(self) -> None:
+        """Compile the entry files, create or reopen the pinned maps and check their layouts:
+        the maps are usable from here on; `load_programs` loads the programs (the verifier)."""
         if self._bpf is not None:
             raise DatapathError("datapath already loaded")
         self.pin_root.mkdir(parents=True, exist_ok=True)
@@ -231,21 +242,29 @@ class Datapath:
             raise DatapathError(f"compiling {', '.join(entry_files)} in {self.bpf_dir} failed: {exc}") from exc
         self.compile_seconds = time.perf_counter() - started
         try:
-            # Before any program is loaded: a stale pin with another layout
+            # Before any program is loaded or map used: a stale pin with another layout
             # would otherwise be silently reused by bcc.
             self._check_layouts(bpf)
-            started = time.perf_counter()
-            fds: dict[str, int] = {}
-            for family in (FAMILIES[name] for name in FAMILIES if name in self.families):
-                fds.update({name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in family.tc_programs})
-                fds.update({name: int(bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach).fd)
-                            for name, attach in family.sock_programs.items()})
-                fds.update({name: int(bpf.load_func(name.encode(), BPF.XDP).fd) for name in family.xdp_programs})
-            self.load_seconds = time.perf_counter() - started
         except BaseException:
             bpf.cleanup()
             raise
-        self._bpf, self._program_fds = bpf, fds
+        self._bpf, self._program_fds, self._programs_loaded = bpf, {}, False
+
+    def load_programs(self) -> None:
+        """Load the compiled families' programs (after `compile`; may run on another thread
+        while the maps are read and written: each is its own bpf(2) call)."""
+        bpf = self._loaded()
+        if self._programs_loaded:
+            raise DatapathError("programs already loaded")
+        started = time.perf_counter()
+        fds: dict[str, int] = {}
+        for family in (FAMILIES[name] for name in FAMILIES if name in self.families):
+            fds.update({name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in family.tc_programs})
+            fds.update({name: int(bpf.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach).fd)
+                        for name, attach in family.sock_programs.items()})
+            fds.update({name: int(bpf.load_func(name.encode(), BPF.XDP).fd) for name in family.xdp_programs})
+        self.load_seconds = time.perf_counter() - started
+        self._program_fds, self._programs_loaded = fds, True
 
     def _retire_pins(self) -> None:
         """Before bcc reuses pins: remove old layout versions, and resizable maps pinned with
@@ -281,6 +300,7 @@ class Datapath:
         if self._bpf is not None:
             self._bpf.cleanup()
         self._bpf, self._program_fds, self._maps, self._tables = None, {}, {}, {}
+        self._programs_loaded = False
         self._events_open, self._events_table = False, None
 
     def unpin(self) -> None:
@@ -311,6 +331,8 @@ class Datapath:
     def program_fd(self, name: str) -> int:
         """fd of a loaded program ("from_container", "to_container", "from_overlay", "mb_sock4_*")."""
         self._loaded()
+        if not self._programs_loaded:
+            raise DatapathError("programs not loaded: call load_programs() first")
         try:
             return self._program_fds[name]
         except KeyError:

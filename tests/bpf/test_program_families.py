@@ -85,3 +85,39 @@ def test_devices_load_host_and_xdp_programs_only(pin_root: Path) -> None:
             dp.program_fd("mb_sock4_connect")
     finally:
         dp.close()
+
+
+def test_maps_are_usable_while_the_programs_load_on_another_thread(pin_root: Path) -> None:
+    """The agent's start: compile (maps), then the programs load on the compile's thread while
+    the main thread restores the maps; no program before load_programs."""
+    import threading
+    from ipaddress import IPv4Network
+
+    from membrane.agent.datapath.ipcache import IpcacheEntry
+
+    dp = Datapath(pin_root, families=())
+    dp.compile()
+    try:
+        with pytest.raises(DatapathError, match="programs not loaded"):
+            dp.program_fd("from_container")
+        errors: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                dp.load_programs()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        written = {IPv4Network(f"10.77.{i // 250}.{i % 250}/32"): IpcacheEntry(100 + i) for i in range(500)}
+        dp.update_map("ipcache", written)
+        assert dp.ipcache() == written
+        loader.join(60)
+        assert not loader.is_alive() and errors == []
+        for name in POD:
+            assert dp.program_fd(name) > 0
+        with pytest.raises(DatapathError, match="already loaded"):
+            dp.load_programs()
+    finally:
+        dp.close()
