@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import socketserver
 import threading
 from collections.abc import Callable
@@ -31,10 +32,67 @@ class RequestError(Exception):
         self.code, self.msg, self.details = code, msg, details
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _Server(socketserver.UnixStreamServer):
+    """Every connection is served on a thread of its own, as with ThreadingMixIn, but the
+    threads are kept: a connection goes to an idle one when there is one, to a new one
+    otherwise (never queued behind a busy one). Starting a thread per request cost the
+    accepting thread a clone and a wait for the new thread to run (p90 3.6 ms under load for
+    an empty request, 0.2 ms handed over). Up to `max_idle` wait for the next connection; the
+    rest end, so a burst leaves no crowd behind. Daemon threads: the agent never waits for a
+    client at exit."""
+
     request_queue_size = 256  # kubelet may start many pods at once: connects must not bounce
+    max_idle = 16
     handlers: dict[str, Handler]
+
+    def __init__(self, address: str, handler: type[socketserver.BaseRequestHandler]) -> None:
+        self._work: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._pool_lock = threading.Lock()
+        self._idle = 0  # threads waiting for work (each will take one item)
+        self._closed = False
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._pool_lock:
+            if self._closed:
+                self.shutdown_request(request)
+                return
+            handed = self._idle > 0
+            if handed:
+                self._idle -= 1
+        self._work.put((request, client_address))
+        if not handed:
+            threading.Thread(target=self._serve_requests, name="api-request", daemon=True).start()
+
+    def _serve_requests(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            request, client_address = item
+            stay = False
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - as socketserver does: logged, the server serves on
+                self.handle_error(request, client_address)
+            finally:
+                # Idle again before the client sees the end of its answer: its next request
+                # finds this thread.
+                with self._pool_lock:
+                    stay = not self._closed and self._idle < self.max_idle
+                    if stay:
+                        self._idle += 1
+                self.shutdown_request(request)
+            if not stay:
+                return
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._work.put(None)
 
 
 class _Connection(socketserver.StreamRequestHandler):
