@@ -82,7 +82,9 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 	/* Only pods of this node are reachable through the tunnel, and the
 	 * node itself for replies of what its stack sent (to_overlay). */
 	dst = mb_lookup_endpoint(tuple.daddr);
-	if (!dst || !mb_endpoint_is_local_pod(dst)) {
+	if (dst && !mb_endpoint_is_local_pod(dst))
+		dst = 0;
+	if (!dst) {
 		/* A backend's reply to a flow this node SNATed (bpf_host.c): shown as the
 		 * frontend's and sent out to the client. */
 		rev = mb_np_reverse(skb);
@@ -92,20 +94,23 @@ static __always_inline int mb_from_overlay_ipv4(struct __sk_buff *skb, struct et
 			mb_metrics_add(MB_FORWARDED, MB_DIR_INGRESS, bytes);
 			return mb_np_send_out(skb);
 		}
-		drop = mb_flow_classify(skb, ip4, &tuple, l4, tcp_flags, bytes, MB_DIR_INGRESS,
-					skb->ingress_ifindex, &ct, &closed, &entry);
-		if (drop)
-			return drop;
-		if (ct == MB_CT_RELATED || (entry && (entry->flags & MB_CT_F_VIA_STACK)))
-			return mb_overlay_to_stack(skb, bytes);
-		return mb_drop(MB_DROP_NO_ENDPOINT, MB_DIR_INGRESS);
 	}
-	dst_ifindex = dst->ifindex;
-
+	/* One classification for both cases (compile time: it is large). The
+	 * empty asm keeps the compiler from merging the two loads into one
+	 * through a chosen pointer, which the verifier refuses for the context. */
+	dst_ifindex = skb->ingress_ifindex;
+	asm volatile("" : "+r"(dst_ifindex));
+	if (dst)
+		dst_ifindex = dst->ifindex;
 	drop = mb_flow_classify(skb, ip4, &tuple, l4, tcp_flags, bytes, MB_DIR_INGRESS, dst_ifindex, &ct, &closed,
 				&entry);
 	if (drop)
 		return drop;
+	if (!dst) {
+		if (ct == MB_CT_RELATED || (entry && (entry->flags & MB_CT_F_VIA_STACK)))
+			return mb_overlay_to_stack(skb, bytes);
+		return mb_drop(MB_DROP_NO_ENDPOINT, MB_DIR_INGRESS);
+	}
 	/* A flow this node's stack sent into the tunnel (to_overlay): netfilter
 	 * translated it on the way out (a ClusterIP connection to a backend over
 	 * there), so its packets come back through the stack, which reverses it. */

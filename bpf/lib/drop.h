@@ -45,10 +45,10 @@ static __always_inline int mb_finish(struct __sk_buff *skb, int verdict, __u32 i
 	reason = code & 0xff;
 	direction = (code >> 8) & 0xff;
 	mb_metrics_add(reason, direction, skb->len);
-	if (code & MB_DROP_F_FLOW)
-		mb_event_emit_drop(mb_event_scratch.lookup(&zero), reason);
-	else
-		mb_event_drop_skb(skb, reason, direction, ifindex);
+	/* One emitting call site per program (each is a whole aggregation and
+	 * submission inlined): the flow's scratch event, or one made from the packet. */
+	mb_event_emit_drop(code & MB_DROP_F_FLOW ? mb_event_scratch.lookup(&zero) :
+			   mb_event_start_skb(skb, direction, ifindex), reason);
 	return TC_ACT_SHOT;
 }
 

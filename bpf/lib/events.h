@@ -221,6 +221,7 @@ static __always_inline void mb_event_emit_drop(struct mb_flow_event *ev, __u8 re
 {
 	struct mb_event_config *cfg;
 	__u32 count;
+	__u8 type;
 
 	if (!ev || !(cfg = mb_events_on()))
 		return;
@@ -230,21 +231,27 @@ static __always_inline void mb_event_emit_drop(struct mb_flow_event *ev, __u8 re
 	if (!count)
 		return;
 	ev->count = count;
-	if (reason == MB_DROP_POLICY_INGRESS || reason == MB_DROP_POLICY_EGRESS) {
-		ev->type = MB_EVENT_POLICY_VERDICT;
+	type = reason == MB_DROP_POLICY_INGRESS || reason == MB_DROP_POLICY_EGRESS ?
+	       MB_EVENT_POLICY_VERDICT : MB_EVENT_DROP;
+	/* One submission site for both events (compile time: it is inlined). */
+#pragma clang loop unroll(disable)
+	for (;;) {
+		ev->type = type;
 		mb_event_submit(cfg, ev);
+		if (type == MB_EVENT_DROP)
+			break;
+		type = MB_EVENT_DROP;
 	}
-	ev->type = MB_EVENT_DROP;
-	mb_event_submit(cfg, ev);
 }
 
 /*
- * A drop seen before the flow was understood (spoofing, bad headers):
- * re-parse what can be parsed for the event. Not-IPv4 packets show up with
- * zero addresses (and so share one aggregation slot).
+ * The event of a drop seen before the flow was understood (spoofing, bad
+ * headers), or 0 when events are off: re-parse what can be parsed.
+ * Not-IPv4 packets show up with zero addresses (and so share one
+ * aggregation slot). For mb_event_emit_drop.
  */
-static __always_inline void mb_event_drop_skb(struct __sk_buff *skb, __u8 reason,
-					      __u8 direction, __u32 ifindex)
+static __always_inline struct mb_flow_event *mb_event_start_skb(struct __sk_buff *skb, __u8 direction,
+								__u32 ifindex)
 {
 	struct mb_ct_tuple4 tuple = {};
 	struct ethhdr *eth;
@@ -252,13 +259,12 @@ static __always_inline void mb_event_drop_skb(struct __sk_buff *skb, __u8 reason
 	__u8 tcp_flags = 0;
 
 	if (!mb_events_on())
-		return;
+		return 0;
 	eth = mb_eth_header(skb);
 	ip4 = eth && eth->h_proto == mb_htons(ETH_P_IP) ? mb_ipv4_header(skb) : 0;
 	if (ip4)
 		mb_ipv4_tuple(skb, ip4, &tuple, &tcp_flags);
-	mb_event_emit_drop(mb_event_start(MB_EVENT_DROP, &tuple, tcp_flags, skb->len, ifindex, direction),
-			   reason);
+	return mb_event_start(MB_EVENT_DROP, &tuple, tcp_flags, skb->len, ifindex, direction);
 }
 
 #endif /* MB_LIB_EVENTS_H */

@@ -81,25 +81,23 @@ static __always_inline int mb_flow_new(struct __sk_buff *skb, const struct mb_fl
 		ev->path = f->path;
 	}
 
-	if (egress_ep) {
-		int verdict = mb_policy_judge(egress_ep->endpoint_id, MB_DIR_EGRESS, dst_identity,
-					      dst_cidr, tuple, &rule_ref);
+	/* Egress of the sender, then ingress of the receiver: one loop, not two
+	 * copies of the judging and of the event submission (compile time). */
+#pragma clang loop unroll(disable)
+	for (int side = 0; side < 2; side++) {
+		const struct mb_endpoint_info *ep = side ? ingress_ep : egress_ep;
+		__u8 direction = side ? MB_DIR_INGRESS : MB_DIR_EGRESS;
+		int verdict;
 
-		mb_event_policy(ev, egress_ep->endpoint_id, rule_ref, MB_DIR_EGRESS);
+		if (!ep)
+			continue;
+		verdict = mb_policy_judge(ep->endpoint_id, direction, side ? src_identity : dst_identity,
+					  side ? src_cidr : dst_cidr, tuple, &rule_ref);
+		mb_event_policy(ev, ep->endpoint_id, rule_ref, direction);
 		if (verdict != MB_POLICY_ALLOW)
-			return mb_drop_flow(ev, MB_DROP_POLICY_EGRESS, MB_DIR_EGRESS);
+			return mb_drop_flow(ev, side ? MB_DROP_POLICY_INGRESS : MB_DROP_POLICY_EGRESS, direction);
 		mb_event_emit(ev, MB_EVENT_POLICY_VERDICT);
-		policy_flags |= MB_CT_F_POLICY_EGRESS;
-	}
-	if (ingress_ep) {
-		int verdict = mb_policy_judge(ingress_ep->endpoint_id, MB_DIR_INGRESS, src_identity,
-					      src_cidr, tuple, &rule_ref);
-
-		mb_event_policy(ev, ingress_ep->endpoint_id, rule_ref, MB_DIR_INGRESS);
-		if (verdict != MB_POLICY_ALLOW)
-			return mb_drop_flow(ev, MB_DROP_POLICY_INGRESS, MB_DIR_INGRESS);
-		mb_event_emit(ev, MB_EVENT_POLICY_VERDICT);
-		policy_flags |= MB_CT_F_POLICY_INGRESS;
+		policy_flags |= side ? MB_CT_F_POLICY_INGRESS : MB_CT_F_POLICY_EGRESS;
 	}
 
 	mb_event_policy(ev, f->hook_ep ? f->hook_ep->endpoint_id : 0, 0, hook_dir);
