@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
                                                       "cni_startup", "overlay", "kube_proxy", "apply_wait", "state_store",
                                                       "object_store", "service_objects", "services", "nodeport",
-                                                      "prefilter_propagation", "prefilter", "pipeline"),
+                                                      "prefilter_propagation", "prefilter", "pipeline", "compile_time"),
                     help="run one part of the benchmark (default: all)")
     ap.add_argument("--state-store-before", metavar="PYTHON",
                     help="python of an installation with the JSON state files: compare the SQLite store with it")
@@ -295,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             pipeline_bench.main(["--base", args.pipeline_base, "--out", str(args.out)])
         else:
             log("state pipeline benchmark skipped: it needs --pipeline-base REV (an older commit)")
+    if args.only in ("all", "compile_time"):
+        from . import compile_time_bench  # clang (through bcc) and verifier time per program family vs b4535fb
+
+        log("datapath compile time benchmark (per family, b4535fb vs this tree)")
+        compile_time_bench.main(["--out", str(args.out)])
     if args.only in ("all", "tls"):
         from . import tls_bench  # mutual TLS vs plaintext at 1,000 subscribers: bench-results/tls.*
 
