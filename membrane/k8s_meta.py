@@ -54,6 +54,10 @@ class Model(BaseModel):
         populate_by_name=True,
         extra="ignore",
         frozen=True,
+        # Validators are built at a model's first use, not at import: importing the object
+        # models (an agent start imports them all before its datapath compile starts) costs
+        # a fraction; a kind never seen never builds. Validation is the same.
+        defer_build=True,
     )
 
 
