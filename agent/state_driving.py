@@ -102,7 +102,8 @@ class StateDriver:
         finally:
             with self._cond:
                 self._runner = None
-                self._cond.notify_all()  # what queued meanwhile: the driver thread's now
+                if self._queue:  # what queued meanwhile: the driver thread's now (else let it sleep)
+                    self._cond.notify_all()
         return future.result()
 
     # --- the thread ----------------------------------------------------------------------------
