@@ -366,7 +366,11 @@ class Agent:
         cni_conf_writing.write_conf(cfg.cni_conf_source, cfg.write_cni_conf_when_ready)
 
     def _housekeeping(self) -> None:
-        next_gc = next_resync = time.monotonic()
+        next_gc = time.monotonic()
+        # The start compared every map with the kernel just now (`_resync(start=True)`): the first
+        # periodic resync is one period later. At once it only held up the first CNI ADDs and
+        # applies behind a full read of every map.
+        next_resync = next_gc + self.config.resync_seconds
         while not self.stopping.wait(0.2 if not self._cni_conf_done() else 1.0):
             now = time.monotonic()
             try:
