@@ -91,7 +91,7 @@ class LocalSource:
         self.slices = EndpointSliceDeriver()  # the EndpointSlice controller's work, locally
         self._stored_nodes: set[str] = set()
         self._host_ips: dict[str, dict[str, str]] = {}  # node not stored -> its pods' hostIP
-        self._implicit_nodes: set[str] = set()  # node records made from pods' hostIP
+        self._implicit_nodes: dict[str, str] = {}  # node records made from pods' hostIP -> the address given
 
     # --- feeding -------------------------------------------------------------------------------
     def on_object(self, kind: str, key: ObjectKey, obj: BaseModel | JSON | None) -> None:
@@ -112,7 +112,7 @@ class LocalSource:
                 self._stored_nodes.discard(name)
             else:
                 self._stored_nodes.add(name)
-                self._implicit_nodes.discard(name)
+                self._implicit_nodes.pop(name, None)
         getattr(self.builder, setter)(name, data)
         if kind == "Node" and data is None:
             self._implicit_node(name)
@@ -161,12 +161,15 @@ class LocalSource:
         if not hosts:
             self._host_ips.pop(node, None)
             if node in self._implicit_nodes:
-                self._implicit_nodes.discard(node)
+                del self._implicit_nodes[node]
                 self.builder.set_node(node, None)
             return
-        self._implicit_nodes.add(node)
+        address = min(hosts.values())
+        if self._implicit_nodes.get(node) == address:
+            return  # the builder holds this very record (each of a node's pods would rebuild it)
+        self._implicit_nodes[node] = address
         self.builder.set_node(node, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}, "status": {
-            "addresses": [{"type": "InternalIP", "address": min(hosts.values())}]}})
+            "addresses": [{"type": "InternalIP", "address": address}]}})
 
     def _for_slices(self, name: str) -> JSON | None:
         """The pod as slices are derived from it: with no kubelet to report readiness, a pod

@@ -303,3 +303,34 @@ def test_a_failed_allocation_is_retried_by_the_next_commit() -> None:
     delta = source.commit()  # nothing new recorded: the refused pod is compared again
     assert delta is not None and source._held == dict(source.builder.pod_labels)
     assert any(c.key[0] is Kind.ENDPOINT and c.key[1] == "prod/b" for c in delta.changes)
+
+
+def test_a_node_known_only_from_its_pods_hostip_is_recorded_once_not_per_pod() -> None:
+    """Each of another node's pods names its hostIP; the node's record is given to the state
+    logic when it changes (first pod, a lower address, the last pod gone), not again per pod."""
+    source = LocalSource(NODE)
+    calls: list[tuple[str, object]] = []
+    set_node = source.builder.set_node
+    source.builder.set_node = lambda name, obj: (calls.append((name, obj)), set_node(name, obj))[1]  # type: ignore[method-assign]
+
+    def peer_pod(name: str, ip: str, host: str) -> JSON:
+        found = pod("shop", name, ip, node="peer")
+        found["status"]["hostIP"] = host
+        return found
+
+    for i in range(50):
+        source.on_object("Pod", ("Pod", "shop", f"p{i}"), peer_pod(f"p{i}", f"10.9.0.{i + 1}", "192.0.2.9"))
+    assert [(name, obj["status"]["addresses"][0]["address"]) for name, obj in calls] == [  # type: ignore[index]
+        ("peer", "192.0.2.9")]
+    source.on_object("Pod", ("Pod", "shop", "low"), peer_pod("low", "10.9.1.1", "192.0.2.3"))
+    assert len(calls) == 2 and calls[-1][1]["status"]["addresses"][0]["address"] == "192.0.2.3"  # type: ignore[index]
+    source.on_object("Pod", ("Pod", "shop", "low"), None)
+    assert len(calls) == 3 and calls[-1][1]["status"]["addresses"][0]["address"] == "192.0.2.9"  # type: ignore[index]
+    for i in range(50):
+        source.on_object("Pod", ("Pod", "shop", f"p{i}"), None)
+    assert calls[-1] == ("peer", None) and len(calls) == 4
+    source.on_object("Node", ("Node", "", "peer"), node("peer", "192.0.2.50", "10.9.0.0/24"))  # stored: it wins
+    source.on_object("Pod", ("Pod", "shop", "q"), peer_pod("q", "10.9.0.77", "192.0.2.9"))
+    source.on_object("Node", ("Node", "", "peer"), None)  # gone: the pod's hostIP again
+    assert calls[-1][0] == "peer" and calls[-1][1]["status"]["addresses"][0]["address"] == "192.0.2.9"  # type: ignore[index]
+    assert source.builder.take_changes() is not None
