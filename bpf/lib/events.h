@@ -112,15 +112,14 @@ static __always_inline int mb_event_take_token(const struct mb_event_config *cfg
 static __always_inline void mb_event_submit(const struct mb_event_config *cfg,
 					    struct mb_flow_event *ev)
 {
-	if (!mb_event_take_token(cfg, ev->ts_ns)) {
-		mb_event_count(MB_EVENT_STAT_RATE_LIMITED);
-		return;
-	}
-	if (mb_events_v1.ringbuf_output(ev, sizeof(*ev), 0) != 0) {
-		mb_event_count(MB_EVENT_STAT_RINGBUF_FULL);
-		return;
-	}
-	mb_event_count(MB_EVENT_STAT_EMITTED);
+	int which = MB_EVENT_STAT_EMITTED;
+
+	/* One counting site (compile time: each is a map lookup inlined). */
+	if (!mb_event_take_token(cfg, ev->ts_ns))
+		which = MB_EVENT_STAT_RATE_LIMITED;
+	else if (mb_events_v1.ringbuf_output(ev, sizeof(*ev), 0) != 0)
+		which = MB_EVENT_STAT_RINGBUF_FULL;
+	mb_event_count(which);
 }
 
 /*

@@ -163,10 +163,11 @@ static __always_inline int mb_flow_recheck(struct __sk_buff *skb, const struct m
 					       __u8 hook_dir, __u32 ifindex)
 {
 	struct mb_ct_tuple4 orig = {};
-	struct mb_endpoint_info *src, *dst;
+	struct mb_endpoint_info *src, *dst, *denied;
 	struct mb_ipcache_value *cached;
 	__u32 rule_ref, src_identity, dst_identity, policy_rev = mb_policy_revision();
 	__u16 policy_flags = 0;
+	__u8 direction;
 	int verdict;
 
 	if (!entry)
@@ -204,19 +205,21 @@ static __always_inline int mb_flow_recheck(struct __sk_buff *skb, const struct m
 	if (src) {
 		verdict = mb_policy_judge(src->endpoint_id, MB_DIR_EGRESS, dst_identity,
 					  mb_cidr_identity(orig.daddr), &orig, &rule_ref);
-		if (verdict != MB_POLICY_ALLOW)
-			return mb_flow_deny(skb, tuple, ct, tcp_flags, entry, src->endpoint_id, rule_ref,
-					    MB_DIR_EGRESS, src_identity, dst_identity, policy_rev,
-					    hook_dir, ifindex);
+		if (verdict != MB_POLICY_ALLOW) {
+			denied = src;
+			direction = MB_DIR_EGRESS;
+			goto deny;
+		}
 		policy_flags |= MB_CT_F_POLICY_EGRESS;
 	}
 	if (dst) {
 		verdict = mb_policy_judge(dst->endpoint_id, MB_DIR_INGRESS, src_identity,
 					  mb_cidr_identity(orig.saddr), &orig, &rule_ref);
-		if (verdict != MB_POLICY_ALLOW)
-			return mb_flow_deny(skb, tuple, ct, tcp_flags, entry, dst->endpoint_id, rule_ref,
-					    MB_DIR_INGRESS, src_identity, dst_identity, policy_rev,
-					    hook_dir, ifindex);
+		if (verdict != MB_POLICY_ALLOW) {
+			denied = dst;
+			direction = MB_DIR_INGRESS;
+			goto deny;
+		}
 		policy_flags |= MB_CT_F_POLICY_INGRESS;
 	}
 	entry->flags = (entry->flags & ~(MB_CT_F_POLICY_EGRESS | MB_CT_F_POLICY_INGRESS | MB_CT_F_DENIED)) |
@@ -226,6 +229,10 @@ static __always_inline int mb_flow_recheck(struct __sk_buff *skb, const struct m
 	entry->src_identity = src_identity;
 	entry->dst_identity = dst_identity;
 	return 0;
+deny:
+	/* One call site (compile time: it builds an event). */
+	return mb_flow_deny(skb, tuple, ct, tcp_flags, entry, denied->endpoint_id, rule_ref, direction,
+			    src_identity, dst_identity, policy_rev, hook_dir, ifindex);
 }
 
 /*

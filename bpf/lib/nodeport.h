@@ -383,7 +383,7 @@ static __always_inline int mb_np_forward(struct __sk_buff *skb)
 	if (!svc || !(svc->flags & MB_NP_PER_PACKET))
 		return TC_ACT_OK; /* not ours: a ClusterIP from outside, or the node's own traffic */
 	if (!svc->count)
-		return mb_np_refuse(skb, &key, l4_off, tcp_flags);
+		goto refuse;
 	hash = mb_np_hash(key.saddr, key.daddr, key.sport, key.dport, key.proto);
 	if (svc->flags & MB_LB_F_AFFINITY)
 		backend = mb_lb4_select(&fkey, svc, key.saddr, MB_LB_CLIENT_IP, 0, 0, &backend_id);
@@ -393,7 +393,7 @@ static __always_inline int mb_np_forward(struct __sk_buff *skb)
 		backend = mb_lb4_slot_backend(&fkey, svc, hash, &backend_id);
 	if (!backend) {
 		mb_lb_count(MB_LB_STAT_FAILED);
-		return mb_np_refuse(skb, &key, l4_off, tcp_flags);
+		goto refuse;
 	}
 	fwd.saddr = key.saddr;
 	fwd.sport = key.sport;
@@ -408,7 +408,7 @@ static __always_inline int mb_np_forward(struct __sk_buff *skb)
 		cfg = mb_node_config();
 		remote = mb_ipcache_lookup(backend->address);
 		if (!cfg || !cfg->node_ip || !remote || !remote->tunnel_endpoint)
-			return mb_np_refuse(skb, &key, l4_off, tcp_flags);
+			goto refuse;
 		fwd.saddr = cfg->node_ip;
 		fwd.flags = MB_LB_NAT_F_SNAT;
 	}
@@ -421,7 +421,7 @@ static __always_inline int mb_np_forward(struct __sk_buff *skb)
 	if (fwd.flags & MB_LB_NAT_F_SNAT) {
 		fwd.sport = mb_np_snat_port(&reply, hash);
 		if (!fwd.sport)
-			return mb_np_refuse(skb, &key, l4_off, tcp_flags);
+			goto refuse;
 	}
 	back.saddr = key.daddr;
 	back.sport = key.dport;
@@ -439,6 +439,9 @@ static __always_inline int mb_np_forward(struct __sk_buff *skb)
 	if (remote)
 		return mb_overlay_send(skb, remote->tunnel_endpoint, MB_IDENTITY_REMOTE_NODE, skb->len);
 	return TC_ACT_OK; /* a local backend: the stack routes it to the pod */
+refuse:
+	/* One call site (compile time: the answer is built inline in each). */
+	return mb_np_refuse(skb, &key, l4_off, tcp_flags);
 }
 
 #endif /* MB_LIB_NODEPORT_H */
