@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from membrane.standard_metrics import add_standard_metrics
 
+from .heap_freezing import GENERATIONS, GcPauses, frozen_objects
 from .prefilter_queries import PrefilterCounters, PrefilterQueries
 
 Sample = tuple[str, str, int, int]  # reason, direction, packets, bytes
@@ -99,6 +100,26 @@ class PrefilterCollector(Collector):
         yield in_force
 
 
+class GcPauseCollector(Collector):
+    """The garbage collector's pauses (agent/heap_freezing.py times them; read at scrape time)
+    and how many objects its frozen generation holds (the long-lived heap no collection walks)."""
+
+    def __init__(self, pauses: GcPauses) -> None:
+        self.pauses = pauses
+
+    def collect(self) -> Iterable[Any]:
+        family = HistogramMetricFamily("membrane_gc_pause_seconds", "Time the Python garbage collector held the "
+                                       "agent (GIL held), by generation (2 = full collection)",
+                                       labels=["generation"])
+        for generation in GENERATIONS:
+            buckets, total = self.pauses.histogram(generation)
+            family.add_metric([str(generation)], buckets, total)
+        yield family
+        yield GaugeMetricFamily("membrane_gc_frozen_objects", "Objects in the garbage collector's permanent "
+                                "generation (the agent's long-lived state, walked by no collection)",
+                                value=frozen_objects())
+
+
 class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -148,6 +169,9 @@ class AgentMetrics:
         Gauge("membrane_policies", "NetworkPolicies known to this agent",
               registry=self.registry).set_function(lambda: float(policies()))
         self._objects = objects
+
+    def add_gc_pauses(self, pauses: GcPauses) -> None:
+        self.registry.register(GcPauseCollector(pauses))
 
     def refresh_store(self) -> None:
         for kind, count in self._objects().items():

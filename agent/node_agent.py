@@ -36,6 +36,7 @@ from .endpoints import Endpoint, EndpointManager
 from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .health_check_serving import HealthCheckServer
+from .heap_freezing import LARGE_BATCH, GcPauses, freeze_heap, frozen_objects, refreeze_heap
 from .identity_book import IdentityBook
 from .identity_sources import StreamIdentities, identity_count
 from .lb_syncing import LB_KINDS, LbManager, LbQueries
@@ -73,6 +74,11 @@ class Agent:
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.metrics = AgentMetrics()
+        # Garbage collector pauses, timed from here on (agent/heap_freezing.py: why the heap is frozen).
+        self.gc_pauses = GcPauses()
+        self.gc_pauses.install()
+        self.metrics.add_gc_pauses(self.gc_pauses)
+        self.heap_refreezes = 0  # periodic refreezes done (housekeeping)
         self.datapath = ahead.datapath  # being compiled: usable once ahead.loading.wait() returned
         self.datapath.on_map_error = lambda name, op: self.metrics.map_errors.labels(name, op).inc()
         self.netlink = Netlink(config.procfs)
@@ -250,6 +256,8 @@ class Agent:
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         self.metrics.bootstrap.set(time.monotonic() - self.started)
         self.source.start(cfg.operator_address, self.certs.current if self.certs is not None else None)
+        # The start-up state is built: no collection walks it again (agent/heap_freezing.py).
+        frozen = freeze_heap()
         if self.consumer.synced.is_set():  # ready once a complete state is applied: restored, or the first snapshot
             self.ready.set()
         log.info("agent ready", extra={"fields": {
@@ -260,7 +268,7 @@ class Agent:
             "compile_seconds": round(self.datapath.compile_seconds, 3),
             "load_seconds": round(self.datapath.load_seconds, 3),
             "compile_wait_seconds": round(self.ahead.loading.waited_seconds, 3),
-            "restore_seconds": round(self.restore_seconds, 3)}})
+            "restore_seconds": round(self.restore_seconds, 3), "frozen_objects": frozen}})
 
     def _start_prefilter(self) -> None:
         """The node's deny file, the rules held (written now only when the state is complete: a
@@ -338,6 +346,7 @@ class Agent:
             self.health_server.close()
         self.driver.stop()
         self.observer.stop()
+        self.gc_pauses.remove()
         self.endpoints.flush_ipam()
         self.state.db.close()  # checkpointed: at rest the state is one file
         if self.witness is not None:
@@ -385,6 +394,10 @@ class Agent:
                             "upserts": len(delta.upserts), "deletes": len(delta.deletes)}})
                         self.metrics.map_repairs.labels("endpoints").inc(len(delta.upserts) + len(delta.deletes))
                     self.driver.call(self._resync)
+                    # Garbage cycles among frozen objects freed, what lives frozen again: one full
+                    # collection per period, at a time of our choosing (agent/heap_freezing.py).
+                    self.driver.call(refreeze_heap)
+                    self.heap_refreezes += 1
                     next_resync = now + self.config.resync_seconds
                 self.endpoints.flush_ipam()  # the IPAM cursor; allocations live in the records
             except Exception:
@@ -526,6 +539,8 @@ class Agent:
         finally:
             self.apply_cause = "stream"
             self.metrics.refresh_store()
+        if len(docs) >= LARGE_BATCH:  # its state is the new long-lived heap: out of the collector's way
+            freeze_heap()
         self.metrics.enforced_version.set(version)
         return outcome, version
 
@@ -590,6 +605,9 @@ class Agent:
                 "enforcement": self.ledger.status(),
                 **({"overlay": self.overlay.to_json()} if self.overlay is not None else {}),
                 "prefilter": {**self.prefilter.status(), "devices": self.xdp.status()},
+                "gc": {"frozen_objects": frozen_objects(), "refreezes": self.heap_refreezes,
+                       "collections": list(self.gc_pauses.counts),
+                       "longest_full_collection_seconds": round(self.gc_pauses.longest[2], 4)},
                 **self.source.report()}
 
 

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from membrane import build_info as build_info_module
+from membrane.agent.heap_freezing import GcPauses
 from membrane.agent.metrics import AgentMetrics
 from membrane.http_serving import HttpServer
 from membrane.operator.metrics import OperatorMetrics
@@ -27,7 +28,12 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/ope
 
 @pytest.fixture(params=["agent", "operator"])
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
-    registry = AgentMetrics().registry if request.param == "agent" else OperatorMetrics().registry
+    if request.param == "agent":
+        agent_metrics = AgentMetrics()
+        agent_metrics.add_gc_pauses(GcPauses())  # as the agent adds them (agent/node_agent.py)
+        registry = agent_metrics.registry
+    else:
+        registry = OperatorMetrics().registry
     server = HttpServer("127.0.0.1", 0, registry, lambda: True, lambda: True, name="metrics-test")
     server.start()
     yield request.param, server.port

@@ -27,6 +27,8 @@ FAMILIES: dict[str, set[str]] = {
     "membrane_agent_bootstrap_seconds": set(),
     "membrane_datapath_compile_seconds": set(),
     "membrane_datapath_load_seconds": set(),
+    "membrane_gc_pause_seconds_bucket": {"generation", "le"},
+    "membrane_gc_frozen_objects": set(),
 }
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
@@ -90,6 +92,10 @@ def test_every_issue_family_is_exported_with_its_labels(node: LabNode) -> None:
     assert all(0 <= v < 1 for n, _, v in found if n == "membrane_bpf_map_pressure")
     assert value("membrane_bpf_map_operation_errors_total") == 0
     assert value("membrane_agent_bootstrap_seconds") > 0 and value("membrane_datapath_compile_seconds") > 0
+    # the start-up state frozen once ready (agent/heap_freezing.py); collections timed per generation
+    assert value("membrane_gc_frozen_objects") > 10_000
+    assert {lab["generation"] for n, lab, _ in found if n == "membrane_gc_pause_seconds_count"} == {"0", "1", "2"}
+    assert value("membrane_gc_pause_seconds_count", generation="0") >= 1
     # what every exporter has: the process and the build
     assert value("membrane_build_info", component="agent") == 1
     assert value("process_start_time_seconds") > 0 and value("process_resident_memory_bytes") > 0

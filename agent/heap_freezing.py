@@ -1,0 +1,94 @@
+"""The agent's long-lived heap, kept out of the garbage collector's way, and its pauses timed.
+
+Why: CPython's full (generation 2) collection walks every tracked container object. Once the
+agent is ready its heap holds the state logic's snapshot, the store's objects (1,000 Pods and
+their models), the policy state and the map plans: tens of thousands of containers that live as
+long as the process. A full collection then took 80-95 ms, with the GIL held: a CNI ADD or an
+`apply --wait` that happened to trigger it (or to run beside it) waited that long (the p99).
+
+What: `freeze_heap()` moves every object tracked at that moment into the collector's permanent
+generation (`gc.freeze()`), which no collection walks: later collections only walk what was
+created since. It runs once the start-up state is built (end of the start) and after a large
+batch (a store apply of many objects: its state is the new long-lived heap). Objects frozen stay
+freed by reference counting as before; only garbage *cycles* among frozen objects wait for an
+unfreeze, so the periodic resync (a full walk of the maps anyway, every --resync-seconds)
+calls `refreeze_heap()`: unfreeze, one full collection, freeze again.
+
+`GcPauses` times each collection through `gc.callbacks` (per generation: count, seconds, and a
+histogram's bucket counts). The callback only adds to plain lists: it runs inside whatever
+allocation triggered the collection, possibly while that thread holds a metrics library lock,
+so it takes no lock itself (collections never run concurrently; the GIL orders the rest). The
+metrics module reads the numbers at scrape time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import time
+from typing import Any
+
+# Upper bounds (seconds) of the pause histogram's buckets; the last bucket is +Inf.
+PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+GENERATIONS = (0, 1, 2)
+LARGE_BATCH = 200  # objects in one store batch from which its state is frozen after it
+
+
+class GcPauses:
+    """Collections and their pauses per generation, counted from `install()` on."""
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.buckets = [[0] * (len(PAUSE_BUCKETS) + 1) for _ in GENERATIONS]  # not cumulative
+        self.longest = [0.0, 0.0, 0.0]
+        self._began = 0.0
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def remove(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._began
+        generation = int(info["generation"])
+        self.counts[generation] += 1
+        self.seconds[generation] += pause
+        self.buckets[generation][bisect.bisect_left(PAUSE_BUCKETS, pause)] += 1
+        if pause > self.longest[generation]:
+            self.longest[generation] = pause
+
+    def histogram(self, generation: int) -> tuple[list[tuple[str, float]], float]:
+        """Cumulative buckets (Prometheus `le` labels) and the sum of seconds of one generation."""
+        counts = list(self.buckets[generation])  # one copy: a collection may add meanwhile
+        total = self.seconds[generation]
+        cumulative: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip([*map(str, PAUSE_BUCKETS), "+Inf"], counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        return cumulative, total
+
+
+def freeze_heap() -> int:
+    """Every object tracked now into the permanent generation; returns how many are frozen."""
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+def refreeze_heap() -> int:
+    """Frees the garbage cycles among frozen objects (one full collection), then freezes what
+    lives again; returns how many are frozen."""
+    gc.unfreeze()
+    gc.collect()
+    return freeze_heap()
+
+
+def frozen_objects() -> int:
+    return gc.get_freeze_count()
