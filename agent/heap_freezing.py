@@ -6,10 +6,16 @@ their models), the policy state and the map plans: tens of thousands of containe
 long as the process. A full collection then took 80-95 ms, with the GIL held: a CNI ADD or an
 `apply --wait` that happened to trigger it (or to run beside it) waited that long (the p99).
 
-What: `freeze_heap()` moves every object tracked at that moment into the collector's permanent
+What: no automatic collection runs during the start (`hold_collections()`, main's first line,
+until `settle_start()` at the end of the start): the start builds its long-lived state and a
+collection could only walk it, growing, again and again (a full one during the restore of a
+1,000-pod store, 60-120 ms, and ~200 young ones during the imports), with nothing to free but
+the few garbage cycles of imports and set-up. `settle_start()` freezes what is there and turns
+the collector back on. `freeze_heap()` moves every object tracked at that moment into the collector's permanent
 generation (`gc.freeze()`), which no collection walks: later collections only walk what was
 created since. It runs once the start-up state is built (end of the start) and after a large
-batch (a store apply of many objects: its state is the new long-lived heap). Objects frozen stay
+batch (a store apply of many objects: its state is the new long-lived heap; `building_state()`
+holds collections while it is built, as the start does). Objects frozen stay
 freed by reference counting as before; only garbage *cycles* among frozen objects wait for an
 unfreeze, so the periodic resync (a full walk of the maps anyway, every --resync-seconds)
 calls `refreeze_heap()`: unfreeze, one full collection, freeze again.
@@ -26,6 +32,8 @@ from __future__ import annotations
 import bisect
 import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # Upper bounds (seconds) of the pause histogram's buckets; the last bucket is +Inf.
@@ -74,6 +82,47 @@ class GcPauses:
             running += count
             cumulative.append((bound, float(running)))
         return cumulative, total
+
+
+_held = False  # collections held by hold_collections() (the agent's process only)
+
+
+def hold_collections() -> None:
+    """No automatic collection until settle_start() (reference counting frees as ever)."""
+    global _held
+    if gc.isenabled():
+        gc.disable()
+        _held = True
+
+
+def settle_start() -> int:
+    """The start's state frozen and, if hold_collections() held them, collections back on;
+    returns how many objects are frozen. The start's few garbage cycles are frozen with it:
+    the first periodic refreeze frees them."""
+    global _held
+    frozen = freeze_heap()
+    if _held:
+        gc.enable()
+        _held = False
+    return frozen
+
+
+@contextmanager
+def building_state(large: bool) -> Iterator[None]:
+    """With `large`: no automatic collection while the block builds state that will live long
+    (a large batch; threads beside it allocate uncollected meanwhile, for its duration only),
+    frozen after it, also when it failed (what it left is as long-lived). Else: nothing."""
+    if not large:
+        yield
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        freeze_heap()
+        if enabled:
+            gc.enable()
 
 
 def freeze_heap() -> int:

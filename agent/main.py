@@ -13,6 +13,7 @@ import threading
 import time
 
 from .config import load_config
+from .heap_freezing import hold_collections
 from .logging_setup import setup_logging
 from .start_refusal import StartRefused
 
@@ -21,6 +22,7 @@ log = logging.getLogger("membrane.agent")
 
 def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
+    hold_collections()  # until the start's state is built and frozen (agent/heap_freezing.py)
     config = load_config(argv)
     setup_logging(config.log_level, config.log_format, config.node_name)
     done = threading.Event()

@@ -10,6 +10,7 @@ map brought to the desired content by writing differences. Nothing is flushed on
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -36,7 +37,7 @@ from .endpoints import Endpoint, EndpointManager
 from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .health_check_serving import HealthCheckServer
-from .heap_freezing import LARGE_BATCH, GcPauses, freeze_heap, frozen_objects, refreeze_heap
+from .heap_freezing import LARGE_BATCH, GcPauses, building_state, frozen_objects, refreeze_heap, settle_start
 from .identity_book import IdentityBook
 from .identity_sources import StreamIdentities, identity_count
 from .lb_syncing import LB_KINDS, LbManager, LbQueries
@@ -256,8 +257,9 @@ class Agent:
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         self.metrics.bootstrap.set(time.monotonic() - self.started)
         self.source.start(cfg.operator_address, self.certs.current if self.certs is not None else None)
-        # The start-up state is built: no collection walks it again (agent/heap_freezing.py).
-        frozen = freeze_heap()
+        # The start-up state is built: no collection walks it again, collections on again
+        # (held from main's first line; agent/heap_freezing.py).
+        frozen = settle_start()
         if self.consumer.synced.is_set():  # ready once a complete state is applied: restored, or the first snapshot
             self.ready.set()
         log.info("agent ready", extra={"fields": {
@@ -534,13 +536,14 @@ class Agent:
         """On the driver thread: the source stores the objects and the consumer writes the maps;
         a change a map cannot hold is rolled back by the source and refused."""
         self.apply_cause = "store"
+        # A large batch's state is the new long-lived heap: built with no collection walking
+        # it, frozen after it (agent/heap_freezing.py).
         try:
-            outcome, version = self.source.change_objects(docs, verb)
+            with building_state(len(docs) >= LARGE_BATCH):
+                outcome, version = self.source.change_objects(docs, verb)
         finally:
             self.apply_cause = "stream"
             self.metrics.refresh_store()
-        if len(docs) >= LARGE_BATCH:  # its state is the new long-lived heap: out of the collector's way
-            freeze_heap()
         self.metrics.enforced_version.set(version)
         return outcome, version
 
@@ -605,7 +608,8 @@ class Agent:
                 "enforcement": self.ledger.status(),
                 **({"overlay": self.overlay.to_json()} if self.overlay is not None else {}),
                 "prefilter": {**self.prefilter.status(), "devices": self.xdp.status()},
-                "gc": {"frozen_objects": frozen_objects(), "refreezes": self.heap_refreezes,
+                "gc": {"enabled": gc.isenabled(), "frozen_objects": frozen_objects(),
+                       "refreezes": self.heap_refreezes,
                        "collections": list(self.gc_pauses.counts),
                        "longest_full_collection_seconds": round(self.gc_pauses.longest[2], 4)},
                 **self.source.report()}

@@ -95,7 +95,7 @@ def test_every_issue_family_is_exported_with_its_labels(node: LabNode) -> None:
     # the start-up state frozen once ready (agent/heap_freezing.py); collections timed per generation
     assert value("membrane_gc_frozen_objects") > 10_000
     assert {lab["generation"] for n, lab, _ in found if n == "membrane_gc_pause_seconds_count"} == {"0", "1", "2"}
-    assert value("membrane_gc_pause_seconds_count", generation="0") >= 1
+    assert value("membrane_gc_pause_seconds_count", generation="0") >= 1  # on again after the start
     # what every exporter has: the process and the build
     assert value("membrane_build_info", component="agent") == 1
     assert value("process_start_time_seconds") > 0 and value("process_resident_memory_bytes") > 0

@@ -12,7 +12,15 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import generate_latest
 
-from membrane.agent.heap_freezing import GcPauses, freeze_heap, frozen_objects, refreeze_heap
+from membrane.agent.heap_freezing import (
+    GcPauses,
+    building_state,
+    freeze_heap,
+    frozen_objects,
+    hold_collections,
+    refreeze_heap,
+    settle_start,
+)
 from membrane.agent.metrics import AgentMetrics
 
 
@@ -94,3 +102,54 @@ def test_collections_counted_per_generation_and_exported() -> None:
     assert 'membrane_gc_pause_seconds_bucket{generation="0",le="+Inf"}' in text
     frozen_line = next(line for line in text.splitlines() if line.startswith("membrane_gc_frozen_objects "))
     assert float(frozen_line.split()[1]) > 0
+
+
+def test_collections_held_during_the_start_only() -> None:
+    def young_collections_while_building() -> int:
+        pauses = GcPauses()
+        pauses.install()
+        try:
+            built = [Node() for _ in range(20_000)]  # state that stays: triggers young collections
+        finally:
+            pauses.remove()
+        del built
+        return pauses.counts[0]
+
+    assert gc.isenabled()
+    assert young_collections_while_building() > 0
+    try:
+        hold_collections()
+        assert not gc.isenabled()
+        assert young_collections_while_building() == 0
+        kept = Node()
+        assert settle_start() > 0
+        assert gc.isenabled() and not in_walked_generations(kept)
+    finally:
+        gc.enable()
+
+
+def test_settle_start_leaves_collections_alone_when_it_held_none() -> None:
+    gc.disable()  # someone else's choice (an embedding process): not ours to undo
+    try:
+        settle_start()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_large_batch_builds_uncollected_and_is_frozen_after() -> None:
+    built: list[Node] = []
+    with building_state(large=True):
+        assert not gc.isenabled()
+        built += [Node() for _ in range(1000)]
+    assert gc.isenabled() and gc.get_freeze_count() >= 1000 and not in_walked_generations(built[0])
+    gc.unfreeze()
+    with pytest.raises(ValueError), building_state(large=True):
+        built.append(Node())
+        raise ValueError("refused batch")
+    assert gc.isenabled() and not in_walked_generations(built[-1])  # back on and frozen also then
+    gc.unfreeze()
+    with building_state(large=False):
+        assert gc.isenabled()
+        built.append(Node())
+    assert gc.get_freeze_count() == 0
