@@ -17,8 +17,11 @@ created since. It runs once the start-up state is built (end of the start) and a
 batch (a store apply of many objects: its state is the new long-lived heap; `building_state()`
 holds collections while it is built, as the start does). Objects frozen stay
 freed by reference counting as before; only garbage *cycles* among frozen objects wait for an
-unfreeze, so the periodic resync (a full walk of the maps anyway, every --resync-seconds)
-calls `refreeze_heap()`: unfreeze, one full collection, freeze again.
+unfreeze, so the periodic resync calls `refreeze_heap()` (unfreeze, one full collection,
+freeze again) when `refreeze_due()`: at its first run after a held build (the start, a large
+batch: their temporary cycles were frozen with them; with 1,000 pods the first one freed ~30,000
+objects, the next ones ~0), else once per REFREEZE_SECONDS (what small changes leave behind).
+That full collection (~0.1 s at 1,000 pods) is a pause at a time of our choosing, rarely.
 
 `GcPauses` times each collection through `gc.callbacks` (per generation: count, seconds, and a
 histogram's bucket counts). The callback only adds to plain lists: it runs inside whatever
@@ -40,6 +43,7 @@ from typing import Any
 PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 GENERATIONS = (0, 1, 2)
 LARGE_BATCH = 200  # objects in one store batch from which its state is frozen after it
+REFREEZE_SECONDS = 600.0  # at most this long between two refreezes
 
 
 class GcPauses:
@@ -85,6 +89,8 @@ class GcPauses:
 
 
 _held = False  # collections held by hold_collections() (the agent's process only)
+_built = False  # a held build was frozen since the last refreeze
+_refrozen_at = time.monotonic()
 
 
 def hold_collections() -> None:
@@ -99,8 +105,9 @@ def settle_start() -> int:
     """The start's state frozen and, if hold_collections() held them, collections back on;
     returns how many objects are frozen. The start's few garbage cycles are frozen with it:
     the first periodic refreeze frees them."""
-    global _held
+    global _held, _built
     frozen = freeze_heap()
+    _built = True
     if _held:
         gc.enable()
         _held = False
@@ -112,9 +119,11 @@ def building_state(large: bool) -> Iterator[None]:
     """With `large`: no automatic collection while the block builds state that will live long
     (a large batch; threads beside it allocate uncollected meanwhile, for its duration only),
     frozen after it, also when it failed (what it left is as long-lived). Else: nothing."""
+    global _built
     if not large:
         yield
         return
+    _built = True
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -131,11 +140,18 @@ def freeze_heap() -> int:
     return gc.get_freeze_count()
 
 
+def refreeze_due(now: float | None = None) -> bool:
+    """A held build was frozen since the last refreeze, or REFREEZE_SECONDS passed."""
+    return _built or (time.monotonic() if now is None else now) - _refrozen_at >= REFREEZE_SECONDS
+
+
 def refreeze_heap() -> int:
     """Frees the garbage cycles among frozen objects (one full collection), then freezes what
     lives again; returns how many are frozen."""
+    global _built, _refrozen_at
     gc.unfreeze()
     gc.collect()
+    _built, _refrozen_at = False, time.monotonic()
     return freeze_heap()
 
 

@@ -37,7 +37,15 @@ from .endpoints import Endpoint, EndpointManager
 from .enforcement_ledger import EnforcementLedger
 from .flow_directory import PolicyDirectory
 from .health_check_serving import HealthCheckServer
-from .heap_freezing import LARGE_BATCH, GcPauses, building_state, frozen_objects, refreeze_heap, settle_start
+from .heap_freezing import (
+    LARGE_BATCH,
+    GcPauses,
+    building_state,
+    frozen_objects,
+    refreeze_due,
+    refreeze_heap,
+    settle_start,
+)
 from .identity_book import IdentityBook
 from .identity_sources import StreamIdentities, identity_count
 from .lb_syncing import LB_KINDS, LbManager, LbQueries
@@ -397,9 +405,11 @@ class Agent:
                         self.metrics.map_repairs.labels("endpoints").inc(len(delta.upserts) + len(delta.deletes))
                     self.driver.call(self._resync)
                     # Garbage cycles among frozen objects freed, what lives frozen again: one full
-                    # collection per period, at a time of our choosing (agent/heap_freezing.py).
-                    self.driver.call(refreeze_heap)
-                    self.heap_refreezes += 1
+                    # collection, after a held build or rarely, at a time of our choosing
+                    # (agent/heap_freezing.py).
+                    if refreeze_due():
+                        self.driver.call(refreeze_heap)
+                        self.heap_refreezes += 1
                     next_resync = now + self.config.resync_seconds
                 self.endpoints.flush_ipam()  # the IPAM cursor; allocations live in the records
             except Exception:

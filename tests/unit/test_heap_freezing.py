@@ -6,6 +6,7 @@ Counts only, no timing assertions."""
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -13,11 +14,13 @@ import pytest
 from prometheus_client import generate_latest
 
 from membrane.agent.heap_freezing import (
+    REFREEZE_SECONDS,
     GcPauses,
     building_state,
     freeze_heap,
     frozen_objects,
     hold_collections,
+    refreeze_due,
     refreeze_heap,
     settle_start,
 )
@@ -153,3 +156,20 @@ def test_a_large_batch_builds_uncollected_and_is_frozen_after() -> None:
         assert gc.isenabled()
         built.append(Node())
     assert gc.get_freeze_count() == 0
+
+
+def test_refreeze_due_after_a_held_build_or_after_a_while() -> None:
+    refreeze_heap()
+    assert not refreeze_due()
+    assert refreeze_due(time.monotonic() + REFREEZE_SECONDS)  # small changes' cycles: rarely
+    settle_start()
+    assert refreeze_due()  # the start's temporary cycles were frozen with it
+    refreeze_heap()
+    assert not refreeze_due()
+    with building_state(large=False):
+        pass
+    assert not refreeze_due()
+    with building_state(large=True):
+        pass
+    assert refreeze_due()
+    refreeze_heap()
