@@ -151,7 +151,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = ["# State pipeline: before and after (agent start, CNI ADD, policy apply)", "",
              f"{r['date']}, {r['cores']} cores, load at start {' '.join(r['loadavg_at_start'])}: a shared, noisy "
              "machine, compare within this run only.", "",
-             f"base = `{r['base']}` (main before the one-consumer pipeline), new = `{r['new']}`; "
+             f"base = `{r['base']}` (the older tree, given with --base), new = `{r['new']}`; "
              f"{r['rounds']} rounds, the trees alternating; standalone agent, store of {r['store_pods']} Pods and "
              f"50 NetworkPolicies, {r['adds']} sequential ADDs and {r['flips']} `apply --wait` flips per round "
              "(`python -m tests.bench.pipeline_bench`).", "",
