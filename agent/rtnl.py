@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address
 
 NETLINK_ROUTE = 0
@@ -68,6 +68,17 @@ class RtnlError(OSError):
     def __init__(self, code: int, what: str) -> None:
         super().__init__(code, f"{what}: {os.strerror(code)}")
         self.code = code
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, seq, body) of each netlink message in one datagram; stops at a malformed header."""
+    offset = 0
+    while offset + _HDR.size <= len(data):
+        length, kind, _flags, seq, _pid = _HDR.unpack_from(data, offset)
+        if length < _HDR.size:
+            return
+        yield kind, seq, data[offset + _HDR.size:offset + length]
+        offset += (length + 3) & ~3
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -134,24 +145,18 @@ class RtnlSocket:
         replies: list[bytes | None] = [None] * len(requests)
         failure: RtnlError | None = None
         while pending:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, kind, _flags, seq, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    break
+            for kind, seq, body in _messages(self.sock.recv(1 << 16)):
                 index = pending.get(seq)
                 if index is not None:
                     req = requests[index]
                     if kind == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", data, offset + _HDR.size)[0]
+                        code = -struct.unpack_from("=i", body)[0]
                         del pending[seq]
                         if code and code not in req.ok and failure is None:
                             failure = RtnlError(code, req.what)
                     elif kind != NLMSG_DONE and not req.flags & NLM_F_ACK:
-                        replies[index] = data[offset + _HDR.size:offset + length]
+                        replies[index] = body
                         del pending[seq]
-                offset += (length + 3) & ~3
         if failure is not None:
             raise failure
         return replies
@@ -164,20 +169,14 @@ class RtnlSocket:
                           + request.body)
         found: list[bytes] = []
         while True:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, kind, _flags, got, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    break
+            for kind, got, body in _messages(self.sock.recv(1 << 16)):
                 if got == seq:
                     if kind == NLMSG_DONE:
                         return found
                     if kind == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", data, offset + _HDR.size)[0]
+                        code = -struct.unpack_from("=i", body)[0]
                         raise RtnlError(code or errno.EIO, request.what)
-                    found.append(data[offset + _HDR.size:offset + length])
-                offset += (length + 3) & ~3
+                    found.append(body)
 
     # --- requests -----------------------------------------------------------------
     @staticmethod
