@@ -102,16 +102,24 @@ class PodLink:
     pod_mac: str
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_THREAD_NETNS = "/proc/thread-self/ns/net"
+
+
+def _setns(fd: int, what: str) -> None:
+    if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"setns {what}: {os.strerror(code)}")
+
+
 def in_netns(path: str, fn: Callable[[], T]) -> T:
     """Run fn in a thread that has joined the network namespace at path (for /proc/sys)."""
     box: dict[str, object] = {}
 
     def runner() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(path, os.O_RDONLY)
         try:
-            if libc.setns(fd, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {path}")
+            _setns(fd, path)
             box["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             box["error"] = exc
@@ -124,16 +132,6 @@ def in_netns(path: str, fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]  # type: ignore[misc]  # the worker stored an exception
     return box["value"]  # type: ignore[return-value]  # the worker stored fn's result
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_THREAD_NETNS = "/proc/thread-self/ns/net"
-
-
-def _setns(fd: int, what: str) -> None:
-    if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"setns {what}: {os.strerror(code)}")
 
 
 def pod_socket(path: str, sysctls: dict[str, str], procfs: Path = Path("/proc")) -> RtnlSocket:
