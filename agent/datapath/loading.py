@@ -193,7 +193,6 @@ class Datapath:
         self.load_seconds: float | None = None  # verifier, both programs
         self._bpf: BPF | None = None
         self._program_fds: dict[str, int] = {}
-        self._programs_loaded = False
         self._events_open = False
         self._events_table: Any = None
         self._maps: dict[str, PinnedMap] = {}
@@ -253,13 +252,13 @@ class Datapath:
         except BaseException:
             bpf.cleanup()
             raise
-        self._bpf, self._program_fds, self._programs_loaded = bpf, {}, False
+        self._bpf, self._program_fds = bpf, {}
 
     def load_programs(self) -> None:
         """Load the compiled families' programs (after `compile`; may run on another thread
         while the maps are read and written: each is its own bpf(2) call)."""
         bpf = self._loaded()
-        if self._programs_loaded:
+        if self._program_fds:  # the pod family is always in: loaded programs are never none
             raise DatapathError("programs already loaded")
         started = time.perf_counter()
         fds: dict[str, int] = {}
@@ -269,7 +268,7 @@ class Datapath:
                         for name, attach in family.sock_programs.items()})
             fds.update({name: int(bpf.load_func(name.encode(), BPF.XDP).fd) for name in family.xdp_programs})
         self.load_seconds = time.perf_counter() - started
-        self._program_fds, self._programs_loaded = fds, True
+        self._program_fds = fds
 
     def _retire_pins(self) -> None:
         """Before bcc reuses pins: remove old layout versions, and resizable maps pinned with
@@ -305,7 +304,6 @@ class Datapath:
         if self._bpf is not None:
             self._bpf.cleanup()
         self._bpf, self._program_fds, self._maps, self._tables = None, {}, {}, {}
-        self._programs_loaded = False
         self._events_open, self._events_table = False, None
 
     def unpin(self) -> None:
@@ -336,7 +334,7 @@ class Datapath:
     def program_fd(self, name: str) -> int:
         """fd of a loaded program ("from_container", "to_container", "from_overlay", "mb_sock4_*")."""
         self._loaded()
-        if not self._programs_loaded:
+        if not self._program_fds:
             raise DatapathError("programs not loaded: call load_programs() first")
         try:
             return self._program_fds[name]
