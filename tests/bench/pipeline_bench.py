@@ -167,7 +167,8 @@ def markdown(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the older commit to compare with")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="even, so each tree runs first as often (right after the other's teardown is slower)")
     ap.add_argument("--pods", type=int, default=1000)
     ap.add_argument("--adds", type=int, default=20)
     ap.add_argument("--flips", type=int, default=40)
